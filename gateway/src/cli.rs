@@ -1,0 +1,200 @@
+//! The command line: `sluice serve`, `check-config`, `models list`, `fetch-models`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{process_env, Config, ConfigError, Overrides};
+use crate::server::{self, RunOptions};
+
+/// The project's fetch script, embedded so an installed binary can run it.
+const FETCH_MODELS_SCRIPT: &str = include_str!("../../scripts/fetch-models.sh");
+
+/// Sluice: an LLM serving runtime and OpenAI-compatible gateway in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the OpenAI-compatible API. With no config and no --model, serves
+    /// the demo model `smollm2-135m-instruct` on 127.0.0.1:8080.
+    Serve(ServeArgs),
+    /// Parse and validate a config file (environment overrides included) and
+    /// print the effective configuration, secrets redacted.
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+    /// Inspect the configured models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Fetch the demo model weights into ~/.cache/sluice/models (or
+    /// $SLUICE_MODELS_DIR), checking their sha256.
+    FetchModels {
+        /// Which weights to fetch.
+        #[arg(default_value = "all", value_parser = ["chat", "embed", "guard-data", "all"])]
+        what: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The TOML config file.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Serve this model (a .gguf file or a Hugging Face folder) instead of
+    /// the config's models.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The id clients use for --model (default: the file or folder name).
+    #[arg(long)]
+    model_id: Option<String>,
+    /// Address to listen on, such as 127.0.0.1:8080 (overrides the config
+    /// and SLUICE_LISTEN).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Listen beyond loopback even though no API key is configured.
+    #[arg(long)]
+    allow_unauthenticated: bool,
+    /// Shut down when stdin closes (for supervisors and test harnesses).
+    #[arg(long, hide = true)]
+    shutdown_on_stdin_eof: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// List the models a config (or the defaults) would serve, and whether
+    /// their weights are on disk.
+    List {
+        /// The TOML config file.
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig { file } => check_config(file),
+        Command::Models {
+            command: ModelsCommand::List { config },
+        } => models_list(config),
+        Command::FetchModels { what } => fetch_models(&what),
+    }
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("sluice: bad configuration: {e}");
+    ExitCode::from(2)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let ServeArgs {
+        config,
+        model,
+        model_id,
+        listen,
+        allow_unauthenticated,
+        shutdown_on_stdin_eof,
+    } = args;
+    let overrides = Overrides {
+        listen,
+        model,
+        model_id,
+        allow_unauthenticated,
+    };
+    let config = match Config::load(config.as_deref(), &overrides, &process_env)
+        .and_then(|c| c.check_model_files().map(|()| c))
+    {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice-http")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(server::run(
+        config,
+        RunOptions {
+            shutdown_on_stdin_eof,
+        },
+    ));
+    // A model still loading holds a blocking thread that cannot be stopped;
+    // do not wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: PathBuf) -> ExitCode {
+    let config = match Config::load(Some(&file), &Overrides::default(), &process_env) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    print!("{}", config.to_redacted_toml());
+    if let Err(e) = config.check_model_files() {
+        return config_error(&e);
+    }
+    eprintln!("sluice: {} is valid", file.display());
+    ExitCode::SUCCESS
+}
+
+fn models_list(config: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(config.as_deref(), &Overrides::default(), &process_env) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let width = config.models.iter().map(|m| m.id.len()).max().unwrap_or(2).max(2);
+    println!("{:width$}  {:8}  PATH", "ID", "WEIGHTS");
+    for m in &config.models {
+        let state = if m.path.exists() { "present" } else { "missing" };
+        println!("{:width$}  {state:8}  {}", m.id, m.path.display());
+    }
+    if let Err(e) = config.check_model_files() {
+        eprintln!("sluice: {e}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn fetch_models(what: &str) -> ExitCode {
+    // `bash -c SCRIPT NAME ARG`: NAME becomes $0 and ARG $1, as if the
+    // script file had been run; stdin stays free for the script's tools.
+    let status = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(FETCH_MODELS_SCRIPT)
+        .arg("fetch-models.sh")
+        .arg(what)
+        .status();
+    match status {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => {
+            eprintln!("sluice: fetching the models failed ({s})");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("sluice: cannot run bash to fetch the models: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The `sluice` binary; everything lives in the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // Logs go to stderr so that commands such as `check-config` print only
+    // their result on stdout. `SLUICE_LOG` (or `RUST_LOG`) sets the filter.
+    let filter = EnvFilter::try_from_env("SLUICE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    sluice_gateway::cli::run(sluice_gateway::cli::Cli::parse())
+}

@@ -1,0 +1,178 @@
+//! Streaming exactly as OpenAI frames it: `data: {json}\n\n` events, one id
+//! for every chunk, content deltas as they come (empty ones skipped), a
+//! chunk with `finish_reason` per choice, then a usage chunk with
+//! `choices: []` when asked, then `data: [DONE]`. A failure mid-stream sends
+//! one error object and ends the stream without `[DONE]`.
+//!
+//! The stream owns the [`Generation`]: when the client disconnects, axum
+//! drops the stream, which drops the engine's event streams and cancels
+//! the sequences.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use tracing::Instrument;
+use sluice_runtime::{FinishReason, TokenLogprob, Usage};
+
+use crate::generate::{Generation, Step};
+use crate::openai::UsageWire;
+
+/// The chunks of one endpoint's stream, as JSON text.
+pub trait Framing: Send + 'static {
+    /// Sent for each choice before any token (chat: the assistant role).
+    fn opening(&self, choice: usize) -> Option<String>;
+    /// New text for a choice, with the log-probabilities of its tokens.
+    /// `logprobs` is empty unless the request asked for them.
+    fn content(&mut self, choice: usize, text: &str, logprobs: &[TokenLogprob]) -> String;
+    fn finish(&self, choice: usize, reason: FinishReason) -> String;
+    fn usage(&self, usage: UsageWire) -> String;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Opening,
+    Running,
+    Ended,
+}
+
+struct Driver<F: Framing> {
+    generation: Generation,
+    framing: F,
+    include_usage: bool,
+    queue: VecDeque<String>,
+    /// Log-probabilities of tokens whose text is still held back, per choice;
+    /// they ride on that choice's next content chunk.
+    pending_logprobs: Vec<Vec<TokenLogprob>>,
+    phase: Phase,
+    finished: Vec<Option<FinishReason>>,
+    /// The request's span: the stream outlives the handler that opened it.
+    span: tracing::Span,
+}
+
+/// The SSE response for a started generation.
+pub fn respond<F: Framing>(generation: Generation, framing: F, include_usage: bool) -> Response {
+    let choices = generation.num_choices();
+    let driver = Driver {
+        generation,
+        framing,
+        include_usage,
+        queue: VecDeque::new(),
+        pending_logprobs: vec![Vec::new(); choices],
+        phase: Phase::Opening,
+        finished: vec![None; choices],
+        span: tracing::Span::current(),
+    };
+    let events = stream::unfold(driver, |mut d| async move {
+        let span = d.span.clone();
+        let data = d.next_data().instrument(span).await?;
+        Some((Ok::<_, Infallible>(Event::default().data(data)), d))
+    });
+    Sse::new(events).into_response()
+}
+
+impl<F: Framing> Driver<F> {
+    async fn next_data(&mut self) -> Option<String> {
+        loop {
+            if let Some(data) = self.queue.pop_front() {
+                return Some(data);
+            }
+            match self.phase {
+                Phase::Ended => return None,
+                Phase::Opening => {
+                    for choice in 0..self.finished.len() {
+                        self.queue.extend(self.framing.opening(choice));
+                    }
+                    self.phase = Phase::Running;
+                }
+                Phase::Running => match self.generation.next().await {
+                    Some(step) => self.on_step(step),
+                    None => {
+                        if self.include_usage {
+                            let usage = self.generation.usage();
+                            self.queue.push_back(self.framing.usage(usage.into()));
+                        }
+                        self.queue.push_back("[DONE]".into());
+                        self.phase = Phase::Ended;
+                        self.log_end(None);
+                    }
+                },
+            }
+        }
+    }
+
+    fn on_step(&mut self, step: Step) {
+        match step {
+            Step::Token {
+                choice,
+                text,
+                logprob,
+            } => {
+                if let Some(pending) = self.pending_logprobs.get_mut(choice) {
+                    pending.extend(logprob);
+                }
+                if !text.is_empty() {
+                    self.push_content(choice, &text);
+                }
+            }
+            Step::Finished {
+                choice,
+                reason,
+                text,
+            } => {
+                let has_pending = self
+                    .pending_logprobs
+                    .get(choice)
+                    .is_some_and(|p| !p.is_empty());
+                if !text.is_empty() || has_pending {
+                    self.push_content(choice, &text);
+                }
+                if let Some(f) = self.finished.get_mut(choice) {
+                    *f = Some(reason);
+                }
+                self.queue.push_back(self.framing.finish(choice, reason));
+            }
+            Step::Failed(err) => {
+                self.queue.push_back(err.body_json());
+                self.phase = Phase::Ended;
+                self.log_end(Some(&err.to_string()));
+            }
+        }
+    }
+
+    fn push_content(&mut self, choice: usize, text: &str) {
+        let logprobs = self
+            .pending_logprobs
+            .get_mut(choice)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let data = self.framing.content(choice, text, &logprobs);
+        self.queue.push_back(data);
+    }
+
+    fn log_end(&self, error: Option<&str>) {
+        let Usage {
+            prompt_tokens,
+            completion_tokens,
+            ..
+        } = self.generation.usage();
+        match error {
+            None => tracing::info!(prompt_tokens, completion_tokens, "stream finished"),
+            Some(e) => tracing::warn!(prompt_tokens, completion_tokens, error = e, "stream failed"),
+        }
+    }
+}
+
+impl<F: Framing> Drop for Driver<F> {
+    fn drop(&mut self) {
+        if self.phase != Phase::Ended {
+            let _entered = self.span.enter();
+            tracing::info!(
+                completion_tokens = self.generation.usage().completion_tokens,
+                "client went away mid-stream; generation cancelled"
+            );
+        }
+    }
+}

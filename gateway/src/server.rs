@@ -1,0 +1,261 @@
+//! The HTTP server: shared state, the router, request tracing, model loading
+//! in the background, and the one shutdown path.
+//!
+//! Shutdown: SIGTERM, Ctrl-C, a failed model load or (for supervisors and
+//! tests) stdin closing all cancel one [`CancellationToken`]. The listener
+//! then stops accepting, `/ready` answers 503, in-flight requests and streams
+//! run to their end, and after `shutdown_grace_seconds` whatever is left is
+//! dropped (which cancels its engine sequences).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::auth::{self, KeyStore};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::openai::json::BodyLimit;
+use crate::openai::{chat, completions, models};
+use crate::registry::Registry;
+
+/// What every handler may read. Cheap to clone (all shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub keys: Arc<KeyStore>,
+    pub body_limit: BodyLimit,
+    pub request_timeout: Duration,
+    pub shutdown: CancellationToken,
+}
+
+impl FromRef<AppState> for BodyLimit {
+    fn from_ref(state: &AppState) -> Self {
+        state.body_limit
+    }
+}
+
+/// How `serve` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot load {0}")]
+    Load(String),
+}
+
+/// Knobs of `serve` that are not configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Shut down when stdin reaches end of file: a supervisor (or a test
+    /// harness) that dies closes the pipe, and the server follows it.
+    pub shutdown_on_stdin_eof: bool,
+}
+
+/// The router, with its middleware.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(chat::create))
+        .route("/v1/completions", post(completions::create))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::get))
+        .route_layer(middleware::from_fn_with_state(
+            state.keys.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .merge(v1)
+        .fallback(unknown_url)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.body_limit.0))
+        .layer(middleware::from_fn(trace_request))
+        .with_state(state)
+}
+
+/// Binds, loads the models in the background, serves until shutdown.
+pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> {
+    let shutdown = CancellationToken::new();
+    let registry = Arc::new(Registry::new(&config.models));
+    let keys = Arc::new(KeyStore::new(&config.keys));
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener.local_addr()?;
+    if keys.is_open() {
+        tracing::warn!(
+            "no API key is configured: the server is unauthenticated{}",
+            if local.ip().is_loopback() {
+                " (loopback only)"
+            } else {
+                ", and allow_unauthenticated lets it listen beyond loopback"
+            }
+        );
+    } else {
+        tracing::info!(tenants = config.keys.len(), "API keys required");
+    }
+    // The test harness reads this line to learn the port when it asked for port 0.
+    tracing::info!("listening on http://{local}");
+
+    let mut tasks = JoinSet::new();
+    let load_failure: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    for slot in registry.slots() {
+        let slot = slot.clone();
+        let shutdown = shutdown.clone();
+        let failure = load_failure.clone();
+        tasks.spawn_blocking(move || {
+            if let Err(e) = slot.load_blocking() {
+                tracing::error!(error = %e, "model load failed; shutting down");
+                let _ = failure.set(e);
+                shutdown.cancel();
+            }
+        });
+    }
+    tasks.spawn(watch_signals(shutdown.clone()));
+    if options.shutdown_on_stdin_eof {
+        tasks.spawn(watch_stdin(shutdown.clone()));
+    }
+
+    let state = AppState {
+        registry,
+        keys,
+        body_limit: BodyLimit(config.server.max_body_bytes),
+        request_timeout: config.server.request_timeout,
+        shutdown: shutdown.clone(),
+    };
+    let grace = config.server.shutdown_grace;
+    let serve = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: no new connections; in-flight requests may finish"
+        );
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = std::future::IntoFuture::into_future(serve) => result?,
+        () = deadline => tracing::warn!("shutdown grace elapsed; dropping the requests still in flight"),
+    }
+    // Model loads still running are blocking threads that cannot be
+    // aborted; the caller's runtime shutdown stops waiting for them.
+    tasks.abort_all();
+    if let Some(e) = load_failure.get() {
+        return Err(ServeError::Load(e.clone()));
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+        () = shutdown.cancelled() => return,
+    }
+    shutdown.cancel();
+}
+
+async fn watch_stdin(shutdown: CancellationToken) {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    loop {
+        tokio::select! {
+            read = stdin.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            },
+            () = shutdown.cancelled() => return,
+        }
+    }
+    tracing::info!("stdin closed");
+    shutdown.cancel();
+}
+
+/// A span per request (method, path, tenant) and one line when it is answered.
+/// Bodies, headers and query strings are never logged: they may hold secrets.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        tenant = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "answered"
+        )
+    });
+    response
+}
+
+/// 200 while the process is up.
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// 200 once every model is loaded; 503 while loading or shutting down. The
+/// body lists each model's state and load.
+async fn ready(State(state): State<AppState>) -> Response {
+    let models = state.registry.status();
+    let (status, word) = if state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if state.registry.all_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading")
+    };
+    (status, Json(json!({"status": word, "models": models}))).into_response()
+}
+
+async fn unknown_url(method: Method, uri: Uri) -> ApiError {
+    ApiError::UnknownUrl {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}

@@ -1,0 +1,102 @@
+//! F32 / F16 / BF16 / Q4_K / Q6_K weights: dequantise a sub-tile of weight
+//! rows to f32 once, then run every activation row against it.
+//!
+//! K-quants go this way rather than through an int8 kernel because their
+//! 256-value super-blocks carry per-32 scales *and* mins in six bits; for a
+//! batch the dequantisation is paid once per weight row, and the f32 FMA loop
+//! is then the same as for float weights.
+
+use super::{run_tiles, Matrix};
+use crate::cpu::{dot_lanes, Isa};
+use crate::quant::dequantize_row;
+
+/// Weight rows per kernel call; tiles are padded to a multiple.
+pub(crate) const GROUP: usize = 4;
+
+/// Activation rows per kernel call: 3 x [`GROUP`] accumulators fill 12 of the
+/// 16 AVX2 registers, leaving room for the loaded operands.
+const MR: usize = 3;
+
+/// Weight rows dequantised at once per task: ~64 KiB of f32, an L2-resident
+/// sub-tile.
+fn sub_tile_rows(k: usize) -> usize {
+    ((16 * 1024 / k) / GROUP * GROUP).max(GROUP)
+}
+
+/// Activation rows per pass over a sub-tile: ~24 KiB, so they stay in L1
+/// while the sub-tile's groups go by.
+fn act_chunk_rows(k: usize) -> usize {
+    ((6 * 1024 / k) / MR * MR).max(MR)
+}
+
+pub(super) fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
+    let (n, k) = (w.rows(), w.cols());
+    let (ts, mc) = (sub_tile_rows(k), act_chunk_rows(k));
+    run_tiles(n, m, k, GROUP, out, |first, rows, out_t| {
+        let mut tile = vec![0.0f32; ts.min(rows).div_ceil(GROUP) * GROUP * k];
+        for s0 in (0..rows).step_by(ts) {
+            let sr = (rows - s0).min(ts);
+            // Rows past `sr` in the last group keep stale values; their
+            // results are never stored.
+            for (r, dst) in tile.chunks_exact_mut(k).take(sr).enumerate() {
+                let src = w.row_bytes(first + s0 + r);
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2(t) => t.dequantize_row(w.dtype(), src, dst),
+                    Isa::Scalar => dequantize_row(w.dtype(), src, dst),
+                }
+            }
+            for i0 in (0..m).step_by(mc) {
+                let i1 = (i0 + mc).min(m);
+                for g in 0..sr.div_ceil(GROUP) {
+                    let wg = &tile[g * GROUP * k..(g + 1) * GROUP * k];
+                    let live = (sr - g * GROUP).min(GROUP);
+                    let mut store = |i: usize, dots: &[f32; GROUP]| {
+                        for (r, v) in dots.iter().take(live).enumerate() {
+                            out_t[(s0 + g * GROUP + r) * m + i] = *v;
+                        }
+                    };
+                    let row = |i: usize| &x[i * k..(i + 1) * k];
+                    let mut i = i0;
+                    while i < i1 {
+                        match i1 - i {
+                            1 => store(i, &dot_tile(isa, [row(i)], wg, k)[0]),
+                            2 => {
+                                let d = dot_tile(isa, [row(i), row(i + 1)], wg, k);
+                                d.iter().enumerate().for_each(|(t, d)| store(i + t, d));
+                            }
+                            _ => {
+                                let d = dot_tile(isa, [row(i), row(i + 1), row(i + 2)], wg, k);
+                                d.iter().enumerate().for_each(|(t, d)| store(i + t, d));
+                            }
+                        }
+                        i += (i1 - i).min(MR);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `R` activation rows against the [`GROUP`] weight rows in `w`.
+#[inline]
+pub(crate) fn dot_tile<const R: usize>(
+    isa: Isa,
+    x: [&[f32]; R],
+    w: &[f32],
+    k: usize,
+) -> [[f32; GROUP]; R] {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(t) => t.dot_f32_tile(x, w, k),
+        Isa::Scalar => {
+            let mut out = [[0.0f32; GROUP]; R];
+            for (o, xi) in out.iter_mut().zip(x) {
+                for (r, v) in o.iter_mut().enumerate() {
+                    *v = dot_lanes(xi, &w[r * k..(r + 1) * k]);
+                }
+            }
+            out
+        }
+    }
+}

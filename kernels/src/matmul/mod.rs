@@ -1,0 +1,282 @@
+//! Weight matrices and `out = x · Wᵀ`, batched so that the weights are read
+//! once per call however many activation rows there are.
+//!
+//! Two paths, picked by the weight format:
+//!
+//! - **int8** (Q4_0, Q4_1, Q8_0): the `m` activation rows are quantised once to
+//!   8-bit blocks of 32 ([`quantize_act`]), weight blocks are unpacked to one
+//!   byte per value a tile at a time ([`int8`]), and every (weight row,
+//!   activation row) pair is an integer dot product per block scaled by the
+//!   two block scales — the scheme of llama.cpp's `vec_dot_q4_1_q8_1`.
+//! - **f32** (F32, F16, BF16, Q4_K, Q6_K): a tile of weight rows is
+//!   dequantised to f32 once and reused for all activation rows ([`float`]).
+//!
+//! Both split the output columns (weight rows) into rayon tasks; a task
+//! unpacks a sub-tile small enough to stay in cache and runs it against all
+//! `m` rows, so the per-row cost falls as `m` grows instead of repeating the
+//! whole weight pass per row. Kernels exist as AVX2 (chosen at run time) and
+//! as portable Rust the compiler vectorises for the baseline target.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_repack;
+mod float;
+mod int8;
+mod quantize_act;
+#[cfg(test)]
+mod tests;
+
+use rayon::prelude::*;
+
+use crate::cpu::Isa;
+use crate::quant::{dequantize_row, quantize_row, WeightDType};
+use crate::KernelError;
+
+/// A weight matrix of `rows` output features by `cols` input features, stored
+/// row-major in a GGML block format.
+#[derive(Clone)]
+pub struct Matrix {
+    dtype: WeightDType,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Matrix({:?}, {}x{})", self.dtype, self.rows, self.cols)
+    }
+}
+
+impl Matrix {
+    /// Wraps raw bytes (as stored in GGUF or safetensors) after checking their length.
+    pub fn from_raw(
+        dtype: WeightDType,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, KernelError> {
+        let block = dtype.block_values();
+        if cols % block != 0 {
+            return Err(KernelError::RowNotBlockAligned { dtype, block, cols });
+        }
+        let expected = rows * dtype.row_bytes(cols);
+        if data.len() != expected {
+            return Err(KernelError::WrongByteLength {
+                dtype,
+                rows,
+                cols,
+                expected,
+                got: data.len(),
+            });
+        }
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    pub fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Self {
+        assert_eq!(values.len(), rows * cols, "matrix shape mismatch");
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self {
+            dtype: WeightDType::F32,
+            rows,
+            cols,
+            data,
+        }
+    }
+
+    /// Quantises f32 values (`rows * cols`, row-major) into `dtype`.
+    pub fn quantize(
+        dtype: WeightDType,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+    ) -> Result<Self, KernelError> {
+        if values.len() != rows * cols {
+            return Err(KernelError::WrongValueCount {
+                rows,
+                cols,
+                got: values.len(),
+            });
+        }
+        // Validate once up front so that the parallel loop below cannot fail
+        // halfway (an empty matrix would otherwise skip the check).
+        quantize_row(dtype, &values[..0])?;
+        if cols % dtype.block_values() != 0 {
+            return Err(KernelError::RowNotBlockAligned {
+                dtype,
+                block: dtype.block_values(),
+                cols,
+            });
+        }
+        let rows_bytes: Result<Vec<Vec<u8>>, KernelError> = values
+            .par_chunks(cols.max(1))
+            .take(rows)
+            .map(|row| quantize_row(dtype, row))
+            .collect();
+        Self::from_raw(dtype, rows, cols, rows_bytes?.concat())
+    }
+
+    /// Converts to another storage type by dequantising each row and
+    /// quantising it again (the "requantise weights at load" knob). Converting
+    /// to the same type returns a copy without touching the values.
+    pub fn requantize(&self, to: WeightDType) -> Result<Matrix, KernelError> {
+        if to == self.dtype {
+            return Ok(self.clone());
+        }
+        // Refuse an unsupported target before looking at the shape.
+        quantize_row(to, &[])?;
+        let block = to.block_values();
+        if self.cols % block != 0 {
+            return Err(KernelError::RowNotBlockAligned {
+                dtype: to,
+                block,
+                cols: self.cols,
+            });
+        }
+        let rows: Result<Vec<Vec<u8>>, KernelError> = (0..self.rows)
+            .into_par_iter()
+            .map_init(
+                || vec![0.0f32; self.cols],
+                |buf, r| {
+                    self.dequantize_row(r, buf);
+                    quantize_row(to, buf)
+                },
+            )
+            .collect();
+        Self::from_raw(to, self.rows, self.cols, rows?.concat())
+    }
+
+    pub fn dtype(&self) -> WeightDType {
+        self.dtype
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        let rb = self.dtype.row_bytes(self.cols);
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantises row `r` into `out` (`out.len() == cols`); used for embedding lookups.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(self.dtype, self.row_bytes(r), out);
+    }
+}
+
+/// `out[i*n + j] = Σ_k x[i*k_dim + k] · w[j, k]` for `m` activation rows.
+///
+/// For Q4_0/Q4_1/Q8_0 weights the activations are quantised to 8 bits per
+/// block of 32 first (as llama.cpp does), so results differ from an f32
+/// product by that rounding: per block at most `amax/254` per activation.
+pub fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32]) {
+    matmul_with(w, x, m, out, Isa::detect());
+}
+
+pub(crate) fn matmul_with(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(x.len(), m * k, "activation shape mismatch");
+    assert_eq!(out.len(), m * n, "output shape mismatch");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    match w.dtype {
+        WeightDType::Q4_0 | WeightDType::Q4_1 | WeightDType::Q8_0 => {
+            int8::matmul(w, x, m, out, isa)
+        }
+        WeightDType::F32
+        | WeightDType::F16
+        | WeightDType::BF16
+        | WeightDType::Q4K
+        | WeightDType::Q6K => float::matmul(w, x, m, out, isa),
+    }
+}
+
+/// The plain definition of [`matmul`]: every weight row dequantised and
+/// dotted in f32 against every activation row. Slow; kept as the yardstick
+/// for tests and benchmarks.
+pub fn matmul_reference(w: &Matrix, x: &[f32], m: usize, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(x.len(), m * k, "activation shape mismatch");
+    assert_eq!(out.len(), m * n, "output shape mismatch");
+    let mut wrow = vec![0.0f32; k];
+    for j in 0..n {
+        w.dequantize_row(j, &mut wrow);
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            out[i * n + j] = wrow.iter().zip(xi).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
+/// Below this many multiply-adds a task is not worth a rayon hand-off
+/// (roughly 10 µs of work).
+const MIN_TASK_WORK: usize = 1 << 16;
+
+/// Runs `task(first_row, rows, out_t)` over tiles of the `n` weight rows
+/// (multiples of `align` rows) in
+/// parallel, where `out_t` is the tile's results laid out `[row][activation]`,
+/// and gathers them into `out` laid out `[activation][row]`.
+///
+/// Tasks own disjoint column ranges of `out`, which are not contiguous when
+/// `m > 1`, so each task writes a contiguous transposed buffer and one pass
+/// scatters it; that pass costs `m·n` moves against `m·n·k` multiply-adds.
+fn run_tiles<F>(n: usize, m: usize, k: usize, align: usize, out: &mut [f32], task: F)
+where
+    F: Fn(usize, usize, &mut [f32]) + Sync,
+{
+    let work = n * m * k;
+    // Several tasks per thread, so a core slowed by another process does not
+    // hold up the call; but none smaller than MIN_TASK_WORK.
+    let tasks = (rayon::current_num_threads() * 4)
+        .min(work / MIN_TASK_WORK)
+        .max(1);
+    // Whole kernel groups of `align` rows, so only the last task's is partial.
+    let tile = n.div_ceil(tasks).div_ceil(align) * align;
+    let run = |t: usize, chunk: &mut [f32]| task(t * tile, chunk.len() / m, chunk);
+    if m == 1 {
+        if tasks == 1 {
+            run(0, out);
+        } else {
+            out.par_chunks_mut(tile)
+                .enumerate()
+                .for_each(|(t, c)| run(t, c));
+        }
+        return;
+    }
+    let mut out_t = vec![0.0f32; n * m];
+    if tasks == 1 {
+        run(0, &mut out_t);
+    } else {
+        out_t
+            .par_chunks_mut(tile * m)
+            .enumerate()
+            .for_each(|(t, c)| run(t, c));
+    }
+    // Transpose in column blocks so that the reads of out_t stay in cache.
+    const JB: usize = 64;
+    for j0 in (0..n).step_by(JB) {
+        let j1 = (j0 + JB).min(n);
+        for (i, row) in out.chunks_exact_mut(n).enumerate() {
+            for (j, o) in row[j0..j1].iter_mut().enumerate() {
+                *o = out_t[(j0 + j) * m + i];
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Fast matmul paths (AVX2 and portable) against plain f64 references.
+//!
+//! Tolerances are derived, not tuned:
+//! - against "dequantised weights · (activations quantised then
+//!   dequantised)", the int8 path differs only by f32 rounding: each block
+//!   term is rounded twice and `nb` of them are summed, so the error is at
+//!   most `(nb + 4) · 2^-23 · S`, where `S` bounds the magnitudes that are
+//!   summed (the offset formats sum `d·q` and `min` separately, so their
+//!   offsets count in `S`);
+//! - against pure f32 activations, add the activation rounding: each value
+//!   moves by at most half a step, `amax_b / 254`, so the dot moves by at most
+//!   `Σ_b amax_b/254 · Σ_{j∈b} |w_j|`.
+
+use super::quantize_act::QuantizedActs;
+use super::*;
+use crate::cpu::Isa;
+use crate::quant::read_f16;
+use crate::test_util::{random_matrix, random_raw_q8_0, Rng};
+
+const EPS: f64 = f32::EPSILON as f64;
+
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Scalar];
+    if !matches!(Isa::detect(), Isa::Scalar) {
+        v.push(Isa::detect());
+    }
+    v
+}
+
+fn dequantised(w: &Matrix) -> Vec<f32> {
+    let mut out = vec![0.0; w.rows() * w.cols()];
+    for (r, row) in out.chunks_exact_mut(w.cols().max(1)).enumerate() {
+        w.dequantize_row(r, row);
+    }
+    out
+}
+
+/// Magnitude of the per-block offset a format's kernel sums separately.
+fn block_offsets(w: &Matrix) -> Vec<f32> {
+    let bb = w.dtype().block_bytes();
+    w.bytes()
+        .chunks_exact(bb)
+        .map(|b| match w.dtype() {
+            WeightDType::Q4_0 => 8.0 * read_f16(b, 0).abs(),
+            WeightDType::Q4_1 => read_f16(b, 2).abs(),
+            _ => 0.0,
+        })
+        .collect()
+}
+
+/// The dequantised activations the int8 kernels actually see.
+fn act_dequantised(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let q = QuantizedActs::new(x, m, k, Isa::Scalar);
+    let mut out = Vec::with_capacity(m * k);
+    for i in 0..m {
+        let (qs, d, _) = q.row(i);
+        for (j, &qv) in qs.iter().enumerate() {
+            out.push(qv as f32 * d[j / 32]);
+        }
+    }
+    out
+}
+
+fn check_int8(w: &Matrix, m: usize, rng: &mut Rng) {
+    let (n, k) = (w.rows(), w.cols());
+    let nb = k / 32;
+    let x = rng.activations(m * k);
+    let xq = act_dequantised(&x, m, k);
+    let wd = dequantised(w);
+    let offs = block_offsets(w);
+    for isa in isas() {
+        let mut out = vec![f32::NAN; m * n];
+        matmul_with(w, &x, m, &mut out, isa);
+        for i in 0..m {
+            for j in 0..n {
+                let (wr, xr, xqr) = (&wd[j * k..][..k], &x[i * k..][..k], &xq[i * k..][..k]);
+                let (mut exact_q, mut exact_f, mut s, mut act_err) = (0f64, 0f64, 0f64, 0f64);
+                for b in 0..nb {
+                    let off = offs[j * nb + b] as f64;
+                    let amax = xr[b * 32..][..32].iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let mut wabs = 0f64;
+                    for t in b * 32..(b + 1) * 32 {
+                        exact_q += wr[t] as f64 * xqr[t] as f64;
+                        exact_f += wr[t] as f64 * xr[t] as f64;
+                        s += (wr[t].abs() as f64 + 2.0 * off) * xqr[t].abs() as f64;
+                        wabs += wr[t].abs() as f64;
+                    }
+                    act_err += amax as f64 / 254.0 * wabs;
+                }
+                let got = out[i * n + j] as f64;
+                let tight = (nb as f64 + 4.0) * EPS * s + 1e-30;
+                assert!(
+                    (got - exact_q).abs() <= tight,
+                    "{:?} {isa:?} m={m} n={n} k={k} [{i},{j}]: {got} vs {exact_q} (tol {tight})",
+                    w.dtype()
+                );
+                let loose = act_err * 1.001 + tight;
+                assert!(
+                    (got - exact_f).abs() <= loose,
+                    "{:?} {isa:?} vs f32 [{i},{j}]: {got} vs {exact_f} (tol {loose})",
+                    w.dtype()
+                );
+            }
+        }
+    }
+}
+
+fn check_float(w: &Matrix, m: usize, rng: &mut Rng) {
+    let (n, k) = (w.rows(), w.cols());
+    let x = rng.activations(m * k);
+    let wd = dequantised(w);
+    for isa in isas() {
+        let mut out = vec![f32::NAN; m * n];
+        matmul_with(w, &x, m, &mut out, isa);
+        for i in 0..m {
+            for j in 0..n {
+                let (wr, xr) = (&wd[j * k..][..k], &x[i * k..][..k]);
+                let exact: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let s: f64 = wr
+                    .iter()
+                    .zip(xr)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                let tol = (k as f64 / 8.0 + 4.0) * EPS * s + 1e-30;
+                let got = out[i * n + j] as f64;
+                assert!(
+                    (got - exact).abs() <= tol,
+                    "{:?} {isa:?} m={m} n={n} k={k} [{i},{j}]: {got} vs {exact} (tol {tol})",
+                    w.dtype()
+                );
+            }
+        }
+    }
+}
+
+const MS: [usize; 4] = [1, 3, 8, 33];
+
+#[test]
+fn int8_formats_match_reference_for_every_batch_size() {
+    let mut rng = Rng::new(1);
+    for dtype in [WeightDType::Q4_0, WeightDType::Q4_1, WeightDType::Q8_0] {
+        for (n, k) in [(1, 32), (37, 96), (13, 576)] {
+            let w = random_matrix(&mut rng, dtype, n, k);
+            for m in MS {
+                check_int8(&w, m, &mut rng);
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_0_with_minus_128_quants_matches_reference() {
+    // ggml's quantiser never writes -128, but a file may hold it; the AVX2
+    // sign trick must still not saturate.
+    let mut rng = Rng::new(2);
+    let w = random_raw_q8_0(&mut rng, 29, 256);
+    for m in MS {
+        check_int8(&w, m, &mut rng);
+    }
+}
+
+#[test]
+fn int8_path_covers_many_tasks_sub_tiles_and_activation_chunks() {
+    // n = 301 rows at k = 576 spans several rayon tasks and several 56-row
+    // sub-tiles; m = 33 spans two 28-row activation chunks.
+    let mut rng = Rng::new(3);
+    for dtype in [WeightDType::Q4_1, WeightDType::Q8_0] {
+        let w = random_matrix(&mut rng, dtype, 301, 576);
+        for m in [1, 33] {
+            check_int8(&w, m, &mut rng);
+        }
+    }
+}
+
+#[test]
+fn float_formats_match_reference_for_every_batch_size() {
+    let mut rng = Rng::new(4);
+    for (dtype, shapes) in [
+        (WeightDType::F32, &[(7, 37), (33, 64), (5, 1)][..]),
+        (WeightDType::F16, &[(7, 40), (33, 96)][..]),
+        (WeightDType::BF16, &[(7, 40), (33, 96)][..]),
+        (WeightDType::Q4K, &[(7, 256), (19, 512)][..]),
+        (WeightDType::Q6K, &[(7, 256), (19, 512)][..]),
+    ] {
+        for &(n, k) in shapes {
+            let w = random_matrix(&mut rng, dtype, n, k);
+            for m in MS {
+                check_float(&w, m, &mut rng);
+            }
+        }
+    }
+}
+
+#[test]
+fn float_path_covers_many_tasks_and_sub_tiles() {
+    let mut rng = Rng::new(5);
+    let w = random_matrix(&mut rng, WeightDType::Q6K, 203, 768);
+    for m in [1, 33] {
+        check_float(&w, m, &mut rng);
+    }
+}
+
+#[test]
+fn empty_shapes_leave_nothing_to_do() {
+    let w = Matrix::from_f32(3, 0, &[]);
+    let mut out = vec![1.0; 6];
+    matmul(&w, &[], 2, &mut out);
+    assert_eq!(out, vec![0.0; 6]);
+    let w = Matrix::from_f32(0, 4, &[]);
+    matmul(&w, &[0.0; 8], 2, &mut []);
+    let w = Matrix::from_f32(2, 4, &[0.0; 8]);
+    matmul(&w, &[], 0, &mut []);
+}
+
+#[test]
+fn matmul_reference_agrees_with_fast_path_on_f32() {
+    let mut rng = Rng::new(6);
+    let w = random_matrix(&mut rng, WeightDType::F32, 9, 48);
+    let x = rng.activations(5 * 48);
+    let (mut a, mut b) = (vec![0.0; 45], vec![0.0; 45]);
+    matmul(&w, &x, 5, &mut a);
+    matmul_reference(&w, &x, 5, &mut b);
+    for (p, q) in a.iter().zip(&b) {
+        assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "{p} vs {q}");
+    }
+}
+
+#[test]
+fn activation_quantisation_keeps_quants_within_127_and_sums_them() {
+    let mut rng = Rng::new(7);
+    let mut x = rng.activations(4 * 64);
+    x[5] = 0.0;
+    x[64..96].fill(0.0);
+    x[200] = f32::NAN;
+    for isa in isas() {
+        let q = QuantizedActs::new(&x, 4, 64, isa);
+        for i in 0..4 {
+            let (qs, d, s) = q.row(i);
+            for b in 0..2 {
+                let qb = &qs[b * 32..][..32];
+                assert!(qb.iter().all(|&v| v != i8::MIN));
+                let sum: i32 = qb.iter().map(|&v| v as i32).sum();
+                assert_eq!(s[b], d[b] * sum as f32);
+            }
+        }
+        let (_, d, s) = q.row(1);
+        assert_eq!((d[0], s[0]), (0.0, 0.0));
+        // Both instruction sets quantise identically.
+        let scalar = QuantizedActs::new(&x, 4, 64, Isa::Scalar);
+        assert_eq!(q.qs, scalar.qs);
+        assert_eq!(q.d, scalar.d);
+    }
+}
+
+#[test]
+fn requantize_round_trips_through_each_format() {
+    let mut rng = Rng::new(8);
+    let values: Vec<f32> = (0..6 * 64).map(|_| rng.uniform()).collect();
+    let w = Matrix::from_f32(6, 64, &values);
+    for to in [
+        WeightDType::F16,
+        WeightDType::BF16,
+        WeightDType::Q4_0,
+        WeightDType::Q4_1,
+        WeightDType::Q8_0,
+    ] {
+        let q = w.requantize(to).unwrap();
+        assert_eq!((q.dtype(), q.rows(), q.cols()), (to, 6, 64));
+        // Requantising is row-wise dequantise + quantize_row.
+        for r in 0..6 {
+            let want = crate::quant::quantize_row(to, &values[r * 64..][..64]).unwrap();
+            assert_eq!(q.row_bytes(r), &want[..], "{to:?} row {r}");
+        }
+        let back = q.requantize(WeightDType::F32).unwrap();
+        assert_eq!(back.dtype(), WeightDType::F32);
+    }
+    assert!(matches!(
+        w.requantize(WeightDType::Q6K),
+        Err(KernelError::UnsupportedTarget(WeightDType::Q6K))
+    ));
+    let odd = Matrix::from_f32(1, 48, &[0.0; 48]);
+    assert!(matches!(
+        odd.requantize(WeightDType::Q8_0),
+        Err(KernelError::RowNotBlockAligned { cols: 48, .. })
+    ));
+}

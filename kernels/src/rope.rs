@@ -1,0 +1,94 @@
+//! Rotary position embeddings.
+
+/// Which pairs of a head's dimensions rotate together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i+1): GGML's "normal" mode, used for GGUF llama weights
+    /// (the converter permuted Q and K so this matches HF's half-split).
+    Interleaved,
+    /// Pairs (i, i + d/2): HF's `rotate_half`, GGML's NEOX mode (Qwen2 GGUF, all HF safetensors).
+    HalfSplit,
+}
+
+/// Frequency scaling from a model's `rope_scaling` config.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    Linear {
+        factor: f32,
+    },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: f32,
+    },
+}
+
+/// Inverse frequencies of one head, with scaling applied; cos/sin are computed
+/// per position so that long-context models need no position-sized table.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    head_dim: usize,
+    style: RopeStyle,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, base: f32, style: RopeStyle, scaling: Option<RopeScaling>) -> Self {
+        let half = head_dim / 2;
+        let inv_freq = (0..half)
+            .map(|i| {
+                let f = 1.0 / base.powf(2.0 * i as f32 / head_dim as f32);
+                match scaling {
+                    None => f,
+                    Some(RopeScaling::Linear { factor }) => f / factor,
+                    Some(RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position_embeddings: orig,
+                    }) => {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        let low_wavelen = orig / low_freq_factor;
+                        let high_wavelen = orig / high_freq_factor;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (orig / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                }
+            })
+            .collect();
+        Self {
+            inv_freq,
+            head_dim,
+            style,
+        }
+    }
+
+    /// Rotates every head of one token (`x` holds `n_heads * head_dim` values) for position `pos`.
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let half = self.head_dim / 2;
+        let (sin, cos): (Vec<f32>, Vec<f32>) = self
+            .inv_freq
+            .iter()
+            .map(|f| (pos as f32 * f).sin_cos())
+            .unzip();
+        for head in x.chunks_exact_mut(self.head_dim) {
+            for i in 0..half {
+                let (a, b) = match self.style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::HalfSplit => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos[i] - x1 * sin[i];
+                head[b] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+    }
+}

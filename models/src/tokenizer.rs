@@ -1,0 +1,778 @@
+//! Text ⇄ token ids, built either from a Hugging Face `tokenizer.json` or from
+//! the `tokenizer.ggml.*` metadata inside a GGUF file.
+//!
+//! Both sources end up as one `tokenizers::Tokenizer`; the GGUF path builds it
+//! programmatically so that it tokenises exactly as llama.cpp does for the
+//! same file (llama.cpp is the reference implementation of GGUF metadata):
+//!
+//! * `tokenizer.ggml.model = gpt2`: byte-level BPE from `tokens` + `merges`,
+//!   pre-tokenised by the regex list that llama.cpp picks for
+//!   `tokenizer.ggml.pre` (each regex splits the pieces left by the previous
+//!   one, matches and gaps both kept), then mapped to the byte alphabet.
+//! * `tokenizer.ggml.model = llama`: SentencePiece BPE by scores with
+//!   `<0xXX>` byte fallback. Merges are derived from the vocabulary and the
+//!   scores the way Hugging Face's SentencePiece converter does it (every
+//!   split of a piece into two vocabulary pieces, ranked by the piece's
+//!   score), spaces become "▁" and a "▁" is prepended to each run of text.
+//!
+//! Token types (`tokenizer.ggml.token_type`) decide which tokens are special:
+//! control (3) and unknown (2) tokens are parsed out of the text and skipped by
+//! `decode(.., skip_special = true)`; user-defined (4) tokens are parsed out of
+//! the text but decoded like text.
+//!
+//! `encode` never lets the tokenizer's post-processor add anything: BOS is
+//! added here, once, when the caller asks for it and the model wants it.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+};
+
+use crate::gguf::{GgufFile, GgufValue};
+use crate::ModelError;
+
+/// A model's tokenizer plus the facts about its special tokens that the
+/// engine needs (BOS, the ids that end generation, the chat template).
+///
+/// Cheap to share: wrap it in an `Arc`; `Clone` copies the vocabulary.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Number of ids the tokenizer can produce (largest id + 1).
+    vocab_size: usize,
+    bos: Option<SpecialToken>,
+    eos: Option<SpecialToken>,
+    /// Whether the model was trained with BOS at the start of every sequence.
+    add_bos: bool,
+    /// `eos` first, then other end-of-generation ids; no duplicates.
+    eos_ids: Vec<u32>,
+    special_ids: HashSet<u32>,
+    chat_template: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct SpecialToken {
+    text: String,
+    id: u32,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size)
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .field("eos_ids", &self.eos_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tok_err(what: &str) -> impl Fn(tokenizers::Error) -> ModelError + '_ {
+    move |e| ModelError::Tokenizer(format!("{what}: {e}"))
+}
+
+impl Tokenizer {
+    /// From a Hugging Face folder's `tokenizer.json`, plus `tokenizer_config.json`
+    /// when given (BOS/EOS tokens, `add_bos_token`, `chat_template`).
+    ///
+    /// `generation_config.json` and `config.json` next to `tokenizer.json` are
+    /// read when present for more end-of-generation ids (`eos_token_id`, an
+    /// integer or a list) and a fallback `bos_token_id`. Padding and truncation
+    /// stored in `tokenizer.json` are switched off: the engine decides lengths.
+    pub fn from_hf_files(
+        tokenizer_json: &Path,
+        tokenizer_config: Option<&Path>,
+    ) -> Result<Self, ModelError> {
+        let mut inner = tokenizers::Tokenizer::from_file(tokenizer_json).map_err(|e| {
+            ModelError::Tokenizer(format!("cannot load {}: {e}", tokenizer_json.display()))
+        })?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(tok_err("cannot switch truncation off"))?;
+
+        let config = match tokenizer_config {
+            Some(path) => read_json(path)?,
+            None => serde_json::Value::Null,
+        };
+        let dir = tokenizer_json.parent().unwrap_or_else(|| Path::new("."));
+        let optional_json = |name: &str| -> Result<serde_json::Value, ModelError> {
+            let path = dir.join(name);
+            if path.is_file() {
+                read_json(&path)
+            } else {
+                Ok(serde_json::Value::Null)
+            }
+        };
+        let generation_config = optional_json("generation_config.json")?;
+        let model_config = optional_json("config.json")?;
+
+        let special_ids: HashSet<u32> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| id)
+            .collect();
+
+        let named = |key: &str| -> Option<SpecialToken> {
+            let text = token_text(config.get(key)?)?;
+            let id = inner.token_to_id(&text)?;
+            Some(SpecialToken { text, id })
+        };
+        let by_id = |id: u32| -> Option<SpecialToken> {
+            let text = inner.id_to_token(id)?;
+            Some(SpecialToken { text, id })
+        };
+        let config_id = |key: &str| -> Option<u32> {
+            [&generation_config, &model_config]
+                .into_iter()
+                .find_map(|c| json_ids(c.get(key)?).into_iter().next())
+        };
+        let bos = named("bos_token").or_else(|| config_id("bos_token_id").and_then(by_id));
+        let eos = named("eos_token").or_else(|| config_id("eos_token_id").and_then(by_id));
+
+        let add_bos = match config
+            .get("add_bos_token")
+            .and_then(serde_json::Value::as_bool)
+        {
+            Some(add) => add,
+            // Without the flag, the tokenizer's own post-processor is what
+            // transformers would apply: does it put BOS in front?
+            None => match &bos {
+                Some(bos) => inner
+                    .encode_fast("", true)
+                    .map(|enc| enc.get_ids().first() == Some(&bos.id))
+                    .unwrap_or(false),
+                None => false,
+            },
+        };
+
+        let mut eos_ids = Vec::new();
+        eos_ids.extend(eos.as_ref().map(|t| t.id));
+        for source in [&generation_config, &model_config] {
+            if let Some(ids) = source.get("eos_token_id") {
+                eos_ids.extend(json_ids(ids));
+            }
+        }
+        dedup_in_order(&mut eos_ids);
+
+        let chat_template = config
+            .get("chat_template")
+            .and_then(chat_template_from_config);
+        let vocab_size = inner
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0);
+
+        Ok(Self {
+            inner,
+            vocab_size,
+            bos,
+            eos,
+            add_bos,
+            eos_ids,
+            special_ids,
+            chat_template,
+        })
+    }
+
+    /// Built from GGUF metadata (`tokenizer.ggml.*`), tokenising as llama.cpp
+    /// does for the same file.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self, ModelError> {
+        let meta = GgufTokenizerMeta::read(gguf)?;
+        let n = meta.tokens.len();
+
+        let (mut inner, add_bos_default) = match meta.model.as_str() {
+            "gpt2" => (build_byte_level_bpe(gguf, &meta)?, meta.pre_kind()?.add_bos),
+            "llama" => (build_sentencepiece_bpe(&meta)?, true),
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "tokenizer.ggml.model = {other:?} (Sluice reads \"gpt2\" and \"llama\")"
+                )))
+            }
+        };
+
+        let get_id = |key: &str| -> Result<Option<u32>, ModelError> {
+            match gguf.get(key) {
+                None => Ok(None),
+                Some(v) => {
+                    let id = v
+                        .as_u64()
+                        .and_then(|id| u32::try_from(id).ok())
+                        .filter(|&id| (id as usize) < n)
+                        .ok_or_else(|| {
+                            ModelError::Tokenizer(format!(
+                                "{key} = {v:?} is not a token id below {n}"
+                            ))
+                        })?;
+                    Ok(Some(id))
+                }
+            }
+        };
+        // llama.cpp's defaults for SentencePiece vocabularies that do not say.
+        let spm = meta.model == "llama";
+        let bos_id = get_id("tokenizer.ggml.bos_token_id")?.or(if spm {
+            Some(1).filter(|_| n > 1)
+        } else {
+            None
+        });
+        let eos_id = get_id("tokenizer.ggml.eos_token_id")?.or(if spm {
+            Some(2).filter(|_| n > 2)
+        } else {
+            None
+        });
+        let eot_id = get_id("tokenizer.ggml.eot_token_id")?;
+        let eom_id = get_id("tokenizer.ggml.eom_token_id")?;
+
+        // The end-of-generation set, as llama.cpp builds it: EOS, EOT, EOM and
+        // any token spelled like a known end-of-turn marker (its metadata has
+        // no other place to say that `<|endoftext|>` also ends a turn).
+        let mut eos_ids: Vec<u32> = [eos_id, eot_id, eom_id].into_iter().flatten().collect();
+        let mut types = meta.token_types.clone();
+        for (id, text) in meta.tokens.iter().enumerate() {
+            if EOG_TEXTS.contains(&text.as_str()) {
+                eos_ids.push(id as u32);
+                // llama.cpp forces these to control tokens.
+                types[id] = TOKEN_TYPE_CONTROL;
+            }
+        }
+        dedup_in_order(&mut eos_ids);
+
+        let mut special = Vec::new();
+        let mut user_defined = Vec::new();
+        let mut special_ids = HashSet::new();
+        for (id, (text, &ty)) in meta.tokens.iter().zip(&types).enumerate() {
+            match ty {
+                TOKEN_TYPE_CONTROL | TOKEN_TYPE_UNKNOWN => {
+                    special_ids.insert(id as u32);
+                    special.push(AddedToken::from(text.clone(), true));
+                }
+                TOKEN_TYPE_USER_DEFINED => {
+                    user_defined.push(AddedToken::from(text.clone(), false).normalized(false));
+                }
+                _ => {}
+            }
+        }
+        inner.add_special_tokens(&special);
+        inner.add_tokens(&user_defined);
+
+        let token = |id: Option<u32>| {
+            id.map(|id| SpecialToken {
+                text: meta.tokens[id as usize].clone(),
+                id,
+            })
+        };
+        let add_bos = match gguf.get("tokenizer.ggml.add_bos_token") {
+            Some(v) => v.as_bool().ok_or_else(|| {
+                ModelError::Tokenizer(format!(
+                    "tokenizer.ggml.add_bos_token = {v:?} is not a bool"
+                ))
+            })?,
+            None => add_bos_default,
+        };
+        let chat_template = gguf
+            .get("tokenizer.chat_template")
+            .and_then(GgufValue::as_str)
+            .map(str::to_string);
+
+        Ok(Self {
+            inner,
+            vocab_size: n,
+            bos: token(bos_id),
+            eos: token(eos_id),
+            add_bos,
+            eos_ids,
+            special_ids,
+            chat_template,
+        })
+    }
+
+    /// Token ids for `text`. Special tokens written in the text (for example
+    /// `<|im_start|>`) become their ids. With `add_bos`, BOS is put in front
+    /// when the model wants one (`add_bos_token`) and the text does not
+    /// already start with it.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, ModelError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(tok_err("cannot encode text"))?;
+        let mut ids = encoding.get_ids().to_vec();
+        if add_bos && self.add_bos {
+            if let Some(bos) = &self.bos {
+                if ids.first() != Some(&bos.id) {
+                    ids.insert(0, bos.id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The text of `ids`; with `skip_special`, special tokens (BOS, EOS,
+    /// `<|im_start|>`, ...) are left out. Bytes that do not form UTF-8 come
+    /// out as U+FFFD.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, ModelError> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(ModelError::Tokenizer(format!(
+                "token id {bad} is out of range (vocabulary size {})",
+                self.vocab_size
+            )));
+        }
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(tok_err("cannot decode ids"))
+    }
+
+    /// Number of token ids (largest id + 1).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos.as_ref().map(|t| t.text.as_str())
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos.as_ref().map(|t| t.id)
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos.as_ref().map(|t| t.text.as_str())
+    }
+
+    /// Whether `encode(.., add_bos = true)` puts BOS in front.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos && self.bos.is_some()
+    }
+
+    /// Every id that ends generation: the EOS id first, then the others the
+    /// model's files name (GGUF `eot_token_id`/`eom_token_id` and tokens
+    /// spelled like `<|im_end|>`, `<|eot_id|>`, `<|endoftext|>`, as llama.cpp
+    /// does; Hugging Face `generation_config.json`/`config.json`
+    /// `eos_token_id`).
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// Whether `id` is a special (control) token that `decode(.., true)` skips.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special_ids.contains(&id)
+    }
+
+    /// The chat template found with the tokenizer (GGUF
+    /// `tokenizer.chat_template`, or `tokenizer_config.json` `chat_template`).
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// The vocabulary's own spelling of `id` (byte-level BPE pieces use the
+    /// byte alphabet, e.g. `Ġworld`; SentencePiece pieces use `▁`).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+}
+
+/// Tokens whose text marks the end of a turn; llama.cpp's list.
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+];
+
+// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_NORMAL: i64 = 1;
+const TOKEN_TYPE_UNKNOWN: i64 = 2;
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// The `tokenizer.ggml.*` keys both GGUF tokenizer kinds need.
+struct GgufTokenizerMeta {
+    model: String,
+    pre: Option<String>,
+    tokens: Vec<String>,
+    token_types: Vec<i64>,
+    /// `tokenizer.ggml.scores` (SentencePiece merge priorities).
+    scores: Option<Vec<f32>>,
+    /// `tokenizer.ggml.add_space_prefix`.
+    add_space_prefix: Option<bool>,
+}
+
+/// How a `gpt2` GGUF vocabulary is pre-tokenised (llama.cpp `llm_tokenizer_bpe`).
+struct PreKind {
+    regexes: &'static [&'static str],
+    /// Whole pre-tokens found in the vocabulary skip merging (Llama 3).
+    ignore_merges: bool,
+    /// llama.cpp's `add_bos` default for this pre-tokenizer when the file has
+    /// no `tokenizer.ggml.add_bos_token`.
+    add_bos: bool,
+}
+
+// Regexes copied from llama.cpp (`llama-vocab.cpp`); each splits the pieces
+// the previous one left.
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+impl GgufTokenizerMeta {
+    fn read(gguf: &GgufFile) -> Result<Self, ModelError> {
+        let model = gguf
+            .get("tokenizer.ggml.model")
+            .and_then(GgufValue::as_str)
+            .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.model".into()))?
+            .to_string();
+        let pre = gguf
+            .get("tokenizer.ggml.pre")
+            .and_then(GgufValue::as_str)
+            .map(str::to_string);
+        let tokens = string_array(gguf, "tokenizer.ggml.tokens")?
+            .ok_or_else(|| ModelError::Tokenizer("GGUF has no tokenizer.ggml.tokens".into()))?;
+        if tokens.is_empty() || u32::try_from(tokens.len()).is_err() {
+            return Err(ModelError::Tokenizer(format!(
+                "tokenizer.ggml.tokens has {} entries",
+                tokens.len()
+            )));
+        }
+        let token_types = match gguf.get("tokenizer.ggml.token_type") {
+            None => vec![TOKEN_TYPE_NORMAL; tokens.len()],
+            Some(v) => {
+                let items = v.as_array().ok_or_else(|| {
+                    ModelError::Tokenizer("tokenizer.ggml.token_type is not an array".into())
+                })?;
+                if items.len() != tokens.len() {
+                    return Err(ModelError::Tokenizer(format!(
+                        "tokenizer.ggml.token_type has {} entries for {} tokens",
+                        items.len(),
+                        tokens.len()
+                    )));
+                }
+                items
+                    .iter()
+                    .map(|t| t.as_f64().map(|t| t as i64))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        ModelError::Tokenizer("tokenizer.ggml.token_type holds a non-number".into())
+                    })?
+            }
+        };
+        let scores = match gguf.get("tokenizer.ggml.scores") {
+            None => None,
+            Some(v) => {
+                let items = v.as_array().ok_or_else(|| {
+                    ModelError::Tokenizer("tokenizer.ggml.scores is not an array".into())
+                })?;
+                let scores = items
+                    .iter()
+                    .map(|s| s.as_f64().map(|s| s as f32))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        ModelError::Tokenizer("tokenizer.ggml.scores holds a non-number".into())
+                    })?;
+                Some(scores)
+            }
+        };
+        let add_space_prefix = gguf
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(GgufValue::as_bool);
+        Ok(Self {
+            model,
+            pre,
+            tokens,
+            token_types,
+            scores,
+            add_space_prefix,
+        })
+    }
+
+    fn pre_kind(&self) -> Result<PreKind, ModelError> {
+        let pre = self.pre.as_deref().unwrap_or("default");
+        let kind = |regexes, ignore_merges, add_bos| PreKind {
+            regexes,
+            ignore_merges,
+            add_bos,
+        };
+        Ok(match pre {
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" => kind(&[LLAMA3_REGEX], true, true),
+            "dbrx" | "smaug-bpe" => kind(&[LLAMA3_REGEX], false, false),
+            "qwen2" | "deepseek-r1-qwen" | "kormo" | "stablelm2" | "megrez" | "hunyuan" => {
+                kind(&[QWEN2_REGEX], false, false)
+            }
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva-7b" => kind(&[r"\p{N}", GPT2_REGEX], false, false),
+            "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
+            | "jina-v2-de" | "a.x-4.0" | "mellum" | "jina-v1-en" | "jina-v2-code"
+            | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling"
+            | "exaone4" => kind(&[GPT2_REGEX], false, false),
+            "falcon" => kind(
+                &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_REGEX, "[0-9][0-9][0-9]"],
+                false,
+                false,
+            ),
+            other => {
+                if other != "default" {
+                    tracing::warn!(
+                        pre = other,
+                        "unknown tokenizer.ggml.pre; using llama.cpp's default BPE pre-tokenizer, \
+                         tokenisation may differ from the model's own"
+                    );
+                }
+                kind(
+                    &[
+                        r"[\p{P}\$\+<=>\^~\|]+",
+                        GPT2_REGEX,
+                        r"\p{N}+",
+                        "[0-9][0-9][0-9]",
+                    ],
+                    false,
+                    false,
+                )
+            }
+        })
+    }
+}
+
+fn string_array(gguf: &GgufFile, key: &str) -> Result<Option<Vec<String>>, ModelError> {
+    let Some(v) = gguf.get(key) else {
+        return Ok(None);
+    };
+    let items = v
+        .as_array()
+        .ok_or_else(|| ModelError::Tokenizer(format!("{key} is not an array")))?;
+    items
+        .iter()
+        .map(|s| s.as_str().map(str::to_string))
+        .collect::<Option<Vec<_>>>()
+        .map(Some)
+        .ok_or_else(|| ModelError::Tokenizer(format!("{key} holds a non-string")))
+}
+
+fn vocab_map(tokens: &[String]) -> Vocab {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.clone(), id as u32))
+        .collect()
+}
+
+/// Byte-level BPE (`tokenizer.ggml.model = gpt2`).
+fn build_byte_level_bpe(
+    gguf: &GgufFile,
+    meta: &GgufTokenizerMeta,
+) -> Result<tokenizers::Tokenizer, ModelError> {
+    let kind = meta.pre_kind()?;
+    let merges = string_array(gguf, "tokenizer.ggml.merges")?.ok_or_else(|| {
+        ModelError::Tokenizer("gpt2 GGUF tokenizer has no tokenizer.ggml.merges".into())
+    })?;
+    let merges = merges
+        .iter()
+        .map(|m| {
+            // llama.cpp splits at the first space after the first character
+            // (a merge can start with a space: "  " is "Ġ"-free in some vocabularies).
+            let first = m.chars().next().map_or(0, char::len_utf8);
+            m[first..]
+                .find(' ')
+                .map(|i| (m[..first + i].to_string(), m[first + i + 1..].to_string()))
+                .ok_or_else(|| ModelError::Tokenizer(format!("merge {m:?} has no space")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let model = BPE::builder()
+        .vocab_and_merges(vocab_map(&meta.tokens), merges)
+        .ignore_merges(kind.ignore_merges)
+        .build()
+        .map_err(tok_err(
+            "cannot build the BPE model from GGUF tokens and merges",
+        ))?;
+
+    let mut pre = Vec::with_capacity(kind.regexes.len() + 1);
+    for regex in kind.regexes {
+        let split = Split::new(
+            SplitPattern::Regex((*regex).to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err("cannot compile a pre-tokenizer regex"))?;
+        pre.push(PreTokenizerWrapper::Split(split));
+    }
+    // The regexes already split the text: ByteLevel only maps bytes to the
+    // byte alphabet, with no regex of its own and no prefix space.
+    pre.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+        false, false, false,
+    )));
+
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    tokenizer
+        .with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(
+            PreTokenizerSequence::new(pre),
+        )))
+        .with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
+            false, false, false,
+        ))));
+    Ok(tokenizer)
+}
+
+/// SentencePiece BPE by scores with byte fallback (`tokenizer.ggml.model = llama`).
+fn build_sentencepiece_bpe(meta: &GgufTokenizerMeta) -> Result<tokenizers::Tokenizer, ModelError> {
+    let n = meta.tokens.len();
+    // A missing score list is what llama.cpp reads as all zeros.
+    let scores = meta.scores.clone().unwrap_or_else(|| vec![0.0; n]);
+    if scores.len() != n {
+        return Err(ModelError::Tokenizer(format!(
+            "tokenizer.ggml.scores has {} entries for {n} tokens",
+            scores.len()
+        )));
+    }
+    let vocab = vocab_map(&meta.tokens);
+
+    // Merges as Hugging Face's SentencePiece converter derives them: every way
+    // to split a mergeable piece into two vocabulary pieces, best-scored piece
+    // first; a piece's own splits ordered by the ids of their parts.
+    let mut merges: Vec<(f32, u32, u32, usize)> = Vec::new();
+    for (id, piece) in meta.tokens.iter().enumerate() {
+        let ty = meta.token_types[id];
+        if ty != TOKEN_TYPE_NORMAL && ty != TOKEN_TYPE_USER_DEFINED {
+            continue;
+        }
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(cut);
+            if let (Some(&l), Some(&r)) = (vocab.get(l), vocab.get(r)) {
+                merges.push((scores[id], l, r, cut));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges = merges
+        .into_iter()
+        .map(|(_, l, r, _)| {
+            (
+                meta.tokens[l as usize].clone(),
+                meta.tokens[r as usize].clone(),
+            )
+        })
+        .collect();
+
+    let unk = meta
+        .token_types
+        .iter()
+        .position(|&t| t == TOKEN_TYPE_UNKNOWN)
+        .map(|id| meta.tokens[id].clone());
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unk) = unk {
+        builder = builder.unk_token(unk);
+    }
+    let model = builder.build().map_err(tok_err(
+        "cannot build the SentencePiece BPE model from GGUF tokens and scores",
+    ))?;
+
+    // llama.cpp: `tokenizer.ggml.add_space_prefix`, true unless the file says otherwise.
+    let add_space_prefix = meta.add_space_prefix.unwrap_or(true);
+    let to_metaspace =
+        Replace::new(" ", "▁").map_err(tok_err("cannot build the space normaliser"))?;
+    let normalizer = if add_space_prefix {
+        NormalizerWrapper::Sequence(NormalizerSequence::new(vec![
+            NormalizerWrapper::Prepend(Prepend::new("▁".to_string())),
+            NormalizerWrapper::Replace(to_metaspace),
+        ]))
+    } else {
+        NormalizerWrapper::Replace(to_metaspace)
+    };
+    let from_metaspace =
+        Replace::new("▁", " ").map_err(tok_err("cannot build the space decoder"))?;
+    let mut decoders = vec![
+        DecoderWrapper::Replace(from_metaspace),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if add_space_prefix {
+        // The space the encoder put in front comes off again.
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    tokenizer
+        .with_normalizer(Some(normalizer))
+        .with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(
+            decoders,
+        ))));
+    Ok(tokenizer)
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| ModelError::Tokenizer(format!("{} is not valid JSON: {e}", path.display())))
+}
+
+/// `tokenizer_config.json` writes special tokens as a string or as an
+/// `AddedToken` object with a `content` field.
+fn token_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// `eos_token_id` is an integer or a list of integers.
+fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    let one = |v: &serde_json::Value| v.as_u64().and_then(|id| u32::try_from(id).ok());
+    match v {
+        serde_json::Value::Array(items) => items.iter().filter_map(one).collect(),
+        other => one(other).into_iter().collect(),
+    }
+}
+
+/// `chat_template` is a string, or a list of `{name, template}` of which
+/// the one named `default` is the chat template.
+fn chat_template_from_config(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(items) => {
+            let template =
+                |item: &serde_json::Value| item.get("template")?.as_str().map(str::to_string);
+            items
+                .iter()
+                .find(|item| {
+                    item.get("name").and_then(serde_json::Value::as_str) == Some("default")
+                })
+                .or_else(|| items.first())
+                .and_then(template)
+        }
+        _ => None,
+    }
+}
+
+fn dedup_in_order(ids: &mut Vec<u32>) {
+    let mut seen = HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+}
+
+// The engine shares one tokenizer between threads.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tokenizer>();
+};

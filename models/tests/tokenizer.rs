@@ -1,0 +1,549 @@
+//! Tokenizer and incremental detokenizer tests.
+//!
+//! The SmolLM2 tests compare against ids that llama.cpp produced for the same
+//! GGUF (`tests/data/tokenization.jsonl`, `tests/data/greedy.jsonl`); the tiny
+//! SentencePiece and Hugging Face tokenizers are written by the tests.
+
+// Test helpers outside #[test] fns are not covered by clippy.toml's allow-*-in-tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use serde_json::{json, Value as Json};
+use sluice_models::gguf::{GgufFile, GgufValue, GgufWriter};
+use sluice_models::{demo_chat_model_path, IncrementalDecoder, ModelError, Tokenizer};
+
+fn smollm2() -> &'static Tokenizer {
+    static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
+    TOKENIZER.get_or_init(|| {
+        let path = demo_chat_model_path();
+        assert!(
+            path.is_file(),
+            "the demo model is missing at {}: run scripts/fetch-models.sh first",
+            path.display()
+        );
+        let gguf = GgufFile::open(&path).expect("open the SmolLM2 GGUF");
+        Tokenizer::from_gguf(&gguf).expect("build the tokenizer from GGUF metadata")
+    })
+}
+
+fn jsonl(name: &str) -> Vec<Json> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+        .collect()
+}
+
+fn ids(v: &Json) -> Vec<u32> {
+    v.as_array()
+        .expect("an id list")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+/// Feeds `ids` one at a time; returns each push's output and the final flush.
+fn stream(tok: &Tokenizer, ids: &[u32]) -> (Vec<String>, String) {
+    let mut dec = IncrementalDecoder::new();
+    let chunks = ids
+        .iter()
+        .map(|&id| dec.push(tok, id).expect("push"))
+        .collect();
+    let tail = dec.finish(tok).expect("finish");
+    (chunks, tail)
+}
+
+#[test]
+fn smollm2_encodes_like_llama_cpp() {
+    let tok = smollm2();
+    let cases = jsonl("tokenization.jsonl");
+    assert!(cases.len() >= 30, "reference data looks truncated");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let text = case["text"].as_str().expect("text");
+        let want = ids(&case["ids"]);
+        let got = tok.encode(text, false).expect("encode");
+        if got != want {
+            failures.push(format!("{text:?}\n  want {want:?}\n  got  {got:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn smollm2_decode_round_trips_reference_texts() {
+    let tok = smollm2();
+    for case in jsonl("tokenization.jsonl") {
+        let text = case["text"].as_str().expect("text");
+        let ids = ids(&case["ids"]);
+        assert_eq!(
+            tok.decode(&ids, false).expect("decode"),
+            text,
+            "ids {ids:?}"
+        );
+    }
+}
+
+#[test]
+fn decode_skips_special_tokens_only_when_asked() {
+    let tok = smollm2();
+    let ids = tok.encode("a<|im_end|>b", false).expect("encode");
+    assert_eq!(tok.decode(&ids, false).expect("decode"), "a<|im_end|>b");
+    assert_eq!(tok.decode(&ids, true).expect("decode"), "ab");
+}
+
+#[test]
+fn decode_rejects_out_of_range_ids() {
+    let tok = smollm2();
+    let err = tok
+        .decode(&[19556, 49152], true)
+        .expect_err("49152 is past the vocabulary");
+    assert!(
+        matches!(err, ModelError::Tokenizer(ref m) if m.contains("49152")),
+        "{err}"
+    );
+}
+
+#[test]
+fn smollm2_chat_prompts_encode_to_reference_ids() {
+    let tok = smollm2();
+    for case in jsonl("greedy.jsonl") {
+        let prompt = case["prompt"].as_str().expect("prompt");
+        let want = ids(&case["prompt_ids"]);
+        assert_eq!(
+            tok.encode(prompt, false).expect("encode"),
+            want,
+            "{prompt:?}"
+        );
+        // The prompt already starts with BOS (<|im_start|>) and the model
+        // asks for none: asking for BOS must not add a second one.
+        assert_eq!(
+            tok.encode(prompt, true).expect("encode"),
+            want,
+            "{prompt:?}"
+        );
+    }
+}
+
+#[test]
+fn smollm2_greedy_ids_decode_to_reference_text() {
+    let tok = smollm2();
+    for case in jsonl("greedy.jsonl") {
+        let greedy = ids(&case["greedy_ids"]);
+        let want = case["greedy_text"].as_str().expect("greedy_text");
+        assert_eq!(tok.decode(&greedy, true).expect("decode"), want);
+        let (chunks, tail) = stream(tok, &greedy);
+        assert_eq!(chunks.concat() + &tail, want);
+    }
+}
+
+#[test]
+fn smollm2_special_tokens_come_from_metadata() {
+    let tok = smollm2();
+    assert_eq!(tok.vocab_size(), 49152);
+    assert_eq!(tok.bos_id(), Some(1));
+    assert_eq!(tok.bos_token(), Some("<|im_start|>"));
+    assert_eq!(tok.eos_token(), Some("<|im_end|>"));
+    assert_eq!(
+        tok.eos_ids().first(),
+        Some(&2),
+        "EOS comes first: {:?}",
+        tok.eos_ids()
+    );
+    // llama.cpp also ends generation on <|endoftext|>.
+    assert!(tok.eos_ids().contains(&0), "{:?}", tok.eos_ids());
+    assert!(!tok.eos_ids().contains(&1), "{:?}", tok.eos_ids());
+    assert!(!tok.adds_bos(), "tokenizer.ggml.add_bos_token is false");
+    assert_eq!(tok.encode("Hello", true).expect("encode"), vec![19556]);
+    for id in 0..17 {
+        assert!(tok.is_special(id), "control token {id}");
+    }
+    assert!(!tok.is_special(17));
+    assert!(!tok.is_special(905));
+    assert_eq!(tok.id_to_token(905).as_deref(), Some("Ġworld"));
+    assert_eq!(tok.id_to_token(1).as_deref(), Some("<|im_start|>"));
+    assert_eq!(tok.id_to_token(49152), None);
+    let template = tok
+        .chat_template_source()
+        .expect("the GGUF carries a chat template");
+    assert!(template.contains("<|im_start|>"), "{template}");
+}
+
+#[test]
+fn incremental_decoder_never_splits_characters() {
+    let tok = smollm2();
+    let texts = [
+        "Привет, мир! Съешь же ещё этих мягких французских булок.",
+        "emoji: 😀🚀👍🏽 and ❤️ and 👨‍👩‍👧",
+        "日本語のテキスト、中文文本和한국어 텍스트",
+        "mixed: naïve café, Zürich straße, «кавычки» — 数字 12345",
+        "<|im_start|>assistant\nОтвет: 42 🙂<|im_end|>\n",
+    ];
+    let mut held_back = false;
+    for text in texts {
+        let ids = tok.encode(text, false).expect("encode");
+        let (chunks, tail) = stream(tok, &ids);
+        for chunk in &chunks {
+            assert!(
+                !chunk.contains('\u{FFFD}'),
+                "broken character in {chunk:?} from {text:?}"
+            );
+        }
+        held_back |= chunks.iter().any(String::is_empty);
+        assert_eq!(
+            chunks.concat() + &tail,
+            tok.decode(&ids, true).expect("decode"),
+            "{text:?}"
+        );
+        assert!(
+            tail.is_empty(),
+            "valid text leaves nothing to flush: {tail:?}"
+        );
+    }
+    assert!(
+        held_back,
+        "multi-token characters must be held back at least once"
+    );
+}
+
+#[test]
+fn incremental_decoder_matches_decode_on_every_reference_line() {
+    let tok = smollm2();
+    for case in jsonl("tokenization.jsonl") {
+        let ids = ids(&case["ids"]);
+        let (chunks, tail) = stream(tok, &ids);
+        assert_eq!(
+            chunks.concat() + &tail,
+            tok.decode(&ids, true).expect("decode")
+        );
+    }
+}
+
+#[test]
+fn incremental_decoder_flushes_incomplete_bytes_on_finish() {
+    let tok = smollm2();
+    // "Привет" starts with a token holding only the first byte of "П".
+    let ids = tok.encode("Привет", false).expect("encode");
+    let mut dec = IncrementalDecoder::new();
+    assert_eq!(dec.push(tok, ids[0]).expect("push"), "");
+    let tail = dec.finish(tok).expect("finish");
+    assert_eq!(tail, tok.decode(&ids[..1], true).expect("decode"));
+    assert!(tail.contains('\u{FFFD}'));
+}
+
+// ---------------------------------------------------------------- tiny SPM GGUF
+
+const TYPE_NORMAL: i32 = 1;
+const TYPE_UNKNOWN: i32 = 2;
+const TYPE_CONTROL: i32 = 3;
+const TYPE_BYTE: i32 = 6;
+
+/// A SentencePiece-style vocabulary: <unk>, <s>, </s>, 256 byte tokens, then
+/// pieces whose scores decide the merge order.
+fn tiny_spm_vocab() -> Vec<(String, f32, i32)> {
+    let mut v = vec![
+        ("<unk>".to_string(), 0.0, TYPE_UNKNOWN),
+        ("<s>".to_string(), 0.0, TYPE_CONTROL),
+        ("</s>".to_string(), 0.0, TYPE_CONTROL),
+    ];
+    v.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 0.0, TYPE_BYTE)));
+    let pieces = [
+        "▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "llo", "hello", "▁hello", "▁w", "or",
+        "▁wor", "ld", "▁world",
+    ];
+    v.extend(
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.to_string(), -(i as f32) - 1.0, TYPE_NORMAL)),
+    );
+    v
+}
+
+fn write_tiny_spm(dir: &Path, extra: &[(&str, GgufValue)]) -> Tokenizer {
+    let vocab = tiny_spm_vocab();
+    let mut w = GgufWriter::default();
+    w.meta("general.architecture", GgufValue::String("llama".into()))
+        .meta("tokenizer.ggml.model", GgufValue::String("llama".into()))
+        .meta(
+            "tokenizer.ggml.tokens",
+            GgufValue::Array(
+                vocab
+                    .iter()
+                    .map(|(t, _, _)| GgufValue::String(t.clone()))
+                    .collect(),
+            ),
+        )
+        .meta(
+            "tokenizer.ggml.scores",
+            GgufValue::Array(vocab.iter().map(|(_, s, _)| GgufValue::F32(*s)).collect()),
+        )
+        .meta(
+            "tokenizer.ggml.token_type",
+            GgufValue::Array(vocab.iter().map(|(_, _, t)| GgufValue::I32(*t)).collect()),
+        );
+    for (k, v) in extra {
+        w.meta(k, v.clone());
+    }
+    let path = dir.join("tiny-spm.gguf");
+    w.write(&path).expect("write GGUF");
+    let gguf = GgufFile::open(&path).expect("open GGUF");
+    Tokenizer::from_gguf(&gguf).expect("SPM tokenizer from GGUF")
+}
+
+fn spm_id(piece: &str) -> u32 {
+    tiny_spm_vocab()
+        .iter()
+        .position(|(t, _, _)| t == piece)
+        .unwrap_or_else(|| panic!("{piece} not in the tiny vocabulary")) as u32
+}
+
+#[test]
+fn sentencepiece_gguf_merges_by_score_with_a_prefix_space() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tok = write_tiny_spm(dir.path(), &[]);
+    assert_eq!(
+        tok.encode("hello world", false).expect("encode"),
+        vec![spm_id("▁hello"), spm_id("▁world")]
+    );
+    assert_eq!(
+        tok.decode(&[spm_id("▁hello"), spm_id("▁world")], true)
+            .expect("decode"),
+        "hello world"
+    );
+    // A lower-scored merge must wait: "lld" → "ll" + "d", never "l" + "ld".
+    assert_eq!(
+        tok.encode("lld", false).expect("encode"),
+        vec![spm_id("▁"), spm_id("ll"), spm_id("d")]
+    );
+}
+
+#[test]
+fn sentencepiece_gguf_falls_back_to_bytes_for_unknown_characters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tok = write_tiny_spm(dir.path(), &[]);
+    let ids = tok.encode("hello ö!", false).expect("encode");
+    assert_eq!(
+        ids,
+        vec![
+            spm_id("▁hello"),
+            spm_id("▁"),
+            spm_id("<0xC3>"),
+            spm_id("<0xB6>"),
+            spm_id("<0x21>")
+        ]
+    );
+    assert_eq!(tok.decode(&ids, true).expect("decode"), "hello ö!");
+
+    let mut dec = IncrementalDecoder::new();
+    let chunks: Vec<String> = ids
+        .iter()
+        .map(|&id| dec.push(&tok, id).expect("push"))
+        .collect();
+    assert_eq!(chunks, ["hello", " ", "", "ö", "!"]);
+    assert_eq!(dec.finish(&tok).expect("finish"), "");
+}
+
+#[test]
+fn sentencepiece_gguf_bos_and_specials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tok = write_tiny_spm(
+        dir.path(),
+        &[
+            ("tokenizer.ggml.bos_token_id", GgufValue::U32(1)),
+            ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
+        ],
+    );
+    assert_eq!(tok.bos_token(), Some("<s>"));
+    assert_eq!(tok.eos_token(), Some("</s>"));
+    assert_eq!(tok.eos_ids(), &[2]);
+    assert!(
+        tok.adds_bos(),
+        "SentencePiece vocabularies add BOS unless told otherwise"
+    );
+    let hello = spm_id("▁hello");
+    assert_eq!(tok.encode("hello", true).expect("encode"), vec![1, hello]);
+    assert_eq!(
+        tok.encode("<s>hello", true).expect("encode"),
+        vec![1, hello],
+        "never two BOS"
+    );
+    assert_eq!(
+        tok.encode("hello</s>", false).expect("encode"),
+        vec![hello, 2]
+    );
+    assert!(tok.is_special(1) && tok.is_special(2) && tok.is_special(0));
+    assert!(!tok.is_special(hello));
+    assert_eq!(tok.decode(&[1, hello, 2], true).expect("decode"), "hello");
+    assert_eq!(
+        tok.decode(&[1, hello, 2], false).expect("decode"),
+        "<s> hello</s>"
+    );
+
+    let tok = write_tiny_spm(
+        dir.path(),
+        &[("tokenizer.ggml.add_bos_token", GgufValue::Bool(false))],
+    );
+    assert_eq!(tok.encode("hello", true).expect("encode"), vec![hello]);
+}
+
+#[test]
+fn sentencepiece_incremental_decoding_keeps_inner_spaces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tok = write_tiny_spm(dir.path(), &[]);
+    let ids = tok.encode("hello world hello", false).expect("encode");
+    let (chunks, tail) = stream(&tok, &ids);
+    assert_eq!(chunks, ["hello", " world", " hello"]);
+    assert_eq!(tail, "");
+}
+
+#[test]
+fn gguf_without_tokenizer_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("empty.gguf");
+    let mut w = GgufWriter::default();
+    w.meta("general.architecture", GgufValue::String("llama".into()));
+    w.write(&path).expect("write");
+    let gguf = GgufFile::open(&path).expect("open");
+    let err = Tokenizer::from_gguf(&gguf).expect_err("no tokenizer metadata");
+    assert!(matches!(err, ModelError::Tokenizer(_)), "{err}");
+
+    let mut w = GgufWriter::default();
+    w.meta("tokenizer.ggml.model", GgufValue::String("t5".into()))
+        .meta(
+            "tokenizer.ggml.tokens",
+            GgufValue::Array(vec![GgufValue::String("a".into())]),
+        );
+    w.write(&path).expect("write");
+    let gguf = GgufFile::open(&path).expect("open");
+    let err = Tokenizer::from_gguf(&gguf).expect_err("unsupported model");
+    assert!(
+        matches!(err, ModelError::Unsupported(ref m) if m.contains("t5")),
+        "{err}"
+    );
+}
+
+// ------------------------------------------------------- tiny tokenizer.json
+
+fn write_tiny_hf(dir: &Path) -> std::path::PathBuf {
+    let vocab = json!({
+        "<|bos|>": 0, "<|eos|>": 1, "<|eot|>": 2,
+        "h": 3, "i": 4, "Ġ": 5, "t": 6, "e": 7, "r": 8,
+        "hi": 9, "Ġt": 10, "he": 11, "Ġthe": 12, "re": 13, "Ġthere": 14
+    });
+    let added = |id: u32, content: &str| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+               "rstrip": false, "normalized": false, "special": true})
+    };
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": {"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0},
+        "padding": null,
+        "added_tokens": [added(0, "<|bos|>"), added(1, "<|eos|>"), added(2, "<|eot|>")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab,
+            "merges": ["h i", "Ġ t", "h e", "Ġt he", "r e", "Ġthe re"]
+        }
+    });
+    let path = dir.join("tokenizer.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&tokenizer).expect("json"),
+    )
+    .expect("write");
+    path
+}
+
+#[test]
+fn hf_tokenizer_json_loads_with_its_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokenizer_json = write_tiny_hf(dir.path());
+    let config_path = dir.path().join("tokenizer_config.json");
+    let config = json!({
+        "bos_token": "<|bos|>",
+        "eos_token": {"content": "<|eos|>", "special": true},
+        "add_bos_token": true,
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    });
+    std::fs::write(&config_path, config.to_string()).expect("write config");
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        json!({"eos_token_id": [1, 2]}).to_string(),
+    )
+    .expect("write generation config");
+
+    let tok = Tokenizer::from_hf_files(&tokenizer_json, Some(&config_path)).expect("load");
+    // Truncation to 2 in tokenizer.json must not cut prompts.
+    assert_eq!(
+        tok.encode("hi there hi", false).expect("encode"),
+        vec![9, 14, 5, 9]
+    );
+    assert_eq!(
+        tok.encode("hi there", true).expect("encode"),
+        vec![0, 9, 14]
+    );
+    assert_eq!(
+        tok.encode("<|bos|>hi", true).expect("encode"),
+        vec![0, 9],
+        "never two BOS"
+    );
+    assert_eq!(tok.encode("hi<|eot|>", false).expect("encode"), vec![9, 2]);
+    assert_eq!(
+        tok.decode(&[0, 9, 14, 2], true).expect("decode"),
+        "hi there"
+    );
+    assert_eq!(
+        tok.decode(&[0, 9, 14, 2], false).expect("decode"),
+        "<|bos|>hi there<|eot|>"
+    );
+    assert_eq!(tok.bos_token(), Some("<|bos|>"));
+    assert_eq!(tok.bos_id(), Some(0));
+    assert_eq!(tok.eos_token(), Some("<|eos|>"));
+    assert_eq!(tok.eos_ids(), &[1, 2]);
+    assert!(tok.is_special(2) && !tok.is_special(9));
+    assert_eq!(tok.vocab_size(), 15);
+    assert_eq!(tok.id_to_token(14).as_deref(), Some("Ġthere"));
+    assert_eq!(
+        tok.chat_template_source(),
+        Some("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}")
+    );
+}
+
+#[test]
+fn hf_tokenizer_json_loads_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokenizer_json = write_tiny_hf(dir.path());
+    let tok = Tokenizer::from_hf_files(&tokenizer_json, None).expect("load");
+    assert_eq!(tok.encode("hi there", true).expect("encode"), vec![9, 14]);
+    assert_eq!(tok.bos_id(), None);
+    assert_eq!(tok.eos_ids(), &[] as &[u32]);
+    assert_eq!(tok.chat_template_source(), None);
+}
+
+#[test]
+fn hf_missing_tokenizer_json_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err =
+        Tokenizer::from_hf_files(&dir.path().join("tokenizer.json"), None).expect_err("no file");
+    assert!(
+        matches!(err, ModelError::Tokenizer(ref m) if m.contains("tokenizer.json")),
+        "{err}"
+    );
+}

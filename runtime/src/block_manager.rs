@@ -1,0 +1,791 @@
+//! The paged KV-cache block pool, with prefix caching.
+//!
+//! The KV cache is cut into `num_blocks` blocks of `block_size` token slots; a
+//! sequence owns a *block table* (block ids in position order). This module
+//! only does the bookkeeping — which block is free, who references it, which
+//! full blocks hold which token prefix — and never touches tensors. It follows
+//! vLLM v1's `block_pool.py` + `kv_cache_manager.py`:
+//!
+//! * **Refcounts.** A block is *used* while some sequence references it
+//!   (`ref_cnt > 0`) and *free* otherwise. Blocks holding a shared prefix have
+//!   one reference per sequence.
+//! * **Prefix cache.** A full, computed block is registered under a chain
+//!   hash: the hash of block *i* covers the hash of block *i − 1* and the token
+//!   ids of block *i*, so equal hashes mean equal whole prefixes. A later
+//!   prompt walks its own chain and reuses the longest run of cached blocks.
+//! * **Free list = eviction order.** A freed block that carries a hash stays
+//!   cached but evictable; free blocks sit in one intrusive doubly-linked list
+//!   that `allocate` pops from the front. Freed cached blocks go to the back
+//!   (least recently freed is evicted first); freed blocks without a hash go
+//!   to the front, since nothing is lost by reusing them. A cached block that
+//!   a new prompt hits is unlinked in O(1).
+//! * **No fit, no preemption.** `allocate` answers `None` without side
+//!   effects when the pool is short; deciding whom to preempt is the
+//!   scheduler's job (STYLE habit 9).
+//!
+//! Hashes are 128 bits built from two SipHash instances with per-manager
+//! random keys: a collision would silently serve another prompt's KV, so the
+//! hash must be both wide (≈2⁻⁸⁸ collision odds at a million blocks) and
+//! unpredictable (a client cannot craft a prompt that collides with another
+//! tenant's prefix).
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+
+/// Index of a block in the KV cache.
+pub type BlockId = u32;
+
+/// Marks "no neighbour" in the intrusive free list.
+const NIL: BlockId = BlockId::MAX;
+
+/// Size of the pool and whether full blocks are shared between prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockManagerConfig {
+    /// Blocks in the pool (at most `u32::MAX - 1`; more is clamped).
+    pub num_blocks: usize,
+    /// Token slots per block (0 is treated as 1).
+    pub block_size: usize,
+    pub enable_prefix_caching: bool,
+}
+
+/// Chain hash of a full block: identifies the block's tokens *and* every
+/// token before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlockHash(u128);
+
+#[derive(Debug, Clone)]
+struct Block {
+    /// Sequences referencing this block; 0 means it is in the free list.
+    ref_cnt: u32,
+    /// The chain hash of the block's content once it is full and computed.
+    /// The block is *cached* (findable by other prompts) only when the map
+    /// points back at it; otherwise it is a duplicate of a cached block and
+    /// the hash just spares its owner from re-hashing the chain.
+    hash: Option<BlockHash>,
+    /// Free-list neighbours; meaningful only while `ref_cnt == 0`.
+    prev: BlockId,
+    next: BlockId,
+}
+
+/// The KV block pool. See the module docs.
+#[derive(Debug)]
+pub struct BlockManager {
+    block_size: usize,
+    enable_prefix_caching: bool,
+    blocks: Vec<Block>,
+    /// Front = next to be handed out by `allocate`.
+    free_head: BlockId,
+    free_tail: BlockId,
+    num_free: usize,
+    /// Cached full blocks by chain hash.
+    cached: HashMap<BlockHash, BlockId>,
+    /// Two independently keyed SipHash builders: their outputs form the
+    /// 128-bit block hash.
+    hash_keys: (RandomState, RandomState),
+    queries: u64,
+    query_tokens: u64,
+    hit_tokens: u64,
+    /// Releases of a block nobody referenced (a caller bug); reported by
+    /// `check_invariants` instead of panicking on a request path.
+    refcount_underflows: u64,
+}
+
+impl BlockManager {
+    pub fn new(cfg: BlockManagerConfig) -> Self {
+        let num_blocks = cfg.num_blocks.min(NIL as usize);
+        let blocks = (0..num_blocks)
+            .map(|i| Block {
+                ref_cnt: 0,
+                hash: None,
+                prev: if i == 0 { NIL } else { i as BlockId - 1 },
+                next: if i + 1 == num_blocks {
+                    NIL
+                } else {
+                    i as BlockId + 1
+                },
+            })
+            .collect();
+        Self {
+            block_size: cfg.block_size.max(1),
+            enable_prefix_caching: cfg.enable_prefix_caching,
+            blocks,
+            free_head: if num_blocks == 0 { NIL } else { 0 },
+            free_tail: if num_blocks == 0 {
+                NIL
+            } else {
+                num_blocks as BlockId - 1
+            },
+            num_free: num_blocks,
+            cached: HashMap::new(),
+            hash_keys: (RandomState::new(), RandomState::new()),
+            queries: 0,
+            query_tokens: 0,
+            hit_tokens: 0,
+            refcount_underflows: 0,
+        }
+    }
+
+    /// Longest run of leading full blocks of `tokens` already cached, and the
+    /// number of tokens they cover; takes a reference on each. Never covers
+    /// the whole of `tokens`: at least one token is left to compute, so the
+    /// last position's logits exist.
+    pub fn acquire_cached_prefix(&mut self, tokens: &[u32]) -> (Vec<BlockId>, usize) {
+        let (blocks, num_tokens) = self.find_cached_prefix(tokens);
+        self.acquire_blocks(&blocks, tokens.len());
+        (blocks, num_tokens)
+    }
+
+    /// Like [`acquire_cached_prefix`](Self::acquire_cached_prefix) but takes
+    /// nothing: lets the scheduler check that the rest of a prompt fits
+    /// before committing to anything.
+    pub fn find_cached_prefix(&self, tokens: &[u32]) -> (Vec<BlockId>, usize) {
+        if !self.enable_prefix_caching {
+            return (Vec::new(), 0);
+        }
+        let max_blocks = tokens.len().saturating_sub(1) / self.block_size;
+        let mut found = Vec::new();
+        let mut parent = None;
+        for chunk in tokens.chunks_exact(self.block_size).take(max_blocks) {
+            let hash = self.hash_block(parent, chunk);
+            match self.cached.get(&hash) {
+                Some(&id) => found.push(id),
+                None => break,
+            }
+            parent = Some(hash);
+        }
+        let num_tokens = found.len() * self.block_size;
+        (found, num_tokens)
+    }
+
+    /// Takes a reference on each of `blocks` (a prefix returned by
+    /// [`find_cached_prefix`](Self::find_cached_prefix)) and records one
+    /// prefix-cache query of `query_tokens` tokens.
+    pub fn acquire_blocks(&mut self, blocks: &[BlockId], query_tokens: usize) {
+        if self.enable_prefix_caching {
+            self.queries += 1;
+            self.query_tokens += query_tokens as u64;
+            self.hit_tokens += (blocks.len() * self.block_size) as u64;
+        }
+        for &id in blocks {
+            let Some(block) = self.blocks.get_mut(id as usize) else {
+                continue;
+            };
+            block.ref_cnt += 1;
+            if block.ref_cnt == 1 {
+                self.unlink(id);
+            }
+        }
+        self.debug_check();
+    }
+
+    /// How many of `blocks` sit in the free pool: acquiring them lowers
+    /// [`num_free_blocks`](Self::num_free_blocks) by this much.
+    pub fn num_evictable(&self, blocks: &[BlockId]) -> usize {
+        blocks
+            .iter()
+            .filter(|&&id| self.blocks.get(id as usize).is_some_and(|b| b.ref_cnt == 0))
+            .count()
+    }
+
+    /// Takes `n` fresh blocks: never-cached free ones first, then cached free
+    /// ones least recently freed first (dropping their hash entries). `None`,
+    /// with nothing changed, when fewer than `n` are free.
+    pub fn allocate(&mut self, n: usize) -> Option<Vec<BlockId>> {
+        if n > self.num_free {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = self.free_head;
+            self.unlink(id);
+            let block = &mut self.blocks[id as usize];
+            block.ref_cnt = 1;
+            if let Some(hash) = block.hash.take() {
+                if self.cached.get(&hash) == Some(&id) {
+                    self.cached.remove(&hash);
+                }
+            }
+            out.push(id);
+        }
+        self.debug_check();
+        Some(out)
+    }
+
+    /// Registers the first `num_full_blocks` blocks of a sequence (full and
+    /// computed) in the prefix cache. `block_table` and `tokens` are the
+    /// sequence's. Already-registered blocks are left alone; a block whose
+    /// content is already cached under another id is not registered (the
+    /// existing mapping stays, so concurrent identical prompts converge on one
+    /// copy as they finish).
+    pub fn register_full_blocks(
+        &mut self,
+        block_table: &[BlockId],
+        tokens: &[u32],
+        num_full_blocks: usize,
+    ) {
+        if !self.enable_prefix_caching {
+            return;
+        }
+        let bs = self.block_size;
+        let n = num_full_blocks
+            .min(block_table.len())
+            .min(tokens.len() / bs);
+        // A block that already carries a hash carries this sequence's chain
+        // hash up to it (a referenced block is never re-hashed), so only the
+        // blocks after the last hashed one need hashing: O(new blocks) per
+        // call instead of O(sequence).
+        let mut start = 0;
+        let mut parent = None;
+        for i in (0..n).rev() {
+            if let Some(hash) = self
+                .blocks
+                .get(block_table[i] as usize)
+                .and_then(|b| b.hash)
+            {
+                start = i + 1;
+                parent = Some(hash);
+                break;
+            }
+        }
+        for (i, &id) in block_table.iter().enumerate().take(n).skip(start) {
+            let hash = self.hash_block(parent, &tokens[i * bs..(i + 1) * bs]);
+            parent = Some(hash);
+            let Some(block) = self.blocks.get_mut(id as usize) else {
+                continue;
+            };
+            // Only an owner may register a block: a free block's slots may be
+            // handed out and overwritten at any moment.
+            debug_assert!(block.ref_cnt > 0, "registering free block {id}");
+            if block.ref_cnt == 0 {
+                continue;
+            }
+            block.hash = Some(hash);
+            self.cached.entry(hash).or_insert(id);
+        }
+        self.debug_check();
+    }
+
+    /// Drops one reference on each block of `block_table`, tail first (as
+    /// vLLM does), so that among cached blocks the tail of a sequence — the
+    /// part least likely to be shared — is evicted first.
+    pub fn release(&mut self, block_table: &[BlockId]) {
+        for &id in block_table.iter().rev() {
+            let Some(block) = self.blocks.get_mut(id as usize) else {
+                self.refcount_underflows += 1;
+                continue;
+            };
+            if block.ref_cnt == 0 {
+                self.refcount_underflows += 1;
+                continue;
+            }
+            block.ref_cnt -= 1;
+            if block.ref_cnt > 0 {
+                continue;
+            }
+            let cached = block
+                .hash
+                .is_some_and(|hash| self.cached.get(&hash) == Some(&id));
+            if cached {
+                self.push_back(id);
+            } else {
+                // A duplicate's hash is useless once nobody owns it.
+                self.blocks[id as usize].hash = None;
+                self.push_front(id);
+            }
+        }
+        self.debug_check();
+    }
+
+    /// Free blocks, including cached ones nobody references.
+    pub fn num_free_blocks(&self) -> usize {
+        self.num_free
+    }
+
+    /// Blocks referenced by at least one sequence.
+    pub fn num_used_blocks(&self) -> usize {
+        self.blocks.len() - self.num_free
+    }
+
+    pub fn num_total_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Fraction of blocks in use, for load signals.
+    pub fn usage(&self) -> f32 {
+        if self.blocks.is_empty() {
+            return 0.0;
+        }
+        self.num_used_blocks() as f32 / self.blocks.len() as f32
+    }
+
+    /// Blocks currently findable by a prefix lookup.
+    pub fn num_cached_blocks(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// Prompt tokens served from the prefix cache, over all queries.
+    pub fn prefix_cache_hit_tokens(&self) -> u64 {
+        self.hit_tokens
+    }
+
+    /// Prompt tokens looked up in the prefix cache, over all queries.
+    pub fn prefix_cache_query_tokens(&self) -> u64 {
+        self.query_tokens
+    }
+
+    /// Prefix-cache lookups that were acted on.
+    pub fn prefix_cache_queries(&self) -> u64 {
+        self.queries
+    }
+
+    /// Checks the pool's invariants: free + used == total, no refcount
+    /// underflow, every free block in the free list exactly once and no
+    /// referenced block in it, the hash map and the blocks' hashes agree.
+    /// O(num_blocks); run after every mutation in debug builds.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let total = self.blocks.len();
+        if self.refcount_underflows > 0 {
+            return Err(format!(
+                "{} releases of unreferenced blocks",
+                self.refcount_underflows
+            ));
+        }
+        let mut in_list = vec![false; total];
+        let mut count = 0;
+        let mut prev = NIL;
+        let mut cur = self.free_head;
+        while cur != NIL {
+            let Some(block) = self.blocks.get(cur as usize) else {
+                return Err(format!("free list holds out-of-range id {cur}"));
+            };
+            if in_list[cur as usize] {
+                return Err(format!("free list visits block {cur} twice"));
+            }
+            in_list[cur as usize] = true;
+            if block.ref_cnt != 0 {
+                return Err(format!(
+                    "block {cur} is free-listed with refcount {}",
+                    block.ref_cnt
+                ));
+            }
+            if block.prev != prev {
+                return Err(format!("block {cur} has a stale prev link"));
+            }
+            count += 1;
+            prev = cur;
+            cur = block.next;
+        }
+        if prev != self.free_tail {
+            return Err(format!(
+                "free tail is {} but the list ends at {prev}",
+                self.free_tail
+            ));
+        }
+        if count != self.num_free {
+            return Err(format!(
+                "free list has {count} blocks, counter says {}",
+                self.num_free
+            ));
+        }
+        let used = self.blocks.iter().filter(|b| b.ref_cnt > 0).count();
+        if used + count != total {
+            return Err(format!(
+                "free {count} + used {used} != total {total}: a block with refcount 0 is not free-listed"
+            ));
+        }
+        for (hash, &id) in &self.cached {
+            match self.blocks.get(id as usize) {
+                Some(block) if block.hash == Some(*hash) => {}
+                _ => return Err(format!("hash map points at block {id}, whose hash differs")),
+            }
+        }
+        for (id, block) in self.blocks.iter().enumerate() {
+            if let Some(hash) = block.hash {
+                let cached = self.cached.get(&hash) == Some(&(id as BlockId));
+                if !cached && block.ref_cnt == 0 {
+                    return Err(format!("free block {id} keeps a hash that is not cached"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn debug_check(&self) {
+        debug_assert_eq!(self.check_invariants(), Ok(()));
+    }
+
+    fn hash_block(&self, parent: Option<BlockHash>, tokens: &[u32]) -> BlockHash {
+        let mut a = self.hash_keys.0.build_hasher();
+        let mut b = self.hash_keys.1.build_hasher();
+        for h in [&mut a, &mut b] {
+            match parent {
+                Some(BlockHash(p)) => {
+                    h.write_u8(1);
+                    h.write_u128(p);
+                }
+                None => h.write_u8(0),
+            }
+            for &t in tokens {
+                h.write_u32(t);
+            }
+        }
+        BlockHash(((a.finish() as u128) << 64) | b.finish() as u128)
+    }
+
+    /// Removes free block `id` from the free list.
+    fn unlink(&mut self, id: BlockId) {
+        let (prev, next) = {
+            let b = &self.blocks[id as usize];
+            (b.prev, b.next)
+        };
+        match prev {
+            NIL => self.free_head = next,
+            p => self.blocks[p as usize].next = next,
+        }
+        match next {
+            NIL => self.free_tail = prev,
+            n => self.blocks[n as usize].prev = prev,
+        }
+        let b = &mut self.blocks[id as usize];
+        b.prev = NIL;
+        b.next = NIL;
+        self.num_free -= 1;
+    }
+
+    fn push_back(&mut self, id: BlockId) {
+        let tail = self.free_tail;
+        {
+            let b = &mut self.blocks[id as usize];
+            b.prev = tail;
+            b.next = NIL;
+        }
+        match tail {
+            NIL => self.free_head = id,
+            t => self.blocks[t as usize].next = id,
+        }
+        self.free_tail = id;
+        self.num_free += 1;
+    }
+
+    fn push_front(&mut self, id: BlockId) {
+        let head = self.free_head;
+        {
+            let b = &mut self.blocks[id as usize];
+            b.prev = NIL;
+            b.next = head;
+        }
+        match head {
+            NIL => self.free_tail = id,
+            h => self.blocks[h as usize].prev = id,
+        }
+        self.free_head = id;
+        self.num_free += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SeqRng;
+
+    fn manager(num_blocks: usize, block_size: usize) -> BlockManager {
+        BlockManager::new(BlockManagerConfig {
+            num_blocks,
+            block_size,
+            enable_prefix_caching: true,
+        })
+    }
+
+    fn toks(range: std::ops::Range<u32>) -> Vec<u32> {
+        range.collect()
+    }
+
+    #[test]
+    fn fresh_pool_hands_out_blocks_in_id_order() {
+        let mut bm = manager(8, 16);
+        assert_eq!(bm.allocate(3), Some(vec![0, 1, 2]));
+        assert_eq!(bm.allocate(2), Some(vec![3, 4]));
+        assert_eq!(bm.num_used_blocks(), 5);
+        assert_eq!(bm.num_free_blocks(), 3);
+        assert_eq!(bm.num_total_blocks(), 8);
+        assert_eq!(bm.allocate(0), Some(vec![]));
+    }
+
+    #[test]
+    fn allocate_returns_none_when_pool_exhausted() {
+        let mut bm = manager(4, 16);
+        let a = bm.allocate(3).unwrap();
+        assert_eq!(bm.allocate(2), None);
+        // No side effects: the one free block is still there, and is the
+        // one handed out next.
+        assert_eq!(bm.num_free_blocks(), 1);
+        assert_eq!(bm.num_used_blocks(), 3);
+        assert_eq!(bm.allocate(1), Some(vec![3]));
+        assert_eq!(bm.allocate(1), None);
+        bm.release(&a);
+        bm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn released_blocks_are_reused() {
+        let mut bm = manager(4, 16);
+        let a = bm.allocate(2).unwrap();
+        let b = bm.allocate(2).unwrap();
+        assert_eq!((a.clone(), b), (vec![0, 1], vec![2, 3]));
+        bm.release(&a);
+        assert_eq!(bm.num_free_blocks(), 2);
+        // Uncached blocks return to the front, in table order.
+        assert_eq!(bm.allocate(2), Some(vec![0, 1]));
+        assert_eq!(bm.num_free_blocks(), 0);
+    }
+
+    #[test]
+    fn two_sequences_share_a_common_prefix_with_refcounts() {
+        let mut bm = manager(10, 16);
+        // 40-token common prefix: two full blocks (32 tokens) are shareable.
+        let common = toks(0..40);
+        let mut a_tokens = common.clone();
+        a_tokens.extend(100..110);
+        let mut b_tokens = common.clone();
+        b_tokens.extend(200..230);
+
+        // Sequence A: nothing cached yet.
+        assert_eq!(bm.acquire_cached_prefix(&a_tokens), (vec![], 0));
+        let a_table = bm.allocate(4).unwrap(); // 50 tokens -> 4 blocks
+        assert_eq!(a_table, vec![0, 1, 2, 3]);
+        bm.register_full_blocks(&a_table, &a_tokens, 3);
+        assert_eq!(bm.num_cached_blocks(), 3);
+
+        // Sequence B shares exactly blocks 0 and 1 (block 2 differs after
+        // token 40).
+        let (prefix, hit) = bm.acquire_cached_prefix(&b_tokens);
+        assert_eq!((prefix.clone(), hit), (vec![0, 1], 32));
+        let rest = bm.allocate(3).unwrap(); // 70 tokens -> 5 blocks
+        assert_eq!(rest, vec![4, 5, 6]);
+        let b_table: Vec<BlockId> = prefix.iter().chain(&rest).copied().collect();
+        assert_eq!(b_table, vec![0, 1, 4, 5, 6]);
+        assert_eq!(bm.num_used_blocks(), 7);
+        assert_eq!(bm.prefix_cache_hit_tokens(), 32);
+        assert_eq!(bm.prefix_cache_query_tokens(), 50 + 70);
+
+        // A finishes: the shared blocks stay used by B.
+        bm.release(&a_table);
+        assert_eq!(bm.num_used_blocks(), 5);
+        assert_eq!(bm.num_evictable(&[0, 1, 2, 3]), 2);
+        bm.release(&b_table);
+        assert_eq!(bm.num_used_blocks(), 0);
+        assert_eq!(bm.num_free_blocks(), 10);
+        // Still cached: a third sequence hits blocks 0, 1, 2.
+        let (prefix, hit) = bm.acquire_cached_prefix(&a_tokens);
+        assert_eq!((prefix.clone(), hit), (vec![0, 1, 2], 48));
+        bm.release(&prefix);
+        bm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn acquire_never_covers_the_whole_prompt() {
+        let mut bm = manager(8, 4);
+        let tokens = toks(0..8); // exactly two full blocks
+        let table = bm.allocate(2).unwrap();
+        bm.register_full_blocks(&table, &tokens, 2);
+        // Both blocks are cached, but the last token must be computed: only
+        // the first block is returned.
+        let (prefix, hit) = bm.acquire_cached_prefix(&tokens);
+        assert_eq!((prefix.clone(), hit), (vec![0], 4));
+        bm.release(&prefix);
+        // One more token: now both blocks can be used.
+        let tokens9 = toks(0..9);
+        let (prefix9, hit9) = bm.acquire_cached_prefix(&tokens9);
+        assert_eq!((prefix9.clone(), hit9), (vec![0, 1], 8));
+        // Shorter than one block: nothing.
+        assert_eq!(bm.acquire_cached_prefix(&toks(0..4)), (vec![], 0));
+        assert_eq!(bm.acquire_cached_prefix(&[]), (vec![], 0));
+        bm.release(&prefix9);
+        bm.release(&table);
+        bm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn cached_free_blocks_are_evicted_least_recently_freed_first() {
+        let mut bm = manager(6, 2);
+        // Three single-block sequences, all cached, freed in the order
+        // 1, 0, 2.
+        let seqs = [vec![1, 1, 9], vec![2, 2, 9], vec![3, 3, 9]];
+        let mut tables = Vec::new();
+        for s in &seqs {
+            let t = bm.allocate(1).unwrap();
+            bm.register_full_blocks(&t, s, 1);
+            tables.push(t);
+        }
+        assert_eq!(tables, vec![vec![0], vec![1], vec![2]]);
+        bm.release(&tables[1]);
+        bm.release(&tables[0]);
+        bm.release(&tables[2]);
+        // Uncached blocks 3, 4, 5 go first, then cached ones in free order.
+        assert_eq!(bm.allocate(3), Some(vec![3, 4, 5]));
+        assert_eq!(bm.allocate(1), Some(vec![1]));
+        // Block 1's prefix is gone, the others still hit.
+        assert_eq!(bm.acquire_cached_prefix(&seqs[1]), (vec![], 0));
+        assert_eq!(bm.acquire_cached_prefix(&seqs[0]), (vec![0], 2));
+        // Touching block 0 took it out of the free list: 2 is next.
+        assert_eq!(bm.allocate(1), Some(vec![2]));
+        assert_eq!(bm.allocate(1), None);
+        bm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn release_frees_tail_blocks_first_so_they_are_evicted_first() {
+        let mut bm = manager(3, 2);
+        let tokens = vec![1, 2, 3, 4, 5, 6, 7];
+        let table = bm.allocate(3).unwrap();
+        bm.register_full_blocks(&table, &tokens, 3);
+        bm.release(&table);
+        assert_eq!(bm.allocate(1), Some(vec![2]));
+        assert_eq!(bm.allocate(1), Some(vec![1]));
+        // The head of the prefix survives longest.
+        assert_eq!(bm.acquire_cached_prefix(&tokens), (vec![0], 2));
+    }
+
+    #[test]
+    fn duplicate_block_keeps_the_existing_mapping() {
+        let mut bm = manager(6, 2);
+        let tokens = vec![5, 6, 7, 8, 9];
+        let a = bm.allocate(2).unwrap();
+        let b = bm.allocate(2).unwrap();
+        bm.register_full_blocks(&a, &tokens, 2);
+        bm.register_full_blocks(&b, &tokens, 2);
+        // Idempotent.
+        bm.register_full_blocks(&a, &tokens, 2);
+        assert_eq!(bm.num_cached_blocks(), 2);
+        bm.check_invariants().unwrap();
+        let (prefix, _) = bm.acquire_cached_prefix(&tokens);
+        assert_eq!(prefix, vec![0, 1]);
+        bm.release(&prefix);
+        // The duplicate goes back to the front uncached; the original is
+        // still cached after both owners release it.
+        bm.release(&b);
+        bm.release(&a);
+        assert_eq!(bm.num_cached_blocks(), 2);
+        assert_eq!(bm.allocate(2), Some(vec![2, 3]));
+        bm.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn registration_extends_incrementally_as_blocks_fill() {
+        let mut bm = manager(8, 2);
+        let mut tokens = vec![1, 2, 3];
+        let table = bm.allocate(3).unwrap();
+        bm.register_full_blocks(&table, &tokens, 1);
+        tokens.extend([4, 5, 6]);
+        bm.register_full_blocks(&table, &tokens, 3);
+        assert_eq!(bm.num_cached_blocks(), 3);
+        tokens.push(7);
+        let (prefix, hit) = bm.acquire_cached_prefix(&tokens);
+        assert_eq!((prefix, hit), (vec![0, 1, 2], 6));
+    }
+
+    #[test]
+    fn disabled_prefix_caching_never_shares() {
+        let mut bm = BlockManager::new(BlockManagerConfig {
+            num_blocks: 4,
+            block_size: 2,
+            enable_prefix_caching: false,
+        });
+        let tokens = vec![1, 2, 3, 4, 5];
+        let t = bm.allocate(2).unwrap();
+        bm.register_full_blocks(&t, &tokens, 2);
+        assert_eq!(bm.acquire_cached_prefix(&tokens), (vec![], 0));
+        assert_eq!(bm.num_cached_blocks(), 0);
+        assert_eq!(bm.prefix_cache_queries(), 0);
+    }
+
+    #[test]
+    fn double_release_is_reported_as_underflow() {
+        let mut bm = BlockManager::new(BlockManagerConfig {
+            num_blocks: 2,
+            block_size: 2,
+            enable_prefix_caching: false,
+        });
+        let t = bm.allocate(1).unwrap();
+        bm.release(&t);
+        // Debug builds catch it in the post-mutation check (a panic); release
+        // builds leave it to check_invariants.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            bm.release(&t);
+            bm.check_invariants()
+        }));
+        assert!(matches!(outcome, Err(_) | Ok(Err(_))), "{outcome:?}");
+    }
+
+    /// Random alloc / share / register / release sequences; the invariants
+    /// hold after every step and everything is free at the end.
+    #[test]
+    fn random_operations_keep_invariants_and_end_all_free() {
+        for seed in 0..40u64 {
+            let mut rng = SeqRng::seeded(seed);
+            let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
+            let bs = 1 + pick(4);
+            let mut bm = manager(8 + pick(24), bs);
+            // Token prefixes come from a few families so that sharing happens.
+            let families: Vec<Vec<u32>> = (0..3)
+                .map(|f| (0..64).map(|i| f * 1000 + i).collect())
+                .collect();
+            // Live "sequences": (tokens, block table).
+            let mut live: Vec<(Vec<u32>, Vec<BlockId>)> = Vec::new();
+            for _ in 0..300 {
+                match pick(4) {
+                    0 | 1 => {
+                        let fam = &families[pick(families.len())];
+                        let mut tokens = fam[..pick(40)].to_vec();
+                        tokens.extend((0..1 + pick(10)).map(|_| pick(5) as u32 + 50_000));
+                        let (mut table, hit) = bm.acquire_cached_prefix(&tokens);
+                        assert!(hit < tokens.len());
+                        assert_eq!(hit, table.len() * bs);
+                        let need = tokens.len().div_ceil(bs) - table.len();
+                        let free_before = bm.num_free_blocks();
+                        match bm.allocate(need) {
+                            Some(rest) => {
+                                table.extend(rest);
+                                live.push((tokens, table));
+                            }
+                            None => {
+                                assert!(need > free_before);
+                                assert_eq!(bm.num_free_blocks(), free_before);
+                                bm.release(&table);
+                            }
+                        }
+                    }
+                    2 if !live.is_empty() => {
+                        let i = pick(live.len());
+                        let (tokens, table) = &live[i];
+                        let full = pick(tokens.len() / bs + 1);
+                        bm.register_full_blocks(table, tokens, full);
+                    }
+                    _ if !live.is_empty() => {
+                        let (_, table) = live.swap_remove(pick(live.len()));
+                        bm.release(&table);
+                    }
+                    _ => {}
+                }
+                bm.check_invariants().unwrap();
+                let held: usize = live.iter().map(|(_, t)| t.len()).sum();
+                assert!(bm.num_used_blocks() <= held);
+                assert_eq!(
+                    bm.num_free_blocks() + bm.num_used_blocks(),
+                    bm.num_total_blocks()
+                );
+            }
+            for (_, table) in live.drain(..) {
+                bm.release(&table);
+            }
+            bm.check_invariants().unwrap();
+            assert_eq!(bm.num_used_blocks(), 0);
+            assert_eq!(bm.num_free_blocks(), bm.num_total_blocks());
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! The engine loop: one thread that owns the executor and the scheduler and
+//! runs steps while there is work, and the cloneable handle that submits to it.
+//!
+//! Requests reach the loop through a bounded channel and join the running
+//! batch between steps; each request's events leave through its own channel,
+//! whose closing (the receiver dropped) is how a client cancels: the loop
+//! notices before the next step and frees the sequence's blocks.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_models::{ChatTemplate, IncrementalDecoder, LoadedLlm, SeqBatch, Tokenizer};
+use tokio::sync::mpsc;
+
+use crate::block_manager::BlockManagerConfig;
+use crate::executor::{CpuExecutor, Executor};
+use crate::load::{LoadCells, LoadSnapshot, RateEwma};
+use crate::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogprob, Usage};
+use crate::rng::SeqRng;
+use crate::sampler::sample;
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
+use crate::stop::StopMatcher;
+use crate::EngineError;
+
+/// Knobs for ML engineers; every field has a sensible default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// KV memory budget in bytes (used when `num_kv_blocks` is `None`).
+    pub kv_cache_bytes: usize,
+    /// Exact number of KV blocks; overrides the byte budget.
+    pub num_kv_blocks: Option<usize>,
+    /// Sequences running at once.
+    pub max_num_seqs: usize,
+    /// Tokens (decode + prefill chunks) computed per step.
+    pub max_num_batched_tokens: usize,
+    /// Requests accepted beyond the running ones before new ones get "queue full".
+    pub max_waiting: usize,
+    /// Compute threads; `None` means one per core.
+    pub threads: Option<usize>,
+    /// Share KV blocks of identical prompt prefixes.
+    pub enable_prefix_caching: bool,
+    /// Context cap; `None` means the model's own (bounded by the KV capacity).
+    pub max_model_len: Option<usize>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            kv_cache_bytes: 512 << 20,
+            num_kv_blocks: None,
+            max_num_seqs: 32,
+            max_num_batched_tokens: 512,
+            max_waiting: 256,
+            threads: None,
+            enable_prefix_caching: true,
+            max_model_len: None,
+        }
+    }
+}
+
+/// What clients may know about the served model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+    pub num_kv_blocks: usize,
+    pub block_size: usize,
+    pub weight_bytes: usize,
+}
+
+struct Submission {
+    id: SeqId,
+    request: GenerateRequest,
+    events: mpsc::Sender<EngineEvent>,
+}
+
+struct Shared {
+    info: ModelInfo,
+    tokenizer: Arc<Tokenizer>,
+    chat_template: Option<Arc<ChatTemplate>>,
+    load: LoadCells,
+    /// Accepted and not yet finished; bounds everything the engine holds.
+    pending: AtomicUsize,
+    max_pending: usize,
+    next_id: AtomicUsize,
+}
+
+/// A cloneable handle to a running engine. The engine stops when the last
+/// handle is dropped and its in-flight requests have finished.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+    submit: SyncSender<Submission>,
+}
+
+/// The events of one request. Dropping it cancels the request.
+pub struct EventStream {
+    rx: mpsc::Receiver<EngineEvent>,
+}
+
+impl EventStream {
+    /// The next event; `None` after the last one.
+    pub async fn recv(&mut self) -> Option<EngineEvent> {
+        self.rx.recv().await
+    }
+
+    /// Blocking variant for non-async callers (tests, benchmarks).
+    pub fn blocking_recv(&mut self) -> Option<EngineEvent> {
+        self.rx.blocking_recv()
+    }
+}
+
+impl EngineHandle {
+    /// Queues a request, or refuses it at once: a request that cannot fit the
+    /// context or a full queue is an error, never an unbounded wait.
+    pub fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
+        let info = &self.shared.info;
+        let prompt_tokens = request.prompt_tokens.len();
+        if prompt_tokens == 0 {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if let Some(&id) = request
+            .prompt_tokens
+            .iter()
+            .find(|&&t| t as usize >= info.vocab_size)
+        {
+            return Err(EngineError::InvalidToken {
+                id,
+                vocab_size: info.vocab_size,
+            });
+        }
+        let max_tokens = request.params.max_tokens;
+        let requested = prompt_tokens.saturating_add(max_tokens);
+        if requested > info.max_model_len {
+            return Err(EngineError::ContextTooLong {
+                max_model_len: info.max_model_len,
+                requested,
+                prompt_tokens,
+                max_tokens,
+            });
+        }
+        let pending = self.shared.pending.fetch_add(1, Ordering::SeqCst);
+        if pending >= self.shared.max_pending {
+            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::QueueFull { pending });
+        }
+        // Room for every token plus the final event, so the engine's
+        // `try_send` can only fail when the receiver is gone.
+        let (tx, rx) = mpsc::channel(max_tokens + 2);
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) as SeqId;
+        let sub = Submission {
+            id,
+            request,
+            events: tx,
+        };
+        match self.submit.try_send(sub) {
+            Ok(()) => Ok(EventStream { rx }),
+            Err(TrySendError::Full(_)) => {
+                self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+                Err(EngineError::QueueFull { pending })
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+                Err(EngineError::Stopped)
+            }
+        }
+    }
+
+    pub fn load(&self) -> LoadSnapshot {
+        self.shared.load.snapshot()
+    }
+    pub fn info(&self) -> &ModelInfo {
+        &self.shared.info
+    }
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.shared.tokenizer
+    }
+    pub fn chat_template(&self) -> Option<&Arc<ChatTemplate>> {
+        self.shared.chat_template.as_ref()
+    }
+}
+
+/// Starts engines.
+pub struct Engine;
+
+impl Engine {
+    /// Starts the engine thread for a loaded model on the CPU.
+    pub fn start(loaded: LoadedLlm, cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
+        let model_cfg = loaded.model.config().clone();
+        let weight_bytes = loaded.model.weight_bytes();
+        if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
+            return Err(EngineError::Config(
+                "block_size, max_num_seqs and max_num_batched_tokens must be positive".into(),
+            ));
+        }
+        let per_block = sluice_models::KvCache::bytes_per_block(&model_cfg, cfg.block_size);
+        let num_blocks = cfg
+            .num_kv_blocks
+            .unwrap_or(cfg.kv_cache_bytes / per_block.max(1));
+        if num_blocks == 0 {
+            return Err(EngineError::Config(format!(
+                "kv_cache_bytes {} holds no block of {per_block} bytes; raise it",
+                cfg.kv_cache_bytes
+            )));
+        }
+        let threads = cfg
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let max_model_len = cfg
+            .max_model_len
+            .unwrap_or(model_cfg.max_position_embeddings)
+            .min(model_cfg.max_position_embeddings)
+            .min(num_blocks * cfg.block_size);
+        let executor = CpuExecutor::new(loaded.model, num_blocks, cfg.block_size, threads)
+            .map_err(EngineError::Config)?;
+        let tokenizer = Arc::new(loaded.tokenizer);
+        let info = ModelInfo {
+            max_model_len,
+            vocab_size: model_cfg.vocab_size,
+            num_kv_blocks: num_blocks,
+            block_size: cfg.block_size,
+            weight_bytes,
+        };
+        let shared = Arc::new(Shared {
+            info,
+            tokenizer: tokenizer.clone(),
+            chat_template: loaded.chat_template.map(Arc::new),
+            load: LoadCells::default(),
+            pending: AtomicUsize::new(0),
+            max_pending: cfg.max_num_seqs + cfg.max_waiting,
+            next_id: AtomicUsize::new(0),
+        });
+        // The channel only carries requests between steps; `pending` is the real bound.
+        let (submit, intake) = sync_channel(cfg.max_num_seqs + cfg.max_waiting);
+        let scheduler = Scheduler::new(SchedulerConfig {
+            max_num_seqs: cfg.max_num_seqs,
+            max_num_batched_tokens: cfg.max_num_batched_tokens,
+            max_model_len,
+            block: BlockManagerConfig {
+                num_blocks,
+                block_size: cfg.block_size,
+                enable_prefix_caching: cfg.enable_prefix_caching,
+            },
+        });
+        let mut worker = Worker {
+            executor: Box::new(executor),
+            scheduler,
+            intake,
+            active: HashMap::new(),
+            shared: shared.clone(),
+            tps: RateEwma::default(),
+            decode_tps: RateEwma::default(),
+        };
+        std::thread::Builder::new()
+            .name("sluice-engine".into())
+            .spawn(move || worker.run())
+            .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
+        Ok(EngineHandle { shared, submit })
+    }
+}
+
+/// A request the loop is working on.
+struct Active {
+    events: mpsc::Sender<EngineEvent>,
+    request: GenerateRequest,
+    output: Vec<u32>,
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+    rng: SeqRng,
+    stop_ids: HashSet<u32>,
+    /// Log-probabilities of the token just sampled, until `on_token` sends it.
+    last_logprob: Option<TokenLogprob>,
+    /// A stop string ended it: nothing held back may be emitted.
+    stopped_by_string: bool,
+}
+
+struct Worker {
+    executor: Box<dyn Executor>,
+    scheduler: Scheduler,
+    intake: Receiver<Submission>,
+    active: HashMap<SeqId, Active>,
+    shared: Arc<Shared>,
+    tps: RateEwma,
+    decode_tps: RateEwma,
+}
+
+enum Outcome {
+    Continue,
+    Finished(FinishReason),
+}
+
+impl Worker {
+    fn run(&mut self) {
+        tracing::info!("engine started");
+        loop {
+            if !self.take_new_requests() {
+                break;
+            }
+            self.drop_cancelled();
+            if !self.scheduler.has_work() {
+                continue;
+            }
+            let started = Instant::now();
+            let output = self.scheduler.schedule();
+            for id in self.scheduler.take_unservable() {
+                self.fail(id, "the request needs more KV blocks than the engine has".into());
+            }
+            if output.seqs.is_empty() {
+                self.publish_load(0, 0, started);
+                continue;
+            }
+            let sampled = match self.run_step(&output) {
+                Ok(s) => s,
+                Err(e) => {
+                    // A model failure fails the step's requests, not the engine.
+                    let ids: Vec<SeqId> = output.seqs.iter().map(|s| s.id).collect();
+                    tracing::error!(error = %e, "step failed");
+                    for id in ids {
+                        self.fail(id, format!("model failure: {e}"));
+                    }
+                    continue;
+                }
+            };
+            self.scheduler.update(&output, &sampled);
+            for &(id, token) in &sampled {
+                if let Outcome::Finished(reason) = self.on_token(id, token) {
+                    self.finish(id, reason);
+                }
+            }
+            self.publish_load(output.num_batched_tokens, sampled.len(), started);
+        }
+        tracing::info!("engine stopped: every handle is gone and no work is left");
+    }
+
+    /// Moves submitted requests into the scheduler. Blocks while idle.
+    /// Returns false when every handle is gone and nothing is left to do.
+    fn take_new_requests(&mut self) -> bool {
+        if !self.scheduler.has_work() {
+            // Idle: wait for work, waking now and then to notice cancellations.
+            match self.intake.recv_timeout(Duration::from_millis(200)) {
+                Ok(sub) => self.admit(sub),
+                Err(RecvTimeoutError::Timeout) => return true,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        while let Ok(sub) = self.intake.try_recv() {
+            self.admit(sub);
+        }
+        true
+    }
+
+    fn admit(&mut self, sub: Submission) {
+        let Submission { id, request, events } = sub;
+        let mut stop_ids: HashSet<u32> = request.params.stop_token_ids.iter().copied().collect();
+        if !request.params.ignore_eos {
+            stop_ids.extend(self.shared.tokenizer.eos_ids().iter().copied());
+        }
+        let rng = match request.params.seed {
+            Some(seed) => SeqRng::seeded(seed),
+            None => SeqRng::from_entropy(),
+        };
+        self.scheduler
+            .add(id, request.prompt_tokens.clone(), request.params.max_tokens);
+        self.active.insert(
+            id,
+            Active {
+                events,
+                stop: StopMatcher::new(&request.params.stop_strings),
+                decoder: IncrementalDecoder::new(),
+                output: Vec::new(),
+                rng,
+                stop_ids,
+                last_logprob: None,
+                stopped_by_string: false,
+                request,
+            },
+        );
+    }
+
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<SeqId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            tracing::debug!(id, "client went away; freeing its blocks");
+            self.scheduler.abort(id);
+            self.release(id);
+        }
+    }
+
+    fn run_step(&mut self, output: &SchedulerOutput) -> Result<Vec<(SeqId, u32)>, EngineError> {
+        let batch: Vec<SeqBatch<'_>> = output
+            .seqs
+            .iter()
+            .map(|s| SeqBatch {
+                tokens: &s.tokens,
+                start_pos: s.start_pos,
+                block_table: &s.block_table,
+                want_logits: s.sample,
+            })
+            .collect();
+        let logits = self.executor.execute(&batch)?;
+        let mut sampled = Vec::with_capacity(logits.len());
+        for (seq, mut row) in output.seqs.iter().filter(|s| s.sample).zip(logits) {
+            let Some(active) = self.active.get_mut(&seq.id) else {
+                continue;
+            };
+            let picked = sample(
+                &mut row,
+                &active.request.params,
+                &active.request.prompt_tokens,
+                &active.output,
+                &mut active.rng,
+            );
+            if active.request.params.logprobs.is_some() {
+                active.last_logprob = Some(TokenLogprob {
+                    token: picked.id,
+                    logprob: picked.logprob,
+                    top: picked.top,
+                });
+            }
+            sampled.push((seq.id, picked.id));
+        }
+        Ok(sampled)
+    }
+
+    /// Handles one generated token: stop ids, text, stop strings, length.
+    fn on_token(&mut self, id: SeqId, token: u32) -> Outcome {
+        let max_model_len = self.shared.info.max_model_len;
+        let tokenizer = self.shared.tokenizer.clone();
+        let Some(a) = self.active.get_mut(&id) else {
+            return Outcome::Continue;
+        };
+        a.output.push(token);
+        let logprob = a.last_logprob.take();
+        if a.stop_ids.contains(&token) {
+            return Outcome::Finished(FinishReason::Stop);
+        }
+        let text = match a.decoder.push(&tokenizer, token) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, token, "cannot detokenise");
+                String::new()
+            }
+        };
+        let (emit, matched) = a.stop.push(&text);
+        if a.events
+            .try_send(EngineEvent::Token {
+                id: token,
+                text: emit,
+                logprob,
+            })
+            .is_err()
+        {
+            // Receiver gone: drop_cancelled frees it before the next step.
+            return Outcome::Continue;
+        }
+        if matched {
+            a.stopped_by_string = true;
+            return Outcome::Finished(FinishReason::Stop);
+        }
+        let total = a.request.prompt_tokens.len() + a.output.len();
+        if a.output.len() >= a.request.params.max_tokens || total >= max_model_len {
+            return Outcome::Finished(FinishReason::Length);
+        }
+        Outcome::Continue
+    }
+
+    fn finish(&mut self, id: SeqId, reason: FinishReason) {
+        let cached = self.scheduler.cached_prompt_tokens(id);
+        self.scheduler.finish(id);
+        let tokenizer = self.shared.tokenizer.clone();
+        if let Some(mut a) = self.active.remove(&id) {
+            let mut text = String::new();
+            if !a.stopped_by_string {
+                // Text held back for a partial character or a possible stop
+                // string is real output once nothing can follow it.
+                let tail = a.decoder.finish(&tokenizer).unwrap_or_default();
+                let (mut emit, matched) = a.stop.push(&tail);
+                if !matched {
+                    emit.push_str(&a.stop.flush());
+                }
+                text = emit;
+            }
+            let usage = Usage {
+                prompt_tokens: a.request.prompt_tokens.len(),
+                completion_tokens: a.output.len(),
+                cached_prompt_tokens: cached,
+            };
+            let _ = a.events.try_send(EngineEvent::Finished {
+                reason,
+                text,
+                usage,
+            });
+            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn fail(&mut self, id: SeqId, message: String) {
+        self.scheduler.abort(id);
+        if let Some(a) = self.active.get(&id) {
+            let _ = a.events.try_send(EngineEvent::Error(message));
+        }
+        self.release(id);
+    }
+
+    fn release(&mut self, id: SeqId) {
+        if self.active.remove(&id).is_some() {
+            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn publish_load(&mut self, computed: usize, generated: usize, started: Instant) {
+        let secs = started.elapsed().as_secs_f64();
+        let tps = self.tps.observe(computed, secs);
+        let dtps = self.decode_tps.observe(generated, secs);
+        let bm = self.scheduler.block_manager();
+        let load = &self.shared.load;
+        use std::sync::atomic::Ordering::Relaxed;
+        load.waiting.store(self.scheduler.num_waiting(), Relaxed);
+        load.running.store(self.scheduler.num_running(), Relaxed);
+        load.kv_used.store(bm.num_used_blocks(), Relaxed);
+        load.kv_free.store(bm.num_free_blocks(), Relaxed);
+        load.kv_total.store(bm.num_total_blocks(), Relaxed);
+        load.tps_bits.store(tps.to_bits(), Relaxed);
+        load.decode_tps_bits.store(dtps.to_bits(), Relaxed);
+        load.preemptions.store(self.scheduler.num_preemptions(), Relaxed);
+        load.prefix_hits.store(bm.prefix_cache_hit_tokens(), Relaxed);
+        // A newcomer starts at once unless requests are already waiting; then
+        // it waits, at worst, for all the work held (remaining prompt and
+        // generation budget of every request) at the recent compute rate.
+        let queued: usize = self
+            .active
+            .values()
+            .map(|a| {
+                a.request.prompt_tokens.len()
+                    + a.request.params.max_tokens.saturating_sub(a.output.len())
+            })
+            .sum();
+        let wait_ms = if tps > 0.0 && self.scheduler.num_waiting() > 0 {
+            1000.0 * queued as f64 / tps
+        } else {
+            0.0
+        };
+        load.wait_ms_bits.store(wait_ms.to_bits(), Relaxed);
+    }
+}

@@ -1,0 +1,58 @@
+//! Sluice's inference engine: it owns a model and its KV cache and turns a
+//! stream of tokenised requests into streams of tokens.
+//!
+//! The pieces, from the top: [`engine`] runs one loop on its own thread, taking
+//! requests from [`EngineHandle::submit`] between steps; [`scheduler`] decides
+//! each step which sequences run and how many of their tokens (continuous
+//! batching with chunked prefill and preemption, within a token budget);
+//! [`block_manager`] hands out fixed-size KV blocks and shares full blocks of
+//! identical prefixes; [`executor`] is the device seam that runs a step on the
+//! model (CPU today, CUDA later); [`sampler`] and [`stop`] turn logits into
+//! tokens and decide when a sequence ends; [`load`] publishes the signals the
+//! router reads.
+//!
+//! Design choice: the scheduler and block manager are synchronous state
+//! machines with no clock, tensors or async inside, so they are tested exactly
+//! without a model. This crate knows no HTTP: the gateway validates requests
+//! and builds [`GenerateRequest`]s; the runtime trusts them.
+
+pub mod block_manager;
+pub mod engine;
+pub mod executor;
+pub mod load;
+pub mod request;
+pub mod rng;
+pub mod sampler;
+pub mod scheduler;
+pub mod stop;
+
+pub use engine::{Engine, EngineConfig, EngineHandle, EventStream, ModelInfo};
+pub use load::LoadSnapshot;
+pub use request::{EngineEvent, FinishReason, GenerateRequest, SamplingParams, TokenLogprob, Usage};
+
+/// Why the engine refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the engine queue is full ({pending} requests pending); retry later")]
+    QueueFull { pending: usize },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error(
+        "this model's context is {max_model_len} tokens, but the request needs {requested} \
+         ({prompt_tokens} prompt + {max_tokens} max_tokens); shorten the prompt or lower max_tokens"
+    )]
+    ContextTooLong {
+        max_model_len: usize,
+        requested: usize,
+        prompt_tokens: usize,
+        max_tokens: usize,
+    },
+    #[error("token id {id} is outside the vocabulary of {vocab_size} tokens")]
+    InvalidToken { id: u32, vocab_size: usize },
+    #[error("the engine has stopped")]
+    Stopped,
+    #[error("engine configuration: {0}")]
+    Config(String),
+    #[error("model failure: {0}")]
+    Model(#[from] sluice_models::ModelError),
+}

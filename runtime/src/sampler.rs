@@ -1,0 +1,608 @@
+//! Picks the next token from one position's logits.
+//!
+//! Order of operations (each step only when its parameter is on):
+//! 1. penalties, in place: repetition over prompt + output (HF / llama.cpp:
+//!    positive logits divided, negative multiplied), then frequency and
+//!    presence over the output only (OpenAI);
+//! 2. log-probabilities: log-softmax of the penalised logits, before
+//!    temperature and truncation (vLLM's default "raw" logprobs);
+//! 3. greedy argmax when `temperature == 0`, otherwise temperature, top-k,
+//!    top-p, min-p, then one uniform draw from the request's own generator.
+//!
+//! Vocabularies are 50k–150k entries and this runs once per sequence per
+//! step, so nothing sorts the whole vocabulary unless it must: top-k and
+//! top-n logprobs use a bounded selection, top-p without top-k first tries the
+//! few hundred best tokens, and penalties touch only tokens that occurred.
+
+use std::cmp::Ordering;
+
+use crate::request::SamplingParams;
+use crate::rng::SeqRng;
+
+/// The chosen token and its log-probability (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledToken {
+    pub id: u32,
+    pub logprob: f32,
+    /// The `n` most likely tokens, best first, when `params.logprobs` is
+    /// `Some(n)`; empty otherwise.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Temperatures below this are greedy (as in vLLM): dividing by them would
+/// overflow, and the result is argmax anyway.
+const GREEDY_BELOW: f32 = 1e-5;
+
+/// Up to this many best tokens are kept with an insertion buffer (one pass,
+/// no allocation proportional to the vocabulary); beyond it, a selection
+/// over an index array is cheaper.
+const SMALL_SELECTION: usize = 64;
+
+/// First candidate count tried for top-p without top-k; grows 8× per miss.
+const TOP_P_FIRST_TRY: usize = 256;
+
+/// Applies `params` to `logits` (penalties are written in place) and picks a
+/// token. See the module docs.
+pub fn sample(
+    logits: &mut [f32],
+    params: &SamplingParams,
+    prompt: &[u32],
+    output: &[u32],
+    rng: &mut SeqRng,
+) -> SampledToken {
+    // A NaN would poison every comparison and sum below; treat it as "never"
+    // (and an infinite logit as merely very large) rather than fail a request.
+    for l in logits.iter_mut() {
+        if l.is_nan() {
+            *l = f32::NEG_INFINITY;
+        } else if *l == f32::INFINITY {
+            *l = f32::MAX;
+        }
+    }
+    apply_penalties(logits, params, prompt, output);
+
+    let Some((best, max)) = argmax(logits) else {
+        return SampledToken {
+            id: 0,
+            logprob: f32::NEG_INFINITY,
+            top: Vec::new(),
+        };
+    };
+    let lse = log_sum_exp(logits, max);
+    let greedy = params.temperature.is_nan() || params.temperature < GREEDY_BELOW;
+    let id = if greedy {
+        best
+    } else {
+        draw(logits, params, max, rng).unwrap_or(best)
+    };
+    let logprob_of = |l: f32| {
+        if lse == f32::NEG_INFINITY {
+            f32::NEG_INFINITY
+        } else {
+            l - lse
+        }
+    };
+    let top = match params.logprobs {
+        Some(n) if n > 0 => top_n(logits, n)
+            .into_iter()
+            .map(|i| (i as u32, logprob_of(logits[i])))
+            .collect(),
+        _ => Vec::new(),
+    };
+    SampledToken {
+        id: id as u32,
+        logprob: logprob_of(logits[id]),
+        top,
+    }
+}
+
+fn apply_penalties(logits: &mut [f32], params: &SamplingParams, prompt: &[u32], output: &[u32]) {
+    let vocab = logits.len();
+    let rp = params.repetition_penalty;
+    if rp != 1.0 && rp > 0.0 {
+        // Each distinct token is penalised once, however often it occurred;
+        // a bitset over the vocabulary is 20 KB at 150k tokens.
+        let mut seen = vec![0u64; vocab.div_ceil(64)];
+        for &t in prompt.iter().chain(output) {
+            let t = t as usize;
+            if t >= vocab {
+                continue;
+            }
+            let (word, bit) = (t / 64, 1u64 << (t % 64));
+            if seen[word] & bit != 0 {
+                continue;
+            }
+            seen[word] |= bit;
+            let l = &mut logits[t];
+            *l = if *l > 0.0 { *l / rp } else { *l * rp };
+        }
+    }
+    if params.frequency_penalty != 0.0 || params.presence_penalty != 0.0 {
+        let mut sorted = output.to_vec();
+        sorted.sort_unstable();
+        for run in sorted.chunk_by(|a, b| a == b) {
+            let Some(&t) = run.first() else { continue };
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= params.frequency_penalty * run.len() as f32 + params.presence_penalty;
+            }
+        }
+    }
+}
+
+/// Index and value of the largest logit, lowest index on ties.
+fn argmax(logits: &[f32]) -> Option<(usize, f32)> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        match best {
+            Some((_, b)) if l <= b => {}
+            _ => best = Some((i, l)),
+        }
+    }
+    best
+}
+
+fn log_sum_exp(logits: &[f32], max: f32) -> f32 {
+    if max == f32::NEG_INFINITY {
+        return f32::NEG_INFINITY;
+    }
+    let sum: f64 = logits.iter().map(|&l| ((l - max).exp()) as f64).sum();
+    max + (sum.ln() as f32)
+}
+
+/// Orders by logit descending, then id ascending (so ties favour low ids).
+fn better(a: (f32, usize), b: (f32, usize)) -> Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// The indices of the `n` largest logits, best first, ties by lowest id.
+fn top_n(logits: &[f32], n: usize) -> Vec<usize> {
+    let n = n.min(logits.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    if n <= SMALL_SELECTION {
+        let mut best: Vec<(f32, usize)> = Vec::with_capacity(n + 1);
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() == n
+                && best
+                    .last()
+                    .is_some_and(|&last| better((l, i), last) != Ordering::Less)
+            {
+                continue;
+            }
+            let pos = best.partition_point(|&e| better(e, (l, i)) == Ordering::Less);
+            best.insert(pos, (l, i));
+            best.truncate(n);
+        }
+        return best.into_iter().map(|(_, i)| i).collect();
+    }
+    let cmp = |a: &usize, b: &usize| better((logits[*a], *a), (logits[*b], *b));
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    if n < idx.len() {
+        idx.select_nth_unstable_by(n - 1, cmp);
+        idx.truncate(n);
+    }
+    idx.sort_unstable_by(cmp);
+    idx
+}
+
+/// Temperature, top-k, top-p, min-p, then one draw. `None` only when no
+/// token has any weight left (all logits -inf).
+fn draw(logits: &[f32], params: &SamplingParams, max: f32, rng: &mut SeqRng) -> Option<usize> {
+    let vocab = logits.len();
+    let inv_t = 1.0 / params.temperature;
+    // Relative to the most likely token, whose weight is exactly 1; min-p
+    // compares against it directly, and no normalisation is needed to draw.
+    let weight = |l: f32| ((l - max) * inv_t).exp();
+    let min_p = params.min_p.max(0.0);
+    let top_k = (params.top_k > 0 && params.top_k < vocab).then_some(params.top_k);
+    let top_p = (params.top_p < 1.0).then_some(params.top_p);
+
+    if top_k.is_none() && top_p.is_none() {
+        let mut total = 0.0f64;
+        let weights: Vec<f32> = logits
+            .iter()
+            .map(|&l| {
+                let w = weight(l);
+                let w = if w < min_p { 0.0 } else { w };
+                total += w as f64;
+                w
+            })
+            .collect();
+        return pick_weighted(weights.into_iter().enumerate(), total, rng);
+    }
+
+    let mut candidates: Vec<(usize, f32)> = match (top_k, top_p) {
+        (Some(k), _) => with_weights(logits, top_n(logits, k), &weight),
+        (None, Some(p)) => top_p_candidates(logits, p, &weight),
+        (None, None) => Vec::new(), // handled above
+    };
+    if let (Some(_), Some(p)) = (top_k, top_p) {
+        let total: f64 = candidates.iter().map(|&(_, w)| w as f64).sum();
+        let keep = nucleus_len(&candidates, p as f64 * total);
+        candidates.truncate(keep);
+    }
+    candidates.retain(|&(_, w)| w >= min_p);
+    let total = candidates.iter().map(|&(_, w)| w as f64).sum();
+    pick_weighted(candidates.into_iter(), total, rng)
+}
+
+fn with_weights(
+    logits: &[f32],
+    ids: Vec<usize>,
+    weight: &impl Fn(f32) -> f32,
+) -> Vec<(usize, f32)> {
+    ids.into_iter().map(|i| (i, weight(logits[i]))).collect()
+}
+
+/// The smallest run of best tokens whose weight reaches `p` of the whole
+/// vocabulary's, trying the few hundred best first: on real logits the
+/// nucleus is almost always that small, and a full sort of 150k is not.
+fn top_p_candidates(logits: &[f32], p: f32, weight: &impl Fn(f32) -> f32) -> Vec<(usize, f32)> {
+    let total: f64 = logits.iter().map(|&l| weight(l) as f64).sum();
+    let target = p as f64 * total;
+    let mut m = TOP_P_FIRST_TRY.min(logits.len());
+    loop {
+        let mut candidates = with_weights(logits, top_n(logits, m), weight);
+        let keep = nucleus_len(&candidates, target);
+        if keep < candidates.len() || m == logits.len() {
+            candidates.truncate(keep);
+            return candidates;
+        }
+        m = (m * 8).min(logits.len());
+    }
+}
+
+/// How many leading candidates (best first) it takes for their weight to
+/// reach `target`; at least one. Returns `candidates.len()` when it is not
+/// reached.
+fn nucleus_len(candidates: &[(usize, f32)], target: f64) -> usize {
+    let mut cum = 0.0f64;
+    for (n, &(_, w)) in candidates.iter().enumerate() {
+        cum += w as f64;
+        if cum >= target {
+            return n + 1;
+        }
+    }
+    candidates.len()
+}
+
+/// One draw proportional to the weights. Rounding can leave the scaled
+/// uniform just past the running sum; then the last weighted entry wins.
+fn pick_weighted(
+    weights: impl Iterator<Item = (usize, f32)>,
+    total: f64,
+    rng: &mut SeqRng,
+) -> Option<usize> {
+    if total.is_nan() || total <= 0.0 {
+        return None;
+    }
+    let u = rng.next_f32() as f64 * total;
+    let mut cum = 0.0f64;
+    let mut last = None;
+    for (i, w) in weights {
+        if w <= 0.0 {
+            continue;
+        }
+        cum += w as f64;
+        last = Some(i);
+        if u < cum {
+            return Some(i);
+        }
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> SamplingParams {
+        SamplingParams::default()
+    }
+
+    fn run(logits: &[f32], p: &SamplingParams, rng: &mut SeqRng) -> SampledToken {
+        sample(&mut logits.to_vec(), p, &[], &[], rng)
+    }
+
+    /// Counts of each id over `n` draws.
+    fn histogram(logits: &[f32], p: &SamplingParams, n: usize, seed: u64) -> Vec<usize> {
+        let mut rng = SeqRng::seeded(seed);
+        let mut counts = vec![0; logits.len()];
+        for _ in 0..n {
+            counts[run(logits, p, &mut rng).id as usize] += 1;
+        }
+        counts
+    }
+
+    /// A deterministic, bumpy large-vocabulary logit vector.
+    fn big_logits(vocab: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SeqRng::seeded(seed);
+        (0..vocab).map(|_| rng.next_f32() * 12.0 - 6.0).collect()
+    }
+
+    #[test]
+    fn greedy_picks_the_argmax_and_the_lowest_id_on_ties() {
+        let mut rng = SeqRng::seeded(0);
+        let t = run(&[0.1, 3.0, -2.0, 3.0, 1.0], &params(), &mut rng);
+        assert_eq!(t.id, 1);
+        assert!(t.top.is_empty());
+        // Greedy does not consume randomness.
+        assert_eq!(rng, SeqRng::seeded(0));
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible_and_independent_of_other_calls() {
+        let logits = big_logits(1000, 1);
+        let p = SamplingParams {
+            temperature: 1.0,
+            ..params()
+        };
+        let mut a = SeqRng::seeded(42);
+        let alone: Vec<u32> = (0..50).map(|_| run(&logits, &p, &mut a).id).collect();
+
+        let mut b = SeqRng::seeded(42);
+        let mut other = SeqRng::seeded(43);
+        let interleaved: Vec<u32> = (0..50)
+            .map(|_| {
+                run(&logits, &p, &mut other);
+                run(&logits, &p, &mut b).id
+            })
+            .collect();
+        assert_eq!(alone, interleaved);
+        let mut c = SeqRng::seeded(43);
+        let different: Vec<u32> = (0..50).map(|_| run(&logits, &p, &mut c).id).collect();
+        assert_ne!(alone, different);
+    }
+
+    #[test]
+    fn temperature_sampling_follows_the_softmax() {
+        // Probabilities 1/6, 2/6, 3/6.
+        let logits = [0.0, 2f32.ln(), 3f32.ln()];
+        let p = SamplingParams {
+            temperature: 1.0,
+            ..params()
+        };
+        let n = 60_000;
+        let counts = histogram(&logits, &p, n, 5);
+        for (c, want) in counts.iter().zip([1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]) {
+            let got = *c as f64 / n as f64;
+            assert!((got - want).abs() < 0.01, "{counts:?}");
+        }
+        // Temperature 2 flattens: probabilities ∝ sqrt(1, 2, 3).
+        let p = SamplingParams {
+            temperature: 2.0,
+            ..params()
+        };
+        let counts = histogram(&logits, &p, n, 6);
+        let z = 1.0 + 2f64.sqrt() + 3f64.sqrt();
+        let got = counts[0] as f64 / n as f64;
+        assert!((got - 1.0 / z).abs() < 0.01, "{counts:?}");
+    }
+
+    #[test]
+    fn top_k_1_equals_greedy() {
+        let logits = big_logits(50_000, 2);
+        let greedy = run(&logits, &params(), &mut SeqRng::seeded(0)).id;
+        let p = SamplingParams {
+            temperature: 1.5,
+            top_k: 1,
+            ..params()
+        };
+        for seed in 0..20 {
+            assert_eq!(run(&logits, &p, &mut SeqRng::seeded(seed)).id, greedy);
+        }
+    }
+
+    #[test]
+    fn tiny_top_p_equals_greedy() {
+        let logits = big_logits(50_000, 3);
+        let greedy = run(&logits, &params(), &mut SeqRng::seeded(0)).id;
+        let p = SamplingParams {
+            temperature: 1.5,
+            top_p: 1e-6,
+            ..params()
+        };
+        for seed in 0..20 {
+            assert_eq!(run(&logits, &p, &mut SeqRng::seeded(seed)).id, greedy);
+        }
+    }
+
+    #[test]
+    fn top_k_keeps_only_the_k_best() {
+        let logits = [1.0, 4.0, 3.0, 0.0, 3.5];
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..params()
+        };
+        let counts = histogram(&logits, &p, 5000, 7);
+        assert_eq!((counts[0], counts[2], counts[3]), (0, 0, 0), "{counts:?}");
+        assert!(counts[1] > 0 && counts[4] > 0);
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_p() {
+        // Probabilities 0.5, 0.3, 0.2.
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.75,
+            ..params()
+        };
+        let counts = histogram(&logits, &p, 5000, 8);
+        assert_eq!(counts[2], 0, "{counts:?}");
+        let share0 = counts[0] as f64 / 5000.0;
+        assert!((share0 - 0.5 / 0.8).abs() < 0.03, "{counts:?}");
+
+        // With top-k first, top-p renormalises over the k survivors.
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 0.6,
+            ..params()
+        };
+        let counts = histogram(&logits, &p, 2000, 9);
+        assert_eq!((counts[1], counts[2]), (0, 0), "{counts:?}");
+    }
+
+    #[test]
+    fn top_p_beyond_the_first_candidates_covers_a_flat_vocabulary() {
+        // All equal: the nucleus is the lowest half of the ids, far more
+        // than the first try of a few hundred candidates.
+        let logits = vec![0.0f32; 20_000];
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..params()
+        };
+        let mut rng = SeqRng::seeded(10);
+        let ids: Vec<u32> = (0..30).map(|_| run(&logits, &p, &mut rng).id).collect();
+        assert!(ids.iter().all(|&id| id < 10_000), "{ids:?}");
+        assert!(ids.iter().any(|&id| id > 2_048), "{ids:?}");
+    }
+
+    #[test]
+    fn min_p_drops_tokens_below_the_fraction_of_the_best() {
+        // Probabilities 0.6, 0.3, 0.1; min_p 0.25 -> threshold 0.15.
+        let logits = [0.6f32.ln(), 0.3f32.ln(), 0.1f32.ln()];
+        let p = SamplingParams {
+            temperature: 1.0,
+            min_p: 0.25,
+            ..params()
+        };
+        let counts = histogram(&logits, &p, 5000, 11);
+        assert_eq!(counts[2], 0, "{counts:?}");
+        assert!(counts[1] > 1000, "{counts:?}");
+    }
+
+    #[test]
+    fn repetition_penalty_covers_prompt_and_output_and_changes_the_ranking() {
+        let p = SamplingParams {
+            repetition_penalty: 1.5,
+            ..params()
+        };
+        let mut logits = vec![3.0, 2.5, -1.0, 0.5];
+        // Token 0 twice (penalised once), token 2 in the prompt, 99 is out of
+        // the vocabulary and ignored.
+        let t = sample(&mut logits, &p, &[2, 99], &[0, 0], &mut SeqRng::seeded(0));
+        assert_eq!(t.id, 1);
+        assert_eq!(logits, vec![2.0, 2.5, -1.5, 0.5]);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_the_output_only() {
+        let p = SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..params()
+        };
+        let mut logits = vec![3.0, 2.9, 1.0, 0.0];
+        let t = sample(
+            &mut logits,
+            &p,
+            &[1, 1, 1],
+            &[0, 0, 2],
+            &mut SeqRng::seeded(0),
+        );
+        assert_eq!(logits, vec![2.0, 2.9, 0.25, 0.0]);
+        assert_eq!(t.id, 1);
+    }
+
+    #[test]
+    fn logprobs_are_a_distribution_over_raw_logits_best_first() {
+        let logits = [1.0, 3.0, 2.0, -1.0, 2.0];
+        let p = SamplingParams {
+            temperature: 3.0,
+            top_k: 2,
+            logprobs: Some(5),
+            ..params()
+        };
+        let t = run(&logits, &p, &mut SeqRng::seeded(3));
+        let ids: Vec<u32> = t.top.iter().map(|&(i, _)| i).collect();
+        assert_eq!(ids, vec![1, 2, 4, 0, 3]);
+        let mass: f32 = t.top.iter().map(|&(_, l)| l.exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-5, "{mass}");
+        // Before temperature: the softmax of the logits as given.
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((t.top[0].1 - (3f32.exp() / z).ln()).abs() < 1e-5);
+        let chosen = t.top.iter().find(|&&(i, _)| i == t.id).unwrap();
+        assert_eq!(chosen.1, t.logprob);
+
+        let p = SamplingParams {
+            logprobs: Some(2),
+            ..params()
+        };
+        let t = run(&logits, &p, &mut SeqRng::seeded(3));
+        assert_eq!(
+            t.top.iter().map(|&(i, _)| i).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let p = SamplingParams {
+            logprobs: None,
+            ..params()
+        };
+        let t = run(&logits, &p, &mut SeqRng::seeded(3));
+        assert!(t.top.is_empty());
+        assert!((t.logprob - (3f32.exp() / z).ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn logprobs_over_a_large_vocabulary_sum_to_one() {
+        let logits = big_logits(150_000, 12);
+        let p = SamplingParams {
+            logprobs: Some(150_000),
+            ..params()
+        };
+        let t = run(&logits, &p, &mut SeqRng::seeded(0));
+        let mass: f64 = t.top.iter().map(|&(_, l)| (l as f64).exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-3, "{mass}");
+        assert!(t.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        assert_eq!(t.top[0].0, t.id);
+    }
+
+    #[test]
+    fn small_and_large_selections_agree() {
+        let mut logits = big_logits(20_000, 13);
+        // Plant ties to check the id order.
+        logits[10] = 9.0;
+        logits[5] = 9.0;
+        logits[7_000] = 9.0;
+        let small = top_n(&logits, SMALL_SELECTION);
+        let large = top_n(&logits, SMALL_SELECTION + 1);
+        assert_eq!(&large[..SMALL_SELECTION], &small[..]);
+        assert_eq!(&small[..3], &[5, 10, 7_000]);
+    }
+
+    #[test]
+    fn truncated_sampling_on_a_large_vocabulary_stays_in_the_allowed_set() {
+        let logits = big_logits(150_000, 14);
+        let allowed = top_n(&logits, 40);
+        let p = SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.05,
+            ..params()
+        };
+        let mut rng = SeqRng::seeded(15);
+        for _ in 0..50 {
+            let id = run(&logits, &p, &mut rng).id as usize;
+            assert!(allowed.contains(&id));
+        }
+    }
+
+    #[test]
+    fn nan_and_empty_logits_do_not_fail() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            ..params()
+        };
+        let t = run(&[f32::NAN, 1.0, f32::NAN], &p, &mut SeqRng::seeded(0));
+        assert_eq!(t.id, 1);
+        let t = run(&[], &p, &mut SeqRng::seeded(0));
+        assert_eq!(t.logprob, f32::NEG_INFINITY);
+        let t = run(&[f32::NEG_INFINITY; 3], &p, &mut SeqRng::seeded(0));
+        assert_eq!(t.id, 0);
+    }
+}

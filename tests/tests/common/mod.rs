@@ -1,0 +1,116 @@
+//! Helpers shared by the end-to-end test files (each file is its own crate,
+//! so not every file uses every helper).
+#![allow(dead_code)]
+
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessageArgs,
+    ChatCompletionRequestUserMessageArgs,
+};
+use async_openai::Client;
+use serde_json::Value;
+use sluice_tests::Server;
+
+/// An OpenAI SDK client pointed at `server`.
+pub fn openai(server: &Server, key: &str) -> Client<OpenAIConfig> {
+    Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(server.api_base())
+            .with_api_key(key),
+    )
+}
+
+pub fn system(text: &str) -> ChatCompletionRequestMessage {
+    ChatCompletionRequestSystemMessageArgs::default()
+        .content(text)
+        .build()
+        .unwrap()
+        .into()
+}
+
+pub fn user(text: &str) -> ChatCompletionRequestMessage {
+    ChatCompletionRequestUserMessageArgs::default()
+        .content(text)
+        .build()
+        .unwrap()
+        .into()
+}
+
+/// A raw HTTP answer.
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Asserts an OpenAI error object with this status; returns `error`.
+    pub fn expect_error(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        let v = self.json();
+        let err = v["error"].clone();
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(err["type"].is_string(), "{v}");
+        assert!(err.get("param").is_some() && err.get("code").is_some(), "{v}");
+        err
+    }
+}
+
+/// POSTs `body` (raw text) to `path` with an optional bearer key.
+pub async fn post_raw(server: &Server, path: &str, body: impl Into<reqwest::Body>, key: Option<&str>) -> Reply {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}{path}", server.base_url()))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.expect("body");
+    Reply { status, headers, body }
+}
+
+pub async fn post(server: &Server, path: &str, body: &Value) -> Reply {
+    post_raw(server, path, body.to_string(), None).await
+}
+
+pub async fn get(server: &Server, path: &str, key: Option<&str>) -> Reply {
+    let mut req = reqwest::Client::new().get(format!("{}{path}", server.base_url()));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.expect("body");
+    Reply { status, headers, body }
+}
+
+/// The `data:` payloads of an SSE body, checking the framing on the way:
+/// every event is exactly one `data: ...` line followed by a blank line.
+pub fn sse_events(body: &str) -> Vec<String> {
+    assert!(body.ends_with("\n\n"), "SSE body must end with a blank line: {body:?}");
+    body.trim_end_matches("\n\n")
+        .split("\n\n")
+        .map(|event| {
+            let data = event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("event is not `data: ...`: {event:?}"));
+            assert!(!data.contains('\n'), "one line per event: {event:?}");
+            data.to_string()
+        })
+        .collect()
+}
+
+/// The tokenizer of the demo model, to count tokens as the server does.
+pub fn demo_tokenizer() -> sluice_models::Tokenizer {
+    let gguf = sluice_models::gguf::GgufFile::open(&sluice_tests::demo_model_path()).unwrap();
+    sluice_models::Tokenizer::from_gguf(&gguf).unwrap()
+}
