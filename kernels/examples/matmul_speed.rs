@@ -11,8 +11,9 @@
 //! its last column is how many times slower it is than the fast path.
 //!
 //! Arguments (all optional): `quick` times fewer batch sizes, `noref` skips
-//! the reference, a format name (`Q4_1`, `Q8_0`, `Q4_0`) keeps only that
-//! format, `m=N` times batch size N only. On Linux a `cpu us` column gives
+//! the reference, `float` adds the f32-path formats (F32, F16, BF16, Q4K,
+//! Q6K), a format name (`Q4_1`, `F16`, ...) keeps only the named formats,
+//! `m=N` times batch size N only. On Linux a `cpu us` column gives
 //! CPU time per call summed over threads (from /proc), which stays
 //! meaningful when other processes share the cores. A benchmark, not a test:
 //! it asserts nothing.
@@ -71,6 +72,31 @@ fn time_per_call(min_time: Duration, mut f: impl FnMut()) -> (f64, Option<f64>) 
     best
 }
 
+/// K-quants have no quantiser here: random bytes, with every block's f16
+/// super-scales (d, and dmin for Q4_K) set to small finite values.
+fn random_k_quant(
+    rng: &mut Rng,
+    dtype: WeightDType,
+    n: usize,
+    k: usize,
+) -> Result<Matrix, sluice_kernels::KernelError> {
+    let mut data: Vec<u8> = (0..n * dtype.row_bytes(k))
+        .map(|_| (rng.uniform() * 127.0) as i8 as u8)
+        .collect();
+    let half = 0x2000u16.to_le_bytes(); // 2^-7 as f16
+    for block in data.chunks_exact_mut(dtype.block_bytes()) {
+        let at: &[usize] = if dtype == WeightDType::Q4K {
+            &[0, 2]
+        } else {
+            &[208]
+        };
+        for &a in at {
+            block[a..a + 2].copy_from_slice(&half);
+        }
+    }
+    Matrix::from_raw(dtype, n, k, data)
+}
+
 fn row(
     dtype: WeightDType,
     name: &str,
@@ -109,7 +135,10 @@ fn main() {
     } else {
         &[1, 4, 8, 16, 64, 256]
     };
-    let formats: Vec<&String> = args.iter().filter(|a| a.starts_with('Q')).collect();
+    let formats: Vec<&String> = args
+        .iter()
+        .filter(|a| a.starts_with('Q') || a.starts_with('F') || a.starts_with("BF"))
+        .collect();
     let mut rng = Rng(0x5EED_1234_ABCD_0001);
     let mut cases = Vec::new();
     for dtype in [WeightDType::Q4_1, WeightDType::Q8_0, WeightDType::Q4_0] {
@@ -122,6 +151,15 @@ fn main() {
         }
     }
     cases.push((WeightDType::Q8_0, 576, 49152, "lm head"));
+    if has("float") {
+        // The f32 path; K-quants need k % 256 == 0, which only `down` has.
+        for dtype in [WeightDType::F32, WeightDType::F16, WeightDType::BF16] {
+            cases.push((dtype, 576, 1536, "gate/up"));
+        }
+        for dtype in [WeightDType::Q4K, WeightDType::Q6K] {
+            cases.push((dtype, 1536, 576, "down"));
+        }
+    }
 
     println!(
         "threads: {} (rayon; RAYON_NUM_THREADS changes it)",
@@ -136,7 +174,12 @@ fn main() {
             continue;
         }
         let values: Vec<f32> = (0..n * k).map(|_| rng.uniform() * 0.05).collect();
-        let w = match Matrix::quantize(dtype, n, k, &values) {
+        let built = if matches!(dtype, WeightDType::Q4K | WeightDType::Q6K) {
+            random_k_quant(&mut rng, dtype, n, k)
+        } else {
+            Matrix::quantize(dtype, n, k, &values)
+        };
+        let w = match built {
             Ok(w) => w,
             Err(e) => {
                 eprintln!("cannot quantise {dtype:?}: {e}");

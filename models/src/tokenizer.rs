@@ -168,9 +168,21 @@ impl Tokenizer {
         }
         dedup_in_order(&mut eos_ids);
 
-        let chat_template = config
+        // Newer transformers save the template beside the config instead.
+        let chat_template = match config
             .get("chat_template")
-            .and_then(chat_template_from_config);
+            .and_then(chat_template_from_config)
+        {
+            Some(t) => Some(t),
+            None => {
+                let path = dir.join("chat_template.jinja");
+                if path.is_file() {
+                    Some(std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?)
+                } else {
+                    None
+                }
+            }
+        };
         let vocab_size = inner
             .get_vocab(true)
             .values()
@@ -197,7 +209,10 @@ impl Tokenizer {
         let n = meta.tokens.len();
 
         let (mut inner, add_bos_default) = match meta.model.as_str() {
-            "gpt2" => (build_byte_level_bpe(gguf, &meta)?, meta.pre_kind()?.add_bos),
+            "gpt2" => {
+                let kind = meta.pre_kind();
+                (build_byte_level_bpe(gguf, &meta, &kind)?, kind.add_bos)
+            }
             "llama" => (build_sentencepiece_bpe(&meta)?, true),
             other => {
                 return Err(ModelError::Unsupported(format!(
@@ -505,14 +520,14 @@ impl GgufTokenizerMeta {
         })
     }
 
-    fn pre_kind(&self) -> Result<PreKind, ModelError> {
+    fn pre_kind(&self) -> PreKind {
         let pre = self.pre.as_deref().unwrap_or("default");
         let kind = |regexes, ignore_merges, add_bos| PreKind {
             regexes,
             ignore_merges,
             add_bos,
         };
-        Ok(match pre {
+        match pre {
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
             | "midm-2.0" | "lfm2" => kind(&[LLAMA3_REGEX], true, true),
             "dbrx" | "smaug-bpe" => kind(&[LLAMA3_REGEX], false, false),
@@ -549,7 +564,7 @@ impl GgufTokenizerMeta {
                     false,
                 )
             }
-        })
+        }
     }
 }
 
@@ -580,8 +595,8 @@ fn vocab_map(tokens: &[String]) -> Vocab {
 fn build_byte_level_bpe(
     gguf: &GgufFile,
     meta: &GgufTokenizerMeta,
+    kind: &PreKind,
 ) -> Result<tokenizers::Tokenizer, ModelError> {
-    let kind = meta.pre_kind()?;
     let merges = string_array(gguf, "tokenizer.ggml.merges")?.ok_or_else(|| {
         ModelError::Tokenizer("gpt2 GGUF tokenizer has no tokenizer.ggml.merges".into())
     })?;

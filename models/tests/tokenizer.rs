@@ -434,6 +434,94 @@ fn gguf_without_tokenizer_is_an_error() {
     );
 }
 
+// ------------------------------------------------------ tiny byte-level GGUF
+
+const BPE_TOKENS: [&str; 14] = [
+    "<|bos|>", "1", "2", "3", "4", "5", "Ġ", "a", "b", "12", "123", "45", "Ġa", "Ġab",
+];
+
+fn bpe_id(piece: &str) -> u32 {
+    BPE_TOKENS
+        .iter()
+        .position(|t| *t == piece)
+        .unwrap_or_else(|| panic!("{piece} not in the tiny vocabulary")) as u32
+}
+
+fn write_tiny_bpe(dir: &Path, pre: &str) -> Tokenizer {
+    let strings = |items: &[&str]| {
+        GgufValue::Array(
+            items
+                .iter()
+                .map(|s| GgufValue::String(s.to_string()))
+                .collect(),
+        )
+    };
+    let mut types = vec![GgufValue::I32(TYPE_CONTROL)];
+    types.extend((1..BPE_TOKENS.len()).map(|_| GgufValue::I32(TYPE_NORMAL)));
+    let mut w = GgufWriter::default();
+    w.meta("tokenizer.ggml.model", GgufValue::String("gpt2".into()))
+        .meta("tokenizer.ggml.pre", GgufValue::String(pre.into()))
+        .meta("tokenizer.ggml.tokens", strings(&BPE_TOKENS))
+        .meta("tokenizer.ggml.token_type", GgufValue::Array(types))
+        .meta(
+            "tokenizer.ggml.merges",
+            strings(&["1 2", "12 3", "4 5", "Ġ a"]),
+        )
+        .meta("tokenizer.ggml.bos_token_id", GgufValue::U32(0));
+    let path = dir.join(format!("tiny-bpe-{pre}.gguf"));
+    w.write(&path).expect("write GGUF");
+    let gguf = GgufFile::open(&path).expect("open GGUF");
+    Tokenizer::from_gguf(&gguf).expect("BPE tokenizer from GGUF")
+}
+
+#[test]
+fn byte_level_gguf_follows_the_named_pre_tokenizer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ids = |pieces: &[&str]| pieces.iter().map(|p| bpe_id(p)).collect::<Vec<_>>();
+    // (pre, pieces of "12345", of "2345", of " ab")
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+    let cases: [Case; 4] = [
+        // Llama 3: numbers in runs of up to three; whole words found in the
+        // vocabulary skip merging (ignore_merges).
+        ("llama-bpe", &["123", "45"], &["2", "3", "4", "5"], &["Ġab"]),
+        // GPT-2: a number is one piece, merged as a whole.
+        ("gpt-2", &["123", "45"], &["2", "3", "45"], &["Ġa", "b"]),
+        // SmolLM and Qwen2 split digits one by one.
+        (
+            "smollm",
+            &["1", "2", "3", "4", "5"],
+            &["2", "3", "4", "5"],
+            &["Ġa", "b"],
+        ),
+        (
+            "qwen2",
+            &["1", "2", "3", "4", "5"],
+            &["2", "3", "4", "5"],
+            &["Ġa", "b"],
+        ),
+    ];
+    for (pre, a, b, c) in cases {
+        let tok = write_tiny_bpe(dir.path(), pre);
+        for (text, want) in [("12345", a), ("2345", b), (" ab", c)] {
+            let got = tok.encode(text, false).expect("encode");
+            assert_eq!(got, ids(want), "pre {pre}, text {text:?}");
+            assert_eq!(tok.decode(&got, true).expect("decode"), text, "pre {pre}");
+        }
+        // llama.cpp adds BOS by default for Llama 3 vocabularies only.
+        let with_bos = tok.encode("a", true).expect("encode");
+        assert_eq!(
+            with_bos.first() == Some(&0),
+            pre == "llama-bpe",
+            "pre {pre}: {with_bos:?}"
+        );
+        assert_eq!(
+            tok.encode("<|bos|>a", true).expect("encode"),
+            vec![0, bpe_id("a")],
+            "pre {pre}"
+        );
+    }
+}
+
 // ------------------------------------------------------- tiny tokenizer.json
 
 fn write_tiny_hf(dir: &Path) -> std::path::PathBuf {
@@ -545,5 +633,51 @@ fn hf_missing_tokenizer_json_is_an_error() {
     assert!(
         matches!(err, ModelError::Tokenizer(ref m) if m.contains("tokenizer.json")),
         "{err}"
+    );
+}
+
+#[test]
+fn hf_add_bos_follows_the_post_processor_and_template_file_is_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokenizer_json = write_tiny_hf(dir.path());
+    // Llama 3 style: no add_bos_token in the config, BOS added by the
+    // tokenizer's TemplateProcessing post-processor.
+    let mut tokenizer: Json =
+        serde_json::from_str(&std::fs::read_to_string(&tokenizer_json).expect("read"))
+            .expect("json");
+    let bos = json!({"SpecialToken": {"id": "<|bos|>", "type_id": 0}});
+    tokenizer["post_processor"] = json!({
+        "type": "TemplateProcessing",
+        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|bos|>": {"id": "<|bos|>", "ids": [0], "tokens": ["<|bos|>"]}}
+    });
+    std::fs::write(&tokenizer_json, tokenizer.to_string()).expect("write");
+    let config_path = dir.path().join("tokenizer_config.json");
+    std::fs::write(&config_path, json!({"bos_token": "<|bos|>"}).to_string())
+        .expect("write config");
+    std::fs::write(dir.path().join("chat_template.jinja"), "{{ bos_token }}!")
+        .expect("write template");
+
+    let tok = Tokenizer::from_hf_files(&tokenizer_json, Some(&config_path)).expect("load");
+    assert!(tok.adds_bos());
+    assert_eq!(tok.encode("hi", true).expect("encode"), vec![0, 9]);
+    assert_eq!(
+        tok.encode("hi", false).expect("encode"),
+        vec![9],
+        "the post-processor never runs on its own"
+    );
+    assert_eq!(tok.chat_template_source(), Some("{{ bos_token }}!"));
+
+    std::fs::write(
+        &config_path,
+        json!({"bos_token": "<|bos|>", "add_bos_token": false}).to_string(),
+    )
+    .expect("write config");
+    let tok = Tokenizer::from_hf_files(&tokenizer_json, Some(&config_path)).expect("load");
+    assert_eq!(
+        tok.encode("hi", true).expect("encode"),
+        vec![9],
+        "add_bos_token: false wins"
     );
 }

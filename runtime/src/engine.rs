@@ -173,7 +173,10 @@ impl EngineHandle {
     }
 
     pub fn load(&self) -> LoadSnapshot {
-        self.shared.load.snapshot()
+        LoadSnapshot {
+            in_flight: self.shared.pending.load(Ordering::SeqCst),
+            ..self.shared.load.snapshot()
+        }
     }
     pub fn info(&self) -> &ModelInfo {
         &self.shared.info
@@ -304,6 +307,8 @@ impl Worker {
             }
             self.drop_cancelled();
             if !self.scheduler.has_work() {
+                // Cancellations may have freed everything: say so.
+                self.publish_load(None);
                 continue;
             }
             let started = Instant::now();
@@ -312,7 +317,7 @@ impl Worker {
                 self.fail(id, "the request needs more KV blocks than the engine has".into());
             }
             if output.seqs.is_empty() {
-                self.publish_load(0, 0, started);
+                self.publish_load(None);
                 continue;
             }
             let sampled = match self.run_step(&output) {
@@ -333,7 +338,7 @@ impl Worker {
                     self.finish(id, reason);
                 }
             }
-            self.publish_load(output.num_batched_tokens, sampled.len(), started);
+            self.publish_load(Some((output.num_batched_tokens, sampled.len(), started)));
         }
         tracing::info!("engine stopped: every handle is gone and no work is left");
     }
@@ -519,10 +524,19 @@ impl Worker {
         }
     }
 
-    fn publish_load(&mut self, computed: usize, generated: usize, started: Instant) {
-        let secs = started.elapsed().as_secs_f64();
-        let tps = self.tps.observe(computed, secs);
-        let dtps = self.decode_tps.observe(generated, secs);
+    /// Publishes the load; `step` is (tokens computed, tokens generated,
+    /// start time) of the step just run, folded into the rates.
+    fn publish_load(&mut self, step: Option<(usize, usize, Instant)>) {
+        let (tps, dtps) = match step {
+            Some((computed, generated, started)) => {
+                let secs = started.elapsed().as_secs_f64();
+                (
+                    self.tps.observe(computed, secs),
+                    self.decode_tps.observe(generated, secs),
+                )
+            }
+            None => (self.tps.current(), self.decode_tps.current()),
+        };
         let bm = self.scheduler.block_manager();
         let load = &self.shared.load;
         use std::sync::atomic::Ordering::Relaxed;

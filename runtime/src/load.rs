@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 /// A point-in-time copy of the engine's load.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LoadSnapshot {
+    /// Requests accepted and not yet finished (running or waiting), counted
+    /// at submission, so it is exact at any moment.
+    pub in_flight: usize,
     /// Requests accepted but not yet running.
     pub waiting: usize,
     pub running: usize,
@@ -41,6 +44,7 @@ pub(crate) struct LoadCells {
 impl LoadCells {
     pub fn snapshot(&self) -> LoadSnapshot {
         LoadSnapshot {
+            in_flight: 0,
             waiting: self.waiting.load(Relaxed),
             running: self.running.load(Relaxed),
             kv_blocks_used: self.kv_used.load(Relaxed),
@@ -62,6 +66,10 @@ pub(crate) struct RateEwma {
 }
 
 impl RateEwma {
+    pub fn current(&self) -> f64 {
+        self.value.unwrap_or(0.0)
+    }
+
     /// Folds in `count` events that took `seconds`.
     pub fn observe(&mut self, count: usize, seconds: f64) -> f64 {
         if seconds <= 0.0 {

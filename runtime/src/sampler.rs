@@ -41,8 +41,9 @@ const SMALL_SELECTION: usize = 64;
 /// First candidate count tried for top-p without top-k; grows 8× per miss.
 const TOP_P_FIRST_TRY: usize = 256;
 
-/// Applies `params` to `logits` (penalties are written in place) and picks a
-/// token. See the module docs.
+/// Applies `params` to `logits` and picks a token. See the module docs.
+/// `logits` is left penalised (and with NaN read as -inf); `rng` is drawn
+/// from once, and only when not greedy.
 pub fn sample(
     logits: &mut [f32],
     params: &SamplingParams,

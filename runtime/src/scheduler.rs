@@ -242,6 +242,10 @@ impl Scheduler {
             .unwrap_or(0)
     }
 
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
     /// Preemptions since the scheduler was created.
     pub fn num_preemptions(&self) -> u64 {
         self.num_preemptions
@@ -711,6 +715,8 @@ mod tests {
     /// free at the end.
     #[test]
     fn random_workload_ends_all_free_and_every_sequence_gets_its_tokens() {
+        // Over all seeds, the paths under test must actually be taken.
+        let (mut preemptions, mut hit_tokens, mut unservable_seen) = (0, 0, 0);
         for seed in 0..16u64 {
             let rng = &mut SeqRng::seeded(seed);
             let bs = [1, 2, 4, 16][pick(rng, 4)];
@@ -859,6 +865,10 @@ mod tests {
                 assert_eq!(finished.get(&id), Some(&want), "seed {seed} seq {id}");
             }
             assert!(!finished.is_empty());
+            preemptions += s.num_preemptions();
+            hit_tokens += bm.prefix_cache_hit_tokens();
+            unservable_seen += unservable.len();
         }
+        assert!(preemptions > 0 && hit_tokens > 0 && unservable_seen > 0);
     }
 }

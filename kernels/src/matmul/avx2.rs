@@ -64,7 +64,23 @@ impl Avx2 {
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dequantize_row_avx2(dtype: WeightDType, row: &[u8], out: &mut [f32]) {
-    dequantize_row_impl(dtype, row, out)
+    if dtype != WeightDType::F16 {
+        return dequantize_row_impl(dtype, row, out);
+    }
+    // F16 rows convert eight values per `vcvtph2ps`.
+    let n = out.len().min(row.len() / 2);
+    let n8 = n / 8 * 8;
+    let mut i = 0;
+    while i < n8 {
+        // SAFETY: reads row[2i..2i + 16] and writes out[i..i + 8], both in
+        // bounds since i + 8 <= n8 <= n.
+        unsafe {
+            let h = _mm_loadu_si128(row.as_ptr().add(2 * i).cast());
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    dequantize_row_impl(dtype, &row[2 * n8..2 * n], &mut out[n8..n]);
 }
 
 /// Results of `R` activation rows starting at `i` into `out[i..i + R]`.
