@@ -1,1 +1,214 @@
-fn main() {}
+//! `sluice-bench`: measures Sluice and its peers, and writes what it measured.
+//!
+//! Three subcommands:
+//! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
+//!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
+//!   or more weight formats;
+//! - `load`: a closed-loop load generator against any OpenAI-compatible server
+//!   (TTFT, inter-token latency, tokens/s, requests/s, errors by status);
+//! - `llama-cpp`: the same engine workload run on Sluice and on llama.cpp's
+//!   `llama-server` in one invocation, with the same token ids and threads.
+//!
+//! Design choice: the engine workload is built once as token ids and both
+//! sides time it from the client's seat (submit → first token → last token),
+//! so a difference in the table is a difference in the engines, not in how
+//! each reports itself. llama.cpp's own timings are kept alongside as a check.
+//! Progress goes to stderr; tables go to stdout; `--json` keeps everything.
+
+mod engine_bench;
+mod http;
+mod llama_cpp;
+mod load;
+mod prompts;
+mod report;
+mod sse;
+mod stats;
+mod workload;
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine_bench::{run_sluice, SluiceArgs};
+use crate::llama_cpp::{resolve_server, run_llama, PeerArgs};
+use crate::load::LoadArgs;
+use crate::report::{BenchReport, Machine, SideReport};
+use crate::workload::{load_tokenizer, Workload, WorkloadArgs};
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice-bench", version, about = "Benchmarks for Sluice")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// The Sluice engine in-process: prefill and decode tokens/s, TTFT
+    Engine(EngineArgs),
+    /// Load generator for any OpenAI-compatible server
+    Load(LoadArgs),
+    /// Sluice engine and llama.cpp's llama-server side by side in one run
+    LlamaCpp(LlamaCppArgs),
+}
+
+#[derive(Args, Debug)]
+struct EngineArgs {
+    #[command(flatten)]
+    work: WorkloadArgs,
+    #[command(flatten)]
+    sluice: SluiceArgs,
+}
+
+#[derive(Args, Debug)]
+struct LlamaCppArgs {
+    #[command(flatten)]
+    work: WorkloadArgs,
+    #[command(flatten)]
+    sluice: SluiceArgs,
+    #[command(flatten)]
+    peer: PeerArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Engine(a) => engine(a),
+        Cmd::Load(a) => load(a),
+        Cmd::LlamaCpp(a) => llama_cpp(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A single-threaded runtime: the client's own work stays on one core, off
+/// the cores the server under test is using.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+fn engine(args: EngineArgs) -> Result<()> {
+    let EngineArgs { work, sluice } = args;
+    let model = work.model_path();
+    let machine = Machine::detect();
+    machine.warn_if_busy();
+    let workload = Workload::build(&load_tokenizer(&model)?, &work)?;
+    let threads = work.threads();
+    let mut sides = Vec::new();
+    let mut notes = Vec::new();
+    for &r in &sluice.requantize {
+        match run_sluice(&model, r, &sluice, threads, &workload) {
+            Ok(side) => sides.push(side),
+            Err(e) => notes.push(format!("sluice with --requantize {r:?} failed: {e:#}")),
+        }
+    }
+    finish(&work, &model, machine, workload, sides, notes)
+}
+
+fn llama_cpp(args: LlamaCppArgs) -> Result<()> {
+    let LlamaCppArgs { work, sluice, peer } = args;
+    let model = work.model_path();
+    if !peer.skip_llama && (model.is_dir() || model.extension().is_none_or(|e| e != "gguf")) {
+        bail!(
+            "llama.cpp needs a .gguf file; {} is not one",
+            model.display()
+        );
+    }
+    let machine = Machine::detect();
+    machine.warn_if_busy();
+    // Find (or build) the peer first: a missing binary should fail in
+    // seconds, not after the Sluice side has run for minutes.
+    let server = if peer.skip_llama {
+        None
+    } else {
+        Some(resolve_server(peer.llama_server.as_deref())?)
+    };
+    let workload = Workload::build(&load_tokenizer(&model)?, &work)?;
+    let threads = work.threads();
+    let mut sides = Vec::new();
+    let mut notes = vec![format!(
+        "both sides ran with {threads} compute threads, one after the other (never at once)"
+    )];
+    if !peer.skip_sluice {
+        for &r in &sluice.requantize {
+            match run_sluice(&model, r, &sluice, threads, &workload) {
+                Ok(side) => sides.push(side),
+                Err(e) => {
+                    eprintln!("[sluice] failed: {e:#}");
+                    notes.push(format!("sluice with --requantize {r:?} failed: {e:#}"));
+                }
+            }
+        }
+    }
+    if let Some(bin) = server {
+        let rt = runtime()?;
+        match rt.block_on(run_llama(&bin, &model, threads, &peer, &workload)) {
+            Ok(side) => sides.push(side),
+            Err(e) => {
+                eprintln!("[llama.cpp] failed: {e:#}");
+                notes.push(format!("llama.cpp failed: {e:#}"));
+            }
+        }
+    }
+    finish(&work, &model, machine, workload, sides, notes)
+}
+
+/// Prints the table, writes the files; fails when a side failed, after
+/// keeping what the others measured.
+fn finish(
+    work: &WorkloadArgs,
+    model: &Path,
+    machine: Machine,
+    workload: Workload,
+    sides: Vec<SideReport>,
+    notes: Vec<String>,
+) -> Result<()> {
+    let failed = notes.iter().any(|n| n.contains("failed"));
+    let report = BenchReport {
+        tool: "sluice-bench",
+        command: command_line(),
+        machine,
+        workload: workload.report(model),
+        sides,
+        notes,
+    };
+    let table = report.markdown();
+    println!("{table}");
+    if let Some(path) = &work.json {
+        report.write_json(path)?;
+    }
+    if let Some(path) = &work.markdown {
+        std::fs::write(path, &table).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if failed {
+        bail!("a side failed (see the notes above); the others' results were kept");
+    }
+    Ok(())
+}
+
+fn load(args: LoadArgs) -> Result<()> {
+    let machine = Machine::detect();
+    let json = args.json.clone();
+    let report = runtime()?.block_on(load::run(args, machine))?;
+    println!("{}", report.markdown());
+    if let Some(path) = json {
+        report.write_json(&path)?;
+    }
+    if report.requests_ok == 0 {
+        bail!("no request succeeded");
+    }
+    Ok(())
+}

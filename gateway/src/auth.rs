@@ -29,7 +29,12 @@ impl KeyStore {
         Self {
             keys: keys
                 .iter()
-                .map(|k| (Arc::from(k.tenant.as_str()), k.secret.expose().as_bytes().to_vec()))
+                .map(|k| {
+                    (
+                        Arc::from(k.tenant.as_str()),
+                        k.secret.expose().as_bytes().to_vec(),
+                    )
+                })
                 .collect(),
         }
     }
@@ -116,7 +121,12 @@ mod tests {
 
     #[test]
     fn wrong_or_missing_key_is_unauthorized() {
-        for header in [None, Some(&b"Bearer key-c"[..]), Some(b"key-a"), Some(b"Bearer ")] {
+        for header in [
+            None,
+            Some(&b"Bearer key-c"[..]),
+            Some(b"key-a"),
+            Some(b"Bearer "),
+        ] {
             let err = store().authenticate(header).unwrap_err();
             assert_eq!(err.status(), axum::http::StatusCode::UNAUTHORIZED);
         }

@@ -165,10 +165,20 @@ fn models_list(config: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    let width = config.models.iter().map(|m| m.id.len()).max().unwrap_or(2).max(2);
+    let width = config
+        .models
+        .iter()
+        .map(|m| m.id.len())
+        .max()
+        .unwrap_or(2)
+        .max(2);
     println!("{:width$}  {:8}  PATH", "ID", "WEIGHTS");
     for m in &config.models {
-        let state = if m.path.exists() { "present" } else { "missing" };
+        let state = if m.path.exists() {
+            "present"
+        } else {
+            "missing"
+        };
         println!("{:width$}  {state:8}  {}", m.id, m.path.display());
     }
     if let Err(e) = config.check_model_files() {

@@ -59,7 +59,11 @@ pub struct Generation {
 
 /// Tokenises `job` for `model` and submits every choice. A refusal (queue
 /// full, context too long) cancels the choices already submitted.
-pub async fn start(model: &ReadyModel, job: Job, timeout: Duration) -> Result<Generation, ApiError> {
+pub async fn start(
+    model: &ReadyModel,
+    job: Job,
+    timeout: Duration,
+) -> Result<Generation, ApiError> {
     let engine = model.engine.clone();
     let default_max_tokens = model.slot.config.default_max_tokens;
     // Rendering and BPE are CPU work proportional to the prompt: off the
@@ -102,10 +106,15 @@ fn choice_events(choice: usize, events: EventStream) -> BoxStream<'static, (usiz
     stream::unfold(Some(events), move |state| async move {
         let mut events = state?;
         match events.recv().await {
-            Some(ev @ (EngineEvent::Finished { .. } | EngineEvent::Error(_))) => Some(((choice, ev), None)),
+            Some(ev @ (EngineEvent::Finished { .. } | EngineEvent::Error(_))) => {
+                Some(((choice, ev), None))
+            }
             Some(ev) => Some(((choice, ev), Some(events))),
             None => Some((
-                (choice, EngineEvent::Error("the engine dropped the request".into())),
+                (
+                    choice,
+                    EngineEvent::Error("the engine dropped the request".into()),
+                ),
                 None,
             )),
         }
@@ -117,16 +126,17 @@ fn choice_events(choice: usize, events: EventStream) -> BoxStream<'static, (usiz
 /// ahead, within 1..=60.
 fn retry_after(engine: &EngineHandle) -> Duration {
     let ms = engine.load().estimated_queue_wait_ms;
-    let secs = if ms.is_finite() { (ms / 1000.0).ceil() } else { 1.0 };
+    let secs = if ms.is_finite() {
+        (ms / 1000.0).ceil()
+    } else {
+        1.0
+    };
     Duration::from_secs(secs.clamp(1.0, 60.0) as u64)
 }
 
 fn plan(engine: &EngineHandle, default_max_tokens: usize, job: Job) -> Result<Plan, ApiError> {
     let Job {
-        input,
-        sampling,
-        n,
-        ..
+        input, sampling, n, ..
     } = job;
     let (prompts, prompt_param) = tokenize(engine, input)?;
     let info = engine.info();
@@ -138,7 +148,10 @@ fn plan(engine: &EngineHandle, default_max_tokens: usize, job: Job) -> Result<Pl
     {
         return Err(ApiError::invalid(
             format!("stop_token_ids[{i}]"),
-            format!("{id} is outside the vocabulary of {} tokens", info.vocab_size),
+            format!(
+                "{id} is outside the vocabulary of {} tokens",
+                info.vocab_size
+            ),
         ));
     }
     let mut plan = Plan {
@@ -166,7 +179,10 @@ fn plan(engine: &EngineHandle, default_max_tokens: usize, job: Job) -> Result<Pl
 }
 
 /// Token ids of each prompt, and the name of the parameter they came from.
-fn tokenize(engine: &EngineHandle, input: Input) -> Result<(Vec<Vec<u32>>, &'static str), ApiError> {
+fn tokenize(
+    engine: &EngineHandle,
+    input: Input,
+) -> Result<(Vec<Vec<u32>>, &'static str), ApiError> {
     let tokenizer = engine.tokenizer();
     let encode_err = |param: &'static str| {
         move |e: ModelError| ApiError::invalid(param, format!("cannot tokenise the {param}: {e}"))
@@ -185,7 +201,9 @@ fn tokenize(engine: &EngineHandle, input: Input) -> Result<(Vec<Vec<u32>>, &'sta
                 other => ApiError::Internal(other.to_string()),
             })?;
             // The template already wrote BOS where the model wants it.
-            let ids = tokenizer.encode(&text, false).map_err(encode_err("messages"))?;
+            let ids = tokenizer
+                .encode(&text, false)
+                .map_err(encode_err("messages"))?;
             Ok((vec![ids], "messages"))
         }
         Input::Text(prompts) => prompts
@@ -255,7 +273,14 @@ impl Generation {
                 text,
                 logprob,
             },
-            (choice, EngineEvent::Finished { reason, text, usage }) => {
+            (
+                choice,
+                EngineEvent::Finished {
+                    reason,
+                    text,
+                    usage,
+                },
+            ) => {
                 if let Some(slot) = self.usage.get_mut(choice) {
                     *slot = Some(usage);
                 }
@@ -343,7 +368,10 @@ mod tests {
 
     #[test]
     fn absent_max_tokens_takes_the_rest_of_the_context_up_to_the_default() {
-        assert_eq!(resolve_max_tokens(10, None, 4096, 100, "prompt").unwrap(), 90);
+        assert_eq!(
+            resolve_max_tokens(10, None, 4096, 100, "prompt").unwrap(),
+            90
+        );
         assert_eq!(resolve_max_tokens(10, None, 16, 100, "prompt").unwrap(), 16);
     }
 
@@ -351,16 +379,23 @@ mod tests {
     fn max_tokens_beyond_the_context_is_400_on_max_tokens() {
         let err = resolve_max_tokens(10, Some(91), 4096, 100, "messages").unwrap_err();
         assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
-        let ApiError::InvalidRequest { param, code, .. } = err else { panic!() };
+        let ApiError::InvalidRequest { param, code, .. } = err else {
+            panic!()
+        };
         assert_eq!(param.as_deref(), Some("max_tokens"));
         assert_eq!(code, Some("context_length_exceeded"));
-        assert_eq!(resolve_max_tokens(10, Some(90), 4096, 100, "messages").unwrap(), 90);
+        assert_eq!(
+            resolve_max_tokens(10, Some(90), 4096, 100, "messages").unwrap(),
+            90
+        );
     }
 
     #[test]
     fn prompt_filling_the_context_is_400_on_the_prompt() {
         let err = resolve_max_tokens(100, None, 4096, 100, "messages").unwrap_err();
-        let ApiError::InvalidRequest { param, .. } = err else { panic!() };
+        let ApiError::InvalidRequest { param, .. } = err else {
+            panic!()
+        };
         assert_eq!(param.as_deref(), Some("messages"));
     }
 }

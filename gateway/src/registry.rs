@@ -169,7 +169,7 @@ impl ModelSlot {
         let mut progress = |done: usize, total: usize| {
             self.layers_done.store(done, Ordering::Relaxed);
             self.layers_total.store(total, Ordering::Relaxed);
-            let tenth = if total == 0 { 10 } else { done * 10 / total };
+            let tenth = (done * 10).checked_div(total).unwrap_or(10);
             if tenth != last_tenth {
                 last_tenth = tenth;
                 tracing::info!(model = %cfg.id, "loading: {done}/{total} layers");

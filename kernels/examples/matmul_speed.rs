@@ -196,8 +196,11 @@ fn main() {
                 matmul(&w, &x[..m * k], m, &mut out[..m * n])
             });
             fast.push((m, t.0));
-            let per_row = t.0 / m as f64 / fast[0].1;
-            row(dtype, name, (k, n, m), t, format!("{per_row:.3}"));
+            let per_row = match fast.first() {
+                Some(&(1, t1)) => format!("{:.3}", t.0 / m as f64 / t1),
+                _ => "-".to_string(),
+            };
+            row(dtype, name, (k, n, m), t, per_row);
         }
         for m in [1, 8] {
             if has("noref") {

@@ -28,29 +28,221 @@ impl Isa {
         }
         Isa::Scalar
     }
+}
 
+/// Vector primitives for code that is compiled once per instruction set:
+/// a generic `#[inline(always)]` body takes `S: Simd` and is instantiated
+/// inside a `#[target_feature]` function for [`Avx2Simd`] and plainly for
+/// [`Portable`].
+pub(crate) trait Simd {
     /// `Σ a[i]·b[i]` over the shorter length.
-    #[inline]
-    pub(crate) fn dot(self, a: &[f32], b: &[f32]) -> f32 {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the token proves AVX2 and FMA.
-            Isa::Avx2(_) => unsafe { dot_avx2(a, b) },
-            Isa::Scalar => dot_lanes(a, b),
+    ///
+    /// # Safety
+    /// The implementation's target features must be enabled in the caller.
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
+
+    /// Dots of `q` with four vectors at least as long.
+    ///
+    /// # Safety
+    /// As for [`Simd::dot`].
+    #[inline(always)]
+    unsafe fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: forwarded from the caller.
+        k.map(|k| unsafe { Self::dot(q, k) })
+    }
+
+    /// Weighted sums of rows of `values` for several heads at once:
+    /// `out[h·n + c] += Σ_p weights[h·rows.len() + p] · values[rows[p] + c]`,
+    /// where `n = out.len() / heads` and `heads = weights.len() / rows.len()`.
+    /// Each row is read once for all heads.
+    ///
+    /// # Safety
+    /// As for [`Simd::dot`].
+    unsafe fn weighted_sums(out: &mut [f32], weights: &[f32], rows: &[usize], values: &[f32]);
+}
+
+/// Plain Rust in shapes the compiler vectorises; no requirements.
+pub(crate) struct Portable;
+
+impl Simd for Portable {
+    #[inline(always)]
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot_lanes(a, b)
+    }
+
+    #[inline(always)]
+    unsafe fn weighted_sums(out: &mut [f32], weights: &[f32], rows: &[usize], values: &[f32]) {
+        let Some(heads) = weights.len().checked_div(rows.len()) else {
+            return;
+        };
+        let n = out.len() / heads.max(1);
+        for (o, w) in out
+            .chunks_exact_mut(n.max(1))
+            .zip(weights.chunks_exact(rows.len()))
+        {
+            for (&wp, &at) in w.iter().zip(rows) {
+                for (o, x) in o.iter_mut().zip(&values[at..at + n]) {
+                    *o += wp * x;
+                }
+            }
+        }
+    }
+}
+
+/// AVX2 + FMA intrinsics; callable only from code compiled with them.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx2Simd;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2Simd {
+    #[inline(always)]
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { dot_avx2(a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+        let n = q.len();
+        assert!(k.iter().all(|k| k.len() >= n));
+        let n8 = n / 8 * 8;
+        // SAFETY: loads at i + 8 <= n8 <= every length; the caller
+        // guarantees the target features.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i < n8 {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(i));
+                for (acc, k) in acc.iter_mut().zip(&k) {
+                    *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.as_ptr().add(i)), *acc);
+                }
+                i += 8;
+            }
+            // Four horizontal sums at once: hadd pairs, then fold the halves.
+            let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+            let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+            let h = _mm256_hadd_ps(h01, h23);
+            let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+            let mut out = [0.0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), s);
+            for (o, k) in out.iter_mut().zip(&k) {
+                *o += (n8..n).map(|t| q[t] * k[t]).sum::<f32>();
+            }
+            out
         }
     }
 
-    /// `y[i] += alpha · x[i]` over the shorter length.
-    #[inline]
-    pub(crate) fn axpy(self, alpha: f32, x: &[f32], y: &mut [f32]) {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the token proves AVX2 and FMA.
-            Isa::Avx2(_) => unsafe { axpy_avx2(alpha, x, y) },
-            Isa::Scalar => {
-                for (yv, xv) in y.iter_mut().zip(x) {
-                    *yv += alpha * xv;
+    #[inline(always)]
+    unsafe fn weighted_sums(out: &mut [f32], weights: &[f32], rows: &[usize], values: &[f32]) {
+        let nk = rows.len();
+        let Some(heads) = weights.len().checked_div(nk) else {
+            return;
+        };
+        if heads == 0 {
+            return;
+        }
+        let n = out.len() / heads;
+        assert!(weights.len() == heads * nk && out.len() == heads * n);
+        // Checked once here, so the loads in the strips need no checks.
+        assert!(rows.iter().all(|&at| at + n <= values.len()));
+        let mut h0 = 0;
+        while h0 < heads {
+            // Up to three heads share each loaded row; their accumulators
+            // (heads x strip width) and the row's vectors fit 16 registers.
+            let hb = (heads - h0).min(3);
+            let o = &mut out[h0 * n..(h0 + hb) * n];
+            let w = &weights[h0 * nk..(h0 + hb) * nk];
+            // SAFETY: lengths checked above; features from the caller.
+            unsafe {
+                match hb {
+                    1 => strips::<1, 8>(o, w, rows, values, n),
+                    2 => strips::<2, 4>(o, w, rows, values, n),
+                    _ => strips::<3, 3>(o, w, rows, values, n),
                 }
+            }
+            h0 += hb;
+        }
+    }
+}
+
+/// [`Simd::weighted_sums`] for `H` heads, in column strips of `8·C` (then
+/// 8, then single columns) so that `H x C` accumulators stay in registers
+/// over all rows.
+///
+/// # Safety
+/// AVX2 and FMA in the caller; `out.len() == H·n`, `w.len() == H·rows.len()`,
+/// and every `rows[p] + n <= values.len()`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn strips<const H: usize, const C: usize>(
+    out: &mut [f32],
+    w: &[f32],
+    rows: &[usize],
+    values: &[f32],
+    n: usize,
+) {
+    let mut c0 = 0;
+    // SAFETY: forwarded from the caller; strips end at c0 + 8·C <= n.
+    unsafe {
+        while c0 + 8 * C <= n {
+            strip::<H, C>(out, w, rows, values, n, c0);
+            c0 += 8 * C;
+        }
+        while c0 + 8 <= n {
+            strip::<H, 1>(out, w, rows, values, n, c0);
+            c0 += 8;
+        }
+    }
+    let nk = rows.len();
+    for h in 0..H {
+        for (p, &at) in rows.iter().enumerate() {
+            let wp = w[h * nk + p];
+            for (o, x) in out[h * n + c0..(h + 1) * n]
+                .iter_mut()
+                .zip(&values[at + c0..at + n])
+            {
+                *o += wp * x;
+            }
+        }
+    }
+}
+
+/// Columns `c0..c0 + 8·C` of [`strips`].
+///
+/// # Safety
+/// As for [`strips`], and `c0 + 8·C <= n`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn strip<const H: usize, const C: usize>(
+    out: &mut [f32],
+    w: &[f32],
+    rows: &[usize],
+    values: &[f32],
+    n: usize,
+    c0: usize,
+) {
+    let nk = rows.len();
+    // SAFETY: loads at rows[p] + c0 + 8·C <= rows[p] + n <= values.len(),
+    // weights at h·nk + p < H·nk, stores at h·n + c0 + 8·C <= H·n.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); C]; H];
+        for (p, &at) in rows.iter().enumerate() {
+            let v = values.as_ptr().add(at + c0);
+            let mut x = [_mm256_setzero_ps(); C];
+            for (c, x) in x.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(v.add(8 * c));
+            }
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let wv = _mm256_set1_ps(*w.get_unchecked(h * nk + p));
+                for (acc, x) in acc.iter_mut().zip(&x) {
+                    *acc = _mm256_fmadd_ps(wv, *x, *acc);
+                }
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            for (c, acc) in acc.iter().enumerate() {
+                let o = out.as_mut_ptr().add(h * n + c0 + 8 * c);
+                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *acc));
             }
         }
     }
@@ -110,11 +302,14 @@ pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     }
 }
 
+/// Inlined into its callers (a `#[target_feature]` function cannot be
+/// `inline(always)`), so that short vectors pay no call.
+///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The caller must be compiled with AVX2 and FMA enabled.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+#[inline(always)]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let n16 = n / 16 * 16;
     // SAFETY: loads at i + 16 <= n16 <= both lengths.
@@ -130,29 +325,5 @@ pub(crate) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         }
         let tail: f32 = a[n16..n].iter().zip(&b[n16..n]).map(|(x, y)| x * y).sum();
         hsum(_mm256_add_ps(s0, s1)) + tail
-    }
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn axpy_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let n8 = n / 8 * 8;
-    // SAFETY: accesses at i + 8 <= n8 <= both lengths; x and y cannot
-    // overlap (one is borrowed shared, the other exclusively).
-    unsafe {
-        let av = _mm256_set1_ps(alpha);
-        let mut i = 0;
-        while i < n8 {
-            let py = y.as_mut_ptr().add(i);
-            let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(py));
-            _mm256_storeu_ps(py, v);
-            i += 8;
-        }
-    }
-    for (yv, xv) in y[n8..n].iter_mut().zip(&x[n8..n]) {
-        *yv += alpha * xv;
     }
 }

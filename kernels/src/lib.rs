@@ -1,16 +1,28 @@
 //! Compute kernels for Sluice's local inference, CPU first.
 //!
 //! Everything a decoder forward pass needs and nothing it does not: weight
-//! matrices in GGML's quantised block formats ([`quant`], [`Matrix`]), a matmul
-//! that quantises activations to 8 bits per row and dots them against weight
-//! blocks so that one pass over the weights serves every row of a batch
-//! ([`matmul`]), RMSNorm and friends ([`ops`]), rotary embeddings ([`rope`]) and
-//! attention that reads K/V through a block table ([`attention`]).
+//! matrices in GGML's block formats, read straight from GGUF bytes ([`quant`],
+//! [`Matrix`]); `out = x · Wᵀ` ([`matmul()`]); RMSNorm, SwiGLU and softmax
+//! ([`ops`]); rotary embeddings ([`rope`]); and causal attention that reads
+//! K/V through a block table ([`attention`]).
 //!
-//! Every fast kernel has a plain reference implementation beside it, and the
-//! tests compare the two on random inputs. This crate knows nothing about
-//! models, requests or I/O; it must not depend on tokio or on any model code.
-//! GPU twins of these kernels belong behind the `cuda` feature.
+//! The design decision that shapes the crate: a matmul call takes all `m`
+//! activation rows of a step at once, and its kernels are built so that the
+//! weights are read once per call and each weight block, once unpacked, is
+//! used against many activation rows. For Q4_0/Q4_1/Q8_0 the activations are
+//! quantised to 8 bits per block of 32 (as llama.cpp does) and dotted in
+//! integer arithmetic; from two rows on, eight weight rows are repacked so
+//! that one SIMD multiply serves all eight. That is what makes batched decode
+//! and prefill cheaper per row than one row at a time, where a per-row GEMV
+//! gains nothing. Work is split across output columns with rayon.
+//!
+//! SIMD kernels (AVX2 + FMA + F16C) are chosen at run time; every kernel
+//! also exists as portable Rust, and every fast path has a plain reference
+//! beside it ([`matmul::matmul_reference`],
+//! [`attention::paged_attention_reference`]) that the tests compare against.
+//! This crate knows nothing about models, requests or I/O; it must not
+//! depend on tokio or on any model code. GPU twins of these kernels belong
+//! behind the `cuda` feature.
 
 pub mod attention;
 mod cpu;

@@ -74,21 +74,41 @@ impl Rope {
     /// Rotates every head of one token (`x` holds `n_heads * head_dim` values) for position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         let half = self.head_dim / 2;
-        let (sin, cos): (Vec<f32>, Vec<f32>) = self
-            .inv_freq
-            .iter()
-            .map(|f| (pos as f32 * f).sin_cos())
-            .unzip();
+        // cos/sin once per call, shared by all heads; on the stack for the
+        // head sizes models use, so a token's RoPE allocates nothing.
+        let mut stack = [0.0f32; 2 * STACK_HALF];
+        let mut heap = Vec::new();
+        let table: &mut [f32] = if half <= STACK_HALF {
+            &mut stack[..2 * half]
+        } else {
+            heap.resize(2 * half, 0.0);
+            &mut heap
+        };
+        let (cos, sin) = table.split_at_mut(half);
+        for ((c, s), f) in cos.iter_mut().zip(sin.iter_mut()).zip(&self.inv_freq) {
+            (*s, *c) = (pos as f32 * f).sin_cos();
+        }
         for head in x.chunks_exact_mut(self.head_dim) {
-            for i in 0..half {
-                let (a, b) = match self.style {
-                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                    RopeStyle::HalfSplit => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos[i] - x1 * sin[i];
-                head[b] = x0 * sin[i] + x1 * cos[i];
+            match self.style {
+                RopeStyle::Interleaved => {
+                    for ((pair, c), s) in head.chunks_exact_mut(2).zip(&*cos).zip(&*sin) {
+                        let (x0, x1) = (pair[0], pair[1]);
+                        pair[0] = x0 * c - x1 * s;
+                        pair[1] = x0 * s + x1 * c;
+                    }
+                }
+                RopeStyle::HalfSplit => {
+                    let (a, b) = head.split_at_mut(half);
+                    for (((x0, x1), c), s) in a.iter_mut().zip(b.iter_mut()).zip(&*cos).zip(&*sin) {
+                        let (v0, v1) = (*x0, *x1);
+                        *x0 = v0 * c - v1 * s;
+                        *x1 = v0 * s + v1 * c;
+                    }
+                }
             }
         }
     }
 }
+
+/// Half head sizes up to this keep their cos/sin table on the stack.
+const STACK_HALF: usize = 256;

@@ -22,7 +22,12 @@ fn main() -> Result<(), ModelError> {
         520, 9531, 198,
     ];
     let mut kv = KvCache::new(model.config(), 3, 16);
-    let seq = SeqBatch { tokens: &ids, start_pos: 0, block_table: &[0, 1, 2], want_logits: true };
+    let seq = SeqBatch {
+        tokens: &ids,
+        start_pos: 0,
+        block_table: &[0, 1, 2],
+        want_logits: true,
+    };
     let logits = model.forward(&[seq], &mut kv)?.remove(0);
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let z = logits.iter().map(|v| (v - m).exp()).sum::<f32>().ln() + m;

@@ -57,7 +57,10 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+            return bad(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         Ok(())
     }
@@ -86,7 +89,11 @@ impl LlamaConfig {
                 .map(|v| v as usize)
                 .ok_or_else(|| ModelError::Config(format!("GGUF metadata {} is missing", key(k))))
         };
-        let opt_f = |k: &str| gguf.get(&key(k)).and_then(GgufValue::as_f64).map(|v| v as f32);
+        let opt_f = |k: &str| {
+            gguf.get(&key(k))
+                .and_then(GgufValue::as_f64)
+                .map(|v| v as f32)
+        };
         let hidden_size = req_u("embedding_length")?;
         let num_heads = req_u("attention.head_count")?;
         let num_kv_heads = req_u("attention.head_count_kv").unwrap_or(num_heads);
@@ -95,8 +102,13 @@ impl LlamaConfig {
             .unwrap_or(hidden_size / num_heads.max(1));
         let (embd, _) = gguf.tensor("token_embd.weight")?;
         let vocab_size = embd.dims.get(1).copied().unwrap_or(0) as usize;
-        let rope_scaling = match gguf.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
-            Some("linear") => opt_f("rope.scaling.factor").map(|factor| RopeScaling::Linear { factor }),
+        let rope_scaling = match gguf
+            .get(&key("rope.scaling.type"))
+            .and_then(GgufValue::as_str)
+        {
+            Some("linear") => {
+                opt_f("rope.scaling.factor").map(|factor| RopeScaling::Linear { factor })
+            }
             _ => None,
         };
         let cfg = Self {
@@ -140,7 +152,11 @@ impl LlamaConfig {
         let rope_scaling = match &raw.rope_scaling {
             None => None,
             Some(s) => {
-                let kind = s.rope_type.as_deref().or(s.kind.as_deref()).unwrap_or("default");
+                let kind = s
+                    .rope_type
+                    .as_deref()
+                    .or(s.kind.as_deref())
+                    .unwrap_or("default");
                 match kind {
                     "linear" => Some(RopeScaling::Linear {
                         factor: s.factor.unwrap_or(1.0),
@@ -151,7 +167,8 @@ impl LlamaConfig {
                         high_freq_factor: s.high_freq_factor.unwrap_or(4.0),
                         original_max_position_embeddings: s
                             .original_max_position_embeddings
-                            .unwrap_or(8192) as f32,
+                            .unwrap_or(8192)
+                            as f32,
                     }),
                     "default" => None,
                     other => {

@@ -143,7 +143,8 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], ModelError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let end = end.ok_or_else(|| ModelError::Format(format!("GGUF truncated at byte {}", self.pos)))?;
+        let end =
+            end.ok_or_else(|| ModelError::Format(format!("GGUF truncated at byte {}", self.pos)))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -194,7 +195,11 @@ impl<'a> Reader<'a> {
             10 => GgufValue::U64(self.u64()?),
             11 => GgufValue::I64(i64::from_le_bytes(self.arr()?)),
             12 => GgufValue::F64(f64::from_le_bytes(self.arr()?)),
-            other => return Err(ModelError::Format(format!("unknown GGUF value type {other}"))),
+            other => {
+                return Err(ModelError::Format(format!(
+                    "unknown GGUF value type {other}"
+                )))
+            }
         })
     }
 }
@@ -207,11 +212,16 @@ impl GgufFile {
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
         let mut r = Reader { buf: &mmap, pos: 0 };
         if r.take(4)? != MAGIC {
-            return Err(ModelError::Format(format!("{} is not a GGUF file (bad magic)", path.display())));
+            return Err(ModelError::Format(format!(
+                "{} is not a GGUF file (bad magic)",
+                path.display()
+            )));
         }
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(ModelError::Format(format!("GGUF version {version} is not supported (2 or 3)")));
+            return Err(ModelError::Format(format!(
+                "GGUF version {version} is not supported (2 or 3)"
+            )));
         }
         let n_tensors = r.len()?;
         let n_kv = r.len()?;
@@ -226,12 +236,23 @@ impl GgufFile {
             let name = r.string()?;
             let n_dims = r.u32()? as usize;
             if n_dims > 4 {
-                return Err(ModelError::Format(format!("tensor {name} has {n_dims} dims")));
+                return Err(ModelError::Format(format!(
+                    "tensor {name} has {n_dims} dims"
+                )));
             }
-            let dims = (0..n_dims).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+            let dims = (0..n_dims)
+                .map(|_| r.u64())
+                .collect::<Result<Vec<_>, _>>()?;
             let ggml_type = GgmlType(r.u32()?);
             let offset = r.u64()?;
-            tensors.insert(name, TensorInfo { dims, ggml_type, offset });
+            tensors.insert(
+                name,
+                TensorInfo {
+                    dims,
+                    ggml_type,
+                    offset,
+                },
+            );
         }
         let alignment = metadata
             .get("general.alignment")
@@ -258,15 +279,17 @@ impl GgufFile {
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         let dtype = info.ggml_type.weight_dtype().ok_or_else(|| {
-            ModelError::Unsupported(format!("tensor {name} has GGML type {} which Sluice cannot read", info.ggml_type.0))
+            ModelError::Unsupported(format!(
+                "tensor {name} has GGML type {} which Sluice cannot read",
+                info.ggml_type.0
+            ))
         })?;
         let n: u64 = info.dims.iter().product();
         let bytes = (n as usize / dtype.block_values()) * dtype.block_bytes();
         let start = self.data_start + info.offset as usize;
-        let slice = self
-            .mmap
-            .get(start..start + bytes)
-            .ok_or_else(|| ModelError::Format(format!("tensor {name} runs past the end of the file")))?;
+        let slice = self.mmap.get(start..start + bytes).ok_or_else(|| {
+            ModelError::Format(format!("tensor {name} runs past the end of the file"))
+        })?;
         Ok((info, slice))
     }
 }
@@ -286,7 +309,8 @@ impl GgufWriter {
 
     /// Adds a tensor; `dims[0]` is the row length, as GGUF stores it.
     pub fn tensor(&mut self, name: &str, dims: &[u64], ty: GgmlType, bytes: Vec<u8>) -> &mut Self {
-        self.tensors.push((name.to_string(), dims.to_vec(), ty, bytes));
+        self.tensors
+            .push((name.to_string(), dims.to_vec(), ty, bytes));
         self
     }
 

@@ -27,13 +27,16 @@ impl SafetensorsFiles {
     pub fn open_folder(dir: &Path) -> Result<Self, ModelError> {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| ModelError::Format(format!("{}: {e}", index_path.display())))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .ok_or_else(|| ModelError::Format(format!("{} has no weight_map", index_path.display())))?;
+                .ok_or_else(|| {
+                    ModelError::Format(format!("{} has no weight_map", index_path.display()))
+                })?;
             let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
             names.sort_unstable();
             names.dedup();
@@ -50,7 +53,10 @@ impl SafetensorsFiles {
             found
         };
         if files.is_empty() {
-            return Err(ModelError::Format(format!("no *.safetensors files in {}", dir.display())));
+            return Err(ModelError::Format(format!(
+                "no *.safetensors files in {}",
+                dir.display()
+            )));
         }
         let mut shards = Vec::new();
         let mut index = HashMap::new();
@@ -80,7 +86,9 @@ impl SafetensorsFiles {
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         let st = SafeTensors::deserialize(&self.shards[shard])
             .map_err(|e| ModelError::Format(format!("safetensors: {e}")))?;
-        let view = st.tensor(name).map_err(|e| ModelError::Format(format!("{name}: {e}")))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| ModelError::Format(format!("{name}: {e}")))?;
         let dtype = match view.dtype() {
             Dtype::F32 => WeightDType::F32,
             Dtype::F16 => WeightDType::F16,
@@ -101,7 +109,9 @@ impl SafetensorsFiles {
     pub fn matrix(&self, name: &str) -> Result<Matrix, ModelError> {
         let (dtype, shape, bytes) = self.raw(name)?;
         let [rows, cols] = shape[..] else {
-            return Err(ModelError::Format(format!("{name} has shape {shape:?}, expected 2-D")));
+            return Err(ModelError::Format(format!(
+                "{name} has shape {shape:?}, expected 2-D"
+            )));
         };
         Ok(Matrix::from_raw(dtype, rows, cols, bytes.to_vec())?)
     }

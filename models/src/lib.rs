@@ -72,7 +72,9 @@ pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SLUICE_MODELS_DIR") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     home.join(".cache/sluice/models")
 }
 

@@ -80,7 +80,10 @@ fn stack_rows(parts: &[Matrix]) -> Result<Matrix, ModelError> {
         return stack_rows(&converted);
     }
     let rows = parts.iter().map(Matrix::rows).sum();
-    let bytes = parts.iter().flat_map(|m| m.bytes().iter().copied()).collect();
+    let bytes = parts
+        .iter()
+        .flat_map(|m| m.bytes().iter().copied())
+        .collect();
     Ok(Matrix::from_raw(first.dtype(), rows, first.cols(), bytes)?)
 }
 
@@ -109,7 +112,12 @@ impl Llama {
                 _ => Ok(m),
             }
         };
-        let (h, q, kv, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let (h, q, kv, ff) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+        );
         let embed = src.matrix("token_embd.weight")?;
         check_shape(&embed, "token_embd.weight", cfg.vocab_size, h)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -138,7 +146,10 @@ impl Llama {
                 bqkv,
                 wo: get("attn_output.weight", h, q)?,
                 ffn_norm: src.vector(&name("ffn_norm.weight"))?,
-                w_gate_up: stack_rows(&[get("ffn_gate.weight", ff, h)?, get("ffn_up.weight", ff, h)?])?,
+                w_gate_up: stack_rows(&[
+                    get("ffn_gate.weight", ff, h)?,
+                    get("ffn_up.weight", ff, h)?,
+                ])?,
                 w_down: get("ffn_down.weight", h, ff)?,
             });
             progress(i + 1, cfg.num_layers);
@@ -150,7 +161,12 @@ impl Llama {
         } else {
             None
         };
-        let rope = Rope::new(cfg.head_dim, cfg.rope_theta, cfg.rope_style, cfg.rope_scaling);
+        let rope = Rope::new(
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.rope_style,
+            cfg.rope_scaling,
+        );
         Ok(Self {
             norm: src.vector("output_norm.weight")?,
             embed,
@@ -168,7 +184,10 @@ impl Llama {
     /// Bytes of weights held in memory.
     pub fn weight_bytes(&self) -> usize {
         let mats = self.layers.iter().map(|l| {
-            l.wqkv.bytes().len() + l.wo.bytes().len() + l.w_gate_up.bytes().len() + l.w_down.bytes().len()
+            l.wqkv.bytes().len()
+                + l.wo.bytes().len()
+                + l.w_gate_up.bytes().len()
+                + l.w_down.bytes().len()
         });
         mats.sum::<usize>()
             + self.embed.bytes().len()
@@ -177,7 +196,11 @@ impl Llama {
 
     /// Runs one step for several sequences and returns the logits of the last
     /// token of every sequence with `want_logits`, in order.
-    pub fn forward(&self, seqs: &[SeqBatch<'_>], kv: &mut KvCache) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn forward(
+        &self,
+        seqs: &[SeqBatch<'_>],
+        kv: &mut KvCache,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let cfg = &self.cfg;
         let (h, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
         let total: usize = seqs.iter().map(|s| s.tokens.len()).sum();
@@ -237,14 +260,25 @@ impl Llama {
                     t += 1;
                 }
             }
-            // Attention, one sequence at a time (each reads its own blocks).
+            // Attention: sequences in parallel (a decode step is many short
+            // sequences, too little work each to split by heads alone).
+            let row = qd + 2 * kvd;
+            let view = kv.view(li);
+            let mut jobs = Vec::with_capacity(seqs.len());
+            let mut rest: &mut [f32] = &mut attn;
             let mut t = 0;
             for s in seqs {
                 let n = s.tokens.len();
+                let (out, tail) = rest.split_at_mut(n * qd);
+                rest = tail;
+                jobs.push((s, t, out));
+                t += n;
+            }
+            jobs.into_par_iter().for_each(|(s, t, out)| {
+                let n = s.tokens.len();
                 let q: Vec<f32> = (t..t + n)
-                    .flat_map(|r| qkv[r * (qd + 2 * kvd)..r * (qd + 2 * kvd) + qd].iter().copied())
+                    .flat_map(|r| qkv[r * row..r * row + qd].iter().copied())
                     .collect();
-                let view = kv.view(li);
                 paged_attention(
                     &q,
                     s.start_pos,
@@ -252,10 +286,9 @@ impl Llama {
                     &view,
                     s.block_table,
                     scale,
-                    &mut attn[t * qd..(t + n) * qd],
+                    out,
                 );
-                t += n;
-            }
+            });
             matmul(&layer.wo, &attn, total, &mut proj);
             add_assign(&mut x, &proj);
 
@@ -290,6 +323,9 @@ impl Llama {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0.0f32; m * cfg.vocab_size];
         matmul(head, &last_normed, m, &mut logits);
-        Ok(logits.chunks_exact(cfg.vocab_size).map(<[f32]>::to_vec).collect())
+        Ok(logits
+            .chunks_exact(cfg.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }

@@ -35,9 +35,17 @@ impl WeightSource for GgufFile {
             ModelError::Unsupported(format!("tensor {name}: GGML type {}", info.ggml_type.0))
         })?;
         let [cols, rows] = info.dims[..] else {
-            return Err(ModelError::Format(format!("{name} has dims {:?}, expected 2-D", info.dims)));
+            return Err(ModelError::Format(format!(
+                "{name} has dims {:?}, expected 2-D",
+                info.dims
+            )));
         };
-        Ok(Matrix::from_raw(dtype, rows as usize, cols as usize, bytes.to_vec())?)
+        Ok(Matrix::from_raw(
+            dtype,
+            rows as usize,
+            cols as usize,
+            bytes.to_vec(),
+        )?)
     }
 
     fn vector(&self, name: &str) -> Result<Vec<f32>, ModelError> {
@@ -92,7 +100,8 @@ fn load_hf_folder(
     default_name: String,
 ) -> Result<LoadedLlm, ModelError> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
     let cfg = LlamaConfig::from_hf_json(&text)?;
     let tok_config = dir.join("tokenizer_config.json");
     let tokenizer = Tokenizer::from_hf_files(

@@ -79,7 +79,12 @@ pub fn tiny_tensors(spec: &TinySpec) -> Vec<(String, usize, usize, Vec<f32>)> {
     let (h, q, kv, ff) = (spec.hidden, spec.heads * hd, spec.kv_heads * hd, spec.ffn);
     let mut t = Vec::new();
     let s = 0.5 / (h as f32).sqrt();
-    t.push(("token_embd.weight".into(), TINY_VOCAB, h, rng.vec(TINY_VOCAB * h, 1.0)));
+    t.push((
+        "token_embd.weight".into(),
+        TINY_VOCAB,
+        h,
+        rng.vec(TINY_VOCAB * h, 1.0),
+    ));
     for i in 0..spec.layers {
         let mut add = |name: &str, r: usize, c: usize, sc: f32| {
             let v = rng.vec(r * c, sc);
@@ -133,9 +138,15 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec, dtype: WeightDType) -> Resu
         .meta("llama.rope.dimension_count", u(hd))
         .meta("llama.context_length", u(512))
         .meta("llama.rope.freq_base", GgufValue::F32(10000.0))
-        .meta("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(1e-5));
+        .meta(
+            "llama.attention.layer_norm_rms_epsilon",
+            GgufValue::F32(1e-5),
+        );
     let b2u = byte_to_unicode();
-    let mut tokens: Vec<GgufValue> = b2u.iter().map(|c| GgufValue::String(c.to_string())).collect();
+    let mut tokens: Vec<GgufValue> = b2u
+        .iter()
+        .map(|c| GgufValue::String(c.to_string()))
+        .collect();
     let mut types: Vec<GgufValue> = vec![GgufValue::I32(1); 256];
     for s in TINY_SPECIALS {
         tokens.push(GgufValue::String(s.into()));
@@ -200,7 +211,11 @@ pub fn write_tiny_hf(dir: &Path, spec: &TinySpec) -> Result<(), ModelError> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(name, rows, cols, values)| {
-            let shape = if rows == 1 { vec![cols] } else { vec![rows, cols] };
+            let shape = if rows == 1 {
+                vec![cols]
+            } else {
+                vec![rows, cols]
+            };
             let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             (crate::hf::hf_name(&name), shape, data)
         })

@@ -1,6 +1,8 @@
 //! The decoder's mechanics on tiny random models written through the real
 //! loaders, and its numbers on the real demo model against llama.cpp.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use sluice_kernels::WeightDType;
 use sluice_models::config::LlamaConfig;
 use sluice_models::gguf::GgufFile;
@@ -30,10 +32,15 @@ fn run(model: &Llama, kv: &mut KvCache, tokens: &[u32], start: usize, table: &[u
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
-const PROMPT: [u32; 21] = [5, 77, 3, 200, 12, 9, 44, 44, 101, 7, 0, 255, 31, 64, 128, 2, 19, 88, 150, 6, 42];
+const PROMPT: [u32; 21] = [
+    5, 77, 3, 200, 12, 9, 44, 44, 101, 7, 0, 255, 31, 64, 128, 2, 19, 88, 150, 6, 42,
+];
 
 #[test]
 fn gguf_and_safetensors_loaders_give_the_same_logits() {
@@ -117,7 +124,11 @@ fn quantized_weights_stay_close_to_f32() {
         let mut kv = KvCache::new(q.config(), 2, 16);
         let got = run(&q, &mut kv, &PROMPT, 0, &table);
         let scale = reference.iter().map(|v| v.abs()).fold(0.0, f32::max);
-        let tol = if dtype == WeightDType::Q8_0 { 0.05 } else { 0.35 };
+        let tol = if dtype == WeightDType::Q8_0 {
+            0.05
+        } else {
+            0.35
+        };
         assert!(
             max_abs_diff(&reference, &got) < tol * scale,
             "{dtype:?}: diff {} vs scale {scale}",

@@ -314,7 +314,10 @@ impl Worker {
             let started = Instant::now();
             let output = self.scheduler.schedule();
             for id in self.scheduler.take_unservable() {
-                self.fail(id, "the request needs more KV blocks than the engine has".into());
+                self.fail(
+                    id,
+                    "the request needs more KV blocks than the engine has".into(),
+                );
             }
             if output.seqs.is_empty() {
                 self.publish_load(None);
@@ -361,7 +364,11 @@ impl Worker {
     }
 
     fn admit(&mut self, sub: Submission) {
-        let Submission { id, request, events } = sub;
+        let Submission {
+            id,
+            request,
+            events,
+        } = sub;
         let mut stop_ids: HashSet<u32> = request.params.stop_token_ids.iter().copied().collect();
         if !request.params.ignore_eos {
             stop_ids.extend(self.shared.tokenizer.eos_ids().iter().copied());
@@ -547,8 +554,10 @@ impl Worker {
         load.kv_total.store(bm.num_total_blocks(), Relaxed);
         load.tps_bits.store(tps.to_bits(), Relaxed);
         load.decode_tps_bits.store(dtps.to_bits(), Relaxed);
-        load.preemptions.store(self.scheduler.num_preemptions(), Relaxed);
-        load.prefix_hits.store(bm.prefix_cache_hit_tokens(), Relaxed);
+        load.preemptions
+            .store(self.scheduler.num_preemptions(), Relaxed);
+        load.prefix_hits
+            .store(bm.prefix_cache_hit_tokens(), Relaxed);
         // A newcomer starts at once unless requests are already waiting; then
         // it waits, at worst, for all the work held (remaining prompt and
         // generation budget of every request) at the recent compute rate.

@@ -21,7 +21,12 @@ pub struct CpuExecutor {
 }
 
 impl CpuExecutor {
-    pub fn new(model: Llama, num_blocks: usize, block_size: usize, threads: usize) -> Result<Self, String> {
+    pub fn new(
+        model: Llama,
+        num_blocks: usize,
+        block_size: usize,
+        threads: usize,
+    ) -> Result<Self, String> {
         let kv = KvCache::new(model.config(), num_blocks, block_size);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -28,7 +28,9 @@ pub mod stop;
 
 pub use engine::{Engine, EngineConfig, EngineHandle, EventStream, ModelInfo};
 pub use load::LoadSnapshot;
-pub use request::{EngineEvent, FinishReason, GenerateRequest, SamplingParams, TokenLogprob, Usage};
+pub use request::{
+    EngineEvent, FinishReason, GenerateRequest, SamplingParams, TokenLogprob, Usage,
+};
 
 /// Why the engine refused or failed a request.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,8 @@
 //! accounting under cancellation, prefix reuse, admission errors; and the real
 //! demo model answering a question through the runtime API.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use sluice_kernels::WeightDType;
@@ -57,7 +59,9 @@ fn collect_text(mut stream: EventStream) -> (String, FinishReason) {
     while let Some(ev) = stream.blocking_recv() {
         match ev {
             EngineEvent::Token { text: t, .. } => text.push_str(&t),
-            EngineEvent::Finished { reason, text: t, .. } => {
+            EngineEvent::Finished {
+                reason, text: t, ..
+            } => {
                 text.push_str(&t);
                 return (text, reason);
             }
@@ -79,7 +83,8 @@ fn submit(engine: &EngineHandle, prompt_tokens: Vec<u32>, params: SamplingParams
 fn wait_until_idle(engine: &EngineHandle) {
     for _ in 0..200 {
         let load = engine.load();
-        if load.in_flight == 0 && load.running == 0 && load.waiting == 0 && load.kv_blocks_used == 0 {
+        if load.in_flight == 0 && load.running == 0 && load.waiting == 0 && load.kv_blocks_used == 0
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -242,7 +247,10 @@ fn max_tokens_and_stop_strings_end_generation() {
     params.stop_strings = vec![stop.clone()];
     let (got, reason) = collect_text(submit(&engine, prompt(6, 12), params));
     assert_eq!(reason, FinishReason::Stop);
-    assert_eq!(got, expected, "stop string {stop:?} must end the text before it");
+    assert_eq!(
+        got, expected,
+        "stop string {stop:?} must end the text before it"
+    );
 }
 
 #[test]
@@ -280,7 +288,9 @@ fn demo_model_answers_paris_through_the_runtime() {
     );
     let loaded = load_llm(&path, LoadKnobs::default(), &mut |_, _| {}).unwrap();
     let engine = Engine::start(loaded, EngineConfig::default()).unwrap();
-    let template = engine.chat_template().expect("the GGUF ships a chat template");
+    let template = engine
+        .chat_template()
+        .expect("the GGUF ships a chat template");
     let text = template
         .render(
             &[ChatMessage {

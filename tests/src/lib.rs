@@ -118,8 +118,11 @@ impl Server {
         let config_dir = options.config.as_ref().map(|text| {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("sluice.toml");
-            std::fs::write(&path, text.replace("{DEMO_MODEL}", &model.display().to_string()))
-                .expect("write config");
+            std::fs::write(
+                &path,
+                text.replace("{DEMO_MODEL}", &model.display().to_string()),
+            )
+            .expect("write config");
             cmd.arg("--config").arg(path);
             dir
         });
@@ -175,7 +178,10 @@ impl Server {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("sluice exited ({status}) before it was ready:\n{}", self.logs());
+                panic!(
+                    "sluice exited ({status}) before it was ready:\n{}",
+                    self.logs()
+                );
             }
             let status = get_status(self.addr, "/ready");
             if let Some(s) = status {
@@ -255,7 +261,11 @@ impl Drop for Server {
 pub fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut head = [0u8; 16];
     stream.read_exact(&mut head).ok()?;
     // "HTTP/1.1 200 OK"

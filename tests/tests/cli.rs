@@ -1,6 +1,9 @@
 //! The command line: config checking, refusals at start, model listing, and
 //! the shutdown path (SIGTERM lets an in-flight stream finish, then exit 0).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::Write;
@@ -51,7 +54,9 @@ fn a_typo_in_the_config_fails_naming_the_key() {
     let (code, _, err) = run_cli(&["check-config", f.path().to_str().unwrap()], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("listn"), "{err}");
-    let f = config_file("[[models]]\nid = \"m\"\npath = \"x.gguf\"\n[models.engine]\nmax_num_seqs = 0\n");
+    let f = config_file(
+        "[[models]]\nid = \"m\"\npath = \"x.gguf\"\n[models.engine]\nmax_num_seqs = 0\n",
+    );
     let (code, _, err) = run_cli(&["check-config", f.path().to_str().unwrap()], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("models[0].engine.max_num_seqs"), "{err}");
@@ -62,7 +67,10 @@ fn an_inline_key_is_refused() {
     let f = config_file("[[auth.keys]]\ntenant = \"a\"\nkey = \"sk-inline\"\n");
     let (code, _, err) = run_cli(&["check-config", f.path().to_str().unwrap()], &[]);
     assert_eq!(code, 2);
-    assert!(err.contains("auth.keys[0].key") && !err.contains("sk-inline"), "{err}");
+    assert!(
+        err.contains("auth.keys[0].key") && !err.contains("sk-inline"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -87,7 +95,10 @@ fn a_missing_demo_model_names_the_fetch_command() {
 fn models_list_shows_the_demo_model() {
     let (code, out, _) = run_cli(&["models", "list"], &[]);
     assert_eq!(code, 0);
-    assert!(out.contains(DEMO_MODEL_ID) && out.contains("present"), "{out}");
+    assert!(
+        out.contains(DEMO_MODEL_ID) && out.contains("present"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -119,4 +130,14 @@ async fn sigterm_lets_a_stream_finish_then_exits_zero() {
     let code = server.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{}", server.logs());
     assert!(server.logs().contains("SIGTERM received"));
+}
+
+#[test]
+fn fetch_models_runs_the_embedded_script() {
+    // The demo weights are already fetched (the harness needs them), so the
+    // script only checks their sha256 and says so.
+    demo_model_path();
+    let (code, out, err) = run_cli(&["fetch-models", "chat"], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("smollm2: present"), "{out}");
 }

@@ -2,6 +2,9 @@
 //! sequence: keys are enforced, a full engine answers 429 with Retry-After
 //! at once, and a client that disconnects mid-stream frees its sequence.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::sync::OnceLock;
@@ -56,10 +59,21 @@ fn short_body() -> String {
 async fn missing_or_wrong_key_is_401() {
     let err = get(server(), "/v1/models", None).await.expect_error(401);
     assert_eq!(err["code"], "invalid_api_key");
-    let err = get(server(), "/v1/models", Some("sk-wrong")).await.expect_error(401);
+    let err = get(server(), "/v1/models", Some("sk-wrong"))
+        .await
+        .expect_error(401);
     assert_eq!(err["code"], "invalid_api_key");
-    assert!(!err["message"].as_str().unwrap().contains("sk-wrong"), "never echo a key");
-    let reply = post_raw(server(), "/v1/chat/completions", short_body(), Some("sk-wrong")).await;
+    assert!(
+        !err["message"].as_str().unwrap().contains("sk-wrong"),
+        "never echo a key"
+    );
+    let reply = post_raw(
+        server(),
+        "/v1/chat/completions",
+        short_body(),
+        Some("sk-wrong"),
+    )
+    .await;
     reply.expect_error(401);
     // Probes need no key.
     assert_eq!(get(server(), "/health", None).await.status, 200);
@@ -67,7 +81,10 @@ async fn missing_or_wrong_key_is_401() {
     // The SDK with the right key gets through.
     let list = openai(server(), KEY).models().list().await.unwrap();
     assert_eq!(list.data[0].id, DEMO_MODEL_ID);
-    assert!(!server().logs().contains(KEY), "the key never reaches the log");
+    assert!(
+        !server().logs().contains(KEY),
+        "the key never reaches the log"
+    );
 }
 
 #[tokio::test]
@@ -92,7 +109,11 @@ async fn full_engine_answers_429_and_a_disconnect_frees_the_sequence() {
     let reply = post_raw(server(), "/v1/chat/completions", short_body(), Some(KEY)).await;
     let err = reply.expect_error(429);
     assert_eq!(err["type"], "rate_limit_error");
-    let retry_after: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after >= 1);
 
     // The client goes away mid-stream; its sequence is cancelled and freed.

@@ -89,10 +89,9 @@ impl ByteSize {
             .find(|c: char| !c.is_ascii_digit() && c != '_')
             .unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
-        let n: usize = digits
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("`{text}` is not a size such as 1048576, \"64KiB\" or \"2GiB\""))?;
+        let n: usize = digits.replace('_', "").parse().map_err(|_| {
+            format!("`{text}` is not a size such as 1048576, \"64KiB\" or \"2GiB\"")
+        })?;
         let shift = match unit.trim() {
             "" | "B" => 0,
             "KiB" => 10,

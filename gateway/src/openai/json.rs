@@ -32,7 +32,10 @@ where
                     limit: BodyLimit::from_ref(state).0,
                 }
             } else {
-                ApiError::invalid_body(format!("cannot read the request body: {}", rejection.body_text()))
+                ApiError::invalid_body(format!(
+                    "cannot read the request body: {}",
+                    rejection.body_text()
+                ))
             }
         })?;
         parse(&bytes).map(ApiJson)
@@ -101,7 +104,10 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_field() {
-        assert_eq!(param_of(r#"{"temperature": "hot"}"#).as_deref(), Some("temperature"));
+        assert_eq!(
+            param_of(r#"{"temperature": "hot"}"#).as_deref(),
+            Some("temperature")
+        );
         assert_eq!(
             param_of(r#"{"messages": [{"role": 5}]}"#).as_deref(),
             Some("messages[0].role")

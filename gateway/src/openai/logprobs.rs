@@ -77,7 +77,11 @@ pub struct CompletionLogprobs {
 
 /// Completions shape; `offset` is where the first token's text starts in the
 /// choice's text (non-zero for a later chunk of a stream).
-pub fn completion(tokenizer: &Tokenizer, items: &[TokenLogprob], offset: usize) -> CompletionLogprobs {
+pub fn completion(
+    tokenizer: &Tokenizer,
+    items: &[TokenLogprob],
+    offset: usize,
+) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     let mut at = offset;
     for lp in items {

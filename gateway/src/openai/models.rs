@@ -43,6 +43,9 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
     })
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Model>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Model>, ApiError> {
     Ok(Json(model(state.registry.get(&id)?)))
 }

@@ -14,8 +14,8 @@ use std::convert::Infallible;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use tracing::Instrument;
 use sluice_runtime::{FinishReason, TokenLogprob, Usage};
+use tracing::Instrument;
 
 use crate::generate::{Generation, Step};
 use crate::openai::UsageWire;
@@ -47,7 +47,9 @@ struct Driver<F: Framing> {
     /// they ride on that choice's next content chunk.
     pending_logprobs: Vec<Vec<TokenLogprob>>,
     phase: Phase,
-    finished: Vec<Option<FinishReason>>,
+    choices: usize,
+    /// Tokens received so far, over all choices (for the log).
+    tokens: usize,
     /// The request's span: the stream outlives the handler that opened it.
     span: tracing::Span,
 }
@@ -62,7 +64,8 @@ pub fn respond<F: Framing>(generation: Generation, framing: F, include_usage: bo
         queue: VecDeque::new(),
         pending_logprobs: vec![Vec::new(); choices],
         phase: Phase::Opening,
-        finished: vec![None; choices],
+        choices,
+        tokens: 0,
         span: tracing::Span::current(),
     };
     let events = stream::unfold(driver, |mut d| async move {
@@ -82,7 +85,7 @@ impl<F: Framing> Driver<F> {
             match self.phase {
                 Phase::Ended => return None,
                 Phase::Opening => {
-                    for choice in 0..self.finished.len() {
+                    for choice in 0..self.choices {
                         self.queue.extend(self.framing.opening(choice));
                     }
                     self.phase = Phase::Running;
@@ -110,6 +113,7 @@ impl<F: Framing> Driver<F> {
                 text,
                 logprob,
             } => {
+                self.tokens += 1;
                 if let Some(pending) = self.pending_logprobs.get_mut(choice) {
                     pending.extend(logprob);
                 }
@@ -128,9 +132,6 @@ impl<F: Framing> Driver<F> {
                     .is_some_and(|p| !p.is_empty());
                 if !text.is_empty() || has_pending {
                     self.push_content(choice, &text);
-                }
-                if let Some(f) = self.finished.get_mut(choice) {
-                    *f = Some(reason);
                 }
                 self.queue.push_back(self.framing.finish(choice, reason));
             }
@@ -170,7 +171,7 @@ impl<F: Framing> Drop for Driver<F> {
         if self.phase != Phase::Ended {
             let _entered = self.span.enter();
             tracing::info!(
-                completion_tokens = self.generation.usage().completion_tokens,
+                tokens_sent = self.tokens,
                 "client went away mid-stream; generation cancelled"
             );
         }

@@ -281,17 +281,17 @@ unsafe fn dot_f32_tile<const R: usize>(x: [&[f32]; R], w: &[f32], k: usize) -> [
             }
             for r in 0..GROUP {
                 let wv = _mm256_loadu_ps(w.as_ptr().add(r * k + kk));
-                for i in 0..R {
-                    acc[i][r] = _mm256_fmadd_ps(xv[i], wv, acc[i][r]);
+                for (acc, xv) in acc.iter_mut().zip(&xv) {
+                    acc[r] = _mm256_fmadd_ps(*xv, wv, acc[r]);
                 }
             }
             kk += 8;
         }
         let mut out = [[0.0f32; GROUP]; R];
-        for i in 0..R {
-            for r in 0..GROUP {
-                let tail: f32 = (k8..k).map(|t| x[i][t] * w[r * k + t]).sum();
-                out[i][r] = hsum(acc[i][r]) + tail;
+        for ((out, acc), xi) in out.iter_mut().zip(&acc).zip(x) {
+            for (r, (o, acc)) in out.iter_mut().zip(acc).enumerate() {
+                let tail: f32 = (k8..k).map(|t| xi[t] * w[r * k + t]).sum();
+                *o = hsum(*acc) + tail;
             }
         }
         out

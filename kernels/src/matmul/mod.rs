@@ -3,19 +3,22 @@
 //!
 //! Two paths, picked by the weight format:
 //!
-//! - **int8** (Q4_0, Q4_1, Q8_0): the `m` activation rows are quantised once to
-//!   8-bit blocks of 32 ([`quantize_act`]), weight blocks are unpacked to one
-//!   byte per value a tile at a time ([`int8`]), and every (weight row,
-//!   activation row) pair is an integer dot product per block scaled by the
-//!   two block scales — the scheme of llama.cpp's `vec_dot_q4_1_q8_1`.
-//! - **f32** (F32, F16, BF16, Q4_K, Q6_K): a tile of weight rows is
-//!   dequantised to f32 once and reused for all activation rows ([`float`]).
+//! - **int8** (Q4_0, Q4_1, Q8_0; `int8.rs`): the `m` activation rows are
+//!   quantised once to 8-bit blocks of 32 with their block sums
+//!   (`quantize_act.rs`), and each (weight row, activation row) pair is an
+//!   integer dot product per block, scaled by the two block scales — the
+//!   scheme of llama.cpp's `vec_dot_q4_1_q8_1`. One activation row reads the
+//!   GGML blocks directly (`avx2.rs`); from two rows on, eight weight rows at
+//!   a time are repacked so that one `maddubs` serves all eight and every
+//!   unpacked block is reused for every activation row (`avx2_repack.rs`).
+//! - **f32** (F32, F16, BF16, Q4_K, Q6_K; `float.rs`): a sub-tile of weight
+//!   rows is dequantised to f32 once (F32 rows are used in place) and an
+//!   FMA kernel runs 3 activation rows x 4 weight rows at a time over it.
 //!
 //! Both split the output columns (weight rows) into rayon tasks; a task
-//! unpacks a sub-tile small enough to stay in cache and runs it against all
-//! `m` rows, so the per-row cost falls as `m` grows instead of repeating the
-//! whole weight pass per row. Kernels exist as AVX2 (chosen at run time) and
-//! as portable Rust the compiler vectorises for the baseline target.
+//! covers its rows for all `m` activation rows while they are in cache.
+//! Kernels exist as AVX2 (chosen at run time) and as portable Rust the
+//! compiler vectorises for the baseline target.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;

@@ -176,7 +176,7 @@ fn int8_path_covers_many_tasks_sub_tiles_and_activation_chunks() {
 fn float_formats_match_reference_for_every_batch_size() {
     let mut rng = Rng::new(4);
     for (dtype, shapes) in [
-        (WeightDType::F32, &[(7, 37), (33, 64), (5, 1)][..]),
+        (WeightDType::F32, &[(7, 37), (33, 64), (5, 1), (16, 40)][..]),
         (WeightDType::F16, &[(7, 40), (33, 96)][..]),
         (WeightDType::BF16, &[(7, 40), (33, 96)][..]),
         (WeightDType::Q4K, &[(7, 256), (19, 512)][..]),

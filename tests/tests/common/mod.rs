@@ -1,6 +1,6 @@
 //! Helpers shared by the end-to-end test files (each file is its own crate,
 //! so not every file uses every helper).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{
@@ -45,8 +45,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
     /// Asserts an OpenAI error object with this status; returns `error`.
@@ -54,15 +53,26 @@ impl Reply {
         assert_eq!(self.status, status, "body: {}", self.body);
         let v = self.json();
         let err = v["error"].clone();
-        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
         assert!(err["type"].is_string(), "{v}");
-        assert!(err.get("param").is_some() && err.get("code").is_some(), "{v}");
+        assert!(
+            err.get("param").is_some() && err.get("code").is_some(),
+            "{v}"
+        );
         err
     }
 }
 
 /// POSTs `body` (raw text) to `path` with an optional bearer key.
-pub async fn post_raw(server: &Server, path: &str, body: impl Into<reqwest::Body>, key: Option<&str>) -> Reply {
+pub async fn post_raw(
+    server: &Server,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+    key: Option<&str>,
+) -> Reply {
     let mut req = reqwest::Client::new()
         .post(format!("{}{path}", server.base_url()))
         .header("content-type", "application/json")
@@ -74,7 +84,11 @@ pub async fn post_raw(server: &Server, path: &str, body: impl Into<reqwest::Body
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.text().await.expect("body");
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub async fn post(server: &Server, path: &str, body: &Value) -> Reply {
@@ -90,13 +104,20 @@ pub async fn get(server: &Server, path: &str, key: Option<&str>) -> Reply {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp.text().await.expect("body");
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// The `data:` payloads of an SSE body, checking the framing on the way:
 /// every event is exactly one `data: ...` line followed by a blank line.
 pub fn sse_events(body: &str) -> Vec<String> {
-    assert!(body.ends_with("\n\n"), "SSE body must end with a blank line: {body:?}");
+    assert!(
+        body.ends_with("\n\n"),
+        "SSE body must end with a blank line: {body:?}"
+    );
     body.trim_end_matches("\n\n")
         .split("\n\n")
         .map(|event| {

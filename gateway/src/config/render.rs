@@ -1,0 +1,88 @@
+//! `check-config`'s output: the effective configuration as TOML, each key
+//! shown only by where it came from.
+
+use toml::{Table, Value};
+
+use super::Config;
+
+impl Config {
+    /// The effective configuration as TOML, keys replaced by their source.
+    pub fn to_redacted_toml(&self) -> String {
+        fn int(n: usize) -> Value {
+            Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+        }
+        let mut server = Table::new();
+        server.insert(
+            "listen".into(),
+            Value::String(self.server.listen.to_string()),
+        );
+        server.insert("max_body_bytes".into(), int(self.server.max_body_bytes));
+        server.insert(
+            "shutdown_grace_seconds".into(),
+            int(self.server.shutdown_grace.as_secs() as usize),
+        );
+        server.insert(
+            "request_timeout_seconds".into(),
+            int(self.server.request_timeout.as_secs() as usize),
+        );
+        server.insert(
+            "allow_unauthenticated".into(),
+            Value::Boolean(self.server.allow_unauthenticated),
+        );
+        let keys: Vec<Value> = self
+            .keys
+            .iter()
+            .map(|k| {
+                let mut t = Table::new();
+                t.insert("tenant".into(), Value::String(k.tenant.clone()));
+                t.insert(
+                    "key".into(),
+                    Value::String(format!("<redacted: {}>", k.source)),
+                );
+                Value::Table(t)
+            })
+            .collect();
+        let mut auth = Table::new();
+        auth.insert("keys".into(), Value::Array(keys));
+        let models: Vec<Value> = self
+            .models
+            .iter()
+            .map(|m| {
+                let e = &m.engine;
+                let mut engine = Table::new();
+                engine.insert("block_size".into(), int(e.block_size));
+                engine.insert("kv_cache_bytes".into(), int(e.kv_cache_bytes));
+                if let Some(n) = e.num_kv_blocks {
+                    engine.insert("num_kv_blocks".into(), int(n));
+                }
+                engine.insert("max_num_seqs".into(), int(e.max_num_seqs));
+                engine.insert(
+                    "max_num_batched_tokens".into(),
+                    int(e.max_num_batched_tokens),
+                );
+                engine.insert("max_waiting".into(), int(e.max_waiting));
+                if let Some(n) = e.threads {
+                    engine.insert("threads".into(), int(n));
+                }
+                engine.insert(
+                    "enable_prefix_caching".into(),
+                    Value::Boolean(e.enable_prefix_caching),
+                );
+                if let Some(n) = e.max_model_len {
+                    engine.insert("max_model_len".into(), int(n));
+                }
+                let mut t = Table::new();
+                t.insert("id".into(), Value::String(m.id.clone()));
+                t.insert("path".into(), Value::String(m.path.display().to_string()));
+                t.insert("default_max_tokens".into(), int(m.default_max_tokens));
+                t.insert("engine".into(), Value::Table(engine));
+                Value::Table(t)
+            })
+            .collect();
+        let mut root = Table::new();
+        root.insert("server".into(), Value::Table(server));
+        root.insert("auth".into(), Value::Table(auth));
+        root.insert("models".into(), Value::Array(models));
+        toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}

@@ -1,0 +1,398 @@
+//! File, then environment, then flags: from [`FileConfig`] to [`Config`],
+//! checking every value and naming the key of each one that is wrong.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice_runtime::EngineConfig;
+
+use super::file::{EngineSection, FileConfig, KeySection, ModelSection};
+use super::{
+    invalid, ApiKey, Config, ConfigError, EnvLookup, KeySource, ModelConfig, Overrides, Secret,
+    ServerConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS, DEFAULT_SHUTDOWN_GRACE_SECONDS, DEMO_MODEL_ID,
+};
+
+/// File, then environment, then flags.
+pub(super) fn resolve(
+    file: FileConfig,
+    base_dir: &Path,
+    overrides: &Overrides,
+    env: EnvLookup<'_>,
+) -> Result<Config, ConfigError> {
+    let FileConfig {
+        server,
+        auth,
+        models,
+    } = file;
+
+    let (listen_text, listen_key) = match (&overrides.listen, env("SLUICE_LISTEN"), server.listen) {
+        (Some(flag), _, _) => (flag.clone(), "--listen"),
+        (None, Some(var), _) => (var, "SLUICE_LISTEN"),
+        (None, None, Some(file)) => (file, "server.listen"),
+        (None, None, None) => (DEFAULT_LISTEN.to_string(), "server.listen"),
+    };
+    let listen = parse_listen(&listen_text).map_err(|m| invalid(listen_key, m))?;
+
+    let max_body_bytes = server
+        .max_body_bytes
+        .map_or(DEFAULT_MAX_BODY_BYTES, |b| b.0);
+    if !(1024..=(1 << 30)).contains(&max_body_bytes) {
+        return Err(invalid(
+            "server.max_body_bytes",
+            format!("{max_body_bytes} is outside 1KiB..=1GiB"),
+        ));
+    }
+    let grace = server
+        .shutdown_grace_seconds
+        .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECONDS);
+    if grace > 3600 {
+        return Err(invalid(
+            "server.shutdown_grace_seconds",
+            format!("{grace} is more than an hour"),
+        ));
+    }
+    let timeout = server
+        .request_timeout_seconds
+        .unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECONDS);
+    if timeout == 0 {
+        return Err(invalid(
+            "server.request_timeout_seconds",
+            "must be at least 1",
+        ));
+    }
+    let allow_unauthenticated = overrides.allow_unauthenticated
+        || match env("SLUICE_ALLOW_UNAUTHENTICATED") {
+            Some(v) => parse_bool(&v).ok_or_else(|| {
+                invalid(
+                    "SLUICE_ALLOW_UNAUTHENTICATED",
+                    format!("`{v}` is not true or false"),
+                )
+            })?,
+            None => server.allow_unauthenticated.unwrap_or(false),
+        };
+
+    let mut keys = Vec::new();
+    for (i, k) in auth.keys.into_iter().enumerate() {
+        keys.push(resolve_key(i, k, base_dir, env)?);
+    }
+    if let Some(list) = env("SLUICE_API_KEYS") {
+        keys.extend(parse_keys_variable(&list)?);
+    }
+    let mut seen = HashSet::new();
+    for k in &keys {
+        if !seen.insert(k.secret.expose()) {
+            return Err(invalid(
+                "auth.keys",
+                format!(
+                    "tenant `{}` ({}) reuses another tenant's key",
+                    k.tenant, k.source
+                ),
+            ));
+        }
+    }
+    if keys.is_empty() && !listen.ip().is_loopback() && !allow_unauthenticated {
+        return Err(invalid(
+            listen_key,
+            format!(
+                "{listen} is not a loopback address and no API key is configured; add \
+                 [[auth.keys]] (or set SLUICE_API_KEYS=tenant:key), or allow it explicitly with \
+                 server.allow_unauthenticated = true or --allow-unauthenticated"
+            ),
+        ));
+    }
+
+    let models = match (&overrides.model, overrides.model_id.as_deref()) {
+        (Some(path), id) => {
+            let id = id.map_or_else(|| id_from_path(path), str::to_string);
+            vec![ModelSection {
+                id,
+                path: path.clone(),
+                default_max_tokens: None,
+                engine: EngineSection::default(),
+            }]
+        }
+        (None, Some(_)) => return Err(invalid("--model-id", "needs --model PATH")),
+        (None, None) if models.is_empty() => vec![ModelSection {
+            id: DEMO_MODEL_ID.into(),
+            path: sluice_models::demo_chat_model_path(),
+            default_max_tokens: None,
+            engine: EngineSection::default(),
+        }],
+        (None, None) => models,
+    };
+    let mut ids = HashSet::new();
+    let mut resolved = Vec::with_capacity(models.len());
+    for (i, m) in models.into_iter().enumerate() {
+        let m = resolve_model(i, m, base_dir)?;
+        if !ids.insert(m.id.clone()) {
+            return Err(invalid(
+                format!("models[{i}].id"),
+                format!("`{}` is used twice", m.id),
+            ));
+        }
+        resolved.push(m);
+    }
+
+    Ok(Config {
+        server: ServerConfig {
+            listen,
+            max_body_bytes,
+            shutdown_grace: Duration::from_secs(grace),
+            request_timeout: Duration::from_secs(timeout),
+            allow_unauthenticated,
+        },
+        keys,
+        models: resolved,
+    })
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    // `localhost` is the one name accepted: resolving names would make the
+    // bound address (and so the loopback check) depend on DNS.
+    let text = match text.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => text.to_string(),
+    };
+    text.parse()
+        .map_err(|_| format!("`{text}` is not an address such as 127.0.0.1:8080 or [::1]:8080"))
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+fn check_tenant(key: &str, tenant: &str) -> Result<(), ConfigError> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 64
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("tenant `{tenant}` must be 1-64 characters of A-Z a-z 0-9 - _ ."),
+        ))
+    }
+}
+
+fn check_secret(key: &str, secret: &str) -> Result<(), ConfigError> {
+    if secret.is_empty() {
+        return Err(invalid(key, "the key is empty"));
+    }
+    if secret.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            key,
+            "the key contains whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_key(
+    i: usize,
+    k: KeySection,
+    base_dir: &Path,
+    env: EnvLookup<'_>,
+) -> Result<ApiKey, ConfigError> {
+    let KeySection {
+        tenant,
+        key_env,
+        key_file,
+        key,
+    } = k;
+    let at = |field: &str| format!("auth.keys[{i}].{field}");
+    check_tenant(&at("tenant"), &tenant)?;
+    if key.is_some() {
+        return Err(invalid(
+            at("key"),
+            "inline keys are not allowed; put the key in an environment variable (key_env) \
+             or a file (key_file)",
+        ));
+    }
+    let (source, secret, field) = match (key_env, key_file) {
+        (Some(name), None) => {
+            let value = env(&name).ok_or_else(|| {
+                invalid(
+                    at("key_env"),
+                    format!("environment variable {name} is not set"),
+                )
+            })?;
+            (KeySource::Env(name), value.trim().to_string(), "key_env")
+        }
+        (None, Some(path)) => {
+            let path = resolve_path(base_dir, &path);
+            let value = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    at("key_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            (KeySource::File(path), value.trim().to_string(), "key_file")
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(at("key_env"), "give key_env or key_file, not both"));
+        }
+        (None, None) => return Err(invalid(at("key_env"), "give key_env or key_file")),
+    };
+    check_secret(&at(field), &secret)?;
+    Ok(ApiKey {
+        tenant,
+        source,
+        secret: Secret::new(secret),
+    })
+}
+
+fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
+    let mut keys = Vec::new();
+    for (i, entry) in list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
+        let key = format!("SLUICE_API_KEYS[{i}]");
+        let Some((tenant, secret)) = entry.split_once(':') else {
+            return Err(invalid(key, "expected tenant:key"));
+        };
+        check_tenant(&key, tenant.trim())?;
+        check_secret(&key, secret.trim())?;
+        keys.push(ApiKey {
+            tenant: tenant.trim().to_string(),
+            source: KeySource::KeysVariable,
+            secret: Secret::new(secret.trim().to_string()),
+        });
+    }
+    Ok(keys)
+}
+
+/// `~/x` expands to the home folder; a relative path is relative to the config file.
+fn resolve_path(base_dir: &Path, path: &Path) -> PathBuf {
+    if let Ok(rest) = path.strip_prefix("~") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return PathBuf::from(home).join(rest);
+        }
+    }
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+/// A model id from its path: the file name without extension, or the folder name.
+fn id_from_path(path: &Path) -> String {
+    let stem = if path.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
+    stem.map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_else(|| "model".into())
+}
+
+fn resolve_model(i: usize, m: ModelSection, base_dir: &Path) -> Result<ModelConfig, ConfigError> {
+    let ModelSection {
+        id,
+        path,
+        default_max_tokens,
+        engine,
+    } = m;
+    let at = |field: &str| format!("models[{i}].{field}");
+    let id_ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
+    if !id_ok {
+        return Err(invalid(
+            at("id"),
+            format!("`{id}` must be 1-128 characters of A-Z a-z 0-9 - _ . : /"),
+        ));
+    }
+    let default_max_tokens = default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    if default_max_tokens == 0 {
+        return Err(invalid(at("default_max_tokens"), "must be at least 1"));
+    }
+    Ok(ModelConfig {
+        id,
+        path: resolve_path(base_dir, &path),
+        default_max_tokens,
+        engine: resolve_engine(&at("engine"), engine)?,
+    })
+}
+
+fn resolve_engine(at: &str, e: EngineSection) -> Result<EngineConfig, ConfigError> {
+    let EngineSection {
+        block_size,
+        kv_cache_bytes,
+        num_kv_blocks,
+        max_num_seqs,
+        max_num_batched_tokens,
+        max_waiting,
+        threads,
+        enable_prefix_caching,
+        max_model_len,
+    } = e;
+    let d = EngineConfig::default();
+    let positive = |field: &str, v: Option<usize>, default: usize, max: usize| {
+        let v = v.unwrap_or(default);
+        if v == 0 || v > max {
+            Err(invalid(
+                format!("{at}.{field}"),
+                format!("{v} is outside 1..={max}"),
+            ))
+        } else {
+            Ok(v)
+        }
+    };
+    let optional = |field: &str, v: Option<usize>, max: usize| match v {
+        Some(n) if n == 0 || n > max => Err(invalid(
+            format!("{at}.{field}"),
+            format!("{n} is outside 1..={max}"),
+        )),
+        other => Ok(other),
+    };
+    let block_size = positive("block_size", block_size, d.block_size, 1024)?;
+    let kv_cache_bytes = kv_cache_bytes.map_or(d.kv_cache_bytes, |b| b.0);
+    if kv_cache_bytes < (1 << 20) {
+        return Err(invalid(
+            format!("{at}.kv_cache_bytes"),
+            format!("{kv_cache_bytes} is less than 1MiB"),
+        ));
+    }
+    Ok(EngineConfig {
+        block_size,
+        kv_cache_bytes,
+        num_kv_blocks: optional("num_kv_blocks", num_kv_blocks, 1 << 24)?,
+        max_num_seqs: positive("max_num_seqs", max_num_seqs, d.max_num_seqs, 4096)?,
+        max_num_batched_tokens: positive(
+            "max_num_batched_tokens",
+            max_num_batched_tokens,
+            d.max_num_batched_tokens,
+            1 << 20,
+        )?,
+        // Zero waiting is legitimate: only the running sequences are accepted.
+        max_waiting: match max_waiting.unwrap_or(d.max_waiting) {
+            n if n > 1 << 20 => {
+                return Err(invalid(
+                    format!("{at}.max_waiting"),
+                    format!("{n} is more than {}", 1 << 20),
+                ))
+            }
+            n => n,
+        },
+        threads: optional("threads", threads, 1024)?,
+        enable_prefix_caching: enable_prefix_caching.unwrap_or(d.enable_prefix_caching),
+        max_model_len: optional("max_model_len", max_model_len, 1 << 24)?,
+    })
+}

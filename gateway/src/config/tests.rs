@@ -1,0 +1,226 @@
+//! Good configs resolve; each bad one fails naming its key, and no secret
+//! is ever printed.
+
+use super::file::FileConfig;
+use super::resolve::resolve;
+use super::*;
+use std::collections::HashMap;
+use std::path::Path;
+
+fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let vars: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let lookup = move |name: &str| vars.get(name).cloned();
+    let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: "test.toml".into(),
+        message: e.to_string(),
+    })?;
+    resolve(
+        file,
+        Path::new("/etc/sluice"),
+        &Overrides::default(),
+        &lookup,
+    )
+}
+
+fn err_of(text: &str, env: &[(&str, &str)]) -> String {
+    load_str(text, env).unwrap_err().to_string()
+}
+
+#[test]
+fn no_config_serves_the_demo_model_on_loopback() {
+    let cfg = load_str("", &[]).unwrap();
+    assert_eq!(cfg.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(cfg.models.len(), 1);
+    assert_eq!(cfg.models[0].id, DEMO_MODEL_ID);
+    assert_eq!(cfg.models[0].path, sluice_models::demo_chat_model_path());
+    assert!(cfg.keys.is_empty());
+}
+
+#[test]
+fn full_example_resolves() {
+    let cfg = load_str(
+        r#"
+        [server]
+        listen = "0.0.0.0:9000"
+        max_body_bytes = "1MiB"
+        shutdown_grace_seconds = 5
+        [[auth.keys]]
+        tenant = "team-a"
+        key_env = "TEAM_A_KEY"
+        [[models]]
+        id = "m1"
+        path = "weights/m1.gguf"
+        [models.engine]
+        block_size = 32
+        kv_cache_bytes = "64MiB"
+        max_num_seqs = 4
+        max_waiting = 0
+        "#,
+        &[("TEAM_A_KEY", "sk-aaaa")],
+    )
+    .unwrap();
+    assert_eq!(cfg.server.max_body_bytes, 1 << 20);
+    assert_eq!(cfg.keys[0].secret.expose(), "sk-aaaa");
+    assert_eq!(cfg.models[0].path, Path::new("/etc/sluice/weights/m1.gguf"));
+    assert_eq!(cfg.models[0].engine.block_size, 32);
+    assert_eq!(cfg.models[0].engine.kv_cache_bytes, 64 << 20);
+    assert_eq!(cfg.models[0].engine.max_waiting, 0);
+    assert_eq!(cfg.models[0].engine.max_num_batched_tokens, 512);
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_name() {
+    let e = err_of("[server]\nlisten_addr = \"x\"\n", &[]);
+    assert!(e.contains("listen_addr"), "{e}");
+}
+
+#[test]
+fn unknown_section_is_refused() {
+    let e = err_of("[cache]\nenabled = true\n", &[]);
+    assert!(e.contains("cache"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let e = err_of(
+        "[[models]]\nid = \"m\"\npath = \"p\"\n[models.engine]\nblock_size = \"big\"\n",
+        &[],
+    );
+    assert!(e.contains("block_size"), "{e}");
+}
+
+#[test]
+fn zero_knob_names_the_key() {
+    let e = err_of(
+        "[[models]]\nid = \"m\"\npath = \"p\"\n[models.engine]\nmax_num_seqs = 0\n",
+        &[],
+    );
+    assert!(e.starts_with("models[0].engine.max_num_seqs"), "{e}");
+}
+
+#[test]
+fn inline_key_is_refused() {
+    let e = err_of("[[auth.keys]]\ntenant = \"a\"\nkey = \"sk-123\"\n", &[]);
+    assert!(e.starts_with("auth.keys[0].key:"), "{e}");
+    assert!(!e.contains("sk-123"), "{e}");
+}
+
+#[test]
+fn missing_key_variable_is_named() {
+    let e = err_of("[[auth.keys]]\ntenant = \"a\"\nkey_env = \"NOPE\"\n", &[]);
+    assert!(
+        e.contains("auth.keys[0].key_env") && e.contains("NOPE"),
+        "{e}"
+    );
+}
+
+#[test]
+fn non_loopback_without_keys_is_refused() {
+    let e = err_of("[server]\nlisten = \"0.0.0.0:8080\"\n", &[]);
+    assert!(
+        e.starts_with("server.listen") && e.contains("allow_unauthenticated"),
+        "{e}"
+    );
+    let ok = load_str(
+        "[server]\nlisten = \"0.0.0.0:8080\"\nallow_unauthenticated = true\n",
+        &[],
+    );
+    assert!(ok.is_ok());
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let cfg = load_str(
+        "[server]\nlisten = \"127.0.0.1:1\"\n",
+        &[
+            ("SLUICE_LISTEN", "0.0.0.0:7000"),
+            ("SLUICE_API_KEYS", "alpha:key-one, beta:key-two"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(cfg.server.listen.port(), 7000);
+    let tenants: Vec<_> = cfg.keys.iter().map(|k| k.tenant.as_str()).collect();
+    assert_eq!(tenants, ["alpha", "beta"]);
+    assert_eq!(cfg.keys[1].secret.expose(), "key-two");
+}
+
+#[test]
+fn malformed_keys_variable_does_not_echo_the_key() {
+    let e = err_of("", &[("SLUICE_API_KEYS", "justasecret")]);
+    assert!(
+        e.starts_with("SLUICE_API_KEYS[0]") && !e.contains("justasecret"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_keys_are_refused() {
+    let e = err_of("", &[("SLUICE_API_KEYS", "a:same,b:same")]);
+    assert!(e.contains("reuses"), "{e}");
+}
+
+#[test]
+fn duplicate_model_ids_are_refused() {
+    let e = err_of(
+        "[[models]]\nid = \"m\"\npath = \"a\"\n[[models]]\nid = \"m\"\npath = \"b\"\n",
+        &[],
+    );
+    assert!(e.starts_with("models[1].id"), "{e}");
+}
+
+#[test]
+fn bad_listen_is_named() {
+    let e = err_of("[server]\nlisten = \"somewhere\"\n", &[]);
+    assert!(e.starts_with("server.listen"), "{e}");
+}
+
+#[test]
+fn redacted_toml_never_shows_secrets() {
+    let cfg = load_str("", &[("SLUICE_API_KEYS", "alpha:super-secret-value")]).unwrap();
+    let text = cfg.to_redacted_toml();
+    assert!(!text.contains("super-secret-value"), "{text}");
+    assert!(
+        text.contains("alpha") && text.contains("redacted"),
+        "{text}"
+    );
+    assert!(!format!("{cfg:?}").contains("super-secret-value"));
+}
+
+#[test]
+fn model_flag_replaces_the_model_list() {
+    let vars = |_: &str| None;
+    let cfg = resolve(
+        FileConfig::default(),
+        Path::new("."),
+        &Overrides {
+            model: Some("/models/Some-Model.Q8_0.gguf".into()),
+            ..Overrides::default()
+        },
+        &vars,
+    )
+    .unwrap();
+    assert_eq!(cfg.models[0].id, "some-model.q8_0");
+}
+
+#[test]
+fn missing_demo_model_names_the_fetch_command() {
+    let mut cfg = load_str("", &[]).unwrap();
+    cfg.models[0].path = sluice_models::demo_chat_model_path();
+    if !cfg.models[0].path.exists() {
+        let e = cfg.check_model_files().unwrap_err().to_string();
+        assert!(e.contains("sluice fetch-models"), "{e}");
+    }
+}
+
+#[test]
+fn the_example_config_in_deploy_resolves() {
+    let text = include_str!("../../../deploy/sluice.example.toml");
+    let cfg = load_str(text, &[("SLUICE_KEY_TEAM_A", "sk-example")]).unwrap();
+    assert_eq!(cfg.keys[0].tenant, "team-a");
+    assert_eq!(cfg.models[0].id, DEMO_MODEL_ID);
+    assert_eq!(cfg.models[0].engine, EngineConfig::default());
+    assert!(cfg.models[0].path.is_absolute(), "~ is expanded");
+}
