@@ -19,6 +19,8 @@ pub struct TinySpec {
     pub ffn: usize,
     pub layers: usize,
     pub seed: u64,
+    /// Qwen2 flavour: q/k/v biases, half-split RoPE in GGUF too.
+    pub qwen2: bool,
 }
 
 impl Default for TinySpec {
@@ -30,6 +32,7 @@ impl Default for TinySpec {
             ffn: 128,
             layers: 2,
             seed: 7,
+            qwen2: false,
         }
     }
 }
@@ -93,6 +96,11 @@ pub fn tiny_tensors(spec: &TinySpec) -> Vec<(String, usize, usize, Vec<f32>)> {
         add("attn_q.weight", q, h, s);
         add("attn_k.weight", kv, h, s);
         add("attn_v.weight", kv, h, s);
+        if spec.qwen2 {
+            add("attn_q.bias", 1, q, 0.5);
+            add("attn_k.bias", 1, kv, 0.5);
+            add("attn_v.bias", 1, kv, 0.5);
+        }
         add("attn_output.weight", h, q, s);
         add("ffn_gate.weight", ff, h, s);
         add("ffn_up.weight", ff, h, s);
@@ -128,18 +136,20 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec, dtype: WeightDType) -> Resu
     let hd = spec.hidden / spec.heads;
     let mut w = GgufWriter::default();
     let u = |v: usize| GgufValue::U32(v as u32);
-    w.meta("general.architecture", GgufValue::String("llama".into()))
+    let arch = if spec.qwen2 { "qwen2" } else { "llama" };
+    let key = |k: &str| format!("{arch}.{k}");
+    w.meta("general.architecture", GgufValue::String(arch.into()))
         .meta("general.name", GgufValue::String("tiny".into()))
-        .meta("llama.block_count", u(spec.layers))
-        .meta("llama.embedding_length", u(spec.hidden))
-        .meta("llama.feed_forward_length", u(spec.ffn))
-        .meta("llama.attention.head_count", u(spec.heads))
-        .meta("llama.attention.head_count_kv", u(spec.kv_heads))
-        .meta("llama.rope.dimension_count", u(hd))
-        .meta("llama.context_length", u(512))
-        .meta("llama.rope.freq_base", GgufValue::F32(10000.0))
+        .meta(&key("block_count"), u(spec.layers))
+        .meta(&key("embedding_length"), u(spec.hidden))
+        .meta(&key("feed_forward_length"), u(spec.ffn))
+        .meta(&key("attention.head_count"), u(spec.heads))
+        .meta(&key("attention.head_count_kv"), u(spec.kv_heads))
+        .meta(&key("rope.dimension_count"), u(hd))
+        .meta(&key("context_length"), u(512))
+        .meta(&key("rope.freq_base"), GgufValue::F32(10000.0))
         .meta(
-            "llama.attention.layer_norm_rms_epsilon",
+            &key("attention.layer_norm_rms_epsilon"),
             GgufValue::F32(1e-5),
         );
     let b2u = byte_to_unicode();
@@ -168,7 +178,9 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec, dtype: WeightDType) -> Resu
             ),
         );
     for (name, rows, cols, mut values) in tiny_tensors(spec) {
-        if name.ends_with("attn_q.weight") {
+        // Only the llama converter permutes; Qwen2 GGUFs use NEOX RoPE as is.
+        if spec.qwen2 {
+        } else if name.ends_with("attn_q.weight") {
             values = permute_for_gguf(&values, rows, cols, spec.heads);
         } else if name.ends_with("attn_k.weight") {
             values = permute_for_gguf(&values, rows, cols, spec.kv_heads);
@@ -186,13 +198,31 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec, dtype: WeightDType) -> Resu
     w.write(path)
 }
 
-/// Writes the tiny model as an HF safetensors folder (f32 weights, config.json).
+/// How [`write_tiny_hf`] stores the weights.
+#[derive(Debug, Clone, Copy)]
+pub struct HfLayout {
+    /// F32, F16 or BF16.
+    pub dtype: WeightDType,
+    /// More than one writes `model-0000i-of-0000n.safetensors` plus the index.
+    pub shards: usize,
+}
+
+impl Default for HfLayout {
+    fn default() -> Self {
+        Self {
+            dtype: WeightDType::F32,
+            shards: 1,
+        }
+    }
+}
+
+/// Writes the tiny model as an HF safetensors folder with `config.json`.
 /// No tokenizer files: load it with `Llama::load`, not `load_llm`.
-pub fn write_tiny_hf(dir: &Path, spec: &TinySpec) -> Result<(), ModelError> {
+pub fn write_tiny_hf(dir: &Path, spec: &TinySpec, layout: HfLayout) -> Result<(), ModelError> {
     use safetensors::tensor::{Dtype, TensorView};
     let hd = spec.hidden / spec.heads;
     let config = serde_json::json!({
-        "model_type": "llama",
+        "model_type": if spec.qwen2 { "qwen2" } else { "llama" },
         "vocab_size": TINY_VOCAB,
         "hidden_size": spec.hidden,
         "intermediate_size": spec.ffn,
@@ -207,8 +237,13 @@ pub fn write_tiny_hf(dir: &Path, spec: &TinySpec) -> Result<(), ModelError> {
     });
     let cfg_path = dir.join("config.json");
     std::fs::write(&cfg_path, config.to_string()).map_err(|e| ModelError::io(&cfg_path, e))?;
-    let tensors = tiny_tensors(spec);
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let st_dtype = match layout.dtype {
+        WeightDType::F32 => Dtype::F32,
+        WeightDType::F16 => Dtype::F16,
+        WeightDType::BF16 => Dtype::BF16,
+        other => return Err(ModelError::Unsupported(format!("safetensors as {other:?}"))),
+    };
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = tiny_tensors(spec)
         .into_iter()
         .map(|(name, rows, cols, values)| {
             let shape = if rows == 1 {
@@ -216,19 +251,36 @@ pub fn write_tiny_hf(dir: &Path, spec: &TinySpec) -> Result<(), ModelError> {
             } else {
                 vec![rows, cols]
             };
-            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (crate::hf::hf_name(&name), shape, data)
+            let data = quantize_row(layout.dtype, &values)?;
+            Ok((crate::hf::hf_name(&name), shape, data))
         })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(name, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| ModelError::Format(format!("{name}: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let path = dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, None, &path)
-        .map_err(|e| ModelError::Format(format!("writing {}: {e}", path.display())))
+        .collect::<Result<_, ModelError>>()?;
+    let shards = layout.shards.max(1);
+    let per_shard = tensors.len().div_ceil(shards);
+    let mut weight_map = serde_json::Map::new();
+    for (i, chunk) in tensors.chunks(per_shard).enumerate() {
+        let file = if shards == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{shards:05}.safetensors", i + 1)
+        };
+        let views = chunk
+            .iter()
+            .map(|(name, shape, data)| {
+                weight_map.insert(name.clone(), serde_json::Value::String(file.clone()));
+                TensorView::new(st_dtype, shape.clone(), data)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| ModelError::Format(format!("{name}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let path = dir.join(&file);
+        safetensors::serialize_to_file(views, None, &path)
+            .map_err(|e| ModelError::Format(format!("writing {}: {e}", path.display())))?;
+    }
+    if shards > 1 {
+        let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+        let path = dir.join("model.safetensors.index.json");
+        std::fs::write(&path, index.to_string()).map_err(|e| ModelError::io(&path, e))?;
+    }
+    Ok(())
 }

@@ -7,13 +7,17 @@ use sluice_kernels::WeightDType;
 use sluice_models::config::LlamaConfig;
 use sluice_models::gguf::GgufFile;
 use sluice_models::hf::SafetensorsFiles;
-use sluice_models::testing::{write_tiny_gguf, write_tiny_hf, TinySpec};
+use sluice_models::testing::{write_tiny_gguf, write_tiny_hf, HfLayout, TinySpec};
 use sluice_models::{KvCache, Llama, LoadKnobs, SeqBatch};
 
 fn tiny_gguf(dtype: WeightDType) -> (tempfile::TempDir, Llama) {
+    tiny_gguf_spec(&TinySpec::default(), dtype)
+}
+
+fn tiny_gguf_spec(spec: &TinySpec, dtype: WeightDType) -> (tempfile::TempDir, Llama) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
-    write_tiny_gguf(&path, &TinySpec::default(), dtype).unwrap();
+    write_tiny_gguf(&path, spec, dtype).unwrap();
     let gguf = GgufFile::open(&path).unwrap();
     let cfg = LlamaConfig::from_gguf(&gguf).unwrap();
     let model = Llama::load(cfg, &gguf, LoadKnobs::default(), &mut |_, _| {}).unwrap();
@@ -42,24 +46,70 @@ const PROMPT: [u32; 21] = [
     5, 77, 3, 200, 12, 9, 44, 44, 101, 7, 0, 255, 31, 64, 128, 2, 19, 88, 150, 6, 42,
 ];
 
-#[test]
-fn gguf_and_safetensors_loaders_give_the_same_logits() {
-    let (_d, from_gguf) = tiny_gguf(WeightDType::F32);
+fn tiny_hf(spec: &TinySpec, layout: HfLayout) -> (tempfile::TempDir, Llama) {
     let dir = tempfile::tempdir().unwrap();
-    write_tiny_hf(dir.path(), &TinySpec::default()).unwrap();
+    write_tiny_hf(dir.path(), spec, layout).unwrap();
     let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     let cfg = LlamaConfig::from_hf_json(&text).unwrap();
     let files = SafetensorsFiles::open_folder(dir.path()).unwrap();
-    let from_hf = Llama::load(cfg, &files, LoadKnobs::default(), &mut |_, _| {}).unwrap();
+    let model = Llama::load(cfg, &files, LoadKnobs::default(), &mut |_, _| {}).unwrap();
+    (dir, model)
+}
 
-    let table = [0, 1];
-    let mut kv1 = KvCache::new(from_gguf.config(), 2, 16);
-    let mut kv2 = KvCache::new(from_hf.config(), 2, 16);
-    let a = run(&from_gguf, &mut kv1, &PROMPT, 0, &table);
-    let b = run(&from_hf, &mut kv2, &PROMPT, 0, &table);
-    // Different RoPE pairing (interleaved on permuted rows vs half-split)
-    // must give the same function.
-    assert!(max_abs_diff(&a, &b) < 1e-4, "diff {}", max_abs_diff(&a, &b));
+#[test]
+fn gguf_and_safetensors_loaders_give_the_same_logits() {
+    for qwen2 in [false, true] {
+        let spec = TinySpec {
+            qwen2,
+            ..TinySpec::default()
+        };
+        let (_d1, from_gguf) = tiny_gguf_spec(&spec, WeightDType::F32);
+        let (_d2, from_hf) = tiny_hf(&spec, HfLayout::default());
+        let table = [0, 1];
+        let mut kv1 = KvCache::new(from_gguf.config(), 2, 16);
+        let mut kv2 = KvCache::new(from_hf.config(), 2, 16);
+        let a = run(&from_gguf, &mut kv1, &PROMPT, 0, &table);
+        let b = run(&from_hf, &mut kv2, &PROMPT, 0, &table);
+        // Different RoPE pairing (llama: interleaved on permuted rows vs
+        // half-split; qwen2: half-split on both) must give the same function.
+        let diff = max_abs_diff(&a, &b);
+        assert!(diff < 1e-4, "qwen2={qwen2}: diff {diff}");
+    }
+}
+
+#[test]
+fn qwen2_biases_are_applied() {
+    let with = TinySpec {
+        qwen2: true,
+        ..TinySpec::default()
+    };
+    let (_d1, biased) = tiny_gguf_spec(&with, WeightDType::F32);
+    assert!(biased.config().attention_bias);
+    let (_d2, plain) = tiny_gguf(WeightDType::F32);
+    let mut kv1 = KvCache::new(biased.config(), 2, 16);
+    let mut kv2 = KvCache::new(plain.config(), 2, 16);
+    let a = run(&biased, &mut kv1, &PROMPT, 0, &[0, 1]);
+    let b = run(&plain, &mut kv2, &PROMPT, 0, &[0, 1]);
+    assert!(max_abs_diff(&a, &b) > 1e-2, "biases changed nothing");
+}
+
+#[test]
+fn sharded_half_precision_safetensors_load_like_f32() {
+    let spec = TinySpec::default();
+    let (_d, reference) = tiny_hf(&spec, HfLayout::default());
+    let mut kv = KvCache::new(reference.config(), 2, 16);
+    let want = run(&reference, &mut kv, &PROMPT, 0, &[0, 1]);
+    let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+    for (dtype, tol) in [(WeightDType::F16, 0.01), (WeightDType::BF16, 0.05)] {
+        let (_d, model) = tiny_hf(&spec, HfLayout { dtype, shards: 3 });
+        let mut kv = KvCache::new(model.config(), 2, 16);
+        let got = run(&model, &mut kv, &PROMPT, 0, &[0, 1]);
+        let diff = max_abs_diff(&want, &got);
+        assert!(
+            diff < tol * scale,
+            "{dtype:?}: diff {diff} vs scale {scale}"
+        );
+    }
 }
 
 #[test]
