@@ -2,7 +2,7 @@
 //! go straight to [`EngineHandle::submit`]; one thread per sequence waits on
 //! its event stream and stamps each token as it arrives.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -74,13 +74,14 @@ pub fn run_sluice(
     let name = format!("sluice {short}");
     eprintln!("[sluice] loading {} as {weights}", model.display());
     let started = Instant::now();
-    let mut last_shown = 0;
+    // A terminal gets a counter that moves in place; a log gets one line.
+    let tty = std::io::stderr().is_terminal();
     let mut progress = |done: usize, total: usize| {
-        // One line per tenth, so logs stay short and a terminal still moves.
-        if done == total || done * 10 / total.max(1) > last_shown {
-            last_shown = done * 10 / total.max(1);
+        if tty {
             eprint!("\r[sluice] loading layers {done}/{total}");
             let _ = std::io::stderr().flush();
+        } else if done == total {
+            eprint!("[sluice] loaded {total} layers");
         }
     };
     let loaded = load_llm(

@@ -213,6 +213,7 @@ pub async fn run(args: LoadArgs, machine: Machine) -> Result<LoadReport> {
                         Ok(r) => r,
                         Err(_) if until >= deadline => Record {
                             start: Some(start),
+                            end: Some(Instant::now()),
                             cut: true,
                             ..Record::default()
                         },

@@ -14,8 +14,8 @@ use crate::stats::{cell, median, Summary};
 #[derive(Debug, Clone)]
 pub struct SeqTiming {
     pub submitted: Instant,
-    pub first_token: Option<Instant>,
-    pub last_token: Option<Instant>,
+    /// When each token (or streamed chunk) arrived.
+    pub token_times: Vec<Instant>,
     /// Tokens generated (the server's count when it reports one).
     pub tokens: usize,
     /// Why it failed, if it did.
@@ -32,8 +32,7 @@ impl SeqTiming {
     pub fn new(submitted: Instant) -> Self {
         Self {
             submitted,
-            first_token: None,
-            last_token: None,
+            token_times: Vec::new(),
             tokens: 0,
             error: None,
             computed_prompt_tokens: None,
@@ -44,12 +43,19 @@ impl SeqTiming {
 
     /// Records one token chunk's arrival.
     pub fn on_token(&mut self, at: Instant) {
-        self.first_token.get_or_insert(at);
-        self.last_token = Some(at);
+        self.token_times.push(at);
+    }
+
+    pub fn first_token(&self) -> Option<Instant> {
+        self.token_times.first().copied()
+    }
+
+    pub fn last_token(&self) -> Option<Instant> {
+        self.token_times.last().copied()
     }
 
     pub fn ttft(&self) -> Option<Duration> {
-        self.first_token.map(|t| t.duration_since(self.submitted))
+        self.first_token().map(|t| t.duration_since(self.submitted))
     }
 }
 
@@ -96,11 +102,18 @@ pub struct DecodeReport {
     pub sequences_ok: usize,
     pub errors: Vec<String>,
     pub generated_tokens: usize,
+    /// While every sequence was decoding: from the latest first token to the
+    /// earliest last token, seconds. No prefill falls inside it.
+    pub steady_window_s: f64,
+    /// Tokens of all sequences that arrived inside the steady window, per
+    /// second: the batch's generation rate. The headline decode number.
+    pub decode_tok_s: Option<f64>,
     /// From the earliest first token to the latest last token, seconds.
     pub decode_window_s: f64,
-    /// Tokens after each sequence's first, over the decode window: the
-    /// steady-state generation rate, prefill left out.
-    pub decode_tok_s: Option<f64>,
+    /// Tokens after each sequence's first over `decode_window_s`; lower than
+    /// `decode_tok_s` when sequences start or end at different times (a
+    /// server that prefills newcomers one by one, a ragged finish).
+    pub first_to_last_tok_s: Option<f64>,
     /// From the first submit to the last token, seconds.
     pub total_s: f64,
     /// All generated tokens over `total_s` (prefill included).
@@ -122,8 +135,12 @@ impl DecodeReport {
     ) -> Self {
         let ok: Vec<&SeqTiming> = seqs.iter().filter(|s| s.error.is_none()).collect();
         let errors: Vec<String> = seqs.iter().filter_map(|s| s.error.clone()).collect();
-        let first = ok.iter().filter_map(|s| s.first_token).min();
-        let last = ok.iter().filter_map(|s| s.last_token).max();
+        let first = ok.iter().filter_map(|s| s.first_token()).min();
+        let last = ok.iter().filter_map(|s| s.last_token()).max();
+        // The steady window: every sequence has its first token and none has
+        // its last yet.
+        let all_started = ok.iter().filter_map(|s| s.first_token()).max();
+        let first_done = ok.iter().filter_map(|s| s.last_token()).min();
         let submitted = seqs.iter().map(|s| s.submitted).min();
         let generated: usize = ok.iter().map(|s| s.tokens).sum();
         let after_first: usize = ok.iter().map(|s| s.tokens.saturating_sub(1)).sum();
@@ -133,6 +150,14 @@ impl DecodeReport {
         };
         let rate = |n: usize, s: f64| (s > 0.0 && n > 0).then(|| n as f64 / s);
         let decode_window_s = secs(first, last);
+        let steady_window_s = secs(all_started, first_done);
+        let steady_tokens: usize = match (all_started, first_done) {
+            (Some(a), Some(b)) => ok
+                .iter()
+                .map(|s| s.token_times.iter().filter(|&&t| t > a && t <= b).count())
+                .sum(),
+            _ => 0,
+        };
         let total_s = secs(submitted, last);
         let ttfts: Vec<f64> = ok
             .iter()
@@ -144,7 +169,7 @@ impl DecodeReport {
             .filter_map(|s| {
                 rate(
                     s.tokens.saturating_sub(1),
-                    secs(s.first_token, s.last_token),
+                    secs(s.first_token(), s.last_token()),
                 )
             })
             .collect();
@@ -156,8 +181,10 @@ impl DecodeReport {
             sequences_ok: ok.len(),
             errors,
             generated_tokens: generated,
+            steady_window_s,
+            decode_tok_s: rate(steady_tokens, steady_window_s),
             decode_window_s,
-            decode_tok_s: rate(after_first, decode_window_s),
+            first_to_last_tok_s: rate(after_first, decode_window_s),
             total_s,
             total_tok_s: rate(generated, total_s),
             ttft_ms: Summary::of(&ttfts),
@@ -304,9 +331,11 @@ impl BenchReport {
         });
         out.push('\n');
         out.push_str(
-            "Decode tok/s = tokens after each sequence's first / (last token of any sequence − first \
-             token of any sequence), measured at the client for both sides; end-to-end adds the \
-             prefill of the short prompts.\n",
+            "Decode tok/s: tokens of all sequences that arrived while every sequence was decoding \
+             (after the last first token, up to the first last token) per second of that window, \
+             stamped at the client on both sides; end-to-end: all generated tokens from the first \
+             submit to the last token (the short prompts' prefill included). TTFT: submit to first \
+             token.\n",
         );
         if let Some(l) = llama {
             let s = &self.sides[l];
@@ -484,16 +513,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn steady_rate_leaves_out_a_late_starter_prefill() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // a decodes from 0 to 1000 ms; b starts at 500 ms (its prefill was
+        // late) and ends at 1500 ms. Both make a token every 100 ms.
+        let mut a = SeqTiming::new(t0);
+        let mut b = SeqTiming::new(t0);
+        for i in 0..=10 {
+            a.on_token(at(100 * i));
+            b.on_token(at(500 + 100 * i));
+        }
+        a.tokens = 11;
+        b.tokens = 11;
+        let r = DecodeReport::from_timings(2, 11, 8, &[a, b]);
+        // Steady window 500..1000 ms: 5 tokens each, 20 tok/s together.
+        assert!((r.steady_window_s - 0.5).abs() < 1e-9);
+        assert!((r.decode_tok_s.unwrap() - 20.0).abs() < 1e-9);
+        // First to last: 20 tokens over 1.5 s.
+        assert!((r.first_to_last_tok_s.unwrap() - 20.0 / 1.5).abs() < 1e-9);
+    }
+
+    #[test]
     fn decode_rate_counts_tokens_after_the_first_over_the_window() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut a = SeqTiming::new(t0);
-        a.on_token(at(100));
-        a.on_token(at(1100));
-        a.tokens = 11;
         let mut b = SeqTiming::new(t0);
-        b.on_token(at(100));
-        b.on_token(at(1100));
+        for i in 0..11 {
+            a.on_token(at(100 + 100 * i));
+            b.on_token(at(100 + 100 * i));
+        }
+        a.tokens = 11;
         b.tokens = 11;
         let bad = SeqTiming {
             error: Some("http 500".into()),
@@ -504,6 +555,7 @@ mod tests {
         assert_eq!(r.errors, vec!["http 500".to_string()]);
         assert_eq!(r.generated_tokens, 22);
         assert!((r.decode_tok_s.unwrap() - 20.0).abs() < 1e-9);
+        assert!((r.first_to_last_tok_s.unwrap() - 20.0).abs() < 1e-9);
         assert!((r.total_tok_s.unwrap() - 20.0).abs() < 1e-9);
         assert!((r.ttft_ms.p50.unwrap() - 100.0).abs() < 1e-9);
         assert!((r.per_seq_tok_s_mean.unwrap() - 10.0).abs() < 1e-9);

@@ -16,6 +16,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A failed write would be reported with `eprint!`, which panics when
+        // stderr is closed (a supervisor that died): every log line would
+        // then panic the task or thread that wrote it. Lose the line instead.
+        .log_internal_errors(false)
         .init();
     sluice_gateway::cli::run(sluice_gateway::cli::Cli::parse())
 }

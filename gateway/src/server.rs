@@ -181,12 +181,18 @@ async fn watch_signals(shutdown: CancellationToken) {
     };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
+    // Cancel first, then log: shutting down must not depend on the log.
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-        () = shutdown.cancelled() => return,
+        _ = tokio::signal::ctrl_c() => {
+            shutdown.cancel();
+            tracing::info!("SIGINT received");
+        }
+        () = terminate => {
+            shutdown.cancel();
+            tracing::info!("SIGTERM received");
+        }
+        () = shutdown.cancelled() => {}
     }
-    shutdown.cancel();
 }
 
 async fn watch_stdin(shutdown: CancellationToken) {
@@ -202,8 +208,8 @@ async fn watch_stdin(shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
         }
     }
-    tracing::info!("stdin closed");
     shutdown.cancel();
+    tracing::info!("stdin closed");
 }
 
 /// A span per request (method, path, tenant) and one line when it is answered.

@@ -141,3 +141,10 @@ fn fetch_models_runs_the_embedded_script() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("smollm2: present"), "{out}");
 }
+
+#[test]
+fn closing_stdin_shuts_the_server_down_cleanly() {
+    // What the harness relies on so that a dead test process leaves no server behind.
+    let server = Server::start_default();
+    assert_eq!(server.stop(), Some(0));
+}

@@ -1,8 +1,9 @@
 //! Wire request → [`ValidRequest`]: every number in range, every field either
 //! supported or refused with a 400 that names it. Nothing is silently dropped.
 //!
-//! [`ValidRequest`] carries a private marker, so only this module builds one;
-//! what follows it (tokenising in [`crate::generate`]) may trust its values.
+//! Its [`Job`] carries a private marker, so only this module (with its
+//! `chat` and `completion` halves) builds one; what follows it (tokenising in
+//! [`crate::generate`]) may trust its values.
 //! Checks that need the model (the context length, the vocabulary) happen
 //! there, where the model is known.
 

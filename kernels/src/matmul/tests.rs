@@ -160,9 +160,10 @@ fn q8_0_with_minus_128_quants_matches_reference() {
 }
 
 #[test]
-fn int8_path_covers_many_tasks_sub_tiles_and_activation_chunks() {
-    // n = 301 rows at k = 576 spans several rayon tasks and several 56-row
-    // sub-tiles; m = 33 spans two 28-row activation chunks.
+fn int8_path_covers_many_tasks_partial_tiles_and_activation_chunks() {
+    // n = 301 rows at k = 576 spans several rayon tasks and ends in a
+    // partial 8-row tile; m = 33 spans two 28-row activation chunks of the
+    // direct kernels and a partial 4-row step of the repacked ones.
     let mut rng = Rng::new(3);
     for dtype in [WeightDType::Q4_1, WeightDType::Q8_0] {
         let w = random_matrix(&mut rng, dtype, 301, 576);
