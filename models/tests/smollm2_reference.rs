@@ -71,8 +71,7 @@ fn smollm2_matches_llama_cpp_reference() {
             diffs.push((lp[id] - want).abs());
         }
         // Teacher forcing: feed llama.cpp's tokens, count where our argmax agrees.
-        let mut pos = ids.len();
-        for &want in &greedy {
+        for (pos, &want) in (ids.len()..).zip(&greedy) {
             total += 1;
             agree += usize::from(argmax(&logits) == want);
             let seq = SeqBatch {
@@ -82,7 +81,6 @@ fn smollm2_matches_llama_cpp_reference() {
                 want_logits: true,
             };
             logits = model.forward(&[seq], &mut kv).unwrap().remove(0);
-            pos += 1;
         }
     }
     // Both sides quantise activations to 8 bits, differently rounded; the
