@@ -201,6 +201,88 @@ fn float_path_covers_many_tasks_and_sub_tiles() {
     }
 }
 
+/// A row's output bits, computed alone and at position `at` of a batch.
+fn batch_mismatch(alone: &[f32], batched: &[f32], at: usize) -> Option<(usize, f32, f32)> {
+    let n = alone.len();
+    let row = &batched[at * n..(at + 1) * n];
+    (0..n)
+        .find(|&j| alone[j].to_bits() != row[j].to_bits())
+        .map(|j| (j, alone[j], row[j]))
+}
+
+/// Continuous batching promises that a sequence's greedy output does not
+/// depend on what else is in the batch, so a row's result must not change in
+/// its last bit with `m`, with its position in the batch (first, last, in a
+/// partial tile or step) or with how rayon splits the columns: rows computed
+/// alone in a one-thread pool are compared bit for bit with the same rows
+/// inside batches run in a five-thread pool (another column split).
+#[test]
+fn matmul_rows_are_bit_identical_whatever_the_batch() {
+    const POOL: usize = 64;
+    let pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    };
+    let (narrow, wide) = (pool(1), pool(5));
+    let smollm: &[(usize, usize)] = &[(576, 1536), (1536, 576)];
+    let k_quant: &[(usize, usize)] = &[(256, 1536), (512, 576), (1536, 576)];
+    let mut rng = Rng::new(10);
+    let mut failures = Vec::new();
+    for (dtype, shapes) in [
+        (WeightDType::F32, smollm),
+        (WeightDType::F16, smollm),
+        (WeightDType::BF16, smollm),
+        (WeightDType::Q4_0, smollm),
+        (WeightDType::Q4_1, smollm),
+        (WeightDType::Q8_0, smollm),
+        (WeightDType::Q4K, k_quant),
+        (WeightDType::Q6K, k_quant),
+    ] {
+        for &(k, n) in shapes {
+            let w = random_matrix(&mut rng, dtype, n, k);
+            let x = rng.activations(POOL * k);
+            for isa in isas() {
+                let alone: Vec<Vec<f32>> = (0..POOL)
+                    .map(|i| {
+                        let mut out = vec![f32::NAN; n];
+                        narrow.install(|| matmul_with(&w, &x[i * k..][..k], 1, &mut out, isa));
+                        out
+                    })
+                    .collect();
+                for m in [2, 3, 5, 8, 9, 17, 64] {
+                    // Batches of consecutive rows (wrapping), so that each
+                    // row lands at several positions across the starts.
+                    for start in [0, 5, POOL - 1 - m / 3] {
+                        let rows: Vec<usize> = (0..m).map(|t| (start + t) % POOL).collect();
+                        let xb: Vec<f32> = rows
+                            .iter()
+                            .flat_map(|&i| x[i * k..][..k].iter().copied())
+                            .collect();
+                        let mut out = vec![f32::NAN; m * n];
+                        wide.install(|| matmul_with(&w, &xb, m, &mut out, isa));
+                        // The first differing row of each batch, so that a
+                        // failure shows every format and path it affects.
+                        let first = rows.iter().enumerate().find_map(|(at, &i)| {
+                            batch_mismatch(&alone[i], &out, at).map(|d| (at, i, d))
+                        });
+                        if let Some((at, i, (j, a, b))) = first {
+                            failures.push(format!(
+                                "{dtype:?} {isa:?} k={k} n={n}: row {i} [{j}] alone {a:e} \
+                                 ({:#010x}) but {b:e} ({:#010x}) at {at} of m={m}",
+                                a.to_bits(),
+                                b.to_bits()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn empty_shapes_leave_nothing_to_do() {
     let w = Matrix::from_f32(3, 0, &[]);
