@@ -16,6 +16,15 @@
 //! and prefill cheaper per row than one row at a time, where a per-row GEMV
 //! gains nothing. Work is split across output columns with rayon.
 //!
+//! A second decision constrains the first: a row's result must not depend
+//! on the batch. Continuous batching runs a sequence alone or beside others,
+//! and recomputes it in prefill chunks of other sizes after preemption; its
+//! greedy tokens must not change, and a last-bit difference can flip an
+//! argmax. So the one-row and many-row kernels, and every edge case of a
+//! tile, compute each output element with the same float operations in the
+//! same order (exact integer block sums first, then one fixed sequence of
+//! roundings), and a test compares rows bit for bit across batch sizes.
+//!
 //! SIMD kernels (AVX2 + FMA + F16C) are chosen at run time; every kernel
 //! also exists as portable Rust, and every fast path has a plain reference
 //! beside it ([`matmul::matmul_reference`],

@@ -4,42 +4,70 @@
 //!
 //! Int8 dot products follow ggml: `maddubs` multiplies unsigned bytes by
 //! signed bytes and adds pairs into i16, `madd` with ones widens pairs into
-//! i32, and a block's eight i32 lanes are scaled in f32 by one FMA. For
-//! `maddubs` not to saturate, `2·|u|·|s| <= 32767`: 2·15·127 for 4-bit
-//! weights, and 2·128·127 for Q8_0 through the sign trick
+//! i32. For `maddubs` not to saturate, `2·|u|·|s| <= 32767`: 2·15·127 for
+//! 4-bit weights, and 2·128·127 for Q8_0 through the sign trick
 //! `|w| · sign(y, w)` (activations are never -128).
+//!
+//! Batch invariance: a weight row's block is first dotted *exactly* (an i32
+//! `isum`), and only then enters f32, through [`scale_block`] and
+//! [`offset_block`] with one weight row per lane. The one-row kernel here and
+//! the repacked kernel in `avx2_repack.rs` both go through those two
+//! functions, block by block in order, and finish with the same single add,
+//! so an output element is the same sequence of roundings whichever kernel,
+//! batch size or position in the batch produced it.
 
 use std::arch::x86_64::*;
 
+use super::avx2_repack::NR;
 use super::float::GROUP;
-use super::int8::{Format, Job, MR};
+use super::int8::Format;
+use super::quantize_act::QuantizedActs;
 use crate::cpu::{hsum, Avx2};
 use crate::quant::{dequantize_row_impl, WeightDType};
 
 impl Avx2 {
-    /// The int8 path's work for one task and one chunk of activation rows.
-    pub(crate) fn int8_rows(self, job: &Job<'_>, out_t: &mut [f32]) {
-        let a = job.acts;
-        let (k, nb) = (a.k, a.k / 32);
-        let rb = nb * job.format.block_bytes();
-        let rows = job.weights.len() / rb.max(1);
-        // The lengths every unchecked access below relies on.
-        assert!(k % 32 == 0 && rows * rb == job.weights.len() && out_t.len() == rows * job.m);
-        assert!(job.acts_from <= job.acts_to && job.acts_to <= job.m);
-        assert!(a.qs.len() >= job.acts_to * k && a.d.len() >= job.acts_to * nb);
-        assert!(a.s.len() >= job.acts_to * nb);
-        // SAFETY: `self` proves the target features; lengths checked above.
-        unsafe {
-            match job.format {
-                Format::Q4_0 => rows_q4::<18, false>(job, out_t),
-                Format::Q4_1 => rows_q4::<20, true>(job, out_t),
-                Format::Q8_0 => rows_q8(job, out_t),
-            }
+    /// Weight rows `weights` (whole GGML rows, `row_bytes` each) against the
+    /// single activation row of `acts`; row r's result into `out[r]`.
+    pub(crate) fn int8_gemv(
+        self,
+        format: Format,
+        weights: &[u8],
+        row_bytes: usize,
+        acts: &QuantizedActs,
+        out: &mut [f32],
+    ) {
+        let (k, nb) = (acts.k, acts.k / 32);
+        // The lengths every unchecked access in the kernels relies on.
+        assert!(k % 32 == 0 && row_bytes == nb * format.block_bytes());
+        assert!(weights.len() == out.len() * row_bytes);
+        assert!(acts.qs.len() >= k && acts.d.len() >= nb && acts.s.len() >= nb);
+        for (chunk, out) in weights.chunks(NR * row_bytes).zip(out.chunks_mut(NR)) {
+            // A partial group repeats its last row; those lanes are dropped.
+            let rows: [*const u8; NR] =
+                std::array::from_fn(|r| chunk[r.min(out.len() - 1) * row_bytes..].as_ptr());
+            // The next group's bytes follow this one's; only ever prefetched,
+            // so past the end of `weights` is harmless.
+            let next = chunk.as_ptr().wrapping_add(NR * row_bytes);
+            // SAFETY: `self` proves the target features; each pointer starts
+            // a whole row of nb blocks, and the activation row has nb blocks.
+            let res = unsafe {
+                match format {
+                    Format::Q4_0 => gemv_u4::<18, false>(rows, next, acts),
+                    Format::Q4_1 => gemv_u4::<20, true>(rows, next, acts),
+                    Format::Q8_0 => gemv_q8(rows, next, acts),
+                }
+            };
+            out.copy_from_slice(&res[..out.len()]);
         }
     }
 
     /// `R` activation rows against the [`GROUP`] f32 weight rows in `w`
     /// (`GROUP * k` values); `out[i][r]` is the dot of row `i` with row `r`.
+    ///
+    /// Each (activation, weight row) pair has its own accumulator, fed in
+    /// the same k order with the same FMAs and finished by the same `hsum`
+    /// and tail whatever `R` is, so a pair's result does not depend on how
+    /// many activation rows share the call (batch invariance).
     #[inline]
     pub(crate) fn dot_f32_tile<const R: usize>(
         self,
@@ -83,182 +111,199 @@ unsafe fn dequantize_row_avx2(dtype: WeightDType, row: &[u8], out: &mut [f32]) {
     dequantize_row_impl(dtype, &row[2 * n8..2 * n], &mut out[n8..n]);
 }
 
-/// Results of `R` activation rows starting at `i` into `out[i..i + R]`.
-macro_rules! for_each_row_chunk {
-    ($job:expr, $out:expr, $kernel:ident [$($gen:tt),*] ($($arg:expr),*)) => {{
-        let (mut i, to) = ($job.acts_from, $job.acts_to);
-        while i + MR <= to {
-            $out[i..i + MR].copy_from_slice(&$kernel::<MR, $($gen),*>($($arg,)* i));
-            i += MR;
-        }
-        match to - i {
-            3 => $out[i..to].copy_from_slice(&$kernel::<3, $($gen),*>($($arg,)* i)),
-            2 => $out[i..to].copy_from_slice(&$kernel::<2, $($gen),*>($($arg,)* i)),
-            1 => $out[i..to].copy_from_slice(&$kernel::<1, $($gen),*>($($arg,)* i)),
-            _ => {}
-        }
-    }};
+/// `acc + f32(isum) · (d_w · d_x)`, lane r for weight row r: the first of
+/// the two float steps per block that every AVX2 int8 kernel takes.
+///
+/// # Safety
+/// AVX2 and FMA in the caller.
+#[inline(always)]
+pub(super) unsafe fn scale_block(acc: __m256, isum: __m256i, dw: __m256, dx: f32) -> __m256 {
+    #[allow(unused_unsafe)]
+    // SAFETY: register-only intrinsics; the caller has the target features.
+    unsafe {
+        _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(isum),
+            _mm256_mul_ps(dw, _mm256_set1_ps(dx)),
+            acc,
+        )
+    }
 }
 
+/// `acc_min + min_w · s_x`: the 4-bit formats' second step per block (Q4_0's
+/// min is `-8·d_w`). Kept in its own accumulator, added to the first once at
+/// the end.
+///
 /// # Safety
-/// AVX2, FMA and F16C; the lengths checked in [`Avx2::int8_rows`].
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_q4<const BB: usize, const HAS_MIN: bool>(job: &Job<'_>, out_t: &mut [f32]) {
-    let nb = job.acts.k / 32;
-    for (wrow, out) in job
-        .weights
-        .chunks_exact(nb * BB)
-        .zip(out_t.chunks_exact_mut(job.m))
-    {
-        // SAFETY: forwarded from the caller.
-        unsafe { for_each_row_chunk!(job, out, q4_kernel[BB, HAS_MIN](wrow.as_ptr(), job)) }
+/// AVX2 and FMA in the caller.
+#[inline(always)]
+pub(super) unsafe fn offset_block(acc_min: __m256, mins: __m256, sx: f32) -> __m256 {
+    #[allow(unused_unsafe)]
+    // SAFETY: register-only intrinsics; the caller has the target features.
+    unsafe {
+        _mm256_fmadd_ps(mins, _mm256_set1_ps(sx), acc_min)
+    }
+}
+
+/// Lane r = the sum of the eight i32 lanes of `v[r]` (exact: integer adds,
+/// so the order does not matter).
+#[inline(always)]
+unsafe fn sum_lanes_8x8(v: [__m256i; NR]) -> __m256i {
+    #[allow(unused_unsafe)]
+    // SAFETY: register-only intrinsics; the caller has the target features.
+    unsafe {
+        let h01 = _mm256_hadd_epi32(v[0], v[1]);
+        let h23 = _mm256_hadd_epi32(v[2], v[3]);
+        let h45 = _mm256_hadd_epi32(v[4], v[5]);
+        let h67 = _mm256_hadd_epi32(v[6], v[7]);
+        // h0123 lane j (j < 4) is the sum of v[j]'s lanes 0..4, lane 4 + j
+        // that of its lanes 4..8; h4567 likewise for v[4 + j].
+        let h0123 = _mm256_hadd_epi32(h01, h23);
+        let h4567 = _mm256_hadd_epi32(h45, h67);
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(h0123, h4567),
+            _mm256_permute2x128_si256::<0x31>(h0123, h4567),
+        )
+    }
+}
+
+/// The f16 scale `d` (lane r) and the f16 pair after it (the Q4_1 min) of
+/// block `b` of each of the eight rows, as f32.
+///
+/// # Safety
+/// AVX2 and F16C in the caller; block `b` of every row exists (at least 4 bytes).
+#[inline(always)]
+unsafe fn block_scales<const BB: usize>(rows: &[*const u8; NR], b: usize) -> (__m256, __m256) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        // Lane r: d_r in the low 16 bits, the next two bytes in the high.
+        let at = b * BB;
+        let pairs = _mm256_setr_epi32(
+            read_i32(rows[0].add(at)),
+            read_i32(rows[1].add(at)),
+            read_i32(rows[2].add(at)),
+            read_i32(rows[3].add(at)),
+            read_i32(rows[4].add(at)),
+            read_i32(rows[5].add(at)),
+            read_i32(rows[6].add(at)),
+            read_i32(rows[7].add(at)),
+        );
+        // Per 128-bit half, the four low u16 then the four high ones...
+        let split = _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, //
+            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+        );
+        // ...then the 64-bit groups reordered to d0..d7 | hi0..hi7.
+        let s = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(pairs, split));
+        (
+            _mm256_cvtph_ps(_mm256_castsi256_si128(s)),
+            _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(s)),
+        )
+    }
+}
+
+/// Prefetches block `b`'s share (`NR * BB` bytes) of the next group of
+/// eight rows, so that a matrix streamed from memory arrives ahead of use:
+/// the hardware prefetcher does not follow eight interleaved row streams
+/// as it does one row read front to back.
+#[inline(always)]
+fn prefetch_part<const BB: usize>(next: *const u8, b: usize) {
+    let mut at = b * NR * BB;
+    while at < (b + 1) * NR * BB {
+        #[allow(unused_unsafe)]
+        // SAFETY: a prefetch is a hint that never faults, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(at).cast())
+        };
+        at += 64;
     }
 }
 
 /// # Safety
-/// AVX2, FMA and F16C; the lengths checked in [`Avx2::int8_rows`].
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_q8(job: &Job<'_>, out_t: &mut [f32]) {
-    let nb = job.acts.k / 32;
-    for (wrow, out) in job
-        .weights
-        .chunks_exact(nb * 34)
-        .zip(out_t.chunks_exact_mut(job.m))
-    {
-        // SAFETY: forwarded from the caller.
-        unsafe { for_each_row_chunk!(job, out, q8_kernel[](wrow.as_ptr(), job)) }
-    }
-}
-
-/// The f16 pair at `p` (d and, for Q4_1, the min) as f32 lanes 0 and 1.
+/// `p` points at 4 readable bytes.
 #[inline(always)]
-unsafe fn f16_pair(p: *const u8) -> __m128 {
-    // SAFETY: the caller points at a block of at least 4 bytes.
-    unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned())) }
+unsafe fn read_i32(p: *const u8) -> i32 {
+    // SAFETY: forwarded from the caller.
+    unsafe { p.cast::<i32>().read_unaligned() }
 }
 
-/// One Q4_0/Q4_1 weight row (`BB`-byte blocks at `w`) against activation
-/// rows `i..i + R`.
+/// Eight Q4_0/Q4_1 weight rows (`BB`-byte blocks, starting at `rows`)
+/// against the one activation row of `a`.
 ///
-/// Two accumulators per activation row: the block term and the min term
-/// are separate FMA chains, so neither waits on the other's latency.
+/// Each row's block is unpacked and dotted as ggml does, and the eight
+/// blocks' i32 lanes are then summed into one vector of eight exact
+/// per-row sums, so the float steps are those of the repacked kernel.
 ///
 /// # Safety
-/// AVX2, FMA, F16C; `w` holds `k/32` blocks; rows `i..i + R` exist.
-#[inline(always)]
-unsafe fn q4_kernel<const R: usize, const BB: usize, const HAS_MIN: bool>(
-    w: *const u8,
-    job: &Job<'_>,
-    i: usize,
-) -> [f32; R] {
-    let a = job.acts;
-    let (k, nb) = (a.k, a.k / 32);
-    // SAFETY: blocks b < nb of the row at `w`; activation rows i..i + R
-    // exist, so offsets (i + t)·k + b·32 + 32 and (i + t)·nb + b are in bounds.
+/// AVX2, FMA, F16C; every row holds `a.k / 32` blocks; `a` has a row.
+/// `next` (the following group, prefetched) may point anywhere.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_u4<const BB: usize, const HAS_MIN: bool>(
+    rows: [*const u8; NR],
+    next: *const u8,
+    a: &QuantizedActs,
+) -> [f32; NR] {
+    let nb = a.k / 32;
+    // SAFETY: blocks b < nb of each row; activation offsets b·32 + 32 <= k
+    // and b < nb.
     unsafe {
         let mask = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
-        let (yq, yd, ys) = (
-            a.qs.as_ptr().add(i * k),
-            a.d.as_ptr().add(i * nb),
-            a.s.as_ptr().add(i * nb),
-        );
-        let mut acc = [_mm256_setzero_ps(); R];
-        let mut acc_min = [_mm256_setzero_ps(); R];
+        let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for b in 0..nb {
-            let blk = w.add(b * BB);
-            let scales = f16_pair(blk);
-            let dw = _mm256_broadcastss_ps(scales);
-            // The min term lands in all eight lanes, which hsum adds up, so
-            // it is added as min/8 (exact: a power of two). Q4_0's min is
-            // -8d, i.e. -d per lane, which fnmadd applies below.
-            let min8 = _mm256_mul_ps(
-                _mm256_broadcastss_ps(_mm_movehdup_ps(scales)),
-                _mm256_set1_ps(0.125),
-            );
-            let packed = _mm_loadu_si128(blk.add(BB - 16).cast());
-            let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), mask);
-            for t in 0..R {
-                let y = _mm256_loadu_si256(yq.add(t * k + b * 32).cast());
-                let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, y), ones);
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*yd.add(t * nb + b)));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[t]);
-                let s = _mm256_set1_ps(*ys.add(t * nb + b));
-                acc_min[t] = if HAS_MIN {
-                    _mm256_fmadd_ps(min8, s, acc_min[t])
-                } else {
-                    _mm256_fnmadd_ps(dw, s, acc_min[t])
-                };
+            prefetch_part::<BB>(next, b);
+            let y = _mm256_loadu_si256(a.qs.as_ptr().add(b * 32).cast());
+            // Hand-written loop rather than `array::from_fn`: a closure does
+            // not inherit this function's target features.
+            let mut dots = [_mm256_setzero_si256(); NR];
+            for (dot, row) in dots.iter_mut().zip(&rows) {
+                let packed = _mm_loadu_si128(row.add(b * BB + BB - 16).cast());
+                let wq =
+                    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), mask);
+                *dot = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, y), ones);
             }
+            let (dw, min) = block_scales::<BB>(&rows, b);
+            let mins = if HAS_MIN {
+                min
+            } else {
+                _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
+            };
+            acc = scale_block(acc, sum_lanes_8x8(dots), dw, *a.d.get_unchecked(b));
+            acc_min = offset_block(acc_min, mins, *a.s.get_unchecked(b));
         }
-        let mut out = [0.0f32; R];
-        for t in 0..R {
-            out[t] = hsum(_mm256_add_ps(acc[t], acc_min[t]));
-        }
+        let mut out = [0.0f32; NR];
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc, acc_min));
         out
     }
 }
 
-/// One Q8_0 weight row against activation rows `i..i + R`. Even and odd
-/// blocks go to separate accumulators to halve the FMA dependency chain
-/// (unrolled by hand: an indexed accumulator array would live in memory).
+/// Eight Q8_0 weight rows against the one activation row of `a`, as
+/// [`gemv_u4`] with the sign trick.
 ///
 /// # Safety
-/// AVX2, FMA, F16C; `w` holds `k/32` blocks; rows `i..i + R` exist.
-#[inline(always)]
-unsafe fn q8_kernel<const R: usize>(w: *const u8, job: &Job<'_>, i: usize) -> [f32; R] {
-    let a = job.acts;
-    let (k, nb) = (a.k, a.k / 32);
-    // SAFETY: as in q4_kernel.
+/// As [`gemv_u4`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_q8(rows: [*const u8; NR], next: *const u8, a: &QuantizedActs) -> [f32; NR] {
+    let nb = a.k / 32;
+    // SAFETY: as in gemv_u4.
     unsafe {
-        let (yq, yd) = (a.qs.as_ptr().add(i * k), a.d.as_ptr().add(i * nb));
-        let mut even = [_mm256_setzero_ps(); R];
-        let mut odd = [_mm256_setzero_ps(); R];
-        let mut b = 0;
-        while b + 2 <= nb {
-            q8_block(w, yq, yd, k, nb, b, &mut even);
-            q8_block(w, yq, yd, k, nb, b + 1, &mut odd);
-            b += 2;
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            prefetch_part::<34>(next, b);
+            let y = _mm256_loadu_si256(a.qs.as_ptr().add(b * 32).cast());
+            let mut dots = [_mm256_setzero_si256(); NR];
+            for (dot, row) in dots.iter_mut().zip(&rows) {
+                let wq = _mm256_loadu_si256(row.add(b * 34 + 2).cast());
+                // |-128| wraps to -128, which maddubs reads as unsigned 128.
+                let p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(y, wq));
+                *dot = _mm256_madd_epi16(p16, ones);
+            }
+            let (dw, _) = block_scales::<34>(&rows, b);
+            acc = scale_block(acc, sum_lanes_8x8(dots), dw, *a.d.get_unchecked(b));
         }
-        if b < nb {
-            q8_block(w, yq, yd, k, nb, b, &mut even);
-        }
-        let mut out = [0.0f32; R];
-        for t in 0..R {
-            out[t] = hsum(_mm256_add_ps(even[t], odd[t]));
-        }
+        let mut out = [0.0f32; NR];
+        _mm256_storeu_ps(out.as_mut_ptr(), acc);
         out
-    }
-}
-
-/// Block `b` of a Q8_0 row against `R` activation rows, into `acc`.
-///
-/// # Safety
-/// As [`q8_kernel`], and `b < nb`.
-#[inline(always)]
-unsafe fn q8_block<const R: usize>(
-    w: *const u8,
-    yq: *const i8,
-    yd: *const f32,
-    k: usize,
-    nb: usize,
-    b: usize,
-    acc: &mut [__m256; R],
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        let blk = w.add(b * 34);
-        let dw = _mm256_broadcastss_ps(f16_pair(blk));
-        let wq = _mm256_loadu_si256(blk.add(2).cast());
-        // |-128| wraps to -128, which maddubs reads as unsigned 128.
-        let wabs = _mm256_abs_epi8(wq);
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let y = _mm256_loadu_si256(yq.add(t * k + b * 32).cast());
-            let p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(y, wq));
-            let dot = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*yd.add(t * nb + b)));
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, *acc);
-        }
     }
 }
 

@@ -17,11 +17,15 @@
 //! vector ops for 8 (row, activation) pairs instead of ~45 one pair at a
 //! time. Q8_0 needs the sign trick and a widening per slice (~35 ops).
 //!
-//! Repacking costs about as much as one pass of the unbatched kernel, so
-//! it pays from two activation rows on and is only used then.
+//! Repacking costs about as much as one pass of the one-row kernel
+//! (`avx2.rs`), so it pays from two activation rows on and is only used
+//! then. Per block and lane, both kernels take the same float steps
+//! (`scale_block`, `offset_block`, one final add), which is what keeps a
+//! row's result independent of the batch it came in.
 
 use std::arch::x86_64::*;
 
+use super::avx2::{offset_block, scale_block};
 use super::int8::Format;
 use super::quantize_act::QuantizedActs;
 use crate::cpu::Avx2;
@@ -248,11 +252,9 @@ unsafe fn kernel_u4<const RR: usize>(t: &Tile, a: &QuantizedActs, i: usize) -> [
             let mins = _mm256_loadu_ps(t.min.as_ptr().add(b * NR));
             for r in 0..RR {
                 let at = (i + r) * nb + b;
-                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p[r], ones));
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*a.d.get_unchecked(at)));
-                acc[r] = _mm256_fmadd_ps(dot, scale, acc[r]);
-                acc_min[r] =
-                    _mm256_fmadd_ps(mins, _mm256_set1_ps(*a.s.get_unchecked(at)), acc_min[r]);
+                let isum = _mm256_madd_epi16(p[r], ones);
+                acc[r] = scale_block(acc[r], isum, dw, *a.d.get_unchecked(at));
+                acc_min[r] = offset_block(acc_min[r], mins, *a.s.get_unchecked(at));
             }
         }
         let mut out = [[0.0f32; NR]; R];
@@ -289,9 +291,7 @@ unsafe fn kernel_q8<const RR: usize>(t: &Tile, a: &QuantizedActs, i: usize) -> [
             }
             let dw = _mm256_loadu_ps(t.d.as_ptr().add(b * NR));
             for r in 0..RR {
-                let at = (i + r) * nb + b;
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*a.d.get_unchecked(at)));
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[r]), scale, acc[r]);
+                acc[r] = scale_block(acc[r], p[r], dw, *a.d.get_unchecked((i + r) * nb + b));
             }
         }
         let mut out = [[0.0f32; NR]; R];

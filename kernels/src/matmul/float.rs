@@ -5,6 +5,12 @@
 //! 256-value super-blocks carry per-32 scales *and* mins in six bits; for a
 //! batch the dequantisation is paid once per weight row, and the f32 FMA loop
 //! is then the same as for float weights.
+//!
+//! Batch invariance: a weight row is dequantised the same way whatever the
+//! batch, and every tile shape (1, 2 or 3 activation rows against a group)
+//! computes each output element in its own accumulator with the same
+//! operations in the same order ([`dot_tile`]), so splitting the activation
+//! rows or the columns differently never changes a result's bits.
 
 use super::{run_tiles, Matrix};
 use crate::cpu::{dot_lanes, Isa};
@@ -118,7 +124,8 @@ fn sub_tile(
     }
 }
 
-/// `R` activation rows against the [`GROUP`] weight rows in `w`.
+/// `R` activation rows against the [`GROUP`] weight rows in `w`; each
+/// (activation, weight row) dot is computed the same way for every `R`.
 #[inline]
 pub(crate) fn dot_tile<const R: usize>(
     isa: Isa,

@@ -10,18 +10,28 @@
 //!
 //! The integer sum is exact (|Σ| < 2^24, so its f32 conversion is too).
 //!
-//! Two kernel layouts:
+//! Kernels:
 //!
-//! - **direct** (one activation row, and the portable path): weight blocks
-//!   are read straight from the GGML bytes, unpacked in registers and dotted
-//!   against up to [`MR`] activation rows before the next block is read. A
-//!   task runs over chunks of activation rows small enough for L1, and within
-//!   a chunk over its weight rows.
+//! - **one row** (AVX2, `m == 1`; `avx2.rs`): eight weight rows at a time
+//!   are read straight from the GGML bytes, each block dotted against the
+//!   activation block, and the eight exact block sums gathered into one
+//!   vector, one row per lane.
 //! - **repacked** (AVX2, two rows or more; `avx2_repack.rs`): eight weight
 //!   rows at a time are rearranged so that one SIMD multiply serves all
 //!   eight, which more than halves the work per (row, activation) pair.
+//! - **portable**: each weight block is widened once and dotted against
+//!   every activation row of a chunk.
 //!
-//! Both give the same results up to f32 summation order.
+//! Batch invariance: an output element must not depend on `m`, on where
+//! its activation row sits in the batch, or on how the columns are split
+//! into tasks (continuous batching promises a sequence the same tokens
+//! whatever it shares a step with). So every kernel of one instruction set
+//! turns a block's exact integer sum into f32 by the same operations, in
+//! block order, into per-(row, activation) accumulators: on AVX2
+//! `acc = fma(isum, d·d_x, acc)`, `acc_min = fma(min, s, acc_min)`, and
+//! `acc + acc_min` at the end; the portable kernel is one code path for
+//! every `m`. The AVX2 and portable results differ from each other (FMA
+//! against separate roundings), but a process uses one of them.
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2_repack::NR;
@@ -30,16 +40,16 @@ use super::{run_tiles, Matrix};
 use crate::cpu::Isa;
 use crate::quant::{f16_bits_to_f32, WeightDType};
 
-/// Activation rows one kernel call dots a weight row against, reusing each
-/// unpacked weight block from a register that many times.
-pub(crate) const MR: usize = 4;
+/// The portable kernel's activation chunks are a multiple of this many rows.
+const MR: usize = 4;
 
 /// Task granularity in weight rows where there is no repacked tile.
 #[cfg(not(target_arch = "x86_64"))]
 const NR: usize = 8;
 
 /// From this many activation rows on, AVX2 repacks weight tiles (see
-/// `avx2_repack`): the repack costs about one unbatched pass.
+/// `avx2_repack`): the repack costs about one pass of the one-row kernel.
+#[cfg(target_arch = "x86_64")]
 const REPACK_MIN_M: usize = 2;
 
 /// The block formats this path handles.
@@ -75,48 +85,51 @@ pub(super) fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa)
     };
     let rb = w.dtype().row_bytes(k);
     let acts = QuantizedActs::new(x, m, k, isa);
-    #[cfg(target_arch = "x86_64")]
-    if let (Isa::Avx2(t), true) = (isa, m >= REPACK_MIN_M) {
-        run_tiles(n, m, k, NR, out, |first, rows, out_t| {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(t) => run_tiles(n, m, k, NR, out, |first, rows, out_t| {
             let bytes = &w.bytes()[first * rb..(first + rows) * rb];
-            t.int8_tiles(format, bytes, rb, &acts, m, out_t);
-        });
-        return;
-    }
-    let mc = act_chunk_rows(k);
-    run_tiles(n, m, k, NR, out, |first, rows, out_t| {
-        let bytes = &w.bytes()[first * rb..(first + rows) * rb];
-        for i0 in (0..m).step_by(mc) {
-            let job = Job {
-                format,
-                weights: bytes,
-                acts: &acts,
-                acts_from: i0,
-                acts_to: (i0 + mc).min(m),
-                m,
-            };
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2(t) => t.int8_rows(&job, out_t),
-                Isa::Scalar => scalar_rows(&job, out_t),
+            if m >= REPACK_MIN_M {
+                t.int8_tiles(format, bytes, rb, &acts, m, out_t);
+            } else {
+                t.int8_gemv(format, bytes, rb, &acts, out_t);
             }
+        }),
+        Isa::Scalar => {
+            let mc = act_chunk_rows(k);
+            run_tiles(n, m, k, NR, out, |first, rows, out_t| {
+                let bytes = &w.bytes()[first * rb..(first + rows) * rb];
+                for i0 in (0..m).step_by(mc) {
+                    let job = Job {
+                        format,
+                        weights: bytes,
+                        acts: &acts,
+                        acts_from: i0,
+                        acts_to: (i0 + mc).min(m),
+                        m,
+                    };
+                    scalar_rows(&job, out_t);
+                }
+            });
         }
-    });
+    }
 }
 
 /// Weight rows (whole rows of GGML blocks) against activation rows
 /// `acts_from..acts_to`; result (r, i) goes to `out_t[r * m + i]`.
-pub(crate) struct Job<'a> {
-    pub format: Format,
-    pub weights: &'a [u8],
-    pub acts: &'a QuantizedActs,
-    pub acts_from: usize,
-    pub acts_to: usize,
-    pub m: usize,
+struct Job<'a> {
+    format: Format,
+    weights: &'a [u8],
+    acts: &'a QuantizedActs,
+    acts_from: usize,
+    acts_to: usize,
+    m: usize,
 }
 
 /// Portable kernel: each weight block is widened once to i16, then dotted
 /// with each activation row in i32 (a shape the compiler maps to `pmaddwd`).
+/// Every element gets `o += d·d_x·isum + min·s` per block, in block order,
+/// whichever chunk its activation row is in: batch-invariant by construction.
 fn scalar_rows(job: &Job<'_>, out_t: &mut [f32]) {
     let a = job.acts;
     let (k, nb) = (a.k, a.k / 32);

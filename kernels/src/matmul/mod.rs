@@ -8,9 +8,10 @@
 //!   (`quantize_act.rs`), and each (weight row, activation row) pair is an
 //!   integer dot product per block, scaled by the two block scales — the
 //!   scheme of llama.cpp's `vec_dot_q4_1_q8_1`. One activation row reads the
-//!   GGML blocks directly (`avx2.rs`); from two rows on, eight weight rows at
-//!   a time are repacked so that one `maddubs` serves all eight and every
-//!   unpacked block is reused for every activation row (`avx2_repack.rs`).
+//!   GGML blocks of eight weight rows directly (`avx2.rs`); from two rows on,
+//!   eight weight rows at a time are repacked so that one `maddubs` serves
+//!   all eight and every unpacked block is reused for every activation row
+//!   (`avx2_repack.rs`).
 //! - **f32** (F32, F16, BF16, Q4_K, Q6_K; `float.rs`): a sub-tile of weight
 //!   rows is dequantised to f32 once (F32 rows are used in place) and an
 //!   FMA kernel runs 3 activation rows x 4 weight rows at a time over it.
@@ -19,6 +20,14 @@
 //! covers its rows for all `m` activation rows while they are in cache.
 //! Kernels exist as AVX2 (chosen at run time) and as portable Rust the
 //! compiler vectorises for the baseline target.
+//!
+//! Every path is batch-invariant: `out[i, j]` is bit-identical whatever `m`
+//! is, wherever row `i` sits in the batch and however the columns are split
+//! into tasks, because each kernel variant of an instruction set computes an
+//! element with the same floating-point operations in the same order (the
+//! serving engine promises a sequence the same greedy tokens whatever it is
+//! batched with; `int8.rs` and `float.rs` say how each path keeps to it).
+//! AVX2 and portable results differ from each other in the last bits.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
