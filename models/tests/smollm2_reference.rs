@@ -89,7 +89,10 @@ fn smollm2_matches_llama_cpp_reference() {
     let max = diffs.iter().copied().fold(0.0f32, f32::max);
     let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
     eprintln!("first-token logprob difference vs llama.cpp: mean {mean:.4}, max {max:.4}");
-    assert!(max < 0.25 && mean < 0.1, "logprobs drift: mean {mean}, max {max}");
+    assert!(
+        max < 0.25 && mean < 0.1,
+        "logprobs drift: mean {mean}, max {max}"
+    );
     let rate = agree as f64 / total as f64;
     eprintln!("greedy agreement with llama.cpp: {agree}/{total} = {rate:.3}");
     // Measured 0.906 (77/85); the dequantised-f32 path is no closer to
