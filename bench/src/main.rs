@@ -33,7 +33,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::engine_bench::{run_sluice, SluiceArgs};
 use crate::llama_cpp::{resolve_server, run_llama, PeerArgs};
 use crate::load::LoadArgs;
-use crate::report::{BenchReport, Machine, SideReport};
+use crate::report::{BenchReport, CpuMeter, Machine, SideReport};
 use crate::workload::{load_tokenizer, Workload, WorkloadArgs};
 
 #[derive(Parser, Debug)]
@@ -107,6 +107,7 @@ fn engine(args: EngineArgs) -> Result<()> {
     machine.warn_if_busy();
     let workload = Workload::build(&load_tokenizer(&model)?, &work)?;
     let threads = work.threads();
+    let meter = CpuMeter::start();
     let mut sides = Vec::new();
     let mut notes = Vec::new();
     for &r in &sluice.requantize {
@@ -115,7 +116,7 @@ fn engine(args: EngineArgs) -> Result<()> {
             Err(e) => notes.push(format!("sluice with --requantize {r:?} failed: {e:#}")),
         }
     }
-    finish(&work, &model, machine, workload, sides, notes)
+    finish(&work, &model, machine, &meter, workload, sides, notes)
 }
 
 fn llama_cpp(args: LlamaCppArgs) -> Result<()> {
@@ -138,6 +139,7 @@ fn llama_cpp(args: LlamaCppArgs) -> Result<()> {
     };
     let workload = Workload::build(&load_tokenizer(&model)?, &work)?;
     let threads = work.threads();
+    let meter = CpuMeter::start();
     let mut sides = Vec::new();
     let mut notes = vec![format!(
         "both sides ran with {threads} compute threads, one after the other (never at once)"
@@ -163,7 +165,7 @@ fn llama_cpp(args: LlamaCppArgs) -> Result<()> {
             }
         }
     }
-    finish(&work, &model, machine, workload, sides, notes)
+    finish(&work, &model, machine, &meter, workload, sides, notes)
 }
 
 /// Prints the table, writes the files; fails when a side failed, after
@@ -172,6 +174,7 @@ fn finish(
     work: &WorkloadArgs,
     model: &Path,
     machine: Machine,
+    meter: &CpuMeter,
     workload: Workload,
     sides: Vec<SideReport>,
     notes: Vec<String>,
@@ -181,6 +184,7 @@ fn finish(
         tool: "sluice-bench",
         command: command_line(),
         machine,
+        cpu_busy_by_others_pct: meter.others_busy_pct(),
         workload: workload.report(model),
         sides,
         notes,

@@ -226,6 +226,9 @@ pub struct BenchReport {
     pub tool: &'static str,
     pub command: String,
     pub machine: Machine,
+    /// CPU share other processes used during the run; above a few percent
+    /// the numbers are not worth publishing.
+    pub cpu_busy_by_others_pct: Option<f64>,
     pub workload: WorkloadReport,
     pub sides: Vec<SideReport>,
     pub notes: Vec<String>,
@@ -250,6 +253,16 @@ impl BenchReport {
             m.loadavg_start[0],
             m.cpu_busy_pct_before
                 .map_or_else(|| "unknown".to_string(), |p| format!("{p:.0}%")),
+        ));
+        out.push_str(&format!(
+            "Other processes used {} of the CPU during the run{}.\n",
+            self.cpu_busy_by_others_pct
+                .map_or_else(|| "an unknown share".to_string(), |p| format!("{p:.0}%")),
+            if self.cpu_busy_by_others_pct.is_some_and(|p| p > 5.0) {
+                " — PRELIMINARY: the machine was busy, rerun on a quiet one"
+            } else {
+                ""
+            }
         ));
         let w = &self.workload;
         out.push_str(&format!(
@@ -486,26 +499,68 @@ fn read_loadavg() -> [f64; 3] {
     ]
 }
 
+/// (idle, total) CPU time of the whole machine so far, in clock ticks.
+fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    let total: u64 = v.iter().take(8).sum();
+    Some((idle, total))
+}
+
+/// CPU time of this process and its waited-for children (llama-server), in
+/// clock ticks, from `/proc/self/stat`.
+fn own_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces; the numeric fields follow its ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime, stime, cutime, cstime are
+    // fields 14 to 17, i.e. indices 11 to 14 here.
+    let ticks = fields.get(11..15)?;
+    ticks.iter().map(|x| x.parse::<u64>().ok()).sum()
+}
+
 /// Busy share of all CPUs over `window`, from `/proc/stat`.
 fn cpu_busy_pct(window: Duration) -> Option<f64> {
-    fn sample() -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let line = stat.lines().next()?.strip_prefix("cpu ")?;
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq steal
-        let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
-        let total: u64 = v.iter().take(8).sum();
-        Some((idle, total))
-    }
-    let (i0, t0) = sample()?;
+    let (i0, t0) = machine_cpu_ticks()?;
     std::thread::sleep(window);
-    let (i1, t1) = sample()?;
+    let (i1, t1) = machine_cpu_ticks()?;
     let dt = t1.checked_sub(t0).filter(|&d| d > 0)?;
     let di = i1.saturating_sub(i0);
     Some(100.0 * (1.0 - di as f64 / dt as f64))
+}
+
+/// Measures how much CPU other processes took while a run was going: the
+/// number that says whether a result is worth keeping.
+pub struct CpuMeter {
+    machine: Option<(u64, u64)>,
+    own: Option<u64>,
+}
+
+impl CpuMeter {
+    pub fn start() -> Self {
+        Self {
+            machine: machine_cpu_ticks(),
+            own: own_cpu_ticks(),
+        }
+    }
+
+    /// Share of all CPU time since `start` that was busy outside this
+    /// process and its finished children, in percent.
+    pub fn others_busy_pct(&self) -> Option<f64> {
+        let (i0, t0) = self.machine?;
+        let (i1, t1) = machine_cpu_ticks()?;
+        let total = t1.checked_sub(t0).filter(|&d| d > 0)?;
+        let busy = total.saturating_sub(i1.saturating_sub(i0));
+        let own = own_cpu_ticks()?.saturating_sub(self.own?);
+        Some(100.0 * busy.saturating_sub(own) as f64 / total as f64)
+    }
 }
 
 #[cfg(test)]
