@@ -175,8 +175,14 @@ impl ModelSlot {
                 tracing::info!(model = %cfg.id, "loading: {done}/{total} layers");
             }
         };
-        let loaded = sluice_models::load_llm(&cfg.path, LoadKnobs::default(), &mut progress)
-            .map_err(|e| format!("model `{}` ({}): {e}", cfg.id, cfg.path.display()))?;
+        let loaded = sluice_models::load_llm(
+            &cfg.path,
+            LoadKnobs {
+                requantize: cfg.requantize,
+            },
+            &mut progress,
+        )
+        .map_err(|e| format!("model `{}` ({}): {e}", cfg.id, cfg.path.display()))?;
         let engine = Engine::start(loaded, cfg.engine.clone())
             .map_err(|e| format!("model `{}`: {e}", cfg.id))?;
         let info = engine.info();

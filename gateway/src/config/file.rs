@@ -58,6 +58,8 @@ pub struct ModelSection {
     pub id: String,
     pub path: PathBuf,
     pub default_max_tokens: Option<usize>,
+    /// Re-pack quantised weights at load: "q8_0", "q4_0", "f16" or "f32".
+    pub requantize: Option<String>,
     #[serde(default)]
     pub engine: EngineSection,
 }

@@ -113,6 +113,8 @@ pub struct ModelConfig {
     pub id: String,
     pub path: PathBuf,
     pub default_max_tokens: usize,
+    /// Weight format to re-pack quantised matrices into at load, if any.
+    pub requantize: Option<sluice_models::WeightDType>,
     pub engine: EngineConfig,
 }
 

@@ -75,6 +75,10 @@ impl Config {
                 t.insert("id".into(), Value::String(m.id.clone()));
                 t.insert("path".into(), Value::String(m.path.display().to_string()));
                 t.insert("default_max_tokens".into(), int(m.default_max_tokens));
+                if let Some(d) = m.requantize {
+                    let name = format!("{d:?}").to_lowercase();
+                    t.insert("requantize".into(), Value::String(name));
+                }
                 t.insert("engine".into(), Value::Table(engine));
                 Value::Table(t)
             })

@@ -111,6 +111,7 @@ pub(super) fn resolve(
                 id,
                 path: path.clone(),
                 default_max_tokens: None,
+                requantize: None,
                 engine: EngineSection::default(),
             }]
         }
@@ -119,6 +120,7 @@ pub(super) fn resolve(
             id: DEMO_MODEL_ID.into(),
             path: sluice_models::demo_chat_model_path(),
             default_max_tokens: None,
+            requantize: None,
             engine: EngineSection::default(),
         }],
         (None, None) => models,
@@ -305,6 +307,7 @@ fn resolve_model(i: usize, m: ModelSection, base_dir: &Path) -> Result<ModelConf
         id,
         path,
         default_max_tokens,
+        requantize,
         engine,
     } = m;
     let at = |field: &str| format!("models[{i}].{field}");
@@ -323,10 +326,24 @@ fn resolve_model(i: usize, m: ModelSection, base_dir: &Path) -> Result<ModelConf
     if default_max_tokens == 0 {
         return Err(invalid(at("default_max_tokens"), "must be at least 1"));
     }
+    let requantize = match requantize.as_deref() {
+        None => None,
+        Some("q8_0") => Some(sluice_models::WeightDType::Q8_0),
+        Some("q4_0") => Some(sluice_models::WeightDType::Q4_0),
+        Some("f16") => Some(sluice_models::WeightDType::F16),
+        Some("f32") => Some(sluice_models::WeightDType::F32),
+        Some(other) => {
+            return Err(invalid(
+                at("requantize"),
+                format!("`{other}` is not one of q8_0, q4_0, f16, f32"),
+            ))
+        }
+    };
     Ok(ModelConfig {
         id,
         path: resolve_path(base_dir, &path),
         default_max_tokens,
+        requantize,
         engine: resolve_engine(&at("engine"), engine)?,
     })
 }

@@ -93,6 +93,24 @@ fn wrong_type_names_the_key() {
 }
 
 #[test]
+fn requantize_takes_a_known_format_or_names_the_key() {
+    let cfg = load_str(
+        "[[models]]\nid = \"m\"\npath = \"p\"\nrequantize = \"q8_0\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.models[0].requantize,
+        Some(sluice_models::WeightDType::Q8_0)
+    );
+    let e = err_of(
+        "[[models]]\nid = \"m\"\npath = \"p\"\nrequantize = \"q3\"\n",
+        &[],
+    );
+    assert!(e.starts_with("models[0].requantize"), "{e}");
+}
+
+#[test]
 fn zero_knob_names_the_key() {
     let e = err_of(
         "[[models]]\nid = \"m\"\npath = \"p\"\n[models.engine]\nmax_num_seqs = 0\n",
