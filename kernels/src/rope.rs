@@ -72,6 +72,16 @@ impl Rope {
     }
 
     /// Rotates every head of one token (`x` holds `n_heads * head_dim` values) for position `pos`.
+    /// Divides each frequency by its factor: how Llama 3.1 GGUF files carry
+    /// their rope scaling (a `rope_freqs.weight` tensor of `head_dim / 2`).
+    /// Factors beyond the frequency count are ignored.
+    pub fn with_freq_factors(mut self, factors: &[f32]) -> Self {
+        for (f, k) in self.inv_freq.iter_mut().zip(factors) {
+            *f /= k;
+        }
+        self
+    }
+
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         let half = self.head_dim / 2;
         // cos/sin once per call, shared by all heads; on the stack for the
@@ -112,3 +122,29 @@ impl Rope {
 
 /// Half head sizes up to this keep their cos/sin table on the stack.
 const STACK_HALF: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frequency_factors_of_two_equal_linear_scaling_by_two() {
+        let base = Rope::new(16, 10_000.0, RopeStyle::HalfSplit, None);
+        let by_factors = base.clone().with_freq_factors(&[2.0; 8]);
+        let linear = Rope::new(
+            16,
+            10_000.0,
+            RopeStyle::HalfSplit,
+            Some(RopeScaling::Linear { factor: 2.0 }),
+        );
+        let x: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut a, mut b, mut c) = (x.clone(), x.clone(), x);
+        by_factors.apply(&mut a, 11);
+        linear.apply(&mut b, 11);
+        base.apply(&mut c, 11);
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() < 1e-6);
+        }
+        assert!(a.iter().zip(&c).any(|(p, q)| (p - q).abs() > 1e-3));
+    }
+}

@@ -161,12 +161,23 @@ impl Llama {
         } else {
             None
         };
-        let rope = Rope::new(
+        let mut rope = Rope::new(
             cfg.head_dim,
             cfg.rope_theta,
             cfg.rope_style,
             cfg.rope_scaling,
         );
+        if src.contains("rope_freqs.weight") {
+            let factors = src.vector("rope_freqs.weight")?;
+            if factors.len() != cfg.head_dim / 2 {
+                return Err(ModelError::Format(format!(
+                    "rope_freqs.weight has {} factors, expected head_dim / 2 = {}",
+                    factors.len(),
+                    cfg.head_dim / 2
+                )));
+            }
+            rope = rope.with_freq_factors(&factors);
+        }
         Ok(Self {
             norm: src.vector("output_norm.weight")?,
             embed,
