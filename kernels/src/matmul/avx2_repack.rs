@@ -1,12 +1,17 @@
 //! Batched int8 kernels on weight tiles repacked for AVX2.
 //!
 //! A tile holds [`NR`] = 8 weight rows. For each block, its 32 values per
-//! row are stored as eight *slices* of 32 bytes; slice `j` holds values
-//! `4j..4j+4` of rows 0..8, one row per 32-bit lane:
+//! row form eight *slices*; slice `j` holds values `4j..4j+4` of rows 0..8,
+//! one row per 32-bit lane:
 //!
 //! ```text
 //! block b: slice 0: [r0 v0..3][r1 v0..3]...[r7 v0..3]   slice 1: [r0 v4..7]...   ... slice 7
 //! ```
+//!
+//! 4-bit tiles store slices `j` and `j + 4` in one 32-byte vector (slice `j`
+//! in the low nibbles, `j + 4` in the high ones), so a block takes 128 bytes
+//! for eight rows, as in GGML; Q8_0 tiles store the signed bytes, 256 per
+//! block. Block scales (and 4-bit mins) are kept as f32.
 //!
 //! Broadcasting activation values `4j..4j+4` to all lanes, one `maddubs`
 //! then computes partial dots for all eight rows at once, and lane `r` of the
@@ -17,11 +22,13 @@
 //! vector ops for 8 (row, activation) pairs instead of ~45 one pair at a
 //! time. Q8_0 needs the sign trick and a widening per slice (~35 ops).
 //!
-//! Repacking costs about as much as one pass of the one-row kernel
-//! (`avx2.rs`), so it pays from two activation rows on and is only used
-//! then. Per block and lane, both kernels take the same float steps
-//! (`scale_block`, `offset_block`, one final add), which is what keeps a
-//! row's result independent of the batch it came in.
+//! [`Matrix`](super::Matrix) repacks its weights once when it is built
+//! ([`Avx2::repack`]) and the batched path reads those tiles
+//! ([`Avx2::int8_packed`]); [`Avx2::int8_tiles`] repacks per call, for a
+//! matrix that has no tiles. Per block and lane, these kernels and the
+//! one-row kernel (`avx2.rs`, which reads the GGML bytes) take the same float
+//! steps (`scale_block`, `offset_block`, one final add), which is what keeps
+//! a row's result independent of the batch it came in.
 
 use std::arch::x86_64::*;
 
@@ -42,10 +49,9 @@ const R_Q8: usize = 3;
 /// [`NR`] weight rows in the layout above.
 pub(crate) struct Tile {
     nb: usize,
-    /// `nb · 256` bytes: 4-bit values (0..=15), or Q8_0 magnitudes `|w|`.
+    /// 4-bit: `nb · 128` bytes, two slices per 32 bytes (values 0..=15 in
+    /// each nibble). Q8_0: `nb · 256` bytes of signed values.
     q: Vec<u8>,
-    /// Q8_0 only: the signed values themselves (for `sign`), same layout.
-    signs: Vec<u8>,
     /// `nb · 8` block scales, `[block][row]`.
     d: Vec<f32>,
     /// 4-bit only: `nb · 8` block mins, `[block][row]` (Q4_0: `-8d`).
@@ -58,17 +64,50 @@ impl Tile {
         let signed = format == Format::Q8_0;
         Self {
             nb,
-            q: vec![0; nb * 256],
-            signs: vec![0; if signed { nb * 256 } else { 0 }],
+            q: vec![0; nb * if signed { 256 } else { 128 }],
             d: vec![0.0; nb * NR],
             min: vec![0.0; if signed { 0 } else { nb * NR }],
         }
     }
+
+    /// Whether this tile has the sizes `format` with `nb` blocks per row
+    /// needs: what every unchecked access in the kernels relies on.
+    fn fits(&self, format: Format, nb: usize) -> bool {
+        let signed = format == Format::Q8_0;
+        self.nb == nb
+            && self.q.len() == nb * if signed { 256 } else { 128 }
+            && self.d.len() == nb * NR
+            && self.min.len() == if signed { 0 } else { nb * NR }
+    }
+
+    /// Heap bytes held.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.q.len() + 4 * (self.d.len() + self.min.len())
+    }
 }
 
 impl Avx2 {
+    /// Repacks whole GGML rows (`row_bytes` each, `row_bytes > 0`) into one
+    /// tile per [`NR`] rows, the last padded with zero rows.
+    pub(crate) fn repack(self, format: Format, weights: &[u8], row_bytes: usize) -> Vec<Tile> {
+        use rayon::prelude::*;
+        let nb = row_bytes / format.block_bytes();
+        assert!(row_bytes > 0 && row_bytes == nb * format.block_bytes());
+        assert!(weights.len() % row_bytes == 0);
+        weights
+            .par_chunks(NR * row_bytes)
+            .map(|chunk| {
+                let mut tile = Tile::new(format, nb * 32);
+                // SAFETY: `self` proves the target features.
+                unsafe { fill_avx2(&mut tile, format, chunk, row_bytes) };
+                tile
+            })
+            .collect()
+    }
+
     /// Weight rows `weights` (whole GGML rows, `row_bytes` each) against all
-    /// `m` activation rows; result (r, i) into `out_t[r * m + i]`.
+    /// `m` activation rows, repacking them here; result (r, i) into
+    /// `out_t[r * m + i]`.
     pub(crate) fn int8_tiles(
         self,
         format: Format,
@@ -80,39 +119,85 @@ impl Avx2 {
     ) {
         let (k, nb) = (acts.k, acts.k / 32);
         let rows = weights.len() / row_bytes.max(1);
-        // The lengths every unchecked access in the kernels relies on.
         assert!(k % 32 == 0 && row_bytes == nb * format.block_bytes());
         assert!(rows * row_bytes == weights.len() && out_t.len() == rows * m);
-        assert!(acts.qs.len() >= m * k && acts.d.len() >= m * nb && acts.s.len() >= m * nb);
         let mut tile = Tile::new(format, k);
         for (t, chunk) in weights.chunks(NR * row_bytes).enumerate() {
             // SAFETY: `self` proves the target features.
             unsafe { fill_avx2(&mut tile, format, chunk, row_bytes) };
             let live = chunk.len() / row_bytes;
-            let out = &mut out_t[t * NR * m..(t * NR + live) * m];
-            let mut i = 0;
-            while i < m {
-                let take = (m - i).min(if format == Format::Q8_0 { R_Q8 } else { R });
-                // SAFETY: target features as above; tile sized for k, and
-                // activation rows i..i + take < m exist (checked above).
-                let res = unsafe {
-                    match (format, take) {
-                        (Format::Q8_0, 1) => kernel_q8::<1>(&tile, acts, i),
-                        (Format::Q8_0, 2) => kernel_q8::<2>(&tile, acts, i),
-                        (Format::Q8_0, _) => kernel_q8::<R_Q8>(&tile, acts, i),
-                        (_, 1) => kernel_u4::<1>(&tile, acts, i),
-                        (_, 2) => kernel_u4::<2>(&tile, acts, i),
-                        (_, 3) => kernel_u4::<3>(&tile, acts, i),
-                        _ => kernel_u4::<R>(&tile, acts, i),
-                    }
-                };
-                for (t2, lanes) in res.iter().take(take).enumerate() {
-                    for (r, v) in lanes.iter().take(live).enumerate() {
-                        out[r * m + i + t2] = *v;
-                    }
+            self.tile_rows(
+                format,
+                &tile,
+                acts,
+                m,
+                &mut out_t[t * NR * m..(t * NR + live) * m],
+            );
+        }
+    }
+
+    /// The first `rows` weight rows of `tiles` (repacked by [`Avx2::repack`])
+    /// against all `m` activation rows; result (r, i) into `out_t[r * m + i]`.
+    pub(crate) fn int8_packed(
+        self,
+        format: Format,
+        tiles: &[Tile],
+        rows: usize,
+        acts: &QuantizedActs,
+        m: usize,
+        out_t: &mut [f32],
+    ) {
+        assert!(rows <= tiles.len() * NR && out_t.len() == rows * m);
+        for (t, tile) in tiles.iter().enumerate().take(rows.div_ceil(NR)) {
+            let live = (rows - t * NR).min(NR);
+            self.tile_rows(
+                format,
+                tile,
+                acts,
+                m,
+                &mut out_t[t * NR * m..(t * NR + live) * m],
+            );
+        }
+    }
+
+    /// One tile against all `m` activation rows; result (r, i) into
+    /// `out[r * m + i]` for the tile's first `out.len() / m` rows.
+    fn tile_rows(
+        self,
+        format: Format,
+        tile: &Tile,
+        acts: &QuantizedActs,
+        m: usize,
+        out: &mut [f32],
+    ) {
+        let (k, nb) = (acts.k, acts.k / 32);
+        // The lengths every unchecked access in the kernels relies on.
+        assert!(k % 32 == 0 && tile.fits(format, nb));
+        assert!(acts.qs.len() >= m * k && acts.d.len() >= m * nb && acts.s.len() >= m * nb);
+        let live = out.len() / m;
+        assert!(live <= NR && out.len() == live * m);
+        let mut i = 0;
+        while i < m {
+            let take = (m - i).min(if format == Format::Q8_0 { R_Q8 } else { R });
+            // SAFETY: `self` proves the target features; the tile fits k
+            // (checked above), and activation rows i..i + take < m exist.
+            let res = unsafe {
+                match (format, take) {
+                    (Format::Q8_0, 1) => kernel_q8::<1>(tile, acts, i),
+                    (Format::Q8_0, 2) => kernel_q8::<2>(tile, acts, i),
+                    (Format::Q8_0, _) => kernel_q8::<R_Q8>(tile, acts, i),
+                    (_, 1) => kernel_u4::<1>(tile, acts, i),
+                    (_, 2) => kernel_u4::<2>(tile, acts, i),
+                    (_, 3) => kernel_u4::<3>(tile, acts, i),
+                    _ => kernel_u4::<R>(tile, acts, i),
                 }
-                i += take;
+            };
+            for (t2, lanes) in res.iter().take(take).enumerate() {
+                for (r, v) in lanes.iter().take(live).enumerate() {
+                    out[r * m + i + t2] = *v;
+                }
             }
+            i += take;
         }
     }
 }
@@ -133,12 +218,11 @@ unsafe fn fill_avx2(tile: &mut Tile, format: Format, rows: &[u8], row_bytes: usi
     let count = (rows.len() / row_bytes).min(NR);
     let signed = format == Format::Q8_0;
     assert!(row_bytes == nb * bb && rows.len() >= count * row_bytes);
-    assert!(tile.q.len() == nb * 256 && tile.d.len() == nb * NR);
-    assert!(tile.signs.len() == if signed { nb * 256 } else { 0 });
-    assert!(tile.min.len() == if signed { 0 } else { nb * NR });
+    assert!(tile.fits(format, nb));
     // SAFETY: block b of row r < count starts at r·row_bytes + b·bb and
     // spans bb bytes within `rows`; tile stores at b·256 + j·32 + 32 <=
-    // nb·256 and b·8 + 8 <= nb·8 (asserted above).
+    // nb·256 (Q8_0), b·128 + j·32 + 32 <= nb·128 (4-bit, j < 4) and
+    // b·8 + 8 <= nb·8 (sizes asserted above).
     unsafe {
         let mask = _mm256_set1_epi8(0x0f);
         for b in 0..nb {
@@ -157,13 +241,18 @@ unsafe fn fill_avx2(tile: &mut Tile, format: Format, rows: &[u8], row_bytes: usi
                 };
             }
             let slices = transpose_8x8_epi32(v);
-            let q = tile.q.as_mut_ptr().add(b * 256);
-            for (j, s) in slices.iter().enumerate() {
-                if signed {
-                    _mm256_storeu_si256(tile.signs.as_mut_ptr().add(b * 256 + j * 32).cast(), *s);
-                    _mm256_storeu_si256(q.add(j * 32).cast(), _mm256_abs_epi8(*s));
-                } else {
+            if signed {
+                let q = tile.q.as_mut_ptr().add(b * 256);
+                for (j, s) in slices.iter().enumerate() {
                     _mm256_storeu_si256(q.add(j * 32).cast(), *s);
+                }
+            } else {
+                // Values are 0..=15, so the 16-bit shift keeps each byte's
+                // nibble within its byte.
+                let q = tile.q.as_mut_ptr().add(b * 128);
+                for j in 0..4 {
+                    let hi = _mm256_slli_epi16::<4>(slices[j + 4]);
+                    _mm256_storeu_si256(q.add(j * 32).cast(), _mm256_or_si256(slices[j], hi));
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(half_d.as_ptr().cast()));
@@ -231,18 +320,24 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn kernel_u4<const RR: usize>(t: &Tile, a: &QuantizedActs, i: usize) -> [[f32; NR]; R] {
     let (k, nb) = (a.k, a.k / 32);
-    // SAFETY: tile offsets b·256 + j·32 + 32 <= nb·256 and b·8 + 8 <= nb·8;
+    // SAFETY: tile offsets b·128 + j·32 + 32 <= nb·128 and b·8 + 8 <= nb·8;
     // activation offsets (i + r)·k + b·32 + 4j + 4 <= m·k and (i + r)·nb + b
     // < m·nb for rows that exist.
     unsafe {
         let ones = _mm256_set1_epi16(1);
+        let mask = _mm256_set1_epi8(0x0f);
         let mut acc = [_mm256_setzero_ps(); RR];
         let mut acc_min = [_mm256_setzero_ps(); RR];
         for b in 0..nb {
-            let wq = t.q.as_ptr().add(b * 256);
+            let wq = t.q.as_ptr().add(b * 128);
             let mut p = [_mm256_setzero_si256(); RR];
             for j in 0..8 {
-                let w = _mm256_loadu_si256(wq.add(j * 32).cast());
+                let packed = _mm256_loadu_si256(wq.add((j % 4) * 32).cast());
+                let w = if j < 4 {
+                    _mm256_and_si256(packed, mask)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask)
+                };
                 for (r, p) in p.iter_mut().enumerate() {
                     let y = bcast4(a.qs.as_ptr().add((i + r) * k + b * 32 + 4 * j));
                     *p = _mm256_add_epi16(*p, _mm256_maddubs_epi16(w, y));
@@ -273,16 +368,17 @@ unsafe fn kernel_u4<const RR: usize>(t: &Tile, a: &QuantizedActs, i: usize) -> [
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn kernel_q8<const RR: usize>(t: &Tile, a: &QuantizedActs, i: usize) -> [[f32; NR]; R] {
     let (k, nb) = (a.k, a.k / 32);
-    // SAFETY: as in kernel_u4; `signs` has the layout of `q`.
+    // SAFETY: tile offsets b·256 + j·32 + 32 <= nb·256 and b·8 + 8 <= nb·8;
+    // activation offsets as in kernel_u4.
     unsafe {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); RR];
         for b in 0..nb {
-            let (wq, ws) = (t.q.as_ptr().add(b * 256), t.signs.as_ptr().add(b * 256));
+            let wq = t.q.as_ptr().add(b * 256);
             let mut p = [_mm256_setzero_si256(); RR];
             for j in 0..8 {
-                let wabs = _mm256_loadu_si256(wq.add(j * 32).cast());
-                let wsgn = _mm256_loadu_si256(ws.add(j * 32).cast());
+                let wsgn = _mm256_loadu_si256(wq.add(j * 32).cast());
+                let wabs = _mm256_abs_epi8(wsgn);
                 for (r, p) in p.iter_mut().enumerate() {
                     let y = bcast4(a.qs.as_ptr().add((i + r) * k + b * 32 + 4 * j));
                     let p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(y, wsgn));

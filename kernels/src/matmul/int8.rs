@@ -18,7 +18,8 @@
 //!   vector, one row per lane.
 //! - **repacked** (AVX2, two rows or more; `avx2_repack.rs`): eight weight
 //!   rows at a time are rearranged so that one SIMD multiply serves all
-//!   eight, which more than halves the work per (row, activation) pair.
+//!   eight, which more than halves the work per (row, activation) pair. The
+//!   `Matrix` does this once when it is built and keeps the tiles.
 //! - **portable**: each weight block is widened once and dotted against
 //!   every activation row of a chunk.
 //!
@@ -47,8 +48,9 @@ const MR: usize = 4;
 #[cfg(not(target_arch = "x86_64"))]
 const NR: usize = 8;
 
-/// From this many activation rows on, AVX2 repacks weight tiles (see
-/// `avx2_repack`): the repack costs about one pass of the one-row kernel.
+/// From this many activation rows on, AVX2 uses the repacked weight tiles
+/// (see `avx2_repack`; built once with the matrix, or per call for a matrix
+/// without them, where the repack costs about one pass of the one-row kernel).
 #[cfg(target_arch = "x86_64")]
 const REPACK_MIN_M: usize = 2;
 
@@ -70,6 +72,37 @@ impl Format {
     }
 }
 
+impl Format {
+    fn of(dtype: WeightDType) -> Option<Self> {
+        match dtype {
+            WeightDType::Q4_0 => Some(Format::Q4_0),
+            WeightDType::Q4_1 => Some(Format::Q4_1),
+            WeightDType::Q8_0 => Some(Format::Q8_0),
+            _ => None,
+        }
+    }
+}
+
+/// The batched kernel's tiles for a `cols`-wide matrix of GGML bytes `data`
+/// (length already checked), where that kernel will run: AVX2 and an int8
+/// format, with at least one row and column.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn repack(
+    dtype: WeightDType,
+    cols: usize,
+    data: &[u8],
+    isa: Isa,
+) -> Option<Vec<super::avx2_repack::Tile>> {
+    let (Isa::Avx2(t), Some(format)) = (isa, Format::of(dtype)) else {
+        return None;
+    };
+    let rb = dtype.row_bytes(cols);
+    if rb == 0 || data.is_empty() {
+        return None;
+    }
+    Some(t.repack(format, data, rb))
+}
+
 /// Activation rows per pass over a task's weight rows: ~16 KiB of quants,
 /// which stay in L1 while the weight rows stream by.
 fn act_chunk_rows(k: usize) -> usize {
@@ -78,11 +111,7 @@ fn act_chunk_rows(k: usize) -> usize {
 
 pub(super) fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
     let (n, k) = (w.rows(), w.cols());
-    let format = match w.dtype() {
-        WeightDType::Q4_0 => Format::Q4_0,
-        WeightDType::Q4_1 => Format::Q4_1,
-        _ => Format::Q8_0,
-    };
+    let format = Format::of(w.dtype()).unwrap_or(Format::Q8_0);
     let rb = w.dtype().row_bytes(k);
     let acts = QuantizedActs::new(x, m, k, isa);
     match isa {
@@ -90,7 +119,14 @@ pub(super) fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa)
         Isa::Avx2(t) => run_tiles(n, m, k, NR, out, |first, rows, out_t| {
             let bytes = &w.bytes()[first * rb..(first + rows) * rb];
             if m >= REPACK_MIN_M {
-                t.int8_tiles(format, bytes, rb, &acts, m, out_t);
+                // Tasks start on whole tiles (run_tiles aligns them to NR).
+                match w.tiles() {
+                    Some(tiles) => {
+                        let tiles = &tiles[first / NR..(first + rows).div_ceil(NR)];
+                        t.int8_packed(format, tiles, rows, &acts, m, out_t);
+                    }
+                    None => t.int8_tiles(format, bytes, rb, &acts, m, out_t),
+                }
             } else {
                 t.int8_gemv(format, bytes, rb, &acts, out_t);
             }

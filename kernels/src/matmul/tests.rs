@@ -378,3 +378,45 @@ fn requantize_round_trips_through_each_format() {
         Err(KernelError::RowNotBlockAligned { cols: 48, .. })
     ));
 }
+
+/// Tiles repacked once at construction give the same bits as repacking on
+/// each call (the path a matrix without tiles takes), for every int8
+/// format, including a partial last tile and several rayon tasks; clones
+/// share the tiles, and byte-level accessors still see the GGML layout.
+#[test]
+fn tiles_repacked_at_construction_match_repacking_per_call() {
+    let mut rng = Rng::new(11);
+    let wide = rayon::ThreadPoolBuilder::new()
+        .num_threads(5)
+        .build()
+        .unwrap();
+    for dtype in [WeightDType::Q4_0, WeightDType::Q4_1, WeightDType::Q8_0] {
+        for (k, n) in [(576, 301), (1536, 64), (32, 5)] {
+            let w = random_matrix(&mut rng, dtype, n, k);
+            assert_eq!(w.bytes().len(), n * dtype.row_bytes(k));
+            let again = Matrix::from_raw(dtype, n, k, w.bytes().to_vec()).unwrap();
+            assert_eq!(again.bytes(), w.bytes());
+            #[cfg(target_arch = "x86_64")]
+            if matches!(Isa::detect(), Isa::Avx2(_)) {
+                assert!(w.tiles().is_some() && w.repacked_bytes() > 0);
+                let copy = w.clone();
+                assert!(std::ptr::eq(
+                    copy.tiles().unwrap().as_ptr(),
+                    w.tiles().unwrap().as_ptr()
+                ));
+            }
+            let bare = w.without_tiles();
+            assert_eq!(bare.repacked_bytes(), 0);
+            for m in [2, 5, 9] {
+                let x = rng.activations(m * k);
+                for isa in isas() {
+                    let (mut a, mut b) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                    wide.install(|| matmul_with(&w, &x, m, &mut a, isa));
+                    wide.install(|| matmul_with(&bare, &x, m, &mut b, isa));
+                    let same = a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same, "{dtype:?} {isa:?} k={k} n={n} m={m}");
+                }
+            }
+        }
+    }
+}
