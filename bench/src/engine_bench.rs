@@ -88,6 +88,7 @@ pub fn run_sluice(
         model,
         LoadKnobs {
             requantize: requant.dtype(),
+            ..LoadKnobs::default()
         },
         &mut progress,
     )

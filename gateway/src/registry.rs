@@ -179,6 +179,7 @@ impl ModelSlot {
             &cfg.path,
             LoadKnobs {
                 requantize: cfg.requantize,
+                activations: cfg.activations,
             },
             &mut progress,
         )

@@ -42,7 +42,7 @@ pub mod rope;
 #[cfg(test)]
 mod test_util;
 
-pub use matmul::{matmul, Matrix};
+pub use matmul::{matmul, matmul_with_precision, ActivationPrecision, Matrix};
 pub use quant::WeightDType;
 
 /// What can go wrong when building kernel inputs; kernels themselves do not fail.

@@ -15,7 +15,15 @@ fn main() -> Result<(), ModelError> {
     };
     let gguf = GgufFile::open(&demo_chat_model_path())?;
     let cfg = LlamaConfig::from_gguf(&gguf)?;
-    let model = Llama::load(cfg, &gguf, LoadKnobs { requantize }, &mut |_, _| {})?;
+    let model = Llama::load(
+        cfg,
+        &gguf,
+        LoadKnobs {
+            requantize,
+            ..LoadKnobs::default()
+        },
+        &mut |_, _| {},
+    )?;
     let ids: [u32; 37] = [
         1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411,
         407, 19712, 8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1,

@@ -31,7 +31,7 @@ pub use detokenizer::IncrementalDecoder;
 pub use kv_cache::KvCache;
 pub use llama::{Llama, LoadKnobs, SeqBatch, WeightSource};
 pub use loader::{load_llm, LoadedLlm};
-pub use sluice_kernels::WeightDType;
+pub use sluice_kernels::{ActivationPrecision, WeightDType};
 pub use tokenizer::Tokenizer;
 
 /// Everything that can go wrong while loading or running a model.

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use sluice_kernels::attention::paged_attention;
 use sluice_kernels::ops::{add_assign, add_bias, rms_norm, silu_mul};
 use sluice_kernels::rope::Rope;
-use sluice_kernels::{matmul, Matrix, WeightDType};
+use sluice_kernels::{matmul_with_precision, ActivationPrecision, Matrix, WeightDType};
 
 use crate::config::LlamaConfig;
 use crate::kv_cache::KvCache;
@@ -30,6 +30,9 @@ pub struct LoadKnobs {
     /// Requantise every quantised matrix to this type at load (e.g. Q8_0 for
     /// speed on CPUs where its dot product is faster, Q4_0 for memory).
     pub requantize: Option<WeightDType>,
+    /// How activations meet Q4_0/Q4_1/Q8_0 weights: int8 (fast, llama.cpp's
+    /// rounding) or f32 (exact activations, slower).
+    pub activations: ActivationPrecision,
 }
 
 struct Layer {
@@ -52,6 +55,7 @@ pub struct Llama {
     /// `None`: tied to the embedding.
     lm_head: Option<Matrix>,
     rope: Rope,
+    activations: ActivationPrecision,
 }
 
 /// One sequence's share of a step.
@@ -120,6 +124,8 @@ impl Llama {
         );
         let embed = src.matrix("token_embd.weight")?;
         check_shape(&embed, "token_embd.weight", cfg.vocab_size, h)?;
+        // Requantised too: when tied, the embedding is also the LM head.
+        let embed = requant(embed)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let name = |t: &str| format!("blk.{i}.{t}");
@@ -179,6 +185,7 @@ impl Llama {
             rope = rope.with_freq_factors(&factors);
         }
         Ok(Self {
+            activations: knobs.activations,
             norm: src.vector("output_norm.weight")?,
             embed,
             layers,
@@ -186,6 +193,10 @@ impl Llama {
             rope,
             cfg,
         })
+    }
+
+    fn matmul(&self, w: &Matrix, x: &[f32], m: usize, out: &mut [f32]) {
+        matmul_with_precision(w, x, m, out, self.activations);
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -253,7 +264,7 @@ impl Llama {
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps, &mut normed);
-            matmul(&layer.wqkv, &normed, total, &mut qkv);
+            self.matmul(&layer.wqkv, &normed, total, &mut qkv);
             if let Some(b) = &layer.bqkv {
                 add_bias(&mut qkv, b);
             }
@@ -300,11 +311,11 @@ impl Llama {
                     out,
                 );
             });
-            matmul(&layer.wo, &attn, total, &mut proj);
+            self.matmul(&layer.wo, &attn, total, &mut proj);
             add_assign(&mut x, &proj);
 
             rms_norm(&x, &layer.ffn_norm, cfg.rms_norm_eps, &mut normed);
-            matmul(&layer.w_gate_up, &normed, total, &mut gate_up);
+            self.matmul(&layer.w_gate_up, &normed, total, &mut gate_up);
             let ff = cfg.intermediate_size;
             act.par_chunks_exact_mut(ff)
                 .zip(gate_up.par_chunks_exact(2 * ff))
@@ -312,7 +323,7 @@ impl Llama {
                     a.copy_from_slice(&gu[..ff]);
                     silu_mul(a, &gu[ff..]);
                 });
-            matmul(&layer.w_down, &act, total, &mut proj);
+            self.matmul(&layer.w_down, &act, total, &mut proj);
             add_assign(&mut x, &proj);
         }
 
@@ -333,7 +344,7 @@ impl Llama {
         rms_norm(&last_rows, &self.norm, cfg.rms_norm_eps, &mut last_normed);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0.0f32; m * cfg.vocab_size];
-        matmul(head, &last_normed, m, &mut logits);
+        self.matmul(head, &last_normed, m, &mut logits);
         Ok(logits
             .chunks_exact(cfg.vocab_size)
             .map(<[f32]>::to_vec)

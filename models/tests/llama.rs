@@ -8,7 +8,7 @@ use sluice_models::config::LlamaConfig;
 use sluice_models::gguf::GgufFile;
 use sluice_models::hf::SafetensorsFiles;
 use sluice_models::testing::{write_tiny_gguf, write_tiny_hf, HfLayout, TinySpec};
-use sluice_models::{KvCache, Llama, LoadKnobs, SeqBatch};
+use sluice_models::{ActivationPrecision, KvCache, Llama, LoadKnobs, SeqBatch};
 
 fn tiny_gguf(dtype: WeightDType) -> (tempfile::TempDir, Llama) {
     tiny_gguf_spec(&TinySpec::default(), dtype)
@@ -198,4 +198,36 @@ fn out_of_vocabulary_token_is_an_error_not_a_panic() {
         want_logits: true,
     };
     assert!(model.forward(&[seq], &mut kv).is_err());
+}
+
+#[test]
+fn f32_activations_match_dequantised_weights_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&path, &TinySpec::default(), WeightDType::Q4_1).unwrap();
+    let gguf = GgufFile::open(&path).unwrap();
+    let load = |knobs: LoadKnobs| {
+        let cfg = LlamaConfig::from_gguf(&gguf).unwrap();
+        let model = Llama::load(cfg, &gguf, knobs, &mut |_, _| {}).unwrap();
+        let mut kv = KvCache::new(model.config(), 2, 16);
+        run(&model, &mut kv, &PROMPT, 0, &[0, 1])
+    };
+    let dequantised = load(LoadKnobs {
+        requantize: Some(WeightDType::F32),
+        ..LoadKnobs::default()
+    });
+    let f32_acts = load(LoadKnobs {
+        activations: ActivationPrecision::F32,
+        ..LoadKnobs::default()
+    });
+    let int8_acts = load(LoadKnobs::default());
+    let exact = max_abs_diff(&dequantised, &f32_acts);
+    let rounded = max_abs_diff(&dequantised, &int8_acts);
+    // Same dequantised weights, f32 activations on both sides: only the
+    // summation order differs.
+    assert!(exact < 1e-3, "f32 activations differ by {exact}");
+    assert!(
+        rounded > exact,
+        "int8 activations should add rounding ({rounded} vs {exact})"
+    );
 }

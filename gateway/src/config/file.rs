@@ -60,6 +60,8 @@ pub struct ModelSection {
     pub default_max_tokens: Option<usize>,
     /// Re-pack quantised weights at load: "q8_0", "q4_0", "f16" or "f32".
     pub requantize: Option<String>,
+    /// How activations meet quantised weights: "int8" (default) or "f32".
+    pub activation_dtype: Option<String>,
     #[serde(default)]
     pub engine: EngineSection,
 }

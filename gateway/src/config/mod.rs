@@ -115,6 +115,8 @@ pub struct ModelConfig {
     pub default_max_tokens: usize,
     /// Weight format to re-pack quantised matrices into at load, if any.
     pub requantize: Option<sluice_models::WeightDType>,
+    /// Activation precision against quantised weights.
+    pub activations: sluice_models::ActivationPrecision,
     pub engine: EngineConfig,
 }
 

@@ -75,6 +75,11 @@ impl Config {
                 t.insert("id".into(), Value::String(m.id.clone()));
                 t.insert("path".into(), Value::String(m.path.display().to_string()));
                 t.insert("default_max_tokens".into(), int(m.default_max_tokens));
+                let activations = match m.activations {
+                    sluice_models::ActivationPrecision::Int8 => "int8",
+                    sluice_models::ActivationPrecision::F32 => "f32",
+                };
+                t.insert("activation_dtype".into(), Value::String(activations.into()));
                 if let Some(d) = m.requantize {
                     let name = format!("{d:?}").to_lowercase();
                     t.insert("requantize".into(), Value::String(name));

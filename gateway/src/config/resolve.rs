@@ -112,6 +112,7 @@ pub(super) fn resolve(
                 path: path.clone(),
                 default_max_tokens: None,
                 requantize: None,
+                activation_dtype: None,
                 engine: EngineSection::default(),
             }]
         }
@@ -121,6 +122,7 @@ pub(super) fn resolve(
             path: sluice_models::demo_chat_model_path(),
             default_max_tokens: None,
             requantize: None,
+            activation_dtype: None,
             engine: EngineSection::default(),
         }],
         (None, None) => models,
@@ -308,6 +310,7 @@ fn resolve_model(i: usize, m: ModelSection, base_dir: &Path) -> Result<ModelConf
         path,
         default_max_tokens,
         requantize,
+        activation_dtype,
         engine,
     } = m;
     let at = |field: &str| format!("models[{i}].{field}");
@@ -339,11 +342,22 @@ fn resolve_model(i: usize, m: ModelSection, base_dir: &Path) -> Result<ModelConf
             ))
         }
     };
+    let activations = match activation_dtype.as_deref() {
+        None | Some("int8") => sluice_models::ActivationPrecision::Int8,
+        Some("f32") => sluice_models::ActivationPrecision::F32,
+        Some(other) => {
+            return Err(invalid(
+                at("activation_dtype"),
+                format!("`{other}` is not one of int8, f32"),
+            ))
+        }
+    };
     Ok(ModelConfig {
         id,
         path: resolve_path(base_dir, &path),
         default_max_tokens,
         requantize,
+        activations,
         engine: resolve_engine(&at("engine"), engine)?,
     })
 }

@@ -111,6 +111,24 @@ fn requantize_takes_a_known_format_or_names_the_key() {
 }
 
 #[test]
+fn activation_dtype_takes_int8_or_f32_or_names_the_key() {
+    let cfg = load_str(
+        "[[models]]\nid = \"m\"\npath = \"p\"\nactivation_dtype = \"f32\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.models[0].activations,
+        sluice_models::ActivationPrecision::F32
+    );
+    let e = err_of(
+        "[[models]]\nid = \"m\"\npath = \"p\"\nactivation_dtype = \"fp8\"\n",
+        &[],
+    );
+    assert!(e.starts_with("models[0].activation_dtype"), "{e}");
+}
+
+#[test]
 fn zero_knob_names_the_key() {
     let e = err_of(
         "[[models]]\nid = \"m\"\npath = \"p\"\n[models.engine]\nmax_num_seqs = 0\n",

@@ -246,6 +246,50 @@ pub fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32]) {
     matmul_with(w, x, m, out, Isa::detect());
 }
 
+/// How activations meet quantised (Q4_0/Q4_1/Q8_0) weights: the engine's
+/// "activation dtype" knob. Other weight formats always use f32 activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ActivationPrecision {
+    /// Quantise activations to 8 bits per block of 32 and dot in integers
+    /// (llama.cpp's scheme): fastest, rounding of `amax/254` per activation.
+    #[default]
+    Int8,
+    /// Keep activations in f32 and dequantise weight tiles instead: slower,
+    /// no activation rounding.
+    F32,
+}
+
+/// [`matmul`] with the activation precision chosen by the caller. Batch
+/// invariance holds for both precisions.
+pub fn matmul_with_precision(
+    w: &Matrix,
+    x: &[f32],
+    m: usize,
+    out: &mut [f32],
+    precision: ActivationPrecision,
+) {
+    let isa = Isa::detect();
+    let int8_weights = matches!(
+        w.dtype,
+        WeightDType::Q4_0 | WeightDType::Q4_1 | WeightDType::Q8_0
+    );
+    if precision == ActivationPrecision::F32 && int8_weights {
+        let (n, k) = (w.rows, w.cols);
+        assert_eq!(x.len(), m * k, "activation shape mismatch");
+        assert_eq!(out.len(), m * n, "output shape mismatch");
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            out.fill(0.0);
+            return;
+        }
+        float::matmul(w, x, m, out, isa);
+    } else {
+        matmul_with(w, x, m, out, isa);
+    }
+}
+
 pub(crate) fn matmul_with(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
     let (n, k) = (w.rows, w.cols);
     assert_eq!(x.len(), m * k, "activation shape mismatch");
