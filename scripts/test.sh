@@ -22,4 +22,11 @@ echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== tests"
-cargo test --workspace
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+# pipefail (set above) keeps cargo's exit status through tee.
+cargo test --workspace 2>&1 | tee "$log"
+
+# cargo prints one "test result" line per test binary, the last often a
+# doc-test run with 0 tests; close with the totals instead.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\n%d passed, %d failed\n", p, f }' "$log"
