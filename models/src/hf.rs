@@ -17,8 +17,16 @@ use crate::ModelError;
 /// Memory-mapped safetensors shards of one model, with tensors found by name.
 pub struct SafetensorsFiles {
     shards: Vec<Mmap>,
-    /// Tensor name -> shard index.
-    index: HashMap<String, usize>,
+    /// Every tensor's place, read from the headers once at open.
+    index: HashMap<String, TensorEntry>,
+}
+
+struct TensorEntry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Byte range inside the shard's mapping.
+    bytes: std::ops::Range<usize>,
 }
 
 impl SafetensorsFiles {
@@ -66,8 +74,16 @@ impl SafetensorsFiles {
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
             let st = SafeTensors::deserialize(&mmap)
                 .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
-            for name in st.names() {
-                index.insert(name.to_string(), i);
+            for (name, view) in st.tensors() {
+                let data = view.data();
+                let start = data.as_ptr() as usize - mmap.as_ptr() as usize;
+                let entry = TensorEntry {
+                    shard: i,
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    bytes: start..start + data.len(),
+                };
+                index.insert(name, entry);
             }
             shards.push(mmap);
         }
@@ -80,16 +96,11 @@ impl SafetensorsFiles {
 
     /// The tensor's dtype, shape and bytes.
     pub fn raw(&self, name: &str) -> Result<(WeightDType, Vec<usize>, &[u8]), ModelError> {
-        let shard = *self
+        let entry = self
             .index
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        let st = SafeTensors::deserialize(&self.shards[shard])
-            .map_err(|e| ModelError::Format(format!("safetensors: {e}")))?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| ModelError::Format(format!("{name}: {e}")))?;
-        let dtype = match view.dtype() {
+        let dtype = match entry.dtype {
             Dtype::F32 => WeightDType::F32,
             Dtype::F16 => WeightDType::F16,
             Dtype::BF16 => WeightDType::BF16,
@@ -99,11 +110,8 @@ impl SafetensorsFiles {
                 )))
             }
         };
-        let shape = view.shape().to_vec();
-        // Re-borrow the bytes from the mmap so they outlive the parsed header.
-        let data = view.data();
-        let start = data.as_ptr() as usize - self.shards[shard].as_ptr() as usize;
-        Ok((dtype, shape, &self.shards[shard][start..start + data.len()]))
+        let bytes = &self.shards[entry.shard][entry.bytes.clone()];
+        Ok((dtype, entry.shape.clone(), bytes))
     }
 
     pub fn matrix(&self, name: &str) -> Result<Matrix, ModelError> {

@@ -58,8 +58,8 @@ impl KvCache {
     /// Stores one token's K and V (`kv_dim` values each) at `pos` of the sequence whose table is `block_table`.
     pub fn write(&mut self, layer: usize, block_table: &[u32], pos: usize, k: &[f32], v: &[f32]) {
         let width = self.num_kv_heads * self.head_dim;
-        let block = block_table[pos / self.block_size] as usize;
-        let off = (block * self.block_size + pos % self.block_size) * width;
+        // The token's K/V for all heads start where head 0's does.
+        let off = self.view(layer).offset(block_table, pos, 0);
         let (lk, lv) = &mut self.layers[layer];
         lk[off..off + width].copy_from_slice(k);
         lv[off..off + width].copy_from_slice(v);
