@@ -7,13 +7,13 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
 use sluice_models::ModelError;
-use sluice_runtime::{
-    EngineEvent, EngineHandle, EventStream, FinishReason, GenerateRequest, TokenLogprob, Usage,
-};
+use sluice_runtime::{EngineEvent, EngineHandle, EventStream, GenerateRequest, Usage};
 use tokio::time::Instant;
 
+use crate::answer::{Answer, Step};
 use crate::error::ApiError;
 use crate::registry::ReadyModel;
 use crate::validate::{Input, Job};
@@ -26,24 +26,6 @@ struct Plan {
     prompt_of: Vec<usize>,
     /// Token count of each prompt.
     prompt_tokens: Vec<usize>,
-}
-
-/// What happened next to one of the request's choices.
-#[derive(Debug)]
-pub enum Step {
-    Token {
-        choice: usize,
-        text: String,
-        logprob: Option<TokenLogprob>,
-    },
-    Finished {
-        choice: usize,
-        reason: FinishReason,
-        /// Held-back text released at the end; append it.
-        text: String,
-    },
-    /// The request failed; no more steps follow.
-    Failed(ApiError),
 }
 
 /// The merged event streams of a request's choices.
@@ -251,14 +233,22 @@ fn resolve_max_tokens(
     }
 }
 
-impl Generation {
-    pub fn num_choices(&self) -> usize {
+impl Answer for Generation {
+    fn num_choices(&self) -> usize {
         self.usage.len()
     }
 
-    /// The next step of any choice; `None` once every choice has finished
-    /// or after a failure.
-    pub async fn next(&mut self) -> Option<Step> {
+    fn next(&mut self) -> BoxFuture<'_, Option<Step>> {
+        Box::pin(self.next_step())
+    }
+
+    fn usage(&self) -> Usage {
+        self.total_usage()
+    }
+}
+
+impl Generation {
+    async fn next_step(&mut self) -> Option<Step> {
         if self.failed {
             return None;
         }
@@ -303,7 +293,7 @@ impl Generation {
 
     /// Token counts so far: each prompt counted once however many choices
     /// it has, completions summed over choices.
-    pub fn usage(&self) -> Usage {
+    fn total_usage(&self) -> Usage {
         let mut total = Usage {
             prompt_tokens: self.prompt_tokens.iter().sum(),
             ..Usage::default()
@@ -319,47 +309,6 @@ impl Generation {
         total.cached_prompt_tokens = cached.iter().sum();
         total
     }
-}
-
-/// One choice's whole answer, for a non-streamed response.
-#[derive(Debug, Default)]
-pub struct ChoiceOutput {
-    pub text: String,
-    pub finish_reason: Option<FinishReason>,
-    pub logprobs: Vec<TokenLogprob>,
-}
-
-/// Runs a generation to its end.
-pub async fn collect(generation: &mut Generation) -> Result<Vec<ChoiceOutput>, ApiError> {
-    let mut out: Vec<ChoiceOutput> = (0..generation.num_choices())
-        .map(|_| ChoiceOutput::default())
-        .collect();
-    while let Some(step) = generation.next().await {
-        match step {
-            Step::Token {
-                choice,
-                text,
-                logprob,
-            } => {
-                if let Some(o) = out.get_mut(choice) {
-                    o.text.push_str(&text);
-                    o.logprobs.extend(logprob);
-                }
-            }
-            Step::Finished {
-                choice,
-                reason,
-                text,
-            } => {
-                if let Some(o) = out.get_mut(choice) {
-                    o.text.push_str(&text);
-                    o.finish_reason = Some(reason);
-                }
-            }
-            Step::Failed(err) => return Err(err),
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! [`validate`] (the wire request becomes a [`validate::ValidRequest`], which
 //! only the validator can build) → [`generate`] (tokenise with the model's
 //! chat template, resolve `max_tokens` against the context, one engine
-//! sequence per choice) → back out as JSON or as SSE ([`openai::sse`]).
+//! sequence per choice) → back out as JSON or as SSE ([`openai::sse`]). The
+//! handlers render any [`answer::Answer`] (the local engine's generation, an
+//! upstream's stream, a cached replay) the same way.
 //! [`registry`] loads the configured models in the background, [`server`]
 //! owns the router and the one shutdown path, and [`error`] is the only place
 //! that maps an error to an HTTP status.
@@ -17,6 +19,7 @@
 //! previous one built. This crate must not be depended on by `runtime/`,
 //! `models/` or `kernels/`: dependencies point from here down.
 
+pub mod answer;
 pub mod auth;
 pub mod cli;
 pub mod config;

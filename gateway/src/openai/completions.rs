@@ -15,8 +15,9 @@ use serde_json::Value;
 use sluice_models::Tokenizer;
 use sluice_runtime::{FinishReason, TokenLogprob};
 
+use crate::answer::{self, BoxAnswer, ChoiceOutput};
 use crate::error::ApiError;
-use crate::generate::{self, ChoiceOutput};
+use crate::generate;
 use crate::openai::json::ApiJson;
 use crate::openai::logprobs::{self, CompletionLogprobs};
 use crate::openai::sse::{self, Framing};
@@ -86,7 +87,8 @@ pub async fn create(
     let model = state.registry.ready(&req.model)?;
     tracing::debug!(model = %req.model, user = req.user.as_deref(), stream = req.stream, "completion");
     let want_logprobs = req.job.sampling.logprobs.is_some();
-    let mut generation = generate::start(&model, req.job, state.request_timeout).await?;
+    let mut generation: BoxAnswer =
+        Box::new(generate::start(&model, req.job, state.request_timeout).await?);
     let tokenizer = model.engine.tokenizer().clone();
     let id = new_id("cmpl");
     let created = unix_now();
@@ -102,7 +104,7 @@ pub async fn create(
         };
         return Ok(sse::respond(generation, framing, req.include_usage));
     }
-    let outputs = generate::collect(&mut generation).await?;
+    let outputs = answer::collect(generation.as_mut()).await?;
     let choices = outputs
         .into_iter()
         .enumerate()

@@ -4,9 +4,9 @@
 //! `choices: []` when asked, then `data: [DONE]`. A failure mid-stream sends
 //! one error object and ends the stream without `[DONE]`.
 //!
-//! The stream owns the [`Generation`]: when the client disconnects, axum
-//! drops the stream, which drops the engine's event streams and cancels
-//! the sequences.
+//! The stream owns the [`crate::answer::Answer`]: when the client
+//! disconnects, axum drops the stream, which drops the engine's event
+//! streams (cancelling the sequences) or the upstream connection.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -17,7 +17,7 @@ use futures_util::stream;
 use sluice_runtime::{FinishReason, TokenLogprob, Usage};
 use tracing::Instrument;
 
-use crate::generate::{Generation, Step};
+use crate::answer::{BoxAnswer, Step};
 use crate::openai::UsageWire;
 
 /// The chunks of one endpoint's stream, as JSON text.
@@ -39,7 +39,7 @@ enum Phase {
 }
 
 struct Driver<F: Framing> {
-    generation: Generation,
+    generation: BoxAnswer,
     framing: F,
     include_usage: bool,
     queue: VecDeque<String>,
@@ -55,7 +55,7 @@ struct Driver<F: Framing> {
 }
 
 /// The SSE response for a started generation.
-pub fn respond<F: Framing>(generation: Generation, framing: F, include_usage: bool) -> Response {
+pub fn respond<F: Framing>(generation: BoxAnswer, framing: F, include_usage: bool) -> Response {
     let choices = generation.num_choices();
     let driver = Driver {
         generation,

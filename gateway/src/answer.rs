@@ -1,0 +1,80 @@
+//! An answer in the making, whoever makes it: the local engine
+//! ([`crate::generate::Generation`]), an upstream provider, or the cache
+//! replaying a stored answer. The handlers render any [`Answer`] as JSON or
+//! SSE the same way, so each producer only has to speak in [`Step`]s.
+
+use futures_util::future::BoxFuture;
+use sluice_runtime::{FinishReason, TokenLogprob, Usage};
+
+use crate::error::ApiError;
+
+/// What happened next to one of the request's choices.
+#[derive(Debug)]
+pub enum Step {
+    Token {
+        choice: usize,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    Finished {
+        choice: usize,
+        reason: FinishReason,
+        /// Held-back text released at the end; append it.
+        text: String,
+    },
+    /// The request failed; no more steps follow.
+    Failed(ApiError),
+}
+
+/// A source of [`Step`]s for every choice of one request.
+pub trait Answer: Send {
+    fn num_choices(&self) -> usize;
+    /// The next step of any choice; `None` once every choice has finished
+    /// or after a failure.
+    fn next(&mut self) -> BoxFuture<'_, Option<Step>>;
+    /// Token counts so far (final once `next` returned `None`).
+    fn usage(&self) -> Usage;
+}
+
+pub type BoxAnswer = Box<dyn Answer>;
+
+/// One choice's whole answer, for a non-streamed response.
+#[derive(Debug, Default, Clone)]
+pub struct ChoiceOutput {
+    pub text: String,
+    pub finish_reason: Option<FinishReason>,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// Runs an answer to its end.
+pub async fn collect(answer: &mut dyn Answer) -> Result<Vec<ChoiceOutput>, ApiError> {
+    let mut out: Vec<ChoiceOutput> = (0..answer.num_choices())
+        .map(|_| ChoiceOutput::default())
+        .collect();
+    while let Some(step) = answer.next().await {
+        match step {
+            Step::Token {
+                choice,
+                text,
+                logprob,
+            } => {
+                if let Some(o) = out.get_mut(choice) {
+                    o.text.push_str(&text);
+                    o.logprobs.extend(logprob);
+                }
+            }
+            Step::Finished {
+                choice,
+                reason,
+                text,
+            } => {
+                if let Some(o) = out.get_mut(choice) {
+                    o.text.push_str(&text);
+                    o.finish_reason = Some(reason);
+                }
+            }
+            Step::Failed(err) => return Err(err),
+        }
+    }
+    Ok(out)
+}
