@@ -45,6 +45,10 @@ pub enum ApiError {
     ModelLoading(String),
     #[error("The request did not finish within {} s", .0.as_secs())]
     Timeout(Duration),
+    /// An upstream provider failed (no deployment was left to fail over
+    /// to, or the stream broke after it started).
+    #[error("The upstream provider failed: {0}")]
+    Upstream(String),
     /// The engine failed the request (a model failure, a stopped engine).
     /// The message is for logs; clients get a generic one.
     #[error("{0}")]
@@ -125,6 +129,7 @@ impl ApiError {
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ModelLoading(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -141,6 +146,7 @@ impl ApiError {
             Self::QueueFull { .. } => ("rate_limit_error", Some("queue_full")),
             Self::ModelLoading(_) => ("server_error", Some("model_loading")),
             Self::Timeout(_) => ("timeout", Some("request_timeout")),
+            Self::Upstream(_) => ("server_error", Some("upstream_error")),
             Self::Internal(_) => ("server_error", None),
         }
     }

@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod openai;
+pub mod providers;
 pub mod registry;
 pub mod server;
 pub mod validate;

@@ -1,0 +1,376 @@
+//! Upstream providers: other services that answer a chat request for us (an
+//! OpenAI-compatible API, GigaChat, YandexGPT), each a small module behind the
+//! one [`Provider`] trait, plus the per-deployment [`Resilience`] (timeouts,
+//! retries, circuit breaker) the router wraps around every call.
+//!
+//! Contract for the router (`crate::router`):
+//! - [`build`] turns one `[[providers]]` entry ([`ProviderConfig`]) into an
+//!   `Arc<dyn Provider>`; [`ProviderConfig::name`] is the name routes refer to
+//!   and [`ProviderConfig::resilience`] its default [`ResilienceConfig`].
+//! - Make one [`Resilience`] per deployment (`Resilience::new(cfg)`) and call
+//!   [`Resilience::chat`] (breaker + retries + first-byte timeout, and the
+//!   answer wrapped with the between-chunk and total timeouts). The generic
+//!   [`Resilience::call`] is there for other calls.
+//! - [`Provider::chat`] resolves only once the upstream committed to an
+//!   answer (for a stream: its first content chunk), so an `Err` can still
+//!   fail over; a failure after that arrives as `Step::Failed`.
+//! - [`ProviderError::to_api_error`] is the error a client sees when no
+//!   deployment is left.
+//!
+//! Design choice: each provider owns its private wire types and maps the
+//! validated [`crate::validate::Sampling`] by destructuring it without `..`,
+//! so a new sampling field does not compile until every provider decides
+//! what to do with it (send it, or refuse it as unsupported: never drop it
+//! silently).
+
+mod answer;
+pub mod gigachat;
+pub mod openai_compat;
+pub mod resilience;
+mod secret;
+pub mod sse_client;
+pub mod yandex;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+
+use crate::answer::BoxAnswer;
+use crate::error::ApiError;
+use crate::validate::Sampling;
+
+pub use resilience::{BreakerState, CircuitBreaker, Resilience, ResilienceConfig, RetryPolicy};
+
+/// What a provider is asked: already validated; the upstream model name is
+/// the deployment's.
+#[derive(Debug, Clone)]
+pub struct ProviderRequest {
+    pub upstream_model: String,
+    pub messages: Vec<sluice_models::ChatMessage>,
+    pub sampling: Sampling,
+    pub n: usize,
+    /// The client's wish; a provider may always stream upstream internally.
+    pub stream: bool,
+}
+
+/// An upstream that answers chat requests.
+pub trait Provider: Send + Sync {
+    /// `"openai"`, `"gigachat"` or `"yandex"`.
+    fn kind(&self) -> &'static str;
+    /// Resolves once the upstream committed to an answer: for a stream, after
+    /// the first content chunk arrived (so the caller can still fail over on
+    /// a failure before any byte reached the client); the rest arrives as
+    /// `Step`s, and a failure after that is a `Step::Failed`.
+    fn chat<'a>(
+        &'a self,
+        req: &'a ProviderRequest,
+    ) -> BoxFuture<'a, Result<BoxAnswer, ProviderError>>;
+}
+
+/// Which timeout fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    Connect,
+    /// Response headers plus the first content chunk (or the whole body of
+    /// a non-streamed answer).
+    FirstByte,
+    BetweenChunks,
+    Total,
+}
+
+impl std::fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connect",
+            Self::FirstByte => "first byte",
+            Self::BetweenChunks => "between chunks",
+            Self::Total => "total",
+        })
+    }
+}
+
+/// Why an upstream call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// The connection could not be made (refused, DNS, TLS).
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    /// The connection broke before the upstream committed to an answer.
+    #[error("the upstream connection failed: {0}")]
+    Transport(String),
+    #[error("the upstream did not answer in time ({phase} timeout, {} ms)", limit.as_millis())]
+    Timeout {
+        phase: TimeoutPhase,
+        limit: Duration,
+    },
+    /// A non-success HTTP status, with the upstream's message.
+    #[error("the upstream answered {status}: {message}")]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// A body or event that is not what the upstream's API promises.
+    #[error("the upstream sent a malformed answer: {0}")]
+    Malformed(String),
+    /// Getting or using credentials failed (GigaChat's token exchange, a
+    /// refused key).
+    #[error("upstream authentication failed: {0}")]
+    Auth(String),
+    /// The request uses something this upstream cannot do.
+    #[error("{message}")]
+    Unsupported { param: String, message: String },
+    /// The deployment's circuit breaker is open: not even tried.
+    #[error("the upstream is unavailable (circuit open)")]
+    CircuitOpen,
+    /// A provider's settings are wrong (missing key variable, bad CA file).
+    #[error("provider config: {0}")]
+    Config(String),
+}
+
+impl ProviderError {
+    /// Whether another attempt at the same upstream may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Transport(_) => true,
+            Self::Timeout { phase, .. } => {
+                matches!(phase, TimeoutPhase::Connect | TimeoutPhase::FirstByte)
+            }
+            Self::Status { status, .. } => *status == 429 || *status == 408 || *status >= 500,
+            Self::Malformed(_)
+            | Self::Auth(_)
+            | Self::Unsupported { .. }
+            | Self::CircuitOpen
+            | Self::Config(_) => false,
+        }
+    }
+
+    /// How long the upstream asked us to wait (a 429's or 503's `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the failure says something about the upstream's health (and
+    /// so counts towards opening its breaker). A request the upstream refused
+    /// as bad (400, 404, 422) or one it cannot do says nothing about it.
+    pub fn is_upstream_fault(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => {
+                matches!(status, 401 | 403 | 408 | 429) || *status >= 500
+            }
+            Self::Unsupported { .. } | Self::CircuitOpen => false,
+            Self::Connect(_)
+            | Self::Transport(_)
+            | Self::Timeout { .. }
+            | Self::Malformed(_)
+            | Self::Auth(_)
+            | Self::Config(_) => true,
+        }
+    }
+
+    /// The error a client sees (the status is decided in `crate::error`).
+    pub fn to_api_error(&self) -> ApiError {
+        match self {
+            Self::Unsupported { param, message } => ApiError::unsupported(param, message),
+            Self::Timeout { limit, .. } => ApiError::Timeout(*limit),
+            Self::Status {
+                status: 429,
+                retry_after,
+                ..
+            } => ApiError::QueueFull {
+                pending: 0,
+                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
+            },
+            Self::Status { status, .. } if (400..500).contains(status) => {
+                ApiError::invalid_body(format!("the upstream refused the request: {self}"))
+            }
+            other => ApiError::Upstream(other.to_string()),
+        }
+    }
+}
+
+/// Where a provider's secret comes from: an environment variable or a file,
+/// never the config file itself.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+/// One `[[providers]]` entry. `kind` picks the variant.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    /// Any OpenAI-compatible API: OpenAI, vLLM, DashScope's compatible mode,
+    /// Ollama, another Sluice.
+    Openai {
+        name: String,
+        /// Up to and including `/v1`, e.g. `https://api.openai.com/v1`.
+        base_url: String,
+        api_key_env: Option<String>,
+        api_key_file: Option<PathBuf>,
+        /// Extra request headers (`OpenAI-Organization`, say); not secrets.
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+        #[serde(default)]
+        resilience: ResilienceConfig,
+    },
+    Gigachat {
+        name: String,
+        /// Chat API base, default `https://gigachat.devices.sberbank.ru`.
+        base_url: Option<String>,
+        /// OAuth endpoint, default `https://ngw.devices.sberbank.ru:9443/api/v2/oauth`.
+        oauth_url: Option<String>,
+        /// The base64 "authorization key" sent as `Authorization: Basic`.
+        auth_key_env: Option<String>,
+        auth_key_file: Option<PathBuf>,
+        /// `GIGACHAT_API_PERS`, `GIGACHAT_API_B2B` or `GIGACHAT_API_CORP`.
+        scope: String,
+        /// PEM bundle to trust in addition to the system roots (the Russian
+        /// Trusted Root CA).
+        ca_bundle: Option<PathBuf>,
+        /// Refresh a token this long before it expires (default 60 000).
+        token_refresh_margin_ms: Option<u64>,
+        #[serde(default)]
+        resilience: ResilienceConfig,
+    },
+    Yandex {
+        name: String,
+        /// Default `https://llm.api.cloud.yandex.net`.
+        base_url: Option<String>,
+        folder_id: String,
+        /// A service-account API key (`Authorization: Api-Key`)...
+        api_key_env: Option<String>,
+        api_key_file: Option<PathBuf>,
+        /// ...or an IAM token (`Authorization: Bearer`).
+        iam_token_env: Option<String>,
+        iam_token_file: Option<PathBuf>,
+        #[serde(default)]
+        resilience: ResilienceConfig,
+    },
+}
+
+impl ProviderConfig {
+    /// The name deployments refer to.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Openai { name, .. } | Self::Gigachat { name, .. } | Self::Yandex { name, .. } => {
+                name
+            }
+        }
+    }
+
+    /// The timeouts, retries and breaker settings for this provider's
+    /// deployments.
+    pub fn resilience(&self) -> &ResilienceConfig {
+        match self {
+            Self::Openai { resilience, .. }
+            | Self::Gigachat { resilience, .. }
+            | Self::Yandex { resilience, .. } => resilience,
+        }
+    }
+}
+
+/// Builds a provider from its config: reads its secret (environment or
+/// file), builds its HTTP client.
+pub fn build(cfg: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+    Ok(match cfg {
+        ProviderConfig::Openai { .. } => Arc::new(openai_compat::OpenAiCompat::from_config(cfg)?),
+        ProviderConfig::Gigachat { .. } => Arc::new(gigachat::GigaChat::from_config(cfg)?),
+        ProviderConfig::Yandex { .. } => Arc::new(yandex::Yandex::from_config(cfg)?),
+    })
+}
+
+/// The shared HTTP client settings: rustls with ring, the connect timeout,
+/// an optional extra CA bundle.
+fn http_client(
+    connect_timeout: Duration,
+    ca_bundle: Option<&std::path::Path>,
+) -> Result<reqwest::Client, ProviderError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        // Idle pooled connections are what makes proxying cheap; keep a few.
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true);
+    if let Some(path) = ca_bundle {
+        let pem = std::fs::read(path)
+            .map_err(|e| ProviderError::Config(format!("ca_bundle {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ProviderError::Config(format!("ca_bundle {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(ProviderError::Config(format!(
+                "ca_bundle {}: no PEM certificates in it",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| ProviderError::Config(format!("HTTP client: {e}")))
+}
+
+/// Classifies a reqwest failure that happened before an answer was committed.
+fn request_error(err: reqwest::Error, connect_timeout: Duration) -> ProviderError {
+    if err.is_connect() {
+        if err.is_timeout() {
+            return ProviderError::Timeout {
+                phase: TimeoutPhase::Connect,
+                limit: connect_timeout,
+            };
+        }
+        return ProviderError::Connect(error_chain(&err));
+    }
+    ProviderError::Transport(error_chain(&err))
+}
+
+/// The error and its sources on one line ("connection reset by peer" sits
+/// deep in the chain).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Reads a non-success response into a [`ProviderError::Status`], keeping
+/// `Retry-After` (seconds) and a bounded piece of the body.
+async fn status_error(response: reqwest::Response) -> ProviderError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.get("message"))
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| body.chars().take(300).collect());
+    ProviderError::Status {
+        status,
+        retry_after,
+        message,
+    }
+}

@@ -1,0 +1,27 @@
+//! Placeholder while the provider is written.
+
+use futures_util::future::BoxFuture;
+
+use super::{Provider, ProviderConfig, ProviderError, ProviderRequest};
+use crate::answer::BoxAnswer;
+
+#[derive(Debug)]
+pub struct OpenAiCompat;
+
+impl OpenAiCompat {
+    pub fn from_config(_cfg: &ProviderConfig) -> Result<Self, ProviderError> {
+        Err(ProviderError::Config("not implemented yet".into()))
+    }
+}
+
+impl Provider for OpenAiCompat {
+    fn kind(&self) -> &'static str {
+        "openai_compat"
+    }
+    fn chat<'a>(
+        &'a self,
+        _req: &'a ProviderRequest,
+    ) -> BoxFuture<'a, Result<BoxAnswer, ProviderError>> {
+        Box::pin(async { Err(ProviderError::Config("not implemented yet".into())) })
+    }
+}

@@ -1,0 +1,681 @@
+//! One deployment's resilience: the timeouts that detect a hang, bounded
+//! retries with exponential backoff and full jitter (honouring a capped
+//! `Retry-After`), and a circuit breaker that stops sending requests to an
+//! upstream that keeps failing.
+//!
+//! Design choice: retries happen only inside [`Resilience::call`], which
+//! resolves when the provider committed to an answer (its first content
+//! chunk); after that nothing is retried, because a retry would repeat text
+//! the client already has. The breaker takes its clock as a parameter
+//! (`*_at(now)`), so its state machine is tested without sleeping; the
+//! breaker counts calls (after their retries), not attempts, so one bad
+//! request with three attempts is one failure.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use rand::Rng;
+use serde::Deserialize;
+use sluice_runtime::Usage;
+use tokio::time::Instant;
+
+use super::{Provider, ProviderError, ProviderRequest, TimeoutPhase};
+use crate::answer::{Answer, BoxAnswer, Step};
+
+/// Timeouts, retries and breaker settings of a deployment (all in ms).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceConfig {
+    pub connect_timeout_ms: u64,
+    /// Response headers plus the first content chunk of a stream.
+    pub first_byte_timeout_ms: u64,
+    /// The longest silence between two chunks of a stream.
+    pub between_chunks_timeout_ms: u64,
+    /// The whole request, retries and the answer's last byte included (and
+    /// the limit for a non-streamed answer's body).
+    pub total_timeout_ms: u64,
+    /// Attempts per call, the first included (1 = no retries).
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A `Retry-After` longer than this is not waited for: the call fails
+    /// (and the router tries another deployment) instead.
+    pub max_retry_after_ms: u64,
+    /// Consecutive failed calls that open the breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker rejects before letting one probe through.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 3_000,
+            first_byte_timeout_ms: 30_000,
+            between_chunks_timeout_ms: 30_000,
+            total_timeout_ms: 600_000,
+            max_attempts: 3,
+            backoff_base_ms: 100,
+            backoff_max_ms: 5_000,
+            max_retry_after_ms: 10_000,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
+        }
+    }
+}
+
+impl ResilienceConfig {
+    /// Checks the bounds; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let Self {
+            connect_timeout_ms,
+            first_byte_timeout_ms,
+            between_chunks_timeout_ms,
+            total_timeout_ms,
+            max_attempts,
+            backoff_base_ms,
+            backoff_max_ms,
+            max_retry_after_ms: _,
+            breaker_failures,
+            breaker_cooldown_ms: _,
+        } = self;
+        for (name, v) in [
+            ("connect_timeout_ms", connect_timeout_ms),
+            ("first_byte_timeout_ms", first_byte_timeout_ms),
+            ("between_chunks_timeout_ms", between_chunks_timeout_ms),
+            ("total_timeout_ms", total_timeout_ms),
+        ] {
+            if *v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if !(1..=10).contains(max_attempts) {
+            return Err("max_attempts must be between 1 and 10".into());
+        }
+        if backoff_base_ms > backoff_max_ms {
+            return Err("backoff_base_ms must not exceed backoff_max_ms".into());
+        }
+        if *breaker_failures == 0 {
+            return Err("breaker_failures must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// When and how long to wait before another attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub max_retry_after: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based), or `None`
+    /// when there is no further attempt: the error is not retryable, the
+    /// attempts are spent, or the upstream asked for a longer wait than we
+    /// accept. `unit` is a uniform sample in [0, 1) (full jitter).
+    pub fn delay(&self, attempt: u32, err: &ProviderError, unit: f64) -> Option<Duration> {
+        if attempt >= self.max_attempts || !err.is_retryable() {
+            return None;
+        }
+        let exp = self
+            .backoff_base
+            .saturating_mul(1u32 << (attempt - 1).min(20))
+            .min(self.backoff_max);
+        let jitter = exp.mul_f64(unit.clamp(0.0, 1.0));
+        match err.retry_after() {
+            Some(asked) if asked > self.max_retry_after => None,
+            Some(asked) => Some(asked.max(jitter)),
+            None => Some(jitter),
+        }
+    }
+}
+
+/// The breaker's state as seen from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    /// Rejecting every call until the cool-down ends.
+    Open,
+    /// Letting one probe through; its outcome closes or reopens it.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Closed {
+        consecutive_failures: u32,
+    },
+    Open {
+        since: Instant,
+    },
+    /// `probe_since` is when the probe slot was handed out; a probe whose
+    /// caller vanished (a dropped request) frees the slot after a cool-down.
+    HalfOpen {
+        probe_since: Option<Instant>,
+    },
+}
+
+/// Per-deployment circuit breaker. A plain mutex: every critical section is
+/// a few comparisons, never held across an await.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    failures_to_open: u32,
+    cooldown: Duration,
+    inner: Mutex<Inner>,
+}
+
+impl CircuitBreaker {
+    pub fn new(failures_to_open: u32, cooldown: Duration) -> Self {
+        Self {
+            failures_to_open: failures_to_open.max(1),
+            cooldown,
+            inner: Mutex::new(Inner::Closed {
+                consecutive_failures: 0,
+            }),
+        }
+    }
+
+    /// Whether a call may go ahead now: closed, or the half-open probe slot.
+    pub fn allow(&self) -> bool {
+        self.allow_at(Instant::now())
+    }
+
+    pub fn allow_at(&self, now: Instant) -> bool {
+        let Ok(mut inner) = self.inner.lock() else {
+            return true;
+        };
+        match *inner {
+            Inner::Closed { .. } => true,
+            Inner::Open { since } => {
+                if now.saturating_duration_since(since) >= self.cooldown {
+                    *inner = Inner::HalfOpen {
+                        probe_since: Some(now),
+                    };
+                    true
+                } else {
+                    false
+                }
+            }
+            Inner::HalfOpen { probe_since } => match probe_since {
+                Some(t) if now.saturating_duration_since(t) < self.cooldown => false,
+                _ => {
+                    *inner = Inner::HalfOpen {
+                        probe_since: Some(now),
+                    };
+                    true
+                }
+            },
+        }
+    }
+
+    /// Records a call's outcome.
+    pub fn record(&self, ok: bool) {
+        self.record_at(ok, Instant::now());
+    }
+
+    pub fn record_at(&self, ok: bool, now: Instant) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let next = match (&*inner, ok) {
+            (Inner::Closed { .. }, true) | (Inner::HalfOpen { .. }, true) => Inner::Closed {
+                consecutive_failures: 0,
+            },
+            (
+                Inner::Closed {
+                    consecutive_failures,
+                },
+                false,
+            ) => {
+                let failures = consecutive_failures.saturating_add(1);
+                if failures >= self.failures_to_open {
+                    Inner::Open { since: now }
+                } else {
+                    Inner::Closed {
+                        consecutive_failures: failures,
+                    }
+                }
+            }
+            (Inner::HalfOpen { .. }, false) => Inner::Open { since: now },
+            // A straggler that started before the breaker opened says
+            // nothing about now.
+            (Inner::Open { since }, _) => Inner::Open { since: *since },
+        };
+        *inner = next;
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.state_at(Instant::now())
+    }
+
+    /// An open breaker whose cool-down is over reads as half-open: the next
+    /// `allow` lets a probe through.
+    pub fn state_at(&self, now: Instant) -> BreakerState {
+        let Ok(inner) = self.inner.lock() else {
+            return BreakerState::Closed;
+        };
+        match *inner {
+            Inner::Closed { .. } => BreakerState::Closed,
+            Inner::Open { since } if now.saturating_duration_since(since) >= self.cooldown => {
+                BreakerState::HalfOpen
+            }
+            Inner::Open { .. } => BreakerState::Open,
+            Inner::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+}
+
+/// One deployment's resilience state and settings, shared by all its requests.
+#[derive(Debug)]
+pub struct Resilience {
+    config: ResilienceConfig,
+    policy: RetryPolicy,
+    breaker: Arc<CircuitBreaker>,
+}
+
+impl Resilience {
+    pub fn new(config: ResilienceConfig) -> Self {
+        let policy = RetryPolicy {
+            max_attempts: config.max_attempts.max(1),
+            backoff_base: Duration::from_millis(config.backoff_base_ms),
+            backoff_max: Duration::from_millis(config.backoff_max_ms),
+            max_retry_after: Duration::from_millis(config.max_retry_after_ms),
+        };
+        let breaker = Arc::new(CircuitBreaker::new(
+            config.breaker_failures,
+            Duration::from_millis(config.breaker_cooldown_ms),
+        ));
+        Self {
+            config,
+            policy,
+            breaker,
+        }
+    }
+
+    pub fn config(&self) -> &ResilienceConfig {
+        &self.config
+    }
+
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// Runs `f` through the breaker with retries; each attempt is limited by
+    /// the first-byte timeout.
+    pub async fn call<'f, T>(
+        &self,
+        f: impl FnMut() -> BoxFuture<'f, Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.total_timeout_ms);
+        let per_attempt = Duration::from_millis(self.config.first_byte_timeout_ms);
+        self.call_until(per_attempt, deadline, f).await
+    }
+
+    async fn call_until<'f, T>(
+        &self,
+        per_attempt: Duration,
+        deadline: Instant,
+        mut f: impl FnMut() -> BoxFuture<'f, Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        if !self.breaker.allow() {
+            return Err(ProviderError::CircuitOpen);
+        }
+        let total = Duration::from_millis(self.config.total_timeout_ms);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (limit, phase) = if per_attempt < left {
+                (per_attempt, TimeoutPhase::FirstByte)
+            } else {
+                (left, TimeoutPhase::Total)
+            };
+            let result = match tokio::time::timeout(limit, f()).await {
+                Ok(result) => result,
+                Err(_) => Err(ProviderError::Timeout {
+                    phase,
+                    limit: if phase == TimeoutPhase::Total {
+                        total
+                    } else {
+                        limit
+                    },
+                }),
+            };
+            let err = match result {
+                Ok(value) => {
+                    self.breaker.record(true);
+                    return Ok(value);
+                }
+                Err(err) => err,
+            };
+            let unit: f64 = rand::rng().random();
+            let delay = self
+                .policy
+                .delay(attempt, &err, unit)
+                .filter(|d| Instant::now() + *d < deadline);
+            match delay {
+                Some(d) => {
+                    tracing::debug!(attempt, error = %err, delay_ms = d.as_millis() as u64, "retrying upstream call");
+                    tokio::time::sleep(d).await;
+                }
+                None => {
+                    self.breaker.record(!err.is_upstream_fault());
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Asks `provider` through the breaker with retries, and wraps the
+    /// answer so a silent upstream (between-chunk timeout) or an endless one
+    /// (total timeout) ends it with an error step.
+    pub async fn chat(
+        &self,
+        provider: &dyn Provider,
+        req: &ProviderRequest,
+    ) -> Result<BoxAnswer, ProviderError> {
+        let total = Duration::from_millis(self.config.total_timeout_ms);
+        let deadline = Instant::now() + total;
+        // A non-streamed answer's first byte is its whole body.
+        let per_attempt = if req.stream {
+            Duration::from_millis(self.config.first_byte_timeout_ms)
+        } else {
+            total
+        };
+        let inner = self
+            .call_until(per_attempt, deadline, || provider.chat(req))
+            .await?;
+        Ok(Box::new(TimedAnswer {
+            inner,
+            between_chunks: Duration::from_millis(self.config.between_chunks_timeout_ms),
+            deadline,
+            total,
+            breaker: self.breaker.clone(),
+            done: false,
+        }))
+    }
+}
+
+/// An upstream answer under the between-chunk and total timeouts; a failure
+/// after the answer was committed also counts against the breaker.
+struct TimedAnswer {
+    inner: BoxAnswer,
+    between_chunks: Duration,
+    deadline: Instant,
+    total: Duration,
+    breaker: Arc<CircuitBreaker>,
+    done: bool,
+}
+
+impl TimedAnswer {
+    fn fail(&mut self, err: ProviderError) -> Option<Step> {
+        self.done = true;
+        self.breaker.record(false);
+        Some(Step::Failed(err.to_api_error()))
+    }
+}
+
+impl Answer for TimedAnswer {
+    fn num_choices(&self) -> usize {
+        self.inner.num_choices()
+    }
+
+    fn next(&mut self) -> BoxFuture<'_, Option<Step>> {
+        Box::pin(async move {
+            if self.done {
+                return None;
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let (limit, phase) = if self.between_chunks < left {
+                (self.between_chunks, TimeoutPhase::BetweenChunks)
+            } else {
+                (left, TimeoutPhase::Total)
+            };
+            match tokio::time::timeout(limit, self.inner.next()).await {
+                Ok(Some(Step::Failed(err))) => {
+                    self.done = true;
+                    self.breaker.record(false);
+                    Some(Step::Failed(err))
+                }
+                Ok(None) => {
+                    self.done = true;
+                    None
+                }
+                Ok(step) => step,
+                Err(_) => {
+                    let limit = if phase == TimeoutPhase::Total {
+                        self.total
+                    } else {
+                        limit
+                    };
+                    self.fail(ProviderError::Timeout { phase, limit })
+                }
+            }
+        })
+    }
+
+    fn usage(&self) -> Usage {
+        self.inner.usage()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn breaker_opens_after_consecutive_failures_and_rejects_fast() {
+        let b = CircuitBreaker::new(3, ms(1000));
+        let t0 = Instant::now();
+        b.record_at(false, t0);
+        b.record_at(false, t0);
+        assert_eq!(b.state_at(t0), BreakerState::Closed);
+        assert!(b.allow_at(t0));
+        b.record_at(false, t0);
+        assert_eq!(b.state_at(t0), BreakerState::Open);
+        assert!(!b.allow_at(t0 + ms(999)));
+    }
+
+    #[test]
+    fn success_resets_the_failure_count() {
+        let b = CircuitBreaker::new(2, ms(1000));
+        let t0 = Instant::now();
+        b.record_at(false, t0);
+        b.record_at(true, t0);
+        b.record_at(false, t0);
+        assert_eq!(b.state_at(t0), BreakerState::Closed);
+    }
+
+    #[test]
+    fn half_open_lets_exactly_one_probe_through_and_closes_on_success() {
+        let b = CircuitBreaker::new(1, ms(1000));
+        let t0 = Instant::now();
+        b.record_at(false, t0);
+        let t1 = t0 + ms(1000);
+        assert_eq!(b.state_at(t1), BreakerState::HalfOpen);
+        assert!(b.allow_at(t1), "the probe");
+        assert!(!b.allow_at(t1), "a second caller while the probe runs");
+        b.record_at(true, t1);
+        assert_eq!(b.state_at(t1), BreakerState::Closed);
+        assert!(b.allow_at(t1));
+    }
+
+    #[test]
+    fn failed_probe_reopens_for_a_full_cooldown() {
+        let b = CircuitBreaker::new(1, ms(1000));
+        let t0 = Instant::now();
+        b.record_at(false, t0);
+        let t1 = t0 + ms(1500);
+        assert!(b.allow_at(t1));
+        b.record_at(false, t1);
+        assert_eq!(b.state_at(t1), BreakerState::Open);
+        assert!(!b.allow_at(t1 + ms(999)));
+        assert!(b.allow_at(t1 + ms(1000)));
+    }
+
+    #[test]
+    fn a_lost_probe_frees_its_slot_after_a_cooldown() {
+        let b = CircuitBreaker::new(1, ms(1000));
+        let t0 = Instant::now();
+        b.record_at(false, t0);
+        assert!(b.allow_at(t0 + ms(1000)));
+        assert!(!b.allow_at(t0 + ms(1500)));
+        assert!(b.allow_at(t0 + ms(2000)));
+    }
+
+    #[test]
+    fn straggler_outcomes_do_not_close_an_open_breaker() {
+        let b = CircuitBreaker::new(1, ms(1000));
+        let t0 = Instant::now();
+        b.record_at(false, t0);
+        b.record_at(true, t0 + ms(10));
+        assert_eq!(b.state_at(t0 + ms(10)), BreakerState::Open);
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 4,
+            backoff_base: ms(100),
+            backoff_max: ms(350),
+            max_retry_after: ms(2000),
+        }
+    }
+
+    fn server_error() -> ProviderError {
+        ProviderError::Status {
+            status: 503,
+            retry_after: None,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_the_cap_with_full_jitter() {
+        let p = policy();
+        let e = server_error();
+        assert_eq!(p.delay(1, &e, 0.999_999).map(|d| d.as_millis()), Some(99));
+        assert_eq!(p.delay(2, &e, 0.5), Some(ms(100)));
+        assert_eq!(p.delay(3, &e, 1.0), Some(ms(350)), "capped");
+        assert_eq!(p.delay(1, &e, 0.0), Some(Duration::ZERO));
+        assert_eq!(p.delay(4, &e, 0.5), None, "attempts spent");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_its_cap() {
+        let p = policy();
+        let asked = |secs: f64| ProviderError::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs_f64(secs)),
+            message: String::new(),
+        };
+        assert_eq!(p.delay(1, &asked(1.5), 0.5), Some(ms(1500)));
+        assert_eq!(p.delay(1, &asked(5.0), 0.5), None, "longer than the cap");
+    }
+
+    #[test]
+    fn non_retryable_errors_are_not_retried() {
+        let p = policy();
+        assert_eq!(p.delay(1, &ProviderError::Malformed("x".into()), 0.5), None);
+        let bad_request = ProviderError::Status {
+            status: 400,
+            retry_after: None,
+            message: String::new(),
+        };
+        assert_eq!(p.delay(1, &bad_request, 0.5), None);
+    }
+
+    fn fast_config(max_attempts: u32, breaker_failures: u32) -> ResilienceConfig {
+        ResilienceConfig {
+            max_attempts,
+            backoff_base_ms: 1,
+            backoff_max_ms: 2,
+            breaker_failures,
+            breaker_cooldown_ms: 60_000,
+            ..ResilienceConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn call_retries_up_to_the_bound_then_fails() {
+        let r = Resilience::new(fast_config(3, 10));
+        let mut calls = 0;
+        let result: Result<(), _> = r
+            .call(|| {
+                calls += 1;
+                Box::pin(async { Err(server_error()) })
+            })
+            .await;
+        assert_eq!(result, Err(server_error()));
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test]
+    async fn call_times_out_a_hanging_attempt_and_retries_it() {
+        let r = Resilience::new(ResilienceConfig {
+            first_byte_timeout_ms: 50,
+            ..fast_config(2, 10)
+        });
+        let mut calls = 0;
+        let result: Result<(), _> = r
+            .call(|| {
+                calls += 1;
+                Box::pin(std::future::pending())
+            })
+            .await;
+        assert!(matches!(
+            result,
+            Err(ProviderError::Timeout {
+                phase: TimeoutPhase::FirstByte,
+                ..
+            })
+        ));
+        assert_eq!(calls, 2);
+    }
+
+    #[tokio::test]
+    async fn open_breaker_rejects_without_calling() {
+        let r = Resilience::new(fast_config(1, 2));
+        for _ in 0..2 {
+            let _: Result<(), _> = r.call(|| Box::pin(async { Err(server_error()) })).await;
+        }
+        assert_eq!(r.breaker().state(), BreakerState::Open);
+        let mut calls = 0;
+        let result: Result<(), _> = r
+            .call(|| {
+                calls += 1;
+                Box::pin(async { Ok(()) })
+            })
+            .await;
+        assert_eq!(result, Err(ProviderError::CircuitOpen));
+        assert_eq!(calls, 0);
+    }
+
+    #[tokio::test]
+    async fn client_errors_do_not_trip_the_breaker() {
+        let r = Resilience::new(fast_config(1, 1));
+        let bad_request = ProviderError::Status {
+            status: 400,
+            retry_after: None,
+            message: String::new(),
+        };
+        let _: Result<(), _> = r
+            .call(|| {
+                let e = bad_request.clone();
+                Box::pin(async move { Err(e) })
+            })
+            .await;
+        assert_eq!(r.breaker().state(), BreakerState::Closed);
+    }
+}
