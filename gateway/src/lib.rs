@@ -28,5 +28,7 @@ pub mod generate;
 pub mod openai;
 pub mod providers;
 pub mod registry;
+pub mod router;
+pub mod sensitivity;
 pub mod server;
 pub mod validate;

@@ -1,0 +1,584 @@
+//! The router: from a public model name to the deployment that answers.
+//!
+//! A route (`[[routes]]` in the config) maps a public model name to
+//! deployments: the local engine (`local = "<model id>"`) or a provider plus
+//! its upstream model name, each with a priority, weight, price, concurrency
+//! cap and residency (`on_prem` | `cloud`). A local model with no route of
+//! its own gets an implicit one-deployment route, so a config without
+//! `[[routes]]` serves exactly as before.
+//!
+//! One request goes: keep the deployments it may use (a sensitive request:
+//! `on_prem` only; a text completion or a request for log-probabilities:
+//! the local engine only, since providers speak chat and send no
+//! log-probabilities), drop those that cannot take it now (breaker open,
+//! at their concurrency cap, a local engine saturated by its load signals),
+//! order the rest by the route's [`Strategy`], and try them in that order.
+//! The first that commits to an answer wins; a failure before that moves on
+//! to the next (failover). Once the answer is handed back, no more failover:
+//! the client may already have bytes.
+//!
+//! Design choice: a sensitive request whose `on_prem` deployments are all
+//! saturated waits (polling, up to the route's `sensitive_wait_ms`) and then
+//! gets 429 with `Retry-After`; it is never offered to a cloud deployment,
+//! because the residency filter runs before anything else looks at the
+//! deployments.
+
+pub mod bandit;
+pub mod deployment;
+mod measured;
+pub mod outcomes;
+pub mod strategy;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use metrics::Histogram;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use sluice_models::Tokenizer;
+use tokio::time::Instant;
+
+use crate::answer::BoxAnswer;
+use crate::config::ConfigError;
+use crate::error::ApiError;
+use crate::generate;
+use crate::providers::{
+    self, Provider, ProviderConfig, ProviderRequest, Resilience, ResilienceConfig,
+};
+use crate::registry::Registry;
+use crate::validate::{Input, Job};
+
+pub use bandit::RewardScales;
+pub use deployment::{
+    Deployment, DeploymentSettings, Price, Provenance, Residency, SaturationLimits, Target,
+    COST_HEADER, DEPLOYMENT_HEADER,
+};
+pub use outcomes::{DeploymentStats, InMemoryOutcomes, Outcome, OutcomeStore};
+pub use strategy::Strategy;
+
+use measured::{Measure, MeasuredAnswer};
+use strategy::Candidate;
+
+/// How often a waiting sensitive request looks again at its `on_prem` deployments.
+const SENSITIVE_POLL: Duration = Duration::from_millis(20);
+
+/// A route as resolved from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    /// The public model name clients send.
+    pub model: String,
+    pub strategy: Strategy,
+    /// Seeds the route's RNG (weighted and learned strategies), for
+    /// reproducible routing; absent: seeded from the OS.
+    pub seed: Option<u64>,
+    /// How long a sensitive request waits for a saturated `on_prem`
+    /// deployment before it gets 429.
+    pub sensitive_wait: Duration,
+    pub reward: RewardScales,
+    pub deployments: Vec<DeploymentSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentSpec {
+    pub settings: DeploymentSettings,
+    pub target: TargetSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetSpec {
+    Local {
+        model: String,
+        saturation: SaturationLimits,
+    },
+    Provider {
+        /// A `[[providers]]` name.
+        provider: String,
+        upstream_model: String,
+        /// The provider's resilience settings unless the deployment has its own.
+        resilience: Option<ResilienceConfig>,
+    },
+}
+
+struct Route {
+    strategy: Strategy,
+    sensitive_wait: Duration,
+    reward: RewardScales,
+    deployments: Vec<Arc<Deployment>>,
+    /// Only the weighted and learned strategies draw from it; a plain mutex
+    /// (never held across an await) is cheaper than anything cleverer for
+    /// a few draws per request.
+    rng: Mutex<StdRng>,
+}
+
+/// What the handlers need to know about a request besides its [`Job`].
+#[derive(Debug, Clone, Copy)]
+pub struct Dispatch {
+    pub stream: bool,
+    pub sensitive: bool,
+    /// When the handler started on the request (for the overhead metric).
+    pub started: Instant,
+}
+
+/// The chosen deployment's answer.
+pub struct Routed {
+    pub answer: BoxAnswer,
+    pub provenance: Provenance,
+    /// The local model's tokenizer (for log-probabilities); `None` for a provider.
+    pub tokenizer: Option<Arc<Tokenizer>>,
+}
+
+/// Every route, the local models and the outcome store.
+pub struct Router {
+    routes: HashMap<String, Route>,
+    /// Public names of configured routes, in config order (for `/v1/models`).
+    public: Vec<String>,
+    registry: Arc<Registry>,
+    outcomes: Arc<dyn OutcomeStore>,
+    request_timeout: Duration,
+    overhead: Histogram,
+}
+
+/// Why a pass over a route's deployments found none to answer.
+struct Exhausted {
+    /// Every deployment tried or skipped was full (saturated, at its cap).
+    only_saturated: bool,
+    retry_after: Duration,
+    /// The most telling error seen: a client's fault first, else the last.
+    error: Option<ApiError>,
+}
+
+impl Router {
+    /// Builds providers and routes; a local model without a route of its own
+    /// gets an implicit one. Errors name the config key at fault.
+    pub fn new(
+        specs: &[RouteSpec],
+        provider_configs: &[ProviderConfig],
+        registry: Arc<Registry>,
+        request_timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        let mut providers = HashMap::new();
+        for (i, cfg) in provider_configs.iter().enumerate() {
+            let built = providers::build(cfg).map_err(|e| ConfigError::Invalid {
+                key: format!("providers[{i}]"),
+                message: e.to_string(),
+            })?;
+            providers.insert(cfg.name().to_string(), (built, cfg.resilience().clone()));
+        }
+        Self::with_providers(specs, &providers, registry, request_timeout)
+    }
+
+    /// [`Router::new`] with the providers already built (name → provider and
+    /// its default resilience settings); tests hand in their own.
+    pub fn with_providers(
+        specs: &[RouteSpec],
+        providers: &HashMap<String, (Arc<dyn Provider>, ResilienceConfig)>,
+        registry: Arc<Registry>,
+        request_timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        let mut routes = HashMap::new();
+        let mut public = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let mut deployments = Vec::with_capacity(spec.deployments.len());
+            for (j, d) in spec.deployments.iter().enumerate() {
+                let target = match &d.target {
+                    TargetSpec::Local { model, saturation } => Target::Local {
+                        model: model.clone(),
+                        saturation: *saturation,
+                    },
+                    TargetSpec::Provider {
+                        provider,
+                        upstream_model,
+                        resilience,
+                    } => {
+                        let (built, default) =
+                            providers
+                                .get(provider)
+                                .ok_or_else(|| ConfigError::Invalid {
+                                    key: format!("routes[{i}].deployments[{j}].provider"),
+                                    message: format!(
+                                        "no [[providers]] entry is named `{provider}`"
+                                    ),
+                                })?;
+                        Target::Provider {
+                            provider: built.clone(),
+                            upstream_model: upstream_model.clone(),
+                            resilience: Arc::new(Resilience::new(
+                                resilience.clone().unwrap_or_else(|| default.clone()),
+                            )),
+                        }
+                    }
+                };
+                deployments.push(Arc::new(Deployment::new(
+                    &spec.model,
+                    d.settings.clone(),
+                    target,
+                )));
+            }
+            public.push(spec.model.clone());
+            routes.insert(
+                spec.model.clone(),
+                Route::new(
+                    spec.strategy,
+                    spec.seed,
+                    spec.sensitive_wait,
+                    spec.reward,
+                    deployments,
+                ),
+            );
+        }
+        for slot in registry.slots() {
+            let id = &slot.config.id;
+            if routes.contains_key(id) {
+                continue;
+            }
+            let settings = DeploymentSettings {
+                name: id.clone(),
+                priority: 0,
+                weight: 1.0,
+                price: Price::default(),
+                max_concurrency: None,
+                residency: Residency::OnPrem,
+            };
+            let target = Target::Local {
+                model: id.clone(),
+                // The engine's own queue limit answers 429, as it always did.
+                saturation: SaturationLimits::NONE,
+            };
+            let deployment = Arc::new(Deployment::new(id, settings, target));
+            routes.insert(
+                id.clone(),
+                Route::new(
+                    Strategy::Fallback,
+                    Some(0),
+                    Duration::ZERO,
+                    RewardScales::default(),
+                    vec![deployment],
+                ),
+            );
+        }
+        let names: Vec<&str> = routes
+            .values()
+            .flat_map(|r| r.deployments.iter().map(|d| &*d.name))
+            .collect();
+        let outcomes: Arc<dyn OutcomeStore> = Arc::new(InMemoryOutcomes::new(names));
+        Ok(Self {
+            routes,
+            public,
+            registry,
+            outcomes,
+            request_timeout,
+            overhead: metrics::histogram!("sluice_gateway_overhead_seconds"),
+        })
+    }
+
+    /// Public names of the configured routes that are not local model ids
+    /// (those are listed with their model already).
+    pub fn public_models(&self) -> impl Iterator<Item = &str> {
+        self.public
+            .iter()
+            .filter(|name| self.registry.get(name).is_err())
+            .map(String::as_str)
+    }
+
+    /// Whether `model` names a route (explicit or a local model's).
+    pub fn has_route(&self, model: &str) -> bool {
+        self.routes.contains_key(model)
+    }
+
+    /// A deployment's record, for tests and the admin view.
+    pub fn stats(&self, deployment: &str) -> DeploymentStats {
+        self.outcomes.stats(deployment)
+    }
+
+    /// Picks a deployment for `job` and starts its answer, failing over
+    /// until one commits.
+    pub async fn dispatch(&self, model: &str, job: Job, how: Dispatch) -> Result<Routed, ApiError> {
+        let route = self
+            .routes
+            .get(model)
+            .ok_or_else(|| ApiError::ModelNotFound(model.to_string()))?;
+        let usable = route.usable(model, &job, how.sensitive)?;
+        let wait_until = Instant::now() + route.sensitive_wait;
+        loop {
+            match self.try_once(route, &usable, &job, how).await {
+                Ok(routed) => return Ok(routed),
+                Err(ex) => {
+                    if how.sensitive && ex.only_saturated && Instant::now() < wait_until {
+                        tokio::time::sleep(SENSITIVE_POLL).await;
+                        continue;
+                    }
+                    return Err(ex.error.unwrap_or(ApiError::QueueFull {
+                        pending: 0,
+                        retry_after: ex.retry_after,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// One pass over the usable deployments in the strategy's order.
+    async fn try_once(
+        &self,
+        route: &Route,
+        usable: &[Arc<Deployment>],
+        job: &Job,
+        how: Dispatch,
+    ) -> Result<Routed, Exhausted> {
+        let mut ex = Exhausted {
+            only_saturated: true,
+            retry_after: Duration::from_secs(1),
+            error: None,
+        };
+        let mut open: Vec<&Arc<Deployment>> = Vec::with_capacity(usable.len());
+        for d in usable {
+            if d.circuit_open() {
+                ex.only_saturated = false;
+                ex.remember(ApiError::Upstream(format!(
+                    "deployment `{}` is unavailable (circuit open)",
+                    d.name
+                )));
+            } else {
+                open.push(d);
+            }
+        }
+        let order = route.order(&open, &*self.outcomes);
+        for i in order {
+            let d = open[i];
+            let Some(slot) = d.try_acquire() else {
+                d.metrics.saturated.increment(1);
+                continue;
+            };
+            let attempt_started = Instant::now();
+            let started = match &d.target {
+                Target::Local { model, saturation } => {
+                    let ready = match self.registry.ready(model) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            ex.only_saturated = false;
+                            ex.remember(e);
+                            continue;
+                        }
+                    };
+                    let load = ready.engine.load();
+                    if saturation.is_saturated(&load) {
+                        d.metrics.saturated.increment(1);
+                        ex.retry_after =
+                            ex.retry_after.max(wait_hint(load.estimated_queue_wait_ms));
+                        continue;
+                    }
+                    match generate::start(&ready, job.clone(), self.request_timeout).await {
+                        Ok(g) => Ok((
+                            Box::new(g) as BoxAnswer,
+                            Some(ready.engine.tokenizer().clone()),
+                        )),
+                        Err(ApiError::QueueFull { retry_after, .. }) => {
+                            // The engine's own queue is full: saturated too.
+                            d.metrics.saturated.increment(1);
+                            ex.retry_after = ex.retry_after.max(retry_after);
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Target::Provider {
+                    provider,
+                    upstream_model,
+                    resilience,
+                } => {
+                    let Input::Chat(messages) = &job.input else {
+                        continue; // `usable` already kept providers off text completions.
+                    };
+                    let req = ProviderRequest {
+                        upstream_model: upstream_model.clone(),
+                        messages: messages.clone(),
+                        sampling: job.sampling.clone(),
+                        n: job.n,
+                        stream: how.stream,
+                    };
+                    match resilience.chat(provider.as_ref(), &req).await {
+                        Ok(answer) => Ok((answer, None)),
+                        Err(e) => {
+                            if e.is_upstream_fault() {
+                                let failed = Outcome {
+                                    success: false,
+                                    ttft: None,
+                                    per_output_token: None,
+                                    cost_usd: 0.0,
+                                };
+                                self.outcomes.record(
+                                    &d.name,
+                                    &failed,
+                                    route.reward.reward(&failed),
+                                );
+                                d.metrics.failure.increment(1);
+                            }
+                            tracing::warn!(deployment = %d.name, error = %e, "deployment failed before answering; failing over");
+                            Err(e.to_api_error())
+                        }
+                    }
+                }
+            };
+            match started {
+                Ok((answer, tokenizer)) => {
+                    let upstream = attempt_started.elapsed();
+                    if how.stream {
+                        // A stream's headers leave now: what the gateway
+                        // spent until here is its overhead.
+                        let total = how.started.elapsed();
+                        self.overhead
+                            .record(total.saturating_sub(upstream).as_secs_f64());
+                    }
+                    let measured = MeasuredAnswer::new(
+                        answer,
+                        Measure {
+                            deployment: d.clone(),
+                            outcomes: self.outcomes.clone(),
+                            scales: route.reward,
+                            request_started: how.started,
+                            attempt_started,
+                            upstream,
+                            stream: how.stream,
+                            overhead: self.overhead.clone(),
+                            _slot: slot,
+                        },
+                    );
+                    return Ok(Routed {
+                        answer: Box::new(measured),
+                        provenance: Provenance {
+                            deployment: d.clone(),
+                        },
+                        tokenizer,
+                    });
+                }
+                Err(e) => {
+                    d.metrics.failover.increment(1);
+                    ex.only_saturated = false;
+                    ex.remember(e);
+                }
+            }
+        }
+        Err(ex)
+    }
+}
+
+impl Route {
+    fn new(
+        strategy: Strategy,
+        seed: Option<u64>,
+        sensitive_wait: Duration,
+        reward: RewardScales,
+        deployments: Vec<Arc<Deployment>>,
+    ) -> Self {
+        let rng = match seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            strategy,
+            sensitive_wait,
+            reward,
+            deployments,
+            rng: Mutex::new(rng),
+        }
+    }
+
+    /// The deployments this request may ever use; an error when none is
+    /// left, saying why.
+    fn usable(
+        &self,
+        model: &str,
+        job: &Job,
+        sensitive: bool,
+    ) -> Result<Vec<Arc<Deployment>>, ApiError> {
+        let chat = matches!(job.input, Input::Chat(_));
+        let logprobs = job.sampling.logprobs.is_some();
+        let mut usable = Vec::with_capacity(self.deployments.len());
+        let mut residency_refused = false;
+        let mut provider_refused = false;
+        for d in &self.deployments {
+            if sensitive && d.settings.residency != Residency::OnPrem {
+                residency_refused = true;
+                continue;
+            }
+            if !d.is_local() && (!chat || logprobs) {
+                provider_refused = true;
+                continue;
+            }
+            usable.push(d.clone());
+        }
+        if !usable.is_empty() {
+            return Ok(usable);
+        }
+        if residency_refused && !provider_refused {
+            return Err(ApiError::invalid(
+                "model",
+                format!(
+                    "`{model}` has no on_prem deployment, and this request is sensitive \
+                     (x-sluice-sensitive or the API key's policy): it may not leave the machine"
+                ),
+            ));
+        }
+        if logprobs {
+            return Err(ApiError::unsupported(
+                "logprobs",
+                format!("`{model}` is served by upstream providers here, which return no log-probabilities"),
+            ));
+        }
+        Err(ApiError::unsupported(
+            "prompt",
+            format!(
+                "`{model}` is served by upstream chat providers here; use /v1/chat/completions"
+            ),
+        ))
+    }
+
+    /// The order to try `candidates` in.
+    fn order(&self, candidates: &[&Arc<Deployment>], outcomes: &dyn OutcomeStore) -> Vec<usize> {
+        let cands: Vec<Candidate> = candidates
+            .iter()
+            .map(|d| Candidate {
+                priority: d.settings.priority,
+                weight: d.settings.weight,
+                unit_price: d.settings.price.unit(),
+                stats: match self.strategy {
+                    Strategy::LeastLatency | Strategy::Learned => outcomes.stats(&d.name),
+                    _ => DeploymentStats::default(),
+                },
+            })
+            .collect();
+        if cands.len() <= 1 {
+            return (0..cands.len()).collect();
+        }
+        // Deterministic strategies draw nothing from it; the uncontended
+        // lock costs less than a second code path.
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        strategy::order(self.strategy, &cands, &mut *rng)
+    }
+}
+
+impl Exhausted {
+    fn remember(&mut self, err: ApiError) {
+        let client_fault =
+            err.status().is_client_error() && !matches!(err, ApiError::QueueFull { .. });
+        let have_client_fault = self.error.as_ref().is_some_and(|e| {
+            e.status().is_client_error() && !matches!(e, ApiError::QueueFull { .. })
+        });
+        if client_fault || !have_client_fault {
+            self.error = Some(err);
+        }
+    }
+}
+
+/// `Retry-After` from an engine's queue-wait estimate, within 1..=60 s.
+fn wait_hint(ms: f64) -> Duration {
+    let secs = if ms.is_finite() {
+        (ms / 1000.0).ceil()
+    } else {
+        1.0
+    };
+    Duration::from_secs(secs.clamp(1.0, 60.0) as u64)
+}
+
+#[cfg(test)]
+mod tests;

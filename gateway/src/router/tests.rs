@@ -1,0 +1,399 @@
+//! The dispatcher against scripted in-process providers: failover, residency,
+//! caps, breakers, the learned strategy, cost headers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use axum::http::HeaderMap;
+use futures_util::future::BoxFuture;
+use serde_json::json;
+use sluice_runtime::{FinishReason, Usage};
+
+use super::*;
+use crate::answer::{self, Answer, Step};
+use crate::providers::ProviderError;
+use crate::validate;
+
+/// A provider that answers "hello" (2 tokens) or fails with a 500, as told.
+struct Scripted {
+    calls: AtomicUsize,
+    failing: AtomicBool,
+}
+
+impl Scripted {
+    fn new(failing: bool) -> Arc<Self> {
+        Arc::new(Self {
+            calls: AtomicUsize::new(0),
+            failing: AtomicBool::new(failing),
+        })
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+struct Fixed {
+    steps: VecDeque<Step>,
+}
+
+impl Answer for Fixed {
+    fn num_choices(&self) -> usize {
+        1
+    }
+    fn next(&mut self) -> BoxFuture<'_, Option<Step>> {
+        Box::pin(async move { self.steps.pop_front() })
+    }
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 2000,
+            cached_prompt_tokens: 0,
+        }
+    }
+}
+
+impl Provider for Scripted {
+    fn kind(&self) -> &'static str {
+        "openai"
+    }
+    fn chat<'a>(
+        &'a self,
+        _req: &'a ProviderRequest,
+    ) -> BoxFuture<'a, Result<BoxAnswer, ProviderError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(ProviderError::Status {
+                    status: 500,
+                    retry_after: None,
+                    message: "boom".into(),
+                });
+            }
+            let steps = VecDeque::from([
+                Step::Token {
+                    choice: 0,
+                    text: "hel".into(),
+                    logprob: None,
+                },
+                Step::Token {
+                    choice: 0,
+                    text: "lo".into(),
+                    logprob: None,
+                },
+                Step::Finished {
+                    choice: 0,
+                    reason: FinishReason::Stop,
+                    text: String::new(),
+                },
+            ]);
+            Ok(Box::new(Fixed { steps }) as BoxAnswer)
+        })
+    }
+}
+
+fn deployment(
+    name: &str,
+    provider: &str,
+    priority: u32,
+    residency: Residency,
+    cap: Option<usize>,
+) -> DeploymentSpec {
+    DeploymentSpec {
+        settings: DeploymentSettings {
+            name: name.into(),
+            priority,
+            weight: 1.0,
+            price: Price {
+                input_per_1k: 0.001,
+                output_per_1k: 0.002,
+            },
+            max_concurrency: cap,
+            residency,
+        },
+        target: TargetSpec::Provider {
+            provider: provider.into(),
+            upstream_model: "up".into(),
+            resilience: None,
+        },
+    }
+}
+
+fn route(strategy: Strategy, deployments: Vec<DeploymentSpec>) -> RouteSpec {
+    RouteSpec {
+        model: "pub".into(),
+        strategy,
+        seed: Some(7),
+        sensitive_wait: Duration::from_millis(60),
+        reward: RewardScales::default(),
+        deployments,
+    }
+}
+
+fn router(spec: RouteSpec, providers: &[(&str, Arc<Scripted>)]) -> Router {
+    let resilience = ResilienceConfig {
+        max_attempts: 1,
+        breaker_failures: 3,
+        ..ResilienceConfig::default()
+    };
+    let map: HashMap<String, (Arc<dyn Provider>, ResilienceConfig)> = providers
+        .iter()
+        .map(|(name, p)| {
+            (
+                name.to_string(),
+                (p.clone() as Arc<dyn Provider>, resilience.clone()),
+            )
+        })
+        .collect();
+    Router::with_providers(
+        &[spec],
+        &map,
+        Arc::new(Registry::new(&[])),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+}
+
+fn chat_job() -> Job {
+    let body = json!({"model": "pub", "messages": [{"role": "user", "content": "hi"}]});
+    validate::chat(serde_json::from_value(body).unwrap())
+        .unwrap()
+        .job
+}
+
+fn how(sensitive: bool) -> Dispatch {
+    Dispatch {
+        stream: false,
+        sensitive,
+        started: Instant::now(),
+    }
+}
+
+async fn text_of(routed: &mut Routed) -> String {
+    let out = answer::collect(routed.answer.as_mut()).await.unwrap();
+    out[0].text.clone()
+}
+
+#[tokio::test]
+async fn a_failing_deployment_fails_over_to_the_next_and_the_client_gets_one_answer() {
+    let (bad, good) = (Scripted::new(true), Scripted::new(false));
+    let spec = route(
+        Strategy::Fallback,
+        vec![
+            deployment("a", "bad", 0, Residency::Cloud, None),
+            deployment("b", "good", 1, Residency::Cloud, None),
+        ],
+    );
+    let r = router(spec, &[("bad", bad.clone()), ("good", good.clone())]);
+    let mut routed = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+    assert_eq!(&*routed.provenance.deployment.name, "b");
+    assert_eq!(text_of(&mut routed).await, "hello");
+    assert_eq!((bad.calls(), good.calls()), (1, 1));
+    assert_eq!(r.stats("a").failures, 1);
+    drop(routed);
+    assert_eq!(r.stats("b").successes, 1);
+}
+
+#[tokio::test]
+async fn all_deployments_failing_is_the_upstreams_error() {
+    let bad = Scripted::new(true);
+    let spec = route(
+        Strategy::Fallback,
+        vec![deployment("a", "bad", 0, Residency::Cloud, None)],
+    );
+    let r = router(spec, &[("bad", bad)]);
+    let err = r
+        .dispatch("pub", chat_job(), how(false))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.status(), axum::http::StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn a_sensitive_request_never_reaches_a_cloud_deployment() {
+    let (cloud, onprem) = (Scripted::new(false), Scripted::new(false));
+    let spec = route(
+        Strategy::Fallback,
+        vec![
+            deployment("cloud", "cloud", 0, Residency::Cloud, None),
+            deployment("vllm", "onprem", 1, Residency::OnPrem, Some(1)),
+        ],
+    );
+    let r = router(
+        spec,
+        &[("cloud", cloud.clone()), ("onprem", onprem.clone())],
+    );
+    let routed = r.dispatch("pub", chat_job(), how(true)).await.unwrap();
+    assert_eq!(&*routed.provenance.deployment.name, "vllm");
+    // The on-prem deployment is now at its cap: the next sensitive request
+    // waits, then gets 429, and the cloud is still untouched.
+    let err = r
+        .dispatch("pub", chat_job(), how(true))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(cloud.calls(), 0);
+    // A request that is not sensitive may use the cloud.
+    let routed2 = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+    assert_eq!(&*routed2.provenance.deployment.name, "cloud");
+    drop(routed);
+}
+
+#[tokio::test]
+async fn a_sensitive_request_to_a_cloud_only_model_is_refused_naming_the_model() {
+    let cloud = Scripted::new(false);
+    let spec = route(
+        Strategy::Fallback,
+        vec![deployment("cloud", "cloud", 0, Residency::Cloud, None)],
+    );
+    let r = router(spec, &[("cloud", cloud.clone())]);
+    let err = r
+        .dispatch("pub", chat_job(), how(true))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+    assert!(err.to_string().contains("on_prem"), "{err}");
+    assert_eq!(cloud.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_deployment_at_its_cap_is_skipped_until_its_answer_ends() {
+    let (a, b) = (Scripted::new(false), Scripted::new(false));
+    let spec = route(
+        Strategy::Fallback,
+        vec![
+            deployment("a", "a", 0, Residency::Cloud, Some(1)),
+            deployment("b", "b", 1, Residency::Cloud, None),
+        ],
+    );
+    let r = router(spec, &[("a", a.clone()), ("b", b.clone())]);
+    let first = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+    let second = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+    assert_eq!(&*first.provenance.deployment.name, "a");
+    assert_eq!(&*second.provenance.deployment.name, "b");
+    drop(first);
+    let third = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+    assert_eq!(&*third.provenance.deployment.name, "a");
+}
+
+#[tokio::test]
+async fn an_open_circuit_is_skipped_without_calling_the_upstream() {
+    let (bad, good) = (Scripted::new(true), Scripted::new(false));
+    let spec = route(
+        Strategy::Fallback,
+        vec![
+            deployment("a", "bad", 0, Residency::Cloud, None),
+            deployment("b", "good", 1, Residency::Cloud, None),
+        ],
+    );
+    let r = router(spec, &[("bad", bad.clone()), ("good", good.clone())]);
+    for _ in 0..6 {
+        let mut routed = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+        assert_eq!(text_of(&mut routed).await, "hello");
+    }
+    // The breaker opened after 3 consecutive failures.
+    assert_eq!(bad.calls(), 3);
+    assert_eq!(good.calls(), 6);
+}
+
+#[tokio::test]
+async fn learned_strategy_moves_traffic_away_from_a_failing_deployment() {
+    let (flaky, steady) = (Scripted::new(true), Scripted::new(false));
+    let spec = route(
+        Strategy::Learned,
+        vec![
+            deployment("flaky", "flaky", 0, Residency::Cloud, None),
+            deployment("steady", "steady", 0, Residency::Cloud, None),
+        ],
+    );
+    let mut spec = spec;
+    for d in &mut spec.deployments {
+        if let TargetSpec::Provider { resilience, .. } = &mut d.target {
+            // Keep the breaker out of it: the bandit alone must learn.
+            *resilience = Some(ResilienceConfig {
+                max_attempts: 1,
+                breaker_failures: 1000,
+                ..ResilienceConfig::default()
+            });
+        }
+    }
+    let r = router(
+        spec,
+        &[("flaky", flaky.clone()), ("steady", steady.clone())],
+    );
+    let mut first_choice = HashMap::<String, usize>::new();
+    for i in 0..60 {
+        let before = flaky.calls();
+        let mut routed = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+        text_of(&mut routed).await;
+        if i >= 30 {
+            let first = if flaky.calls() > before {
+                "flaky"
+            } else {
+                "steady"
+            };
+            *first_choice.entry(first.into()).or_default() += 1;
+        }
+    }
+    let flaky_first = first_choice.get("flaky").copied().unwrap_or(0);
+    assert!(
+        flaky_first <= 5,
+        "flaky was tried first {flaky_first} of the last 30 times"
+    );
+    assert_eq!(
+        steady.calls(),
+        60,
+        "every request was answered by the steady one"
+    );
+}
+
+#[tokio::test]
+async fn cost_header_follows_the_price_table_and_usage() {
+    let good = Scripted::new(false);
+    let spec = route(
+        Strategy::Fallback,
+        vec![deployment("b", "good", 0, Residency::Cloud, None)],
+    );
+    let r = router(spec, &[("good", good)]);
+    let mut routed = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+    text_of(&mut routed).await;
+    let mut headers = HeaderMap::new();
+    let usage = routed.answer.usage();
+    routed.provenance.stamp(&mut headers, Some(&usage));
+    assert_eq!(headers[DEPLOYMENT_HEADER], "b");
+    // 1000 prompt tokens at 0.001 + 2000 completion tokens at 0.002 per 1k.
+    assert_eq!(headers[COST_HEADER], "0.005000");
+    let mut stream_headers = HeaderMap::new();
+    routed.provenance.stamp(&mut stream_headers, None);
+    assert!(!stream_headers.contains_key(COST_HEADER));
+}
+
+#[tokio::test]
+async fn text_completions_are_not_sent_to_chat_providers() {
+    let good = Scripted::new(false);
+    let spec = route(
+        Strategy::Fallback,
+        vec![deployment("b", "good", 0, Residency::Cloud, None)],
+    );
+    let r = router(spec, &[("good", good.clone())]);
+    let body = json!({"model": "pub", "prompt": "once upon"});
+    let job = validate::completion(serde_json::from_value(body).unwrap())
+        .unwrap()
+        .job;
+    let err = r.dispatch("pub", job, how(false)).await.err().unwrap();
+    assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+    assert_eq!(good.calls(), 0);
+}
+
+#[tokio::test]
+async fn unknown_models_are_404() {
+    let r = router(route(Strategy::Fallback, vec![]), &[]);
+    let err = r
+        .dispatch("nope", chat_job(), how(false))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.status(), axum::http::StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,70 @@
+//! Whether a request is sensitive: its data must be served by `on_prem`
+//! deployments only and never leave the machine.
+//!
+//! A request is sensitive when its API key's policy says so
+//! (`sensitive = true` in `[[auth.keys]]`) or when it carries the header
+//! `x-sluice-sensitive: true` (or `1`). Design choice: the header can only
+//! raise sensitivity, never lower it: a key marked sensitive stays sensitive
+//! whatever a client sends, so a compromised or careless client cannot move
+//! a tenant's data to the cloud. (The PII detector will raise it too, later.)
+
+use axum::http::HeaderMap;
+
+/// The header that marks one request as sensitive.
+pub const SENSITIVE_HEADER: &str = "x-sluice-sensitive";
+
+/// What a tenant's key says about its requests; put in the request's
+/// extensions by the auth middleware next to its `Tenant`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantPolicy {
+    /// Every request of this tenant is sensitive.
+    pub sensitive: bool,
+}
+
+/// The request's sensitivity from its headers and its tenant's policy.
+pub fn is_sensitive(headers: &HeaderMap, policy: Option<&TenantPolicy>) -> bool {
+    if policy.is_some_and(|p| p.sensitive) {
+        return true;
+    }
+    headers.get_all(SENSITIVE_HEADER).iter().any(|v| {
+        v.to_str()
+            .map(|s| {
+                let s = s.trim();
+                s == "1" || s.eq_ignore_ascii_case("true")
+            })
+            .unwrap_or(false)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(SENSITIVE_HEADER, HeaderValue::from_static(value));
+        h
+    }
+
+    #[test]
+    fn header_true_or_one_marks_the_request() {
+        assert!(is_sensitive(&headers("true"), None));
+        assert!(is_sensitive(&headers("1"), None));
+        assert!(is_sensitive(&headers(" TRUE "), None));
+        assert!(!is_sensitive(&headers("0"), None));
+        assert!(!is_sensitive(&headers("yes please"), None));
+        assert!(!is_sensitive(&HeaderMap::new(), None));
+    }
+
+    #[test]
+    fn a_sensitive_key_cannot_be_lowered_by_the_header() {
+        let policy = TenantPolicy { sensitive: true };
+        assert!(is_sensitive(&headers("false"), Some(&policy)));
+        assert!(is_sensitive(&HeaderMap::new(), Some(&policy)));
+        assert!(!is_sensitive(
+            &HeaderMap::new(),
+            Some(&TenantPolicy::default())
+        ));
+    }
+}
