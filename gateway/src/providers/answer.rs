@@ -1,1 +1,237 @@
-//! Placeholder.
+//! The [`Answer`]s providers hand back: [`ReadyAnswer`] for a whole
+//! (non-streamed) response, [`StreamAnswer`] for an upstream stream decoded
+//! event by event by a provider's [`EventDecoder`].
+//!
+//! Design choice: the stream is read inside `next()` itself, with no task of
+//! its own: nothing runs when nobody asks, a dropped answer drops the
+//! connection at once (which is how the upstream learns the client went
+//! away), and backpressure is the client's pace.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use sluice_runtime::{FinishReason, Usage};
+
+use super::sse_client::{Framing, StreamParser};
+use super::{error_chain, ProviderError};
+use crate::answer::{Answer, BoxAnswer, Step};
+
+/// What decoding produced so far.
+#[derive(Debug, Default)]
+pub(super) struct Decoded {
+    pub steps: VecDeque<Step>,
+    pub usage: Usage,
+    finished: Vec<bool>,
+}
+
+impl Decoded {
+    pub fn new(num_choices: usize) -> Self {
+        Self {
+            steps: VecDeque::new(),
+            usage: Usage::default(),
+            finished: vec![false; num_choices],
+        }
+    }
+
+    pub fn token(&mut self, choice: usize, text: String) -> Result<(), ProviderError> {
+        self.check_choice(choice)?;
+        if !text.is_empty() {
+            self.steps.push_back(Step::Token {
+                choice,
+                text,
+                logprob: None,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn finish(&mut self, choice: usize, reason: FinishReason) -> Result<(), ProviderError> {
+        self.check_choice(choice)?;
+        if let Some(done) = self.finished.get_mut(choice) {
+            if !*done {
+                *done = true;
+                self.steps.push_back(Step::Finished {
+                    choice,
+                    reason,
+                    text: String::new(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn all_finished(&self) -> bool {
+        self.finished.iter().all(|f| *f)
+    }
+
+    fn check_choice(&self, choice: usize) -> Result<(), ProviderError> {
+        if choice >= self.finished.len() {
+            return Err(ProviderError::Malformed(format!(
+                "choice index {choice} but {} choices were asked for",
+                self.finished.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn has_content(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::Token { .. } | Step::Finished { .. }))
+    }
+}
+
+/// Turns one framed payload of a provider's stream into steps.
+pub(super) trait EventDecoder: Send {
+    /// Returns `true` when the payload says the stream is over (`[DONE]`).
+    fn decode(&mut self, payload: &str, out: &mut Decoded) -> Result<bool, ProviderError>;
+}
+
+/// A whole answer, already decoded.
+pub(super) struct ReadyAnswer {
+    num_choices: usize,
+    steps: VecDeque<Step>,
+    usage: Usage,
+}
+
+impl ReadyAnswer {
+    pub fn boxed(decoded: Decoded) -> Result<BoxAnswer, ProviderError> {
+        if !decoded.all_finished() {
+            return Err(ProviderError::Malformed(
+                "the answer lacks a choice or its finish reason".into(),
+            ));
+        }
+        Ok(Box::new(Self {
+            num_choices: decoded.finished.len(),
+            steps: decoded.steps,
+            usage: decoded.usage,
+        }))
+    }
+}
+
+impl Answer for ReadyAnswer {
+    fn num_choices(&self) -> usize {
+        self.num_choices
+    }
+
+    fn next(&mut self) -> BoxFuture<'_, Option<Step>> {
+        Box::pin(std::future::ready(self.steps.pop_front()))
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+/// An upstream stream being decoded as it is read.
+pub(super) struct StreamAnswer<D> {
+    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    parser: StreamParser,
+    decoder: D,
+    decoded: Decoded,
+    /// The upstream said it is done, or the body ended.
+    upstream_done: bool,
+    /// A failure was reported; nothing follows.
+    failed: bool,
+}
+
+impl<D: EventDecoder + 'static> StreamAnswer<D> {
+    /// Reads the stream until its first content step (a token or a finish),
+    /// so failures before that are still a plain `Err` the router can fail
+    /// over on.
+    pub async fn open(
+        response: reqwest::Response,
+        framing: Framing,
+        decoder: D,
+        num_choices: usize,
+    ) -> Result<BoxAnswer, ProviderError> {
+        let mut answer = Self {
+            body: response.bytes_stream().boxed(),
+            parser: StreamParser::new(framing),
+            decoder,
+            decoded: Decoded::new(num_choices),
+            upstream_done: false,
+            failed: false,
+        };
+        while !answer.decoded.has_content() {
+            if answer.upstream_done {
+                return Err(ProviderError::Malformed(
+                    "the stream ended before any content".into(),
+                ));
+            }
+            answer.pump().await?;
+        }
+        Ok(Box::new(answer))
+    }
+
+    /// Reads one network chunk and decodes every payload it completes.
+    async fn pump(&mut self) -> Result<(), ProviderError> {
+        match self.body.next().await {
+            Some(Ok(bytes)) => self.parser.feed(&bytes)?,
+            Some(Err(err)) => return Err(ProviderError::Transport(error_chain(&err))),
+            None => {
+                self.parser.finish()?;
+                self.upstream_done = true;
+            }
+        }
+        while let Some(payload) = self.parser.next_payload() {
+            if self.decoder.decode(&payload, &mut self.decoded)? {
+                self.upstream_done = true;
+            }
+        }
+        if self.upstream_done && !self.decoded.all_finished() {
+            return Err(ProviderError::Transport(
+                "the stream ended before every choice finished".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<D: EventDecoder + 'static> Answer for StreamAnswer<D> {
+    fn num_choices(&self) -> usize {
+        self.decoded.finished.len()
+    }
+
+    fn next(&mut self) -> BoxFuture<'_, Option<Step>> {
+        Box::pin(async move {
+            loop {
+                if let Some(step) = self.decoded.steps.pop_front() {
+                    return Some(step);
+                }
+                if self.failed || self.upstream_done {
+                    return None;
+                }
+                if let Err(err) = self.pump().await {
+                    tracing::warn!(error = %err, "upstream stream failed after it started");
+                    self.failed = true;
+                    // Steps decoded before the failure still go out first.
+                    self.decoded
+                        .steps
+                        .push_back(Step::Failed(err.to_api_error()));
+                }
+            }
+        })
+    }
+
+    fn usage(&self) -> Usage {
+        self.decoded.usage
+    }
+}
+
+/// The runtime's finish reason for an upstream's; a content filter's stop is
+/// a plain stop for the client (the runtime has no such reason), noted in
+/// the log.
+pub(super) fn finish_reason(wire: &str) -> FinishReason {
+    match wire {
+        "length" => FinishReason::Length,
+        "stop" => FinishReason::Stop,
+        other => {
+            tracing::info!(reason = other, "upstream finish reason reported as stop");
+            FinishReason::Stop
+        }
+    }
+}
