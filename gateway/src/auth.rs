@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::config::ApiKey;
 use crate::error::ApiError;
+use crate::sensitivity::TenantPolicy;
 
 /// Who is calling; put in the request's extensions by [`require_key`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +22,7 @@ pub struct Tenant(pub Arc<str>);
 /// The configured keys.
 #[derive(Debug)]
 pub struct KeyStore {
-    keys: Vec<(Arc<str>, Vec<u8>)>,
+    keys: Vec<(Arc<str>, Vec<u8>, TenantPolicy)>,
 }
 
 impl KeyStore {
@@ -33,6 +34,9 @@ impl KeyStore {
                     (
                         Arc::from(k.tenant.as_str()),
                         k.secret.expose().as_bytes().to_vec(),
+                        TenantPolicy {
+                            sensitive: k.sensitive,
+                        },
                     )
                 })
                 .collect(),
@@ -45,8 +49,17 @@ impl KeyStore {
 
     /// The tenant a request's `Authorization` header names.
     pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Tenant, ApiError> {
+        self.authenticate_with_policy(header)
+            .map(|(tenant, _)| tenant)
+    }
+
+    /// The tenant and its key's policy.
+    pub fn authenticate_with_policy(
+        &self,
+        header: Option<&[u8]>,
+    ) -> Result<(Tenant, TenantPolicy), ApiError> {
         if self.is_open() {
-            return Ok(Tenant(Arc::from("anonymous")));
+            return Ok((Tenant(Arc::from("anonymous")), TenantPolicy::default()));
         }
         let Some(value) = header else {
             return Err(ApiError::Unauthorized(
@@ -62,14 +75,12 @@ impl KeyStore {
         // Compare against every key in constant time per key, so timing
         // tells neither which key nor how much of it matched.
         let mut found = None;
-        for (tenant, key) in &self.keys {
+        for (tenant, key, policy) in &self.keys {
             if constant_time_eq(key, presented) {
-                found = Some(tenant.clone());
+                found = Some((Tenant(tenant.clone()), *policy));
             }
         }
-        found
-            .map(Tenant)
-            .ok_or(ApiError::Unauthorized("Incorrect API key provided."))
+        found.ok_or(ApiError::Unauthorized("Incorrect API key provided."))
     }
 }
 
@@ -87,9 +98,10 @@ pub async fn require_key(
     next: Next,
 ) -> Result<Response, ApiError> {
     let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-    let tenant = store.authenticate(header)?;
+    let (tenant, policy) = store.authenticate_with_policy(header)?;
     tracing::Span::current().record("tenant", &*tenant.0);
     request.extensions_mut().insert(tenant);
+    request.extensions_mut().insert(policy);
     Ok(next.run(request).await)
 }
 
@@ -104,11 +116,13 @@ mod tests {
                 tenant: "alpha".into(),
                 source: KeySource::KeysVariable,
                 secret: Secret::new("key-a".into()),
+                sensitive: false,
             },
             ApiKey {
                 tenant: "beta".into(),
                 source: KeySource::KeysVariable,
                 secret: Secret::new("key-b".into()),
+                sensitive: true,
             },
         ])
     }
@@ -130,6 +144,18 @@ mod tests {
             let err = store().authenticate(header).unwrap_err();
             assert_eq!(err.status(), axum::http::StatusCode::UNAUTHORIZED);
         }
+    }
+
+    #[test]
+    fn a_key_carries_its_sensitivity_policy() {
+        let (_, policy) = store()
+            .authenticate_with_policy(Some(b"Bearer key-b"))
+            .unwrap();
+        assert!(policy.sensitive);
+        let (_, policy) = store()
+            .authenticate_with_policy(Some(b"Bearer key-a"))
+            .unwrap();
+        assert!(!policy.sensitive);
     }
 
     #[test]

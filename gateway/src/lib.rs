@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod metrics;
 pub mod openai;
 pub mod providers;
 pub mod registry;

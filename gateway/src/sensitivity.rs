@@ -8,6 +8,10 @@
 //! whatever a client sends, so a compromised or careless client cannot move
 //! a tenant's data to the cloud. (The PII detector will raise it too, later.)
 
+use std::convert::Infallible;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
 /// The header that marks one request as sensitive.
@@ -34,6 +38,21 @@ pub fn is_sensitive(headers: &HeaderMap, policy: Option<&TenantPolicy>) -> bool 
             })
             .unwrap_or(false)
     })
+}
+
+/// Extractor: the request's sensitivity, for the handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sensitivity(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for Sensitivity {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(Self(is_sensitive(
+            &parts.headers,
+            parts.extensions.get::<TenantPolicy>(),
+        )))
+    }
 }
 
 #[cfg(test)]

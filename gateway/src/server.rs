@@ -29,11 +29,15 @@ use crate::error::ApiError;
 use crate::openai::json::BodyLimit;
 use crate::openai::{chat, completions, models};
 use crate::registry::Registry;
+use crate::router::Router as ModelRouter;
 
 /// What every handler may read. Cheap to clone (all shared).
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
+    pub router: Arc<ModelRouter>,
+    /// The Prometheus recorder's handle; `None` if another recorder was installed first.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub keys: Arc<KeyStore>,
     pub body_limit: BodyLimit,
     pub request_timeout: Duration,
@@ -58,6 +62,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("cannot load {0}")]
     Load(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Knobs of `serve` that are not configuration.
@@ -82,6 +88,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(crate::metrics::render))
         .merge(v1)
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
@@ -94,6 +101,14 @@ pub fn router(state: AppState) -> Router {
 pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> {
     let shutdown = CancellationToken::new();
     let registry = Arc::new(Registry::new(&config.models));
+    // Before the router: it registers its metric handles as it is built.
+    let metrics = crate::metrics::install();
+    let model_router = Arc::new(ModelRouter::new(
+        &config.routes,
+        &config.providers,
+        registry.clone(),
+        config.server.request_timeout,
+    )?);
     let keys = Arc::new(KeyStore::new(&config.keys));
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
@@ -133,9 +148,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     if options.shutdown_on_stdin_eof {
         tasks.spawn(watch_stdin(shutdown.clone()));
     }
+    if let Some(handle) = metrics.clone() {
+        tasks.spawn(crate::metrics::upkeep(handle, shutdown.clone()));
+    }
 
     let state = AppState {
         registry,
+        router: model_router,
+        metrics,
         keys,
         body_limit: BodyLimit(config.server.max_body_bytes),
         request_timeout: config.server.request_timeout,

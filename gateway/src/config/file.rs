@@ -22,6 +22,10 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    #[serde(default)]
+    pub providers: Vec<crate::providers::ProviderConfig>,
+    #[serde(default)]
+    pub routes: Vec<super::routes::RouteSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +54,8 @@ pub struct KeySection {
     /// Accepted only to refuse it with a clear message: secrets never sit
     /// in the config file, which gets copied, committed and printed.
     pub key: Option<toml::Value>,
+    /// Every request with this key is sensitive (served on_prem only).
+    pub sensitive: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@
 mod file;
 mod render;
 mod resolve;
+mod routes;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -97,6 +98,8 @@ pub struct ApiKey {
     pub tenant: String,
     pub source: KeySource,
     pub secret: Secret,
+    /// Every request with this key is sensitive.
+    pub sensitive: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +129,10 @@ pub struct Config {
     pub server: ServerConfig,
     pub keys: Vec<ApiKey>,
     pub models: Vec<ModelConfig>,
+    /// Upstreams (`[[providers]]`), built by the router at start.
+    pub providers: Vec<crate::providers::ProviderConfig>,
+    /// The model map (`[[routes]]`); local models without a route are served directly.
+    pub routes: Vec<crate::router::RouteSpec>,
 }
 
 /// What the command line adds on top of the file and the environment.

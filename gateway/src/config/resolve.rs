@@ -26,6 +26,8 @@ pub(super) fn resolve(
         server,
         auth,
         models,
+        providers,
+        routes,
     } = file;
 
     let (listen_text, listen_key) = match (&overrides.listen, env("SLUICE_LISTEN"), server.listen) {
@@ -140,6 +142,9 @@ pub(super) fn resolve(
         resolved.push(m);
     }
 
+    super::routes::check_providers(&providers)?;
+    let routes = super::routes::resolve_routes(routes, &providers, &resolved)?;
+
     Ok(Config {
         server: ServerConfig {
             listen,
@@ -150,6 +155,8 @@ pub(super) fn resolve(
         },
         keys,
         models: resolved,
+        providers,
+        routes,
     })
 }
 
@@ -213,6 +220,7 @@ fn resolve_key(
         key_env,
         key_file,
         key,
+        sensitive,
     } = k;
     let at = |field: &str| format!("auth.keys[{i}].{field}");
     check_tenant(&at("tenant"), &tenant)?;
@@ -253,6 +261,7 @@ fn resolve_key(
         tenant,
         source,
         secret: Secret::new(secret),
+        sensitive: sensitive.unwrap_or(false),
     })
 }
 
@@ -274,6 +283,7 @@ fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
             tenant: tenant.trim().to_string(),
             source: KeySource::KeysVariable,
             secret: Secret::new(secret.trim().to_string()),
+            sensitive: false,
         });
     }
     Ok(keys)

@@ -260,3 +260,116 @@ fn the_example_config_in_deploy_resolves() {
     assert_eq!(cfg.models[0].engine, EngineConfig::default());
     assert!(cfg.models[0].path.is_absolute(), "~ is expanded");
 }
+
+const ROUTED: &str = r#"
+[[models]]
+id = "small"
+path = "/m/small.gguf"
+
+[[providers]]
+kind = "openai"
+name = "cloud"
+base_url = "http://127.0.0.1:9/v1"
+
+[[routes]]
+model = "chat"
+strategy = "learned"
+seed = 3
+
+[[routes.deployments]]
+name = "local-small"
+local = "small"
+max_queue_wait_ms = 250
+min_free_kv_fraction = 0.1
+max_concurrency = 4
+
+[[routes.deployments]]
+name = "cloud-mini"
+provider = "cloud"
+upstream_model = "gpt-4o-mini"
+priority = 1
+price_input_per_1k = 0.00015
+price_output_per_1k = 0.0006
+"#;
+
+#[test]
+fn routes_resolve_with_residency_following_the_target() {
+    let cfg = load_str(ROUTED, &[]).unwrap();
+    assert_eq!(cfg.providers.len(), 1);
+    let route = &cfg.routes[0];
+    assert_eq!(route.model, "chat");
+    assert_eq!(route.strategy, crate::router::Strategy::Learned);
+    assert_eq!(route.seed, Some(3));
+    let [local, cloud] = &route.deployments[..] else {
+        panic!("two deployments")
+    };
+    assert_eq!(local.settings.residency, crate::router::Residency::OnPrem);
+    assert_eq!(local.settings.max_concurrency, Some(4));
+    assert_eq!(cloud.settings.residency, crate::router::Residency::Cloud);
+    assert_eq!(cloud.settings.priority, 1);
+    assert!((cloud.settings.price.output_per_1k - 0.0006).abs() < 1e-12);
+    match &local.target {
+        crate::router::TargetSpec::Local { model, saturation } => {
+            assert_eq!(model, "small");
+            assert_eq!(saturation.max_queue_wait_ms, 250.0);
+            assert_eq!(saturation.min_free_kv_fraction, 0.1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_routes_name_their_key() {
+    let cases = [
+        (
+            ROUTED.replace("strategy = \"learned\"", "strategy = \"random\""),
+            "routes[0].strategy",
+        ),
+        (
+            ROUTED.replace("local = \"small\"", "local = \"big\""),
+            "routes[0].deployments[0].local",
+        ),
+        (
+            ROUTED.replace("provider = \"cloud\"", "provider = \"nope\""),
+            "routes[0].deployments[1].provider",
+        ),
+        (
+            ROUTED.replace("upstream_model = \"gpt-4o-mini\"", ""),
+            "routes[0].deployments[1].upstream_model",
+        ),
+        (
+            ROUTED.replace("name = \"cloud-mini\"", "name = \"local-small\""),
+            "routes[0].deployments[1].name",
+        ),
+        (
+            ROUTED.replace("priority = 1", "residency = \"moon\""),
+            "routes[0].deployments[1].residency",
+        ),
+        (
+            ROUTED.replace("price_input_per_1k = 0.00015", "price_input_per_1k = -1.0"),
+            "routes[0].deployments[1].price_input_per_1k",
+        ),
+        (
+            ROUTED.replace("min_free_kv_fraction = 0.1", "min_free_kv_fraction = 2.0"),
+            "routes[0].deployments[0].min_free_kv_fraction",
+        ),
+        (
+            ROUTED.replace("max_concurrency = 4", "max_concurrency = 0"),
+            "routes[0].deployments[0].max_concurrency",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = err_of(&text, &[]);
+        assert!(err.starts_with(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn a_key_can_mark_its_tenant_sensitive() {
+    let cfg = load_str(
+        "[[auth.keys]]\ntenant = \"hr\"\nkey_env = \"K\"\nsensitive = true\n",
+        &[("K", "secret-1")],
+    )
+    .unwrap();
+    assert!(cfg.keys[0].sensitive);
+}

@@ -11,13 +11,14 @@ use serde_json::Value;
 use sluice_models::Tokenizer;
 use sluice_runtime::{FinishReason, TokenLogprob};
 
-use crate::answer::{self, BoxAnswer, ChoiceOutput};
+use crate::answer::{self, ChoiceOutput};
 use crate::error::ApiError;
-use crate::generate;
 use crate::openai::json::ApiJson;
 use crate::openai::logprobs::{self, ChatLogprobs};
 use crate::openai::sse::{self, Framing};
 use crate::openai::{new_id, unix_now, StreamOptions, UsageWire, SYSTEM_FINGERPRINT};
+use crate::router::{Dispatch, Routed};
+use crate::sensitivity::Sensitivity;
 use crate::server::AppState;
 use crate::validate;
 
@@ -139,15 +140,26 @@ struct Delta<'a> {
 /// `POST /v1/chat/completions`.
 pub async fn create(
     State(state): State<AppState>,
+    Sensitivity(sensitive): Sensitivity,
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let started = tokio::time::Instant::now();
     let req = validate::chat(body)?;
-    let model = state.registry.ready(&req.model)?;
     tracing::debug!(model = %req.model, user = req.user.as_deref(), stream = req.stream, "chat completion");
     let want_logprobs = req.job.sampling.logprobs.is_some();
-    let mut generation: BoxAnswer =
-        Box::new(generate::start(&model, req.job, state.request_timeout).await?);
-    let tokenizer = model.engine.tokenizer().clone();
+    let how = Dispatch {
+        stream: req.stream,
+        sensitive,
+        started,
+    };
+    let Routed {
+        answer: mut generation,
+        provenance,
+        tokenizer,
+    } = state.router.dispatch(&req.model, req.job, how).await?;
+    // Log-probabilities are rendered with the local model's tokenizer; the
+    // router sends requests for them only to local deployments.
+    let tokenizer = tokenizer.filter(|_| want_logprobs);
     let id = new_id("chatcmpl");
     let created = unix_now();
     if req.stream {
@@ -157,9 +169,10 @@ pub async fn create(
             model: req.model,
             include_usage: req.include_usage,
             tokenizer,
-            want_logprobs,
         };
-        return Ok(sse::respond(generation, framing, req.include_usage));
+        let mut response = sse::respond(generation, framing, req.include_usage);
+        provenance.stamp(response.headers_mut(), None);
+        return Ok(response);
     }
     let outputs = answer::collect(generation.as_mut()).await?;
     let choices = outputs
@@ -178,11 +191,12 @@ pub async fn create(
                     content: text,
                     refusal: None,
                 },
-                logprobs: want_logprobs.then(|| logprobs::chat(&tokenizer, &lps)),
+                logprobs: tokenizer.as_deref().map(|t| logprobs::chat(t, &lps)),
                 finish_reason: finish_reason.map(FinishReason::as_str),
             }
         })
         .collect();
+    let usage = generation.usage();
     let body = ChatCompletion {
         id: &id,
         object: "chat.completion",
@@ -190,9 +204,11 @@ pub async fn create(
         model: &req.model,
         system_fingerprint: SYSTEM_FINGERPRINT,
         choices,
-        usage: generation.usage().into(),
+        usage: usage.into(),
     };
-    Ok(Json(body).into_response())
+    let mut response = Json(body).into_response();
+    provenance.stamp(response.headers_mut(), Some(&usage));
+    Ok(response)
 }
 
 struct ChatFraming {
@@ -200,8 +216,8 @@ struct ChatFraming {
     created: u64,
     model: String,
     include_usage: bool,
-    tokenizer: Arc<Tokenizer>,
-    want_logprobs: bool,
+    /// Present when log-probabilities are to be rendered.
+    tokenizer: Option<Arc<Tokenizer>>,
 }
 
 impl ChatFraming {
@@ -236,9 +252,7 @@ impl Framing for ChatFraming {
     }
 
     fn content(&mut self, choice: usize, text: &str, lps: &[TokenLogprob]) -> String {
-        let logprobs = self
-            .want_logprobs
-            .then(|| logprobs::chat(&self.tokenizer, lps));
+        let logprobs = self.tokenizer.as_deref().map(|t| logprobs::chat(t, lps));
         self.chunk(
             vec![ChunkChoice {
                 index: choice,

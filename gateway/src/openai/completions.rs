@@ -15,13 +15,14 @@ use serde_json::Value;
 use sluice_models::Tokenizer;
 use sluice_runtime::{FinishReason, TokenLogprob};
 
-use crate::answer::{self, BoxAnswer, ChoiceOutput};
+use crate::answer::{self, ChoiceOutput};
 use crate::error::ApiError;
-use crate::generate;
 use crate::openai::json::ApiJson;
 use crate::openai::logprobs::{self, CompletionLogprobs};
 use crate::openai::sse::{self, Framing};
 use crate::openai::{new_id, unix_now, StreamOptions, UsageWire, SYSTEM_FINGERPRINT};
+use crate::router::{Dispatch, Routed};
+use crate::sensitivity::Sensitivity;
 use crate::server::AppState;
 use crate::validate;
 
@@ -81,15 +82,25 @@ struct Choice {
 /// `POST /v1/completions`.
 pub async fn create(
     State(state): State<AppState>,
+    Sensitivity(sensitive): Sensitivity,
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let started = tokio::time::Instant::now();
     let req = validate::completion(body)?;
-    let model = state.registry.ready(&req.model)?;
     tracing::debug!(model = %req.model, user = req.user.as_deref(), stream = req.stream, "completion");
     let want_logprobs = req.job.sampling.logprobs.is_some();
-    let mut generation: BoxAnswer =
-        Box::new(generate::start(&model, req.job, state.request_timeout).await?);
-    let tokenizer = model.engine.tokenizer().clone();
+    let how = Dispatch {
+        stream: req.stream,
+        sensitive,
+        started,
+    };
+    let Routed {
+        answer: mut generation,
+        provenance,
+        tokenizer,
+    } = state.router.dispatch(&req.model, req.job, how).await?;
+    // Text completions go to local deployments only (the router sees to it).
+    let tokenizer = tokenizer.filter(|_| want_logprobs);
     let id = new_id("cmpl");
     let created = unix_now();
     if req.stream {
@@ -100,9 +111,10 @@ pub async fn create(
             model: req.model,
             include_usage: req.include_usage,
             tokenizer,
-            want_logprobs,
         };
-        return Ok(sse::respond(generation, framing, req.include_usage));
+        let mut response = sse::respond(generation, framing, req.include_usage);
+        provenance.stamp(response.headers_mut(), None);
+        return Ok(response);
     }
     let outputs = answer::collect(generation.as_mut()).await?;
     let choices = outputs
@@ -117,11 +129,14 @@ pub async fn create(
             Choice {
                 index,
                 text,
-                logprobs: want_logprobs.then(|| logprobs::completion(&tokenizer, &lps, 0)),
+                logprobs: tokenizer
+                    .as_deref()
+                    .map(|t| logprobs::completion(t, &lps, 0)),
                 finish_reason: finish_reason.map(FinishReason::as_str),
             }
         })
         .collect();
+    let usage = generation.usage();
     let body = Completion {
         id: &id,
         object: "text_completion",
@@ -129,9 +144,11 @@ pub async fn create(
         model: &req.model,
         system_fingerprint: SYSTEM_FINGERPRINT,
         choices,
-        usage: Some(Some(generation.usage().into())),
+        usage: Some(Some(usage.into())),
     };
-    Ok(Json(body).into_response())
+    let mut response = Json(body).into_response();
+    provenance.stamp(response.headers_mut(), Some(&usage));
+    Ok(response)
 }
 
 struct CompletionFraming {
@@ -139,8 +156,8 @@ struct CompletionFraming {
     created: u64,
     model: String,
     include_usage: bool,
-    tokenizer: Arc<Tokenizer>,
-    want_logprobs: bool,
+    /// Present when log-probabilities are to be rendered.
+    tokenizer: Option<Arc<Tokenizer>>,
     /// Bytes of text sent so far per choice, for `text_offset`.
     text_offsets: Vec<usize>,
 }
@@ -171,8 +188,9 @@ impl Framing for CompletionFraming {
             *o += text.len();
         }
         let logprobs = self
-            .want_logprobs
-            .then(|| logprobs::completion(&self.tokenizer, lps, offset));
+            .tokenizer
+            .as_deref()
+            .map(|t| logprobs::completion(t, lps, offset));
         self.chunk(
             vec![Choice {
                 index: choice,

@@ -35,11 +35,26 @@ fn model(slot: &ModelSlot) -> Model {
     }
 }
 
-/// Every configured model, loaded or still loading.
+/// A public model name of a `[[routes]]` entry that is not a local model id.
+fn routed(id: &str, created: u64) -> Model {
+    Model {
+        id: id.to_string(),
+        object: "model",
+        created,
+        owned_by: "sluice",
+        max_model_len: None,
+    }
+}
+
+/// Every configured model (loaded or still loading), then the public names
+/// of the routes.
 pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
+    let created = state.registry.slots().first().map_or(0, |s| s.created);
+    let mut data: Vec<Model> = state.registry.slots().iter().map(|s| model(s)).collect();
+    data.extend(state.router.public_models().map(|id| routed(id, created)));
     Json(ModelList {
         object: "list",
-        data: state.registry.slots().iter().map(|s| model(s)).collect(),
+        data,
     })
 }
 
@@ -47,5 +62,12 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Model>, ApiError> {
-    Ok(Json(model(state.registry.get(&id)?)))
+    if let Ok(slot) = state.registry.get(&id) {
+        return Ok(Json(model(slot)));
+    }
+    if state.router.has_route(&id) {
+        let created = state.registry.slots().first().map_or(0, |s| s.created);
+        return Ok(Json(routed(&id, created)));
+    }
+    Err(ApiError::ModelNotFound(id))
 }

@@ -1,0 +1,333 @@
+//! `[[providers]]` and `[[routes]]`: the upstreams, and the model map from a
+//! public model name to its deployments. Resolved into the router's own
+//! [`RouteSpec`]s here, so every bad value fails at start naming its key.
+//!
+//! Design choice: a deployment names its target with exactly one of
+//! `local = "<model id>"` or `provider = "<name>"` (+ `upstream_model`),
+//! and the residency defaults follow the target (local: `on_prem`, a
+//! provider: `cloud`). Marking a provider `on_prem` (an external vLLM in
+//! the same network) is therefore an explicit act, never a default that
+//! could leak sensitive data.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{invalid, ConfigError, ModelConfig};
+use crate::providers::{ProviderConfig, ResilienceConfig};
+use crate::router::{
+    DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
+    SaturationLimits, Strategy, TargetSpec,
+};
+
+const DEFAULT_SENSITIVE_WAIT_MS: u64 = 1000;
+const DEFAULT_MAX_QUEUE_WAIT_MS: f64 = 1000.0;
+const DEFAULT_MIN_FREE_KV_FRACTION: f64 = 0.05;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// The public model name clients send.
+    pub model: String,
+    /// `fallback` (default), `weighted`, `least_latency`, `lowest_cost`, `learned`.
+    pub strategy: Option<String>,
+    pub seed: Option<u64>,
+    pub sensitive_wait_ms: Option<u64>,
+    #[serde(default)]
+    pub reward: RewardSection,
+    #[serde(default)]
+    pub deployments: Vec<DeploymentSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSection {
+    pub latency_scale_ms: Option<f64>,
+    pub per_token_scale_ms: Option<f64>,
+    pub cost_scale_usd: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSection {
+    /// Unique over all routes; shown in `x-sluice-deployment` and metrics.
+    pub name: String,
+    pub local: Option<String>,
+    pub provider: Option<String>,
+    pub upstream_model: Option<String>,
+    pub priority: Option<u32>,
+    pub weight: Option<f64>,
+    pub price_input_per_1k: Option<f64>,
+    pub price_output_per_1k: Option<f64>,
+    pub max_concurrency: Option<usize>,
+    pub residency: Option<String>,
+    pub max_queue_wait_ms: Option<f64>,
+    pub min_free_kv_fraction: Option<f64>,
+    pub resilience: Option<ResilienceConfig>,
+}
+
+/// Checks the providers (unique names, sane resilience settings).
+pub(super) fn check_providers(providers: &[ProviderConfig]) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    for (i, p) in providers.iter().enumerate() {
+        let name = p.name();
+        if name.is_empty() || !names.insert(name.to_string()) {
+            return Err(invalid(
+                format!("providers[{i}].name"),
+                format!("`{name}` is empty or used twice"),
+            ));
+        }
+        p.resilience()
+            .validate()
+            .map_err(|m| invalid(format!("providers[{i}].resilience"), m))?;
+    }
+    Ok(())
+}
+
+pub(super) fn resolve_routes(
+    routes: Vec<RouteSection>,
+    providers: &[ProviderConfig],
+    models: &[ModelConfig],
+) -> Result<Vec<RouteSpec>, ConfigError> {
+    let mut publics = HashSet::new();
+    let mut deployment_names = HashSet::new();
+    let mut out = Vec::with_capacity(routes.len());
+    for (i, r) in routes.into_iter().enumerate() {
+        let RouteSection {
+            model,
+            strategy,
+            seed,
+            sensitive_wait_ms,
+            reward,
+            deployments,
+        } = r;
+        let at = |field: &str| format!("routes[{i}].{field}");
+        if model.is_empty() || !publics.insert(model.clone()) {
+            return Err(invalid(
+                at("model"),
+                format!("`{model}` is empty or used twice"),
+            ));
+        }
+        let strategy = match strategy.as_deref() {
+            None => Strategy::Fallback,
+            Some(s) => Strategy::parse(s).ok_or_else(|| {
+                invalid(
+                    at("strategy"),
+                    format!(
+                        "`{s}` is not one of fallback, weighted, least_latency, lowest_cost, learned"
+                    ),
+                )
+            })?,
+        };
+        if deployments.is_empty() {
+            return Err(invalid(
+                at("deployments"),
+                "a route needs at least one deployment",
+            ));
+        }
+        let wait = sensitive_wait_ms.unwrap_or(DEFAULT_SENSITIVE_WAIT_MS);
+        if wait > 60_000 {
+            return Err(invalid(
+                at("sensitive_wait_ms"),
+                format!("{wait} is more than 60000"),
+            ));
+        }
+        let reward = resolve_reward(&at("reward"), reward)?;
+        let mut specs = Vec::with_capacity(deployments.len());
+        for (j, d) in deployments.into_iter().enumerate() {
+            let key = format!("routes[{i}].deployments[{j}]");
+            let spec = resolve_deployment(&key, d, providers, models)?;
+            // Metrics and the outcome store are keyed by deployment name.
+            if !deployment_names.insert(spec.settings.name.clone()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("`{}` is used twice", spec.settings.name),
+                ));
+            }
+            specs.push(spec);
+        }
+        out.push(RouteSpec {
+            model,
+            strategy,
+            seed,
+            sensitive_wait: Duration::from_millis(wait),
+            reward,
+            deployments: specs,
+        });
+    }
+    Ok(out)
+}
+
+fn resolve_reward(at: &str, r: RewardSection) -> Result<RewardScales, ConfigError> {
+    let RewardSection {
+        latency_scale_ms,
+        per_token_scale_ms,
+        cost_scale_usd,
+    } = r;
+    let d = RewardScales::default();
+    let positive = |field: &str, v: Option<f64>, default: f64| match v {
+        None => Ok(default),
+        Some(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Some(x) => Err(invalid(
+            format!("{at}.{field}"),
+            format!("{x} must be a positive number"),
+        )),
+    };
+    Ok(RewardScales {
+        latency_scale_ms: positive("latency_scale_ms", latency_scale_ms, d.latency_scale_ms)?,
+        per_token_scale_ms: positive(
+            "per_token_scale_ms",
+            per_token_scale_ms,
+            d.per_token_scale_ms,
+        )?,
+        cost_scale_usd: positive("cost_scale_usd", cost_scale_usd, d.cost_scale_usd)?,
+    })
+}
+
+fn resolve_deployment(
+    key: &str,
+    d: DeploymentSection,
+    providers: &[ProviderConfig],
+    models: &[ModelConfig],
+) -> Result<DeploymentSpec, ConfigError> {
+    let DeploymentSection {
+        name,
+        local,
+        provider,
+        upstream_model,
+        priority,
+        weight,
+        price_input_per_1k,
+        price_output_per_1k,
+        max_concurrency,
+        residency,
+        max_queue_wait_ms,
+        min_free_kv_fraction,
+        resilience,
+    } = d;
+    let at = |field: &str| format!("{key}.{field}");
+    let name_ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
+    if !name_ok {
+        return Err(invalid(
+            at("name"),
+            format!("`{name}` must be 1-128 characters of A-Z a-z 0-9 - _ . : /"),
+        ));
+    }
+    let non_negative = |field: &str, v: Option<f64>, default: f64| match v {
+        None => Ok(default),
+        Some(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Some(x) => Err(invalid(at(field), format!("{x} must be a number >= 0"))),
+    };
+    let price = Price {
+        input_per_1k: non_negative("price_input_per_1k", price_input_per_1k, 0.0)?,
+        output_per_1k: non_negative("price_output_per_1k", price_output_per_1k, 0.0)?,
+    };
+    let weight = non_negative("weight", weight, 1.0)?;
+    if max_concurrency == Some(0) {
+        return Err(invalid(
+            at("max_concurrency"),
+            "must be at least 1 (leave it out for no cap)",
+        ));
+    }
+    let (target, default_residency) = match (local, provider) {
+        (Some(model), None) => {
+            if !models.iter().any(|m| m.id == model) {
+                return Err(invalid(
+                    at("local"),
+                    format!("no [[models]] entry has id `{model}`"),
+                ));
+            }
+            if upstream_model.is_some() || resilience.is_some() {
+                return Err(invalid(
+                    at("upstream_model"),
+                    "upstream_model and resilience are for provider deployments",
+                ));
+            }
+            let fraction = non_negative(
+                "min_free_kv_fraction",
+                min_free_kv_fraction,
+                DEFAULT_MIN_FREE_KV_FRACTION,
+            )?;
+            if fraction > 1.0 {
+                return Err(invalid(
+                    at("min_free_kv_fraction"),
+                    format!("{fraction} is more than 1"),
+                ));
+            }
+            let saturation = SaturationLimits {
+                max_queue_wait_ms: non_negative(
+                    "max_queue_wait_ms",
+                    max_queue_wait_ms,
+                    DEFAULT_MAX_QUEUE_WAIT_MS,
+                )?,
+                min_free_kv_fraction: fraction,
+            };
+            (TargetSpec::Local { model, saturation }, Residency::OnPrem)
+        }
+        (None, Some(provider)) => {
+            if !providers.iter().any(|p| p.name() == provider) {
+                return Err(invalid(
+                    at("provider"),
+                    format!("no [[providers]] entry is named `{provider}`"),
+                ));
+            }
+            if max_queue_wait_ms.is_some() || min_free_kv_fraction.is_some() {
+                return Err(invalid(
+                    at("max_queue_wait_ms"),
+                    "max_queue_wait_ms and min_free_kv_fraction are for local deployments",
+                ));
+            }
+            let Some(upstream_model) = upstream_model.filter(|m| !m.is_empty()) else {
+                return Err(invalid(
+                    at("upstream_model"),
+                    "a provider deployment needs the upstream's model name",
+                ));
+            };
+            if let Some(r) = &resilience {
+                r.validate().map_err(|m| invalid(at("resilience"), m))?;
+            }
+            (
+                TargetSpec::Provider {
+                    provider,
+                    upstream_model,
+                    resilience,
+                },
+                Residency::Cloud,
+            )
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(at("local"), "give local or provider, not both"));
+        }
+        (None, None) => {
+            return Err(invalid(
+                at("local"),
+                "give local = \"<model id>\" or provider = \"<name>\"",
+            ));
+        }
+    };
+    let residency = match residency.as_deref() {
+        None => default_residency,
+        Some(r) => Residency::parse(r).ok_or_else(|| {
+            invalid(
+                at("residency"),
+                format!("`{r}` is not one of on_prem, cloud"),
+            )
+        })?,
+    };
+    Ok(DeploymentSpec {
+        settings: DeploymentSettings {
+            name,
+            priority: priority.unwrap_or(0),
+            weight,
+            price,
+            max_concurrency,
+            residency,
+        },
+        target,
+    })
+}
