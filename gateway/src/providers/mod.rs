@@ -218,7 +218,7 @@ pub enum ProviderConfig {
         api_key_file: Option<PathBuf>,
         /// Extra request headers (`OpenAI-Organization`, say); not secrets.
         #[serde(default)]
-        headers: Vec<(String, String)>,
+        headers: std::collections::BTreeMap<String, String>,
         #[serde(default)]
         resilience: ResilienceConfig,
     },
@@ -372,5 +372,60 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
         status,
         retry_after,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_config_parses_from_toml_and_refuses_inline_keys() {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            providers: Vec<ProviderConfig>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [[providers]]
+            kind = "openai"
+            name = "vllm"
+            base_url = "http://10.0.0.5:8000/v1"
+            headers = { "OpenAI-Organization" = "org-1" }
+
+            [[providers]]
+            kind = "gigachat"
+            name = "giga"
+            auth_key_env = "GIGACHAT_AUTH_KEY"
+            scope = "GIGACHAT_API_PERS"
+            ca_bundle = "/etc/ssl/russian_trusted_root_ca.pem"
+            resilience = { max_attempts = 2, breaker_failures = 3 }
+
+            [[providers]]
+            kind = "yandex"
+            name = "ygpt"
+            folder_id = "b1g"
+            api_key_env = "YANDEX_API_KEY"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(file.providers.len(), 3);
+        assert_eq!(file.providers[1].name(), "giga");
+        assert_eq!(file.providers[1].resilience().max_attempts, 2);
+        assert_eq!(
+            file.providers[1].resilience().first_byte_timeout_ms,
+            ResilienceConfig::default().first_byte_timeout_ms
+        );
+        let bad = toml::from_str::<File>(
+            r#"
+            [[providers]]
+            kind = "openai"
+            name = "x"
+            base_url = "http://h/v1"
+            api_key = "sk-inline"
+            "#,
+        );
+        assert!(bad.is_err());
     }
 }
