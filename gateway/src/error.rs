@@ -165,6 +165,8 @@ impl ApiError {
         let (kind, code) = self.kind_and_code();
         let message = match self {
             Self::Internal(_) => "The server failed to process the request".to_string(),
+            // Upstream URLs and messages stay in the logs.
+            Self::Upstream(_) => "The upstream provider failed to answer; retry later".to_string(),
             other => other.to_string(),
         };
         let param = match self {

@@ -24,6 +24,7 @@
 //! silently).
 
 mod answer;
+pub mod breaker;
 pub mod gigachat;
 pub mod openai_compat;
 pub mod resilience;
@@ -42,7 +43,8 @@ use crate::answer::BoxAnswer;
 use crate::error::ApiError;
 use crate::validate::Sampling;
 
-pub use resilience::{BreakerState, CircuitBreaker, Resilience, ResilienceConfig, RetryPolicy};
+pub use breaker::{BreakerState, CircuitBreaker};
+pub use resilience::{Resilience, ResilienceConfig, RetryPolicy};
 
 /// What a provider is asked: already validated; the upstream model name is
 /// the deployment's.
@@ -187,6 +189,10 @@ impl ProviderError {
                 pending: 0,
                 retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
             },
+            // Our credentials refused is our fault, not the client's.
+            Self::Status {
+                status: 401 | 403, ..
+            } => ApiError::Upstream(self.to_string()),
             Self::Status { status, .. } if (400..500).contains(status) => {
                 ApiError::invalid_body(format!("the upstream refused the request: {self}"))
             }
@@ -427,5 +433,37 @@ mod tests {
             "#,
         );
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn upstream_details_stay_out_of_the_client_body() {
+        let err = ProviderError::Transport(
+            "error sending request for url (http://10.1.2.3:8000/v1/chat/completions)".into(),
+        )
+        .to_api_error();
+        assert_eq!(err.status(), axum::http::StatusCode::BAD_GATEWAY);
+        assert!(!err.body_json().contains("10.1.2.3"), "{}", err.body_json());
+    }
+
+    #[test]
+    fn a_refused_upstream_key_is_a_bad_gateway_not_a_bad_request() {
+        let err = ProviderError::Status {
+            status: 401,
+            retry_after: None,
+            message: "Incorrect API key".into(),
+        };
+        assert_eq!(
+            err.to_api_error().status(),
+            axum::http::StatusCode::BAD_GATEWAY
+        );
+        let bad = ProviderError::Status {
+            status: 400,
+            retry_after: None,
+            message: "bad".into(),
+        };
+        assert_eq!(
+            bad.to_api_error().status(),
+            axum::http::StatusCode::BAD_REQUEST
+        );
     }
 }
