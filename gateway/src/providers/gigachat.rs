@@ -99,7 +99,11 @@ impl GigaChat {
         let connect_timeout = resilience.connect_timeout();
         let base = base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         Ok(Self {
-            client: http_client(connect_timeout, ca_bundle.as_deref())?,
+            client: http_client(
+                connect_timeout,
+                ca_bundle.as_deref(),
+                reqwest::header::HeaderMap::new(),
+            )?,
             chat_url: format!("{}/api/v1/chat/completions", base.trim_end_matches('/')),
             oauth_url: oauth_url
                 .as_deref()

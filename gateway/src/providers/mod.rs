@@ -295,13 +295,16 @@ pub fn build(cfg: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
 }
 
 /// The shared HTTP client settings: rustls with ring, the connect timeout,
-/// an optional extra CA bundle.
+/// an optional extra CA bundle, and headers sent with every request (fixed
+/// credentials among them, marked sensitive), so the hot path builds none.
 fn http_client(
     connect_timeout: Duration,
     ca_bundle: Option<&std::path::Path>,
+    default_headers: reqwest::header::HeaderMap,
 ) -> Result<reqwest::Client, ProviderError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
+        .default_headers(default_headers)
         .connect_timeout(connect_timeout)
         // Idle pooled connections are what makes proxying cheap; keep a few.
         .pool_max_idle_per_host(64)
@@ -324,6 +327,14 @@ fn http_client(
     builder
         .build()
         .map_err(|e| ProviderError::Config(format!("HTTP client: {e}")))
+}
+
+/// A credential header value, kept out of reqwest's debug output.
+fn sensitive_header(value: String) -> Result<reqwest::header::HeaderValue, ProviderError> {
+    let mut value = reqwest::header::HeaderValue::try_from(value)
+        .map_err(|_| ProviderError::Config("the secret is not a valid header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Classifies a reqwest failure that happened before an answer was committed.

@@ -23,8 +23,8 @@ use super::answer::{finish_reason, Decoded, EventDecoder, ReadyAnswer, StreamAns
 use super::secret::read_secret;
 use super::sse_client::Framing;
 use super::{
-    http_client, request_error, status_error, Provider, ProviderConfig, ProviderError,
-    ProviderRequest,
+    http_client, request_error, sensitive_header, status_error, Provider, ProviderConfig,
+    ProviderError, ProviderRequest,
 };
 use crate::answer::BoxAnswer;
 use crate::config::Secret;
@@ -34,8 +34,8 @@ pub struct OpenAiCompat {
     client: reqwest::Client,
     /// `{base_url}/chat/completions`, built once.
     url: String,
+    /// Only for `Debug` (redacted); the client sends it as a default header.
     api_key: Option<Secret>,
-    headers: HeaderMap,
     connect_timeout: Duration,
 }
 
@@ -79,27 +79,27 @@ impl OpenAiCompat {
                 .map_err(|e| ProviderError::Config(format!("headers: `{k}`: {e}")))?;
             header_map.insert(name, value);
         }
+        if let Some(key) = &api_key {
+            header_map.insert(
+                reqwest::header::AUTHORIZATION,
+                sensitive_header(format!("Bearer {}", key.expose()))?,
+            );
+        }
         let connect_timeout = resilience.connect_timeout();
         Ok(Self {
-            client: http_client(connect_timeout, None)?,
+            client: http_client(connect_timeout, None, header_map)?,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             api_key,
-            headers: header_map,
             connect_timeout,
         })
     }
 
     async fn chat_inner(&self, req: &ProviderRequest) -> Result<BoxAnswer, ProviderError> {
         let body = ChatBody::new(req)?;
-        let mut builder = self
+        let response = self
             .client
             .post(&self.url)
-            .headers(self.headers.clone())
-            .json(&body);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key.expose());
-        }
-        let response = builder
+            .json(&body)
             .send()
             .await
             .map_err(|e| request_error(e, self.connect_timeout))?;

@@ -23,8 +23,8 @@ use super::openai_compat::refuse_token_level;
 use super::secret::read_secret;
 use super::sse_client::Framing;
 use super::{
-    http_client, request_error, status_error, Provider, ProviderConfig, ProviderError,
-    ProviderRequest,
+    http_client, request_error, sensitive_header, status_error, Provider, ProviderConfig,
+    ProviderError, ProviderRequest,
 };
 use crate::answer::BoxAnswer;
 use crate::config::Secret;
@@ -109,8 +109,19 @@ impl Yandex {
         }
         let connect_timeout = resilience.connect_timeout();
         let base = base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            sensitive_header(credential.header())?,
+        );
+        headers.insert(
+            "x-folder-id",
+            reqwest::header::HeaderValue::try_from(folder_id.as_str()).map_err(|_| {
+                ProviderError::Config("folder_id is not a valid header value".into())
+            })?,
+        );
         Ok(Self {
-            client: http_client(connect_timeout, None)?,
+            client: http_client(connect_timeout, None, headers)?,
             url: format!(
                 "{}/foundationModels/v1/completion",
                 base.trim_end_matches('/')
@@ -136,8 +147,6 @@ impl Yandex {
         let response = self
             .client
             .post(&self.url)
-            .header(reqwest::header::AUTHORIZATION, self.credential.header())
-            .header("x-folder-id", &self.folder_id)
             .json(&body)
             .send()
             .await
