@@ -50,12 +50,13 @@ async fn a_revoked_token_is_refreshed_once_for_all_concurrent_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_token_near_expiry_is_refreshed_before_use_once() {
     let fake = fakes::gigachat::start(GIGACHAT_KEY).await;
-    fake.oauth.set_token_lifetime(Duration::from_millis(1_300));
+    fake.oauth.set_token_lifetime(Duration::from_millis(3_000));
     let key = key_file(GIGACHAT_KEY);
-    // Refresh when under a second is left.
-    let provider = build(&gigachat_config(&fake, &key, 1_000)).unwrap();
+    // Refresh when under two seconds are left: a token is good for one
+    // second, which the second batch has to fit in.
+    let provider = build(&gigachat_config(&fake, &key, 2_000)).unwrap();
     concurrent_chats(&provider, 1).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     concurrent_chats(&provider, 30).await;
     assert_eq!(fake.oauth.token_requests(), 2);
     // Refreshed ahead of expiry: the chat API never saw a stale token.

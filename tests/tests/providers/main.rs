@@ -375,3 +375,54 @@ fn a_missing_key_variable_is_a_config_error_naming_it() {
         Ok(_) => panic!("built without a key"),
     }
 }
+
+#[test]
+fn a_ca_bundle_without_certificates_is_a_config_error() {
+    let not_pem = key_file("this is not a certificate");
+    let cfg = ProviderConfig::Gigachat {
+        name: "g".into(),
+        base_url: None,
+        oauth_url: None,
+        auth_key_env: None,
+        auth_key_file: Some(not_pem.path.clone()),
+        scope: "GIGACHAT_API_B2B".into(),
+        ca_bundle: Some(not_pem.path.clone()),
+        token_refresh_margin_ms: None,
+        resilience: ResilienceConfig::default(),
+    };
+    match build(&cfg) {
+        Err(ProviderError::Config(message)) => assert!(message.contains("ca_bundle"), "{message}"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("built with a CA bundle holding no certificate"),
+    }
+}
+
+#[tokio::test]
+async fn yandex_iam_token_is_sent_as_bearer() {
+    let fake = fakes::yandex::start(YANDEX_KEY, FOLDER).await;
+    let token = key_file("t1.fake-iam-token");
+    let provider = build(&ProviderConfig::Yandex {
+        name: "y".into(),
+        base_url: Some(fake.base_url()),
+        folder_id: FOLDER.into(),
+        api_key_env: None,
+        api_key_file: None,
+        iam_token_env: None,
+        iam_token_file: Some(token.path.clone()),
+        resilience: quick(1),
+    })
+    .unwrap();
+    // The fake accepts only its API key: the refusal shows what was sent.
+    let err = provider
+        .chat(&request("yandexgpt/latest", false))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, ProviderError::Status { status: 401, .. }),
+        "{err:?}"
+    );
+    let headers = fake.control.last_headers().unwrap();
+    assert_eq!(headers["authorization"], "Bearer t1.fake-iam-token");
+    assert_eq!(headers["x-folder-id"], FOLDER);
+}
