@@ -7,7 +7,10 @@
 //! - `load`: a closed-loop load generator against any OpenAI-compatible server
 //!   (TTFT, inter-token latency, tokens/s, requests/s, errors by status);
 //! - `llama-cpp`: the same engine workload run on Sluice and on llama.cpp's
-//!   `llama-server` in one invocation, with the same token ids and threads.
+//!   `llama-server` in one invocation, with the same token ids and threads;
+//! - `mock-upstream` and `overhead`: a fixed-answer upstream and a
+//!   non-streaming load against gateways in front of it (the gateway's own
+//!   overhead, `bench/run-gateway-overhead.sh`).
 //!
 //! Design choice: the engine workload is built once as token ids and both
 //! sides time it from the client's seat (submit → first token → last token),
@@ -19,6 +22,7 @@ mod engine_bench;
 mod http;
 mod llama_cpp;
 mod load;
+mod overhead;
 mod prompts;
 mod report;
 mod sse;
@@ -51,6 +55,10 @@ enum Cmd {
     Load(LoadArgs),
     /// Sluice engine and llama.cpp's llama-server side by side in one run
     LlamaCpp(LlamaCppArgs),
+    /// A fast fixed-answer OpenAI-compatible upstream (for `overhead`)
+    MockUpstream(overhead::MockArgs),
+    /// Non-streaming requests/s and latency of several gateways in front of one upstream
+    Overhead(overhead::OverheadArgs),
 }
 
 #[derive(Args, Debug)]
@@ -73,10 +81,16 @@ struct LlamaCppArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
         Cmd::Engine(a) => engine(a),
         Cmd::Load(a) => load(a),
         Cmd::LlamaCpp(a) => llama_cpp(a),
+        Cmd::MockUpstream(a) => runtime().and_then(|rt| rt.block_on(overhead::mock_upstream(a))),
+        Cmd::Overhead(a) => {
+            let machine = Machine::detect();
+            runtime().and_then(|rt| rt.block_on(overhead::overhead(a, machine)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

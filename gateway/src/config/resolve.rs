@@ -119,7 +119,8 @@ pub(super) fn resolve(
             }]
         }
         (None, Some(_)) => return Err(invalid("--model-id", "needs --model PATH")),
-        (None, None) if models.is_empty() => vec![ModelSection {
+        // A gateway-only config (routes to providers, no [[models]]) loads no model.
+        (None, None) if models.is_empty() && routes.is_empty() => vec![ModelSection {
             id: DEMO_MODEL_ID.into(),
             path: sluice_models::demo_chat_model_path(),
             default_max_tokens: None,

@@ -373,3 +373,23 @@ fn a_key_can_mark_its_tenant_sensitive() {
     .unwrap();
     assert!(cfg.keys[0].sensitive);
 }
+
+#[test]
+fn a_gateway_only_config_loads_no_local_model() {
+    let text = r#"
+[[providers]]
+kind = "openai"
+name = "up"
+base_url = "http://127.0.0.1:9/v1"
+
+[[routes]]
+model = "chat"
+[[routes.deployments]]
+name = "up-chat"
+provider = "up"
+upstream_model = "m"
+"#;
+    let cfg = load_str(text, &[]).unwrap();
+    assert!(cfg.models.is_empty());
+    assert_eq!(cfg.routes.len(), 1);
+}

@@ -128,14 +128,27 @@ impl MeasuredAnswer {
             completion_tokens,
             ..
         } = usage;
-        tracing::info!(
-            deployment = %d.name,
-            success,
-            prompt_tokens,
-            completion_tokens,
-            cost_usd = %format_cost(cost),
-            "answer recorded"
-        );
+        // A stream's cost has no header to go to: the log line is its record.
+        // A whole answer's is in `x-sluice-cost`, so its line is for debugging.
+        if self.m.stream {
+            tracing::info!(
+                deployment = %d.name,
+                success,
+                prompt_tokens,
+                completion_tokens,
+                cost_usd = %format_cost(cost),
+                "stream cost"
+            );
+        } else {
+            tracing::debug!(
+                deployment = %d.name,
+                success,
+                prompt_tokens,
+                completion_tokens,
+                cost_usd = %format_cost(cost),
+                "answer cost"
+            );
+        }
     }
 }
 
