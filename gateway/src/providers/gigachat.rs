@@ -170,10 +170,7 @@ impl GigaChat {
                 ProviderError::Auth(format!("token exchange: {err}"))
             });
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Transport(super::error_chain(&e)))?;
+        let bytes = super::read_body(response, super::MAX_BODY_BYTES).await?;
         let token: TokenResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::Auth(format!("token exchange answer: {e}")))?;
         tracing::debug!(

@@ -329,6 +329,36 @@ fn http_client(
         .map_err(|e| ProviderError::Config(format!("HTTP client: {e}")))
 }
 
+/// The largest whole (non-streamed) body accepted from an upstream.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// The largest error body read (only for its message).
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+
+/// Reads a whole body, refusing one larger than `limit` instead of growing
+/// without bound.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, ProviderError> {
+    let too_large = || ProviderError::Malformed(format!("a body larger than {limit} bytes"));
+    let transport = |e: reqwest::Error| ProviderError::Transport(error_chain(&e));
+    match response.content_length() {
+        Some(len) if len > limit as u64 => Err(too_large()),
+        // The common case: one allocation of the announced size.
+        Some(_) => response.bytes().await.map_err(transport),
+        None => {
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(transport)? {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body.into())
+        }
+    }
+}
+
 /// A credential header value, kept out of reqwest's debug output.
 fn sensitive_header(value: String) -> Result<reqwest::header::HeaderValue, ProviderError> {
     let mut value = reqwest::header::HeaderValue::try_from(value)
@@ -375,7 +405,10 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
-    let body = response.text().await.unwrap_or_default();
+    let body = read_body(response, MAX_ERROR_BODY_BYTES)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| {

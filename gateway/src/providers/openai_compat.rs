@@ -131,10 +131,7 @@ pub(super) async fn read_chat_response(
     if req.stream {
         StreamAnswer::open(response, Framing::Sse, ChunkDecoder, req.n).await
     } else {
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Transport(super::error_chain(&e)))?;
+        let bytes = super::read_body(response, super::MAX_BODY_BYTES).await?;
         decode_completion(&bytes, req.n)
     }
 }

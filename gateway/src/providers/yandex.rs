@@ -157,10 +157,7 @@ impl Yandex {
         if req.stream {
             StreamAnswer::open(response, Framing::Ndjson, CumulativeDecoder::new(1), 1).await
         } else {
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| ProviderError::Transport(super::error_chain(&e)))?;
+            let bytes = super::read_body(response, super::MAX_BODY_BYTES).await?;
             let mut decoded = Decoded::new(1);
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| ProviderError::Malformed("a body that is not UTF-8".into()))?;
