@@ -201,15 +201,6 @@ impl ProviderError {
     }
 }
 
-/// Where a provider's secret comes from: an environment variable or a file,
-/// never the config file itself.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SecretSource {
-    pub env: Option<String>,
-    pub file: Option<PathBuf>,
-}
-
 /// One `[[providers]]` entry. `kind` picks the variant.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
