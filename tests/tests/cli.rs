@@ -104,7 +104,7 @@ fn models_list_shows_the_demo_model() {
 #[tokio::test]
 async fn sigterm_lets_a_stream_finish_then_exits_zero() {
     let mut server = Server::start_default();
-    let mut stream = reqwest::Client::new()
+    let mut stream = common::http_client()
         .post(format!("{}/v1/chat/completions", server.base_url()))
         .header("content-type", "application/json")
         .body(

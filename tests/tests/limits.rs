@@ -90,7 +90,7 @@ async fn missing_or_wrong_key_is_401() {
 #[tokio::test]
 async fn full_engine_answers_429_and_a_disconnect_frees_the_sequence() {
     // Occupy the only sequence with a long stream, and wait for its first token.
-    let mut stream = reqwest::Client::new()
+    let mut stream = common::http_client()
         .post(format!("{}/v1/chat/completions", server().base_url()))
         .bearer_auth(KEY)
         .header("content-type", "application/json")

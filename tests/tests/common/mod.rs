@@ -11,8 +11,17 @@ use async_openai::Client;
 use serde_json::Value;
 use sluice_tests::Server;
 
+/// A plain reqwest client. The gateway (a dev-dependency) turns on reqwest's
+/// `rustls-no-provider` feature, so a crypto provider must be installed
+/// before any client is built, even one that only speaks plain HTTP.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// An OpenAI SDK client pointed at `server`.
 pub fn openai(server: &Server, key: &str) -> Client<OpenAIConfig> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::with_config(
         OpenAIConfig::new()
             .with_api_base(server.api_base())
@@ -73,7 +82,7 @@ pub async fn post_raw(
     body: impl Into<reqwest::Body>,
     key: Option<&str>,
 ) -> Reply {
-    let mut req = reqwest::Client::new()
+    let mut req = http_client()
         .post(format!("{}{path}", server.base_url()))
         .header("content-type", "application/json")
         .body(body);
@@ -96,7 +105,7 @@ pub async fn post(server: &Server, path: &str, body: &Value) -> Reply {
 }
 
 pub async fn get(server: &Server, path: &str, key: Option<&str>) -> Reply {
-    let mut req = reqwest::Client::new().get(format!("{}{path}", server.base_url()));
+    let mut req = http_client().get(format!("{}{path}", server.base_url()));
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
