@@ -146,6 +146,8 @@ struct Exhausted {
     retry_after: Duration,
     /// The most telling error seen: a client's fault first, else the last.
     error: Option<ApiError>,
+    /// A local engine's own "queue full" refusal.
+    engine_full: Option<ApiError>,
 }
 
 impl Router {
@@ -308,7 +310,9 @@ impl Router {
                         tokio::time::sleep(SENSITIVE_POLL).await;
                         continue;
                     }
-                    return Err(ex.error.unwrap_or(ApiError::QueueFull {
+                    // Everything full: the engine's own refusal (with its
+                    // queue and estimate) if there was one, else a plain 429.
+                    return Err(ex.error.or(ex.engine_full).unwrap_or(ApiError::QueueFull {
                         pending: 0,
                         retry_after: ex.retry_after,
                     }));
@@ -329,6 +333,7 @@ impl Router {
             only_saturated: true,
             retry_after: Duration::from_secs(1),
             error: None,
+            engine_full: None,
         };
         let mut open: Vec<&Arc<Deployment>> = Vec::with_capacity(usable.len());
         for d in usable {
@@ -372,10 +377,10 @@ impl Router {
                             Box::new(g) as BoxAnswer,
                             Some(ready.engine.tokenizer().clone()),
                         )),
-                        Err(ApiError::QueueFull { retry_after, .. }) => {
+                        Err(full @ ApiError::QueueFull { .. }) => {
                             // The engine's own queue is full: saturated too.
                             d.metrics.saturated.increment(1);
-                            ex.retry_after = ex.retry_after.max(retry_after);
+                            ex.engine_full = Some(full);
                             continue;
                         }
                         Err(e) => Err(e),
