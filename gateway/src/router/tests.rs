@@ -18,13 +18,19 @@ use crate::validate;
 struct Scripted {
     calls: AtomicUsize,
     failing: AtomicBool,
+    /// How long the upstream takes to commit to its answer.
+    delay: Duration,
 }
 
 impl Scripted {
     fn new(failing: bool) -> Arc<Self> {
+        Self::slow(failing, Duration::ZERO)
+    }
+    fn slow(failing: bool, delay: Duration) -> Arc<Self> {
         Arc::new(Self {
             calls: AtomicUsize::new(0),
             failing: AtomicBool::new(failing),
+            delay,
         })
     }
     fn calls(&self) -> usize {
@@ -62,6 +68,9 @@ impl Provider for Scripted {
     ) -> BoxFuture<'a, Result<BoxAnswer, ProviderError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
             if self.failing.load(Ordering::SeqCst) {
                 return Err(ProviderError::Status {
                     status: 500,
@@ -396,4 +405,33 @@ async fn unknown_models_are_404() {
         .err()
         .unwrap();
     assert_eq!(err.status(), axum::http::StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn learned_strategy_moves_traffic_away_from_a_slow_deployment() {
+    // Real (short) delays; the test counts choices, it never asserts a time.
+    let (slow, fast) = (
+        Scripted::slow(false, Duration::from_millis(40)),
+        Scripted::slow(false, Duration::from_millis(1)),
+    );
+    let mut spec = route(
+        Strategy::Learned,
+        vec![
+            deployment("slow", "slow", 0, Residency::Cloud, None),
+            deployment("fast", "fast", 0, Residency::Cloud, None),
+        ],
+    );
+    spec.reward.latency_scale_ms = 5.0;
+    let r = router(spec, &[("slow", slow.clone()), ("fast", fast.clone())]);
+    let mut slow_late = 0;
+    for i in 0..80 {
+        let mut routed = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+        text_of(&mut routed).await;
+        if i >= 40 && &*routed.provenance.deployment.name == "slow" {
+            slow_late += 1;
+        }
+    }
+    assert!(slow.calls() > 0, "the slow one was explored");
+    assert!(slow_late <= 8, "slow answered {slow_late} of the last 40");
+    assert!(r.stats("slow").ttft_ewma_ms > r.stats("fast").ttft_ewma_ms);
 }
