@@ -22,6 +22,8 @@ pub struct Tenant(pub Arc<str>);
 #[derive(Debug)]
 pub struct KeyStore {
     keys: Vec<(Arc<str>, Vec<u8>)>,
+    /// Tenants whose every request is sensitive.
+    sensitive: Vec<Arc<str>>,
 }
 
 impl KeyStore {
@@ -36,7 +38,17 @@ impl KeyStore {
                     )
                 })
                 .collect(),
+            sensitive: keys
+                .iter()
+                .filter(|k| k.sensitive)
+                .map(|k| Arc::from(k.tenant.as_str()))
+                .collect(),
         }
+    }
+
+    /// Whether the operator marked this tenant sensitive.
+    pub fn is_sensitive(&self, tenant: &Tenant) -> bool {
+        self.sensitive.contains(&tenant.0)
     }
 
     pub fn is_open(&self) -> bool {
@@ -104,11 +116,13 @@ mod tests {
                 tenant: "alpha".into(),
                 source: KeySource::KeysVariable,
                 secret: Secret::new("key-a".into()),
+                sensitive: false,
             },
             ApiKey {
                 tenant: "beta".into(),
                 source: KeySource::KeysVariable,
                 secret: Secret::new("key-b".into()),
+                sensitive: true,
             },
         ])
     }
@@ -130,6 +144,13 @@ mod tests {
             let err = store().authenticate(header).unwrap_err();
             assert_eq!(err.status(), axum::http::StatusCode::UNAUTHORIZED);
         }
+    }
+
+    #[test]
+    fn sensitive_tenants_are_known_by_name() {
+        let s = store();
+        assert!(!s.is_sensitive(&Tenant(Arc::from("alpha"))));
+        assert!(s.is_sensitive(&Tenant(Arc::from("beta"))));
     }
 
     #[test]

@@ -21,11 +21,13 @@
 
 pub mod answer;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod generate;
 pub mod openai;
 pub mod registry;
+pub mod sensitivity;
 pub mod server;
 pub mod validate;

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::auth::{self, KeyStore};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::openai::json::BodyLimit;
@@ -35,6 +36,7 @@ use crate::registry::Registry;
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub keys: Arc<KeyStore>,
+    pub cache: Arc<Cache>,
     pub body_limit: BodyLimit,
     pub request_timeout: Duration,
     pub shutdown: CancellationToken,
@@ -137,6 +139,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let state = AppState {
         registry,
         keys,
+        cache: Cache::new(config.cache.clone(), None),
         body_limit: BodyLimit(config.server.max_body_bytes),
         request_timeout: config.server.request_timeout,
         shutdown: shutdown.clone(),

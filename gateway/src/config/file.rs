@@ -22,6 +22,10 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    #[serde(default)]
+    pub cache: super::cache::CacheSection,
+    #[serde(default)]
+    pub admin: super::cache::AdminSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +51,8 @@ pub struct KeySection {
     pub tenant: String,
     pub key_env: Option<String>,
     pub key_file: Option<PathBuf>,
+    /// This tenant's requests are sensitive: never cached, never sent out.
+    pub sensitive: Option<bool>,
     /// Accepted only to refuse it with a clear message: secrets never sit
     /// in the config file, which gets copied, committed and printed.
     pub key: Option<toml::Value>,

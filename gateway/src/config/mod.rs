@@ -9,6 +9,7 @@
 //! TOML syntax and type errors come from the `toml` crate with their line,
 //! column and span.
 
+mod cache;
 mod file;
 mod render;
 mod resolve;
@@ -97,6 +98,8 @@ pub struct ApiKey {
     pub tenant: String,
     pub source: KeySource,
     pub secret: Secret,
+    /// Every request of this tenant is sensitive ([`crate::sensitivity`]).
+    pub sensitive: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +129,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub keys: Vec<ApiKey>,
     pub models: Vec<ModelConfig>,
+    pub cache: crate::cache::CacheSettings,
+    /// The admin API's key (`[admin]`); no admin routes without one.
+    pub admin_key: Option<Secret>,
 }
 
 /// What the command line adds on top of the file and the environment.

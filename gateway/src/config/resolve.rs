@@ -26,7 +26,11 @@ pub(super) fn resolve(
         server,
         auth,
         models,
+        cache,
+        admin,
     } = file;
+    let cache_settings = cache.resolve(env)?;
+    let admin_key = admin.resolve(base_dir, env)?;
 
     let (listen_text, listen_key) = match (&overrides.listen, env("SLUICE_LISTEN"), server.listen) {
         (Some(flag), _, _) => (flag.clone(), "--listen"),
@@ -150,6 +154,8 @@ pub(super) fn resolve(
         },
         keys,
         models: resolved,
+        cache: cache_settings,
+        admin_key,
     })
 }
 
@@ -165,7 +171,7 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{text}` is not an address such as 127.0.0.1:8080 or [::1]:8080"))
 }
 
-fn parse_bool(text: &str) -> Option<bool> {
+pub(super) fn parse_bool(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" | "" => Some(false),
@@ -212,6 +218,7 @@ fn resolve_key(
         tenant,
         key_env,
         key_file,
+        sensitive,
         key,
     } = k;
     let at = |field: &str| format!("auth.keys[{i}].{field}");
@@ -253,6 +260,7 @@ fn resolve_key(
         tenant,
         source,
         secret: Secret::new(secret),
+        sensitive: sensitive.unwrap_or(false),
     })
 }
 
@@ -274,13 +282,14 @@ fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
             tenant: tenant.trim().to_string(),
             source: KeySource::KeysVariable,
             secret: Secret::new(secret.trim().to_string()),
+            sensitive: false,
         });
     }
     Ok(keys)
 }
 
 /// `~/x` expands to the home folder; a relative path is relative to the config file.
-fn resolve_path(base_dir: &Path, path: &Path) -> PathBuf {
+pub(super) fn resolve_path(base_dir: &Path, path: &Path) -> PathBuf {
     if let Ok(rest) = path.strip_prefix("~") {
         if let Some(home) = std::env::var_os("HOME") {
             return PathBuf::from(home).join(rest);

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,6 +18,8 @@ use sluice_models::Tokenizer;
 use sluice_runtime::{FinishReason, TokenLogprob};
 
 use crate::answer::{self, BoxAnswer, ChoiceOutput};
+use crate::auth::Tenant;
+use crate::cache;
 use crate::error::ApiError;
 use crate::generate;
 use crate::openai::json::ApiJson;
@@ -81,14 +85,22 @@ struct Choice {
 /// `POST /v1/completions`.
 pub async fn create(
     State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let req = validate::completion(body)?;
     let model = state.registry.ready(&req.model)?;
     tracing::debug!(model = %req.model, user = req.user.as_deref(), stream = req.stream, "completion");
     let want_logprobs = req.job.sampling.logprobs.is_some();
-    let mut generation: BoxAnswer =
-        Box::new(generate::start(&model, req.job, state.request_timeout).await?);
+    // Exact tier only: completions carry no user message to compare.
+    let mut cached = cache::lookup_request(&state, tenant.as_deref(), &headers, &req).await;
+    let mut generation: BoxAnswer = match cached.take_hit() {
+        Some(hit) => hit,
+        None => cached.record(Box::new(
+            generate::start(&model, req.job, state.request_timeout).await?,
+        )),
+    };
     let tokenizer = model.engine.tokenizer().clone();
     let id = new_id("cmpl");
     let created = unix_now();
@@ -102,7 +114,9 @@ pub async fn create(
             tokenizer,
             want_logprobs,
         };
-        return Ok(sse::respond(generation, framing, req.include_usage));
+        let mut response = sse::respond(generation, framing, req.include_usage);
+        cached.set_headers(response.headers_mut());
+        return Ok(response);
     }
     let outputs = answer::collect(generation.as_mut()).await?;
     let choices = outputs
@@ -131,7 +145,9 @@ pub async fn create(
         choices,
         usage: Some(Some(generation.usage().into())),
     };
-    Ok(Json(body).into_response())
+    let mut response = Json(body).into_response();
+    cached.set_headers(response.headers_mut());
+    Ok(response)
 }
 
 struct CompletionFraming {
