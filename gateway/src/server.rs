@@ -60,6 +60,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("cannot load {0}")]
     Load(String),
+    #[error("cache: {0}")]
+    Cache(String),
 }
 
 /// Knobs of `serve` that are not configuration.
@@ -139,11 +141,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let state = AppState {
         registry,
         keys,
-        cache: Cache::new(config.cache.clone(), None),
+        cache: Cache::new(config.cache.clone(), None).map_err(ServeError::Cache)?,
         body_limit: BodyLimit(config.server.max_body_bytes),
         request_timeout: config.server.request_timeout,
         shutdown: shutdown.clone(),
     };
+    if let Some(redis) = state.cache.redis() {
+        let search = redis.detect_search_module().await;
+        tracing::info!(
+            redisearch = search,
+            "cache on Redis; semantic neighbours ranked in process"
+        );
+    }
     let grace = config.server.shutdown_grace;
     let serve = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

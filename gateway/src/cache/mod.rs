@@ -12,13 +12,16 @@
 //! Design choice: the lookup takes an embedding the caller may already
 //! have (the shared encoder pass) and hands back the one it used in the
 //! [`Decision`], so one forward pass serves cache lookup, cache insert and
-//! any other stage. Backends: in-process ([`memory`]); Redis is not on this
-//! branch yet (see NOTES.md).
+//! any other stage. Backends: in-process ([`memory`], the default) and
+//! Redis ([`redis`], shared by every instance); a Redis outage makes the
+//! cache answer `bypass`, never fail a request.
 
 pub mod embed;
 pub mod key;
 pub mod memory;
 pub mod policy;
+pub mod record;
+pub mod redis;
 pub mod replay;
 pub mod testing;
 pub mod verify;
@@ -223,17 +226,46 @@ pub async fn lookup_request(
     state.cache.lookup(request, None).await
 }
 
+enum Store {
+    Memory(MemoryStore),
+    Redis(redis::RedisStore),
+}
+
 /// The cache: settings, the store and (optionally) an embedder.
 pub struct Cache {
     settings: CacheSettings,
-    store: MemoryStore,
+    store: Store,
     embedder: Option<Arc<dyn Embedder>>,
 }
 
 impl Cache {
-    pub fn new(settings: CacheSettings, embedder: Option<Arc<dyn Embedder>>) -> Arc<Self> {
+    /// Builds the configured backend. Redis connects lazily (on first use),
+    /// so this fails only on a malformed URL. Call within a Tokio runtime.
+    pub fn new(
+        settings: CacheSettings,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Result<Arc<Self>, String> {
+        let store = match &settings.backend {
+            Backend::Memory => Store::Memory(MemoryStore::new(settings.bounds)),
+            Backend::Redis { url, prefix } => {
+                Store::Redis(redis::RedisStore::new(url, prefix, settings.bounds)?)
+            }
+        };
+        Ok(Arc::new(Self {
+            store,
+            settings,
+            embedder,
+        }))
+    }
+
+    /// An in-process cache (no fallible backend to build).
+    pub fn in_memory(
+        mut settings: CacheSettings,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Arc<Self> {
+        settings.backend = Backend::Memory;
         Arc::new(Self {
-            store: MemoryStore::new(settings.bounds),
+            store: Store::Memory(MemoryStore::new(settings.bounds)),
             settings,
             embedder,
         })
@@ -241,7 +273,15 @@ impl Cache {
 
     /// A cache that never stores anything.
     pub fn disabled() -> Arc<Self> {
-        Self::new(CacheSettings::default(), None)
+        Self::in_memory(CacheSettings::default(), None)
+    }
+
+    /// The Redis store, when that is the backend (for tests and admin).
+    pub fn redis(&self) -> Option<&redis::RedisStore> {
+        match &self.store {
+            Store::Redis(r) => Some(r),
+            Store::Memory(_) => None,
+        }
     }
 
     pub fn settings(&self) -> &CacheSettings {
@@ -282,7 +322,15 @@ impl Cache {
             embedding,
         };
         if access.read {
-            if let Some(answer) = self.store.get(&keys.exact, now) {
+            let found = match &self.store {
+                Store::Memory(m) => Ok(m.get(&keys.exact, now)),
+                Store::Redis(r) => r.get(&keys.exact, req.tenant).await,
+            };
+            let Ok(found) = found else {
+                // Redis is unreachable: serve without the cache, store nothing.
+                return Decision::bypass();
+            };
+            if let Some(answer) = found {
                 decision.outcome = Outcome::Exact;
                 decision.hit = Some(Box::new(Replay::new(&answer)));
                 metrics::counter!("sluice_cache_requests_total", "outcome" => "exact").increment(1);
@@ -303,13 +351,14 @@ impl Cache {
                 }
             }
             if let (true, Some(v)) = (access.read, &decision.embedding) {
-                let candidates = self.store.nearest(
-                    &sk.scope,
-                    v,
-                    self.settings.similarity_threshold,
-                    self.settings.top_k,
-                    now,
-                );
+                let (threshold, top_k) = (self.settings.similarity_threshold, self.settings.top_k);
+                let candidates = match &self.store {
+                    Store::Memory(m) => m.nearest(&sk.scope, v, threshold, top_k, now),
+                    Store::Redis(r) => r
+                        .nearest(&sk.scope, req.tenant, v, threshold, top_k)
+                        .await
+                        .unwrap_or_default(),
+                };
                 for c in candidates {
                     match verify::verify(&sk.text, &c.text) {
                         None => {
@@ -350,24 +399,41 @@ impl Cache {
         decision
     }
 
-    /// Stores a complete answer under its ticket.
-    pub fn insert(&self, ticket: Ticket, answer: StoredAnswer) {
+    /// Stores a complete answer under its ticket. With Redis this is one
+    /// pipelined round trip under a short timeout; a failure is logged by
+    /// the store and the answer is simply not cached.
+    pub async fn insert(&self, ticket: Ticket, answer: StoredAnswer) {
         let Ticket { exact, meta } = ticket;
-        self.insert_at(exact, meta, answer, Instant::now());
-    }
-
-    fn insert_at(&self, exact: Key, meta: EntryMeta, answer: StoredAnswer, now: Instant) {
-        self.store
-            .insert(exact, meta, Arc::new(answer), now + self.settings.ttl);
+        match &self.store {
+            Store::Memory(m) => m.insert(
+                exact,
+                meta,
+                Arc::new(answer),
+                Instant::now() + self.settings.ttl,
+            ),
+            Store::Redis(r) => {
+                let _ = r.insert(&exact, &meta, &answer, self.settings.ttl).await;
+            }
+        }
     }
 
     /// Removes a tenant's and/or a model's entries; the count removed.
-    pub fn purge(&self, tenant: Option<&str>, model: Option<&str>) -> usize {
-        self.store.purge(tenant, model)
+    pub async fn purge(
+        &self,
+        tenant: Option<&str>,
+        model: Option<&str>,
+    ) -> Result<usize, redis::Unavailable> {
+        match &self.store {
+            Store::Memory(m) => Ok(m.purge(tenant, model)),
+            Store::Redis(r) => r.purge(tenant, model).await,
+        }
     }
 
-    /// (entries, bytes) held now.
+    /// (entries, bytes) held in process now ((0, 0) with Redis).
     pub fn usage(&self) -> (usize, usize) {
-        self.store.usage()
+        match &self.store {
+            Store::Memory(m) => m.usage(),
+            Store::Redis(_) => (0, 0),
+        }
     }
 }

@@ -380,7 +380,7 @@ fn enabled() -> Arc<Cache> {
         similarity_threshold: 0.5,
         ..CacheSettings::default()
     };
-    Cache::new(settings, Some(Arc::new(HashedEmbedder::default())))
+    Cache::in_memory(settings, Some(Arc::new(HashedEmbedder::default())))
 }
 
 async fn lookup(cache: &Arc<Cache>, tenant: &str, body: Value) -> Decision {
@@ -559,4 +559,32 @@ fn replay_keeps_every_choice_whole() {
     assert_eq!(out[0].text, stored.choices[0].text);
     assert_eq!(out[0].finish_reason, Some(FinishReason::Length));
     assert_eq!(out[1].text, "");
+}
+
+#[test]
+fn records_round_trip_and_any_flipped_byte_is_rejected() {
+    let meta = EntryMeta {
+        tenant: Arc::from("t"),
+        model: Arc::from("m"),
+        scope: Some(Key([7; 32])),
+        text: Some("Какая столица Франции?".into()),
+        embedding: Some(HashedEmbedder::new(16).embed_now("x y")),
+    };
+    let stored = answer("Paris.");
+    let bytes = record::encode(&meta, &stored);
+    let d = record::decode(&bytes).unwrap();
+    assert_eq!(d.answer, *stored);
+    assert_eq!(d.meta.scope, meta.scope);
+    assert_eq!(d.meta.text, meta.text);
+    assert_eq!(d.meta.embedding, meta.embedding);
+    for i in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x20;
+        assert!(
+            record::decode(&bad).is_err(),
+            "byte {i} flipped was accepted"
+        );
+    }
+    assert!(record::decode(&bytes[..bytes.len() - 1]).is_err());
+    assert!(record::decode(b"").is_err());
 }
