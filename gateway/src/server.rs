@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::auth::{self, KeyStore};
-use crate::cache::Cache;
-use crate::config::Config;
+use crate::cache::{self, Cache};
+use crate::config::{Config, Secret};
 use crate::error::ApiError;
 use crate::openai::json::BodyLimit;
 use crate::openai::{chat, completions, models};
@@ -37,6 +37,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub keys: Arc<KeyStore>,
     pub cache: Arc<Cache>,
+    /// The admin API's key; without one the admin routes do not exist.
+    pub admin_key: Option<Arc<Secret>>,
     pub body_limit: BodyLimit,
     pub request_timeout: Duration,
     pub shutdown: CancellationToken,
@@ -83,10 +85,15 @@ pub fn router(state: AppState) -> Router {
             state.keys.clone(),
             auth::require_key,
         ));
+    let admin = match &state.admin_key {
+        Some(_) => Router::new().route("/admin/cache", axum::routing::delete(cache::admin::purge)),
+        None => Router::new(),
+    };
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(v1)
+        .merge(admin)
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit.0))
@@ -142,6 +149,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         registry,
         keys,
         cache: Cache::new(config.cache.clone(), None).map_err(ServeError::Cache)?,
+        admin_key: config.admin_key.clone().map(Arc::new),
         body_limit: BodyLimit(config.server.max_body_bytes),
         request_timeout: config.server.request_timeout,
         shutdown: shutdown.clone(),

@@ -16,6 +16,7 @@
 //! Redis ([`redis`], shared by every instance); a Redis outage makes the
 //! cache answer `bypass`, never fail a request.
 
+pub mod admin;
 pub mod embed;
 pub mod key;
 pub mod memory;
