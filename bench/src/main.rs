@@ -1,6 +1,7 @@
 //! `sluice-bench`: measures Sluice and its peers, and writes what it measured.
 //!
-//! Three subcommands:
+//! Five subcommands (`cache` and `cache-pairs` are described in
+//! [`cache_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -15,6 +16,7 @@
 //! each reports itself. llama.cpp's own timings are kept alongside as a check.
 //! Progress goes to stderr; tables go to stdout; `--json` keeps everything.
 
+mod cache_bench;
 mod engine_bench;
 mod http;
 mod llama_cpp;
@@ -51,6 +53,10 @@ enum Cmd {
     Load(LoadArgs),
     /// Sluice engine and llama.cpp's llama-server side by side in one run
     LlamaCpp(LlamaCppArgs),
+    /// The response cache: miss / exact hit / semantic hit latency, bytes per entry
+    Cache(cache_bench::CacheArgs),
+    /// The semantic cache tier's precision/recall over labelled question pairs
+    CachePairs(cache_bench::PairsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +83,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Engine(a) => engine(a),
         Cmd::Load(a) => load(a),
         Cmd::LlamaCpp(a) => llama_cpp(a),
+        Cmd::Cache(a) => cache_bench::run_cache(a),
+        Cmd::CachePairs(a) => cache_bench::run_pairs(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
