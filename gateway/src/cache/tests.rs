@@ -199,6 +199,7 @@ fn verifier_accepts_paraphrases() {
             "What's the weather in Paris tomorrow?",
         ),
         ("Какая столица Франции?", "Назови столицу Франции"),
+        ("How do I install Rust?", "What is the way to set up Rust?"),
     ] {
         assert_eq!(verify(a, b), None, "{a} / {b}");
     }
@@ -272,6 +273,26 @@ fn verifier_rejects_what_embeddings_blur() {
             "Кто основал Яндекс?",
             "Кто основал Сбер?",
             Mismatch::Entities,
+        ),
+        (
+            "How do I install Rust?",
+            "How do I uninstall Rust?",
+            Mismatch::Action,
+        ),
+        (
+            "How do I encrypt a file?",
+            "How do I decrypt a file?",
+            Mismatch::Action,
+        ),
+        (
+            "Is it cheaper to fly?",
+            "Is it faster to fly?",
+            Mismatch::Direction,
+        ),
+        (
+            "Как установить Docker?",
+            "Как удалить Docker?",
+            Mismatch::Action,
         ),
     ] {
         assert_eq!(verify(a, b), Some(why), "{a} / {b}");

@@ -20,6 +20,7 @@ pub enum Mismatch {
     Entities,
     Quantifiers,
     Direction,
+    Action,
 }
 
 impl Mismatch {
@@ -31,6 +32,7 @@ impl Mismatch {
             Self::Entities => "entities",
             Self::Quantifiers => "quantifiers",
             Self::Direction => "direction",
+            Self::Action => "action",
         }
     }
 }
@@ -59,7 +61,22 @@ const DIRECTIONS: &[&str] = &[
     "maximum", "minimum", "largest", "smallest", "highest", "lowest", "first", "last", "best",
     "worst", "cheapest", "fastest", "slowest", "oldest", "newest", "больше", "меньше", "выше",
     "ниже", "до", "после", "раньше", "позже", "лучший", "худший", "первый", "последний",
-    "самый",
+    "самый", "cheaper", "faster", "slower", "easier", "harder", "better", "worse", "earlier",
+    "later", "longer", "shorter", "older", "younger", "дешевле", "дороже", "быстрее",
+    "медленнее", "лучше", "хуже",
+];
+
+/// Verbs whose opposites embed close ("install" / "uninstall"). Compared
+/// only when both texts name one, so "set up Rust" still matches "install Rust".
+#[rustfmt::skip]
+const ACTIONS: &[&str] = &[
+    "install", "uninstall", "remove", "delete", "create", "add", "encrypt", "decrypt",
+    "upload", "download", "start", "stop", "open", "close", "enable", "disable", "buy", "sell",
+    "import", "export", "merge", "split", "compress", "decompress", "encode", "decode",
+    "login", "logout", "subscribe", "unsubscribe", "lock", "unlock", "summarize", "criticize",
+    "translate", "write", "read", "send", "receive",
+    "установ", "удал", "созда", "добав", "включ", "выключ", "откры", "закры", "купи",
+    "прода", "зашифр", "расшифр", "загруз", "скача",
 ];
 
 #[rustfmt::skip]
@@ -103,6 +120,7 @@ struct Features {
     entity_order: Vec<String>,
     quantifiers: BTreeSet<String>,
     directions: BTreeSet<String>,
+    actions: BTreeSet<String>,
 }
 
 fn tokens(text: &str) -> Vec<(String, bool)> {
@@ -163,6 +181,7 @@ fn features(text: &str) -> Features {
         entity_order: Vec::new(),
         quantifiers: BTreeSet::new(),
         directions: BTreeSet::new(),
+        actions: BTreeSet::new(),
     };
     let mut prev = String::new();
     for (word, at_start) in &toks {
@@ -188,6 +207,17 @@ fn features(text: &str) -> Features {
                 lower.clone()
             };
             f.quantifiers.insert(q);
+        }
+        let cyrillic = !lower.is_ascii();
+        if let Some(a) = ACTIONS.iter().find(|a| {
+            if cyrillic {
+                !a.is_ascii() && lower.starts_with(*a)
+            } else {
+                lower.strip_suffix('s').unwrap_or(&lower) == **a
+                    || lower.strip_suffix("ing").is_some_and(|r| r == **a)
+            }
+        }) {
+            f.actions.insert((*a).to_string());
         }
         if DIRECTIONS.contains(&lower.as_str()) {
             f.directions.insert(lower.clone());
@@ -234,6 +264,9 @@ pub fn verify(asked: &str, stored: &str) -> Option<Mismatch> {
     }
     if a.directions != b.directions {
         return Some(Mismatch::Direction);
+    }
+    if !a.actions.is_empty() && !b.actions.is_empty() && a.actions != b.actions {
+        return Some(Mismatch::Action);
     }
     None
 }
