@@ -220,7 +220,24 @@ async fn purge_by_tenant_and_model_counts_what_it_removed() {
     ask(&a, "t1", "one question", "1").await;
     ask(&a, "t1", "another question", "2").await;
     ask(&a, "t2", "one question", "3").await;
+    // A semantic lookup first, so the instance has the vectors memoised.
+    let d = lookup(&a, "t1", "one question please").await;
+    assert!(
+        matches!(d.outcome, Outcome::Semantic { .. }),
+        "{:?}",
+        d.outcome
+    );
     assert_eq!(a.purge(Some("t1"), None).await.unwrap(), 2);
+    // Purged entries are gone for the semantic tier too, memo or not.
+    let other = instance(REDIS, &p, Duration::from_secs(60));
+    assert_eq!(
+        lookup(&other, "t1", "one question please").await.outcome,
+        Outcome::Miss
+    );
+    assert_eq!(
+        lookup(&a, "t1", "one question please").await.outcome,
+        Outcome::Miss
+    );
     assert_eq!(
         lookup(&a, "t1", "one question").await.outcome,
         Outcome::Miss

@@ -3,8 +3,9 @@
 //!
 //! Keys (under `prefix`): `e:<exact hex>` holds one [`record`] with the
 //! entry's TTL; `s:<scope hex>` is a sorted set of the scope's entry ids by
-//! insertion time, trimmed to `max_per_scope` (the semantic search fetches
-//! those records and ranks them in process: no RediSearch needed); `t:<tenant>`
+//! insertion time, trimmed to `max_per_scope` (the semantic search ranks
+//! those ids' vectors in process, from a memo filled on first sight, and
+//! fetches only the top-k records: no RediSearch needed); `t:<tenant>`
 //! and `m:<model>` are sets of entry ids for purges. The index keys carry
 //! the TTL too, refreshed on each insert, so nothing outlives its entries
 //! by more than one TTL. The entry count and bytes are Redis's to bound
@@ -18,8 +19,9 @@
 //! KNN path through `FT.SEARCH` is a documented follow-up, the in-process
 //! ranking is always used.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -49,6 +51,11 @@ pub struct RedisStore {
     epoch: Instant,
     down: AtomicBool,
     search_module: AtomicBool,
+    /// Entry id → its question, vector, tenant and scope. An id is the
+    /// hash of the whole request, so what it names never changes; the
+    /// semantic search ranks from here and fetches only the winners'
+    /// records (each still verified and checksummed) instead of the scope's.
+    memo: Mutex<HashMap<String, EntryMeta>>,
 }
 
 impl RedisStore {
@@ -70,6 +77,7 @@ impl RedisStore {
             epoch: Instant::now(),
             down: AtomicBool::new(false),
             search_module: AtomicBool::new(false),
+            memo: Mutex::new(HashMap::new()),
         })
     }
 
@@ -190,31 +198,69 @@ impl RedisStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.k("e", id)).collect();
-        let records: Vec<Option<Vec<u8>>> = self.run(c.mget(&keys)).await?;
+        // Vectors of ids seen before come from the memo; only new ids cost
+        // a record transfer.
+        let unknown: Vec<String> = {
+            let memo = self.memo();
+            ids.iter()
+                .filter(|id| !memo.contains_key(*id))
+                .cloned()
+                .collect()
+        };
         let mut stale = Vec::new();
-        let mut found = Vec::new();
-        for (id, bytes) in ids.iter().zip(records) {
-            let Some(bytes) = bytes else {
-                stale.push(id.clone());
-                continue;
-            };
-            match record::decode(&bytes) {
-                Ok(d) if &*d.meta.tenant == tenant && d.meta.scope == Some(*scope) => {
-                    let Some(v) = d.meta.embedding.as_deref() else {
-                        continue;
-                    };
-                    let similarity = cosine(embedding, v);
-                    if similarity >= threshold {
-                        found.push(Candidate {
+        if !unknown.is_empty() {
+            let keys: Vec<String> = unknown.iter().map(|id| self.k("e", id)).collect();
+            let records: Vec<Option<Vec<u8>>> = self.run(c.mget(&keys)).await?;
+            for (id, bytes) in unknown.iter().zip(records) {
+                let Some(bytes) = bytes else {
+                    stale.push(id.clone());
+                    continue;
+                };
+                match record::decode(&bytes) {
+                    Ok(d) => self.remember(id, &d.meta),
+                    Err(why) => self.drop_corrupt(id, Some(&scope_id), why).await,
+                }
+            }
+        }
+        let mut ranked: Vec<(f32, String, String)> = {
+            let memo = self.memo();
+            ids.iter()
+                .filter_map(|id| {
+                    let m = memo.get(id)?;
+                    if &*m.tenant != tenant || m.scope != Some(*scope) {
+                        return None;
+                    }
+                    let similarity = cosine(embedding, m.embedding.as_deref()?);
+                    (similarity >= threshold)
+                        .then(|| (similarity, id.clone(), m.text.clone().unwrap_or_default()))
+                })
+                .collect()
+        };
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        ranked.truncate(top_k);
+        let mut found = Vec::with_capacity(ranked.len());
+        if !ranked.is_empty() {
+            let keys: Vec<String> = ranked.iter().map(|(_, id, _)| self.k("e", id)).collect();
+            let records: Vec<Option<Vec<u8>>> = self.run(c.mget(&keys)).await?;
+            for ((similarity, id, text), bytes) in ranked.into_iter().zip(records) {
+                let Some(bytes) = bytes else {
+                    self.forget(&id);
+                    stale.push(id);
+                    continue;
+                };
+                match record::decode(&bytes) {
+                    Ok(d) if &*d.meta.tenant == tenant && d.meta.scope == Some(*scope) => found
+                        .push(Candidate {
                             similarity,
-                            text: d.meta.text.clone().unwrap_or_default(),
+                            text,
                             answer: Arc::new(d.answer),
-                        });
+                        }),
+                    Ok(_) => self.forget(&id),
+                    Err(why) => {
+                        self.forget(&id);
+                        self.drop_corrupt(&id, Some(&scope_id), why).await;
                     }
                 }
-                Ok(_) => {}
-                Err(why) => self.drop_corrupt(id, Some(&scope_id), why).await,
             }
         }
         if !stale.is_empty() {
@@ -223,9 +269,25 @@ impl RedisStore {
                 .run(c.zrem::<_, _, ()>(self.k("s", &scope_id), stale))
                 .await;
         }
-        found.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-        found.truncate(top_k);
         Ok(found)
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, HashMap<String, EntryMeta>> {
+        // Entries are whole values; a panic elsewhere cannot leave one half-written.
+        self.memo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, id: &str, meta: &EntryMeta) {
+        let mut memo = self.memo();
+        // Bounded: when full, start over (a memo miss costs one MGET).
+        if memo.len() >= self.bounds.max_entries.max(1) {
+            memo.clear();
+        }
+        memo.insert(id.to_string(), meta.clone());
+    }
+
+    fn forget(&self, id: &str) {
+        self.memo().remove(id);
     }
 
     pub async fn insert(
@@ -282,6 +344,9 @@ impl RedisStore {
             let keys: Vec<String> = batch.iter().map(|id| self.k("e", id)).collect();
             let n: usize = self.run(c.del(&keys)).await?;
             removed += n;
+            for id in batch {
+                self.forget(id);
+            }
             let mut pipe = redis::pipe();
             for (kind, name) in [("t", tenant), ("m", model)] {
                 if let Some(name) = name {
