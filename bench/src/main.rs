@@ -1,6 +1,7 @@
 //! `sluice-bench`: measures Sluice and its peers, and writes what it measured.
 //!
-//! Three subcommands:
+//! Five subcommands (`cache` and `cache-pairs` are described in
+//! [`cache_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -18,6 +19,7 @@
 //! each reports itself. llama.cpp's own timings are kept alongside as a check.
 //! Progress goes to stderr; tables go to stdout; `--json` keeps everything.
 
+mod cache_bench;
 mod engine_bench;
 mod http;
 mod llama_cpp;
@@ -59,6 +61,10 @@ enum Cmd {
     MockUpstream(overhead::MockArgs),
     /// Non-streaming requests/s and latency of several gateways in front of one upstream
     Overhead(overhead::OverheadArgs),
+    /// The response cache: miss / exact hit / semantic hit latency, bytes per entry
+    Cache(cache_bench::CacheArgs),
+    /// The semantic cache tier's precision/recall over labelled question pairs
+    CachePairs(cache_bench::PairsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -91,6 +97,8 @@ fn main() -> std::process::ExitCode {
             let machine = Machine::detect();
             runtime().and_then(|rt| rt.block_on(overhead::overhead(a, machine)))
         }
+        Cmd::Cache(a) => cache_bench::run_cache(a),
+        Cmd::CachePairs(a) => cache_bench::run_pairs(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -49,6 +49,9 @@ pub enum ApiError {
     /// to, or the stream broke after it started).
     #[error("The upstream provider failed: {0}")]
     Upstream(String),
+    /// A shared store (the Redis cache) did not answer; retry later.
+    #[error("{0} is unavailable; retry shortly")]
+    StoreUnavailable(&'static str),
     /// The engine failed the request (a model failure, a stopped engine).
     /// The message is for logs; clients get a generic one.
     #[error("{0}")]
@@ -127,7 +130,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::ModelLoading(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ModelLoading(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -145,6 +148,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
             Self::QueueFull { .. } => ("rate_limit_error", Some("queue_full")),
             Self::ModelLoading(_) => ("server_error", Some("model_loading")),
+            Self::StoreUnavailable(_) => ("server_error", Some("store_unavailable")),
             Self::Timeout(_) => ("timeout", Some("request_timeout")),
             Self::Upstream(_) => ("server_error", Some("upstream_error")),
             Self::Internal(_) => ("server_error", None),
@@ -155,7 +159,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::QueueFull { retry_after, .. } => Some(*retry_after),
-            Self::ModelLoading(_) => Some(Duration::from_secs(5)),
+            Self::ModelLoading(_) | Self::StoreUnavailable(_) => Some(Duration::from_secs(5)),
             _ => None,
         }
     }

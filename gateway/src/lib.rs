@@ -21,6 +21,7 @@
 
 pub mod answer;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::auth::{self, KeyStore};
-use crate::config::Config;
+use crate::cache::{self, Cache};
+use crate::config::{Config, Secret};
 use crate::error::ApiError;
 use crate::openai::json::BodyLimit;
 use crate::openai::{chat, completions, models};
@@ -39,6 +40,9 @@ pub struct AppState {
     /// The Prometheus recorder's handle; `None` if another recorder was installed first.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub keys: Arc<KeyStore>,
+    pub cache: Arc<Cache>,
+    /// The admin API's key; without one the admin routes do not exist.
+    pub admin_key: Option<Arc<Secret>>,
     pub body_limit: BodyLimit,
     pub request_timeout: Duration,
     pub shutdown: CancellationToken,
@@ -64,6 +68,8 @@ pub enum ServeError {
     Load(String),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("cache: {0}")]
+    Cache(String),
 }
 
 /// Knobs of `serve` that are not configuration.
@@ -85,11 +91,16 @@ pub fn router(state: AppState) -> Router {
             state.keys.clone(),
             auth::require_key,
         ));
+    let admin = match &state.admin_key {
+        Some(_) => Router::new().route("/admin/cache", axum::routing::delete(cache::admin::purge)),
+        None => Router::new(),
+    };
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(crate::metrics::render))
         .merge(v1)
+        .merge(admin)
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit.0))
@@ -157,10 +168,19 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         router: model_router,
         metrics,
         keys,
+        cache: Cache::new(config.cache.clone(), None).map_err(ServeError::Cache)?,
+        admin_key: config.admin_key.clone().map(Arc::new),
         body_limit: BodyLimit(config.server.max_body_bytes),
         request_timeout: config.server.request_timeout,
         shutdown: shutdown.clone(),
     };
+    if let Some(redis) = state.cache.redis() {
+        let search = redis.detect_search_module().await;
+        tracing::info!(
+            redisearch = search,
+            "cache on Redis; semantic neighbours ranked in process"
+        );
+    }
     let grace = config.server.shutdown_grace;
     let serve = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -26,6 +26,10 @@ pub struct FileConfig {
     pub providers: Vec<crate::providers::ProviderConfig>,
     #[serde(default)]
     pub routes: Vec<super::routes::RouteSection>,
+    #[serde(default)]
+    pub cache: super::cache::CacheSection,
+    #[serde(default)]
+    pub admin: super::cache::AdminSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,11 +55,11 @@ pub struct KeySection {
     pub tenant: String,
     pub key_env: Option<String>,
     pub key_file: Option<PathBuf>,
+    /// This tenant's requests are sensitive: never cached, never sent out.
+    pub sensitive: Option<bool>,
     /// Accepted only to refuse it with a clear message: secrets never sit
     /// in the config file, which gets copied, committed and printed.
     pub key: Option<toml::Value>,
-    /// Every request with this key is sensitive (served on_prem only).
-    pub sensitive: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,7 @@
 //! TOML syntax and type errors come from the `toml` crate with their line,
 //! column and span.
 
+mod cache;
 mod file;
 mod render;
 mod resolve;
@@ -98,7 +99,7 @@ pub struct ApiKey {
     pub tenant: String,
     pub source: KeySource,
     pub secret: Secret,
-    /// Every request with this key is sensitive.
+    /// Every request of this tenant is sensitive ([`crate::sensitivity`]).
     pub sensitive: bool,
 }
 
@@ -133,6 +134,9 @@ pub struct Config {
     pub providers: Vec<crate::providers::ProviderConfig>,
     /// The model map (`[[routes]]`); local models without a route are served directly.
     pub routes: Vec<crate::router::RouteSpec>,
+    pub cache: crate::cache::CacheSettings,
+    /// The admin API's key (`[admin]`); no admin routes without one.
+    pub admin_key: Option<Secret>,
 }
 
 /// What the command line adds on top of the file and the environment.

@@ -28,7 +28,11 @@ pub(super) fn resolve(
         models,
         providers,
         routes,
+        cache,
+        admin,
     } = file;
+    let cache_settings = cache.resolve(env)?;
+    let admin_key = admin.resolve(base_dir, env)?;
 
     let (listen_text, listen_key) = match (&overrides.listen, env("SLUICE_LISTEN"), server.listen) {
         (Some(flag), _, _) => (flag.clone(), "--listen"),
@@ -158,6 +162,8 @@ pub(super) fn resolve(
         models: resolved,
         providers,
         routes,
+        cache: cache_settings,
+        admin_key,
     })
 }
 
@@ -173,7 +179,7 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{text}` is not an address such as 127.0.0.1:8080 or [::1]:8080"))
 }
 
-fn parse_bool(text: &str) -> Option<bool> {
+pub(super) fn parse_bool(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" | "" => Some(false),
@@ -291,7 +297,7 @@ fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
 }
 
 /// `~/x` expands to the home folder; a relative path is relative to the config file.
-fn resolve_path(base_dir: &Path, path: &Path) -> PathBuf {
+pub(super) fn resolve_path(base_dir: &Path, path: &Path) -> PathBuf {
     if let Ok(rest) = path.strip_prefix("~") {
         if let Some(home) = std::env::var_os("HOME") {
             return PathBuf::from(home).join(rest);

@@ -79,8 +79,44 @@ fn unknown_key_is_refused_with_its_name() {
 
 #[test]
 fn unknown_section_is_refused() {
-    let e = err_of("[cache]\nenabled = true\n", &[]);
-    assert!(e.contains("cache"), "{e}");
+    let e = err_of("[caches]\nenabled = true\n", &[]);
+    assert!(e.contains("caches"), "{e}");
+}
+
+#[test]
+fn cache_section_resolves_with_defaults_and_names_bad_keys() {
+    let cfg = load_str("", &[]).unwrap();
+    assert!(!cfg.cache.enabled);
+    assert_eq!(cfg.cache.backend, crate::cache::Backend::Memory);
+    let cfg = load_str(
+        "[cache]\nenabled = true\nttl_seconds = 60\nmax_bytes = \"1MiB\"\nsimilarity_threshold = 0.9\n",
+        &[],
+    )
+    .unwrap();
+    assert!(cfg.cache.enabled);
+    assert_eq!(cfg.cache.ttl.as_secs(), 60);
+    assert_eq!(cfg.cache.bounds.max_bytes, 1 << 20);
+    let e = err_of("[cache]\nbackend = \"redis\"\n", &[]);
+    assert!(e.contains("cache.redis_url"), "{e}");
+    let cfg = load_str(
+        "[cache]\nbackend = \"redis\"\n",
+        &[("SLUICE_CACHE_REDIS_URL", "redis://127.0.0.1:6379")],
+    )
+    .unwrap();
+    assert!(matches!(
+        cfg.cache.backend,
+        crate::cache::Backend::Redis { .. }
+    ));
+    let e = err_of("[cache]\nsimilarity_threshold = 1.5\n", &[]);
+    assert!(e.contains("cache.similarity_threshold"), "{e}");
+    let e = err_of("[admin]\nkey_env = \"ADMIN\"\n", &[("ADMIN", "short")]);
+    assert!(e.contains("admin"), "{e}");
+    let cfg = load_str(
+        "[admin]\nkey_env = \"ADMIN\"\n",
+        &[("ADMIN", "0123456789abcdef")],
+    )
+    .unwrap();
+    assert_eq!(cfg.admin_key.unwrap().expose(), "0123456789abcdef");
 }
 
 #[test]

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,6 +14,8 @@ use sluice_models::Tokenizer;
 use sluice_runtime::{FinishReason, TokenLogprob};
 
 use crate::answer::{self, ChoiceOutput};
+use crate::auth::Tenant;
+use crate::cache;
 use crate::error::ApiError;
 use crate::openai::json::ApiJson;
 use crate::openai::logprobs::{self, ChatLogprobs};
@@ -140,6 +144,8 @@ struct Delta<'a> {
 /// `POST /v1/chat/completions`.
 pub async fn create(
     State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
+    headers: HeaderMap,
     Sensitivity(sensitive): Sensitivity,
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
@@ -147,16 +153,24 @@ pub async fn create(
     let req = validate::chat(body)?;
     tracing::debug!(model = %req.model, user = req.user.as_deref(), stream = req.stream, "chat completion");
     let want_logprobs = req.job.sampling.logprobs.is_some();
-    let how = Dispatch {
-        stream: req.stream,
-        sensitive,
-        started,
+    let mut cached =
+        cache::lookup_request(&state, tenant.as_deref(), &headers, sensitive, &req).await;
+    let (mut generation, provenance, tokenizer) = match cached.take_hit() {
+        Some(hit) => (hit, None, None),
+        None => {
+            let how = Dispatch {
+                stream: req.stream,
+                sensitive,
+                started,
+            };
+            let Routed {
+                answer,
+                provenance,
+                tokenizer,
+            } = state.router.dispatch(&req.model, req.job, how).await?;
+            (cached.record(answer), Some(provenance), tokenizer)
+        }
     };
-    let Routed {
-        answer: mut generation,
-        provenance,
-        tokenizer,
-    } = state.router.dispatch(&req.model, req.job, how).await?;
     // Log-probabilities are rendered with the local model's tokenizer; the
     // router sends requests for them only to local deployments.
     let tokenizer = tokenizer.filter(|_| want_logprobs);
@@ -171,7 +185,10 @@ pub async fn create(
             tokenizer,
         };
         let mut response = sse::respond(generation, framing, req.include_usage);
-        provenance.stamp(response.headers_mut(), None);
+        cached.set_headers(response.headers_mut());
+        if let Some(provenance) = &provenance {
+            provenance.stamp(response.headers_mut(), None);
+        }
         return Ok(response);
     }
     let outputs = answer::collect(generation.as_mut()).await?;
@@ -207,7 +224,10 @@ pub async fn create(
         usage: usage.into(),
     };
     let mut response = Json(body).into_response();
-    provenance.stamp(response.headers_mut(), Some(&usage));
+    cached.set_headers(response.headers_mut());
+    if let Some(provenance) = &provenance {
+        provenance.stamp(response.headers_mut(), Some(&usage));
+    }
     Ok(response)
 }
 

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,6 +18,8 @@ use sluice_models::Tokenizer;
 use sluice_runtime::{FinishReason, TokenLogprob};
 
 use crate::answer::{self, ChoiceOutput};
+use crate::auth::Tenant;
+use crate::cache;
 use crate::error::ApiError;
 use crate::openai::json::ApiJson;
 use crate::openai::logprobs::{self, CompletionLogprobs};
@@ -82,6 +86,8 @@ struct Choice {
 /// `POST /v1/completions`.
 pub async fn create(
     State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
+    headers: HeaderMap,
     Sensitivity(sensitive): Sensitivity,
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
@@ -89,17 +95,26 @@ pub async fn create(
     let req = validate::completion(body)?;
     tracing::debug!(model = %req.model, user = req.user.as_deref(), stream = req.stream, "completion");
     let want_logprobs = req.job.sampling.logprobs.is_some();
-    let how = Dispatch {
-        stream: req.stream,
-        sensitive,
-        started,
+    let mut cached =
+        cache::lookup_request(&state, tenant.as_deref(), &headers, sensitive, &req).await;
+    let (mut generation, provenance, tokenizer) = match cached.take_hit() {
+        Some(hit) => (hit, None, None),
+        None => {
+            let how = Dispatch {
+                stream: req.stream,
+                sensitive,
+                started,
+            };
+            let Routed {
+                answer,
+                provenance,
+                tokenizer,
+            } = state.router.dispatch(&req.model, req.job, how).await?;
+            (cached.record(answer), Some(provenance), tokenizer)
+        }
     };
-    let Routed {
-        answer: mut generation,
-        provenance,
-        tokenizer,
-    } = state.router.dispatch(&req.model, req.job, how).await?;
-    // Text completions go to local deployments only (the router sees to it).
+    // Text completions go to local deployments only (the router sees to it);
+    // the cache uses its exact tier only: no user message to compare.
     let tokenizer = tokenizer.filter(|_| want_logprobs);
     let id = new_id("cmpl");
     let created = unix_now();
@@ -113,7 +128,10 @@ pub async fn create(
             tokenizer,
         };
         let mut response = sse::respond(generation, framing, req.include_usage);
-        provenance.stamp(response.headers_mut(), None);
+        cached.set_headers(response.headers_mut());
+        if let Some(provenance) = &provenance {
+            provenance.stamp(response.headers_mut(), None);
+        }
         return Ok(response);
     }
     let outputs = answer::collect(generation.as_mut()).await?;
@@ -147,7 +165,10 @@ pub async fn create(
         usage: Some(Some(usage.into())),
     };
     let mut response = Json(body).into_response();
-    provenance.stamp(response.headers_mut(), Some(&usage));
+    cached.set_headers(response.headers_mut());
+    if let Some(provenance) = &provenance {
+        provenance.stamp(response.headers_mut(), Some(&usage));
+    }
     Ok(response)
 }
 

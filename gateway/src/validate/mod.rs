@@ -136,6 +136,21 @@ pub struct Job {
     _sealed: Sealed,
 }
 
+impl Job {
+    /// Every field, for code that must account for each one (the cache key).
+    /// Destructured without `..`: a new field breaks the build here until the
+    /// cache key (`crate::cache::key`) says whether it changes the answer.
+    pub fn parts(&self) -> (&Input, &Sampling, usize) {
+        let Self {
+            input,
+            sampling,
+            n,
+            _sealed,
+        } = self;
+        (input, sampling, *n)
+    }
+}
+
 /// The sampling fields both endpoints share, as sent.
 pub(crate) struct CommonWire {
     pub model: Option<String>,

@@ -1,0 +1,62 @@
+//! `DELETE /admin/cache?tenant=…&model=…`: purges a tenant's and/or a
+//! model's cache entries (in whichever backend is configured) and answers
+//! `{"purged": <count>}`.
+//!
+//! Design choice: the admin key is its own secret (`[admin] key_env` or
+//! `key_file`), never a tenant key, so no tenant can purge another's
+//! entries; without an admin key the route is not mounted at all.
+
+use axum::extract::{Query, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::server::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeQuery {
+    pub tenant: Option<String>,
+    pub model: Option<String>,
+}
+
+pub async fn purge(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<PurgeQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(admin) = &state.admin_key else {
+        return Err(ApiError::Unauthorized("The admin API is not configured."));
+    };
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .ok_or(ApiError::Unauthorized(
+            "The admin API needs `Authorization: Bearer <admin key>`.",
+        ))?;
+    if !constant_time_eq(presented, admin.expose().as_bytes()) {
+        return Err(ApiError::Unauthorized("Incorrect admin key provided."));
+    }
+    let tenant = q.tenant.as_deref().filter(|t| !t.is_empty());
+    let model = q.model.as_deref().filter(|m| !m.is_empty());
+    if tenant.is_none() && model.is_none() {
+        return Err(ApiError::invalid(
+            "tenant",
+            "give `tenant`, `model` or both, e.g. DELETE /admin/cache?tenant=team-a",
+        ));
+    }
+    let purged = state
+        .cache
+        .purge(tenant, model)
+        .await
+        .map_err(|_| ApiError::StoreUnavailable("the cache store"))?;
+    tracing::info!(tenant, model, purged, "cache purged");
+    Ok(Json(json!({ "purged": purged })))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

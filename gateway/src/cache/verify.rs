@@ -1,0 +1,272 @@
+//! The semantic tier's last word: two questions whose embeddings are close
+//! may still ask different things ("Is X safe?" / "Is X not safe?", "in 2023"
+//! / "in 2024", "Apple" / "Microsoft"). [`verify`] compares the two user
+//! messages' texts on the features embeddings blur, and rejects a candidate
+//! that differs in any of them.
+//!
+//! Design choice: rules over words, not a second model. They are cheap
+//! (microseconds), explainable in a log line ([`Mismatch`] names the
+//! feature), and err on the side of a miss: a false rejection costs one
+//! generation, a false hit serves a wrong answer. English and Russian.
+
+use std::collections::BTreeSet;
+
+/// Why two texts are not the same question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    Negation,
+    Numbers,
+    Dates,
+    Entities,
+    Quantifiers,
+    Direction,
+    Action,
+}
+
+impl Mismatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Negation => "negation",
+            Self::Numbers => "numbers",
+            Self::Dates => "dates",
+            Self::Entities => "entities",
+            Self::Quantifiers => "quantifiers",
+            Self::Direction => "direction",
+            Self::Action => "action",
+        }
+    }
+}
+
+#[rustfmt::skip]
+const NEGATIONS: &[&str] = &[
+    "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "nowhere", "without",
+    "cannot", "isn't", "aren't", "wasn't", "weren't", "don't", "doesn't", "didn't", "won't",
+    "wouldn't", "can't", "couldn't", "shouldn't", "mustn't", "haven't", "hasn't", "hadn't",
+    "не", "нет", "ни", "никогда", "никто", "ничего", "ничто", "нигде", "без", "нельзя",
+];
+
+#[rustfmt::skip]
+const QUANTIFIERS: &[&str] = &[
+    "all", "some", "any", "every", "each", "only", "most", "many", "few", "several", "both",
+    "either", "always", "sometimes", "least", "atleast", "atmost", "majority", "minority",
+    "все", "всё", "всех", "всем", "весь", "вся", "некоторые", "некоторых", "каждый", "каждая",
+    "каждое", "каждого", "любой", "любая", "любое", "только", "лишь", "большинство",
+    "несколько", "многие", "всегда", "иногда", "минимум", "максимум", "хотя",
+];
+
+#[rustfmt::skip]
+const DIRECTIONS: &[&str] = &[
+    "more", "less", "fewer", "greater", "smaller", "larger", "bigger", "higher", "lower",
+    "before", "after", "above", "below", "over", "under", "increase", "decrease", "max", "min",
+    "maximum", "minimum", "largest", "smallest", "highest", "lowest", "first", "last", "best",
+    "worst", "cheapest", "fastest", "slowest", "oldest", "newest", "больше", "меньше", "выше",
+    "ниже", "до", "после", "раньше", "позже", "лучший", "худший", "первый", "последний",
+    "самый", "cheaper", "faster", "slower", "easier", "harder", "better", "worse", "earlier",
+    "later", "longer", "shorter", "older", "younger", "дешевле", "дороже", "быстрее",
+    "медленнее", "лучше", "хуже",
+];
+
+/// Verbs whose opposites embed close ("install" / "uninstall"). Compared
+/// only when both texts name one, so "set up Rust" still matches "install Rust".
+#[rustfmt::skip]
+const ACTIONS: &[&str] = &[
+    "install", "uninstall", "remove", "delete", "create", "add", "encrypt", "decrypt",
+    "upload", "download", "start", "stop", "open", "close", "enable", "disable", "buy", "sell",
+    "import", "export", "merge", "split", "compress", "decompress", "encode", "decode",
+    "login", "logout", "subscribe", "unsubscribe", "lock", "unlock", "summarize", "criticize",
+    "translate", "write", "read", "send", "receive",
+    "установ", "удал", "созда", "добав", "включ", "выключ", "откры", "закры", "купи",
+    "прода", "зашифр", "расшифр", "загруз", "скача",
+];
+
+#[rustfmt::skip]
+const NUMBER_WORDS: &[&str] = &[
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million",
+    "billion", "half", "double", "twice", "dozen", "ноль", "один", "одна", "два", "две", "три",
+    "четыре", "пять", "шесть", "семь", "восемь", "девять", "десять", "сто", "тысяча", "тысячи",
+    "миллион", "миллиона", "половина", "дважды",
+];
+
+#[rustfmt::skip]
+const DATE_WORDS: &[&str] = &[
+    "january", "february", "march", "april", "may", "june", "july", "august", "september",
+    "october", "november", "december", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
+    "sept", "oct", "nov", "dec", "monday", "tuesday", "wednesday", "thursday", "friday",
+    "saturday", "sunday", "today", "tomorrow", "yesterday", "tonight", "week", "month", "year",
+    "century", "morning", "evening", "night", "spring", "summer", "autumn", "winter", "январ",
+    "феврал", "март", "апрел", "мая", "май", "июн", "июл", "август", "сентябр", "октябр",
+    "ноябр", "декабр", "понедельник", "вторник", "сред", "четверг", "пятниц", "суббот",
+    "воскресень", "сегодня", "завтра", "вчера", "недел", "месяц", "год", "век", "утр", "вечер",
+    "ноч", "весн", "лет", "осен", "зим",
+];
+
+/// Words that start sentences or questions capitalised without naming anything.
+#[rustfmt::skip]
+const NOT_ENTITIES: &[&str] = &[
+    "i", "i'm", "i've", "i'd", "ok", "okay",
+];
+
+#[derive(Debug)]
+struct Features {
+    /// Lowercased words, for "does the other text mention it at all".
+    words: Vec<String>,
+    negations: usize,
+    numbers: BTreeSet<String>,
+    dates: BTreeSet<String>,
+    entities: BTreeSet<String>,
+    /// Entities in order of first mention: "from Paris to London" is not
+    /// "from London to Paris".
+    entity_order: Vec<String>,
+    quantifiers: BTreeSet<String>,
+    directions: BTreeSet<String>,
+    actions: BTreeSet<String>,
+}
+
+fn tokens(text: &str) -> Vec<(String, bool)> {
+    // (word, starts a sentence): a capital there says nothing about names.
+    let mut out = Vec::new();
+    let mut sentence_start = true;
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut Vec<(String, bool)>, start: &mut bool| {
+        if !word.is_empty() {
+            out.push((std::mem::take(word), *start));
+            *start = false;
+        }
+    };
+    for c in text.chars() {
+        if c.is_alphanumeric()
+            || c == '\''
+            || c == '’'
+            || (c == '.' && word.chars().all(|d| d.is_ascii_digit()) && !word.is_empty())
+        {
+            word.push(if c == '’' { '\'' } else { c });
+        } else {
+            flush(&mut word, &mut out, &mut sentence_start);
+            if matches!(c, '.' | '?' | '!' | '\n' | ':' | ';' | '"' | '«' | '(') {
+                sentence_start = true;
+            }
+        }
+    }
+    flush(&mut word, &mut out, &mut sentence_start);
+    // A trailing '.' was taken as a decimal point.
+    for (w, _) in &mut out {
+        while w.ends_with('.') {
+            w.pop();
+        }
+    }
+    out
+}
+
+fn stem(word: &str) -> String {
+    let w = word.strip_suffix("'s").unwrap_or(word);
+    // Russian nouns decline ("Москва", "Москве", "Москвы"); a short prefix
+    // keeps the comparison about the name, not its case.
+    if w.chars().any(|c| matches!(c, 'а'..='я' | 'ё')) {
+        let n = w.chars().count();
+        let keep = if n > 5 { n - 2 } else { n.min(4) };
+        return w.chars().take(keep).collect();
+    }
+    w.to_string()
+}
+
+fn features(text: &str) -> Features {
+    let toks = tokens(text);
+    let mut f = Features {
+        words: Vec::with_capacity(toks.len()),
+        negations: 0,
+        numbers: BTreeSet::new(),
+        dates: BTreeSet::new(),
+        entities: BTreeSet::new(),
+        entity_order: Vec::new(),
+        quantifiers: BTreeSet::new(),
+        directions: BTreeSet::new(),
+        actions: BTreeSet::new(),
+    };
+    let mut prev = String::new();
+    for (word, at_start) in &toks {
+        let lower = word.to_lowercase();
+        if NEGATIONS.contains(&lower.as_str()) || lower.ends_with("n't") {
+            f.negations += 1;
+        }
+        if lower.chars().any(|c| c.is_ascii_digit()) {
+            f.numbers.insert(lower.trim_start_matches('0').to_string());
+        } else if NUMBER_WORDS.contains(&lower.as_str()) {
+            f.numbers.insert(lower.clone());
+        }
+        if DATE_WORDS.iter().any(|d| {
+            lower == *d || (d.chars().count() >= 3 && !d.is_ascii() && lower.starts_with(d))
+        }) {
+            f.dates.insert(stem(&lower));
+        }
+        if QUANTIFIERS.contains(&lower.as_str()) {
+            // "at least" / "at most" are one quantifier.
+            let q = if prev == "at" && (lower == "least" || lower == "most") {
+                format!("at{lower}")
+            } else {
+                lower.clone()
+            };
+            f.quantifiers.insert(q);
+        }
+        let cyrillic = !lower.is_ascii();
+        if let Some(a) = ACTIONS.iter().find(|a| {
+            if cyrillic {
+                !a.is_ascii() && lower.starts_with(*a)
+            } else {
+                lower.strip_suffix('s').unwrap_or(&lower) == **a
+                    || lower.strip_suffix("ing").is_some_and(|r| r == **a)
+            }
+        }) {
+            f.actions.insert((*a).to_string());
+        }
+        if DIRECTIONS.contains(&lower.as_str()) {
+            f.directions.insert(lower.clone());
+        }
+        let capitalised = word.chars().next().is_some_and(char::is_uppercase);
+        let all_caps = word.chars().count() > 1 && word.chars().all(|c| !c.is_lowercase());
+        let entity =
+            (capitalised && !at_start || all_caps) && !NOT_ENTITIES.contains(&lower.as_str());
+        if entity && f.entities.insert(stem(&lower)) {
+            f.entity_order.push(stem(&lower));
+        }
+        f.words.push(stem(&lower));
+        prev = lower;
+    }
+    f
+}
+
+/// `None` when the two texts may be served the same answer.
+pub fn verify(asked: &str, stored: &str) -> Option<Mismatch> {
+    let a = features(asked);
+    let b = features(stored);
+    if a.negations != b.negations {
+        return Some(Mismatch::Negation);
+    }
+    if a.numbers != b.numbers {
+        return Some(Mismatch::Numbers);
+    }
+    if a.dates != b.dates {
+        return Some(Mismatch::Dates);
+    }
+    // An entity of one text must be a word of the other: a name at the
+    // start of a sentence is capitalised whether or not it is a name.
+    let mentions = |entities: &BTreeSet<String>, other: &Features| {
+        entities.iter().all(|e| other.words.iter().any(|w| w == e))
+    };
+    if !mentions(&a.entities, &b) || !mentions(&b.entities, &a) {
+        return Some(Mismatch::Entities);
+    }
+    if a.entity_order.len() >= 2 && a.entities == b.entities && a.entity_order != b.entity_order {
+        return Some(Mismatch::Entities);
+    }
+    if a.quantifiers != b.quantifiers {
+        return Some(Mismatch::Quantifiers);
+    }
+    if a.directions != b.directions {
+        return Some(Mismatch::Direction);
+    }
+    if !a.actions.is_empty() && !b.actions.is_empty() && a.actions != b.actions {
+        return Some(Mismatch::Action);
+    }
+    None
+}

@@ -1,0 +1,167 @@
+//! The `[cache]` and `[admin]` sections: as written, and resolved into
+//! [`CacheSettings`] and the admin key.
+//!
+//! Design choice: the cache is off unless `enabled = true`, so turning it
+//! on is a visible decision in the config file; when on, the in-process
+//! backend is the default and Redis is one line (`backend = "redis"`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::file::ByteSize;
+use super::resolve::{parse_bool, resolve_path};
+use super::{invalid, ConfigError, EnvLookup, Secret};
+use crate::cache::{Backend, Bounds, CacheSettings};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    pub enabled: Option<bool>,
+    /// "memory" (default) or "redis".
+    pub backend: Option<String>,
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key this cache writes.
+    pub redis_prefix: Option<String>,
+    pub ttl_seconds: Option<u64>,
+    pub max_entries: Option<usize>,
+    pub max_bytes: Option<ByteSize>,
+    pub max_per_scope: Option<usize>,
+    pub semantic: Option<bool>,
+    pub similarity_threshold: Option<f32>,
+    pub top_k: Option<usize>,
+    pub cache_nondeterministic: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub key_env: Option<String>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl CacheSection {
+    pub fn resolve(self, env: EnvLookup<'_>) -> Result<CacheSettings, ConfigError> {
+        let Self {
+            enabled,
+            backend,
+            redis_url,
+            redis_prefix,
+            ttl_seconds,
+            max_entries,
+            max_bytes,
+            max_per_scope,
+            semantic,
+            similarity_threshold,
+            top_k,
+            cache_nondeterministic,
+        } = self;
+        let d = CacheSettings::default();
+        let enabled = match env("SLUICE_CACHE_ENABLED") {
+            Some(v) => parse_bool(&v).ok_or_else(|| {
+                invalid(
+                    "SLUICE_CACHE_ENABLED",
+                    format!("`{v}` is not true or false"),
+                )
+            })?,
+            None => enabled.unwrap_or(d.enabled),
+        };
+        let redis_url = env("SLUICE_CACHE_REDIS_URL").or(redis_url);
+        let backend = match backend.as_deref().unwrap_or("memory") {
+            "memory" => Backend::Memory,
+            "redis" => Backend::Redis {
+                url: redis_url.ok_or_else(|| {
+                    invalid(
+                        "cache.redis_url",
+                        "backend = \"redis\" needs redis_url (or SLUICE_CACHE_REDIS_URL)",
+                    )
+                })?,
+                prefix: redis_prefix.unwrap_or_else(|| "sluice:cache".into()),
+            },
+            other => {
+                return Err(invalid(
+                    "cache.backend",
+                    format!("`{other}` is not \"memory\" or \"redis\""),
+                ))
+            }
+        };
+        let ttl = ttl_seconds.unwrap_or(d.ttl.as_secs());
+        if ttl == 0 {
+            return Err(invalid("cache.ttl_seconds", "must be at least 1"));
+        }
+        let threshold = similarity_threshold.unwrap_or(d.similarity_threshold);
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(invalid(
+                "cache.similarity_threshold",
+                format!("{threshold} is outside 0..=1"),
+            ));
+        }
+        let top_k = top_k.unwrap_or(d.top_k);
+        if !(1..=64).contains(&top_k) {
+            return Err(invalid("cache.top_k", format!("{top_k} is outside 1..=64")));
+        }
+        let max_per_scope = max_per_scope.unwrap_or(d.bounds.max_per_scope);
+        if !(1..=100_000).contains(&max_per_scope) {
+            return Err(invalid(
+                "cache.max_per_scope",
+                format!("{max_per_scope} is outside 1..=100000"),
+            ));
+        }
+        Ok(CacheSettings {
+            enabled,
+            backend,
+            ttl: Duration::from_secs(ttl),
+            bounds: Bounds {
+                max_entries: max_entries.unwrap_or(d.bounds.max_entries),
+                max_bytes: max_bytes.map_or(d.bounds.max_bytes, |b| b.0),
+                max_per_scope,
+            },
+            semantic: semantic.unwrap_or(d.semantic),
+            similarity_threshold: threshold,
+            top_k,
+            cache_nondeterministic: cache_nondeterministic.unwrap_or(d.cache_nondeterministic),
+        })
+    }
+}
+
+impl AdminSection {
+    pub fn resolve(
+        self,
+        base_dir: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        let value = match (self.key_env, self.key_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "admin.key_env",
+                    "give key_env or key_file, not both",
+                ))
+            }
+            (Some(name), None) => env(&name).ok_or_else(|| {
+                invalid(
+                    "admin.key_env",
+                    format!("environment variable {name} is not set"),
+                )
+            })?,
+            (None, Some(path)) => {
+                let path = resolve_path(base_dir, &path);
+                std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        "admin.key_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+            }
+        };
+        let value = value.trim();
+        if value.len() < 16 {
+            return Err(invalid(
+                "admin",
+                "the admin key must be at least 16 characters",
+            ));
+        }
+        Ok(Some(Secret::new(value.to_string())))
+    }
+}
