@@ -22,6 +22,7 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    pub guard: Option<super::guard::GuardSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,6 +10,7 @@
 //! column and span.
 
 mod file;
+mod guard;
 mod render;
 mod resolve;
 
@@ -22,6 +23,10 @@ use sluice_runtime::EngineConfig;
 
 pub use file::ByteSize;
 use file::FileConfig;
+pub use guard::{
+    ClassifierGuardConfig, GuardConfig, GuardMode, HeadSource, DEFAULT_GUARD_ID,
+    DEFAULT_INJECTION_LABELS,
+};
 use resolve::resolve;
 
 /// The id under which the demo chat model is served.
@@ -126,6 +131,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub keys: Vec<ApiKey>,
     pub models: Vec<ModelConfig>,
+    pub guard: GuardConfig,
 }
 
 /// What the command line adds on top of the file and the environment.

@@ -26,6 +26,7 @@ pub(super) fn resolve(
         server,
         auth,
         models,
+        guard,
     } = file;
 
     let (listen_text, listen_key) = match (&overrides.listen, env("SLUICE_LISTEN"), server.listen) {
@@ -150,6 +151,7 @@ pub(super) fn resolve(
         },
         keys,
         models: resolved,
+        guard: super::guard::resolve_guard(guard, base_dir)?,
     })
 }
 
