@@ -25,15 +25,18 @@ use tracing::Instrument;
 
 use crate::auth::{self, KeyStore};
 use crate::config::Config;
+use crate::encoders::EncoderRegistry;
 use crate::error::ApiError;
 use crate::openai::json::BodyLimit;
-use crate::openai::{chat, completions, models};
+use crate::openai::{chat, completions, embeddings, models};
 use crate::registry::Registry;
 
 /// What every handler may read. Cheap to clone (all shared).
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
+    /// In-process encoders (embeddings, classifiers), loaded in the background.
+    pub encoders: Arc<EncoderRegistry>,
     pub keys: Arc<KeyStore>,
     pub body_limit: BodyLimit,
     pub request_timeout: Duration,
@@ -73,6 +76,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/completions", post(completions::create))
+        .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
         .route_layer(middleware::from_fn_with_state(
@@ -94,6 +98,7 @@ pub fn router(state: AppState) -> Router {
 pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> {
     let shutdown = CancellationToken::new();
     let registry = Arc::new(Registry::new(&config.models));
+    let encoders = Arc::new(EncoderRegistry::new(&config.encoders));
     let keys = Arc::new(KeyStore::new(&config.keys));
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
@@ -129,6 +134,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
             }
         });
     }
+    for slot in encoders.slots() {
+        let slot = slot.clone();
+        let shutdown = shutdown.clone();
+        let failure = load_failure.clone();
+        tasks.spawn_blocking(move || {
+            if let Err(e) = slot.load_blocking() {
+                tracing::error!(error = %e, "encoder load failed; shutting down");
+                let _ = failure.set(e);
+                shutdown.cancel();
+            }
+        });
+    }
     tasks.spawn(watch_signals(shutdown.clone()));
     if options.shutdown_on_stdin_eof {
         tasks.spawn(watch_stdin(shutdown.clone()));
@@ -136,6 +153,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
 
     let state = AppState {
         registry,
+        encoders,
         keys,
         body_limit: BodyLimit(config.server.max_body_bytes),
         request_timeout: config.server.request_timeout,
@@ -238,18 +256,23 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// 200 once every model is loaded; 503 while loading or shutting down. The
+/// 200 once every model and encoder is loaded; 503 while loading or shutting down. The
 /// body lists each model's state and load.
 async fn ready(State(state): State<AppState>) -> Response {
     let models = state.registry.status();
+    let encoders = state.encoders.status();
     let (status, word) = if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if state.registry.all_ready() {
+    } else if state.registry.all_ready() && state.encoders.all_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "loading")
     };
-    (status, Json(json!({"status": word, "models": models}))).into_response()
+    (
+        status,
+        Json(json!({"status": word, "models": models, "encoders": encoders})),
+    )
+        .into_response()
 }
 
 async fn unknown_url(method: Method, uri: Uri) -> ApiError {

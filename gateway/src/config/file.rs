@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    /// `None` when the key is absent (the demo encoder), `Some([])` to serve none.
+    pub encoders: Option<Vec<super::encoders::EncoderSection>>,
     pub guard: Option<super::guard::GuardSection>,
 }
 

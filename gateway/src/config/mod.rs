@@ -9,6 +9,7 @@
 //! TOML syntax and type errors come from the `toml` crate with their line,
 //! column and span.
 
+mod encoders;
 mod file;
 mod guard;
 mod render;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use sluice_runtime::EngineConfig;
 
+pub use encoders::{EncoderConfig, EncoderKind, DEMO_EMBEDDING_ID};
 pub use file::ByteSize;
 use file::FileConfig;
 pub use guard::{
@@ -131,6 +133,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub keys: Vec<ApiKey>,
     pub models: Vec<ModelConfig>,
+    /// In-process encoders (`[[encoders]]`).
+    pub encoders: Vec<EncoderConfig>,
     pub guard: GuardConfig,
 }
 
@@ -179,6 +183,7 @@ impl Config {
 
     /// Checks that every model's weights are where the config says.
     pub fn check_model_files(&self) -> Result<(), ConfigError> {
+        encoders::check_encoder_files(&self.encoders)?;
         for (i, m) in self.models.iter().enumerate() {
             if m.path.exists() {
                 continue;

@@ -92,6 +92,25 @@ impl Config {
         root.insert("server".into(), Value::Table(server));
         root.insert("auth".into(), Value::Table(auth));
         root.insert("models".into(), Value::Array(models));
+        let encoders: Vec<Value> = self
+            .encoders
+            .iter()
+            .map(|e| {
+                let mut t = Table::new();
+                t.insert("id".into(), Value::String(e.id.clone()));
+                t.insert("kind".into(), Value::String(e.kind.as_str().into()));
+                t.insert("path".into(), Value::String(e.path.display().to_string()));
+                t.insert("max_batch_size".into(), int(e.pool.max_batch_size));
+                t.insert(
+                    "max_wait_us".into(),
+                    int(e.pool.max_wait.as_micros() as usize),
+                );
+                t.insert("queue_capacity".into(), int(e.pool.queue_capacity));
+                t.insert("threads".into(), int(e.pool.threads));
+                Value::Table(t)
+            })
+            .collect();
+        root.insert("encoders".into(), Value::Array(encoders));
         root.insert("guard".into(), Value::Table(self.guard_table()));
         toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }

@@ -26,6 +26,7 @@ pub(super) fn resolve(
         server,
         auth,
         models,
+        encoders,
         guard,
     } = file;
 
@@ -151,6 +152,7 @@ pub(super) fn resolve(
         },
         keys,
         models: resolved,
+        encoders: super::encoders::resolve_encoders(encoders, base_dir)?,
         guard: super::guard::resolve_guard(guard, base_dir)?,
     })
 }

@@ -6,6 +6,7 @@
 
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 pub mod json;
 pub mod logprobs;
 pub mod models;
