@@ -24,6 +24,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod loader;
 pub mod testing;
+pub mod testing_encoder;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
