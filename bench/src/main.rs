@@ -1,6 +1,7 @@
 //! `sluice-bench`: measures Sluice and its peers, and writes what it measured.
 //!
-//! Three subcommands:
+//! Four subcommands (`embed`, for the in-process embedding encoder, is
+//! described in its module):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -15,6 +16,7 @@
 //! each reports itself. llama.cpp's own timings are kept alongside as a check.
 //! Progress goes to stderr; tables go to stdout; `--json` keeps everything.
 
+mod embed_bench;
 mod engine_bench;
 mod http;
 mod llama_cpp;
@@ -51,6 +53,8 @@ enum Cmd {
     Load(LoadArgs),
     /// Sluice engine and llama.cpp's llama-server side by side in one run
     LlamaCpp(LlamaCppArgs),
+    /// The in-process embedding encoder: embeddings/s and 32-token latency, idle and beside LLM decoding
+    Embed(embed_bench::EmbedArgs),
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Engine(a) => engine(a),
         Cmd::Load(a) => load(a),
         Cmd::LlamaCpp(a) => llama_cpp(a),
+        Cmd::Embed(a) => embed_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -123,11 +123,7 @@ pub(super) fn resolve_encoders(
             queue_capacity: positive("queue_capacity", s.queue_capacity, defaults.queue_capacity)?,
             threads: positive("threads", s.threads, defaults.threads)?,
         };
-        let path = if s.path.is_absolute() {
-            s.path
-        } else {
-            base_dir.join(s.path)
-        };
+        let path = super::resolve::resolve_path(base_dir, &s.path);
         out.push(EncoderConfig {
             id: s.id,
             kind,
@@ -183,6 +179,23 @@ mod tests {
         assert_eq!(got[1].kind, EncoderKind::Classifier);
         assert_eq!(got[1].path, PathBuf::from("/abs"));
         assert_eq!(got[1].pool.max_batch_size, 4);
+    }
+
+    #[test]
+    fn the_example_config_serves_the_demo_encoder() {
+        let text = include_str!("../../../deploy/sluice.example.toml");
+        #[derive(Deserialize)]
+        struct Wrap {
+            encoders: Vec<EncoderSection>,
+        }
+        let wrap: Wrap = toml::from_str::<toml::Table>(text)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let got = resolve_encoders(Some(wrap.encoders), Path::new("/etc")).unwrap();
+        assert_eq!(got[0].id, DEMO_EMBEDDING_ID);
+        assert_eq!(got[0].path, sluice_models::demo_embedding_model_dir());
+        assert_eq!(got[0].pool, EncoderPoolConfig::default());
     }
 
     #[test]

@@ -284,7 +284,7 @@ fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
 }
 
 /// `~/x` expands to the home folder; a relative path is relative to the config file.
-fn resolve_path(base_dir: &Path, path: &Path) -> PathBuf {
+pub(super) fn resolve_path(base_dir: &Path, path: &Path) -> PathBuf {
     if let Ok(rest) = path.strip_prefix("~") {
         if let Some(home) = std::env::var_os("HOME") {
             return PathBuf::from(home).join(rest);
