@@ -27,6 +27,7 @@ pub mod config;
 pub mod encoders;
 pub mod error;
 pub mod generate;
+pub mod guard;
 pub mod openai;
 pub mod registry;
 pub mod server;

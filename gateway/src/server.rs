@@ -27,8 +27,9 @@ use crate::auth::{self, KeyStore};
 use crate::config::Config;
 use crate::encoders::EncoderRegistry;
 use crate::error::ApiError;
+use crate::guard::Guard;
 use crate::openai::json::BodyLimit;
-use crate::openai::{chat, completions, embeddings, models};
+use crate::openai::{chat, completions, embeddings, models, moderations};
 use crate::registry::Registry;
 
 /// What every handler may read. Cheap to clone (all shared).
@@ -37,6 +38,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// In-process encoders (embeddings, classifiers), loaded in the background.
     pub encoders: Arc<EncoderRegistry>,
+    /// The input guard; `None` when it is off.
+    pub guard: Option<Arc<Guard>>,
     pub keys: Arc<KeyStore>,
     pub body_limit: BodyLimit,
     pub request_timeout: Duration,
@@ -77,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/completions", post(completions::create))
         .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/moderations", post(moderations::create))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
         .route_layer(middleware::from_fn_with_state(
@@ -99,6 +103,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let shutdown = CancellationToken::new();
     let registry = Arc::new(Registry::new(&config.models));
     let encoders = Arc::new(EncoderRegistry::new(&config.encoders));
+    let guard = crate::guard::registry::serving_guard(&config.guard, &config.encoders)
+        .map_err(ServeError::Load)?;
     let keys = Arc::new(KeyStore::new(&config.keys));
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
@@ -154,6 +160,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let state = AppState {
         registry,
         encoders,
+        guard,
         keys,
         body_limit: BodyLimit(config.server.max_body_bytes),
         request_timeout: config.server.request_timeout,

@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod json;
 pub mod logprobs;
 pub mod models;
+pub mod moderations;
 pub mod sse;
 
 use std::sync::atomic::{AtomicU64, Ordering};

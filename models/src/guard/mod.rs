@@ -121,7 +121,13 @@ impl GuardHead {
     /// Reads a head written by [`GuardHead::save`].
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-        let st = SafeTensors::deserialize(&bytes)
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses a head's safetensors bytes; `path` only names them in errors
+    /// (the gateway builds the committed head into the binary).
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
+        let st = SafeTensors::deserialize(bytes)
             .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
         let tensor = |name: &str| -> Result<(Vec<usize>, Vec<f32>), ModelError> {
             let view = st
@@ -285,7 +291,12 @@ impl GuardHeadMeta {
 
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let meta: Self = serde_json::from_str(&text)
+        Self::from_json(&text, path)
+    }
+
+    /// Parses metadata text; `path` only names it in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, ModelError> {
+        let meta: Self = serde_json::from_str(text)
             .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
         if meta.format != HEAD_FORMAT {
             return Err(ModelError::Unsupported(format!(
