@@ -1,3 +1,4 @@
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Condvar, Mutex};
 
 use super::*;
@@ -6,6 +7,8 @@ use super::*;
 /// optionally blocks every batch until the gate opens.
 #[derive(Default)]
 struct FakeEncoder {
+    /// Batches that have started (counted before waiting on the gate).
+    started: AtomicUsize,
     batch_sizes: Mutex<Vec<usize>>,
     gate: Option<(Mutex<bool>, Condvar)>,
 }
@@ -27,6 +30,7 @@ impl FakeEncoder {
 
 impl BatchEncoder for FakeEncoder {
     fn run(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+        self.started.fetch_add(1, Ordering::SeqCst);
         if let Some((open, cv)) = &self.gate {
             let mut open = open.lock().unwrap();
             while !*open {
@@ -79,7 +83,7 @@ async fn concurrent_callers_share_batches() {
         let pool = pool.clone();
         async move { pool.encode(vec![1]).await }
     });
-    while pool.load().queued > 0 {
+    while model.started.load(Ordering::SeqCst) == 0 {
         tokio::task::yield_now().await;
     }
     let callers: Vec<_> = (0..16u32)
@@ -121,26 +125,38 @@ async fn a_full_queue_refuses_at_once() {
         },
     )
     .unwrap();
-    let mut waiting = Vec::new();
+    // Callers that find room wait (and give up after the timeout); the
+    // first that finds the queue full is refused without waiting.
     let mut refused = None;
     for i in 0..10 {
-        let pool2 = pool.clone();
-        let handle = tokio::spawn(async move { pool2.encode(vec![i]).await });
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        if handle.is_finished() {
-            refused = Some(handle.await.unwrap());
-            break;
+        match tokio::time::timeout(Duration::from_millis(20), pool.encode(vec![i])).await {
+            Ok(result) => {
+                refused = Some(result);
+                break;
+            }
+            Err(_elapsed) => continue,
         }
-        waiting.push(handle);
     }
     match refused {
         Some(Err(EngineError::EncoderQueueFull { .. })) => {}
         other => panic!("expected queue full, got {other:?}"),
     }
+    // Once the model moves again the queue drains and the pool serves.
     model.open_gate();
-    for w in waiting {
-        assert!(w.await.unwrap().is_ok());
+    let mut served = None;
+    for _ in 0..500 {
+        match pool.encode(vec![3]).await {
+            Ok(v) => {
+                served = Some(v);
+                break;
+            }
+            Err(EngineError::EncoderQueueFull { .. }) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
     }
+    assert_eq!(&served.expect("the queue never drained")[..], &[3.0, 1.0]);
 }
 
 #[tokio::test]
