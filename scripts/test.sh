@@ -11,6 +11,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== fetching demo models (cached after the first run)"
 scripts/fetch-models.sh chat
+scripts/fetch-models.sh embed
 
 echo "== formatting"
 cargo fmt --all -- --check

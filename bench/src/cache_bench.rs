@@ -32,6 +32,8 @@ use sluice_gateway::cache::{
     Backend, Cache, CacheSettings, Embedder, Outcome, Request, StoredAnswer, StoredChoice,
 };
 use sluice_gateway::validate::ValidRequest;
+use sluice_models::SentenceEncoder;
+use sluice_runtime::{EncoderHandle, EncoderPool, EncoderPoolConfig};
 use sluice_runtime::{FinishReason, Usage};
 
 use crate::stats::Summary;
@@ -50,6 +52,13 @@ pub struct CacheArgs {
     /// Measured lookups per kind.
     #[arg(long, default_value_t = 2000)]
     iterations: usize,
+    /// `hashed` (the test double) or `minilm[=<folder>]` (the real encoder
+    /// through an encoder pool, as `sluice serve` runs it).
+    #[arg(long, default_value = "hashed")]
+    embedder: String,
+    /// The semantic tier's similarity threshold.
+    #[arg(long, default_value_t = 0.8)]
+    threshold: f32,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -201,12 +210,12 @@ async fn bench_backend(args: &CacheArgs, backend: &str) -> Result<BackendReport>
             },
         },
         ttl: Duration::from_secs(600),
-        similarity_threshold: 0.8,
+        similarity_threshold: args.threshold,
         ..CacheSettings::default()
     };
     settings.bounds.max_entries = settings.bounds.max_entries.max(args.entries);
     settings.bounds.max_per_scope = settings.bounds.max_per_scope.max(args.entries);
-    let cache = Cache::new(settings, Some(Arc::new(HashedEmbedder::default())))
+    let cache = Cache::new(settings, Some(make_embedder(&args.embedder)?))
         .map_err(|e| anyhow::anyhow!(e))?;
     let redis_before = if backend == "redis" {
         Some(redis_used_memory(&args.redis_url).await?)
@@ -299,7 +308,7 @@ pub fn run_cache(args: CacheArgs) -> Result<()> {
         );
     }
     if let Some(path) = &args.json {
-        let out = json!({"command": crate::command_line(), "embedder": "test-hashed-bow-trigram", "backends": reports});
+        let out = json!({"command": crate::command_line(), "embedder": args.embedder, "backends": reports});
         std::fs::write(path, serde_json::to_string_pretty(&out)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -310,7 +319,7 @@ pub fn run_cache(args: CacheArgs) -> Result<()> {
 pub struct PairsArgs {
     #[arg(long, default_value = "bench/data/cache_pairs.jsonl")]
     pairs: PathBuf,
-    /// The embedder: `hashed` (the test double; the only one on this branch).
+    /// `hashed` (the test double) or `minilm[=<folder>]` (the real encoder).
     #[arg(long, default_value = "hashed")]
     embedder: String,
     /// Report at this similarity threshold (besides the sweep).
@@ -395,6 +404,57 @@ fn score(sims: &[(f32, bool, bool)], threshold: f32, use_verifier: bool) -> Scor
 }
 
 /// Precision and recall of the semantic tier (threshold + verifier) over
+/// The embedder a `--embedder` value names. Call within a Tokio runtime.
+fn make_embedder(name: &str) -> Result<Arc<dyn Embedder>> {
+    if name == "hashed" {
+        return Ok(Arc::new(HashedEmbedder::default()));
+    }
+    let Some(rest) = name.strip_prefix("minilm") else {
+        bail!("--embedder {name}: use `hashed` or `minilm[=<folder>]`");
+    };
+    let dir = match rest.strip_prefix('=') {
+        Some(path) => PathBuf::from(path),
+        None if rest.is_empty() => sluice_models::demo_embedding_model_dir(),
+        None => bail!("--embedder {name}: use `hashed` or `minilm[=<folder>]`"),
+    };
+    eprintln!("[cache] loading the encoder from {}", dir.display());
+    let encoder = SentenceEncoder::load(&dir).with_context(|| {
+        format!(
+            "loading {} (scripts/fetch-models.sh embed fetches it)",
+            dir.display()
+        )
+    })?;
+    let tokenizer = encoder.tokenizer().clone();
+    let handle = EncoderPool::start(Arc::new(encoder), EncoderPoolConfig::default())?;
+    Ok(Arc::new(PoolEmbedder { tokenizer, handle }))
+}
+
+/// The real encoder behind its pool, as the server embeds a user message.
+struct PoolEmbedder {
+    tokenizer: Arc<sluice_models::Tokenizer>,
+    handle: EncoderHandle,
+}
+
+impl Embedder for PoolEmbedder {
+    fn embed<'a>(
+        &'a self,
+        text: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<[f32]>, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let ids = self
+                .tokenizer
+                .encode_with_special_tokens(text)
+                .map_err(|e| e.to_string())?;
+            self.handle.encode(ids).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn model_id(&self) -> &str {
+        "all-minilm-l6-v2"
+    }
+}
+
 /// `pairs`, with any [`Embedder`].
 pub async fn evaluate(
     pairs: &[Pair],
@@ -429,15 +489,9 @@ pub async fn evaluate(
 }
 
 pub fn run_pairs(args: PairsArgs) -> Result<()> {
-    let embedder: Box<dyn Embedder> = match args.embedder.as_str() {
-        "hashed" => Box::new(HashedEmbedder::default()),
-        other => bail!(
-            "--embedder {other}: only `hashed` (the test double) exists on this build; \
-             the real encoder plugs in through the cache's Embedder trait"
-        ),
-    };
-    let pairs = load_pairs(&args.pairs)?;
     let rt = crate::runtime()?;
+    let embedder = rt.block_on(async { make_embedder(&args.embedder) })?;
+    let pairs = load_pairs(&args.pairs)?;
     let report = rt.block_on(evaluate(&pairs, embedder.as_ref(), args.threshold))?;
     let s = |x: &Scores| {
         format!(

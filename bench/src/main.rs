@@ -1,7 +1,8 @@
 //! `sluice-bench`: measures Sluice and its peers, and writes what it measured.
 //!
-//! Five subcommands (`cache` and `cache-pairs` are described in
-//! [`cache_bench`]):
+//! Its subcommands (`cache` and `cache-pairs` are described in
+//! [`cache_bench`], `embed`, for the in-process embedding encoder, in
+//! [`embed_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -20,6 +21,7 @@
 //! Progress goes to stderr; tables go to stdout; `--json` keeps everything.
 
 mod cache_bench;
+mod embed_bench;
 mod engine_bench;
 mod http;
 mod llama_cpp;
@@ -65,6 +67,8 @@ enum Cmd {
     Cache(cache_bench::CacheArgs),
     /// The semantic cache tier's precision/recall over labelled question pairs
     CachePairs(cache_bench::PairsArgs),
+    /// The in-process embedding encoder: embeddings/s and 32-token latency, idle and beside LLM decoding
+    Embed(embed_bench::EmbedArgs),
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +103,7 @@ fn main() -> std::process::ExitCode {
         }
         Cmd::Cache(a) => cache_bench::run_cache(a),
         Cmd::CachePairs(a) => cache_bench::run_pairs(a),
+        Cmd::Embed(a) => embed_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

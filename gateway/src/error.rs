@@ -104,9 +104,16 @@ impl ApiError {
     /// An engine refusal, with the parameter that caused it where there is one.
     pub fn from_engine(err: EngineError, retry_after: Duration) -> Self {
         match err {
-            EngineError::QueueFull { pending } => Self::QueueFull {
-                pending,
-                retry_after,
+            EngineError::QueueFull { pending } | EngineError::EncoderQueueFull { pending } => {
+                Self::QueueFull {
+                    pending,
+                    retry_after,
+                }
+            }
+            EngineError::EncoderInputTooLong { .. } => Self::InvalidRequest {
+                message: err.to_string(),
+                param: Some("input".into()),
+                code: Some("context_length_exceeded"),
             },
             EngineError::ContextTooLong { .. } => Self::InvalidRequest {
                 message: err.to_string(),
@@ -115,9 +122,10 @@ impl ApiError {
             },
             EngineError::EmptyPrompt => Self::invalid("prompt", err.to_string()),
             EngineError::InvalidToken { .. } => Self::invalid("prompt", err.to_string()),
-            EngineError::Stopped | EngineError::Config(_) | EngineError::Model(_) => {
-                Self::Internal(err.to_string())
-            }
+            EngineError::Stopped
+            | EngineError::Config(_)
+            | EngineError::Model(_)
+            | EngineError::EncoderFailed(_) => Self::Internal(err.to_string()),
         }
     }
 

@@ -10,7 +10,8 @@
 //! sequence per choice) → back out as JSON or as SSE ([`openai::sse`]). The
 //! handlers render any [`answer::Answer`] (the local engine's generation, an
 //! upstream's stream, a cached replay) the same way.
-//! [`registry`] loads the configured models in the background, [`server`]
+//! [`registry`] loads the configured models in the background (and
+//! [`encoders`] the in-process embedding and classifier models), [`server`]
 //! owns the router and the one shutdown path, and [`error`] is the only place
 //! that maps an error to an HTTP status.
 //!
@@ -24,8 +25,10 @@ pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod encoders;
 pub mod error;
 pub mod generate;
+pub mod guard;
 pub mod metrics;
 pub mod openai;
 pub mod providers;

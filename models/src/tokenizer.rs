@@ -329,6 +329,17 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Token ids for `text` with the tokenizer's own post-processor applied:
+    /// what encoder models expect (BERT's `[CLS] … [SEP]`). Never padded or
+    /// truncated.
+    pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, true)
+            .map_err(tok_err("cannot encode text"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// The text of `ids`; with `skip_special`, special tokens (BOS, EOS,
     /// `<|im_start|>`, ...) are left out. Bytes that do not form UTF-8 come
     /// out as U+FFFD.

@@ -9,7 +9,8 @@
 //! identical prefixes; [`executor`] is the device seam that runs a step on the
 //! model (CPU today, CUDA later); [`sampler`] and [`stop`] turn logits into
 //! tokens and decide when a sequence ends; [`load`] publishes the signals the
-//! router reads.
+//! router reads; [`encoder_pool`] batches embedding and classification
+//! inputs on threads of its own.
 //!
 //! Design choice: the scheduler and block manager are synchronous state
 //! machines with no clock, tensors or async inside, so they are tested exactly
@@ -17,6 +18,7 @@
 //! and builds [`GenerateRequest`]s; the runtime trusts them.
 
 pub mod block_manager;
+pub mod encoder_pool;
 pub mod engine;
 pub mod executor;
 pub mod load;
@@ -26,6 +28,9 @@ pub mod sampler;
 pub mod scheduler;
 pub mod stop;
 
+pub use encoder_pool::{
+    BatchEncoder, EncoderHandle, EncoderLoad, EncoderPool, EncoderPoolConfig, RuntimeError,
+};
 pub use engine::{Engine, EngineConfig, EngineHandle, EventStream, ModelInfo};
 pub use load::LoadSnapshot;
 pub use request::{
@@ -53,6 +58,12 @@ pub enum EngineError {
     InvalidToken { id: u32, vocab_size: usize },
     #[error("the engine has stopped")]
     Stopped,
+    #[error("the encoder queue is full ({pending} inputs pending); retry later")]
+    EncoderQueueFull { pending: usize },
+    #[error("the input has {tokens} tokens; this encoder takes at most {max_len}")]
+    EncoderInputTooLong { tokens: usize, max_len: usize },
+    #[error("encoder failure: {0}")]
+    EncoderFailed(String),
     #[error("engine configuration: {0}")]
     Config(String),
     #[error("model failure: {0}")]

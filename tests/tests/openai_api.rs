@@ -468,8 +468,15 @@ async fn models_are_listed_and_retrieved() {
     let client = openai(server(), "none");
     let list = client.models().list().await.unwrap();
     assert_eq!(list.object, "list");
-    assert_eq!(list.data.len(), 1);
+    // The default config also serves the demo embedding encoder when it is fetched.
+    let minilm = sluice_models::demo_embedding_model_dir()
+        .join("model.safetensors")
+        .is_file();
+    assert_eq!(list.data.len(), 1 + usize::from(minilm));
     assert_eq!(list.data[0].id, DEMO_MODEL_ID);
+    if minilm {
+        assert_eq!(list.data[1].id, "all-minilm-l6-v2");
+    }
     let model = client.models().retrieve(DEMO_MODEL_ID).await.unwrap();
     assert_eq!(model.object, "model");
     let err = get(server(), "/v1/models/gpt-17", None)

@@ -30,6 +30,9 @@ pub struct FileConfig {
     pub cache: super::cache::CacheSection,
     #[serde(default)]
     pub admin: super::cache::AdminSection,
+    /// `None` when the key is absent (the demo encoder), `Some([])` to serve none.
+    pub encoders: Option<Vec<super::encoders::EncoderSection>>,
+    pub guard: Option<super::guard::GuardSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,7 +10,9 @@
 //! column and span.
 
 mod cache;
+mod encoders;
 mod file;
+mod guard;
 mod render;
 mod resolve;
 mod routes;
@@ -22,8 +24,13 @@ use std::time::Duration;
 
 use sluice_runtime::EngineConfig;
 
+pub use encoders::{EncoderConfig, EncoderKind, DEMO_EMBEDDING_ID};
 pub use file::ByteSize;
 use file::FileConfig;
+pub use guard::{
+    ClassifierGuardConfig, GuardConfig, GuardMode, HeadSource, DEFAULT_GUARD_ID,
+    DEFAULT_INJECTION_LABELS,
+};
 use resolve::resolve;
 
 /// The id under which the demo chat model is served.
@@ -137,6 +144,9 @@ pub struct Config {
     pub cache: crate::cache::CacheSettings,
     /// The admin API's key (`[admin]`); no admin routes without one.
     pub admin_key: Option<Secret>,
+    /// In-process encoders (`[[encoders]]`).
+    pub encoders: Vec<EncoderConfig>,
+    pub guard: GuardConfig,
 }
 
 /// What the command line adds on top of the file and the environment.
@@ -184,6 +194,7 @@ impl Config {
 
     /// Checks that every model's weights are where the config says.
     pub fn check_model_files(&self) -> Result<(), ConfigError> {
+        encoders::check_encoder_files(&self.encoders)?;
         for (i, m) in self.models.iter().enumerate() {
             if m.path.exists() {
                 continue;

@@ -92,6 +92,77 @@ impl Config {
         root.insert("server".into(), Value::Table(server));
         root.insert("auth".into(), Value::Table(auth));
         root.insert("models".into(), Value::Array(models));
+        let encoders: Vec<Value> = self
+            .encoders
+            .iter()
+            .map(|e| {
+                let mut t = Table::new();
+                t.insert("id".into(), Value::String(e.id.clone()));
+                t.insert("kind".into(), Value::String(e.kind.as_str().into()));
+                t.insert("path".into(), Value::String(e.path.display().to_string()));
+                t.insert("max_batch_size".into(), int(e.pool.max_batch_size));
+                t.insert(
+                    "max_wait_us".into(),
+                    int(e.pool.max_wait.as_micros() as usize),
+                );
+                t.insert("queue_capacity".into(), int(e.pool.queue_capacity));
+                t.insert("threads".into(), int(e.pool.threads));
+                Value::Table(t)
+            })
+            .collect();
+        root.insert("encoders".into(), Value::Array(encoders));
+        root.insert("guard".into(), Value::Table(self.guard_table()));
         toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl Config {
+    fn guard_table(&self) -> Table {
+        let g = &self.guard;
+        let mut t = Table::new();
+        t.insert("enabled".into(), Value::Boolean(g.enabled));
+        t.insert("id".into(), Value::String(g.id.clone()));
+        let head = match &g.head {
+            super::HeadSource::BuiltIn => "built-in".to_string(),
+            super::HeadSource::File(p) => p.display().to_string(),
+        };
+        t.insert("head".into(), Value::String(head));
+        if let Some(th) = g.threshold {
+            t.insert("threshold".into(), Value::Float(f64::from(th)));
+        }
+        if let Some(e) = &g.encoder {
+            t.insert("encoder".into(), Value::String(e.clone()));
+        }
+        let mode = match g.mode {
+            super::GuardMode::Any => "any",
+            super::GuardMode::Replace => "replace",
+        };
+        t.insert("mode".into(), Value::String(mode.into()));
+        t.insert(
+            "max_inputs".into(),
+            Value::Integer(i64::try_from(g.max_inputs).unwrap_or(i64::MAX)),
+        );
+        let classifiers = g
+            .classifiers
+            .iter()
+            .map(|c| {
+                let mut ct = Table::new();
+                ct.insert("encoder".into(), Value::String(c.encoder.clone()));
+                ct.insert(
+                    "labels".into(),
+                    Value::Array(
+                        c.injection_labels
+                            .iter()
+                            .cloned()
+                            .map(Value::String)
+                            .collect(),
+                    ),
+                );
+                ct.insert("threshold".into(), Value::Float(f64::from(c.threshold)));
+                Value::Table(ct)
+            })
+            .collect();
+        t.insert("classifiers".into(), Value::Array(classifiers));
+        t
     }
 }

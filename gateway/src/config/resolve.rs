@@ -30,6 +30,8 @@ pub(super) fn resolve(
         routes,
         cache,
         admin,
+        encoders,
+        guard,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let admin_key = admin.resolve(base_dir, env)?;
@@ -164,6 +166,8 @@ pub(super) fn resolve(
         routes,
         cache: cache_settings,
         admin_key,
+        encoders: super::encoders::resolve_encoders(encoders, base_dir)?,
+        guard: super::guard::resolve_guard(guard, base_dir)?,
     })
 }
 

@@ -6,9 +6,11 @@
 
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 pub mod json;
 pub mod logprobs;
 pub mod models;
+pub mod moderations;
 pub mod sse;
 
 use std::sync::atomic::{AtomicU64, Ordering};

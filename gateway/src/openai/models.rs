@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
 
+use crate::encoders::EncoderSlot;
 use crate::error::ApiError;
 use crate::registry::ModelSlot;
 use crate::server::AppState;
@@ -17,6 +18,9 @@ pub struct Model {
     /// The context length, once the model is loaded (vLLM reports it too).
     #[serde(skip_serializing_if = "Option::is_none")]
     max_model_len: Option<usize>,
+    /// "embedding" or "classifier" for in-process encoders; absent for chat models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -32,6 +36,7 @@ fn model(slot: &ModelSlot) -> Model {
         created: slot.created,
         owned_by: "sluice",
         max_model_len: slot.engine().map(|e| e.info().max_model_len),
+        kind: None,
     }
 }
 
@@ -43,14 +48,27 @@ fn routed(id: &str, created: u64) -> Model {
         created,
         owned_by: "sluice",
         max_model_len: None,
+        kind: None,
     }
 }
 
-/// Every configured model (loaded or still loading), then the public names
-/// of the routes.
+fn encoder_model(slot: &EncoderSlot) -> Model {
+    Model {
+        id: slot.config.id.clone(),
+        object: "model",
+        created: slot.created,
+        owned_by: "sluice",
+        max_model_len: slot.ready().map(|e| e.max_len),
+        kind: Some(slot.config.kind.as_str()),
+    }
+}
+
+/// Every configured model and encoder (loaded or still loading), then the
+/// public names of the routes.
 pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
     let created = state.registry.slots().first().map_or(0, |s| s.created);
     let mut data: Vec<Model> = state.registry.slots().iter().map(|s| model(s)).collect();
+    data.extend(state.encoders.slots().iter().map(|s| encoder_model(s)));
     data.extend(state.router.public_models().map(|id| routed(id, created)));
     Json(ModelList {
         object: "list",
@@ -64,6 +82,9 @@ pub async fn get(
 ) -> Result<Json<Model>, ApiError> {
     if let Ok(slot) = state.registry.get(&id) {
         return Ok(Json(model(slot)));
+    }
+    if let Some(slot) = state.encoders.get(&id) {
+        return Ok(Json(encoder_model(slot)));
     }
     if state.router.has_route(&id) {
         let created = state.registry.slots().first().map_or(0, |s| s.created);

@@ -1,0 +1,437 @@
+//! The BERT encoder stack (embeddings, post-norm transformer layers with
+//! GELU) shared by [`super::SentenceEncoder`] and the BERT flavour of
+//! [`super::SequenceClassifier`].
+//!
+//! Design decision: a batch runs *packed*, not padded. The tokens of every
+//! input are laid end to end into one `[total_tokens, hidden]` matrix, the
+//! linear layers run once over all of it (so the weights are read once per
+//! layer per batch), and attention runs per input over its own token range.
+//! That is exactly a padded batch with an attention mask, minus the wasted
+//! work on padding; and because the project's matmul kernels are
+//! batch-invariant, an input's result is bit-identical alone or in a batch.
+
+use rayon::prelude::*;
+use sluice_kernels::{matmul, Matrix, WeightDType};
+
+use crate::hf::SafetensorsFiles;
+use crate::ModelError;
+
+/// `config.json` of a BERT-family model, resolved.
+#[derive(Debug, Clone)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f32,
+}
+
+impl BertConfig {
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, ModelError> {
+        let get = |key: &str| -> Result<usize, ModelError> {
+            v.get(key)
+                .and_then(serde_json::Value::as_u64)
+                .map(|n| n as usize)
+                .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{key}`")))
+        };
+        let hidden_act = v
+            .get("hidden_act")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("gelu");
+        if hidden_act != "gelu" {
+            return Err(ModelError::Unsupported(format!(
+                "hidden_act = {hidden_act:?}; the BERT encoder implements \"gelu\""
+            )));
+        }
+        if let Some(kind) = v
+            .get("position_embedding_type")
+            .and_then(serde_json::Value::as_str)
+        {
+            if kind != "absolute" {
+                return Err(ModelError::Unsupported(format!(
+                    "position_embedding_type = {kind:?}; the BERT encoder implements \"absolute\""
+                )));
+            }
+        }
+        let cfg = Self {
+            vocab_size: get("vocab_size")?,
+            hidden: get("hidden_size")?,
+            layers: get("num_hidden_layers")?,
+            heads: get("num_attention_heads")?,
+            intermediate: get("intermediate_size")?,
+            max_position_embeddings: get("max_position_embeddings")?,
+            type_vocab_size: v
+                .get("type_vocab_size")
+                .and_then(serde_json::Value::as_u64)
+                .map_or(2, |n| n as usize),
+            layer_norm_eps: v
+                .get("layer_norm_eps")
+                .and_then(serde_json::Value::as_f64)
+                .map_or(1e-12, |e| e as f32),
+        };
+        if cfg.heads == 0 || cfg.hidden % cfg.heads != 0 {
+            return Err(ModelError::Config(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                cfg.hidden, cfg.heads
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+/// A linear layer `y = x·Wᵀ + b`.
+pub(crate) struct Linear {
+    weight: Matrix,
+    bias: Vec<f32>,
+}
+
+impl Linear {
+    pub(crate) fn load(
+        st: &SafetensorsFiles,
+        prefix: &str,
+        quantize: Option<WeightDType>,
+    ) -> Result<Self, ModelError> {
+        let mut weight = st.matrix(&format!("{prefix}.weight"))?;
+        if let Some(to) = quantize {
+            weight = weight.requantize(to)?;
+        }
+        let bias = st.vector(&format!("{prefix}.bias"))?;
+        if bias.len() != weight.rows() {
+            return Err(ModelError::Format(format!(
+                "{prefix}.bias has {} values for {} outputs",
+                bias.len(),
+                weight.rows()
+            )));
+        }
+        Ok(Self { weight, bias })
+    }
+
+    pub(crate) fn out_features(&self) -> usize {
+        self.weight.rows()
+    }
+
+    /// `m` rows of `x` in, `m` rows of `out_features` out.
+    pub(crate) fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * self.weight.rows()];
+        matmul(&self.weight, x, m, &mut out);
+        sluice_kernels::ops::add_bias(&mut out, &self.bias);
+        out
+    }
+}
+
+pub(crate) struct LayerNorm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub(crate) fn load(st: &SafetensorsFiles, prefix: &str, eps: f32) -> Result<Self, ModelError> {
+        // Checkpoints converted from TF-era BERT name them gamma/beta.
+        let pick = |new: &str, old: &str| -> Result<Vec<f32>, ModelError> {
+            st.vector(&format!("{prefix}.{new}"))
+                .or_else(|_| st.vector(&format!("{prefix}.{old}")))
+        };
+        Ok(Self {
+            weight: pick("weight", "gamma")?,
+            bias: pick("bias", "beta")?,
+            eps,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &mut [f32]) {
+        layer_norm(x, &self.weight, &self.bias, self.eps);
+    }
+}
+
+/// LayerNorm of every `weight.len()`-wide row of `x`, in place.
+pub(crate) fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let dim = weight.len();
+    for row in x.chunks_exact_mut(dim) {
+        let mean = row.iter().sum::<f32>() / dim as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+            *v = (*v - mean) * inv * w + b;
+        }
+    }
+}
+
+/// The exact (erf) GELU that BERT's `"gelu"` means.
+pub(crate) fn gelu(x: &mut [f32]) {
+    for v in x {
+        *v = 0.5 * *v * (1.0 + erf(*v / std::f32::consts::SQRT_2));
+    }
+}
+
+/// erf to ~1e-7 (Abramowitz and Stegun 7.1.26 is 1.5e-7; this is their
+/// 7.1.28-refined rational form computed in f64). `std` has no erf.
+pub(crate) fn erf(x: f32) -> f32 {
+    let x = f64::from(x);
+    let t = 1.0 / (1.0 + 0.5 * x.abs());
+    // Numerical Recipes' erfc Chebyshev fit: fractional error < 1.2e-7.
+    let y = t
+        * (-x * x - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    let erf = 1.0 - y;
+    (if x >= 0.0 { erf } else { -erf }) as f32
+}
+
+struct BertLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+/// Embeddings and encoder layers of a BERT model.
+pub struct Bert {
+    cfg: BertConfig,
+    word: Matrix,
+    position: Matrix,
+    token_type: Vec<f32>,
+    emb_norm: LayerNorm,
+    layers: Vec<BertLayer>,
+}
+
+impl Bert {
+    /// Loads from `st` with tensor names under `prefix` (`""` or `"bert."`).
+    /// `quantize` re-packs the linear layers' weights at load.
+    pub fn load(
+        st: &SafetensorsFiles,
+        cfg: BertConfig,
+        prefix: &str,
+        quantize: Option<WeightDType>,
+    ) -> Result<Self, ModelError> {
+        let eps = cfg.layer_norm_eps;
+        let word = st.matrix(&format!("{prefix}embeddings.word_embeddings.weight"))?;
+        let position = st.matrix(&format!("{prefix}embeddings.position_embeddings.weight"))?;
+        let token_type = st.vector(&format!("{prefix}embeddings.token_type_embeddings.weight"))?;
+        if word.cols() != cfg.hidden || position.cols() != cfg.hidden {
+            return Err(ModelError::Format(format!(
+                "embedding width {} / {} differs from hidden_size {}",
+                word.cols(),
+                position.cols(),
+                cfg.hidden
+            )));
+        }
+        if token_type.len() < cfg.hidden {
+            return Err(ModelError::Format(
+                "token_type_embeddings is smaller than one row".into(),
+            ));
+        }
+        let emb_norm = LayerNorm::load(st, &format!("{prefix}embeddings.LayerNorm"), eps)?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("{prefix}encoder.layer.{i}");
+            let layer = BertLayer {
+                query: Linear::load(st, &format!("{p}.attention.self.query"), quantize)?,
+                key: Linear::load(st, &format!("{p}.attention.self.key"), quantize)?,
+                value: Linear::load(st, &format!("{p}.attention.self.value"), quantize)?,
+                attn_out: Linear::load(st, &format!("{p}.attention.output.dense"), quantize)?,
+                attn_norm: LayerNorm::load(st, &format!("{p}.attention.output.LayerNorm"), eps)?,
+                intermediate: Linear::load(st, &format!("{p}.intermediate.dense"), quantize)?,
+                output: Linear::load(st, &format!("{p}.output.dense"), quantize)?,
+                out_norm: LayerNorm::load(st, &format!("{p}.output.LayerNorm"), eps)?,
+            };
+            if layer.intermediate.out_features() != cfg.intermediate
+                || layer.query.out_features() != cfg.hidden
+            {
+                return Err(ModelError::Format(format!(
+                    "layer {i} shapes differ from config.json"
+                )));
+            }
+            layers.push(layer);
+        }
+        // The smaller of the table and the config bounds the usable length.
+        let cfg = BertConfig {
+            max_position_embeddings: cfg.max_position_embeddings.min(position.rows()),
+            ..cfg
+        };
+        Ok(Self {
+            cfg,
+            word,
+            position,
+            token_type,
+            emb_norm,
+            layers,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    /// Checks every input before any work: non-empty, within the position
+    /// table, ids inside the vocabulary.
+    pub fn check_batch(&self, batch: &[&[u32]]) -> Result<(), ModelError> {
+        for (i, ids) in batch.iter().enumerate() {
+            if ids.is_empty() {
+                return Err(ModelError::Unsupported(format!("input {i} has no tokens")));
+            }
+            if ids.len() > self.cfg.max_position_embeddings {
+                return Err(ModelError::Unsupported(format!(
+                    "input {i} has {} tokens; this encoder takes at most {}",
+                    ids.len(),
+                    self.cfg.max_position_embeddings
+                )));
+            }
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.word.rows()) {
+                return Err(ModelError::Tokenizer(format!(
+                    "input {i}: token id {bad} is outside the vocabulary of {}",
+                    self.word.rows()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last layer's hidden states of every input, packed: input `i`'s
+    /// tokens are rows `offsets[i]..offsets[i + 1]` of the returned matrix.
+    pub fn forward(&self, batch: &[&[u32]]) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
+        self.check_batch(batch)?;
+        let h = self.cfg.hidden;
+        let mut offsets = Vec::with_capacity(batch.len() + 1);
+        offsets.push(0);
+        for ids in batch {
+            offsets.push(offsets[offsets.len() - 1] + ids.len());
+        }
+        let total = offsets[batch.len()];
+        let mut x = vec![0.0f32; total * h];
+        let mut pos_row = vec![0.0f32; h];
+        let mut row = 0;
+        for ids in batch {
+            for (pos, &id) in ids.iter().enumerate() {
+                let out = &mut x[row * h..(row + 1) * h];
+                self.word.dequantize_row(id as usize, out);
+                self.position.dequantize_row(pos, &mut pos_row);
+                // Single-segment inputs: token type 0 throughout.
+                for ((o, p), t) in out.iter_mut().zip(&pos_row).zip(&self.token_type[..h]) {
+                    *o += p + t;
+                }
+                row += 1;
+            }
+        }
+        self.emb_norm.forward(&mut x);
+        for layer in &self.layers {
+            self.layer_forward(layer, &mut x, &offsets);
+        }
+        Ok((x, offsets))
+    }
+
+    fn layer_forward(&self, layer: &BertLayer, x: &mut [f32], offsets: &[usize]) {
+        let h = self.cfg.hidden;
+        let m = x.len() / h;
+        let q = layer.query.forward(x, m);
+        let k = layer.key.forward(x, m);
+        let v = layer.value.forward(x, m);
+        let ctx = attention(&q, &k, &v, offsets, self.cfg.heads, h);
+        let mut attn = layer.attn_out.forward(&ctx, m);
+        sluice_kernels::ops::add_assign(&mut attn, x);
+        layer.attn_norm.forward(&mut attn);
+        let mut inter = layer.intermediate.forward(&attn, m);
+        gelu(&mut inter);
+        let mut out = layer.output.forward(&inter, m);
+        sluice_kernels::ops::add_assign(&mut out, &attn);
+        layer.out_norm.forward(&mut out);
+        x.copy_from_slice(&out);
+    }
+}
+
+/// Bidirectional multi-head attention within each input's token range
+/// (the packed form of a padding mask). `q`, `k`, `v` are `[tokens, hidden]`.
+fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    offsets: &[usize],
+    heads: usize,
+    hidden: usize,
+) -> Vec<f32> {
+    let hd = hidden / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let total = offsets[offsets.len() - 1];
+    let mut ctx = vec![0.0f32; total * hidden];
+    // One task per token row: it reads its input's keys and values and
+    // writes only its own row, so tasks never share output.
+    let seq_of: Vec<usize> = (0..offsets.len() - 1)
+        .flat_map(|s| std::iter::repeat_n(s, offsets[s + 1] - offsets[s]))
+        .collect();
+    ctx.par_chunks_mut(hidden).enumerate().for_each(|(t, out)| {
+        let s = seq_of[t];
+        let (start, end) = (offsets[s], offsets[s + 1]);
+        let mut scores = vec![0.0f32; end - start];
+        for head in 0..heads {
+            let qh = &q[t * hidden + head * hd..t * hidden + (head + 1) * hd];
+            for (j, score) in scores.iter_mut().enumerate() {
+                let kr = &k[(start + j) * hidden + head * hd..][..hd];
+                *score = qh.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
+            }
+            softmax_exact(&mut scores);
+            let oh = &mut out[head * hd..(head + 1) * hd];
+            for (j, p) in scores.iter().enumerate() {
+                let vr = &v[(start + j) * hidden + head * hd..][..hd];
+                for (o, val) in oh.iter_mut().zip(vr) {
+                    *o += p * val;
+                }
+            }
+        }
+    });
+    ctx
+}
+
+/// Softmax with libm `exp`: an encoder's few scores per row make the exact
+/// function cheap, and it keeps the golden comparison tight.
+pub(crate) fn softmax_exact(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, want) in [
+            (0.0f32, 0.0f32),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-1.0, -0.842_700_8),
+            (2.0, 0.995_322_3),
+        ] {
+            assert!((erf(x) - want).abs() < 1e-6, "erf({x}) = {}", erf(x));
+        }
+    }
+
+    #[test]
+    fn layer_norm_gives_zero_mean_unit_variance() {
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        layer_norm(&mut x, &[1.0; 4], &[0.0; 4], 1e-12);
+        let mean: f32 = x.iter().sum::<f32>() / 4.0;
+        let var: f32 = x.iter().map(|v| v * v).sum::<f32>() / 4.0;
+        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5);
+    }
+}

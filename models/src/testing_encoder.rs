@@ -1,0 +1,225 @@
+//! Tiny random-weight BERT checkpoints (safetensors + config.json +
+//! tokenizer.json) written to disk, so encoder tests load them through the
+//! real loaders. They test mechanics (packing, pooling, labels), not language.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::ModelError;
+
+/// The tiny vocabulary: specials first, then a few lowercase words.
+pub const TINY_BERT_VOCAB: [&str; 16] = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran",
+    "ignore", "all", "rules", "##s",
+];
+pub const TINY_BERT_HIDDEN: usize = 32;
+pub const TINY_BERT_HEADS: usize = 4;
+pub const TINY_BERT_FFN: usize = 64;
+pub const TINY_BERT_LAYERS: usize = 2;
+pub const TINY_BERT_MAX_POS: usize = 16;
+
+/// What to write besides the encoder.
+#[derive(Debug, Clone)]
+pub enum TinyBertHead {
+    /// A sentence-transformers folder; `cls` picks CLS pooling, `normalize` adds Normalize.
+    Sentence { cls: bool, normalize: bool },
+    /// `BertForSequenceClassification` with these labels (id order).
+    Classifier { labels: Vec<String> },
+}
+
+/// Every tensor written, by name: (shape, values).
+pub type TinyTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (v >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Writes the checkpoint into `dir` and returns its tensors (for reference
+/// implementations in tests).
+pub fn write_tiny_bert(
+    dir: &Path,
+    head: &TinyBertHead,
+    seed: u64,
+) -> Result<TinyTensors, ModelError> {
+    let (h, f, v) = (TINY_BERT_HIDDEN, TINY_BERT_FFN, TINY_BERT_VOCAB.len());
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut tensors = TinyTensors::new();
+    let prefix = match head {
+        TinyBertHead::Sentence { .. } => "",
+        TinyBertHead::Classifier { .. } => "bert.",
+    };
+    let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+        let n = shape.iter().product();
+        let values = (0..n).map(|_| offset + rng.next() * scale).collect();
+        tensors.insert(name, (shape, values));
+    };
+    add(
+        format!("{prefix}embeddings.word_embeddings.weight"),
+        vec![v, h],
+        0.5,
+        0.0,
+    );
+    add(
+        format!("{prefix}embeddings.position_embeddings.weight"),
+        vec![TINY_BERT_MAX_POS, h],
+        0.5,
+        0.0,
+    );
+    add(
+        format!("{prefix}embeddings.token_type_embeddings.weight"),
+        vec![2, h],
+        0.5,
+        0.0,
+    );
+    add(
+        format!("{prefix}embeddings.LayerNorm.weight"),
+        vec![h],
+        0.1,
+        1.0,
+    );
+    add(
+        format!("{prefix}embeddings.LayerNorm.bias"),
+        vec![h],
+        0.1,
+        0.0,
+    );
+    for i in 0..TINY_BERT_LAYERS {
+        let p = format!("{prefix}encoder.layer.{i}");
+        for (leaf, rows, cols) in [
+            ("attention.self.query", h, h),
+            ("attention.self.key", h, h),
+            ("attention.self.value", h, h),
+            ("attention.output.dense", h, h),
+            ("intermediate.dense", f, h),
+            ("output.dense", h, f),
+        ] {
+            add(format!("{p}.{leaf}.weight"), vec![rows, cols], 0.3, 0.0);
+            add(format!("{p}.{leaf}.bias"), vec![rows], 0.1, 0.0);
+        }
+        for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            add(format!("{p}.{ln}.weight"), vec![h], 0.1, 1.0);
+            add(format!("{p}.{ln}.bias"), vec![h], 0.1, 0.0);
+        }
+    }
+    let mut config = serde_json::json!({
+        "model_type": "bert",
+        "vocab_size": v,
+        "hidden_size": h,
+        "num_hidden_layers": TINY_BERT_LAYERS,
+        "num_attention_heads": TINY_BERT_HEADS,
+        "intermediate_size": f,
+        "max_position_embeddings": TINY_BERT_MAX_POS,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu",
+        "position_embedding_type": "absolute",
+    });
+    match head {
+        TinyBertHead::Sentence { cls, normalize } => {
+            config["architectures"] = serde_json::json!(["BertModel"]);
+            let pooling = serde_json::json!({
+                "word_embedding_dimension": h,
+                "pooling_mode_cls_token": cls,
+                "pooling_mode_mean_tokens": !cls,
+            });
+            write_json(&dir.join("1_Pooling/config.json"), &pooling)?;
+            let mut modules = vec![
+                serde_json::json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
+            ];
+            if *normalize {
+                modules.push(serde_json::json!({"idx": 1, "name": "1", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}));
+            }
+            write_json(
+                &dir.join("modules.json"),
+                &serde_json::Value::Array(modules),
+            )?;
+        }
+        TinyBertHead::Classifier { labels } => {
+            add("bert.pooler.dense.weight".into(), vec![h, h], 0.3, 0.0);
+            add("bert.pooler.dense.bias".into(), vec![h], 0.1, 0.0);
+            add("classifier.weight".into(), vec![labels.len(), h], 0.5, 0.0);
+            add("classifier.bias".into(), vec![labels.len()], 0.1, 0.0);
+            config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+            // Written highest id first: the loader must order by id, not by key order.
+            let id2label: serde_json::Map<String, serde_json::Value> = labels
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, l)| (i.to_string(), serde_json::Value::String(l.clone())))
+                .collect();
+            config["id2label"] = serde_json::Value::Object(id2label);
+        }
+    }
+    write_json(&dir.join("config.json"), &config)?;
+    write_json(&dir.join("tokenizer.json"), &tiny_bert_tokenizer())?;
+    write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+    Ok(tensors)
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ModelError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+    }
+    std::fs::write(path, value.to_string()).map_err(|e| ModelError::io(path, e))
+}
+
+fn write_safetensors(path: &Path, tensors: &TinyTensors) -> Result<(), ModelError> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, (shape, values))| {
+            let data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (name.clone(), shape.clone(), data)
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| ModelError::Format(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|e| ModelError::Format(format!("writing {}: {e}", path.display())))
+}
+
+/// A WordPiece `tokenizer.json` like bert-base-uncased's, over the tiny vocabulary.
+fn tiny_bert_tokenizer() -> serde_json::Value {
+    let vocab: serde_json::Map<String, serde_json::Value> = TINY_BERT_VOCAB
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), serde_json::json!(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = TINY_BERT_VOCAB[..4]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}
+            }
+        },
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": vocab}
+    })
+}
