@@ -134,6 +134,62 @@ fn question(q: &str) -> Value {
     })
 }
 
+/// The semantic tier with the real encoder (all-MiniLM-L6-v2, which the
+/// default config serves when fetched): a paraphrase is served the stored
+/// answer; questions that differ in an entity, a number or a negation are
+/// not, however close their embeddings.
+#[tokio::test]
+async fn semantic_hits_with_the_real_encoder_and_never_across_meanings() {
+    let server = start("similarity_threshold = 0.9");
+    let stored = chat(
+        &server,
+        KEY_A,
+        &[],
+        &question("What is the capital of France?"),
+    )
+    .await;
+    assert_eq!(stored.cache(), "miss");
+
+    let paraphrase = chat(
+        &server,
+        KEY_A,
+        &[],
+        &question("What's the capital of France?"),
+    )
+    .await;
+    assert_eq!(paraphrase.cache(), "semantic", "{}", paraphrase.body);
+    assert_eq!(paraphrase.content(), stored.content());
+    let similarity: f32 = paraphrase
+        .headers
+        .get("x-sluice-cache-similarity")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a semantic hit names its similarity");
+    assert!((0.9..=1.0).contains(&similarity), "{similarity}");
+
+    for different in [
+        "What is the capital of Germany?",
+        "What is not the capital of France?",
+        "What were the 2 capitals of France?",
+    ] {
+        let r = chat(&server, KEY_A, &[], &question(different)).await;
+        assert_eq!(
+            r.cache(),
+            "miss",
+            "{different} was served another question's answer"
+        );
+    }
+    // Another tenant never sees tenant A's entries, semantic or exact.
+    let other = chat(
+        &server,
+        KEY_B,
+        &[],
+        &question("What's the capital of France?"),
+    )
+    .await;
+    assert_eq!(other.cache(), "miss");
+}
+
 #[tokio::test]
 async fn in_process_cache_through_http() {
     let server = start("");

@@ -219,6 +219,16 @@ fn verifier_rejects_what_embeddings_blur() {
             Mismatch::Negation,
         ),
         (
+            "Is it safe to drink tap water in Paris?",
+            "Is it unsafe to drink tap water in Paris?",
+            Mismatch::Negation,
+        ),
+        (
+            "Is this contract legal?",
+            "Is this contract illegal?",
+            Mismatch::Negation,
+        ),
+        (
             "Convert 5 miles to km",
             "Convert 50 miles to km",
             Mismatch::Numbers,

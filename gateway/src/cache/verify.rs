@@ -235,6 +235,25 @@ fn features(text: &str) -> Features {
     f
 }
 
+/// Prefixes that turn a word into its opposite ("safe" / "unsafe",
+/// "legal" / "illegal", "agree" / "disagree").
+const NEGATING_PREFIXES: &[&str] = &["un", "in", "im", "il", "ir", "dis", "non", "non-", "не"];
+
+/// True when a word of `a` is a word of `b` with a negating prefix, and `a`
+/// does not also have the bare word ("safe" vs "unsafe"; "safe and unsafe"
+/// vs "unsafe and safe" is no negation).
+fn negated_by_prefix(a: &Features, b: &Features) -> bool {
+    a.words.iter().any(|w| {
+        NEGATING_PREFIXES.iter().any(|p| {
+            w.strip_prefix(p).is_some_and(|base| {
+                base.chars().count() >= 3
+                    && b.words.iter().any(|x| x == base)
+                    && !a.words.iter().any(|x| x == base)
+            })
+        })
+    })
+}
+
 /// `None` when the two texts may be served the same answer.
 pub fn verify(asked: &str, stored: &str) -> Option<Mismatch> {
     let a = features(asked);
@@ -267,6 +286,10 @@ pub fn verify(asked: &str, stored: &str) -> Option<Mismatch> {
     }
     if !a.actions.is_empty() && !b.actions.is_empty() && a.actions != b.actions {
         return Some(Mismatch::Action);
+    }
+    // Last, so that a known opposite ("install" / "uninstall") is named as such.
+    if negated_by_prefix(&a, &b) || negated_by_prefix(&b, &a) {
+        return Some(Mismatch::Negation);
     }
     None
 }
