@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Logs go to stderr so that commands such as `check-config` print only
     // their result on stdout. `SLUICE_LOG` (or `RUST_LOG`) sets the filter.
