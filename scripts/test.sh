@@ -12,6 +12,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "== fetching demo models (cached after the first run)"
 scripts/fetch-models.sh chat
 scripts/fetch-models.sh embed
+# The guard's training splits: its tests check the committed head's data hashes.
+scripts/fetch-models.sh guard-data
 
 echo "== formatting"
 cargo fmt --all -- --check

@@ -19,13 +19,12 @@ use sluice_runtime::{FinishReason, TokenLogprob};
 
 use crate::answer::{self, ChoiceOutput};
 use crate::auth::Tenant;
-use crate::cache;
 use crate::error::ApiError;
 use crate::openai::json::ApiJson;
 use crate::openai::logprobs::{self, CompletionLogprobs};
 use crate::openai::sse::{self, Framing};
 use crate::openai::{new_id, unix_now, StreamOptions, UsageWire, SYSTEM_FINGERPRINT};
-use crate::router::{Dispatch, Routed};
+use crate::pipeline::{self, Answered, Caller};
 use crate::sensitivity::Sensitivity;
 use crate::server::AppState;
 use crate::validate;
@@ -94,28 +93,20 @@ pub async fn create(
     let started = tokio::time::Instant::now();
     let req = validate::completion(body)?;
     tracing::debug!(model = %req.model, user = req.user.as_deref(), stream = req.stream, "completion");
-    let want_logprobs = req.job.sampling.logprobs.is_some();
-    let mut cached =
-        cache::lookup_request(&state, tenant.as_deref(), &headers, sensitive, &req).await;
-    let (mut generation, provenance, tokenizer) = match cached.take_hit() {
-        Some(hit) => (hit, None, None),
-        None => {
-            let how = Dispatch {
-                stream: req.stream,
-                sensitive,
-                started,
-            };
-            let Routed {
-                answer,
-                provenance,
-                tokenizer,
-            } = state.router.dispatch(&req.model, req.job, how).await?;
-            (cached.record(answer), Some(provenance), tokenizer)
-        }
-    };
     // Text completions go to local deployments only (the router sees to it);
     // the cache uses its exact tier only: no user message to compare.
-    let tokenizer = tokenizer.filter(|_| want_logprobs);
+    let caller = Caller {
+        tenant: tenant.as_deref(),
+        headers: &headers,
+        sensitive,
+        started,
+    };
+    let (req, answered) = pipeline::answer(&state, caller, req).await?;
+    let Answered {
+        answer: mut generation,
+        tokenizer,
+        stamp,
+    } = answered;
     let id = new_id("cmpl");
     let created = unix_now();
     if req.stream {
@@ -128,10 +119,7 @@ pub async fn create(
             tokenizer,
         };
         let mut response = sse::respond(generation, framing, req.include_usage);
-        cached.set_headers(response.headers_mut());
-        if let Some(provenance) = &provenance {
-            provenance.stamp(response.headers_mut(), None);
-        }
+        stamp.apply(response.headers_mut(), None);
         return Ok(response);
     }
     let outputs = answer::collect(generation.as_mut()).await?;
@@ -165,10 +153,7 @@ pub async fn create(
         usage: Some(Some(usage.into())),
     };
     let mut response = Json(body).into_response();
-    cached.set_headers(response.headers_mut());
-    if let Some(provenance) = &provenance {
-        provenance.stamp(response.headers_mut(), Some(&usage));
-    }
+    stamp.apply(response.headers_mut(), Some(&usage));
     Ok(response)
 }
 
