@@ -8,9 +8,6 @@ use super::Config;
 impl Config {
     /// The effective configuration as TOML, keys replaced by their source.
     pub fn to_redacted_toml(&self) -> String {
-        fn int(n: usize) -> Value {
-            Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
-        }
         let mut server = Table::new();
         server.insert(
             "listen".into(),
@@ -112,11 +109,43 @@ impl Config {
             .collect();
         root.insert("encoders".into(), Value::Array(encoders));
         root.insert("guard".into(), Value::Table(self.guard_table()));
+        root.insert("cache".into(), Value::Table(self.cache_table()));
         toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
 impl Config {
+    fn cache_table(&self) -> Table {
+        let c = &self.cache;
+        let mut t = Table::new();
+        t.insert("enabled".into(), Value::Boolean(c.enabled));
+        match &c.backend {
+            crate::cache::Backend::Memory => {
+                t.insert("backend".into(), Value::String("memory".into()));
+            }
+            crate::cache::Backend::Redis { url, prefix } => {
+                t.insert("backend".into(), Value::String("redis".into()));
+                t.insert("redis_url".into(), Value::String(redact_url(url)));
+                t.insert("redis_prefix".into(), Value::String(prefix.clone()));
+            }
+        }
+        t.insert("ttl_seconds".into(), int(c.ttl.as_secs() as usize));
+        t.insert("max_entries".into(), int(c.bounds.max_entries));
+        t.insert("max_bytes".into(), int(c.bounds.max_bytes));
+        t.insert("max_per_scope".into(), int(c.bounds.max_per_scope));
+        t.insert("semantic".into(), Value::Boolean(c.semantic));
+        t.insert(
+            "similarity_threshold".into(),
+            Value::Float(f64::from(c.similarity_threshold)),
+        );
+        t.insert("top_k".into(), int(c.top_k));
+        t.insert(
+            "cache_nondeterministic".into(),
+            Value::Boolean(c.cache_nondeterministic),
+        );
+        t
+    }
+
     fn guard_table(&self) -> Table {
         let g = &self.guard;
         let mut t = Table::new();
@@ -164,5 +193,45 @@ impl Config {
             .collect();
         t.insert("classifiers".into(), Value::Array(classifiers));
         t
+    }
+}
+
+fn int(n: usize) -> Value {
+    Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// `redis://user:secret@host` → `redis://user:<redacted>@host`: a Redis URL
+/// may carry its password, which must not be printed.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redis_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:hunter2@10.0.0.1:6379/0"),
+            "redis://:<redacted>@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://app:s3cr3t@cache.internal"),
+            "rediss://app:<redacted>@cache.internal"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

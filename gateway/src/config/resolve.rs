@@ -151,6 +151,17 @@ pub(super) fn resolve(
 
     super::routes::check_providers(&providers)?;
     let routes = super::routes::resolve_routes(routes, &providers, &resolved)?;
+    let encoders = super::encoders::resolve_encoders(encoders, base_dir)?;
+    // One name, one model: `/v1/models/{id}` and the endpoints look ids up
+    // across chat models, encoders and routes.
+    for (i, e) in encoders.iter().enumerate() {
+        if resolved.iter().any(|m| m.id == e.id) || routes.iter().any(|r| r.model == e.id) {
+            return Err(invalid(
+                format!("encoders[{i}].id"),
+                format!("`{}` is already a chat model's or a route's name", e.id),
+            ));
+        }
+    }
 
     Ok(Config {
         server: ServerConfig {
@@ -166,7 +177,7 @@ pub(super) fn resolve(
         routes,
         cache: cache_settings,
         admin_key,
-        encoders: super::encoders::resolve_encoders(encoders, base_dir)?,
+        encoders,
         guard: super::guard::resolve_guard(guard, base_dir)?,
     })
 }

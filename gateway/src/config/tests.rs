@@ -429,3 +429,25 @@ upstream_model = "m"
     assert!(cfg.models.is_empty());
     assert_eq!(cfg.routes.len(), 1);
 }
+
+#[test]
+fn an_encoder_may_not_take_a_chat_model_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[models]]\nid = \"same\"\npath = \"{p}\"\n\n[[encoders]]\nid = \"same\"\nkind = \"embedding\"\npath = \"{p}\"\n",
+        p = dir.path().display()
+    );
+    let err = load_str(&text, &[]).unwrap_err().to_string();
+    assert!(err.contains("encoders[0].id"), "{err}");
+    assert!(err.contains("already"), "{err}");
+}
+
+#[test]
+fn check_config_shows_the_cache_without_the_redis_password() {
+    let text = "[cache]\nenabled = true\nbackend = \"redis\"\nredis_url = \"redis://:hunter2@127.0.0.1:6379\"\n";
+    let cfg = load_str(text, &[]).unwrap();
+    let shown = cfg.to_redacted_toml();
+    assert!(shown.contains("[cache]"), "{shown}");
+    assert!(shown.contains("backend = \"redis\""), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
