@@ -164,10 +164,41 @@ pub fn write_tiny_bert(
     Ok(tensors)
 }
 
-/// The shape of a tiny `DebertaV2ForSequenceClassification` checkpoint;
-/// sizes are the `TINY_BERT_*` ones and the vocabulary is [`TINY_BERT_VOCAB`].
+/// Sizes of a written DeBERTa checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderDims {
+    pub hidden: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub intermediate: usize,
+    pub max_position_embeddings: usize,
+}
+
+impl EncoderDims {
+    /// The `TINY_BERT_*` sizes the reference tests use.
+    pub const TINY: Self = Self {
+        hidden: TINY_BERT_HIDDEN,
+        heads: TINY_BERT_HEADS,
+        layers: TINY_BERT_LAYERS,
+        intermediate: TINY_BERT_FFN,
+        max_position_embeddings: TINY_BERT_MAX_POS,
+    };
+    /// DeBERTa-v3-base / Prompt Guard 2 86M (its 251k-token vocabulary aside).
+    pub const BASE: Self = Self {
+        hidden: 768,
+        heads: 12,
+        layers: 12,
+        intermediate: 3072,
+        max_position_embeddings: 512,
+    };
+}
+
+/// The shape of a random `DebertaV2ForSequenceClassification` checkpoint;
+/// the vocabulary is always [`TINY_BERT_VOCAB`].
 #[derive(Debug, Clone)]
 pub struct TinyDeberta {
+    /// Sizes ([`EncoderDims::TINY`] for the reference tests).
+    pub dims: EncoderDims,
     /// `id2label`, in id order.
     pub labels: Vec<String>,
     /// `position_buckets`; 0 writes -1 (plain clamped distances).
@@ -188,6 +219,7 @@ impl TinyDeberta {
     /// attention keys, no absolute positions, no token types.
     pub fn v3_like(labels: Vec<String>) -> Self {
         Self {
+            dims: EncoderDims::TINY,
             labels,
             position_buckets: 8,
             max_relative_positions: -1,
@@ -202,7 +234,7 @@ impl TinyDeberta {
         if self.position_buckets > 0 {
             self.position_buckets
         } else if self.max_relative_positions < 1 {
-            TINY_BERT_MAX_POS
+            self.dims.max_position_embeddings
         } else {
             self.max_relative_positions as usize
         }
@@ -217,7 +249,9 @@ pub fn write_tiny_deberta(
     shape: &TinyDeberta,
     seed: u64,
 ) -> Result<TinyTensors, ModelError> {
-    let (h, f, v) = (TINY_BERT_HIDDEN, TINY_BERT_FFN, TINY_BERT_VOCAB.len());
+    let dims = shape.dims;
+    let (h, f, v) = (dims.hidden, dims.intermediate, TINY_BERT_VOCAB.len());
+    let max_pos = dims.max_position_embeddings;
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut tensors = TinyTensors::new();
     let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
@@ -230,7 +264,7 @@ pub fn write_tiny_deberta(
     if shape.position_biased_input {
         add(
             format!("{e}.position_embeddings.weight"),
-            vec![TINY_BERT_MAX_POS, h],
+            vec![max_pos, h],
             0.5,
             0.0,
         );
@@ -255,7 +289,7 @@ pub fn write_tiny_deberta(
     );
     add("deberta.encoder.LayerNorm.weight".into(), vec![h], 0.1, 1.0);
     add("deberta.encoder.LayerNorm.bias".into(), vec![h], 0.1, 0.0);
-    for i in 0..TINY_BERT_LAYERS {
+    for i in 0..dims.layers {
         let p = format!("deberta.encoder.layer.{i}");
         let mut linears = vec![
             ("attention.self.query_proj", h, h),
@@ -296,10 +330,10 @@ pub fn write_tiny_deberta(
         "model_type": "deberta-v2",
         "vocab_size": v,
         "hidden_size": h,
-        "num_hidden_layers": TINY_BERT_LAYERS,
-        "num_attention_heads": TINY_BERT_HEADS,
+        "num_hidden_layers": dims.layers,
+        "num_attention_heads": dims.heads,
         "intermediate_size": f,
-        "max_position_embeddings": TINY_BERT_MAX_POS,
+        "max_position_embeddings": max_pos,
         "type_vocab_size": shape.type_vocab_size,
         "layer_norm_eps": 1e-7,
         "hidden_act": "gelu",

@@ -10,7 +10,7 @@
 //! on the first token), `classifier`, softmax.
 
 use sluice_models::testing_encoder::{
-    write_tiny_deberta, TinyDeberta, TinyTensors, TINY_BERT_HEADS, TINY_BERT_HIDDEN,
+    write_tiny_deberta, EncoderDims, TinyDeberta, TinyTensors, TINY_BERT_HEADS, TINY_BERT_HIDDEN,
     TINY_BERT_LAYERS, TINY_BERT_MAX_POS,
 };
 use sluice_models::SequenceClassifier;
@@ -332,6 +332,7 @@ fn v2_shaped_classifier_with_clamped_distances_and_own_position_keys_matches_the
     // ends; separate pos_key/pos_query projections; absolute positions and
     // token types added to the input, as in the original DeBERTa-v2.
     let shape = TinyDeberta {
+        dims: EncoderDims::TINY,
         labels: labels(),
         position_buckets: 0,
         max_relative_positions: 4,
