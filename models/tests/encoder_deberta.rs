@@ -397,4 +397,9 @@ fn deberta_configs_sluice_cannot_run_are_refused_with_the_reason() {
     assert!(err.contains("rel_embeddings"), "{err}");
     let err = load_with("share_att_key", serde_json::json!(false));
     assert!(err.contains("pos_key_proj"), "{err}");
+    // Shapes that disagree with config.json fail at load, not in a request.
+    let err = load_with("intermediate_size", serde_json::json!(63));
+    assert!(err.contains("intermediate.dense"), "{err}");
+    let err = load_with("num_attention_heads", serde_json::json!(3));
+    assert!(err.contains("num_attention_heads"), "{err}");
 }

@@ -253,10 +253,15 @@ impl ClassifierHead {
         let pooler_dense = Linear::load(st, pooler, quantize)?;
         // The head is tiny and decides the verdict: it stays in the checkpoint's format.
         let classifier = Linear::load(st, "classifier", None)?;
-        if pooler_dense.out_features() != hidden {
+        if (pooler_dense.out_features(), pooler_dense.in_features()) != (hidden, hidden)
+            || classifier.in_features() != hidden
+        {
             return Err(ModelError::Format(format!(
-                "{pooler}.weight has {} outputs for hidden_size {hidden}",
-                pooler_dense.out_features()
+                "{pooler}.weight is [{}, {}] and classifier.weight has {} inputs; \
+                 hidden_size is {hidden}",
+                pooler_dense.out_features(),
+                pooler_dense.in_features(),
+                classifier.in_features()
             )));
         }
         Ok(Self {
