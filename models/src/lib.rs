@@ -7,7 +7,7 @@
 //! from GGUF metadata ([`tokenizer`]), an incremental detokeniser that never
 //! splits a UTF-8 character ([`detokenizer`]), and the model's own Jinja chat
 //! template ([`chat_template`]); BERT-family encoders for sentence
-//! embeddings and sequence classification ([`encoder`]).
+//! embeddings and BERT / DeBERTa-v2 sequence classifiers ([`encoder`]).
 //!
 //! It knows nothing about requests, scheduling or HTTP, and does no I/O
 //! besides reading weights. Which sequences run and where their KV blocks live
@@ -32,7 +32,9 @@ use std::path::{Path, PathBuf};
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::LlamaConfig;
 pub use detokenizer::IncrementalDecoder;
-pub use encoder::{EncoderLoadOptions, Pooling, SentenceEncoder, SequenceClassifier};
+pub use encoder::{
+    EncoderLoadOptions, PoolerActivation, Pooling, SentenceEncoder, SequenceClassifier,
+};
 pub use guard::{GuardHead, GuardHeadMeta};
 pub use kv_cache::KvCache;
 pub use llama::{Llama, LoadKnobs, SeqBatch, WeightSource};

@@ -1,6 +1,7 @@
-//! Tiny random-weight BERT checkpoints (safetensors + config.json +
-//! tokenizer.json) written to disk, so encoder tests load them through the
-//! real loaders. They test mechanics (packing, pooling, labels), not language.
+//! Tiny random-weight BERT and DeBERTa-v2 checkpoints (safetensors +
+//! config.json + tokenizer.json) written to disk, so encoder tests load them
+//! through the real loaders. They test mechanics (packing, pooling, labels,
+//! relative positions), not language.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -157,6 +158,196 @@ pub fn write_tiny_bert(
             config["id2label"] = serde_json::Value::Object(id2label);
         }
     }
+    write_json(&dir.join("config.json"), &config)?;
+    write_json(&dir.join("tokenizer.json"), &tiny_bert_tokenizer())?;
+    write_safetensors(&dir.join("model.safetensors"), &tensors)?;
+    Ok(tensors)
+}
+
+/// Sizes of a written DeBERTa checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderDims {
+    pub hidden: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub intermediate: usize,
+    pub max_position_embeddings: usize,
+}
+
+impl EncoderDims {
+    /// The `TINY_BERT_*` sizes the reference tests use.
+    pub const TINY: Self = Self {
+        hidden: TINY_BERT_HIDDEN,
+        heads: TINY_BERT_HEADS,
+        layers: TINY_BERT_LAYERS,
+        intermediate: TINY_BERT_FFN,
+        max_position_embeddings: TINY_BERT_MAX_POS,
+    };
+    /// DeBERTa-v3-base / Prompt Guard 2 86M (its 251k-token vocabulary aside).
+    pub const BASE: Self = Self {
+        hidden: 768,
+        heads: 12,
+        layers: 12,
+        intermediate: 3072,
+        max_position_embeddings: 512,
+    };
+}
+
+/// The shape of a random `DebertaV2ForSequenceClassification` checkpoint;
+/// the vocabulary is always [`TINY_BERT_VOCAB`].
+#[derive(Debug, Clone)]
+pub struct TinyDeberta {
+    /// Sizes ([`EncoderDims::TINY`] for the reference tests).
+    pub dims: EncoderDims,
+    /// `id2label`, in id order.
+    pub labels: Vec<String>,
+    /// `position_buckets`; 0 writes -1 (plain clamped distances).
+    pub position_buckets: usize,
+    /// `max_relative_positions` as written (-1 means `max_position_embeddings`).
+    pub max_relative_positions: i64,
+    /// `share_att_key`; false also writes `pos_key_proj`/`pos_query_proj`.
+    pub share_att_key: bool,
+    /// `position_biased_input`; true also writes absolute position embeddings.
+    pub position_biased_input: bool,
+    /// `type_vocab_size`; above 0 also writes token-type embeddings.
+    pub type_vocab_size: usize,
+}
+
+impl TinyDeberta {
+    /// Prompt Guard 2's shape (DeBERTa-v3) scaled down: log buckets that
+    /// the tiny inputs reach past (8 buckets, 16 positions), shared
+    /// attention keys, no absolute positions, no token types.
+    pub fn v3_like(labels: Vec<String>) -> Self {
+        Self {
+            dims: EncoderDims::TINY,
+            labels,
+            position_buckets: 8,
+            max_relative_positions: -1,
+            share_att_key: true,
+            position_biased_input: false,
+            type_vocab_size: 0,
+        }
+    }
+
+    /// Rows of `rel_embeddings` either side of zero (HF's `pos_ebd_size`).
+    pub fn attention_span(&self) -> usize {
+        if self.position_buckets > 0 {
+            self.position_buckets
+        } else if self.max_relative_positions < 1 {
+            self.dims.max_position_embeddings
+        } else {
+            self.max_relative_positions as usize
+        }
+    }
+}
+
+/// Writes a tiny DeBERTa-v2 sequence classifier into `dir` (tensor names
+/// as in HF: `deberta.…`, `pooler.dense`, `classifier`; the tiny WordPiece
+/// tokenizer) and returns its tensors.
+pub fn write_tiny_deberta(
+    dir: &Path,
+    shape: &TinyDeberta,
+    seed: u64,
+) -> Result<TinyTensors, ModelError> {
+    let dims = shape.dims;
+    let (h, f, v) = (dims.hidden, dims.intermediate, TINY_BERT_VOCAB.len());
+    let max_pos = dims.max_position_embeddings;
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut tensors = TinyTensors::new();
+    let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+        let n = shape.iter().product();
+        let values = (0..n).map(|_| offset + rng.next() * scale).collect();
+        tensors.insert(name, (shape, values));
+    };
+    let e = "deberta.embeddings";
+    add(format!("{e}.word_embeddings.weight"), vec![v, h], 0.5, 0.0);
+    if shape.position_biased_input {
+        add(
+            format!("{e}.position_embeddings.weight"),
+            vec![max_pos, h],
+            0.5,
+            0.0,
+        );
+    }
+    if shape.type_vocab_size > 0 {
+        add(
+            format!("{e}.token_type_embeddings.weight"),
+            vec![shape.type_vocab_size, h],
+            0.5,
+            0.0,
+        );
+    }
+    add(format!("{e}.LayerNorm.weight"), vec![h], 0.1, 1.0);
+    add(format!("{e}.LayerNorm.bias"), vec![h], 0.1, 0.0);
+    // Larger than the content weights so the positional terms visibly move
+    // the scores: a wrong bucket or a swapped c2p/p2c index fails the test.
+    add(
+        "deberta.encoder.rel_embeddings.weight".into(),
+        vec![2 * shape.attention_span(), h],
+        1.0,
+        0.0,
+    );
+    add("deberta.encoder.LayerNorm.weight".into(), vec![h], 0.1, 1.0);
+    add("deberta.encoder.LayerNorm.bias".into(), vec![h], 0.1, 0.0);
+    for i in 0..dims.layers {
+        let p = format!("deberta.encoder.layer.{i}");
+        let mut linears = vec![
+            ("attention.self.query_proj", h, h),
+            ("attention.self.key_proj", h, h),
+            ("attention.self.value_proj", h, h),
+            ("attention.output.dense", h, h),
+            ("intermediate.dense", f, h),
+            ("output.dense", h, f),
+        ];
+        if !shape.share_att_key {
+            linears.push(("attention.self.pos_key_proj", h, h));
+            linears.push(("attention.self.pos_query_proj", h, h));
+        }
+        for (leaf, rows, cols) in linears {
+            add(format!("{p}.{leaf}.weight"), vec![rows, cols], 0.3, 0.0);
+            add(format!("{p}.{leaf}.bias"), vec![rows], 0.1, 0.0);
+        }
+        for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            add(format!("{p}.{ln}.weight"), vec![h], 0.1, 1.0);
+            add(format!("{p}.{ln}.bias"), vec![h], 0.1, 0.0);
+        }
+    }
+    add("pooler.dense.weight".into(), vec![h, h], 0.3, 0.0);
+    add("pooler.dense.bias".into(), vec![h], 0.1, 0.0);
+    let n = shape.labels.len();
+    add("classifier.weight".into(), vec![n, h], 0.5, 0.0);
+    add("classifier.bias".into(), vec![n], 0.1, 0.0);
+    // Written highest id first: the loader must order by id, not by key order.
+    let id2label: serde_json::Map<String, serde_json::Value> = shape
+        .labels
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, l)| (i.to_string(), serde_json::Value::String(l.clone())))
+        .collect();
+    let config = serde_json::json!({
+        "architectures": ["DebertaV2ForSequenceClassification"],
+        "model_type": "deberta-v2",
+        "vocab_size": v,
+        "hidden_size": h,
+        "num_hidden_layers": dims.layers,
+        "num_attention_heads": dims.heads,
+        "intermediate_size": f,
+        "max_position_embeddings": max_pos,
+        "type_vocab_size": shape.type_vocab_size,
+        "layer_norm_eps": 1e-7,
+        "hidden_act": "gelu",
+        "pooler_hidden_act": "gelu",
+        "pooler_hidden_size": h,
+        "relative_attention": true,
+        "pos_att_type": ["p2c", "c2p"],
+        "position_buckets": if shape.position_buckets > 0 { shape.position_buckets as i64 } else { -1 },
+        "max_relative_positions": shape.max_relative_positions,
+        "share_att_key": shape.share_att_key,
+        "position_biased_input": shape.position_biased_input,
+        "norm_rel_ebd": "layer_norm",
+        "id2label": serde_json::Value::Object(id2label),
+    });
     write_json(&dir.join("config.json"), &config)?;
     write_json(&dir.join("tokenizer.json"), &tiny_bert_tokenizer())?;
     write_safetensors(&dir.join("model.safetensors"), &tensors)?;

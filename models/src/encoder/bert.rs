@@ -113,6 +113,10 @@ impl Linear {
         self.weight.rows()
     }
 
+    pub(crate) fn in_features(&self) -> usize {
+        self.weight.cols()
+    }
+
     /// `m` rows of `x` in, `m` rows of `out_features` out.
     pub(crate) fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
         let mut out = vec![0.0; m * self.weight.rows()];
@@ -135,11 +139,20 @@ impl LayerNorm {
             st.vector(&format!("{prefix}.{new}"))
                 .or_else(|_| st.vector(&format!("{prefix}.{old}")))
         };
-        Ok(Self {
-            weight: pick("weight", "gamma")?,
-            bias: pick("bias", "beta")?,
-            eps,
-        })
+        let (weight, bias) = (pick("weight", "gamma")?, pick("bias", "beta")?);
+        if weight.len() != bias.len() {
+            return Err(ModelError::Format(format!(
+                "{prefix} has {} weights and {} biases",
+                weight.len(),
+                bias.len()
+            )));
+        }
+        Ok(Self { weight, bias, eps })
+    }
+
+    /// How many values each normalised row has.
+    pub(crate) fn width(&self) -> usize {
+        self.weight.len()
     }
 
     pub(crate) fn forward(&self, x: &mut [f32]) {

@@ -1,7 +1,8 @@
-//! In-process encoders: sentence embeddings ([`SentenceEncoder`]) and
-//! sequence classification ([`SequenceClassifier`]) over a BERT-family
-//! encoder ([`bert`]), loaded from a Hugging Face / sentence-transformers
-//! folder.
+//! In-process encoders: sentence embeddings ([`SentenceEncoder`]) over a
+//! BERT-family encoder ([`bert`]), and sequence classification
+//! ([`SequenceClassifier`]) over BERT or DeBERTa-v2/v3 ([`deberta`], chosen
+//! by `architectures` in config.json), loaded from a Hugging Face /
+//! sentence-transformers folder.
 //!
 //! Both take token ids, not text: the caller tokenises with
 //! [`SentenceEncoder::tokenizer`] (`Tokenizer::encode_with_special_tokens`,
@@ -13,6 +14,7 @@
 //! forget the normalisation or average over padding.
 
 pub mod bert;
+pub mod deberta;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use sluice_kernels::WeightDType;
 use crate::hf::SafetensorsFiles;
 use crate::{ModelError, Tokenizer};
 use bert::{Bert, BertConfig, Linear};
+use deberta::{Deberta, DebertaConfig};
 
 /// How token states become one vector (sentence-transformers `Pooling`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,19 +204,87 @@ pub fn l2_normalize(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= norm);
 }
 
-/// The architectures [`SequenceClassifier`] reads.
+/// The activation after a classifier's pooler dense layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolerActivation {
+    /// BERT's pooler.
+    Tanh,
+    /// DeBERTa's `ContextPooler` default (`pooler_hidden_act = "gelu"`, exact erf form).
+    Gelu,
+}
+
+/// The encoders [`SequenceClassifier`] reads, by `architectures[0]`.
 enum ClassifierBody {
-    /// `BertForSequenceClassification`: tanh pooler over `[CLS]`, then a linear head.
-    Bert {
-        bert: Bert,
-        pooler: Linear,
-        classifier: Linear,
-    },
+    /// `BertForSequenceClassification`.
+    Bert(Bert),
+    /// `DebertaV2ForSequenceClassification` (DeBERTa-v2/v3, Prompt Guard 2).
+    DebertaV2(Deberta),
+}
+
+impl ClassifierBody {
+    /// The first (`[CLS]`) token's last hidden state of every input, packed `[batch, hidden]`.
+    fn first_token_states(&self, batch: &[&[u32]]) -> Result<Vec<f32>, ModelError> {
+        let ((states, offsets), h) = match self {
+            Self::Bert(bert) => (bert.forward(batch)?, bert.config().hidden),
+            Self::DebertaV2(deberta) => (deberta.forward(batch)?, deberta.config().hidden),
+        };
+        Ok(offsets[..batch.len()]
+            .iter()
+            .flat_map(|&start| states[start * h..(start + 1) * h].iter().copied())
+            .collect())
+    }
+}
+
+/// Both architectures' head: `classifier(activation(pooler(cls)))`.
+struct ClassifierHead {
+    pooler: Linear,
+    activation: PoolerActivation,
+    classifier: Linear,
+}
+
+impl ClassifierHead {
+    fn load(
+        st: &SafetensorsFiles,
+        pooler: &str,
+        activation: PoolerActivation,
+        hidden: usize,
+        quantize: Option<WeightDType>,
+    ) -> Result<Self, ModelError> {
+        let pooler_dense = Linear::load(st, pooler, quantize)?;
+        // The head is tiny and decides the verdict: it stays in the checkpoint's format.
+        let classifier = Linear::load(st, "classifier", None)?;
+        if (pooler_dense.out_features(), pooler_dense.in_features()) != (hidden, hidden)
+            || classifier.in_features() != hidden
+        {
+            return Err(ModelError::Format(format!(
+                "{pooler}.weight is [{}, {}] and classifier.weight has {} inputs; \
+                 hidden_size is {hidden}",
+                pooler_dense.out_features(),
+                pooler_dense.in_features(),
+                classifier.in_features()
+            )));
+        }
+        Ok(Self {
+            pooler: pooler_dense,
+            activation,
+            classifier,
+        })
+    }
+
+    fn logits(&self, cls: &[f32], m: usize) -> Vec<f32> {
+        let mut pooled = self.pooler.forward(cls, m);
+        match self.activation {
+            PoolerActivation::Tanh => pooled.iter_mut().for_each(|v| *v = v.tanh()),
+            PoolerActivation::Gelu => bert::gelu(&mut pooled),
+        }
+        self.classifier.forward(&pooled, m)
+    }
 }
 
 /// A Hugging Face sequence classifier: token ids in, label probabilities out.
 pub struct SequenceClassifier {
     body: ClassifierBody,
+    head: ClassifierHead,
     tokenizer: Arc<Tokenizer>,
     labels: Vec<String>,
     max_len: usize,
@@ -221,7 +292,12 @@ pub struct SequenceClassifier {
 
 impl std::fmt::Debug for SequenceClassifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let architecture = match self.body {
+            ClassifierBody::Bert(_) => "BertForSequenceClassification",
+            ClassifierBody::DebertaV2(_) => "DebertaV2ForSequenceClassification",
+        };
         f.debug_struct("SequenceClassifier")
+            .field("architecture", &architecture)
             .field("labels", &self.labels)
             .field("max_len", &self.max_len)
             .finish_non_exhaustive()
@@ -265,35 +341,49 @@ impl SequenceClassifier {
             .unwrap_or_default()
             .to_string();
         let st = SafetensorsFiles::open_folder(dir)?;
-        let (body, max_len, outputs) = match architecture.as_str() {
+        let quantize = options.quantize;
+        let (body, head, max_len) = match architecture.as_str() {
             "BertForSequenceClassification" => {
-                let cfg = BertConfig::from_json(&config)?;
-                let bert = Bert::load(&st, cfg, "bert.", options.quantize)?;
-                let pooler = Linear::load(&st, "bert.pooler.dense", options.quantize)?;
-                let classifier = Linear::load(&st, "classifier", None)?;
-                let max_len = bert.config().max_position_embeddings;
-                let outputs = classifier.out_features();
-                (
-                    ClassifierBody::Bert {
-                        bert,
-                        pooler,
-                        classifier,
-                    },
-                    max_len,
-                    outputs,
-                )
+                let bert = Bert::load(&st, BertConfig::from_json(&config)?, "bert.", quantize)?;
+                let (hidden, max_len) =
+                    (bert.config().hidden, bert.config().max_position_embeddings);
+                let head = ClassifierHead::load(
+                    &st,
+                    "bert.pooler.dense",
+                    PoolerActivation::Tanh,
+                    hidden,
+                    quantize,
+                )?;
+                (ClassifierBody::Bert(bert), head, max_len)
             }
-            // DeBERTa-v2 (disentangled attention) is not implemented yet.
+            "DebertaV2ForSequenceClassification" => {
+                let cfg = DebertaConfig::from_json(&config)?;
+                let activation = cfg.pooler_activation;
+                let deberta = Deberta::load(&st, cfg, "deberta.", quantize)?;
+                let (hidden, max_len) = (
+                    deberta.config().hidden,
+                    deberta.config().max_position_embeddings,
+                );
+                let head = ClassifierHead::load(&st, "pooler.dense", activation, hidden, quantize)?;
+                (ClassifierBody::DebertaV2(deberta), head, max_len)
+            }
             other => {
                 return Err(ModelError::Unsupported(format!(
                     "sequence classifier architecture {other:?}; Sluice reads \
-                     BertForSequenceClassification"
+                     BertForSequenceClassification and DebertaV2ForSequenceClassification"
                 )))
             }
         };
+        let outputs = head.classifier.out_features();
+        if outputs == 0 {
+            return Err(ModelError::Format(
+                "classifier.weight has no rows: the head names no labels".into(),
+            ));
+        }
         let labels = labels_from_config(&config, outputs)?;
         Ok(Self {
             body,
+            head,
             tokenizer: load_tokenizer(dir)?,
             labels,
             max_len,
@@ -315,30 +405,15 @@ impl SequenceClassifier {
 
     /// Softmax probabilities per input, in label order.
     pub fn classify(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
-        match &self.body {
-            ClassifierBody::Bert {
-                bert,
-                pooler,
-                classifier,
-            } => {
-                let (states, offsets) = bert.forward(batch)?;
-                let h = bert.config().hidden;
-                let cls: Vec<f32> = offsets[..batch.len()]
-                    .iter()
-                    .flat_map(|&start| states[start * h..(start + 1) * h].iter().copied())
-                    .collect();
-                let mut pooled = pooler.forward(&cls, batch.len());
-                pooled.iter_mut().for_each(|v| *v = v.tanh());
-                let logits = classifier.forward(&pooled, batch.len());
-                Ok(logits
-                    .chunks_exact(self.labels.len())
-                    .map(|row| {
-                        let mut p = row.to_vec();
-                        bert::softmax_exact(&mut p);
-                        p
-                    })
-                    .collect())
-            }
-        }
+        let cls = self.body.first_token_states(batch)?;
+        let logits = self.head.logits(&cls, batch.len());
+        Ok(logits
+            .chunks_exact(self.labels.len())
+            .map(|row| {
+                let mut p = row.to_vec();
+                bert::softmax_exact(&mut p);
+                p
+            })
+            .collect())
     }
 }
