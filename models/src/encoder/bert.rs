@@ -174,6 +174,42 @@ pub(crate) fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) 
     }
 }
 
+/// Checks every input of a batch before any work: non-empty, at most
+/// `max_len` tokens, ids inside a vocabulary of `vocab` tokens.
+pub(crate) fn check_token_batch(
+    batch: &[&[u32]],
+    max_len: usize,
+    vocab: usize,
+) -> Result<(), ModelError> {
+    for (i, ids) in batch.iter().enumerate() {
+        if ids.is_empty() {
+            return Err(ModelError::Unsupported(format!("input {i} has no tokens")));
+        }
+        if ids.len() > max_len {
+            return Err(ModelError::Unsupported(format!(
+                "input {i} has {} tokens; this encoder takes at most {max_len}",
+                ids.len()
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::Tokenizer(format!(
+                "input {i}: token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where each input's rows start in a packed batch, plus the total at the end.
+pub(crate) fn packed_offsets(batch: &[&[u32]]) -> Vec<usize> {
+    let mut offsets = Vec::with_capacity(batch.len() + 1);
+    offsets.push(0);
+    for ids in batch {
+        offsets.push(offsets[offsets.len() - 1] + ids.len());
+    }
+    offsets
+}
+
 /// The exact (erf) GELU that BERT's `"gelu"` means.
 pub(crate) fn gelu(x: &mut [f32]) {
     for v in x {
@@ -296,25 +332,7 @@ impl Bert {
     /// Checks every input before any work: non-empty, within the position
     /// table, ids inside the vocabulary.
     pub fn check_batch(&self, batch: &[&[u32]]) -> Result<(), ModelError> {
-        for (i, ids) in batch.iter().enumerate() {
-            if ids.is_empty() {
-                return Err(ModelError::Unsupported(format!("input {i} has no tokens")));
-            }
-            if ids.len() > self.cfg.max_position_embeddings {
-                return Err(ModelError::Unsupported(format!(
-                    "input {i} has {} tokens; this encoder takes at most {}",
-                    ids.len(),
-                    self.cfg.max_position_embeddings
-                )));
-            }
-            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.word.rows()) {
-                return Err(ModelError::Tokenizer(format!(
-                    "input {i}: token id {bad} is outside the vocabulary of {}",
-                    self.word.rows()
-                )));
-            }
-        }
-        Ok(())
+        check_token_batch(batch, self.cfg.max_position_embeddings, self.word.rows())
     }
 
     /// The last layer's hidden states of every input, packed: input `i`'s
@@ -322,11 +340,7 @@ impl Bert {
     pub fn forward(&self, batch: &[&[u32]]) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
         self.check_batch(batch)?;
         let h = self.cfg.hidden;
-        let mut offsets = Vec::with_capacity(batch.len() + 1);
-        offsets.push(0);
-        for ids in batch {
-            offsets.push(offsets[offsets.len() - 1] + ids.len());
-        }
+        let offsets = packed_offsets(batch);
         let total = offsets[batch.len()];
         let mut x = vec![0.0f32; total * h];
         let mut pos_row = vec![0.0f32; h];

@@ -22,7 +22,7 @@ mod config;
 
 pub use config::{log_bucket_position, DebertaConfig};
 
-use super::bert::{gelu, softmax_exact, LayerNorm, Linear};
+use super::bert::{check_token_batch, gelu, packed_offsets, softmax_exact, LayerNorm, Linear};
 use crate::hf::SafetensorsFiles;
 use crate::ModelError;
 use config::relative_rows;
@@ -222,25 +222,7 @@ impl Deberta {
     /// Checks every input before any work: non-empty, at most `max_len`
     /// tokens, ids inside the vocabulary.
     pub fn check_batch(&self, batch: &[&[u32]]) -> Result<(), ModelError> {
-        for (i, ids) in batch.iter().enumerate() {
-            if ids.is_empty() {
-                return Err(ModelError::Unsupported(format!("input {i} has no tokens")));
-            }
-            if ids.len() > self.cfg.max_position_embeddings {
-                return Err(ModelError::Unsupported(format!(
-                    "input {i} has {} tokens; this encoder takes at most {}",
-                    ids.len(),
-                    self.cfg.max_position_embeddings
-                )));
-            }
-            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.word.rows()) {
-                return Err(ModelError::Tokenizer(format!(
-                    "input {i}: token id {bad} is outside the vocabulary of {}",
-                    self.word.rows()
-                )));
-            }
-        }
-        Ok(())
+        check_token_batch(batch, self.cfg.max_position_embeddings, self.word.rows())
     }
 
     /// The last layer's hidden states of every input, packed: input `i`'s
@@ -248,11 +230,7 @@ impl Deberta {
     pub fn forward(&self, batch: &[&[u32]]) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
         self.check_batch(batch)?;
         let h = self.cfg.hidden;
-        let mut offsets = Vec::with_capacity(batch.len() + 1);
-        offsets.push(0);
-        for ids in batch {
-            offsets.push(offsets[offsets.len() - 1] + ids.len());
-        }
+        let offsets = packed_offsets(batch);
         let total = offsets[batch.len()];
         let mut x = vec![0.0f32; total * h];
         let mut pos_row = vec![0.0f32; h];
