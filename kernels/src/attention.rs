@@ -79,7 +79,7 @@ pub(crate) fn paged_attention_with(
     let width = n_heads * hd;
     assert_eq!(out.len(), q.len(), "attention output shape mismatch");
     assert!(
-        kv.n_kv_heads > 0 && n_heads % kv.n_kv_heads == 0,
+        kv.n_kv_heads > 0 && n_heads.is_multiple_of(kv.n_kv_heads),
         "{n_heads} query heads do not split over {} KV heads",
         kv.n_kv_heads
     );

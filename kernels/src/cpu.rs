@@ -263,6 +263,18 @@ impl Avx2 {
     }
 }
 
+/// Proof that the running CPU has AVX-512F (which implies AVX2 and FMA).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512(());
+
+#[cfg(target_arch = "x86_64")]
+impl Avx512 {
+    pub(crate) fn detect() -> Option<Self> {
+        (is_x86_feature_detected!("avx512f") && Avx2::detect().is_some()).then_some(Avx512(()))
+    }
+}
+
 /// Portable f32 dot product in eight independent lanes: the shape the
 /// compiler turns into SIMD without being allowed to reassociate floats.
 #[inline(always)]

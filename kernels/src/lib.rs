@@ -42,7 +42,9 @@ pub mod rope;
 #[cfg(test)]
 mod test_util;
 
-pub use matmul::{matmul, matmul_with_precision, ActivationPrecision, Matrix};
+pub use matmul::{
+    matmul, matmul_packed, matmul_with_precision, ActivationPrecision, Matrix, PackedMatrix,
+};
 pub use quant::WeightDType;
 
 /// What can go wrong when building kernel inputs; kernels themselves do not fail.

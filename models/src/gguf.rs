@@ -336,12 +336,12 @@ impl GgufWriter {
             out.extend_from_slice(&offset.to_le_bytes());
             offset = (offset + bytes.len() as u64).div_ceil(align) * align;
         }
-        while out.len() as u64 % align != 0 {
+        while !(out.len() as u64).is_multiple_of(align) {
             out.push(0);
         }
         for (_, _, _, bytes) in &self.tensors {
             out.extend_from_slice(bytes);
-            while out.len() as u64 % align != 0 {
+            while !(out.len() as u64).is_multiple_of(align) {
                 out.push(0);
             }
         }

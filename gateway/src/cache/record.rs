@@ -103,7 +103,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Corrupt> {
     }
     let (len, rest) = body.split_at(4);
     let len = u32::from_le_bytes(len.try_into().map_err(|_| Corrupt::Body)?) as usize;
-    if len > rest.len() || (rest.len() - len) % 4 != 0 {
+    if len > rest.len() || !(rest.len() - len).is_multiple_of(4) {
         return Err(Corrupt::Body);
     }
     let (json, vector) = rest.split_at(len);

@@ -93,7 +93,7 @@ impl Avx2 {
         use rayon::prelude::*;
         let nb = row_bytes / format.block_bytes();
         assert!(row_bytes > 0 && row_bytes == nb * format.block_bytes());
-        assert!(weights.len() % row_bytes == 0);
+        assert!(weights.len().is_multiple_of(row_bytes));
         weights
             .par_chunks(NR * row_bytes)
             .map(|chunk| {

@@ -16,7 +16,12 @@
 //!   rows is dequantised to f32 once (F32 rows are used in place) and an
 //!   FMA kernel runs 3 activation rows x 4 weight rows at a time over it.
 //!
-//! Both split the output columns (weight rows) into rayon tasks; a task
+//! - **packed f32** (`packed.rs`): weights repacked once into k-major
+//!   panels of 24 output features and an outer-product kernel over them,
+//!   for callers whose every call has many rows (encoders); a separate
+//!   type, [`PackedMatrix`], so that the decoder's path is unchanged.
+//!
+//! All split the output columns (weight rows) into rayon tasks; a task
 //! covers its rows for all `m` activation rows while they are in cache.
 //! Kernels exist as AVX2 (chosen at run time) and as portable Rust the
 //! compiler vectorises for the baseline target.
@@ -35,11 +40,14 @@ mod avx2;
 mod avx2_repack;
 mod float;
 mod int8;
+mod packed;
 mod quantize_act;
 #[cfg(test)]
 mod tests;
 
 use rayon::prelude::*;
+
+pub use packed::{matmul_packed, PackedMatrix, PANEL};
 
 use crate::cpu::Isa;
 use crate::quant::{dequantize_row, quantize_row, WeightDType};
@@ -86,7 +94,7 @@ impl Matrix {
         data: Vec<u8>,
     ) -> Result<Self, KernelError> {
         let block = dtype.block_values();
-        if cols % block != 0 {
+        if !cols.is_multiple_of(block) {
             return Err(KernelError::RowNotBlockAligned { dtype, block, cols });
         }
         let expected = rows * dtype.row_bytes(cols);
@@ -141,7 +149,7 @@ impl Matrix {
         // Validate once up front so that the parallel loop below cannot fail
         // halfway (an empty matrix would otherwise skip the check).
         quantize_row(dtype, &values[..0])?;
-        if cols % dtype.block_values() != 0 {
+        if !cols.is_multiple_of(dtype.block_values()) {
             return Err(KernelError::RowNotBlockAligned {
                 dtype,
                 block: dtype.block_values(),
@@ -166,7 +174,7 @@ impl Matrix {
         // Refuse an unsupported target before looking at the shape.
         quantize_row(to, &[])?;
         let block = to.block_values();
-        if self.cols % block != 0 {
+        if !self.cols.is_multiple_of(block) {
             return Err(KernelError::RowNotBlockAligned {
                 dtype: to,
                 block,

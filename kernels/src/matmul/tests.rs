@@ -420,3 +420,97 @@ fn tiles_repacked_at_construction_match_repacking_per_call() {
         }
     }
 }
+
+/// The packed f32 path against an f64 reference, and each row bit for bit
+/// alone versus inside batches and column splits (as above), over shapes
+/// with partial panels, every remainder of the 4-row kernel and k not a
+/// multiple of 8.
+#[test]
+fn packed_matmul_matches_reference_and_is_batch_invariant() {
+    let pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    };
+    let (narrow, wide) = (pool(1), pool(5));
+    let mut rng = Rng::new(20);
+    for (k, n) in [(384, 1536), (1536, 384), (100, 37), (7, 5), (24, 48)] {
+        let w = random_matrix(&mut rng, WeightDType::F16, n, k);
+        let packed = PackedMatrix::from_matrix(&w);
+        let wd = dequantised(&w);
+        assert_eq!((packed.rows(), packed.cols()), (n, k));
+        let rows = 19;
+        let x = rng.activations(rows * k);
+        for isa in packed::PackedIsa::available() {
+            let alone: Vec<Vec<f32>> = (0..rows)
+                .map(|i| {
+                    let mut out = vec![f32::NAN; n];
+                    narrow.install(|| {
+                        packed::matmul_packed_with(&packed, &x[i * k..][..k], 1, &mut out, isa)
+                    });
+                    out
+                })
+                .collect();
+            for i in 0..rows {
+                for j in 0..n {
+                    let (wr, xr) = (&wd[j * k..][..k], &x[i * k..][..k]);
+                    let exact: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let s: f64 = wr
+                        .iter()
+                        .zip(xr)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum();
+                    // A sequential sum of k products: at most k + 1 roundings
+                    // of magnitude s each.
+                    let tol = (k as f64 + 1.0) * EPS * s + 1e-30;
+                    let got = alone[i][j] as f64;
+                    assert!(
+                        (got - exact).abs() <= tol,
+                        "{isa:?} n={n} k={k} [{i},{j}]: {got} vs {exact} (tol {tol})"
+                    );
+                }
+            }
+            for m in [2, 3, 4, 5, 6, 7, 8, 9, 11, 16, 17, 19] {
+                for start in [0, (rows - m) / 2, rows - m] {
+                    let xb = &x[start * k..(start + m) * k];
+                    let mut out = vec![f32::NAN; m * n];
+                    wide.install(|| packed::matmul_packed_with(&packed, xb, m, &mut out, isa));
+                    for at in 0..m {
+                        if let Some((j, a, b)) = batch_mismatch(&alone[start + at], &out, at) {
+                            panic!(
+                                "{isa:?} n={n} k={k}: row {} [{j}] alone {a:e} but {b:e} at {at} of m={m}",
+                                start + at
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_matrix_from_f32_equals_packing_the_f32_matrix() {
+    let mut rng = Rng::new(21);
+    let (n, k, m) = (50, 40, 6);
+    let values: Vec<f32> = (0..n * k).map(|_| rng.uniform()).collect();
+    let x = rng.activations(m * k);
+    let (mut a, mut b) = (vec![0.0; m * n], vec![0.0; m * n]);
+    matmul_packed(&PackedMatrix::from_f32(n, k, &values), &x, m, &mut a);
+    let from_matrix = PackedMatrix::from_matrix(&Matrix::from_f32(n, k, &values));
+    matmul_packed(&from_matrix, &x, m, &mut b);
+    assert_eq!(a, b);
+    // Partial last panel: 50 rows take two panels of 48.
+    assert_eq!(from_matrix.heap_bytes(), 2 * PANEL * k * 4);
+}
+
+#[test]
+fn packed_matmul_of_empty_shapes() {
+    let mut out = vec![1.0; 6];
+    matmul_packed(&PackedMatrix::from_f32(3, 0, &[]), &[], 2, &mut out);
+    assert_eq!(out, vec![0.0; 6]);
+    let mut none: Vec<f32> = Vec::new();
+    matmul_packed(&PackedMatrix::from_f32(0, 4, &[]), &[1.0; 8], 2, &mut none);
+    matmul_packed(&PackedMatrix::from_f32(3, 4, &[0.5; 12]), &[], 0, &mut none);
+}

@@ -14,7 +14,7 @@ use crate::KernelError;
 /// serving path needs.
 pub fn quantize_row(dtype: WeightDType, values: &[f32]) -> Result<Vec<u8>, KernelError> {
     let block = dtype.block_values();
-    if values.len() % block != 0 {
+    if !values.len().is_multiple_of(block) {
         return Err(KernelError::RowNotBlockAligned {
             dtype,
             block,

@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 use sluice_kernels::ops::exp_approx;
-use sluice_kernels::{matmul, Matrix, WeightDType};
+use sluice_kernels::{matmul, matmul_packed, Matrix, PackedMatrix, WeightDType};
 
 use crate::hf::SafetensorsFiles;
 use crate::ModelError;
@@ -73,7 +73,7 @@ impl BertConfig {
                 .and_then(serde_json::Value::as_f64)
                 .map_or(1e-12, |e| e as f32),
         };
-        if cfg.heads == 0 || cfg.hidden % cfg.heads != 0 {
+        if cfg.heads == 0 || !cfg.hidden.is_multiple_of(cfg.heads) {
             return Err(ModelError::Config(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden, cfg.heads
@@ -85,8 +85,17 @@ impl BertConfig {
 
 /// A linear layer `y = x·Wᵀ + b`.
 pub(crate) struct Linear {
-    weight: Matrix,
+    weight: LinearWeight,
     bias: Vec<f32>,
+}
+
+/// Float checkpoints are packed into panels once at load for the
+/// outer-product kernel (every encoder matmul has all of a batch's tokens as
+/// rows, which is what that kernel is for); weights requantised on request
+/// keep their block format and the int8 kernels.
+enum LinearWeight {
+    Packed(PackedMatrix),
+    Quantized(Matrix),
 }
 
 impl Linear {
@@ -95,33 +104,46 @@ impl Linear {
         prefix: &str,
         quantize: Option<WeightDType>,
     ) -> Result<Self, ModelError> {
-        let mut weight = st.matrix(&format!("{prefix}.weight"))?;
-        if let Some(to) = quantize {
-            weight = weight.requantize(to)?;
-        }
-        let bias = st.vector(&format!("{prefix}.bias"))?;
-        if bias.len() != weight.rows() {
+        let weight = st.matrix(&format!("{prefix}.weight"))?;
+        let weight = match quantize {
+            Some(to) => LinearWeight::Quantized(weight.requantize(to)?),
+            None => LinearWeight::Packed(PackedMatrix::from_matrix(&weight)),
+        };
+        let layer = Self {
+            weight,
+            bias: st.vector(&format!("{prefix}.bias"))?,
+        };
+        if layer.bias.len() != layer.out_features() {
             return Err(ModelError::Format(format!(
                 "{prefix}.bias has {} values for {} outputs",
-                bias.len(),
-                weight.rows()
+                layer.bias.len(),
+                layer.out_features()
             )));
         }
-        Ok(Self { weight, bias })
+        Ok(layer)
     }
 
     pub(crate) fn out_features(&self) -> usize {
-        self.weight.rows()
+        match &self.weight {
+            LinearWeight::Packed(w) => w.rows(),
+            LinearWeight::Quantized(w) => w.rows(),
+        }
     }
 
     pub(crate) fn in_features(&self) -> usize {
-        self.weight.cols()
+        match &self.weight {
+            LinearWeight::Packed(w) => w.cols(),
+            LinearWeight::Quantized(w) => w.cols(),
+        }
     }
 
     /// `m` rows of `x` in, `m` rows of `out_features` out.
     pub(crate) fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let mut out = vec![0.0; m * self.weight.rows()];
-        matmul(&self.weight, x, m, &mut out);
+        let mut out = vec![0.0; m * self.out_features()];
+        match &self.weight {
+            LinearWeight::Packed(w) => matmul_packed(w, x, m, &mut out),
+            LinearWeight::Quantized(w) => matmul(w, x, m, &mut out),
+        }
         sluice_kernels::ops::add_bias(&mut out, &self.bias);
         out
     }
