@@ -11,7 +11,7 @@
 //! batch-invariant, an input's result is bit-identical alone or in a batch.
 
 use rayon::prelude::*;
-use sluice_kernels::ops::exp_approx;
+use sluice_kernels::ops::{dot, exp_approx};
 use sluice_kernels::{matmul, matmul_packed, Matrix, PackedMatrix, WeightDType};
 
 use crate::hf::SafetensorsFiles;
@@ -232,34 +232,13 @@ pub(crate) fn packed_offsets(batch: &[&[u32]]) -> Vec<usize> {
     offsets
 }
 
-/// The exact (erf) GELU that BERT's `"gelu"` means.
+/// The exact (erf) GELU that BERT's `"gelu"` means, over a layer's whole
+/// intermediate activation: split across the pool's threads like the
+/// matmuls around it (it was a sixth of an encode on one thread).
 pub(crate) fn gelu(x: &mut [f32]) {
-    for v in x {
-        *v = 0.5 * *v * (1.0 + erf(*v / std::f32::consts::SQRT_2));
-    }
-}
-
-/// erf to ~2e-7: Numerical Recipes' erfc Chebyshev fit (fractional error
-/// < 1.2e-7) in f32 with the kernels' branch-free `exp`, so the GELU loop
-/// over a layer's whole intermediate activation vectorises (libm's f64 `exp`
-/// was ~6% of an encode). `std` has no erf.
-#[inline]
-pub(crate) fn erf(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.5 * x.abs());
-    let poly = -x * x - 1.265_512_2
-        + t * (1.000_023_7
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_204
-                                + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77))))))));
-    let erf = 1.0 - t * exp_approx(poly);
-    if x >= 0.0 {
-        erf
-    } else {
-        -erf
-    }
+    const CHUNK: usize = 8192;
+    x.par_chunks_mut(CHUNK)
+        .for_each(sluice_kernels::ops::gelu_erf);
 }
 
 struct BertLayer {
@@ -432,7 +411,7 @@ fn attention(
             let qh = &q[t * hidden + head * hd..t * hidden + (head + 1) * hd];
             for (j, score) in scores.iter_mut().enumerate() {
                 let kr = &k[(start + j) * hidden + head * hd..][..hd];
-                *score = qh.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale;
+                *score = dot(qh, kr) * scale;
             }
             softmax_exact(&mut scores);
             let oh = &mut out[head * hd..(head + 1) * hd];
@@ -463,19 +442,6 @@ pub(crate) fn softmax_exact(x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn erf_matches_known_values() {
-        for (x, want) in [
-            (0.0f32, 0.0f32),
-            (0.5, 0.520_499_9),
-            (1.0, 0.842_700_8),
-            (-1.0, -0.842_700_8),
-            (2.0, 0.995_322_3),
-        ] {
-            assert!((erf(x) - want).abs() < 1e-6, "erf({x}) = {}", erf(x));
-        }
-    }
 
     #[test]
     fn layer_norm_gives_zero_mean_unit_variance() {

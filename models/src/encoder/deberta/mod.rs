@@ -16,6 +16,7 @@
 //! does not depend on what else is in the batch.
 
 use rayon::prelude::*;
+use sluice_kernels::ops::dot;
 use sluice_kernels::{Matrix, WeightDType};
 
 mod config;
@@ -330,27 +331,6 @@ impl Deberta {
         });
         ctx
     }
-}
-
-/// `Σ a[i]·b[i]` in eight independent lanes: unlike a plain `sum()`, which
-/// the compiler may not reassociate, this vectorises, and the attention's
-/// three dot products per (query, key, head) are most of a long input's time.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (xa, xb) in ca.zip(cb) {
-        for l in 0..8 {
-            lanes[l] += xa[l] * xb[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// A layer's projected queries, keys and values, `[tokens, hidden]` each.
