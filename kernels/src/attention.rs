@@ -1,4 +1,6 @@
-//! Causal attention over a paged KV cache.
+//! Attention over a paged KV cache: causal for decoders
+//! ([`paged_attention`]), and every query against all keys for encoders
+//! ([`bidirectional_attention`], the same kernel with another key range).
 //!
 //! The unit of work is one query token against one KV head: the `group`
 //! query heads that share that KV head (GQA) are done together, so every key
@@ -63,12 +65,71 @@ pub fn paged_attention(
     )
 }
 
+/// Attention of every query row in `q` against all of keys `0..n_keys`
+/// (no causal mask): an encoder's self-attention over one input, whose
+/// keys and values are laid out as one block (`block_size >= n_keys`,
+/// `block_table = [0]`) or paged like a decoder's. `q` and `out` are
+/// `[tokens][n_heads * head_dim]`.
+pub fn bidirectional_attention(
+    q: &[f32],
+    n_keys: usize,
+    n_heads: usize,
+    kv: &PagedKv<'_>,
+    block_table: &[u32],
+    scale: f32,
+    out: &mut [f32],
+) {
+    attention_with(
+        Isa::detect(),
+        q,
+        Keys::All(n_keys),
+        n_heads,
+        kv,
+        block_table,
+        scale,
+        out,
+    )
+}
+
+/// Which keys a query token sees.
+#[derive(Clone, Copy)]
+enum Keys {
+    /// Token `i` of the call sees keys `0..=first_pos + i`.
+    Causal { first_pos: usize },
+    /// Every token sees keys `0..n`.
+    All(usize),
+}
+
+impl Keys {
+    fn for_token(self, t: usize) -> usize {
+        match self {
+            Keys::Causal { first_pos } => first_pos + t + 1,
+            Keys::All(n) => n,
+        }
+    }
+}
+
 /// [`paged_attention`] on a given instruction set (tests run both).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn paged_attention_with(
     isa: Isa,
     q: &[f32],
     first_pos: usize,
+    n_heads: usize,
+    kv: &PagedKv<'_>,
+    block_table: &[u32],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let keys = Keys::Causal { first_pos };
+    attention_with(isa, q, keys, n_heads, kv, block_table, scale, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_with(
+    isa: Isa,
+    q: &[f32],
+    keys: Keys,
     n_heads: usize,
     kv: &PagedKv<'_>,
     block_table: &[u32],
@@ -88,16 +149,16 @@ pub(crate) fn paged_attention_with(
     }
     let group = n_heads / kv.n_kv_heads;
     let n_q = q.len() / width;
+    let most_keys = keys.for_token(n_q - 1);
     assert!(
-        block_table.len() * kv.block_size >= first_pos + n_q,
-        "block table of {} blocks cannot hold {} positions",
+        block_table.len() * kv.block_size >= most_keys,
+        "block table of {} blocks cannot hold {most_keys} positions",
         block_table.len(),
-        first_pos + n_q
     );
     let chunk = group * hd;
     let job = Job {
         q,
-        first_pos,
+        keys,
         kv,
         block_table,
         scale,
@@ -105,8 +166,8 @@ pub(crate) fn paged_attention_with(
         width,
         isa,
     };
-    let keys = first_pos + n_q.div_ceil(2);
-    if n_q * n_heads * keys * hd * 2 < PAR_MIN_WORK {
+    let mean_keys = keys.for_token(n_q / 2);
+    if n_q * n_heads * mean_keys * hd * 2 < PAR_MIN_WORK {
         let mut scratch = Scratch::default();
         for (idx, o) in out.chunks_exact_mut(chunk).enumerate() {
             job.run(idx, o, &mut scratch);
@@ -123,7 +184,7 @@ pub(crate) fn paged_attention_with(
 /// Everything a (token, KV head) chunk needs, shared by all chunks.
 struct Job<'a> {
     q: &'a [f32],
-    first_pos: usize,
+    keys: Keys,
     kv: &'a PagedKv<'a>,
     block_table: &'a [u32],
     scale: f32,
@@ -154,7 +215,7 @@ impl Job<'_> {
         let kv = self.kv;
         let (hd, group) = (kv.head_dim, self.group);
         let (t, kv_head) = (idx / kv.n_kv_heads, idx % kv.n_kv_heads);
-        let n_keys = self.first_pos + t + 1;
+        let n_keys = self.keys.for_token(t);
         let q_at = t * self.width + kv_head * group * hd;
         let q = &self.q[q_at..q_at + group * hd];
 
@@ -318,6 +379,40 @@ pub fn paged_attention_reference(
 mod tests {
     use super::*;
     use crate::test_util::Rng;
+
+    /// Bidirectional attention of token i equals causal attention of one
+    /// query sitting at the last key position: every token sees all keys.
+    #[test]
+    fn bidirectional_attention_sees_every_key() {
+        let mut rng = Rng::new(22);
+        let (n_heads, hd, n) = (3, 20, 9);
+        let (k, v): (Vec<f32>, Vec<f32>) = (0..n * n_heads * hd)
+            .map(|_| (rng.uniform(), rng.uniform()))
+            .unzip();
+        let kv = PagedKv {
+            k: &k,
+            v: &v,
+            block_size: n,
+            n_kv_heads: n_heads,
+            head_dim: hd,
+        };
+        let width = n_heads * hd;
+        let q: Vec<f32> = (0..n * width).map(|_| rng.uniform()).collect();
+        let mut got = vec![f32::NAN; q.len()];
+        bidirectional_attention(&q, n, n_heads, &kv, &[0], 0.4, &mut got);
+        for t in 0..n {
+            let mut want = vec![0.0; width];
+            let qt = &q[t * width..(t + 1) * width];
+            paged_attention_reference(qt, n - 1, n_heads, &kv, &[0], 0.4, &mut want);
+            for (i, (g, w)) in got[t * width..(t + 1) * width]
+                .iter()
+                .zip(&want)
+                .enumerate()
+            {
+                assert!((g - w).abs() < 1e-5, "token {t} [{i}]: {g} vs {w}");
+            }
+        }
+    }
 
     /// Both instruction sets against the reference, over group sizes that
     /// take every head batching of the value sums (1, 2, 3, 3+1) and head

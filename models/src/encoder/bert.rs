@@ -11,7 +11,8 @@
 //! batch-invariant, an input's result is bit-identical alone or in a batch.
 
 use rayon::prelude::*;
-use sluice_kernels::ops::{dot, exp_approx};
+use sluice_kernels::attention::{bidirectional_attention, PagedKv};
+use sluice_kernels::ops::exp_approx;
 use sluice_kernels::{matmul, matmul_packed, Matrix, PackedMatrix, WeightDType};
 
 use crate::hf::SafetensorsFiles;
@@ -396,33 +397,21 @@ fn attention(
 ) -> Vec<f32> {
     let hd = hidden / heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let total = offsets[offsets.len() - 1];
-    let mut ctx = vec![0.0f32; total * hidden];
-    // One task per token row: it reads its input's keys and values and
-    // writes only its own row, so tasks never share output.
-    let seq_of: Vec<usize> = (0..offsets.len() - 1)
-        .flat_map(|s| std::iter::repeat_n(s, offsets[s + 1] - offsets[s]))
-        .collect();
-    ctx.par_chunks_mut(hidden).enumerate().for_each(|(t, out)| {
-        let s = seq_of[t];
-        let (start, end) = (offsets[s], offsets[s + 1]);
-        let mut scores = vec![0.0f32; end - start];
-        for head in 0..heads {
-            let qh = &q[t * hidden + head * hd..t * hidden + (head + 1) * hd];
-            for (j, score) in scores.iter_mut().enumerate() {
-                let kr = &k[(start + j) * hidden + head * hd..][..hd];
-                *score = dot(qh, kr) * scale;
-            }
-            softmax_exact(&mut scores);
-            let oh = &mut out[head * hd..(head + 1) * hd];
-            for (j, p) in scores.iter().enumerate() {
-                let vr = &v[(start + j) * hidden + head * hd..][..hd];
-                for (o, val) in oh.iter_mut().zip(vr) {
-                    *o += p * val;
-                }
-            }
-        }
-    });
+    let mut ctx = vec![0.0f32; offsets[offsets.len() - 1] * hidden];
+    for span in offsets.windows(2) {
+        let rows = span[0] * hidden..span[1] * hidden;
+        // One input's keys and values as a single block of the kernels'
+        // paged layout ([slot][head][head_dim] is exactly [token][hidden]).
+        let kv = PagedKv {
+            k: &k[rows.clone()],
+            v: &v[rows.clone()],
+            block_size: span[1] - span[0],
+            n_kv_heads: heads,
+            head_dim: hd,
+        };
+        let (q, out) = (&q[rows.clone()], &mut ctx[rows]);
+        bidirectional_attention(q, span[1] - span[0], heads, &kv, &[0], scale, out);
+    }
     ctx
 }
 
