@@ -282,31 +282,16 @@ pub fn matmul_with_precision(
         WeightDType::Q4_0 | WeightDType::Q4_1 | WeightDType::Q8_0
     );
     if precision == ActivationPrecision::F32 && int8_weights {
-        let (n, k) = (w.rows, w.cols);
-        assert_eq!(x.len(), m * k, "activation shape mismatch");
-        assert_eq!(out.len(), m * n, "output shape mismatch");
-        if m == 0 || n == 0 {
-            return;
+        if !nothing_to_compute(w.rows, w.cols, x, m, out) {
+            float::matmul(w, x, m, out, isa);
         }
-        if k == 0 {
-            out.fill(0.0);
-            return;
-        }
-        float::matmul(w, x, m, out, isa);
     } else {
         matmul_with(w, x, m, out, isa);
     }
 }
 
 pub(crate) fn matmul_with(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
-    let (n, k) = (w.rows, w.cols);
-    assert_eq!(x.len(), m * k, "activation shape mismatch");
-    assert_eq!(out.len(), m * n, "output shape mismatch");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        out.fill(0.0);
+    if nothing_to_compute(w.rows, w.cols, x, m, out) {
         return;
     }
     match w.dtype {
@@ -319,6 +304,18 @@ pub(crate) fn matmul_with(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa:
         | WeightDType::Q4K
         | WeightDType::Q6K => float::matmul(w, x, m, out, isa),
     }
+}
+
+/// Checks the shapes of `out = x · Wᵀ` (`W` is `n x k`, `x` has `m` rows)
+/// and settles the empty ones: true when `out` is already complete.
+fn nothing_to_compute(n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32]) -> bool {
+    assert_eq!(x.len(), m * k, "activation shape mismatch");
+    assert_eq!(out.len(), m * n, "output shape mismatch");
+    if k == 0 {
+        // An empty sum.
+        out.fill(0.0);
+    }
+    m == 0 || n == 0 || k == 0
 }
 
 /// The plain definition of [`matmul`]: every weight row dequantised and

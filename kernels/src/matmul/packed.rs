@@ -27,7 +27,7 @@
 
 use rayon::prelude::*;
 
-use super::Matrix;
+use super::{nothing_to_compute, Matrix};
 use crate::cpu::Isa;
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::{Avx2, Avx512};
@@ -179,13 +179,7 @@ pub(crate) fn matmul_packed_with(
     isa: PackedIsa,
 ) {
     let (n, k) = (w.rows, w.cols);
-    assert_eq!(x.len(), m * k, "activation shape mismatch");
-    assert_eq!(out.len(), m * n, "output shape mismatch");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        out.fill(0.0);
+    if nothing_to_compute(n, k, x, m, out) {
         return;
     }
     let panels = n.div_ceil(PANEL);

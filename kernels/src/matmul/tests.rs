@@ -115,12 +115,7 @@ fn check_float(w: &Matrix, m: usize, rng: &mut Rng) {
         for i in 0..m {
             for j in 0..n {
                 let (wr, xr) = (&wd[j * k..][..k], &x[i * k..][..k]);
-                let exact: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
-                let s: f64 = wr
-                    .iter()
-                    .zip(xr)
-                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                    .sum();
+                let (exact, s) = exact_dot(wr, xr);
                 let tol = (k as f64 / 8.0 + 4.0) * EPS * s + 1e-30;
                 let got = out[i * n + j] as f64;
                 assert!(
@@ -131,6 +126,12 @@ fn check_float(w: &Matrix, m: usize, rng: &mut Rng) {
             }
         }
     }
+}
+
+/// `Σ w·x` in f64, and `Σ |w·x|`, the magnitude its rounding error scales with.
+fn exact_dot(w: &[f32], x: &[f32]) -> (f64, f64) {
+    let products = || w.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64);
+    (products().sum(), products().map(f64::abs).sum())
 }
 
 const MS: [usize; 4] = [1, 3, 8, 33];
@@ -201,6 +202,15 @@ fn float_path_covers_many_tasks_and_sub_tiles() {
     }
 }
 
+/// A rayon pool of `threads` threads: rows computed in a narrow and a wide
+/// pool see different column splits.
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
 /// A row's output bits, computed alone and at position `at` of a batch.
 fn batch_mismatch(alone: &[f32], batched: &[f32], at: usize) -> Option<(usize, f32, f32)> {
     let n = alone.len();
@@ -221,12 +231,6 @@ fn batch_mismatch(alone: &[f32], batched: &[f32], at: usize) -> Option<(usize, f
 #[test]
 fn matmul_rows_are_bit_identical_whatever_the_batch() {
     const POOL: usize = 64;
-    let pool = |threads| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-    };
     let (narrow, wide) = (pool(1), pool(5));
     // (k, n): SmolLM2-135M's MLP shapes, plus one whose last weight tile or
     // group is partial (and, for F32, whose k is not a multiple of 8).
@@ -386,10 +390,7 @@ fn requantize_round_trips_through_each_format() {
 #[test]
 fn tiles_repacked_at_construction_match_repacking_per_call() {
     let mut rng = Rng::new(11);
-    let wide = rayon::ThreadPoolBuilder::new()
-        .num_threads(5)
-        .build()
-        .unwrap();
+    let wide = pool(5);
     for dtype in [WeightDType::Q4_0, WeightDType::Q4_1, WeightDType::Q8_0] {
         for (k, n) in [(576, 301), (1536, 64), (32, 5)] {
             let w = random_matrix(&mut rng, dtype, n, k);
@@ -427,12 +428,6 @@ fn tiles_repacked_at_construction_match_repacking_per_call() {
 /// multiple of 8.
 #[test]
 fn packed_matmul_matches_reference_and_is_batch_invariant() {
-    let pool = |threads| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-    };
     let (narrow, wide) = (pool(1), pool(5));
     let mut rng = Rng::new(20);
     for (k, n) in [(384, 1536), (1536, 384), (100, 37), (7, 5), (24, 48)] {
@@ -455,12 +450,7 @@ fn packed_matmul_matches_reference_and_is_batch_invariant() {
             for i in 0..rows {
                 for j in 0..n {
                     let (wr, xr) = (&wd[j * k..][..k], &x[i * k..][..k]);
-                    let exact: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
-                    let s: f64 = wr
-                        .iter()
-                        .zip(xr)
-                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                        .sum();
+                    let (exact, s) = exact_dot(wr, xr);
                     // A sequential sum of k products: at most k + 1 roundings
                     // of magnitude s each.
                     let tol = (k as f64 + 1.0) * EPS * s + 1e-30;
