@@ -48,14 +48,14 @@ const R_Q8: usize = 3;
 
 /// [`NR`] weight rows in the layout above.
 pub(crate) struct Tile {
-    nb: usize,
+    pub(super) nb: usize,
     /// 4-bit: `nb · 128` bytes, two slices per 32 bytes (values 0..=15 in
     /// each nibble). Q8_0: `nb · 256` bytes of signed values.
-    q: Vec<u8>,
+    pub(super) q: Vec<u8>,
     /// `nb · 8` block scales, `[block][row]`.
-    d: Vec<f32>,
+    pub(super) d: Vec<f32>,
     /// 4-bit only: `nb · 8` block mins, `[block][row]` (Q4_0: `-8d`).
-    min: Vec<f32>,
+    pub(super) min: Vec<f32>,
 }
 
 impl Tile {
@@ -72,7 +72,7 @@ impl Tile {
 
     /// Whether this tile has the sizes `format` with `nb` blocks per row
     /// needs: what every unchecked access in the kernels relies on.
-    fn fits(&self, format: Format, nb: usize) -> bool {
+    pub(super) fn fits(&self, format: Format, nb: usize) -> bool {
         let signed = format == Format::Q8_0;
         self.nb == nb
             && self.q.len() == nb * if signed { 256 } else { 128 }

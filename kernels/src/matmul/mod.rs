@@ -44,6 +44,8 @@ mod packed;
 mod quantize_act;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use rayon::prelude::*;
 

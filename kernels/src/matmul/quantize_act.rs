@@ -20,6 +20,8 @@ pub(crate) struct QuantizedActs {
     pub d: Vec<f32>,
     /// `m * k/32` block sums `d · Σq`.
     pub s: Vec<f32>,
+    /// `m * k/32` integer block sums `Σq` (the VNNI Q8_0 kernel's offset).
+    pub sums: Vec<i32>,
 }
 
 /// Below this many values quantisation stays on the calling thread; it is
@@ -35,21 +37,25 @@ impl QuantizedActs {
         let mut qs = vec![0i8; m * k];
         let mut d = vec![0.0f32; m * nb];
         let mut s = vec![0.0f32; m * nb];
-        let run = |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]| match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the token proves the target features.
-            Isa::Avx2(_) => unsafe { quantize_blocks_avx2(x, qs, d, s) },
-            Isa::Scalar => quantize_blocks(x, qs, d, s),
+        let mut sums = vec![0i32; m * nb];
+        let run = |x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sums: &mut [i32]| {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the token proves the target features.
+                Isa::Avx2(_) => unsafe { quantize_blocks_avx2(x, qs, d, s, sums) },
+                Isa::Scalar => quantize_blocks(x, qs, d, s, sums),
+            }
         };
         if m * k >= PAR_MIN_VALUES && m > 1 {
             x.par_chunks_exact(k)
                 .zip(qs.par_chunks_exact_mut(k))
                 .zip(d.par_chunks_exact_mut(nb).zip(s.par_chunks_exact_mut(nb)))
-                .for_each(|((x, qs), (d, s))| run(x, qs, d, s));
+                .zip(sums.par_chunks_exact_mut(nb))
+                .for_each(|(((x, qs), (d, s)), sums)| run(x, qs, d, s, sums));
         } else {
-            run(x, &mut qs, &mut d, &mut s);
+            run(x, &mut qs, &mut d, &mut s, &mut sums);
         }
-        Self { k, qs, d, s }
+        Self { k, qs, d, s, sums }
     }
 
     /// Row `i`'s quants, scales and sums.
@@ -70,27 +76,34 @@ impl QuantizedActs {
 /// The CPU must support AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quantize_blocks_avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    quantize_blocks(x, qs, d, s)
+unsafe fn quantize_blocks_avx2(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+    sums: &mut [i32],
+) {
+    quantize_blocks(x, qs, d, s, sums)
 }
 
 #[inline(always)]
-fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    for (((xb, qb), db), sb) in x
+fn quantize_blocks(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], sums: &mut [i32]) {
+    for ((((xb, qb), db), sb), sum) in x
         .chunks_exact(32)
         .zip(qs.chunks_exact_mut(32))
         .zip(d.iter_mut())
         .zip(s.iter_mut())
+        .zip(sums.iter_mut())
     {
         if let (Ok(xb), Ok(qb)) = (<&[f32; 32]>::try_from(xb), <&mut [i8; 32]>::try_from(qb)) {
-            (*db, *sb) = quantize_block(xb, qb);
+            (*db, *sb, *sum) = quantize_block(xb, qb);
         }
     }
 }
 
-/// Quantises 32 values; returns `(d, d · Σq)`.
+/// Quantises 32 values; returns `(d, d · Σq, Σq)`.
 #[inline(always)]
-fn quantize_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, f32) {
+fn quantize_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, f32, i32) {
     // Eight running maxima, so the reduction vectorises (a single fold over
     // `f32::max` is a dependency chain).
     let mut lanes = [0.0f32; 8];
@@ -114,5 +127,5 @@ fn quantize_block(x: &[f32; 32], q: &mut [i8; 32]) -> (f32, f32) {
         *qv = r;
         sum += r as i32;
     }
-    (d, d * sum as f32)
+    (d, d * sum as f32, sum)
 }
