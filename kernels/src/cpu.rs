@@ -64,6 +64,13 @@ pub(crate) trait Simd {
     /// # Safety
     /// As for [`Simd::dot`].
     unsafe fn weighted_sums(out: &mut [f32], weights: &[f32], rows: &[usize], values: &[f32]);
+
+    /// Hints that `x` will be read soon (a no-op where there is no
+    /// prefetch instruction).
+    #[inline(always)]
+    fn prefetch(x: &[f32]) {
+        let _ = x;
+    }
 }
 
 /// Plain Rust in shapes the compiler vectorises; no requirements.
@@ -100,6 +107,15 @@ pub(crate) struct Avx2Simd;
 
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx2Simd {
+    #[inline(always)]
+    fn prefetch(x: &[f32]) {
+        // One hint per 64-byte line.
+        for line in x.chunks(16) {
+            // SAFETY: a prefetch is a hint that never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
+    }
+
     #[inline(always)]
     unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: forwarded from the caller.
