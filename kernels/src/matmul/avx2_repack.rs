@@ -107,7 +107,7 @@ impl Avx2 {
 
     /// Weight rows `weights` (whole GGML rows, `row_bytes` each) against all
     /// `m` activation rows, repacking them here; result (r, i) into
-    /// `out_t[r * m + i]`.
+    /// `out_t[i * rows + r]`.
     pub(crate) fn int8_tiles(
         self,
         format: Format,
@@ -126,18 +126,12 @@ impl Avx2 {
             // SAFETY: `self` proves the target features.
             unsafe { fill_avx2(&mut tile, format, chunk, row_bytes) };
             let live = chunk.len() / row_bytes;
-            self.tile_rows(
-                format,
-                &tile,
-                acts,
-                m,
-                &mut out_t[t * NR * m..(t * NR + live) * m],
-            );
+            self.tile_rows(format, &tile, acts, m, out_t, t * NR, live);
         }
     }
 
     /// The first `rows` weight rows of `tiles` (repacked by [`Avx2::repack`])
-    /// against all `m` activation rows; result (r, i) into `out_t[r * m + i]`.
+    /// against all `m` activation rows; result (r, i) into `out_t[i * rows + r]`.
     pub(crate) fn int8_packed(
         self,
         format: Format,
@@ -150,18 +144,14 @@ impl Avx2 {
         assert!(rows <= tiles.len() * NR && out_t.len() == rows * m);
         for (t, tile) in tiles.iter().enumerate().take(rows.div_ceil(NR)) {
             let live = (rows - t * NR).min(NR);
-            self.tile_rows(
-                format,
-                tile,
-                acts,
-                m,
-                &mut out_t[t * NR * m..(t * NR + live) * m],
-            );
+            self.tile_rows(format, tile, acts, m, out_t, t * NR, live);
         }
     }
 
-    /// One tile against all `m` activation rows; result (r, i) into
-    /// `out[r * m + i]` for the tile's first `out.len() / m` rows.
+    /// One tile against all `m` activation rows: the result of its row r
+    /// (r < `live`) and activation i into `out[i * stride + first + r]`,
+    /// where `stride = out.len() / m`.
+    #[allow(clippy::too_many_arguments)]
     fn tile_rows(
         self,
         format: Format,
@@ -169,13 +159,15 @@ impl Avx2 {
         acts: &QuantizedActs,
         m: usize,
         out: &mut [f32],
+        first: usize,
+        live: usize,
     ) {
         let (k, nb) = (acts.k, acts.k / 32);
         // The lengths every unchecked access in the kernels relies on.
         assert!(k % 32 == 0 && tile.fits(format, nb));
         assert!(acts.qs.len() >= m * k && acts.d.len() >= m * nb && acts.s.len() >= m * nb);
-        let live = out.len() / m;
-        assert!(live <= NR && out.len() == live * m);
+        let stride = out.len() / m;
+        assert!(live <= NR && first + live <= stride && out.len() == stride * m);
         let mut i = 0;
         while i < m {
             let take = (m - i).min(if format == Format::Q8_0 { R_Q8 } else { R });
@@ -193,9 +185,8 @@ impl Avx2 {
                 }
             };
             for (t2, lanes) in res.iter().take(take).enumerate() {
-                for (r, v) in lanes.iter().take(live).enumerate() {
-                    out[r * m + i + t2] = *v;
-                }
+                let at = (i + t2) * stride + first;
+                out[at..at + live].copy_from_slice(&lanes[..live]);
             }
             i += take;
         }

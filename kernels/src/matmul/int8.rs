@@ -41,7 +41,7 @@ use super::avx2_repack::NR;
 use super::quantize_act::QuantizedActs;
 #[cfg(target_arch = "x86_64")]
 use super::vnni::NR2;
-use super::{run_tiles, Matrix};
+use super::{run_tiles, Matrix, TaskLayout};
 use crate::cpu::Isa;
 use crate::quant::{f16_bits_to_f32, WeightDType};
 
@@ -124,7 +124,8 @@ pub(super) fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa)
             let vnni = t.vnni512().filter(|_| m >= REPACK_MIN_M);
             // The VNNI kernel takes tiles in pairs: tasks of whole pairs.
             let align = if vnni.is_some() { NR2 } else { NR };
-            run_tiles(n, m, k, align, out, |first, rows, out_t| {
+            let layout = TaskLayout::ActivationMajor;
+            run_tiles(n, m, k, align, layout, out, |first, rows, out_t| {
                 let bytes = &w.bytes()[first * rb..(first + rows) * rb];
                 if m >= REPACK_MIN_M {
                     // Tasks start on whole tiles (run_tiles aligns them).
@@ -146,20 +147,28 @@ pub(super) fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa)
         }
         Isa::Scalar => {
             let mc = act_chunk_rows(k);
-            run_tiles(n, m, k, NR, out, |first, rows, out_t| {
-                let bytes = &w.bytes()[first * rb..(first + rows) * rb];
-                for i0 in (0..m).step_by(mc) {
-                    let job = Job {
-                        format,
-                        weights: bytes,
-                        acts: &acts,
-                        acts_from: i0,
-                        acts_to: (i0 + mc).min(m),
-                        m,
-                    };
-                    scalar_rows(&job, out_t);
-                }
-            });
+            run_tiles(
+                n,
+                m,
+                k,
+                NR,
+                TaskLayout::RowMajor,
+                out,
+                |first, rows, out_t| {
+                    let bytes = &w.bytes()[first * rb..(first + rows) * rb];
+                    for i0 in (0..m).step_by(mc) {
+                        let job = Job {
+                            format,
+                            weights: bytes,
+                            acts: &acts,
+                            acts_from: i0,
+                            acts_to: (i0 + mc).min(m),
+                            m,
+                        };
+                        scalar_rows(&job, out_t);
+                    }
+                },
+            );
         }
     }
 }

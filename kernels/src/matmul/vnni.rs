@@ -65,7 +65,7 @@ fn kernel_for(format: Format, rows: usize) -> Kernel {
 impl Vnni512 {
     /// The first `rows` weight rows of `tiles` (repacked by
     /// `Avx2::repack`) against all `m` activation rows; result (r, i) into
-    /// `out_t[r * m + i]`. The contract of `Avx2::int8_packed`.
+    /// `out_t[i * rows + r]`. The contract of `Avx2::int8_packed`.
     pub(crate) fn int8_packed(
         self,
         format: Format,
@@ -88,7 +88,6 @@ impl Vnni512 {
             // A lone last tile is paired with itself; its copy's lanes are
             // computed and dropped.
             let pair = [&tiles[t], &tiles[if live > NR { t + 1 } else { t }]];
-            let out = &mut out_t[first * m..(first + live) * m];
             let mut i = 0;
             while i < m {
                 let take = (m - i).min(R);
@@ -96,9 +95,8 @@ impl Vnni512 {
                 // k (checked above), and activation rows i..i + take < m exist.
                 let res = unsafe { kernel_for(format, take)(pair, acts, i) };
                 for (t2, lanes) in res.iter().take(take).enumerate() {
-                    for (r, v) in lanes.iter().take(live).enumerate() {
-                        out[r * m + i + t2] = *v;
-                    }
+                    let at = (i + t2) * rows + first;
+                    out_t[at..at + live].copy_from_slice(&lanes[..live]);
                 }
                 i += take;
             }
