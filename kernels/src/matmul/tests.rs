@@ -356,6 +356,37 @@ fn activation_quantisation_keeps_quants_within_127_and_sums_them() {
         let scalar = QuantizedActs::new(&x, 4, 64, Isa::Scalar);
         assert_eq!(q.qs, scalar.qs);
         assert_eq!(q.d, scalar.d);
+        assert_eq!(q.sums, scalar.sums);
+    }
+}
+
+/// The AVX2 quantiser is hand-written; it must give the portable one's
+/// bits on ordinary activations too: scales spanning many magnitudes, ties
+/// at half a step, blocks of one repeated value, -0.0 and tiny values.
+#[test]
+fn activation_quantisation_is_the_same_on_every_instruction_set() {
+    let mut rng = Rng::new(13);
+    let (m, k) = (9, 1536);
+    let mut x = rng.activations(m * k);
+    for (b, block) in x.chunks_exact_mut(32).enumerate() {
+        let scale = 2f32.powi(b as i32 % 40 - 20);
+        block.iter_mut().for_each(|v| *v *= scale);
+    }
+    // Exact half steps: amax 127 makes the step 1, so 0.5, 1.5, ... tie.
+    for (t, v) in x[..32].iter_mut().enumerate() {
+        *v = if t == 0 { 127.0 } else { t as f32 - 15.5 };
+    }
+    x[32..64].fill(-3.25);
+    x[64..96].fill(-0.0);
+    x[96..128].iter_mut().for_each(|v| *v *= 1e-38);
+    let scalar = QuantizedActs::new(&x, m, k, Isa::Scalar);
+    for isa in isas() {
+        let q = QuantizedActs::new(&x, m, k, isa);
+        assert_eq!(q.qs, scalar.qs, "{isa:?}");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&q.d), bits(&scalar.d), "{isa:?}");
+        assert_eq!(bits(&q.s), bits(&scalar.s), "{isa:?}");
+        assert_eq!(q.sums, scalar.sums, "{isa:?}");
     }
 }
 
