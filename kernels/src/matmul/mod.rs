@@ -256,6 +256,19 @@ pub fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32]) {
     matmul_with(w, x, m, out, Isa::detect());
 }
 
+/// The instruction set the batched int8 kernels run on in this process:
+/// `"avx512-vnni"`, `"avx2"` or `"portable"` (benchmarks record it, since
+/// `SLUICE_KERNELS_NO_VNNI` can change it on the same CPU).
+pub fn int8_kernel_isa() -> &'static str {
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(t) if t.vnni512().is_some() => "avx512-vnni",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(_) => "avx2",
+        Isa::Scalar => "portable",
+    }
+}
+
 /// How activations meet quantised (Q4_0/Q4_1/Q8_0) weights: the engine's
 /// "activation dtype" knob. Other weight formats always use f32 activations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
