@@ -38,47 +38,40 @@ fn act_chunk_rows(k: usize) -> usize {
 pub(super) fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
     let (n, k) = (w.rows(), w.cols());
     let (ts, mc) = (sub_tile_rows(k), act_chunk_rows(k));
-    run_tiles(
-        n,
-        m,
-        k,
-        GROUP,
-        TaskLayout::RowMajor,
-        out,
-        |first, rows, out_t| {
-            let mut tile = Vec::new();
-            for s0 in (0..rows).step_by(ts) {
-                let sr = (rows - s0).min(ts);
-                let padded = sr.div_ceil(GROUP) * GROUP;
-                // F32 weights are used in place when they are whole groups (the
-                // kernel reads GROUP rows at a time) and aligned; anything else
-                // is dequantised into the tile, its padding rows left stale
-                // because their results are never stored.
-                let direct = (w.dtype() == WeightDType::F32 && padded == sr)
-                    .then(|| as_f32(&w.bytes()[(first + s0) * k * 4..(first + s0 + sr) * k * 4]))
-                    .flatten();
-                let weights = match direct {
-                    Some(weights) => weights,
-                    None => {
-                        tile.resize(padded * k, 0.0);
-                        for (r, dst) in tile.chunks_exact_mut(k).take(sr).enumerate() {
-                            let src = w.row_bytes(first + s0 + r);
-                            match isa {
-                                #[cfg(target_arch = "x86_64")]
-                                Isa::Avx2(t) => t.dequantize_row(w.dtype(), src, dst),
-                                Isa::Scalar => dequantize_row(w.dtype(), src, dst),
-                            }
+    let layout = TaskLayout::RowMajor;
+    run_tiles(n, m, k, GROUP, layout, out, |first, rows, out_t| {
+        let mut tile = Vec::new();
+        for s0 in (0..rows).step_by(ts) {
+            let sr = (rows - s0).min(ts);
+            let padded = sr.div_ceil(GROUP) * GROUP;
+            // F32 weights are used in place when they are whole groups (the
+            // kernel reads GROUP rows at a time) and aligned; anything else
+            // is dequantised into the tile, its padding rows left stale
+            // because their results are never stored.
+            let direct = (w.dtype() == WeightDType::F32 && padded == sr)
+                .then(|| as_f32(&w.bytes()[(first + s0) * k * 4..(first + s0 + sr) * k * 4]))
+                .flatten();
+            let weights = match direct {
+                Some(weights) => weights,
+                None => {
+                    tile.resize(padded * k, 0.0);
+                    for (r, dst) in tile.chunks_exact_mut(k).take(sr).enumerate() {
+                        let src = w.row_bytes(first + s0 + r);
+                        match isa {
+                            #[cfg(target_arch = "x86_64")]
+                            Isa::Avx2(t) => t.dequantize_row(w.dtype(), src, dst),
+                            Isa::Scalar => dequantize_row(w.dtype(), src, dst),
                         }
-                        &tile[..]
                     }
-                };
-                let out_t = &mut out_t[s0 * m..(s0 + sr) * m];
-                for i0 in (0..m).step_by(mc) {
-                    sub_tile(isa, weights, sr, x, k, m, i0..(i0 + mc).min(m), out_t);
+                    &tile[..]
                 }
+            };
+            let out_t = &mut out_t[s0 * m..(s0 + sr) * m];
+            for i0 in (0..m).step_by(mc) {
+                sub_tile(isa, weights, sr, x, k, m, i0..(i0 + mc).min(m), out_t);
             }
-        },
-    );
+        }
+    });
 }
 
 /// Little-endian f32 bytes viewed as f32s, when their address is aligned.

@@ -146,29 +146,21 @@ pub(super) fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa)
             })
         }
         Isa::Scalar => {
-            let mc = act_chunk_rows(k);
-            run_tiles(
-                n,
-                m,
-                k,
-                NR,
-                TaskLayout::RowMajor,
-                out,
-                |first, rows, out_t| {
-                    let bytes = &w.bytes()[first * rb..(first + rows) * rb];
-                    for i0 in (0..m).step_by(mc) {
-                        let job = Job {
-                            format,
-                            weights: bytes,
-                            acts: &acts,
-                            acts_from: i0,
-                            acts_to: (i0 + mc).min(m),
-                            m,
-                        };
-                        scalar_rows(&job, out_t);
-                    }
-                },
-            );
+            let (mc, layout) = (act_chunk_rows(k), TaskLayout::RowMajor);
+            run_tiles(n, m, k, NR, layout, out, |first, rows, out_t| {
+                let bytes = &w.bytes()[first * rb..(first + rows) * rb];
+                for i0 in (0..m).step_by(mc) {
+                    let job = Job {
+                        format,
+                        weights: bytes,
+                        acts: &acts,
+                        acts_from: i0,
+                        acts_to: (i0 + mc).min(m),
+                        m,
+                    };
+                    scalar_rows(&job, out_t);
+                }
+            });
         }
     }
 }
