@@ -48,7 +48,7 @@ const R_Q8: usize = 3;
 
 /// [`NR`] weight rows in the layout above.
 pub(crate) struct Tile {
-    pub(super) nb: usize,
+    nb: usize,
     /// 4-bit: `nb · 128` bytes, two slices per 32 bytes (values 0..=15 in
     /// each nibble). Q8_0: `nb · 256` bytes of signed values.
     pub(super) q: Vec<u8>,

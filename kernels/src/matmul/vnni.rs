@@ -38,7 +38,7 @@ pub(crate) const NR2: usize = 2 * NR;
 /// each weight block once.
 const R: usize = 8;
 
-type Kernel = unsafe fn([&Tile; 2], &QuantizedActs, usize) -> [[f32; NR2]; R];
+type Kernel = unsafe fn([&Tile; 2], [&Tile; 2], &QuantizedActs, usize) -> [[f32; NR2]; R];
 
 /// The kernel for `format` and `rows` (1..=R) activation rows.
 fn kernel_for(format: Format, rows: usize) -> Kernel {
@@ -88,12 +88,19 @@ impl Vnni512 {
             // A lone last tile is paired with itself; its copy's lanes are
             // computed and dropped.
             let pair = [&tiles[t], &tiles[if live > NR { t + 1 } else { t }]];
+            // The pair after this one, whose blocks the kernel prefetches
+            // (its own again at the end of the task).
+            let next = match tiles.get(t + 2..) {
+                Some([a, b, ..]) => [a, b],
+                Some([a]) => [a, a],
+                _ => pair,
+            };
             let mut i = 0;
             while i < m {
                 let take = (m - i).min(R);
                 // SAFETY: `self` proves the target features; both tiles fit
                 // k (checked above), and activation rows i..i + take < m exist.
-                let res = unsafe { kernel_for(format, take)(pair, acts, i) };
+                let res = unsafe { kernel_for(format, take)(pair, next, acts, i) };
                 for (t2, lanes) in res.iter().take(take).enumerate() {
                     let at = (i + t2) * rows + first;
                     out_t[at..at + live].copy_from_slice(&lanes[..live]);
@@ -128,6 +135,23 @@ unsafe fn join(lo: *const u8, hi: *const u8) -> __m512i {
 unsafe fn join_ps(lo: *const f32, hi: *const f32) -> __m512 {
     // SAFETY: forwarded from the caller.
     unsafe { _mm512_castsi512_ps(join(lo.cast(), hi.cast())) }
+}
+
+/// Prefetches the cache lines of `bytes` bytes from `p`: the tiles are
+/// separate allocations of a few KiB, read in pairs, so the hardware
+/// prefetcher loses the stream at every pair; the kernels ask for the next
+/// pair's block while they compute on this one's.
+#[inline(always)]
+fn prefetch(p: *const u8, bytes: usize) {
+    let mut at = 0;
+    while at < bytes {
+        #[allow(unused_unsafe)]
+        // SAFETY: a prefetch is a hint that never faults, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at).cast())
+        };
+        at += 64;
+    }
 }
 
 /// Activation bytes `p..p + 4` in every 32-bit lane.
@@ -167,6 +191,7 @@ unsafe fn scale_block(acc: __m512, isum: __m512i, dw: __m512, dx: f32) -> __m512
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn kernel_u4<const RR: usize>(
     t: [&Tile; 2],
+    next: [&Tile; 2],
     a: &QuantizedActs,
     i: usize,
 ) -> [[f32; NR2]; R] {
@@ -180,6 +205,9 @@ unsafe fn kernel_u4<const RR: usize>(
         let mut acc_min = [_mm512_setzero_ps(); RR];
         for b in 0..nb {
             let (w0, w1) = (t[0].q.as_ptr().add(b * 128), t[1].q.as_ptr().add(b * 128));
+            for n in next {
+                prefetch(n.q.as_ptr().wrapping_add(b * 128), 128);
+            }
             let mut p = [_mm512_setzero_si512(); RR];
             for j in 0..4 {
                 // Slice j in the low nibbles, slice j + 4 in the high ones.
@@ -217,6 +245,7 @@ unsafe fn kernel_u4<const RR: usize>(
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn kernel_q8<const RR: usize>(
     t: [&Tile; 2],
+    next: [&Tile; 2],
     a: &QuantizedActs,
     i: usize,
 ) -> [[f32; NR2]; R] {
@@ -228,6 +257,9 @@ unsafe fn kernel_q8<const RR: usize>(
         let mut acc = [_mm512_setzero_ps(); RR];
         for b in 0..nb {
             let (w0, w1) = (t[0].q.as_ptr().add(b * 256), t[1].q.as_ptr().add(b * 256));
+            for n in next {
+                prefetch(n.q.as_ptr().wrapping_add(b * 256), 256);
+            }
             let mut p = [_mm512_setzero_si512(); RR];
             for j in 0..8 {
                 let w = _mm512_xor_si512(join(w0.add(j * 32), w1.add(j * 32)), flip);
