@@ -24,7 +24,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2_repack::{Tile, NR};
+use super::avx2_repack::{prefetch, Tile, NR};
 use super::int8::Format;
 use super::quantize_act::QuantizedActs;
 use crate::cpu::Vnni512;
@@ -137,23 +137,6 @@ unsafe fn join_ps(lo: *const f32, hi: *const f32) -> __m512 {
     unsafe { _mm512_castsi512_ps(join(lo.cast(), hi.cast())) }
 }
 
-/// Prefetches the cache lines of `bytes` bytes from `p`: the tiles are
-/// separate allocations of a few KiB, read in pairs, so the hardware
-/// prefetcher loses the stream at every pair; the kernels ask for the next
-/// pair's block while they compute on this one's.
-#[inline(always)]
-fn prefetch(p: *const u8, bytes: usize) {
-    let mut at = 0;
-    while at < bytes {
-        #[allow(unused_unsafe)]
-        // SAFETY: a prefetch is a hint that never faults, whatever the address.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at).cast())
-        };
-        at += 64;
-    }
-}
-
 /// Activation bytes `p..p + 4` in every 32-bit lane.
 ///
 /// # Safety
@@ -187,7 +170,8 @@ unsafe fn scale_block(acc: __m512, isum: __m512i, dw: __m512, dx: f32) -> __m512
 ///
 /// # Safety
 /// AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI; both tiles hold `a.k / 32`
-/// blocks; activation rows `i..i + RR` exist.
+/// blocks; activation rows `i..i + RR` exist. `next` (the following pair)
+/// is only prefetched.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn kernel_u4<const RR: usize>(
     t: [&Tile; 2],
