@@ -38,7 +38,7 @@ pub(crate) const NR2: usize = 2 * NR;
 /// each weight block once.
 const R: usize = 8;
 
-type Kernel = unsafe fn([&Tile; 2], [&Tile; 2], &QuantizedActs, usize) -> [[f32; NR2]; R];
+type Kernel = unsafe fn([&Tile; 2], Option<[&Tile; 2]>, &QuantizedActs, usize) -> [[f32; NR2]; R];
 
 /// The kernel for `format` and `rows` (1..=R) activation rows.
 fn kernel_for(format: Format, rows: usize) -> Kernel {
@@ -100,6 +100,9 @@ impl Vnni512 {
                 let take = (m - i).min(R);
                 // SAFETY: `self` proves the target features; both tiles fit
                 // k (checked above), and activation rows i..i + take < m exist.
+                // Only the first pass over the pair prefetches: at prefill
+                // sizes the repeats cost ~5%.
+                let next = (i == 0).then_some(next);
                 let res = unsafe { kernel_for(format, take)(pair, next, acts, i) };
                 for (t2, lanes) in res.iter().take(take).enumerate() {
                     let at = (i + t2) * rows + first;
@@ -170,12 +173,12 @@ unsafe fn scale_block(acc: __m512, isum: __m512i, dw: __m512, dx: f32) -> __m512
 ///
 /// # Safety
 /// AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI; both tiles hold `a.k / 32`
-/// blocks; activation rows `i..i + RR` exist. `next` (the following pair)
-/// is only prefetched.
+/// blocks; activation rows `i..i + RR` exist. `next` (the following pair,
+/// if any) is only prefetched.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn kernel_u4<const RR: usize>(
     t: [&Tile; 2],
-    next: [&Tile; 2],
+    next: Option<[&Tile; 2]>,
     a: &QuantizedActs,
     i: usize,
 ) -> [[f32; NR2]; R] {
@@ -189,7 +192,7 @@ unsafe fn kernel_u4<const RR: usize>(
         let mut acc_min = [_mm512_setzero_ps(); RR];
         for b in 0..nb {
             let (w0, w1) = (t[0].q.as_ptr().add(b * 128), t[1].q.as_ptr().add(b * 128));
-            for n in next {
+            for n in next.iter().flatten() {
                 prefetch(n.q.as_ptr().wrapping_add(b * 128), 128);
             }
             let mut p = [_mm512_setzero_si512(); RR];
@@ -229,7 +232,7 @@ unsafe fn kernel_u4<const RR: usize>(
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn kernel_q8<const RR: usize>(
     t: [&Tile; 2],
-    next: [&Tile; 2],
+    next: Option<[&Tile; 2]>,
     a: &QuantizedActs,
     i: usize,
 ) -> [[f32; NR2]; R] {
@@ -241,7 +244,7 @@ unsafe fn kernel_q8<const RR: usize>(
         let mut acc = [_mm512_setzero_ps(); RR];
         for b in 0..nb {
             let (w0, w1) = (t[0].q.as_ptr().add(b * 256), t[1].q.as_ptr().add(b * 256));
-            for n in next {
+            for n in next.iter().flatten() {
                 prefetch(n.q.as_ptr().wrapping_add(b * 256), 256);
             }
             let mut p = [_mm512_setzero_si512(); RR];
