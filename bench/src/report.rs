@@ -245,11 +245,12 @@ impl BenchReport {
         let mut out = String::new();
         let m = &self.machine;
         out.push_str(&format!(
-            "Machine: {} ({} cores, {}; {:.0} GiB RAM); load average at start {:.2}, CPU busy {} in the second before.\n",
+            "Machine: {} ({} cores, {}; {:.0} GiB RAM; Sluice int8 kernels: {}); load average at start {:.2}, CPU busy {} in the second before.\n",
             m.cpu_model,
             m.cores,
             m.simd,
             m.mem_total_gib,
+            m.int8_kernels,
             m.loadavg_start[0],
             m.cpu_busy_pct_before
                 .map_or_else(|| "unknown".to_string(), |p| format!("{p:.0}%")),
@@ -402,6 +403,9 @@ pub struct Machine {
     pub cores: usize,
     /// The SIMD extensions the kernels may use, as the kernel reports them.
     pub simd: String,
+    /// What Sluice's int8 matmul kernels run on here (`avx512-vnni`,
+    /// `avx2`, `portable`).
+    pub int8_kernels: String,
     pub mem_total_gib: f64,
     pub kernel: String,
     pub loadavg_start: [f64; 3],
@@ -464,6 +468,7 @@ impl Machine {
             } else {
                 simd.join(" ")
             },
+            int8_kernels: sluice_kernels::matmul::int8_kernel_isa().into(),
             mem_total_gib: mem_kib / (1024.0 * 1024.0),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())

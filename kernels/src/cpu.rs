@@ -9,6 +9,11 @@
 //!
 //! Detection is cheap (`is_x86_feature_detected!` caches its answer), so
 //! kernels call it per call rather than keeping global state.
+//!
+//! On a CPU that also has AVX-512 VNNI the [`Avx2`] token says so, and the
+//! batched int8 kernels use `vpdpbusd` (`matmul/vnni.rs`); everything else
+//! stays on AVX2. Both give the same bits, so which one runs is a matter of
+//! speed only.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -59,6 +64,13 @@ pub(crate) trait Simd {
     /// # Safety
     /// As for [`Simd::dot`].
     unsafe fn weighted_sums(out: &mut [f32], weights: &[f32], rows: &[usize], values: &[f32]);
+
+    /// Hints that `x` will be read soon (a no-op where there is no
+    /// prefetch instruction).
+    #[inline(always)]
+    fn prefetch(x: &[f32]) {
+        let _ = x;
+    }
 }
 
 /// Plain Rust in shapes the compiler vectorises; no requirements.
@@ -95,6 +107,15 @@ pub(crate) struct Avx2Simd;
 
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx2Simd {
+    #[inline(always)]
+    fn prefetch(x: &[f32]) {
+        // One hint per 64-byte line.
+        for line in x.chunks(16) {
+            // SAFETY: a prefetch is a hint that never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
+    }
+
     #[inline(always)]
     unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: forwarded from the caller.
@@ -248,19 +269,65 @@ unsafe fn strip<const H: usize, const C: usize>(
     }
 }
 
-/// Proof that the running CPU has AVX2, FMA and F16C.
+/// Proof that the running CPU has AVX2, FMA and F16C, and whether the
+/// int8 kernels may also use AVX-512 VNNI ([`Vnni512`]).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx2(());
+pub(crate) struct Avx2 {
+    vnni512: bool,
+}
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2 {
     fn detect() -> Option<Self> {
-        (is_x86_feature_detected!("avx2")
+        let avx2 = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c"))
-        .then_some(Avx2(()))
+            && is_x86_feature_detected!("f16c");
+        avx2.then(|| Avx2 {
+            vnni512: Vnni512::detect() && !vnni_disabled(),
+        })
     }
+
+    /// The AVX-512 VNNI token, when the CPU has it (and it is not turned off).
+    pub(crate) fn vnni512(self) -> Option<Vnni512> {
+        self.vnni512.then_some(Vnni512(()))
+    }
+
+    /// This token without VNNI, so that tests run the plain AVX2 kernels on
+    /// a CPU that has both.
+    #[cfg(test)]
+    pub(crate) fn without_vnni(self) -> Self {
+        Avx2 { vnni512: false }
+    }
+}
+
+/// Proof that the running CPU has AVX-512 F, BW, VL and VNNI (on top of
+/// what [`Avx2`] proves): `vpdpbusd` on 512-bit registers. Only [`Avx2`]
+/// hands it out.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Vnni512(());
+
+#[cfg(target_arch = "x86_64")]
+impl Vnni512 {
+    fn detect() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+}
+
+/// `SLUICE_KERNELS_NO_VNNI=1` keeps the int8 kernels on AVX2 on a CPU with
+/// VNNI, so that both can be timed in one build. Results are the same bits
+/// either way (the integer block sums are exact); only speed differs. Read
+/// once per process.
+#[cfg(target_arch = "x86_64")]
+fn vnni_disabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| {
+        std::env::var_os("SLUICE_KERNELS_NO_VNNI").is_some_and(|v| !v.is_empty() && v != "0")
+    })
 }
 
 /// Proof that the running CPU has AVX-512F (which implies AVX2 and FMA).

@@ -36,6 +36,28 @@ fn sum_squares(x: &[f32]) -> f32 {
 
 /// `gate[i] = silu(gate[i]) * up[i]`, the SwiGLU activation.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let crate::cpu::Isa::Avx2(_) = crate::cpu::Isa::detect() {
+        // SAFETY: the token proves the target features.
+        return unsafe { silu_mul_avx2(gate, up) };
+    }
+    silu_mul_impl(gate, up)
+}
+
+/// [`silu_mul`] compiled for AVX2: eight lanes instead of the baseline's
+/// four, and the same operations (Rust never fuses a multiply and an add
+/// on its own), so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
+    silu_mul_impl(gate, up)
+}
+
+#[inline(always)]
+fn silu_mul_impl(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + exp_approx(-*g)) * u;
     }
@@ -184,6 +206,28 @@ pub fn exp_approx(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn silu_mul_gives_the_portable_bits() {
+        let gate: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.037).collect();
+        let up: Vec<f32> = (0..1000).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        let (mut fast, mut plain) = (gate.clone(), gate);
+        silu_mul(&mut fast, &up);
+        silu_mul_impl(&mut plain, &up);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast), bits(&plain));
+        // silu(x)·u at a few points, against f64.
+        for (i, x) in [0usize, 400, 500, 999]
+            .iter()
+            .map(|&i| (i, (i as f32 - 500.0) * 0.037))
+        {
+            let want = x as f64 / (1.0 + (-(x as f64)).exp()) * up[i] as f64;
+            assert!(
+                (fast[i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{x}"
+            );
+        }
+    }
 
     #[test]
     fn exp_approx_is_within_two_ulp_over_its_range() {

@@ -12,7 +12,7 @@
 //! operations in the same order ([`dot_tile`]), so splitting the activation
 //! rows or the columns differently never changes a result's bits.
 
-use super::{run_tiles, Matrix};
+use super::{run_tiles, Matrix, TaskLayout};
 use crate::cpu::{dot_lanes, Isa};
 use crate::quant::{dequantize_row, WeightDType};
 
@@ -38,7 +38,8 @@ fn act_chunk_rows(k: usize) -> usize {
 pub(super) fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
     let (n, k) = (w.rows(), w.cols());
     let (ts, mc) = (sub_tile_rows(k), act_chunk_rows(k));
-    run_tiles(n, m, k, GROUP, out, |first, rows, out_t| {
+    let layout = TaskLayout::RowMajor;
+    run_tiles(n, m, k, GROUP, layout, out, |first, rows, out_t| {
         let mut tile = Vec::new();
         for s0 in (0..rows).step_by(ts) {
             let sr = (rows - s0).min(ts);

@@ -20,6 +20,8 @@
 //!   rows at a time are rearranged so that one SIMD multiply serves all
 //!   eight, which more than halves the work per (row, activation) pair. The
 //!   `Matrix` does this once when it is built and keeps the tiles.
+//! - **repacked, VNNI** (AVX-512 VNNI, two rows or more; `vnni.rs`): the
+//!   same tiles, two at a time, with `vpdpbusd` on 512-bit registers.
 //! - **portable**: each weight block is widened once and dotted against
 //!   every activation row of a chunk.
 //!
@@ -37,7 +39,9 @@
 #[cfg(target_arch = "x86_64")]
 use super::avx2_repack::NR;
 use super::quantize_act::QuantizedActs;
-use super::{run_tiles, Matrix};
+#[cfg(target_arch = "x86_64")]
+use super::vnni::NR2;
+use super::{run_tiles, Matrix, TaskLayout};
 use crate::cpu::Isa;
 use crate::quant::{f16_bits_to_f32, WeightDType};
 
@@ -116,24 +120,34 @@ pub(super) fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32], isa: Isa)
     let acts = QuantizedActs::new(x, m, k, isa);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2(t) => run_tiles(n, m, k, NR, out, |first, rows, out_t| {
-            let bytes = &w.bytes()[first * rb..(first + rows) * rb];
-            if m >= REPACK_MIN_M {
-                // Tasks start on whole tiles (run_tiles aligns them to NR).
-                match w.tiles() {
-                    Some(tiles) => {
-                        let tiles = &tiles[first / NR..(first + rows).div_ceil(NR)];
-                        t.int8_packed(format, tiles, rows, &acts, m, out_t);
+        Isa::Avx2(t) => {
+            let vnni = t.vnni512().filter(|_| m >= REPACK_MIN_M);
+            // The VNNI kernel takes tiles in pairs: tasks of whole pairs.
+            let align = if vnni.is_some() { NR2 } else { NR };
+            let layout = TaskLayout::ActivationMajor;
+            run_tiles(n, m, k, align, layout, out, |first, rows, out_t| {
+                let bytes = &w.bytes()[first * rb..(first + rows) * rb];
+                if m >= REPACK_MIN_M {
+                    // Tasks start on whole tiles (run_tiles aligns them).
+                    match (w.tiles(), vnni) {
+                        (Some(tiles), Some(v)) => {
+                            let tiles = &tiles[first / NR..(first + rows).div_ceil(NR)];
+                            v.int8_packed(format, tiles, rows, &acts, m, out_t);
+                        }
+                        (Some(tiles), None) => {
+                            let tiles = &tiles[first / NR..(first + rows).div_ceil(NR)];
+                            t.int8_packed(format, tiles, rows, &acts, m, out_t);
+                        }
+                        (None, _) => t.int8_tiles(format, bytes, rb, &acts, m, out_t),
                     }
-                    None => t.int8_tiles(format, bytes, rb, &acts, m, out_t),
+                } else {
+                    t.int8_gemv(format, bytes, rb, &acts, out_t);
                 }
-            } else {
-                t.int8_gemv(format, bytes, rb, &acts, out_t);
-            }
-        }),
+            })
+        }
         Isa::Scalar => {
-            let mc = act_chunk_rows(k);
-            run_tiles(n, m, k, NR, out, |first, rows, out_t| {
+            let (mc, layout) = (act_chunk_rows(k), TaskLayout::RowMajor);
+            run_tiles(n, m, k, NR, layout, out, |first, rows, out_t| {
                 let bytes = &w.bytes()[first * rb..(first + rows) * rb];
                 for i0 in (0..m).step_by(mc) {
                     let job = Job {

@@ -44,6 +44,8 @@ mod packed;
 mod quantize_act;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use rayon::prelude::*;
 
@@ -254,6 +256,19 @@ pub fn matmul(w: &Matrix, x: &[f32], m: usize, out: &mut [f32]) {
     matmul_with(w, x, m, out, Isa::detect());
 }
 
+/// The instruction set the batched int8 kernels run on in this process:
+/// `"avx512-vnni"`, `"avx2"` or `"portable"` (benchmarks record it, since
+/// `SLUICE_KERNELS_NO_VNNI` can change it on the same CPU).
+pub fn int8_kernel_isa() -> &'static str {
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(t) if t.vnni512().is_some() => "avx512-vnni",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(_) => "avx2",
+        Isa::Scalar => "portable",
+    }
+}
+
 /// How activations meet quantised (Q4_0/Q4_1/Q8_0) weights: the engine's
 /// "activation dtype" knob. Other weight formats always use f32 activations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -339,16 +354,34 @@ pub fn matmul_reference(w: &Matrix, x: &[f32], m: usize, out: &mut [f32]) {
 /// (roughly 10 µs of work).
 const MIN_TASK_WORK: usize = 1 << 16;
 
+/// How a task of [`run_tiles`] lays out its `out_t` when `m > 1`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TaskLayout {
+    /// `[row][activation]`: `out_t[r * m + i]`.
+    RowMajor,
+    /// `[activation][row]`: `out_t[i * rows + r]`, for kernels that produce
+    /// one activation row's results for consecutive weight rows; gathering
+    /// is then one copy per (task, activation row) instead of a transpose.
+    ActivationMajor,
+}
+
 /// Runs `task(first_row, rows, out_t)` over tiles of the `n` weight rows
-/// (multiples of `align` rows) in
-/// parallel, where `out_t` is the tile's results laid out `[row][activation]`,
-/// and gathers them into `out` laid out `[activation][row]`.
+/// (multiples of `align` rows) in parallel, where `out_t` holds the tile's
+/// results in `layout` (for `m == 1` both are the same), and gathers them
+/// into `out` laid out `[activation][row]`.
 ///
 /// Tasks own disjoint column ranges of `out`, which are not contiguous when
-/// `m > 1`, so each task writes a contiguous transposed buffer and one pass
-/// scatters it; that pass costs `m·n` moves against `m·n·k` multiply-adds.
-fn run_tiles<F>(n: usize, m: usize, k: usize, align: usize, out: &mut [f32], task: F)
-where
+/// `m > 1`, so each task writes a contiguous buffer of its own and one pass
+/// gathers them; that pass costs `m·n` moves against `m·n·k` multiply-adds.
+fn run_tiles<F>(
+    n: usize,
+    m: usize,
+    k: usize,
+    align: usize,
+    layout: TaskLayout,
+    out: &mut [f32],
+    task: F,
+) where
     F: Fn(usize, usize, &mut [f32]) + Sync,
 {
     let work = n * m * k;
@@ -378,6 +411,15 @@ where
             .par_chunks_mut(tile * m)
             .enumerate()
             .for_each(|(t, c)| run(t, c));
+    }
+    if layout == TaskLayout::ActivationMajor {
+        for (t, chunk) in out_t.chunks(tile * m).enumerate() {
+            let rows = chunk.len() / m;
+            for (row, src) in out.chunks_exact_mut(n).zip(chunk.chunks_exact(rows)) {
+                row[t * tile..t * tile + rows].copy_from_slice(src);
+            }
+        }
+        return;
     }
     // Transpose in column blocks so that the reads of out_t stay in cache.
     const JB: usize = 64;

@@ -19,10 +19,19 @@ use crate::test_util::{random_matrix, random_raw_q8_0, Rng};
 
 const EPS: f64 = f32::EPSILON as f64;
 
+/// Every instruction set this CPU runs: portable, AVX2, and AVX2 with
+/// AVX-512 VNNI where the CPU has it (then AVX2 alone too).
 fn isas() -> Vec<Isa> {
     let mut v = vec![Isa::Scalar];
-    if !matches!(Isa::detect(), Isa::Scalar) {
-        v.push(Isa::detect());
+    match Isa::detect() {
+        Isa::Scalar => {}
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(t) => {
+            if t.vnni512().is_some() {
+                v.push(Isa::Avx2(t.without_vnni()));
+            }
+            v.push(Isa::Avx2(t));
+        }
     }
     v
 }
@@ -347,6 +356,37 @@ fn activation_quantisation_keeps_quants_within_127_and_sums_them() {
         let scalar = QuantizedActs::new(&x, 4, 64, Isa::Scalar);
         assert_eq!(q.qs, scalar.qs);
         assert_eq!(q.d, scalar.d);
+        assert_eq!(q.sums, scalar.sums);
+    }
+}
+
+/// The AVX2 quantiser is hand-written; it must give the portable one's
+/// bits on ordinary activations too: scales spanning many magnitudes, ties
+/// at half a step, blocks of one repeated value, -0.0 and tiny values.
+#[test]
+fn activation_quantisation_is_the_same_on_every_instruction_set() {
+    let mut rng = Rng::new(13);
+    let (m, k) = (9, 1536);
+    let mut x = rng.activations(m * k);
+    for (b, block) in x.chunks_exact_mut(32).enumerate() {
+        let scale = 2f32.powi(b as i32 % 40 - 20);
+        block.iter_mut().for_each(|v| *v *= scale);
+    }
+    // Exact half steps: amax 127 makes the step 1, so 0.5, 1.5, ... tie.
+    for (t, v) in x[..32].iter_mut().enumerate() {
+        *v = if t == 0 { 127.0 } else { t as f32 - 15.5 };
+    }
+    x[32..64].fill(-3.25);
+    x[64..96].fill(-0.0);
+    x[96..128].iter_mut().for_each(|v| *v *= 1e-38);
+    let scalar = QuantizedActs::new(&x, m, k, Isa::Scalar);
+    for isa in isas() {
+        let q = QuantizedActs::new(&x, m, k, isa);
+        assert_eq!(q.qs, scalar.qs, "{isa:?}");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&q.d), bits(&scalar.d), "{isa:?}");
+        assert_eq!(bits(&q.s), bits(&scalar.s), "{isa:?}");
+        assert_eq!(q.sums, scalar.sums, "{isa:?}");
     }
 }
 
@@ -503,4 +543,44 @@ fn packed_matmul_of_empty_shapes() {
     let mut none: Vec<f32> = Vec::new();
     matmul_packed(&PackedMatrix::from_f32(0, 4, &[]), &[1.0; 8], 2, &mut none);
     matmul_packed(&PackedMatrix::from_f32(3, 4, &[0.5; 12]), &[], 0, &mut none);
+}
+
+/// The VNNI kernels compute the same exact integer block sums as the AVX2
+/// ones and take the same float steps per lane, so on a CPU with both they
+/// must agree bit for bit, for every int8 format, batch size (full and
+/// partial 8-row kernel steps), lone last tile and partial tile pair.
+/// Elsewhere there is nothing to compare and the test says so.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vnni_and_avx2_kernels_give_the_same_bits() {
+    let Isa::Avx2(t) = Isa::detect() else {
+        eprintln!("no AVX2 on this CPU: nothing to compare");
+        return;
+    };
+    if t.vnni512().is_none() {
+        eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+        return;
+    }
+    let (vnni, avx2) = (Isa::Avx2(t), Isa::Avx2(t.without_vnni()));
+    let mut rng = Rng::new(12);
+    for dtype in [WeightDType::Q4_0, WeightDType::Q4_1, WeightDType::Q8_0] {
+        for (k, n) in [(576, 1536), (1536, 40), (96, 8), (32, 25)] {
+            let w = if dtype == WeightDType::Q8_0 && n == 25 {
+                random_raw_q8_0(&mut rng, n, k)
+            } else {
+                random_matrix(&mut rng, dtype, n, k)
+            };
+            for m in [2, 7, 8, 9, 16, 21] {
+                let x = rng.activations(m * k);
+                let (mut a, mut b) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                matmul_with(&w, &x, m, &mut a, vnni);
+                matmul_with(&w, &x, m, &mut b, avx2);
+                let first = (0..m * n).find(|&e| a[e].to_bits() != b[e].to_bits());
+                assert!(
+                    first.is_none(),
+                    "{dtype:?} k={k} n={n} m={m}: element {first:?} differs"
+                );
+            }
+        }
+    }
 }
