@@ -18,8 +18,9 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::http::{get_json, post_json, post_sse, Failure, Flow};
+use crate::machine::Machine;
 use crate::prompts::text_prompt;
-use crate::report::{write_json, Machine};
+use crate::report::write_json;
 use crate::stats::{cell, Summary};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]

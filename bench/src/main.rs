@@ -26,6 +26,7 @@ mod engine_bench;
 mod http;
 mod llama_cpp;
 mod load;
+mod machine;
 mod overhead;
 mod prompts;
 mod report;
@@ -41,7 +42,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::engine_bench::{run_sluice, SluiceArgs};
 use crate::llama_cpp::{resolve_server, run_llama, PeerArgs};
 use crate::load::LoadArgs;
-use crate::report::{BenchReport, CpuMeter, Machine, SideReport};
+use crate::machine::{CpuMeter, Machine};
+use crate::report::{BenchReport, SideReport};
 use crate::workload::{load_tokenizer, Workload, WorkloadArgs};
 
 #[derive(Parser, Debug)]

@@ -26,7 +26,8 @@ use clap::Args;
 use reqwest::Client;
 use serde::Serialize;
 
-use crate::report::{write_json, Machine};
+use crate::machine::Machine;
+use crate::report::write_json;
 use crate::stats::{cell, percentile};
 
 const WHOLE: &str = r#"{"id":"chatcmpl-mock","object":"chat.completion","created":1700000000,"model":"mock-model","system_fingerprint":"fp_mock","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the mock upstream.","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#;
