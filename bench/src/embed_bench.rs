@@ -108,6 +108,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         .embed_model
         .clone()
         .unwrap_or_else(sluice_models::demo_embedding_model_dir);
+    eprintln!(
+        "[embed] kernels: packed f32 on {}, int8 on {}",
+        sluice_kernels::matmul::packed_kernel_isa(),
+        sluice_kernels::matmul::int8_kernel_isa()
+    );
     let encoder =
         SentenceEncoder::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
     let input = input_32(&encoder)?;
@@ -199,6 +204,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     );
     let report = json!({
         "machine_cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "f32_packed_kernels": sluice_kernels::matmul::packed_kernel_isa(),
+        "int8_kernels": sluice_kernels::matmul::int8_kernel_isa(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "embed_model": dir.display().to_string(),
         "encoder_threads": args.encoder_threads,

@@ -16,6 +16,9 @@ pub struct Machine {
     /// What Sluice's int8 matmul kernels run on here (`avx512-vnni`,
     /// `avx2`, `portable`).
     pub int8_kernels: String,
+    /// What the encoders' packed f32 matmul runs on (`avx512`, `avx2`,
+    /// `portable`).
+    pub f32_packed_kernels: String,
     pub mem_total_gib: f64,
     pub kernel: String,
     pub loadavg_start: [f64; 3],
@@ -79,6 +82,7 @@ impl Machine {
                 simd.join(" ")
             },
             int8_kernels: sluice_kernels::matmul::int8_kernel_isa().into(),
+            f32_packed_kernels: sluice_kernels::matmul::packed_kernel_isa().into(),
             mem_total_gib: mem_kib / (1024.0 * 1024.0),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())

@@ -247,12 +247,13 @@ impl BenchReport {
         let mut out = String::new();
         let m = &self.machine;
         out.push_str(&format!(
-            "Machine: {} ({} cores, {}; {:.0} GiB RAM; Sluice int8 kernels: {}); load average at start {:.2}, CPU busy {} in the second before.\n",
+            "Machine: {} ({} cores, {}; {:.0} GiB RAM; Sluice int8 kernels: {}, packed f32: {}); load average at start {:.2}, CPU busy {} in the second before.\n",
             m.cpu_model,
             m.cores,
             m.simd,
             m.mem_total_gib,
             m.int8_kernels,
+            m.f32_packed_kernels,
             m.loadavg_start[0],
             m.cpu_busy_pct_before
                 .map_or_else(|| "unknown".to_string(), |p| format!("{p:.0}%")),

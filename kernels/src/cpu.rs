@@ -319,15 +319,27 @@ impl Vnni512 {
 }
 
 /// `SLUICE_KERNELS_NO_VNNI=1` keeps the int8 kernels on AVX2 on a CPU with
-/// VNNI, so that both can be timed in one build. Results are the same bits
-/// either way (the integer block sums are exact); only speed differs. Read
-/// once per process.
+/// VNNI, so that both can be timed in one build; `SLUICE_KERNELS_NO_AVX512=1`
+/// does that and keeps every other kernel off AVX-512 too (what an AVX2-only
+/// CPU runs). Results are the same bits either way (exact integer block
+/// sums; one FMA chain per element in the packed f32 kernel); only speed
+/// differs. Read once per process.
 #[cfg(target_arch = "x86_64")]
 fn vnni_disabled() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| {
-        std::env::var_os("SLUICE_KERNELS_NO_VNNI").is_some_and(|v| !v.is_empty() && v != "0")
-    })
+    *OFF.get_or_init(|| env_flag("SLUICE_KERNELS_NO_VNNI") || avx512_disabled())
+}
+
+/// See [`vnni_disabled`].
+#[cfg(target_arch = "x86_64")]
+fn avx512_disabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| env_flag("SLUICE_KERNELS_NO_AVX512"))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Proof that the running CPU has AVX-512F (which implies AVX2 and FMA).
@@ -338,7 +350,8 @@ pub(crate) struct Avx512(());
 #[cfg(target_arch = "x86_64")]
 impl Avx512 {
     pub(crate) fn detect() -> Option<Self> {
-        (is_x86_feature_detected!("avx512f") && Avx2::detect().is_some()).then_some(Avx512(()))
+        (is_x86_feature_detected!("avx512f") && Avx2::detect().is_some() && !avx512_disabled())
+            .then_some(Avx512(()))
     }
 }
 

@@ -269,6 +269,13 @@ pub fn int8_kernel_isa() -> &'static str {
     }
 }
 
+/// The instruction set [`matmul_packed`] (the encoders' f32 path) runs on
+/// in this process: `"avx512"`, `"avx2"` or `"portable"`
+/// (`SLUICE_KERNELS_NO_AVX512` can change it on the same CPU).
+pub fn packed_kernel_isa() -> &'static str {
+    packed::PackedIsa::detect().name()
+}
+
 /// How activations meet quantised (Q4_0/Q4_1/Q8_0) weights: the engine's
 /// "activation dtype" knob. Other weight formats always use f32 activations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

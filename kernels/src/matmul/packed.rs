@@ -78,6 +78,16 @@ impl PackedIsa {
         all
     }
 
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            PackedIsa::Scalar => "portable",
+            #[cfg(target_arch = "x86_64")]
+            PackedIsa::Avx2(_) => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            PackedIsa::Avx512(_) => "avx512",
+        }
+    }
+
     /// Activation rows per micro-kernel call.
     fn rows_per_tile(self) -> usize {
         match self {
