@@ -246,11 +246,35 @@ struct BertLayer {
     query: Linear,
     key: Linear,
     value: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    out_norm: LayerNorm,
+    tail: LayerTail,
+}
+
+/// What follows attention in a post-norm layer, the same in BERT and
+/// DeBERTa-v2: output projection, residual and LayerNorm, then the GELU
+/// feed-forward, residual and LayerNorm.
+pub(crate) struct LayerTail {
+    pub(crate) attn_out: Linear,
+    pub(crate) attn_norm: LayerNorm,
+    pub(crate) intermediate: Linear,
+    pub(crate) output: Linear,
+    pub(crate) out_norm: LayerNorm,
+}
+
+impl LayerTail {
+    /// `ctx` is the attention's output for the rows of `x`; the layer's
+    /// output replaces `x`.
+    pub(crate) fn forward(&self, ctx: &[f32], x: &mut [f32]) {
+        let m = x.len() / self.attn_norm.width();
+        let mut attn = self.attn_out.forward(ctx, m);
+        sluice_kernels::ops::add_assign(&mut attn, x);
+        self.attn_norm.forward(&mut attn);
+        let mut inter = self.intermediate.forward(&attn, m);
+        gelu(&mut inter);
+        let mut out = self.output.forward(&inter, m);
+        sluice_kernels::ops::add_assign(&mut out, &attn);
+        self.out_norm.forward(&mut out);
+        x.copy_from_slice(&out);
+    }
 }
 
 /// Embeddings and encoder layers of a BERT model.
@@ -297,13 +321,19 @@ impl Bert {
                 query: Linear::load(st, &format!("{p}.attention.self.query"), quantize)?,
                 key: Linear::load(st, &format!("{p}.attention.self.key"), quantize)?,
                 value: Linear::load(st, &format!("{p}.attention.self.value"), quantize)?,
-                attn_out: Linear::load(st, &format!("{p}.attention.output.dense"), quantize)?,
-                attn_norm: LayerNorm::load(st, &format!("{p}.attention.output.LayerNorm"), eps)?,
-                intermediate: Linear::load(st, &format!("{p}.intermediate.dense"), quantize)?,
-                output: Linear::load(st, &format!("{p}.output.dense"), quantize)?,
-                out_norm: LayerNorm::load(st, &format!("{p}.output.LayerNorm"), eps)?,
+                tail: LayerTail {
+                    attn_out: Linear::load(st, &format!("{p}.attention.output.dense"), quantize)?,
+                    attn_norm: LayerNorm::load(
+                        st,
+                        &format!("{p}.attention.output.LayerNorm"),
+                        eps,
+                    )?,
+                    intermediate: Linear::load(st, &format!("{p}.intermediate.dense"), quantize)?,
+                    output: Linear::load(st, &format!("{p}.output.dense"), quantize)?,
+                    out_norm: LayerNorm::load(st, &format!("{p}.output.LayerNorm"), eps)?,
+                },
             };
-            if layer.intermediate.out_features() != cfg.intermediate
+            if layer.tail.intermediate.out_features() != cfg.intermediate
                 || layer.query.out_features() != cfg.hidden
             {
                 return Err(ModelError::Format(format!(
@@ -373,15 +403,7 @@ impl Bert {
         let k = layer.key.forward(x, m);
         let v = layer.value.forward(x, m);
         let ctx = attention(&q, &k, &v, offsets, self.cfg.heads, h);
-        let mut attn = layer.attn_out.forward(&ctx, m);
-        sluice_kernels::ops::add_assign(&mut attn, x);
-        layer.attn_norm.forward(&mut attn);
-        let mut inter = layer.intermediate.forward(&attn, m);
-        gelu(&mut inter);
-        let mut out = layer.output.forward(&inter, m);
-        sluice_kernels::ops::add_assign(&mut out, &attn);
-        layer.out_norm.forward(&mut out);
-        x.copy_from_slice(&out);
+        layer.tail.forward(&ctx, x);
     }
 }
 

@@ -23,7 +23,7 @@ mod config;
 
 pub use config::{log_bucket_position, DebertaConfig};
 
-use super::bert::{check_token_batch, gelu, packed_offsets, softmax_exact, LayerNorm, Linear};
+use super::bert::{check_token_batch, packed_offsets, softmax_exact, LayerNorm, LayerTail, Linear};
 use crate::hf::SafetensorsFiles;
 use crate::ModelError;
 use config::relative_rows;
@@ -33,11 +33,7 @@ struct DebertaLayer {
     query: Linear,
     key: Linear,
     value: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    out_norm: LayerNorm,
+    tail: LayerTail,
     /// `[2 * span, hidden]`: the relative embeddings through the key
     /// projection, read by the c2p term (empty when c2p is off).
     pos_key: Vec<f32>,
@@ -190,11 +186,13 @@ impl Deberta {
                 query,
                 key,
                 value: linear("attention.self.value_proj", h, h)?,
-                attn_out: linear("attention.output.dense", h, h)?,
-                attn_norm: norm(format!("{p}.attention.output.LayerNorm"))?,
-                intermediate,
-                output: linear("output.dense", h, ffn)?,
-                out_norm: norm(format!("{p}.output.LayerNorm"))?,
+                tail: LayerTail {
+                    attn_out: linear("attention.output.dense", h, h)?,
+                    attn_norm: norm(format!("{p}.attention.output.LayerNorm"))?,
+                    intermediate,
+                    output: linear("output.dense", h, ffn)?,
+                    out_norm: norm(format!("{p}.output.LayerNorm"))?,
+                },
                 pos_key,
                 pos_query,
             });
@@ -270,15 +268,7 @@ impl Deberta {
             },
             offsets,
         );
-        let mut attn = layer.attn_out.forward(&ctx, m);
-        sluice_kernels::ops::add_assign(&mut attn, x);
-        layer.attn_norm.forward(&mut attn);
-        let mut inter = layer.intermediate.forward(&attn, m);
-        gelu(&mut inter);
-        let mut out = layer.output.forward(&inter, m);
-        sluice_kernels::ops::add_assign(&mut out, &attn);
-        layer.out_norm.forward(&mut out);
-        x.copy_from_slice(&out);
+        layer.tail.forward(&ctx, x);
     }
 
     /// Disentangled attention within each input's token range (the packed
