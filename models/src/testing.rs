@@ -59,9 +59,16 @@ fn byte_to_unicode() -> Vec<char> {
     map
 }
 
-struct Rng(u64);
+/// xorshift64* for random test weights, shared with `testing_encoder`.
+pub(crate) struct Rng(u64);
 impl Rng {
-    fn next(&mut self) -> f32 {
+    /// A generator whose stream depends only on `seed`.
+    pub(crate) fn seeded(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Uniform in [-1, 1).
+    pub(crate) fn next(&mut self) -> f32 {
         // xorshift64*: deterministic and dependency-free.
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -77,7 +84,7 @@ impl Rng {
 /// The tiny model's tensors by GGUF name, as (rows, cols, values) in HF
 /// orientation (no Q/K permutation).
 pub fn tiny_tensors(spec: &TinySpec) -> Vec<(String, usize, usize, Vec<f32>)> {
-    let mut rng = Rng(spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::seeded(spec.seed);
     let hd = spec.hidden / spec.heads;
     let (h, q, kv, ff) = (spec.hidden, spec.heads * hd, spec.kv_heads * hd, spec.ffn);
     let mut t = Vec::new();

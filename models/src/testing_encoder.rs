@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::testing::Rng;
 use crate::ModelError;
 
 /// The tiny vocabulary: specials first, then a few lowercase words.
@@ -31,17 +32,6 @@ pub enum TinyBertHead {
 /// Every tensor written, by name: (shape, values).
 pub type TinyTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        (v >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
 /// Writes the checkpoint into `dir` and returns its tensors (for reference
 /// implementations in tests).
 pub fn write_tiny_bert(
@@ -50,7 +40,7 @@ pub fn write_tiny_bert(
     seed: u64,
 ) -> Result<TinyTensors, ModelError> {
     let (h, f, v) = (TINY_BERT_HIDDEN, TINY_BERT_FFN, TINY_BERT_VOCAB.len());
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::seeded(seed);
     let mut tensors = TinyTensors::new();
     let prefix = match head {
         TinyBertHead::Sentence { .. } => "",
@@ -252,7 +242,7 @@ pub fn write_tiny_deberta(
     let dims = shape.dims;
     let (h, f, v) = (dims.hidden, dims.intermediate, TINY_BERT_VOCAB.len());
     let max_pos = dims.max_position_embeddings;
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::seeded(seed);
     let mut tensors = TinyTensors::new();
     let mut add = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
         let n = shape.iter().product();
