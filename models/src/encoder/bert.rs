@@ -33,12 +33,7 @@ pub struct BertConfig {
 
 impl BertConfig {
     pub fn from_json(v: &serde_json::Value) -> Result<Self, ModelError> {
-        let get = |key: &str| -> Result<usize, ModelError> {
-            v.get(key)
-                .and_then(serde_json::Value::as_u64)
-                .map(|n| n as usize)
-                .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{key}`")))
-        };
+        let get = |key: &str| required_usize(v, key);
         let hidden_act = v
             .get("hidden_act")
             .and_then(serde_json::Value::as_str)
@@ -82,6 +77,14 @@ impl BertConfig {
         }
         Ok(cfg)
     }
+}
+
+/// `config.json`'s integer `key`, which the model cannot do without.
+pub(crate) fn required_usize(v: &serde_json::Value, key: &str) -> Result<usize, ModelError> {
+    v.get(key)
+        .and_then(serde_json::Value::as_u64)
+        .map(|n| n as usize)
+        .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{key}`")))
 }
 
 /// A linear layer `y = x·Wᵀ + b`.

@@ -9,6 +9,7 @@
 //! runs the architecture its config describes or fails at load with the
 //! reason — never silently runs a different model.
 
+use crate::encoder::bert::required_usize;
 use crate::encoder::PoolerActivation;
 use crate::ModelError;
 
@@ -49,12 +50,7 @@ pub struct DebertaConfig {
 
 impl DebertaConfig {
     pub fn from_json(v: &serde_json::Value) -> Result<Self, ModelError> {
-        let get = |key: &str| -> Result<usize, ModelError> {
-            v.get(key)
-                .and_then(serde_json::Value::as_u64)
-                .map(|n| n as usize)
-                .ok_or_else(|| ModelError::Config(format!("config.json has no integer `{key}`")))
-        };
+        let get = |key: &str| required_usize(v, key);
         let int_or = |key: &str, default: i64| -> i64 {
             v.get(key)
                 .and_then(serde_json::Value::as_i64)
