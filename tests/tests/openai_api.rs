@@ -14,7 +14,7 @@ use async_openai::types::chat::{
     FinishReason, StopConfiguration,
 };
 use async_openai::types::completions::CreateCompletionRequestArgs;
-use common::{get, openai, post, post_raw, sse_events, system, user};
+use common::{get, openai, post, sse_events, system, user};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sluice_tests::{Server, DEMO_MODEL_ID};
@@ -47,19 +47,7 @@ fn capital_question(max_tokens: u32) -> CreateChatCompletionRequest {
 }
 
 async fn greedy_text(prompt: &str, max_tokens: u32) -> (String, Option<FinishReason>) {
-    let req = CreateChatCompletionRequestArgs::default()
-        .model(DEMO_MODEL_ID)
-        .messages([system("You are a concise assistant."), user(prompt)])
-        .temperature(0.0)
-        .max_completion_tokens(max_tokens)
-        .build()
-        .unwrap();
-    let resp = openai(server(), "none").chat().create(req).await.unwrap();
-    let choice = &resp.choices[0];
-    (
-        choice.message.content.clone().unwrap_or_default(),
-        choice.finish_reason,
-    )
+    common::greedy_text(server(), prompt, max_tokens).await
 }
 
 #[tokio::test]
@@ -496,156 +484,4 @@ async fn health_and_ready_answer() {
     let seen = &server().ready_statuses;
     assert_eq!(seen.last(), Some(&200), "{seen:?}");
     assert!(seen.iter().all(|s| *s == 503 || *s == 200), "{seen:?}");
-}
-
-// ---- errors: each bad input gets the right 4xx and names the parameter.
-
-fn chat_body(extra: Value) -> Value {
-    let mut body = json!({"model": DEMO_MODEL_ID, "messages": [{"role": "user", "content": "hi"}],
-                          "max_tokens": 2});
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    body
-}
-
-async fn chat_error(extra: Value, status: u16) -> Value {
-    post(server(), "/v1/chat/completions", &chat_body(extra))
-        .await
-        .expect_error(status)
-}
-
-#[tokio::test]
-async fn malformed_json_is_400() {
-    let reply = post_raw(server(), "/v1/chat/completions", "{\"model\": ", None).await;
-    let err = reply.expect_error(400);
-    assert_eq!(err["type"], "invalid_request_error");
-    assert!(err["param"].is_null());
-}
-
-#[tokio::test]
-async fn wrong_types_are_400_naming_the_param() {
-    for (extra, param) in [
-        (json!({"temperature": "hot"}), "temperature"),
-        (json!({"max_tokens": "ten"}), "max_tokens"),
-        (
-            json!({"messages": [{"role": "user", "content": 5}]}),
-            "messages[0].content",
-        ),
-        (json!({"messages": "hello"}), "messages"),
-        (json!({"stream": "yes"}), "stream"),
-    ] {
-        let err = chat_error(extra.clone(), 400).await;
-        assert_eq!(err["param"], param, "{extra}: {err}");
-    }
-}
-
-#[tokio::test]
-async fn empty_messages_are_400() {
-    let err = chat_error(json!({"messages": []}), 400).await;
-    assert_eq!(err["param"], "messages");
-}
-
-#[tokio::test]
-async fn negative_max_tokens_is_400() {
-    let err = chat_error(json!({"max_tokens": -5}), 400).await;
-    assert_eq!(err["param"], "max_tokens");
-}
-
-#[tokio::test]
-async fn temperature_five_is_400_through_the_sdk_too() {
-    let err = chat_error(json!({"temperature": 5}), 400).await;
-    assert_eq!(err["param"], "temperature");
-    let req = CreateChatCompletionRequestArgs::default()
-        .model(DEMO_MODEL_ID)
-        .messages([user("hi")])
-        .temperature(5.0)
-        .build()
-        .unwrap();
-    match openai(server(), "none").chat().create(req).await {
-        Err(async_openai::error::OpenAIError::ApiError(e)) => {
-            assert_eq!(e.status_code.as_u16(), 400);
-            assert_eq!(e.api_error.param.as_deref(), Some("temperature"));
-            assert_eq!(e.api_error.r#type.as_deref(), Some("invalid_request_error"));
-        }
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn unknown_model_is_404_model_not_found() {
-    let err = chat_error(json!({"model": "gpt-17"}), 404).await;
-    assert_eq!(err["code"], "model_not_found");
-}
-
-#[tokio::test]
-async fn oversized_body_is_413() {
-    // The default limit is 2 MiB.
-    let content = "a".repeat(3 << 20);
-    let body = chat_body(json!({"messages": [{"role": "user", "content": content}]}));
-    let reply = post_raw(server(), "/v1/chat/completions", body.to_string(), None).await;
-    let err = reply.expect_error(413);
-    assert_eq!(err["code"], "request_too_large");
-}
-
-#[tokio::test]
-async fn unsupported_features_are_400_not_ignored() {
-    for (extra, param) in [
-        (
-            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tools",
-        ),
-        (
-            json!({"response_format": {"type": "json_object"}}),
-            "response_format",
-        ),
-        (json!({"logit_bias": {"42": 5}}), "logit_bias"),
-        (json!({"made_up_field": 1}), "made_up_field"),
-    ] {
-        let err = chat_error(extra.clone(), 400).await;
-        assert_eq!(err["param"], param, "{extra}: {err}");
-    }
-}
-
-#[tokio::test]
-async fn out_of_range_numbers_are_400() {
-    for (extra, param) in [
-        (json!({"top_p": 0}), "top_p"),
-        (json!({"n": 0}), "n"),
-        (json!({"presence_penalty": 9}), "presence_penalty"),
-        (json!({"max_tokens": 0}), "max_tokens"),
-        (json!({"max_tokens": 100000}), "max_tokens"),
-        (
-            json!({"logprobs": true, "top_logprobs": 50}),
-            "top_logprobs",
-        ),
-        (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
-        (
-            json!({"messages": [{"role": "wizard", "content": "x"}]}),
-            "messages[0].role",
-        ),
-    ] {
-        let err = chat_error(extra.clone(), 400).await;
-        assert_eq!(err["param"], param, "{extra}: {err}");
-    }
-}
-
-#[tokio::test]
-async fn unknown_url_is_404_in_openai_shape() {
-    let err = post(server(), "/v1/embeddingz", &json!({}))
-        .await
-        .expect_error(404);
-    assert_eq!(err["code"], "unknown_url");
-}
-
-#[tokio::test]
-async fn bad_input_leaves_the_server_answering() {
-    let _engine = ENGINE.read().await;
-    // A burst of garbage, then a normal request still gets its answer.
-    for body in ["", "null", "[]", "{\"messages\": [{}]}", "\u{0}\u{1}"] {
-        let reply = post_raw(server(), "/v1/chat/completions", body, None).await;
-        assert_eq!(reply.status, 400, "{body:?}: {}", reply.body);
-    }
-    let (text, _) = greedy_text("What is the capital of France?", 12).await;
-    assert!(text.contains("Paris"), "{text:?}");
 }

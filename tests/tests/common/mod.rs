@@ -5,11 +5,11 @@
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessageArgs,
-    ChatCompletionRequestUserMessageArgs,
+    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs, FinishReason,
 };
 use async_openai::Client;
 use serde_json::Value;
-use sluice_tests::Server;
+use sluice_tests::{Server, DEMO_MODEL_ID};
 
 /// A plain reqwest client. The gateway (a dev-dependency) turns on reqwest's
 /// `rustls-no-provider` feature, so a crypto provider must be installed
@@ -17,6 +17,28 @@ use sluice_tests::Server;
 pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
+}
+
+/// A greedy chat answer to `prompt` under a short system prompt, through
+/// the SDK: (text, finish reason).
+pub async fn greedy_text(
+    server: &Server,
+    prompt: &str,
+    max_tokens: u32,
+) -> (String, Option<FinishReason>) {
+    let req = CreateChatCompletionRequestArgs::default()
+        .model(DEMO_MODEL_ID)
+        .messages([system("You are a concise assistant."), user(prompt)])
+        .temperature(0.0)
+        .max_completion_tokens(max_tokens)
+        .build()
+        .unwrap();
+    let resp = openai(server, "none").chat().create(req).await.unwrap();
+    let choice = &resp.choices[0];
+    (
+        choice.message.content.clone().unwrap_or_default(),
+        choice.finish_reason,
+    )
 }
 
 /// An OpenAI SDK client pointed at `server`.
