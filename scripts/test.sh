@@ -18,6 +18,9 @@ scripts/fetch-models.sh guard-data
 echo "== formatting"
 cargo fmt --all -- --check
 
+echo "== layering: the gateway's modules import one way, without cycles"
+cargo test -p sluice-gateway --test layering
+
 echo "== building binaries used by the end-to-end tests"
 cargo build --workspace --bins
 

@@ -36,6 +36,7 @@ impl KeyStore {
                         k.secret.expose().as_bytes().to_vec(),
                         TenantPolicy {
                             sensitive: k.sensitive,
+                            guard: k.guard,
                         },
                     )
                 })
@@ -117,12 +118,14 @@ mod tests {
                 source: KeySource::KeysVariable,
                 secret: Secret::new("key-a".into()),
                 sensitive: false,
+                guard: None,
             },
             ApiKey {
                 tenant: "beta".into(),
                 source: KeySource::KeysVariable,
                 secret: Secret::new("key-b".into()),
                 sensitive: true,
+                guard: None,
             },
         ])
     }

@@ -19,7 +19,7 @@ use sluice_runtime::{BatchEncoder, EncoderHandle, EncoderPool};
 
 use crate::config::{EncoderConfig, EncoderKind};
 use crate::error::ApiError;
-use crate::openai::unix_now;
+use crate::util::unix_now;
 
 /// What a loaded encoder offers.
 #[derive(Clone)]

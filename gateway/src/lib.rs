@@ -2,22 +2,38 @@
 //! upstream providers, its configuration and its command line (the `sluice`
 //! binary is a thin `main` over this library, so tests can use every piece).
 //!
-//! A request goes [`auth`] (API keys → a tenant and its policy) →
-//! [`openai`] (the wire types and handlers; the JSON extractor names the
-//! field at fault) → [`validate`] (the wire request becomes a
-//! [`validate::ValidRequest`], which only the validator can build) →
-//! [`sensitivity`] → [`pipeline`]: the [`cache`] (exact, then semantic
-//! through the [`encoders`]' pool), and on a miss the [`router`], which picks
-//! a deployment: the local engine ([`generate`]: chat template, `max_tokens`
-//! against the context, one engine sequence per choice) or an upstream of
-//! [`providers`] (with retries, timeouts and a circuit breaker) → back out as
-//! JSON or as SSE ([`openai::sse`]). The handlers render any
-//! [`answer::Answer`] (the local engine's generation, an upstream's stream, a
-//! cached replay) the same way. Beside the chat path: `/v1/embeddings` over
-//! the [`encoders`], `/v1/moderations` over the [`guard`], `/metrics`
-//! ([`metrics`]). [`registry`] loads the configured models in the
-//! background, [`server`] owns the HTTP router and the one shutdown path,
-//! and [`error`] is the only place that maps an error to an HTTP status.
+//! # The request path
+//!
+//! [`chain`] writes the path of a generation request out once, in order:
+//! auth ([`auth`], an axum layer) → validate ([`validate`]: the wire request
+//! becomes a [`validate::ValidRequest`], which only the validator can build)
+//! → input guard ([`guard::screen`]) → cache lookup ([`cache`], exact then
+//! semantic, with the guard's embedding) → router ([`router`]: the local
+//! engine through [`generate`], or an upstream of [`providers`] with
+//! retries, timeouts and a circuit breaker); on the way back the recorders
+//! (the cache insert). Each wire API that generates ([`openai::chat`],
+//! [`openai::completions`]) is a thin adapter: its request implements
+//! [`validate::Validate`], and [`openai::respond`] renders any
+//! [`answer::Answer`] (the engine's, an upstream's, a cached replay) as JSON
+//! or SSE. Beside it: `/v1/embeddings` over the [`encoders`],
+//! `/v1/moderations` over the [`guard`], `/metrics` ([`metrics`]).
+//!
+//! # Layers
+//!
+//! Modules import one way only; `tests/layering.rs` fails the build on an
+//! import that points up and on any cycle.
+//! - **0, leaves** (import nothing of the crate): [`config`] (plain data:
+//!   domain modules read their section, config knows none of them),
+//!   [`error`] (the only place an error becomes an HTTP status), [`wire`]
+//!   (the OpenAI request types), [`util`] (ids, the clock).
+//! - **1, stages and what they run on**: [`auth`], [`sensitivity`],
+//!   [`validate`], [`guard`], [`cache`], [`router`], [`providers`],
+//!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`]. They
+//!   may import each other without a cycle; none sees the server's state.
+//! - **2, the chain**: [`chain`], which runs the stages in order.
+//! - **3, HTTP and the command line**: [`openai`] (handlers), [`state`]
+//!   (what handlers read, sliced per handler with axum's `FromRef`),
+//!   [`server`] (the router, model loading, the one shutdown path), [`cli`].
 //!
 //! Design choice: the validator and the engine never see HTTP, and the
 //! handlers never check a value's range; each stage trusts the type the
@@ -27,6 +43,7 @@
 pub mod answer;
 pub mod auth;
 pub mod cache;
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod encoders;
@@ -35,10 +52,12 @@ pub mod generate;
 pub mod guard;
 pub mod metrics;
 pub mod openai;
-pub mod pipeline;
 pub mod providers;
 pub mod registry;
 pub mod router;
 pub mod sensitivity;
 pub mod server;
+pub mod state;
+pub mod util;
 pub mod validate;
+pub mod wire;

@@ -21,8 +21,6 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::server::AppState;
-
 /// Gateway's own time per request: total minus the time spent waiting on the deployment.
 pub const OVERHEAD_SECONDS: &str = "sluice_gateway_overhead_seconds";
 /// Time to first token, per deployment.
@@ -80,10 +78,14 @@ pub async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
     }
 }
 
+/// The Prometheus recorder's handle; `None` if another recorder was
+/// installed first (then `/metrics` is empty).
+#[derive(Clone)]
+pub struct MetricsHandle(pub Option<PrometheusHandle>);
+
 /// `GET /metrics`.
-pub async fn render(State(state): State<AppState>) -> Response {
-    let body = state
-        .metrics
+pub async fn render(State(MetricsHandle(handle)): State<MetricsHandle>) -> Response {
+    let body = handle
         .as_ref()
         .map(PrometheusHandle::render)
         .unwrap_or_default();

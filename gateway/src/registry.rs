@@ -15,7 +15,7 @@ use sluice_runtime::{Engine, EngineHandle};
 
 use crate::config::ModelConfig;
 use crate::error::ApiError;
-use crate::openai::unix_now;
+use crate::util::unix_now;
 
 /// One served model.
 pub struct ModelSlot {

@@ -14,6 +14,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
+use crate::config::GuardAction;
+
 /// The header that marks one request as sensitive.
 pub const SENSITIVE_HEADER: &str = "x-sluice-sensitive";
 
@@ -23,6 +25,8 @@ pub const SENSITIVE_HEADER: &str = "x-sluice-sensitive";
 pub struct TenantPolicy {
     /// Every request of this tenant is sensitive.
     pub sensitive: bool,
+    /// What this key's flagged requests get; `None`: `[guard] action`.
+    pub guard: Option<GuardAction>,
 }
 
 /// The request's sensitivity from its headers and its tenant's policy.
@@ -78,7 +82,10 @@ mod tests {
 
     #[test]
     fn a_sensitive_key_cannot_be_lowered_by_the_header() {
-        let policy = TenantPolicy { sensitive: true };
+        let policy = TenantPolicy {
+            sensitive: true,
+            guard: None,
+        };
         assert!(is_sensitive(&headers("false"), Some(&policy)));
         assert!(is_sensitive(&HeaderMap::new(), Some(&policy)));
         assert!(!is_sensitive(

@@ -9,9 +9,9 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,40 +25,16 @@ use tracing::Instrument;
 
 use crate::auth::{self, KeyStore};
 use crate::cache::{self, Cache};
-use crate::config::{Config, Secret};
+use crate::chain::Chain;
+use crate::config::Config;
 use crate::encoders::EncoderRegistry;
 use crate::error::ApiError;
-use crate::guard::Guard;
-use crate::openai::json::BodyLimit;
+use crate::guard::screen::{InputGuard, InputGuardSettings};
+use crate::metrics::MetricsHandle;
 use crate::openai::{chat, completions, embeddings, models, moderations};
 use crate::registry::Registry;
 use crate::router::Router as ModelRouter;
-
-/// What every handler may read. Cheap to clone (all shared).
-#[derive(Clone)]
-pub struct AppState {
-    pub registry: Arc<Registry>,
-    pub router: Arc<ModelRouter>,
-    /// The Prometheus recorder's handle; `None` if another recorder was installed first.
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// In-process encoders (embeddings, classifiers), loaded in the background.
-    pub encoders: Arc<EncoderRegistry>,
-    /// The input guard; `None` when it is off.
-    pub guard: Option<Arc<Guard>>,
-    pub keys: Arc<KeyStore>,
-    pub cache: Arc<Cache>,
-    /// The admin API's key; without one the admin routes do not exist.
-    pub admin_key: Option<Arc<Secret>>,
-    pub body_limit: BodyLimit,
-    pub request_timeout: Duration,
-    pub shutdown: CancellationToken,
-}
-
-impl FromRef<AppState> for BodyLimit {
-    fn from_ref(state: &AppState) -> Self {
-        state.body_limit
-    }
-}
+use crate::state::{AppState, BodyLimit};
 
 /// How `serve` failed.
 #[derive(Debug, thiserror::Error)]
@@ -189,14 +165,39 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         tasks.spawn(crate::metrics::upkeep(handle, shutdown.clone()));
     }
 
+    let cache = Cache::new(config.cache.clone(), embedder.clone()).map_err(ServeError::Cache)?;
+    let chain = Arc::new(Chain {
+        guard: guard.clone().map(|guard| {
+            // The cache's vector serves the guard only when both read the
+            // same encoder (the head's is the default embedding encoder
+            // unless `[guard] encoder` names another).
+            let same_encoder = match (&config.guard.encoder, &embedder) {
+                (None, _) => true,
+                (Some(id), Some(e)) => e.model_id() == id,
+                (Some(_), None) => false,
+            };
+            InputGuard::new(
+                guard,
+                encoders.clone(),
+                InputGuardSettings {
+                    action: config.guard.action,
+                    scoring: config.guard.score,
+                    shared: embedder.clone().filter(|_| same_encoder),
+                },
+            )
+        }),
+        cache: cache.clone(),
+        router: model_router.clone(),
+    });
     let state = AppState {
+        chain,
         registry,
         router: model_router,
-        metrics,
+        metrics: MetricsHandle(metrics),
         encoders,
         guard,
         keys,
-        cache: Cache::new(config.cache.clone(), embedder).map_err(ServeError::Cache)?,
+        cache,
         admin_key: config.admin_key.clone().map(Arc::new),
         body_limit: BodyLimit(config.server.max_body_bytes),
         request_timeout: config.server.request_timeout,

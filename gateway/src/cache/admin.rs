@@ -13,8 +13,19 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
+use super::Cache;
+use crate::config::Secret;
 use crate::error::ApiError;
-use crate::server::AppState;
+
+/// What the admin routes of the cache need.
+#[derive(Clone)]
+pub struct CacheAdmin {
+    pub cache: Arc<Cache>,
+    /// Without one the admin routes are not mounted.
+    pub admin_key: Option<Arc<Secret>>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,7 +35,7 @@ pub struct PurgeQuery {
 }
 
 pub async fn purge(
-    State(state): State<AppState>,
+    State(state): State<CacheAdmin>,
     headers: HeaderMap,
     Query(q): Query<PurgeQuery>,
 ) -> Result<Json<Value>, ApiError> {

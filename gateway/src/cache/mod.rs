@@ -31,15 +31,14 @@ pub mod verify;
 mod tests;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::http::{HeaderMap, HeaderValue};
 use sluice_runtime::{FinishReason, Usage};
 
 use crate::answer::BoxAnswer;
-use crate::auth::Tenant;
-use crate::server::AppState;
-use crate::validate::{Job, ValidRequest};
+pub use crate::config::{Backend, Bounds, CacheSettings};
+use crate::validate::Job;
 pub use embed::Embedder;
 use key::Key;
 use memory::{EntryMeta, MemoryStore};
@@ -48,59 +47,6 @@ pub use policy::CACHE_HEADER;
 use replay::{Recorder, Replay};
 
 pub const SIMILARITY_HEADER: &str = "x-sluice-cache-similarity";
-
-/// Limits of the in-process store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
-    pub max_entries: usize,
-    pub max_bytes: usize,
-    /// Semantic candidates kept per scope (the brute-force search's size).
-    pub max_per_scope: usize,
-}
-
-/// Where entries live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    /// In this process only (the default).
-    Memory,
-    /// Shared by every gateway instance that points at the same server.
-    Redis { url: String, prefix: String },
-}
-
-/// The resolved `[cache]` section.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CacheSettings {
-    pub enabled: bool,
-    pub backend: Backend,
-    pub ttl: Duration,
-    pub bounds: Bounds,
-    /// Use the semantic tier when an embedder is present.
-    pub semantic: bool,
-    /// Cosine similarity a candidate needs before the verifier sees it.
-    pub similarity_threshold: f32,
-    /// Candidates the verifier checks at most, best first.
-    pub top_k: usize,
-    pub cache_nondeterministic: bool,
-}
-
-impl Default for CacheSettings {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            backend: Backend::Memory,
-            ttl: Duration::from_secs(3600),
-            bounds: Bounds {
-                max_entries: 10_000,
-                max_bytes: 64 << 20,
-                max_per_scope: 1000,
-            },
-            semantic: true,
-            similarity_threshold: 0.92,
-            top_k: 4,
-            cache_nondeterministic: false,
-        }
-    }
-}
 
 /// One stored answer: each choice's whole text and why it ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,7 +109,8 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn bypass() -> Self {
+    /// Neither served from nor stored in the cache.
+    pub fn bypass() -> Self {
         Self {
             outcome: Outcome::Bypass,
             hit: None,
@@ -205,26 +152,6 @@ impl Decision {
             }
         }
     }
-}
-
-/// The cache stage as the handlers call it: the tenant from auth, the
-/// request's sensitivity ([`crate::sensitivity::Sensitivity`]), then
-/// [`Cache::lookup`].
-pub async fn lookup_request(
-    state: &AppState,
-    tenant: Option<&Tenant>,
-    headers: &HeaderMap,
-    sensitive: bool,
-    req: &ValidRequest,
-) -> Decision {
-    let request = Request {
-        tenant: tenant.map_or("anonymous", |t| &t.0),
-        model: &req.model,
-        job: &req.job,
-        headers,
-        sensitive,
-    };
-    state.cache.lookup(request, None).await
 }
 
 enum Store {

@@ -13,7 +13,6 @@ use serde::Deserialize;
 use super::file::ByteSize;
 use super::resolve::{parse_bool, resolve_path};
 use super::{invalid, ConfigError, EnvLookup, Secret};
-use crate::cache::{Backend, Bounds, CacheSettings};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,5 +162,58 @@ impl AdminSection {
             ));
         }
         Ok(Some(Secret::new(value.to_string())))
+    }
+}
+
+/// Limits of the in-process store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub max_entries: usize,
+    pub max_bytes: usize,
+    /// Semantic candidates kept per scope (the brute-force search's size).
+    pub max_per_scope: usize,
+}
+
+/// Where entries live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// In this process only (the default).
+    Memory,
+    /// Shared by every gateway instance that points at the same server.
+    Redis { url: String, prefix: String },
+}
+
+/// The resolved `[cache]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    pub backend: Backend,
+    pub ttl: Duration,
+    pub bounds: Bounds,
+    /// Use the semantic tier when an embedder is present.
+    pub semantic: bool,
+    /// Cosine similarity a candidate needs before the verifier sees it.
+    pub similarity_threshold: f32,
+    /// Candidates the verifier checks at most, best first.
+    pub top_k: usize,
+    pub cache_nondeterministic: bool,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            backend: Backend::Memory,
+            ttl: Duration::from_secs(3600),
+            bounds: Bounds {
+                max_entries: 10_000,
+                max_bytes: 64 << 20,
+                max_per_scope: 1000,
+            },
+            semantic: true,
+            similarity_threshold: 0.92,
+            top_k: 4,
+            cache_nondeterministic: false,
+        }
     }
 }

@@ -23,7 +23,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub models: Vec<ModelSection>,
     #[serde(default)]
-    pub providers: Vec<crate::providers::ProviderConfig>,
+    pub providers: Vec<super::ProviderConfig>,
     #[serde(default)]
     pub routes: Vec<super::routes::RouteSection>,
     #[serde(default)]
@@ -60,6 +60,9 @@ pub struct KeySection {
     pub key_file: Option<PathBuf>,
     /// This tenant's requests are sensitive: never cached, never sent out.
     pub sensitive: Option<bool>,
+    /// What this key's flagged requests get ("flag", "block", "off"),
+    /// instead of `[guard] action`.
+    pub guard: Option<String>,
     /// Accepted only to refuse it with a clear message: secrets never sit
     /// in the config file, which gets copied, committed and printed.
     pub key: Option<toml::Value>,

@@ -41,6 +41,11 @@ pub struct GuardSection {
     pub mode: Option<String>,
     /// Most inputs one `/v1/moderations` request may carry.
     pub max_inputs: Option<usize>,
+    /// What a flagged chat or completion request gets: "flag" (default),
+    /// "block" or "off"; a key's `guard` overrides it.
+    pub action: Option<String>,
+    /// Which chat and completion requests are scored: "every" (default) or "off".
+    pub score: Option<String>,
 }
 
 /// `"prompt-guard"` or `{ encoder = "prompt-guard", labels = [...], threshold = 0.5 }`.
@@ -57,6 +62,67 @@ pub struct ClassifierTable {
     pub encoder: String,
     pub labels: Option<Vec<String>>,
     pub threshold: Option<f32>,
+}
+
+/// What a chat or completion request the guard flags gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardAction {
+    /// Answered as usual; logged, counted and marked `x-sluice-guard: flagged`.
+    Flag,
+    /// Refused with a 400 whose code is `content_policy_violation`.
+    Block,
+    /// Not scored at all.
+    Off,
+}
+
+impl GuardAction {
+    pub fn parse(key: &str, text: &str) -> Result<Self, ConfigError> {
+        match text {
+            "flag" => Ok(Self::Flag),
+            "block" => Ok(Self::Block),
+            "off" => Ok(Self::Off),
+            other => Err(invalid(
+                key,
+                format!("`{other}` is not \"flag\", \"block\" or \"off\""),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Flag => "flag",
+            Self::Block => "block",
+            Self::Off => "off",
+        }
+    }
+}
+
+/// Which chat and completion requests the guard scores. The escalation
+/// policy (score only what the rules layer flags) comes with that layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardScoring {
+    Every,
+    Off,
+}
+
+impl GuardScoring {
+    pub fn parse(key: &str, text: &str) -> Result<Self, ConfigError> {
+        match text {
+            "every" => Ok(Self::Every),
+            "off" => Ok(Self::Off),
+            other => Err(invalid(
+                key,
+                format!("`{other}` is not \"every\" or \"off\""),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Every => "every",
+            Self::Off => "off",
+        }
+    }
 }
 
 /// How the head and the classifiers combine.
@@ -94,6 +160,10 @@ pub struct GuardConfig {
     pub classifiers: Vec<ClassifierGuardConfig>,
     pub mode: GuardMode,
     pub max_inputs: usize,
+    /// What a flagged chat or completion request gets, unless its key says.
+    pub action: GuardAction,
+    /// Which chat and completion requests are scored, unless the route says.
+    pub score: GuardScoring,
 }
 
 impl Default for GuardConfig {
@@ -107,6 +177,8 @@ impl Default for GuardConfig {
             classifiers: Vec::new(),
             mode: GuardMode::Any,
             max_inputs: DEFAULT_MAX_INPUTS,
+            action: GuardAction::Flag,
+            score: GuardScoring::Every,
         }
     }
 }
@@ -132,11 +204,21 @@ pub(super) fn resolve_guard(
         classifiers,
         mode,
         max_inputs,
+        action,
+        score,
     }) = section
     else {
         return Ok(GuardConfig::default());
     };
     let defaults = GuardConfig::default();
+    let action = match action {
+        Some(a) => GuardAction::parse("guard.action", &a)?,
+        None => defaults.action,
+    };
+    let score = match score {
+        Some(s) => GuardScoring::parse("guard.score", &s)?,
+        None => defaults.score,
+    };
     let mode = match mode.as_deref() {
         None | Some("any") => GuardMode::Any,
         Some("replace") => GuardMode::Replace,
@@ -205,6 +287,8 @@ pub(super) fn resolve_guard(
         classifiers,
         mode,
         max_inputs,
+        action,
+        score,
     })
 }
 

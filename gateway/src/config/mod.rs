@@ -13,6 +13,7 @@ mod cache;
 mod encoders;
 mod file;
 mod guard;
+mod providers;
 mod render;
 mod resolve;
 mod routes;
@@ -24,14 +25,20 @@ use std::time::Duration;
 
 use sluice_runtime::EngineConfig;
 
+pub use cache::{Backend, Bounds, CacheSettings};
 pub use encoders::{EncoderConfig, EncoderKind, DEMO_EMBEDDING_ID};
 pub use file::ByteSize;
 use file::FileConfig;
 pub use guard::{
-    ClassifierGuardConfig, GuardConfig, GuardMode, HeadSource, DEFAULT_GUARD_ID,
-    DEFAULT_INJECTION_LABELS,
+    ClassifierGuardConfig, GuardAction, GuardConfig, GuardMode, GuardScoring, HeadSource,
+    DEFAULT_GUARD_ID, DEFAULT_INJECTION_LABELS,
 };
+pub use providers::{ProviderConfig, ResilienceConfig};
 use resolve::resolve;
+pub use routes::{
+    DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
+    SaturationLimits, Strategy, TargetSpec,
+};
 
 /// The id under which the demo chat model is served.
 pub const DEMO_MODEL_ID: &str = "smollm2-135m-instruct";
@@ -108,6 +115,8 @@ pub struct ApiKey {
     pub secret: Secret,
     /// Every request of this tenant is sensitive ([`crate::sensitivity`]).
     pub sensitive: bool,
+    /// What this key's flagged requests get, instead of `[guard] action`.
+    pub guard: Option<GuardAction>,
 }
 
 #[derive(Debug, Clone)]
@@ -138,10 +147,10 @@ pub struct Config {
     pub keys: Vec<ApiKey>,
     pub models: Vec<ModelConfig>,
     /// Upstreams (`[[providers]]`), built by the router at start.
-    pub providers: Vec<crate::providers::ProviderConfig>,
+    pub providers: Vec<ProviderConfig>,
     /// The model map (`[[routes]]`); local models without a route are served directly.
-    pub routes: Vec<crate::router::RouteSpec>,
-    pub cache: crate::cache::CacheSettings,
+    pub routes: Vec<RouteSpec>,
+    pub cache: CacheSettings,
     /// The admin API's key (`[admin]`); no admin routes without one.
     pub admin_key: Option<Secret>,
     /// In-process encoders (`[[encoders]]`).

@@ -120,10 +120,10 @@ impl Config {
         let mut t = Table::new();
         t.insert("enabled".into(), Value::Boolean(c.enabled));
         match &c.backend {
-            crate::cache::Backend::Memory => {
+            super::cache::Backend::Memory => {
                 t.insert("backend".into(), Value::String("memory".into()));
             }
-            crate::cache::Backend::Redis { url, prefix } => {
+            super::cache::Backend::Redis { url, prefix } => {
                 t.insert("backend".into(), Value::String("redis".into()));
                 t.insert("redis_url".into(), Value::String(redact_url(url)));
                 t.insert("redis_prefix".into(), Value::String(prefix.clone()));

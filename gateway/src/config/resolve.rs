@@ -10,8 +10,8 @@ use sluice_runtime::EngineConfig;
 
 use super::file::{EngineSection, FileConfig, KeySection, ModelSection};
 use super::{
-    invalid, ApiKey, Config, ConfigError, EnvLookup, KeySource, ModelConfig, Overrides, Secret,
-    ServerConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS,
+    invalid, ApiKey, Config, ConfigError, EnvLookup, GuardAction, KeySource, ModelConfig,
+    Overrides, Secret, ServerConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS,
     DEFAULT_REQUEST_TIMEOUT_SECONDS, DEFAULT_SHUTDOWN_GRACE_SECONDS, DEMO_MODEL_ID,
 };
 
@@ -243,6 +243,7 @@ fn resolve_key(
         key_file,
         key,
         sensitive,
+        guard,
     } = k;
     let at = |field: &str| format!("auth.keys[{i}].{field}");
     check_tenant(&at("tenant"), &tenant)?;
@@ -279,11 +280,15 @@ fn resolve_key(
         (None, None) => return Err(invalid(at("key_env"), "give key_env or key_file")),
     };
     check_secret(&at(field), &secret)?;
+    let guard = guard
+        .map(|g| GuardAction::parse(&at("guard"), &g))
+        .transpose()?;
     Ok(ApiKey {
         tenant,
         source,
         secret: Secret::new(secret),
         sensitive: sensitive.unwrap_or(false),
+        guard,
     })
 }
 
@@ -306,6 +311,7 @@ fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
             source: KeySource::KeysVariable,
             secret: Secret::new(secret.trim().to_string()),
             sensitive: false,
+            guard: None,
         });
     }
     Ok(keys)

@@ -14,12 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::providers::{ProviderConfig, ResilienceConfig};
 use super::{invalid, ConfigError, ModelConfig};
-use crate::providers::{ProviderConfig, ResilienceConfig};
-use crate::router::{
-    DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
-    SaturationLimits, Strategy, TargetSpec,
-};
 
 const DEFAULT_SENSITIVE_WAIT_MS: u64 = 1000;
 const DEFAULT_MAX_QUEUE_WAIT_MS: f64 = 1000.0;
@@ -330,4 +326,153 @@ fn resolve_deployment(
         },
         target,
     })
+}
+
+/// A route as resolved from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    /// The public model name clients send.
+    pub model: String,
+    pub strategy: Strategy,
+    /// Seeds the route's RNG (weighted and learned strategies), for
+    /// reproducible routing; absent: seeded from the OS.
+    pub seed: Option<u64>,
+    /// How long a sensitive request waits for a saturated `on_prem`
+    /// deployment before it gets 429.
+    pub sensitive_wait: Duration,
+    pub reward: RewardScales,
+    pub deployments: Vec<DeploymentSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentSpec {
+    pub settings: DeploymentSettings,
+    pub target: TargetSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetSpec {
+    Local {
+        model: String,
+        saturation: SaturationLimits,
+    },
+    Provider {
+        /// A `[[providers]]` name.
+        provider: String,
+        upstream_model: String,
+        /// The provider's resilience settings unless the deployment has its own.
+        resilience: Option<ResilienceConfig>,
+    },
+}
+
+/// Where a deployment may send a request's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// On this machine or this organisation's network: allowed for sensitive requests.
+    OnPrem,
+    /// A third party's cloud: never for sensitive requests.
+    Cloud,
+}
+
+impl Residency {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "on_prem" => Some(Self::OnPrem),
+            "cloud" => Some(Self::Cloud),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnPrem => "on_prem",
+            Self::Cloud => "cloud",
+        }
+    }
+}
+
+/// Price per 1k tokens, USD.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Price {
+    pub input_per_1k: f64,
+    pub output_per_1k: f64,
+}
+
+/// When a local engine counts as full (then the next deployment takes the request).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SaturationLimits {
+    /// Full when the engine estimates a newcomer would wait longer than this
+    /// for its first token.
+    pub max_queue_wait_ms: f64,
+    /// Full when less than this fraction of the KV-cache blocks is free.
+    pub min_free_kv_fraction: f64,
+}
+
+/// A deployment's settings, as resolved from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentSettings {
+    pub name: String,
+    pub priority: u32,
+    pub weight: f64,
+    pub price: Price,
+    /// Requests in flight at most; `None` is unlimited.
+    pub max_concurrency: Option<usize>,
+    pub residency: Residency,
+}
+
+/// What a unit of each penalty is worth (see the module's formula).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RewardScales {
+    pub latency_scale_ms: f64,
+    pub per_token_scale_ms: f64,
+    pub cost_scale_usd: f64,
+}
+
+impl Default for RewardScales {
+    fn default() -> Self {
+        Self {
+            latency_scale_ms: 1000.0,
+            per_token_scale_ms: 100.0,
+            cost_scale_usd: 0.01,
+        }
+    }
+}
+
+/// How a route orders its deployments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Lowest `priority` first.
+    Fallback,
+    /// Random, each deployment chosen first with probability proportional to its weight.
+    Weighted,
+    /// Lowest moving-average time to first token first; unmeasured ones first of all,
+    /// so each gets measured.
+    LeastLatency,
+    /// Lowest price (input plus output price per 1k tokens) first.
+    LowestCost,
+    /// Thompson sampling over the recorded rewards (see [`super::bandit`]).
+    Learned,
+}
+
+impl Strategy {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "fallback" => Self::Fallback,
+            "weighted" => Self::Weighted,
+            "least_latency" => Self::LeastLatency,
+            "lowest_cost" => Self::LowestCost,
+            "learned" => Self::Learned,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fallback => "fallback",
+            Self::Weighted => "weighted",
+            Self::LeastLatency => "least_latency",
+            Self::LowestCost => "lowest_cost",
+            Self::Learned => "learned",
+        }
+    }
 }

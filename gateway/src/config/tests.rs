@@ -87,7 +87,7 @@ fn unknown_section_is_refused() {
 fn cache_section_resolves_with_defaults_and_names_bad_keys() {
     let cfg = load_str("", &[]).unwrap();
     assert!(!cfg.cache.enabled);
-    assert_eq!(cfg.cache.backend, crate::cache::Backend::Memory);
+    assert_eq!(cfg.cache.backend, super::Backend::Memory);
     let cfg = load_str(
         "[cache]\nenabled = true\nttl_seconds = 60\nmax_bytes = \"1MiB\"\nsimilarity_threshold = 0.9\n",
         &[],
@@ -103,10 +103,7 @@ fn cache_section_resolves_with_defaults_and_names_bad_keys() {
         &[("SLUICE_CACHE_REDIS_URL", "redis://127.0.0.1:6379")],
     )
     .unwrap();
-    assert!(matches!(
-        cfg.cache.backend,
-        crate::cache::Backend::Redis { .. }
-    ));
+    assert!(matches!(cfg.cache.backend, super::Backend::Redis { .. }));
     let e = err_of("[cache]\nsimilarity_threshold = 1.5\n", &[]);
     assert!(e.contains("cache.similarity_threshold"), "{e}");
     let e = err_of("[admin]\nkey_env = \"ADMIN\"\n", &[("ADMIN", "short")]);
@@ -334,18 +331,18 @@ fn routes_resolve_with_residency_following_the_target() {
     assert_eq!(cfg.providers.len(), 1);
     let route = &cfg.routes[0];
     assert_eq!(route.model, "chat");
-    assert_eq!(route.strategy, crate::router::Strategy::Learned);
+    assert_eq!(route.strategy, super::Strategy::Learned);
     assert_eq!(route.seed, Some(3));
     let [local, cloud] = &route.deployments[..] else {
         panic!("two deployments")
     };
-    assert_eq!(local.settings.residency, crate::router::Residency::OnPrem);
+    assert_eq!(local.settings.residency, super::Residency::OnPrem);
     assert_eq!(local.settings.max_concurrency, Some(4));
-    assert_eq!(cloud.settings.residency, crate::router::Residency::Cloud);
+    assert_eq!(cloud.settings.residency, super::Residency::Cloud);
     assert_eq!(cloud.settings.priority, 1);
     assert!((cloud.settings.price.output_per_1k - 0.0006).abs() < 1e-12);
     match &local.target {
-        crate::router::TargetSpec::Local { model, saturation } => {
+        super::TargetSpec::Local { model, saturation } => {
             assert_eq!(model, "small");
             assert_eq!(saturation.max_queue_wait_ms, 250.0);
             assert_eq!(saturation.min_free_kv_fraction, 0.1);

@@ -13,6 +13,7 @@
 
 pub mod dataset;
 pub mod registry;
+pub mod screen;
 pub mod train;
 pub mod verdict;
 

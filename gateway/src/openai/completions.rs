@@ -1,66 +1,26 @@
-//! `POST /v1/completions` (the legacy text completions): wire types and handler.
+//! `POST /v1/completions` (the legacy text completions): the handler (a thin
+//! adapter of the request chain) and the response types.
 //!
 //! `prompt` may be a string, an array of strings, an array of token ids or
 //! an array of arrays of token ids; each prompt gets `n` choices, numbered
 //! prompt-major as OpenAI does (`index = prompt * n + choice`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use sluice_models::Tokenizer;
-use sluice_runtime::{FinishReason, TokenLogprob};
+use serde::Serialize;
+use sluice_runtime::{FinishReason, TokenLogprob, Usage};
 
-use crate::answer::{self, ChoiceOutput};
-use crate::auth::Tenant;
+use crate::answer::ChoiceOutput;
+use crate::chain::{Caller, Chain};
 use crate::error::ApiError;
 use crate::openai::json::ApiJson;
 use crate::openai::logprobs::{self, CompletionLogprobs};
-use crate::openai::sse::{self, Framing};
-use crate::openai::{new_id, unix_now, StreamOptions, UsageWire, SYSTEM_FINGERPRINT};
-use crate::pipeline::{self, Answered, Caller};
-use crate::sensitivity::Sensitivity;
-use crate::server::AppState;
-use crate::validate;
-
-/// The request as sent; see [`crate::openai::chat::ChatCompletionRequest`]
-/// for why numbers are loosely typed.
-#[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    pub model: Option<String>,
-    pub prompt: Option<Value>,
-    pub max_tokens: Option<i64>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub n: Option<i64>,
-    pub stop: Option<Value>,
-    pub seed: Option<serde_json::Number>,
-    pub presence_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
-    /// Number of alternatives per token, 0..=20.
-    pub logprobs: Option<i64>,
-    pub echo: Option<bool>,
-    pub suffix: Option<String>,
-    pub best_of: Option<i64>,
-    pub user: Option<String>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
-    // vLLM's extras.
-    pub top_k: Option<i64>,
-    pub min_p: Option<f64>,
-    pub repetition_penalty: Option<f64>,
-    pub ignore_eos: Option<bool>,
-    pub stop_token_ids: Option<Vec<i64>>,
-    pub logit_bias: Option<serde_json::Map<String, Value>>,
-    #[serde(flatten)]
-    pub other: BTreeMap<String, Value>,
-}
+use crate::openai::respond::{respond, Identity, Render};
+use crate::openai::sse::Framing;
+use crate::wire::{CompletionRequest, UsageWire, SYSTEM_FINGERPRINT};
 
 #[derive(Debug, Serialize)]
 struct Completion<'a> {
@@ -82,102 +42,85 @@ struct Choice {
     finish_reason: Option<&'static str>,
 }
 
-/// `POST /v1/completions`.
+/// `POST /v1/completions`. Text completions go to local deployments only
+/// (the router sees to it); the cache uses its exact tier only: there is
+/// no user message to compare.
 pub async fn create(
-    State(state): State<AppState>,
-    tenant: Option<Extension<Tenant>>,
-    headers: HeaderMap,
-    Sensitivity(sensitive): Sensitivity,
+    State(chain): State<Arc<Chain>>,
+    caller: Caller,
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let started = tokio::time::Instant::now();
-    let req = validate::completion(body)?;
-    tracing::debug!(model = %req.model, user = req.user.as_deref(), stream = req.stream, "completion");
-    // Text completions go to local deployments only (the router sees to it);
-    // the cache uses its exact tier only: no user message to compare.
-    let caller = Caller {
-        tenant: tenant.as_deref(),
-        headers: &headers,
-        sensitive,
-        started,
-    };
-    let (req, answered) = pipeline::answer(&state, caller, req).await?;
-    let Answered {
-        answer: mut generation,
-        tokenizer,
-        stamp,
-    } = answered;
-    let id = new_id("cmpl");
-    let created = unix_now();
-    if req.stream {
-        let framing = CompletionFraming {
-            text_offsets: vec![0; generation.num_choices()],
-            id,
-            created,
-            model: req.model,
-            include_usage: req.include_usage,
-            tokenizer,
-        };
-        let mut response = sse::respond(generation, framing, req.include_usage);
-        stamp.apply(response.headers_mut(), None);
-        return Ok(response);
+    tracing::debug!(
+        model = body.model.as_deref(),
+        stream = body.stream,
+        "completion"
+    );
+    respond::<TextCompletion>(&chain, caller, body).await
+}
+
+/// The text completion's rendering.
+struct TextCompletion;
+
+impl Render for TextCompletion {
+    const ID_PREFIX: &'static str = "cmpl";
+    type Framing = CompletionFraming;
+
+    fn framing(identity: Identity, choices: usize) -> CompletionFraming {
+        CompletionFraming {
+            identity,
+            text_offsets: vec![0; choices],
+        }
     }
-    let outputs = answer::collect(generation.as_mut()).await?;
-    let choices = outputs
-        .into_iter()
-        .enumerate()
-        .map(|(index, out)| {
-            let ChoiceOutput {
-                text,
-                finish_reason,
-                logprobs: lps,
-            } = out;
-            Choice {
-                index,
-                text,
-                logprobs: tokenizer
-                    .as_deref()
-                    .map(|t| logprobs::completion(t, &lps, 0)),
-                finish_reason: finish_reason.map(FinishReason::as_str),
-            }
+
+    fn body(identity: Identity, outputs: Vec<ChoiceOutput>, usage: Usage) -> Response {
+        let tokenizer = identity.tokenizer.as_deref();
+        let choices = outputs
+            .into_iter()
+            .enumerate()
+            .map(|(index, out)| {
+                let ChoiceOutput {
+                    text,
+                    finish_reason,
+                    logprobs: lps,
+                } = out;
+                Choice {
+                    index,
+                    text,
+                    logprobs: tokenizer.map(|t| logprobs::completion(t, &lps, 0)),
+                    finish_reason: finish_reason.map(FinishReason::as_str),
+                }
+            })
+            .collect();
+        Json(Completion {
+            id: &identity.id,
+            object: "text_completion",
+            created: identity.created,
+            model: &identity.model,
+            system_fingerprint: SYSTEM_FINGERPRINT,
+            choices,
+            usage: Some(Some(usage.into())),
         })
-        .collect();
-    let usage = generation.usage();
-    let body = Completion {
-        id: &id,
-        object: "text_completion",
-        created,
-        model: &req.model,
-        system_fingerprint: SYSTEM_FINGERPRINT,
-        choices,
-        usage: Some(Some(usage.into())),
-    };
-    let mut response = Json(body).into_response();
-    stamp.apply(response.headers_mut(), Some(&usage));
-    Ok(response)
+        .into_response()
+    }
 }
 
 struct CompletionFraming {
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
-    /// Present when log-probabilities are to be rendered.
-    tokenizer: Option<Arc<Tokenizer>>,
+    identity: Identity,
     /// Bytes of text sent so far per choice, for `text_offset`.
     text_offsets: Vec<usize>,
 }
 
 impl CompletionFraming {
     fn chunk(&self, choices: Vec<Choice>, usage: Option<UsageWire>) -> String {
+        let identity = &self.identity;
         let chunk = Completion {
-            id: &self.id,
+            id: &identity.id,
             object: "text_completion",
-            created: self.created,
-            model: &self.model,
+            created: identity.created,
+            model: &identity.model,
             system_fingerprint: SYSTEM_FINGERPRINT,
             choices,
-            usage: self.include_usage.then_some(usage),
+            usage: identity.include_usage.then_some(usage),
         };
         serde_json::to_string(&chunk).unwrap_or_default()
     }
@@ -194,6 +137,7 @@ impl Framing for CompletionFraming {
             *o += text.len();
         }
         let logprobs = self
+            .identity
             .tokenizer
             .as_deref()
             .map(|t| logprobs::completion(t, lps, offset));

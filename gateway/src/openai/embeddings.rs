@@ -19,7 +19,7 @@ use crate::config::EncoderKind;
 use crate::encoders::ReadyEncoder;
 use crate::error::ApiError;
 use crate::openai::json::ApiJson;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// OpenAI's own cap on inputs per request.
 pub const MAX_INPUTS: usize = 2048;

@@ -8,10 +8,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-
-/// The request body limit, read by [`ApiJson`] for its 413 message.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub use crate::state::BodyLimit;
 
 /// A JSON request body. Any content type is accepted: `curl -d` sends
 /// `application/x-www-form-urlencoded`, and refusing that helps nobody.
@@ -118,7 +115,7 @@ mod tests {
     fn not_an_object_is_400() {
         // The real request types have a flattened catch-all, so serde takes
         // them only from a map, never from an array of field values.
-        let err = parse::<crate::openai::chat::ChatCompletionRequest>(b"[\"m\", []]").unwrap_err();
+        let err = parse::<crate::wire::ChatCompletionRequest>(b"[\"m\", []]").unwrap_err();
         let ApiError::InvalidRequest { param, .. } = err else {
             panic!("not a 400: {err:?}")
         };

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::encoders::EncoderSlot;
 use crate::error::ApiError;
 use crate::registry::ModelSlot;
-use crate::server::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Serialize)]
 pub struct Model {

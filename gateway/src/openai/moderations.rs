@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::guard::verdict::{Guard, GuardVerdict};
 use crate::openai::json::ApiJson;
-use crate::openai::new_id;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::util::new_id;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,7 +18,7 @@ use sluice_runtime::{FinishReason, TokenLogprob, Usage};
 use tracing::Instrument;
 
 use crate::answer::{BoxAnswer, Step};
-use crate::openai::UsageWire;
+use crate::wire::UsageWire;
 
 /// The chunks of one endpoint's stream, as JSON text.
 pub trait Framing: Send + 'static {

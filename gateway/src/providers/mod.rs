@@ -32,19 +32,18 @@ mod secret;
 pub mod sse_client;
 pub mod yandex;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 
 use crate::answer::BoxAnswer;
 use crate::error::ApiError;
 use crate::validate::Sampling;
 
+pub use crate::config::{ProviderConfig, ResilienceConfig};
 pub use breaker::{BreakerState, CircuitBreaker};
-pub use resilience::{Resilience, ResilienceConfig, RetryPolicy};
+pub use resilience::{Resilience, RetryPolicy};
 
 /// What a provider is asked: already validated; the upstream model name is
 /// the deployment's.
@@ -197,80 +196,6 @@ impl ProviderError {
                 ApiError::invalid_body(format!("the upstream refused the request: {self}"))
             }
             other => ApiError::Upstream(other.to_string()),
-        }
-    }
-}
-
-/// One `[[providers]]` entry. `kind` picks the variant.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
-pub enum ProviderConfig {
-    /// Any OpenAI-compatible API: OpenAI, vLLM, DashScope's compatible mode,
-    /// Ollama, another Sluice.
-    Openai {
-        name: String,
-        /// Up to and including `/v1`, e.g. `https://api.openai.com/v1`.
-        base_url: String,
-        api_key_env: Option<String>,
-        api_key_file: Option<PathBuf>,
-        /// Extra request headers (`OpenAI-Organization`, say); not secrets.
-        #[serde(default)]
-        headers: std::collections::BTreeMap<String, String>,
-        #[serde(default)]
-        resilience: ResilienceConfig,
-    },
-    Gigachat {
-        name: String,
-        /// Chat API base, default `https://gigachat.devices.sberbank.ru`.
-        base_url: Option<String>,
-        /// OAuth endpoint, default `https://ngw.devices.sberbank.ru:9443/api/v2/oauth`.
-        oauth_url: Option<String>,
-        /// The base64 "authorization key" sent as `Authorization: Basic`.
-        auth_key_env: Option<String>,
-        auth_key_file: Option<PathBuf>,
-        /// `GIGACHAT_API_PERS`, `GIGACHAT_API_B2B` or `GIGACHAT_API_CORP`.
-        scope: String,
-        /// PEM bundle to trust in addition to the system roots (the Russian
-        /// Trusted Root CA).
-        ca_bundle: Option<PathBuf>,
-        /// Refresh a token this long before it expires (default 60 000).
-        token_refresh_margin_ms: Option<u64>,
-        #[serde(default)]
-        resilience: ResilienceConfig,
-    },
-    Yandex {
-        name: String,
-        /// Default `https://llm.api.cloud.yandex.net`.
-        base_url: Option<String>,
-        folder_id: String,
-        /// A service-account API key (`Authorization: Api-Key`)...
-        api_key_env: Option<String>,
-        api_key_file: Option<PathBuf>,
-        /// ...or an IAM token (`Authorization: Bearer`).
-        iam_token_env: Option<String>,
-        iam_token_file: Option<PathBuf>,
-        #[serde(default)]
-        resilience: ResilienceConfig,
-    },
-}
-
-impl ProviderConfig {
-    /// The name deployments refer to.
-    pub fn name(&self) -> &str {
-        match self {
-            Self::Openai { name, .. } | Self::Gigachat { name, .. } | Self::Yandex { name, .. } => {
-                name
-            }
-        }
-    }
-
-    /// The timeouts, retries and breaker settings for this provider's
-    /// deployments.
-    pub fn resilience(&self) -> &ResilienceConfig {
-        match self {
-            Self::Openai { resilience, .. }
-            | Self::Gigachat { resilience, .. }
-            | Self::Yandex { resilience, .. } => resilience,
         }
     }
 }

@@ -15,97 +15,13 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use rand::Rng;
-use serde::Deserialize;
 use sluice_runtime::Usage;
 use tokio::time::Instant;
 
 use super::breaker::CircuitBreaker;
 use super::{Provider, ProviderError, ProviderRequest, TimeoutPhase};
 use crate::answer::{Answer, BoxAnswer, Step};
-
-/// Timeouts, retries and breaker settings of a deployment (all in ms).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ResilienceConfig {
-    pub connect_timeout_ms: u64,
-    /// Response headers plus the first content chunk of a stream.
-    pub first_byte_timeout_ms: u64,
-    /// The longest silence between two chunks of a stream.
-    pub between_chunks_timeout_ms: u64,
-    /// The whole request, retries and the answer's last byte included (and
-    /// the limit for a non-streamed answer's body).
-    pub total_timeout_ms: u64,
-    /// Attempts per call, the first included (1 = no retries).
-    pub max_attempts: u32,
-    pub backoff_base_ms: u64,
-    pub backoff_max_ms: u64,
-    /// A `Retry-After` longer than this is not waited for: the call fails
-    /// (and the router tries another deployment) instead.
-    pub max_retry_after_ms: u64,
-    /// Consecutive failed calls that open the breaker.
-    pub breaker_failures: u32,
-    /// How long an open breaker rejects before letting one probe through.
-    pub breaker_cooldown_ms: u64,
-}
-
-impl Default for ResilienceConfig {
-    fn default() -> Self {
-        Self {
-            connect_timeout_ms: 3_000,
-            first_byte_timeout_ms: 30_000,
-            between_chunks_timeout_ms: 30_000,
-            total_timeout_ms: 600_000,
-            max_attempts: 3,
-            backoff_base_ms: 100,
-            backoff_max_ms: 5_000,
-            max_retry_after_ms: 10_000,
-            breaker_failures: 5,
-            breaker_cooldown_ms: 30_000,
-        }
-    }
-}
-
-impl ResilienceConfig {
-    /// Checks the bounds; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        let Self {
-            connect_timeout_ms,
-            first_byte_timeout_ms,
-            between_chunks_timeout_ms,
-            total_timeout_ms,
-            max_attempts,
-            backoff_base_ms,
-            backoff_max_ms,
-            max_retry_after_ms: _,
-            breaker_failures,
-            breaker_cooldown_ms: _,
-        } = self;
-        for (name, v) in [
-            ("connect_timeout_ms", connect_timeout_ms),
-            ("first_byte_timeout_ms", first_byte_timeout_ms),
-            ("between_chunks_timeout_ms", between_chunks_timeout_ms),
-            ("total_timeout_ms", total_timeout_ms),
-        ] {
-            if *v == 0 {
-                return Err(format!("{name} must be at least 1"));
-            }
-        }
-        if !(1..=10).contains(max_attempts) {
-            return Err("max_attempts must be between 1 and 10".into());
-        }
-        if backoff_base_ms > backoff_max_ms {
-            return Err("backoff_base_ms must not exceed backoff_max_ms".into());
-        }
-        if *breaker_failures == 0 {
-            return Err("breaker_failures must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-}
+use crate::config::ResilienceConfig;
 
 /// When and how long to wait before another attempt.
 #[derive(Debug, Clone, PartialEq)]

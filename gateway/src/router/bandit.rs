@@ -26,24 +26,7 @@
 use rand::Rng;
 
 use super::outcomes::Outcome;
-
-/// What a unit of each penalty is worth (see the module's formula).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RewardScales {
-    pub latency_scale_ms: f64,
-    pub per_token_scale_ms: f64,
-    pub cost_scale_usd: f64,
-}
-
-impl Default for RewardScales {
-    fn default() -> Self {
-        Self {
-            latency_scale_ms: 1000.0,
-            per_token_scale_ms: 100.0,
-            cost_scale_usd: 0.01,
-        }
-    }
-}
+use crate::config::RewardScales;
 
 impl RewardScales {
     /// The reward of one outcome, in 0..=1.

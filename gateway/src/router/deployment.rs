@@ -14,40 +14,8 @@ use axum::http::{HeaderMap, HeaderValue};
 use metrics::{Counter, Gauge, Histogram};
 use sluice_runtime::{LoadSnapshot, Usage};
 
+use crate::config::{DeploymentSettings, Price, SaturationLimits};
 use crate::providers::{BreakerState, Provider, Resilience};
-
-/// Where a deployment may send a request's data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Residency {
-    /// On this machine or this organisation's network: allowed for sensitive requests.
-    OnPrem,
-    /// A third party's cloud: never for sensitive requests.
-    Cloud,
-}
-
-impl Residency {
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "on_prem" => Some(Self::OnPrem),
-            "cloud" => Some(Self::Cloud),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OnPrem => "on_prem",
-            Self::Cloud => "cloud",
-        }
-    }
-}
-
-/// Price per 1k tokens, USD.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Price {
-    pub input_per_1k: f64,
-    pub output_per_1k: f64,
-}
 
 impl Price {
     /// What a request with this usage cost. Cached prompt tokens are billed
@@ -62,16 +30,6 @@ impl Price {
     pub fn unit(&self) -> f64 {
         self.input_per_1k + self.output_per_1k
     }
-}
-
-/// When a local engine counts as full (then the next deployment takes the request).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SaturationLimits {
-    /// Full when the engine estimates a newcomer would wait longer than this
-    /// for its first token.
-    pub max_queue_wait_ms: f64,
-    /// Full when less than this fraction of the KV-cache blocks is free.
-    pub min_free_kv_fraction: f64,
 }
 
 impl SaturationLimits {
@@ -142,18 +100,6 @@ impl DeploymentMetrics {
                 "model" => route.to_string(), "deployment" => deployment.to_string()),
         }
     }
-}
-
-/// A deployment's settings, as resolved from the config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeploymentSettings {
-    pub name: String,
-    pub priority: u32,
-    pub weight: f64,
-    pub price: Price,
-    /// Requests in flight at most; `None` is unlimited.
-    pub max_concurrency: Option<usize>,
-    pub residency: Residency,
 }
 
 /// One deployment with its live state.
@@ -260,6 +206,7 @@ pub fn format_cost(usd: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Residency;
 
     fn load(wait_ms: f64, free: usize, total: usize) -> LoadSnapshot {
         LoadSnapshot {

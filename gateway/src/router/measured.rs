@@ -16,10 +16,10 @@ use metrics::Histogram;
 use sluice_runtime::Usage;
 use tokio::time::Instant;
 
-use super::bandit::RewardScales;
 use super::deployment::{format_cost, Deployment, InFlight};
 use super::outcomes::{Outcome, OutcomeStore};
 use crate::answer::{Answer, BoxAnswer, Step};
+use crate::config::RewardScales;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

@@ -49,56 +49,18 @@ use crate::providers::{
 use crate::registry::Registry;
 use crate::validate::{Input, Job};
 
-pub use bandit::RewardScales;
-pub use deployment::{
-    Deployment, DeploymentSettings, Price, Provenance, Residency, SaturationLimits, Target,
-    COST_HEADER, DEPLOYMENT_HEADER,
+pub use crate::config::{
+    DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
+    SaturationLimits, Strategy, TargetSpec,
 };
+pub use deployment::{Deployment, Provenance, Target, COST_HEADER, DEPLOYMENT_HEADER};
 pub use outcomes::{DeploymentStats, InMemoryOutcomes, Outcome, OutcomeStore};
-pub use strategy::Strategy;
 
 use measured::{Measure, MeasuredAnswer};
 use strategy::Candidate;
 
 /// How often a waiting sensitive request looks again at its `on_prem` deployments.
 const SENSITIVE_POLL: Duration = Duration::from_millis(20);
-
-/// A route as resolved from the config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteSpec {
-    /// The public model name clients send.
-    pub model: String,
-    pub strategy: Strategy,
-    /// Seeds the route's RNG (weighted and learned strategies), for
-    /// reproducible routing; absent: seeded from the OS.
-    pub seed: Option<u64>,
-    /// How long a sensitive request waits for a saturated `on_prem`
-    /// deployment before it gets 429.
-    pub sensitive_wait: Duration,
-    pub reward: RewardScales,
-    pub deployments: Vec<DeploymentSpec>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeploymentSpec {
-    pub settings: DeploymentSettings,
-    pub target: TargetSpec,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum TargetSpec {
-    Local {
-        model: String,
-        saturation: SaturationLimits,
-    },
-    Provider {
-        /// A `[[providers]]` name.
-        provider: String,
-        upstream_model: String,
-        /// The provider's resilience settings unless the deployment has its own.
-        resilience: Option<ResilienceConfig>,
-    },
-}
 
 struct Route {
     strategy: Strategy,

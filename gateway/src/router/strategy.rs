@@ -14,45 +14,7 @@ use rand::Rng;
 
 use super::bandit::sample_beta;
 use super::outcomes::DeploymentStats;
-
-/// How a route orders its deployments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    /// Lowest `priority` first.
-    Fallback,
-    /// Random, each deployment chosen first with probability proportional to its weight.
-    Weighted,
-    /// Lowest moving-average time to first token first; unmeasured ones first of all,
-    /// so each gets measured.
-    LeastLatency,
-    /// Lowest price (input plus output price per 1k tokens) first.
-    LowestCost,
-    /// Thompson sampling over the recorded rewards (see [`super::bandit`]).
-    Learned,
-}
-
-impl Strategy {
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "fallback" => Self::Fallback,
-            "weighted" => Self::Weighted,
-            "least_latency" => Self::LeastLatency,
-            "lowest_cost" => Self::LowestCost,
-            "learned" => Self::Learned,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fallback => "fallback",
-            Self::Weighted => "weighted",
-            Self::LeastLatency => "least_latency",
-            Self::LowestCost => "lowest_cost",
-            Self::Learned => "learned",
-        }
-    }
-}
+use crate::config::Strategy;
 
 /// What a strategy knows of one eligible deployment.
 #[derive(Debug, Clone, Copy)]

@@ -8,7 +8,7 @@ use super::{
     MAX_TOP_LOGPROBS,
 };
 use crate::error::ApiError;
-use crate::openai::chat::{ChatCompletionRequest, ChatMessageWire};
+use crate::wire::{ChatCompletionRequest, ChatMessageWire};
 
 /// Validates `POST /v1/chat/completions`.
 pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {

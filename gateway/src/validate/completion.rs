@@ -6,7 +6,7 @@ use super::{
     common, int_in, reject_unknown, CommonWire, Input, ValidRequest, MAX_CHOICES, MAX_TOP_LOGPROBS,
 };
 use crate::error::ApiError;
-use crate::openai::completions::CompletionRequest;
+use crate::wire::CompletionRequest;
 
 /// Validates `POST /v1/completions`.
 pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {

@@ -12,13 +12,31 @@ use sluice_models::ChatMessage;
 use sluice_runtime::SamplingParams;
 
 use crate::error::ApiError;
-use crate::openai::StreamOptions;
+use crate::wire::StreamOptions;
 
 mod chat;
 mod completion;
 
 pub use chat::chat;
 pub use completion::completion;
+
+/// A wire API's request: it becomes the one internal [`ValidRequest`]
+/// (what makes a wire API a thin adapter of the request chain).
+pub trait Validate {
+    fn validate(self) -> Result<ValidRequest, ApiError>;
+}
+
+impl Validate for crate::wire::ChatCompletionRequest {
+    fn validate(self) -> Result<ValidRequest, ApiError> {
+        chat(self)
+    }
+}
+
+impl Validate for crate::wire::CompletionRequest {
+    fn validate(self) -> Result<ValidRequest, ApiError> {
+        completion(self)
+    }
+}
 
 /// `n` at most (choices per prompt).
 pub const MAX_N: usize = 16;

@@ -2,9 +2,9 @@
 //! keeps its values.
 
 use super::*;
-use crate::openai::chat::ChatCompletionRequest;
-use crate::openai::completions::CompletionRequest;
 use crate::openai::json::parse;
+use crate::wire::ChatCompletionRequest;
+use crate::wire::CompletionRequest;
 use serde_json::json;
 use serde_json::Value;
 use sluice_models::ChatMessage;

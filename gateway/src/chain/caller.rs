@@ -1,0 +1,64 @@
+//! [`Caller`]: who asks, as the auth stage left it in the request, and the
+//! request headers the later stages read (sensitivity, cache control).
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use tokio::time::Instant;
+
+use crate::auth::Tenant;
+use crate::error::ApiError;
+use crate::sensitivity::{is_sensitive, TenantPolicy};
+
+/// Who is calling, and how the request must be treated.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: Tenant,
+    pub policy: TenantPolicy,
+    pub headers: HeaderMap,
+    /// Its data must stay on `on_prem` deployments and out of the cache.
+    pub sensitive: bool,
+    /// When the handler started (for the gateway-overhead metric).
+    pub started: Instant,
+}
+
+impl Caller {
+    /// A caller for code that runs the chain without HTTP (tests, benches).
+    pub fn new(tenant: &str, policy: TenantPolicy, headers: HeaderMap) -> Self {
+        let sensitive = is_sensitive(&headers, Some(&policy));
+        Self {
+            tenant: Tenant(Arc::from(tenant)),
+            policy,
+            headers,
+            sensitive,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let started = Instant::now();
+        // Every route that takes a `Caller` sits behind `auth::require_key`;
+        // a missing tenant is a routing mistake, never an anonymous pass.
+        let tenant = parts.extensions.get::<Tenant>().cloned().ok_or_else(|| {
+            ApiError::Internal("a chain route is not behind the auth layer".into())
+        })?;
+        let policy = parts
+            .extensions
+            .get::<TenantPolicy>()
+            .copied()
+            .unwrap_or_default();
+        Ok(Self {
+            sensitive: is_sensitive(&parts.headers, Some(&policy)),
+            tenant,
+            policy,
+            headers: parts.headers.clone(),
+            started,
+        })
+    }
+}

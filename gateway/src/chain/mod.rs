@@ -1,0 +1,170 @@
+//! The request path, written out once, in the order a request passes it.
+//!
+//! Before the model:
+//! 1. **auth**: [`crate::auth::require_key`], an axum layer on every `/v1`
+//!    route (so it runs before the body is read); it leaves the tenant and
+//!    its key's policy in the request, which the [`Caller`] extractor hands
+//!    to the chain.
+//! 2. **validate**: the wire API's [`Validate`] impl turns its request into
+//!    the one internal [`ValidRequest`].
+//! 3. **input guard**: [`InputGuard::screen`] scores every message's text;
+//!    a flagged request is refused, or marked and kept out of the cache.
+//! 4. **cache lookup**: [`Cache::lookup`], with the embedding the guard
+//!    already computed, so the shared encoder runs once.
+//! 5. **router**: [`Router::dispatch`] picks the deployment (local engine
+//!    or upstream) and starts the answer.
+//!
+//! On the way back, the answer stream is wrapped, innermost first:
+//! 6. **recorders**: the cache insert ([`Decision::record`]).
+//!
+//! Adding a stage is one line in [`Chain::answer`] plus its module; a stage
+//! gets only what it needs (never the server's state) and returns a typed
+//! decision: continue, answer now (a cache hit) or refuse (an error).
+//! Every wire API that generates (chat, completions, and the APIs still to
+//! come) is a thin adapter: a [`Validate`] request in, an [`Answered`] out.
+//! `/v1/embeddings` and `/v1/moderations` pass auth and their own
+//! validation only: no stage after it applies to them.
+//!
+//! Design choice: a cache hit skips routing altogether (no deployment is
+//! chosen, charged or told of an outcome), so its response carries
+//! `x-sluice-cache` but no `x-sluice-deployment` / `x-sluice-cost`.
+
+mod caller;
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use sluice_models::Tokenizer;
+use sluice_runtime::Usage;
+
+use crate::answer::BoxAnswer;
+use crate::cache::{self, Cache, Decision};
+use crate::error::ApiError;
+use crate::guard::screen::{InputGuard, Screening};
+use crate::router::{Dispatch, Provenance, Routed, Router};
+use crate::validate::{ValidRequest, Validate};
+
+pub use caller::Caller;
+
+/// The stages of a generation request, built once at start.
+pub struct Chain {
+    /// `None` when the guard is disabled (or has no encoder to read).
+    pub guard: Option<InputGuard>,
+    pub cache: Arc<Cache>,
+    pub router: Arc<Router>,
+}
+
+/// The request's answer and where it came from.
+pub struct Answered {
+    pub answer: BoxAnswer,
+    /// The local model's tokenizer, only when the request asked for
+    /// log-probabilities (a cache hit or a provider has none to render).
+    pub tokenizer: Option<Arc<Tokenizer>>,
+    pub stamp: Stamp,
+}
+
+/// The response headers that say what the chain did with a request.
+pub struct Stamp {
+    guard: Screening,
+    cache: Decision,
+    /// `None` for a cache hit.
+    provenance: Option<Provenance>,
+}
+
+/// The request's fields the handlers still need once its job is dispatched.
+pub struct Head {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl Chain {
+    /// Runs a generation request through every stage.
+    pub async fn answer(
+        &self,
+        caller: &Caller,
+        request: impl Validate,
+    ) -> Result<(Head, Answered), ApiError> {
+        let req = request.validate()?;
+        let screening = match &self.guard {
+            Some(guard) => guard.screen(&caller.policy, &req).await?,
+            None => Screening::default(),
+        };
+        let mut decision = self.cache_lookup(caller, &req, &screening).await;
+        let want_logprobs = req.job.sampling.logprobs.is_some();
+        let ValidRequest {
+            model,
+            stream,
+            include_usage,
+            user: _,
+            job,
+        } = req;
+        let (answer, provenance, tokenizer) = match decision.take_hit() {
+            Some(hit) => (hit, None, None),
+            None => {
+                let how = Dispatch {
+                    stream,
+                    sensitive: caller.sensitive,
+                    started: caller.started,
+                };
+                let Routed {
+                    answer,
+                    provenance,
+                    tokenizer,
+                } = self.router.dispatch(&model, job, how).await?;
+                let answer = decision.record(answer);
+                (answer, Some(provenance), tokenizer)
+            }
+        };
+        let head = Head {
+            model,
+            stream,
+            include_usage,
+        };
+        let answered = Answered {
+            answer,
+            tokenizer: tokenizer.filter(|_| want_logprobs),
+            stamp: Stamp {
+                guard: screening,
+                cache: decision,
+                provenance,
+            },
+        };
+        Ok((head, answered))
+    }
+
+    /// The cache stage. A request the guard flagged is neither served from
+    /// the cache nor stored in it: its answer is not one to hand others.
+    async fn cache_lookup(
+        &self,
+        caller: &Caller,
+        req: &ValidRequest,
+        screening: &Screening,
+    ) -> Decision {
+        if screening.flagged() {
+            return Decision::bypass();
+        }
+        let request = cache::Request {
+            tenant: &caller.tenant.0,
+            model: &req.model,
+            job: &req.job,
+            headers: &caller.headers,
+            sensitive: caller.sensitive,
+        };
+        self.cache
+            .lookup(request, screening.embedding().cloned())
+            .await
+    }
+}
+
+impl Stamp {
+    /// The guard's, the cache's and the deployment's response headers;
+    /// `usage` (known only for a whole answer) adds the cost.
+    pub fn apply(&self, headers: &mut HeaderMap, usage: Option<&Usage>) {
+        self.guard.set_headers(headers);
+        self.cache.set_headers(headers);
+        if let Some(provenance) = &self.provenance {
+            provenance.stamp(headers, usage);
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The input guard as a stage of the request chain: every chat message and
+//! completion prompt that carries text is scored (all roles: an injection
+//! hidden in a system, assistant or tool turn is as dangerous as one in the
+//! user's), then the key's action applies: `flag` (answered, logged,
+//! counted and marked `x-sluice-guard: flagged`), `block` (a 400 with code
+//! `content_policy_violation`) or `off` (not scored).
+//!
+//! Design choice: when the semantic cache embeds with the guard head's own
+//! encoder, the last user message is embedded once here, through the
+//! cache's [`Embedder`], and that vector is both the guard's whole-text
+//! window for that message and the cache's lookup key (the [`Screening`]
+//! carries it on). One forward pass, two stages.
+//!
+//! A guard failure (an encoder queue full, say) fails the request only when
+//! the action is `block`: a guard that merely flags must not take the chat
+//! path down with it, so it logs, counts and lets the request through
+//! unscored.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue};
+use futures_util::future::join_all;
+use tokio::time::Instant;
+
+use super::{Guard, GuardEncoders};
+use crate::cache::Embedder;
+use crate::config::{GuardAction, GuardScoring};
+use crate::error::ApiError;
+use crate::sensitivity::TenantPolicy;
+use crate::validate::{Input, ValidRequest};
+
+/// The response header that says what the guard made of a request.
+pub const GUARD_HEADER: &str = "x-sluice-guard";
+
+/// The guard stage, built once at start.
+pub struct InputGuard {
+    guard: Arc<Guard>,
+    encoders: Arc<dyn GuardEncoders>,
+    /// The semantic cache's embedder, when it runs the head's encoder.
+    shared: Option<Arc<dyn Embedder>>,
+    action: GuardAction,
+    scoring: GuardScoring,
+}
+
+/// What the guard stage decided about one request.
+#[derive(Debug, Default, Clone)]
+pub struct Screening {
+    /// `None` when the request was not scored.
+    flagged: Option<bool>,
+    /// The last user message's embedding, for the cache.
+    embedding: Option<Arc<[f32]>>,
+}
+
+impl Screening {
+    /// Scored and flagged (with the `flag` action; `block` never gets here).
+    pub fn flagged(&self) -> bool {
+        self.flagged == Some(true)
+    }
+
+    /// The last user message's embedding, if the guard computed one.
+    pub fn embedding(&self) -> Option<&Arc<[f32]>> {
+        self.embedding.as_ref()
+    }
+
+    /// `x-sluice-guard: flagged | clean`; absent when the request was not scored.
+    pub fn set_headers(&self, headers: &mut HeaderMap) {
+        if let Some(flagged) = self.flagged {
+            let value = if flagged { "flagged" } else { "clean" };
+            headers.insert(GUARD_HEADER, HeaderValue::from_static(value));
+        }
+    }
+}
+
+/// The stage's settings besides the guard itself.
+pub struct InputGuardSettings {
+    /// What a flagged request gets unless its key says otherwise.
+    pub action: GuardAction,
+    pub scoring: GuardScoring,
+    /// The semantic cache's embedder; give it only when it runs the same
+    /// encoder as the guard's head, or the shared vector would be wrong.
+    pub shared: Option<Arc<dyn Embedder>>,
+}
+
+/// One piece of text to score and the parameter it came from.
+struct Piece<'a> {
+    text: &'a str,
+    param: String,
+    /// The cache's semantic text (the last user message).
+    last_user: bool,
+}
+
+impl InputGuard {
+    pub fn new(
+        guard: Arc<Guard>,
+        encoders: Arc<dyn GuardEncoders>,
+        settings: InputGuardSettings,
+    ) -> Self {
+        let InputGuardSettings {
+            action,
+            scoring,
+            shared,
+        } = settings;
+        Self {
+            guard,
+            encoders,
+            shared,
+            action,
+            scoring,
+        }
+    }
+
+    /// Scores the request's texts and applies the key's action.
+    pub async fn screen(
+        &self,
+        policy: &TenantPolicy,
+        req: &ValidRequest,
+    ) -> Result<Screening, ApiError> {
+        let action = policy.guard.unwrap_or(self.action);
+        if action == GuardAction::Off || self.scoring == GuardScoring::Off {
+            return Ok(Screening::default());
+        }
+        let pieces = pieces(&req.job.input);
+        if pieces.is_empty() {
+            return Ok(Screening::default());
+        }
+        let started = Instant::now();
+        let embedding = match (&self.shared, pieces.iter().find(|p| p.last_user)) {
+            (Some(embedder), Some(piece)) => embedder.embed(piece.text).await.ok(),
+            _ => None,
+        };
+        let verdicts = join_all(pieces.iter().map(|p| {
+            let given = if p.last_user { embedding.clone() } else { None };
+            self.guard.verdict(self.encoders.as_ref(), p.text, given)
+        }))
+        .await;
+        metrics::histogram!("sluice_guard_seconds").record(started.elapsed().as_secs_f64());
+        let mut flagged_at = None;
+        for (piece, verdict) in pieces.iter().zip(verdicts) {
+            match verdict {
+                Ok(v) if v.flagged => {
+                    flagged_at.get_or_insert(piece.param.clone());
+                }
+                Ok(_) => {}
+                Err(e) if action == GuardAction::Block => {
+                    metrics::counter!("sluice_guard_requests_total", "outcome" => "error")
+                        .increment(1);
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the guard could not score the request; passing it unscored");
+                    metrics::counter!("sluice_guard_requests_total", "outcome" => "error")
+                        .increment(1);
+                    return Ok(Screening {
+                        flagged: None,
+                        embedding,
+                    });
+                }
+            }
+        }
+        let Some(param) = flagged_at else {
+            metrics::counter!("sluice_guard_requests_total", "outcome" => "clean").increment(1);
+            return Ok(Screening {
+                flagged: Some(false),
+                embedding,
+            });
+        };
+        if action == GuardAction::Block {
+            metrics::counter!("sluice_guard_requests_total", "outcome" => "blocked").increment(1);
+            tracing::info!(model = %req.model, param = %param, "guard blocked the request");
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "The request was refused by the input guard: `{param}` looks like a prompt \
+                     injection. Rephrase it, or ask the administrator to review the policy."
+                ),
+                param: Some(param),
+                code: Some("content_policy_violation"),
+            });
+        }
+        metrics::counter!("sluice_guard_requests_total", "outcome" => "flagged").increment(1);
+        tracing::warn!(model = %req.model, param = %param, "guard flagged the request");
+        Ok(Screening {
+            flagged: Some(true),
+            embedding,
+        })
+    }
+}
+
+/// Every text the request carries, with the parameter that holds it.
+/// Prompts given as token ids carry no text before a model's tokenizer
+/// reads them, so they are not scored here.
+fn pieces(input: &Input) -> Vec<Piece<'_>> {
+    match input {
+        Input::Chat(messages) => {
+            let last_user = messages.iter().rposition(|m| m.role == "user");
+            messages
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| !m.content.trim().is_empty())
+                .map(|(i, m)| Piece {
+                    text: &m.content,
+                    param: format!("messages[{i}].content"),
+                    last_user: Some(i) == last_user,
+                })
+                .collect()
+        }
+        Input::Text(prompts) => prompts
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.trim().is_empty())
+            .map(|(i, p)| Piece {
+                text: p,
+                param: if prompts.len() == 1 {
+                    "prompt".to_string()
+                } else {
+                    format!("prompt[{i}]")
+                },
+                last_user: false,
+            })
+            .collect(),
+        Input::Tokens(_) => Vec::new(),
+    }
+}

@@ -1,0 +1,74 @@
+//! What the HTTP handlers may read, and the slices of it each one takes
+//! (axum's `FromRef`): the chain for the generation APIs, the metrics handle
+//! for `/metrics`, the cache and admin key for the cache's admin route. The
+//! stages of [`crate::chain`] never see this; the handlers hand each one
+//! what it needs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::KeyStore;
+use crate::cache::admin::CacheAdmin;
+use crate::cache::Cache;
+use crate::chain::Chain;
+use crate::config::Secret;
+use crate::encoders::EncoderRegistry;
+use crate::guard::Guard;
+use crate::metrics::MetricsHandle;
+use crate::registry::Registry;
+use crate::router::Router as ModelRouter;
+
+/// The request body limit, read by the JSON extractor for its 413 message.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// What every handler may read. Cheap to clone (all shared).
+#[derive(Clone)]
+pub struct AppState {
+    /// The request path of the generation APIs.
+    pub chain: Arc<Chain>,
+    pub registry: Arc<Registry>,
+    pub router: Arc<ModelRouter>,
+    pub metrics: MetricsHandle,
+    /// In-process encoders (embeddings, classifiers), loaded in the background.
+    pub encoders: Arc<EncoderRegistry>,
+    /// The input guard; `None` when it is off.
+    pub guard: Option<Arc<Guard>>,
+    pub keys: Arc<KeyStore>,
+    pub cache: Arc<Cache>,
+    /// The admin API's key; without one the admin routes do not exist.
+    pub admin_key: Option<Arc<Secret>>,
+    pub body_limit: BodyLimit,
+    pub request_timeout: Duration,
+    pub shutdown: CancellationToken,
+}
+
+impl FromRef<AppState> for BodyLimit {
+    fn from_ref(state: &AppState) -> Self {
+        state.body_limit
+    }
+}
+
+impl FromRef<AppState> for Arc<Chain> {
+    fn from_ref(state: &AppState) -> Self {
+        state.chain.clone()
+    }
+}
+
+impl FromRef<AppState> for MetricsHandle {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}
+
+impl FromRef<AppState> for CacheAdmin {
+    fn from_ref(state: &AppState) -> Self {
+        CacheAdmin {
+            cache: state.cache.clone(),
+            admin_key: state.admin_key.clone(),
+        }
+    }
+}
