@@ -182,6 +182,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
                 InputGuardSettings {
                     action: config.guard.action,
                     scoring: config.guard.score,
+                    route_scoring: config
+                        .routes
+                        .iter()
+                        .filter_map(|r| Some((r.model.clone(), r.guard?)))
+                        .collect(),
                     shared: embedder.clone().filter(|_| same_encoder),
                 },
             )

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::providers::{ProviderConfig, ResilienceConfig};
-use super::{invalid, ConfigError, ModelConfig};
+use super::{invalid, ConfigError, GuardScoring, ModelConfig};
 
 const DEFAULT_SENSITIVE_WAIT_MS: u64 = 1000;
 const DEFAULT_MAX_QUEUE_WAIT_MS: f64 = 1000.0;
@@ -30,6 +30,9 @@ pub struct RouteSection {
     pub strategy: Option<String>,
     pub seed: Option<u64>,
     pub sensitive_wait_ms: Option<u64>,
+    /// Which of this model's requests the input guard scores ("every",
+    /// "off"), instead of `[guard] score`.
+    pub guard: Option<String>,
     #[serde(default)]
     pub reward: RewardSection,
     #[serde(default)]
@@ -95,6 +98,7 @@ pub(super) fn resolve_routes(
             strategy,
             seed,
             sensitive_wait_ms,
+            guard,
             reward,
             deployments,
         } = r;
@@ -130,6 +134,9 @@ pub(super) fn resolve_routes(
             ));
         }
         let reward = resolve_reward(&at("reward"), reward)?;
+        let guard = guard
+            .map(|g| GuardScoring::parse(&at("guard"), &g))
+            .transpose()?;
         let mut specs = Vec::with_capacity(deployments.len());
         for (j, d) in deployments.into_iter().enumerate() {
             let key = format!("routes[{i}].deployments[{j}]");
@@ -148,6 +155,7 @@ pub(super) fn resolve_routes(
             strategy,
             seed,
             sensitive_wait: Duration::from_millis(wait),
+            guard,
             reward,
             deployments: specs,
         });
@@ -340,6 +348,8 @@ pub struct RouteSpec {
     /// How long a sensitive request waits for a saturated `on_prem`
     /// deployment before it gets 429.
     pub sensitive_wait: Duration,
+    /// Which of this model's requests the input guard scores; `None`: `[guard] score`.
+    pub guard: Option<GuardScoring>,
     pub reward: RewardScales,
     pub deployments: Vec<DeploymentSpec>,
 }

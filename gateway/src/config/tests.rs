@@ -448,3 +448,37 @@ fn check_config_shows_the_cache_without_the_redis_password() {
     assert!(shown.contains("backend = \"redis\""), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+#[test]
+fn guard_policies_resolve_per_section_key_and_route() {
+    let text = format!(
+        "{ROUTED}\n[guard]\naction = \"block\"\nscore = \"off\"\n\n\
+         [[auth.keys]]\ntenant = \"t\"\nkey_env = \"K\"\nguard = \"flag\"\n"
+    );
+    let text = text.replace("seed = 3\n", "seed = 3\nguard = \"every\"\n");
+    let cfg = load_str(&text, &[("K", "key-0123456789abcdef")]).unwrap();
+    assert_eq!(cfg.guard.action, GuardAction::Block);
+    assert_eq!(cfg.guard.score, GuardScoring::Off);
+    assert_eq!(cfg.keys[0].guard, Some(GuardAction::Flag));
+    assert_eq!(cfg.routes[0].guard, Some(GuardScoring::Every));
+
+    let defaults = load_str("", &[]).unwrap();
+    assert_eq!(defaults.guard.action, GuardAction::Flag);
+    assert_eq!(defaults.guard.score, GuardScoring::Every);
+
+    let err = err_of("[guard]\naction = \"warn\"\n", &[]);
+    assert!(
+        err.contains("guard.action") && err.contains("warn"),
+        "{err}"
+    );
+    let err = err_of(
+        "[[auth.keys]]\ntenant = \"t\"\nkey_env = \"K\"\nguard = \"maybe\"\n",
+        &[("K", "key-0123456789abcdef")],
+    );
+    assert!(err.contains("auth.keys[0].guard"), "{err}");
+    let err = err_of(
+        &ROUTED.replace("seed = 3\n", "seed = 3\nguard = \"some\"\n"),
+        &[],
+    );
+    assert!(err.contains("routes[0].guard"), "{err}");
+}

@@ -3,7 +3,9 @@
 //! hidden in a system, assistant or tool turn is as dangerous as one in the
 //! user's), then the key's action applies: `flag` (answered, logged,
 //! counted and marked `x-sluice-guard: flagged`), `block` (a 400 with code
-//! `content_policy_violation`) or `off` (not scored).
+//! `content_policy_violation`) or `off` (not scored). A route may turn
+//! scoring off for its model (`[[routes]] guard = "off"`), a key for its
+//! requests (`guard = "off"`).
 //!
 //! Design choice: when the semantic cache embeds with the guard head's own
 //! encoder, the last user message is embedded once here, through the
@@ -16,6 +18,7 @@
 //! path down with it, so it logs, counts and lets the request through
 //! unscored.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue};
@@ -40,6 +43,8 @@ pub struct InputGuard {
     shared: Option<Arc<dyn Embedder>>,
     action: GuardAction,
     scoring: GuardScoring,
+    /// Routes whose `guard` overrides `scoring`, by public model name.
+    route_scoring: HashMap<String, GuardScoring>,
 }
 
 /// What the guard stage decided about one request.
@@ -76,6 +81,8 @@ pub struct InputGuardSettings {
     /// What a flagged request gets unless its key says otherwise.
     pub action: GuardAction,
     pub scoring: GuardScoring,
+    /// Routes whose `guard` overrides `scoring`, by public model name.
+    pub route_scoring: HashMap<String, GuardScoring>,
     /// The semantic cache's embedder; give it only when it runs the same
     /// encoder as the guard's head, or the shared vector would be wrong.
     pub shared: Option<Arc<dyn Embedder>>,
@@ -98,6 +105,7 @@ impl InputGuard {
         let InputGuardSettings {
             action,
             scoring,
+            route_scoring,
             shared,
         } = settings;
         Self {
@@ -106,6 +114,7 @@ impl InputGuard {
             shared,
             action,
             scoring,
+            route_scoring,
         }
     }
 
@@ -116,7 +125,12 @@ impl InputGuard {
         req: &ValidRequest,
     ) -> Result<Screening, ApiError> {
         let action = policy.guard.unwrap_or(self.action);
-        if action == GuardAction::Off || self.scoring == GuardScoring::Off {
+        let scoring = self
+            .route_scoring
+            .get(&req.model)
+            .copied()
+            .unwrap_or(self.scoring);
+        if action == GuardAction::Off || scoring == GuardScoring::Off {
             return Ok(Screening::default());
         }
         let pieces = pieces(&req.job.input);

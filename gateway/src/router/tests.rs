@@ -130,6 +130,7 @@ fn deployment(
 fn route(strategy: Strategy, deployments: Vec<DeploymentSpec>) -> RouteSpec {
     RouteSpec {
         model: "pub".into(),
+        guard: None,
         strategy,
         seed: Some(7),
         sensitive_wait: Duration::from_millis(60),
