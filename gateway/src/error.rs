@@ -41,6 +41,16 @@ pub enum ApiError {
         pending: usize,
         retry_after: Duration,
     },
+    /// A cap on requests in flight is reached: the server's
+    /// (`[server] max_in_flight`), or that of every deployment the request
+    /// could use. Nothing was started; the client should retry later.
+    #[error("{what} is at its limit of {limit} requests in flight; retry after {} s", retry_after.as_secs().max(1))]
+    InFlightLimit {
+        /// Who is full, as the message's subject ("The server").
+        what: String,
+        limit: usize,
+        retry_after: Duration,
+    },
     #[error("The model `{0}` is still loading; retry shortly")]
     ModelLoading(String),
     #[error("The request did not finish within {} s", .0.as_secs())]
@@ -137,7 +147,7 @@ impl ApiError {
             Self::ModelNotFound(_) | Self::UnknownUrl { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull { .. } | Self::InFlightLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ModelLoading(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -155,6 +165,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => ("invalid_request_error", Some("method_not_allowed")),
             Self::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
             Self::QueueFull { .. } => ("rate_limit_error", Some("queue_full")),
+            Self::InFlightLimit { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
             Self::ModelLoading(_) => ("server_error", Some("model_loading")),
             Self::StoreUnavailable(_) => ("server_error", Some("store_unavailable")),
             Self::Timeout(_) => ("timeout", Some("request_timeout")),
@@ -166,7 +177,9 @@ impl ApiError {
     /// Seconds a client should wait before retrying, where that helps.
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::QueueFull { retry_after, .. } => Some(*retry_after),
+            Self::QueueFull { retry_after, .. } | Self::InFlightLimit { retry_after, .. } => {
+                Some(*retry_after)
+            }
             Self::ModelLoading(_) | Self::StoreUnavailable(_) => Some(Duration::from_secs(5)),
             _ => None,
         }
@@ -256,6 +269,28 @@ mod tests {
         .into_response();
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "7");
+    }
+
+    #[test]
+    fn in_flight_limit_is_429_rate_limit_exceeded_with_retry_after() {
+        let err = ApiError::InFlightLimit {
+            what: "The server".into(),
+            limit: 8,
+            retry_after: Duration::from_secs(2),
+        };
+        let v = json_of(&err);
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("8 requests"),
+            "{v}"
+        );
+        let resp = err.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub mod encoders;
 pub mod error;
 pub mod generate;
 pub mod guard;
+pub mod inflight;
 pub mod metrics;
 pub mod openai;
 pub mod providers;

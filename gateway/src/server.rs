@@ -74,6 +74,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.keys.clone(),
             auth::require_key,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.in_flight.clone(),
+            crate::inflight::limit_in_flight,
         ));
     let admin = match &state.admin_key {
         Some(_) => Router::new().route("/admin/cache", axum::routing::delete(cache::admin::purge)),
@@ -207,6 +211,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         body_limit: BodyLimit(config.server.max_body_bytes),
         request_timeout: config.server.request_timeout,
         shutdown: shutdown.clone(),
+        in_flight: crate::inflight::InFlightLimit::new(config.server.max_in_flight),
     };
     if let Some(redis) = state.cache.redis() {
         let search = redis.detect_search_module().await;

@@ -44,6 +44,8 @@ pub struct AppState {
     pub body_limit: BodyLimit,
     pub request_timeout: Duration,
     pub shutdown: CancellationToken,
+    /// `[server] max_in_flight`, taken around every `/v1` request.
+    pub in_flight: crate::inflight::InFlightLimit,
 }
 
 impl FromRef<AppState> for BodyLimit {

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("encoders", 1),
     ("generate", 1),
     ("guard", 1),
+    ("inflight", 1),
     ("metrics", 1),
     ("providers", 1),
     ("registry", 1),

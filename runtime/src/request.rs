@@ -67,6 +67,9 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached, or the context is full.
     Length,
+    /// An upstream provider's content filter withheld or cut the answer.
+    /// The local engine never produces it; the gateway never caches it.
+    ContentFilter,
 }
 
 impl FinishReason {
@@ -75,6 +78,7 @@ impl FinishReason {
         match self {
             Self::Stop => "stop",
             Self::Length => "length",
+            Self::ContentFilter => "content_filter",
         }
     }
 }

@@ -119,6 +119,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Corrupt> {
             let finish_reason = match c.finish.as_str() {
                 "stop" => FinishReason::Stop,
                 "length" => FinishReason::Length,
+                // `content_filter` is never stored (the recorder refuses
+                // it), so a record that claims one is not served either.
                 _ => return Err(Corrupt::Body),
             };
             Ok(StoredChoice {

@@ -6,7 +6,8 @@
 //! Design choice: the recorder stores when the wrapped answer returns
 //! `None`, that is after the last choice finished and before the handler
 //! sends `[DONE]`; a failure or a dropped stream (client gone) never
-//! reaches that point, so partial answers are never stored. The insert is
+//! reaches that point, so partial answers are never stored. Nor is an
+//! answer any of whose choices an upstream's content filter ended. The insert is
 //! awaited there rather than spawned: in process it takes microseconds,
 //! with Redis one pipelined round trip under a 250 ms timeout, and no task
 //! outlives the request.
@@ -139,6 +140,12 @@ impl Recorder {
                     c.text.push_str(text);
                     c.finish_reason = *reason;
                     *f = true;
+                }
+                // A filtered answer depends on the upstream's policy of the
+                // day and may be a canned refusal: serving it again to
+                // everyone who asks the same thing would spread it.
+                if *reason == FinishReason::ContentFilter {
+                    self.ticket = None;
                 }
             }
             // Nothing of a failed answer is stored.

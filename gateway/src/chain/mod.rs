@@ -1,6 +1,9 @@
 //! The request path, written out once, in the order a request passes it.
 //!
 //! Before the model:
+//! 0. **in-flight limit**: [`crate::inflight`], an axum layer outside auth:
+//!    the server-wide cap on requests in flight (a full server answers 429
+//!    with `Retry-After` before it reads a key or a body).
 //! 1. **auth**: [`crate::auth::require_key`], an axum layer on every `/v1`
 //!    route (so it runs before the body is read); it leaves the tenant and
 //!    its key's policy in the request, which the [`Caller`] extractor hands

@@ -43,6 +43,7 @@ pub struct ServerSection {
     pub shutdown_grace_seconds: Option<u64>,
     pub request_timeout_seconds: Option<u64>,
     pub allow_unauthenticated: Option<bool>,
+    pub max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

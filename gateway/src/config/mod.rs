@@ -46,6 +46,11 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY_BYTES: usize = 2 << 20;
 const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 30;
 const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 600;
+/// Requests the API serves at once unless `[server] max_in_flight` says
+/// otherwise: past it, a newcomer gets 429 at once rather than a share of an
+/// overloaded process (every one of them holds a connection, a body and
+/// possibly an upstream call).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// `max_tokens` when a request gives none: the rest of the context, capped here.
 const DEFAULT_MAX_TOKENS: usize = 4096;
 
@@ -126,6 +131,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub request_timeout: Duration,
     pub allow_unauthenticated: bool,
+    /// API requests in flight at most (from arrival until the last byte of
+    /// the answer, a stream's included).
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@ impl Config {
             "allow_unauthenticated".into(),
             Value::Boolean(self.server.allow_unauthenticated),
         );
+        server.insert("max_in_flight".into(), int(self.server.max_in_flight));
         let keys: Vec<Value> = self
             .keys
             .iter()

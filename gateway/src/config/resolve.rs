@@ -11,8 +11,9 @@ use sluice_runtime::EngineConfig;
 use super::file::{EngineSection, FileConfig, KeySection, ModelSection};
 use super::{
     invalid, ApiKey, Config, ConfigError, EnvLookup, GuardAction, KeySource, ModelConfig,
-    Overrides, Secret, ServerConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS,
-    DEFAULT_REQUEST_TIMEOUT_SECONDS, DEFAULT_SHUTDOWN_GRACE_SECONDS, DEMO_MODEL_ID,
+    Overrides, Secret, ServerConfig, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_TOKENS, DEFAULT_REQUEST_TIMEOUT_SECONDS, DEFAULT_SHUTDOWN_GRACE_SECONDS,
+    DEMO_MODEL_ID,
 };
 
 /// File, then environment, then flags.
@@ -70,6 +71,10 @@ pub(super) fn resolve(
             "server.request_timeout_seconds",
             "must be at least 1",
         ));
+    }
+    let max_in_flight = server.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+    if max_in_flight == 0 {
+        return Err(invalid("server.max_in_flight", "must be at least 1"));
     }
     let allow_unauthenticated = overrides.allow_unauthenticated
         || match env("SLUICE_ALLOW_UNAUTHENTICATED") {
@@ -170,6 +175,7 @@ pub(super) fn resolve(
             shutdown_grace: Duration::from_secs(grace),
             request_timeout: Duration::from_secs(timeout),
             allow_unauthenticated,
+            max_in_flight,
         },
         keys,
         models: resolved,

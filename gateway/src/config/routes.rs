@@ -20,6 +20,11 @@ use super::{invalid, ConfigError, GuardScoring, ModelConfig};
 const DEFAULT_SENSITIVE_WAIT_MS: u64 = 1000;
 const DEFAULT_MAX_QUEUE_WAIT_MS: f64 = 1000.0;
 const DEFAULT_MIN_FREE_KV_FRACTION: f64 = 0.05;
+/// Calls in flight to one provider deployment unless `max_concurrency`
+/// says otherwise: an upstream that stops answering must not collect an
+/// unbounded pile of open connections and waiting clients. A local
+/// deployment has no default cap: its engine's `max_waiting` queue bounds it.
+pub const DEFAULT_PROVIDER_MAX_CONCURRENCY: usize = 256;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +64,8 @@ pub struct DeploymentSection {
     pub weight: Option<f64>,
     pub price_input_per_1k: Option<f64>,
     pub price_output_per_1k: Option<f64>,
+    /// Requests in flight at most; a provider deployment defaults to
+    /// [`DEFAULT_PROVIDER_MAX_CONCURRENCY`], a local one to no cap.
     pub max_concurrency: Option<usize>,
     pub residency: Option<String>,
     pub max_queue_wait_ms: Option<f64>,
@@ -235,7 +242,7 @@ fn resolve_deployment(
     if max_concurrency == Some(0) {
         return Err(invalid(
             at("max_concurrency"),
-            "must be at least 1 (leave it out for no cap)",
+            "must be at least 1 (leave it out for the default)",
         ));
     }
     let (target, default_residency) = match (local, provider) {
@@ -313,6 +320,12 @@ fn resolve_deployment(
                 "give local = \"<model id>\" or provider = \"<name>\"",
             ));
         }
+    };
+    let max_concurrency = match target {
+        TargetSpec::Provider { .. } => {
+            Some(max_concurrency.unwrap_or(DEFAULT_PROVIDER_MAX_CONCURRENCY))
+        }
+        TargetSpec::Local { .. } => max_concurrency,
     };
     let residency = match residency.as_deref() {
         None => default_residency,

@@ -352,6 +352,38 @@ fn routes_resolve_with_residency_following_the_target() {
 }
 
 #[test]
+fn a_provider_deployment_is_capped_by_default_and_a_local_one_is_not() {
+    let cfg = load_str(&ROUTED.replace("max_concurrency = 4", ""), &[]).unwrap();
+    let [local, cloud] = &cfg.routes[0].deployments[..] else {
+        panic!("two deployments")
+    };
+    assert_eq!(local.settings.max_concurrency, None);
+    assert_eq!(
+        cloud.settings.max_concurrency,
+        Some(super::routes::DEFAULT_PROVIDER_MAX_CONCURRENCY)
+    );
+    let capped = ROUTED.replace(
+        "upstream_model = \"gpt-4o-mini\"",
+        "upstream_model = \"gpt-4o-mini\"\nmax_concurrency = 7",
+    );
+    let cfg = load_str(&capped, &[]).unwrap();
+    assert_eq!(
+        cfg.routes[0].deployments[1].settings.max_concurrency,
+        Some(7)
+    );
+}
+
+#[test]
+fn server_max_in_flight_defaults_and_refuses_zero() {
+    let cfg = load_str("", &[]).unwrap();
+    assert_eq!(cfg.server.max_in_flight, super::DEFAULT_MAX_IN_FLIGHT);
+    let cfg = load_str("[server]\nmax_in_flight = 3\n", &[]).unwrap();
+    assert_eq!(cfg.server.max_in_flight, 3);
+    let err = load_str("[server]\nmax_in_flight = 0\n", &[]).unwrap_err();
+    assert!(err.to_string().contains("server.max_in_flight"), "{err}");
+}
+
+#[test]
 fn bad_routes_name_their_key() {
     let cases = [
         (

@@ -222,13 +222,16 @@ impl<D: EventDecoder + 'static> Answer for StreamAnswer<D> {
     }
 }
 
-/// The runtime's finish reason for an upstream's; a content filter's stop is
-/// a plain stop for the client (the runtime has no such reason), noted in
-/// the log.
+/// The runtime's finish reason for an OpenAI-compatible upstream's.
+/// `content_filter` must reach the client as such (and keeps the answer out
+/// of the cache); a reason the runtime has no name for (`tool_calls`,
+/// `function_call`: tools are not offered upstream) is a plain stop, noted
+/// in the log.
 pub(super) fn finish_reason(wire: &str) -> FinishReason {
     match wire {
         "length" => FinishReason::Length,
         "stop" => FinishReason::Stop,
+        "content_filter" => FinishReason::ContentFilter,
         other => {
             tracing::info!(reason = other, "upstream finish reason reported as stop");
             FinishReason::Stop

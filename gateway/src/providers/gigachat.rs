@@ -18,9 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use sluice_runtime::FinishReason;
 use tokio::sync::Mutex;
 
-use super::openai_compat::{read_chat_response, refuse_token_level, wire_messages, WireMessage};
+use super::openai_compat::{openai_messages, read_chat_response, refuse_token_level, WireMessage};
 use super::secret::read_secret;
 use super::{
     http_client, request_error, status_error, Provider, ProviderConfig, ProviderError,
@@ -214,7 +215,7 @@ impl GigaChat {
                     "the chat API refused a freshly issued token".into(),
                 ));
             }
-            return read_chat_response(response, req).await;
+            return read_chat_response(response, req, finish_reason).await;
         }
         Err(ProviderError::Auth("no usable token".into()))
     }
@@ -284,7 +285,7 @@ impl<'a> ChatBody<'a> {
         }
         Ok(Self {
             model: &req.upstream_model,
-            messages: wire_messages(req),
+            messages: openai_messages(req),
             temperature: temperature.max(MIN_TEMPERATURE),
             top_p: *top_p,
             n: req.n,
@@ -292,5 +293,27 @@ impl<'a> ChatBody<'a> {
             max_tokens: *max_tokens,
             repetition_penalty: *repetition_penalty,
         })
+    }
+}
+
+/// GigaChat's finish reasons: OpenAI's names, plus `blacklist` when its
+/// censor replaced the answer (with a canned refusal): the client must see
+/// `content_filter`, and the answer is never cached.
+fn finish_reason(wire: &str) -> FinishReason {
+    match wire {
+        "blacklist" => FinishReason::ContentFilter,
+        other => super::answer::finish_reason(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blacklist_is_reported_as_content_filter() {
+        assert_eq!(finish_reason("blacklist"), FinishReason::ContentFilter);
+        assert_eq!(finish_reason("length"), FinishReason::Length);
+        assert_eq!(finish_reason("stop"), FinishReason::Stop);
     }
 }

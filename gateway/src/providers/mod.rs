@@ -26,10 +26,12 @@
 mod answer;
 pub mod breaker;
 pub mod gigachat;
+mod messages;
 pub mod openai_compat;
 pub mod resilience;
 mod secret;
 pub mod sse_client;
+mod usage;
 pub mod yandex;
 
 use std::sync::Arc;

@@ -17,11 +17,13 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
-use sluice_runtime::Usage;
+use sluice_runtime::{FinishReason, Usage};
 
 use super::answer::{finish_reason, Decoded, EventDecoder, ReadyAnswer, StreamAnswer};
+use super::messages::wire_messages;
 use super::secret::read_secret;
 use super::sse_client::Framing;
+use super::usage::saturating_count;
 use super::{
     http_client, request_error, sensitive_header, status_error, Provider, ProviderConfig,
     ProviderError, ProviderRequest,
@@ -103,7 +105,7 @@ impl OpenAiCompat {
             .send()
             .await
             .map_err(|e| request_error(e, self.connect_timeout))?;
-        read_chat_response(response, req).await
+        read_chat_response(response, req, finish_reason).await
     }
 }
 
@@ -120,19 +122,24 @@ impl Provider for OpenAiCompat {
     }
 }
 
+/// How an upstream's `finish_reason` names map to the runtime's: the
+/// shapes are shared, the names are not (GigaChat's `blacklist`).
+pub(super) type FinishNames = fn(&str) -> FinishReason;
+
 /// Reads an OpenAI-shaped chat response (JSON or SSE, as asked).
 pub(super) async fn read_chat_response(
     response: reqwest::Response,
     req: &ProviderRequest,
+    finish: FinishNames,
 ) -> Result<BoxAnswer, ProviderError> {
     if !response.status().is_success() {
         return Err(status_error(response).await);
     }
     if req.stream {
-        StreamAnswer::open(response, Framing::Sse, ChunkDecoder, req.n).await
+        StreamAnswer::open(response, Framing::Sse, ChunkDecoder { finish }, req.n).await
     } else {
         let bytes = super::read_body(response, super::MAX_BODY_BYTES).await?;
-        decode_completion(&bytes, req.n)
+        decode_completion(&bytes, req.n, finish)
     }
 }
 
@@ -142,14 +149,9 @@ pub(super) struct WireMessage<'a> {
     content: &'a str,
 }
 
-pub(super) fn wire_messages(req: &ProviderRequest) -> Vec<WireMessage<'_>> {
-    req.messages
-        .iter()
-        .map(|m| WireMessage {
-            role: &m.role,
-            content: &m.content,
-        })
-        .collect()
+/// The request's messages as OpenAI's (and GigaChat's) `{role, content}`.
+pub(super) fn openai_messages(req: &ProviderRequest) -> Vec<WireMessage<'_>> {
+    wire_messages(&req.messages, |role, content| WireMessage { role, content })
 }
 
 #[derive(Serialize)]
@@ -211,7 +213,7 @@ impl<'a> ChatBody<'a> {
         refuse_token_level(stop_token_ids, *logprobs)?;
         Ok(Self {
             model: &req.upstream_model,
-            messages: wire_messages(req),
+            messages: openai_messages(req),
             max_tokens: *max_tokens,
             temperature: *temperature,
             top_p: *top_p,
@@ -256,9 +258,9 @@ pub(super) fn refuse_token_level(
 
 #[derive(Deserialize)]
 pub(super) struct WireUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "saturating_count")]
     prompt_tokens: usize,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "saturating_count")]
     completion_tokens: usize,
 }
 
@@ -290,14 +292,18 @@ struct CompletionMessage {
 }
 
 /// A whole `chat.completion` object into an answer.
-pub(super) fn decode_completion(body: &[u8], n: usize) -> Result<BoxAnswer, ProviderError> {
+pub(super) fn decode_completion(
+    body: &[u8],
+    n: usize,
+    finish: FinishNames,
+) -> Result<BoxAnswer, ProviderError> {
     let completion: Completion = serde_json::from_slice(body)
         .map_err(|e| ProviderError::Malformed(format!("chat completion: {e}")))?;
     let mut decoded = Decoded::new(n);
     for choice in completion.choices {
         decoded.token(choice.index, choice.message.content.unwrap_or_default())?;
         let reason = choice.finish_reason.as_deref().unwrap_or("stop");
-        decoded.finish(choice.index, finish_reason(reason))?;
+        decoded.finish(choice.index, finish(reason))?;
     }
     if let Some(u) = completion.usage {
         u.apply(&mut decoded.usage);
@@ -329,7 +335,9 @@ struct ChunkDelta {
 }
 
 /// `chat.completion.chunk` events, ended by `[DONE]`.
-pub(super) struct ChunkDecoder;
+pub(super) struct ChunkDecoder {
+    finish: FinishNames,
+}
 
 impl EventDecoder for ChunkDecoder {
     fn decode(&mut self, payload: &str, out: &mut Decoded) -> Result<bool, ProviderError> {
@@ -353,12 +361,81 @@ impl EventDecoder for ChunkDecoder {
                 out.token(choice.index, text)?;
             }
             if let Some(reason) = choice.finish_reason {
-                out.finish(choice.index, finish_reason(&reason))?;
+                out.finish(choice.index, (self.finish)(&reason))?;
             }
         }
         if let Some(u) = chunk.usage {
             u.apply(&mut out.usage);
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answer::collect;
+
+    fn completion(finish: &str, usage: &str) -> Vec<u8> {
+        format!(
+            r#"{{"id": "chatcmpl-1", "object": "chat.completion", "choices": [{{"index": 0,
+            "message": {{"role": "assistant", "content": "Hi"}}, "finish_reason": "{finish}"}}],
+            "usage": {usage}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn huge_upstream_token_counts_saturate_and_their_total_does_not_overflow() {
+        let usage = format!(
+            r#"{{"prompt_tokens": {}, "completion_tokens": 1e30}}"#,
+            usize::MAX
+        );
+        let mut answer = decode_completion(&completion("stop", &usage), 1, finish_reason).unwrap();
+        let choices = collect(answer.as_mut()).await.unwrap();
+        assert_eq!(choices[0].text, "Hi");
+        let usage = answer.usage();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens),
+            (usize::MAX, usize::MAX)
+        );
+        let wire = crate::wire::UsageWire::from(usage);
+        assert_eq!(wire.total_tokens, usize::MAX);
+    }
+
+    #[tokio::test]
+    async fn content_filter_reaches_the_answer_whole_and_streamed() {
+        let body = completion(
+            "content_filter",
+            r#"{"prompt_tokens": 3, "completion_tokens": 1}"#,
+        );
+        let mut answer = decode_completion(&body, 1, finish_reason).unwrap();
+        let choices = collect(answer.as_mut()).await.unwrap();
+        assert_eq!(choices[0].finish_reason, Some(FinishReason::ContentFilter));
+
+        let mut decoder = ChunkDecoder {
+            finish: finish_reason,
+        };
+        let mut out = Decoded::new(1);
+        decoder
+            .decode(
+                r#"{"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}"#,
+                &mut out,
+            )
+            .unwrap();
+        decoder
+            .decode(
+                r#"{"choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter"}]}"#,
+                &mut out,
+            )
+            .unwrap();
+        assert!(out.all_finished());
+        assert!(out.steps.iter().any(|s| matches!(
+            s,
+            crate::answer::Step::Finished {
+                reason: FinishReason::ContentFilter,
+                ..
+            }
+        )));
     }
 }

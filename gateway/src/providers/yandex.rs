@@ -19,9 +19,11 @@ use serde::{Deserialize, Serialize};
 use sluice_runtime::FinishReason;
 
 use super::answer::{Decoded, EventDecoder, ReadyAnswer, StreamAnswer};
+use super::messages::wire_messages;
 use super::openai_compat::refuse_token_level;
 use super::secret::read_secret;
 use super::sse_client::Framing;
+use super::usage::saturating_count;
 use super::{
     http_client, request_error, sensitive_header, status_error, Provider, ProviderConfig,
     ProviderError, ProviderRequest,
@@ -253,14 +255,7 @@ impl<'a> CompletionBody<'a> {
                 temperature: *temperature,
                 max_tokens: max_tokens.map(|m| m.to_string()),
             },
-            messages: req
-                .messages
-                .iter()
-                .map(|m| Message {
-                    role: &m.role,
-                    text: &m.content,
-                })
-                .collect(),
+            messages: wire_messages(&req.messages, |role, text| Message { role, text }),
         })
     }
 }
@@ -294,31 +289,10 @@ struct AlternativeMessage {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireUsage {
-    #[serde(default)]
-    input_text_tokens: Count,
-    #[serde(default)]
-    completion_tokens: Count,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(untagged)]
-enum Count {
-    Text(String),
-    Number(usize),
-    #[default]
-    Missing,
-}
-
-impl Count {
-    fn value(&self) -> Result<usize, ProviderError> {
-        match self {
-            Self::Text(s) => s
-                .parse()
-                .map_err(|_| ProviderError::Malformed(format!("token count `{s}`"))),
-            Self::Number(n) => Ok(*n),
-            Self::Missing => Ok(0),
-        }
-    }
+    #[serde(default, deserialize_with = "saturating_count")]
+    input_text_tokens: usize,
+    #[serde(default, deserialize_with = "saturating_count")]
+    completion_tokens: usize,
 }
 
 /// Turns cumulative alternatives into deltas.
@@ -374,10 +348,8 @@ impl EventDecoder for CumulativeDecoder {
             let reason = match alt.status.as_str() {
                 "ALTERNATIVE_STATUS_PARTIAL" | "ALTERNATIVE_STATUS_UNSPECIFIED" => None,
                 "ALTERNATIVE_STATUS_TRUNCATED_FINAL" => Some(FinishReason::Length),
-                "ALTERNATIVE_STATUS_CONTENT_FILTER" => {
-                    tracing::info!(choice, "YandexGPT content filter; reported as stop");
-                    Some(FinishReason::Stop)
-                }
+                // The client must see it, and the answer is never cached.
+                "ALTERNATIVE_STATUS_CONTENT_FILTER" => Some(FinishReason::ContentFilter),
                 _ => Some(FinishReason::Stop),
             };
             if let Some(reason) = reason {
@@ -385,8 +357,8 @@ impl EventDecoder for CumulativeDecoder {
             }
         }
         if let Some(u) = result.usage {
-            out.usage.prompt_tokens = u.input_text_tokens.value()?;
-            out.usage.completion_tokens = u.completion_tokens.value()?;
+            out.usage.prompt_tokens = u.input_text_tokens;
+            out.usage.completion_tokens = u.completion_tokens;
         }
         // The stream has no end marker: it ends with the body.
         Ok(false)
@@ -449,5 +421,34 @@ mod tests {
         let steps: Vec<_> = out.steps.iter().map(|s| format!("{s:?}")).collect();
         assert!(steps.last().unwrap().contains("Length"), "{steps:?}");
         assert_eq!(tokens(&mut out), vec!["Hello wor", "!"]);
+    }
+
+    #[test]
+    fn content_filter_status_finishes_as_content_filter() {
+        let mut dec = CumulativeDecoder::new(1);
+        let mut out = Decoded::new(1);
+        dec.decode(&line("Я не", "ALTERNATIVE_STATUS_PARTIAL"), &mut out)
+            .unwrap();
+        dec.decode(&line("", "ALTERNATIVE_STATUS_CONTENT_FILTER"), &mut out)
+            .unwrap();
+        assert!(out.all_finished());
+        assert!(out.steps.iter().any(|s| matches!(
+            s,
+            Step::Finished {
+                reason: FinishReason::ContentFilter,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn huge_token_counts_saturate() {
+        let mut dec = CumulativeDecoder::new(1);
+        let mut out = Decoded::new(1);
+        let line = serde_json::json!({"result": {"alternatives": [{"message": {"role": "assistant", "text": "Hi"}, "status": "ALTERNATIVE_STATUS_FINAL"}],
+            "usage": {"inputTextTokens": "99999999999999999999999999", "completionTokens": usize::MAX.to_string()}}});
+        dec.decode(&line.to_string(), &mut out).unwrap();
+        assert_eq!(out.usage.prompt_tokens, usize::MAX);
+        assert_eq!(out.usage.completion_tokens, usize::MAX);
     }
 }

@@ -110,6 +110,9 @@ struct Exhausted {
     error: Option<ApiError>,
     /// A local engine's own "queue full" refusal.
     engine_full: Option<ApiError>,
+    /// The summed caps of the deployments skipped for being at their
+    /// in-flight cap (0: none was).
+    at_cap: usize,
 }
 
 impl Router {
@@ -273,11 +276,19 @@ impl Router {
                         continue;
                     }
                     // Everything full: the engine's own refusal (with its
-                    // queue and estimate) if there was one, else a plain 429.
-                    return Err(ex.error.or(ex.engine_full).unwrap_or(ApiError::QueueFull {
-                        pending: 0,
+                    // queue and estimate) if there was one, then the
+                    // deployments' in-flight caps, else a plain 429.
+                    let at_cap = (ex.at_cap > 0).then(|| ApiError::InFlightLimit {
+                        what: format!("The model `{model}`"),
+                        limit: ex.at_cap,
                         retry_after: ex.retry_after,
-                    }));
+                    });
+                    return Err(ex.error.or(ex.engine_full).or(at_cap).unwrap_or(
+                        ApiError::QueueFull {
+                            pending: 0,
+                            retry_after: ex.retry_after,
+                        },
+                    ));
                 }
             }
         }
@@ -296,6 +307,7 @@ impl Router {
             retry_after: Duration::from_secs(1),
             error: None,
             engine_full: None,
+            at_cap: 0,
         };
         let mut open: Vec<&Arc<Deployment>> = Vec::with_capacity(usable.len());
         for d in usable {
@@ -314,6 +326,9 @@ impl Router {
             let d = open[i];
             let Some(slot) = d.try_acquire() else {
                 d.metrics.saturated.increment(1);
+                ex.at_cap = ex
+                    .at_cap
+                    .saturating_add(d.settings.max_concurrency.unwrap_or(usize::MAX));
                 continue;
             };
             let attempt_started = Instant::now();

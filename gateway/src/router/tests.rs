@@ -289,6 +289,32 @@ async fn a_deployment_at_its_cap_is_skipped_until_its_answer_ends() {
 }
 
 #[tokio::test]
+async fn every_deployment_at_its_cap_is_a_429_rate_limit_with_retry_after() {
+    let a = Scripted::new(false);
+    let spec = route(
+        Strategy::Fallback,
+        vec![deployment("a", "a", 0, Residency::Cloud, Some(1))],
+    );
+    let r = router(spec, &[("a", a.clone())]);
+    let held = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+    let Err(err) = r.dispatch("pub", chat_job(), how(false)).await else {
+        panic!("a second request past the cap was dispatched");
+    };
+    assert!(
+        matches!(err, ApiError::InFlightLimit { limit: 1, .. }),
+        "{err:?}"
+    );
+    let response = axum::response::IntoResponse::into_response(err);
+    assert_eq!(response.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+    assert!(response
+        .headers()
+        .contains_key(axum::http::header::RETRY_AFTER));
+    assert_eq!(a.calls(), 1);
+    drop(held);
+    assert!(r.dispatch("pub", chat_job(), how(false)).await.is_ok());
+}
+
+#[tokio::test]
 async fn an_open_circuit_is_skipped_without_calling_the_upstream() {
     let (bad, good) = (Scripted::new(true), Scripted::new(false));
     let spec = route(

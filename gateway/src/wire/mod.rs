@@ -40,7 +40,9 @@ impl From<sluice_runtime::Usage> for UsageWire {
         Self {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
-            total_tokens: u.prompt_tokens + u.completion_tokens,
+            // Upstream counts saturate at usize::MAX (providers::usage);
+            // so must their sum.
+            total_tokens: u.prompt_tokens.saturating_add(u.completion_tokens),
             prompt_tokens_details: PromptTokensDetails {
                 cached_tokens: u.cached_prompt_tokens,
             },

@@ -3,7 +3,8 @@
 //! chat) and YandexGPT, each counting its requests and able to inject the
 //! failures a real upstream shows: 500, 429 with `Retry-After`, a hang, a
 //! connection reset mid-stream, malformed JSON, malformed SSE, a slow drip of
-//! chunks, an expired token.
+//! chunks, an expired token; and an answer its content filter ended, in each
+//! provider's own words.
 //!
 //! Design choice: a test steers a fake through its [`FakeControl`] handle
 //! (shared with the server task), either for the next requests
@@ -46,7 +47,21 @@ pub enum Fault {
     SlowDrip { every: Duration },
     /// GigaChat: every token issued so far is treated as expired.
     ExpiredToken,
+    /// The upstream's content filter ends the answer, as each one does:
+    /// OpenAI cuts the text after [`FILTERED_WORDS`] words with
+    /// `finish_reason: "content_filter"`; GigaChat replaces it with its
+    /// canned refusal ([`GIGACHAT_BLACKLIST_REPLY`]) and `"blacklist"`;
+    /// YandexGPT cuts it after [`FILTERED_WORDS`] words with the status
+    /// `ALTERNATIVE_STATUS_CONTENT_FILTER`.
+    ContentFilter,
 }
+
+/// Words an OpenAI or YandexGPT fake sends before its content filter cuts in.
+pub const FILTERED_WORDS: usize = 2;
+
+/// What GigaChat answers in place of a blacklisted reply.
+pub const GIGACHAT_BLACKLIST_REPLY: &str =
+    "Не люблю менять тему разговора, но вот сейчас тот самый случай.";
 
 /// The shared handle a test steers a fake with.
 #[derive(Debug, Default)]

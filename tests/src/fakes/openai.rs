@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{
     json_response, prompt_tokens, stream_body, unix_secs, whole_response_fault, word_chunks,
-    FakeControl, FakeServer, Fault, Frame,
+    FakeControl, FakeServer, Fault, Frame, FILTERED_WORDS, GIGACHAT_BLACKLIST_REPLY,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,18 @@ pub(super) async fn openai_like_chat(
     let include_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
     let mut chunks = word_chunks(&control.reply());
     let mut finish = "stop";
+    if fault == Some(Fault::ContentFilter) {
+        match flavour {
+            Flavour::OpenAi => {
+                chunks.truncate(FILTERED_WORDS);
+                finish = "content_filter";
+            }
+            Flavour::GigaChat => {
+                chunks = word_chunks(GIGACHAT_BLACKLIST_REPLY);
+                finish = "blacklist";
+            }
+        }
+    }
     if let Some(max) = body["max_tokens"].as_u64() {
         if (max as usize) < chunks.len() {
             chunks.truncate(max as usize);

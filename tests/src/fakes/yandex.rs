@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::{
     json_response, prompt_tokens, stream_body, whole_response_fault, word_chunks, FakeControl,
-    FakeServer, Fault, Frame,
+    FakeServer, Fault, Frame, FILTERED_WORDS,
 };
 
 struct YandexState {
@@ -76,6 +76,10 @@ async fn completion(
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let mut words = word_chunks(&state.control.reply());
     let mut final_status = "ALTERNATIVE_STATUS_FINAL";
+    if fault == Some(Fault::ContentFilter) {
+        words.truncate(FILTERED_WORDS);
+        final_status = "ALTERNATIVE_STATUS_CONTENT_FILTER";
+    }
     // maxTokens is an int64 written as a string.
     if let Some(max) = options["maxTokens"]
         .as_str()

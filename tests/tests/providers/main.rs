@@ -4,11 +4,18 @@
 //! retry bound, `Retry-After`, the circuit breaker, and GigaChat's
 //! single-flight token exchange. This file holds the shared helpers and the
 //! mapping tests; [`failures`] the injected failures and the breaker,
-//! [`gigachat_tokens`] the token exchange.
+//! [`gigachat_tokens`] the token exchange. Two modules start the real
+//! binary in front of the fakes: [`content_filter`] (each provider's filter
+//! reaches the client and is never cached) and [`in_flight`] (the
+//! deployment and server in-flight caps).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../common/mod.rs"]
+mod common;
+mod content_filter;
 mod failures;
 mod gigachat_tokens;
+mod in_flight;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -169,6 +176,25 @@ fn finish_of(steps: &[Step]) -> Option<FinishReason> {
         Step::Finished { reason, .. } => Some(*reason),
         _ => None,
     })
+}
+
+/// Starts `sluice serve` with this config and environment, off the async
+/// workers (it blocks until the server is ready, and the fakes must keep
+/// answering meanwhile).
+async fn start_server(config: String, env: &[(&str, &str)]) -> sluice_tests::Server {
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        sluice_tests::Server::start(sluice_tests::ServerOptions {
+            config: Some(config),
+            env,
+            ..sluice_tests::ServerOptions::default()
+        })
+    })
+    .await
+    .unwrap()
 }
 
 // ---- text and usage mapping ----

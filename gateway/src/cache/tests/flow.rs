@@ -97,6 +97,35 @@ async fn failed_answers_are_not_stored() {
 }
 
 #[tokio::test]
+async fn an_answer_with_any_choice_ended_by_a_content_filter_is_not_stored() {
+    let cache = enabled();
+    let mut d = lookup(&cache, "t", with("n", json!(2))).await;
+    assert_eq!(d.outcome, Outcome::Miss);
+    let filtered = StoredAnswer {
+        choices: vec![
+            StoredChoice {
+                text: "Paris.".into(),
+                finish_reason: FinishReason::Stop,
+            },
+            StoredChoice {
+                text: "I cannot talk about that.".into(),
+                finish_reason: FinishReason::ContentFilter,
+            },
+        ],
+        usage: Usage::default(),
+    };
+    let mut a = d.record(Box::new(replay::Replay::new(&filtered)));
+    let out = collect(a.as_mut()).await.unwrap();
+    assert_eq!(out[1].finish_reason, Some(FinishReason::ContentFilter));
+    assert_eq!(
+        lookup(&cache, "t", with("n", json!(2))).await.outcome,
+        Outcome::Miss
+    );
+    // Neither tier holds it: nothing was inserted at all.
+    assert_eq!(cache.usage().0, 0);
+}
+
+#[tokio::test]
 async fn a_dropped_answer_is_not_stored() {
     let cache = enabled();
     let mut d = lookup(&cache, "t", base()).await;
