@@ -57,8 +57,13 @@ pub struct Head {
 pub async fn answer(
     state: &AppState,
     caller: Caller<'_>,
-    req: ValidRequest,
+    mut req: ValidRequest,
 ) -> Result<(Head, Answered), ApiError> {
+    // Before the cache key: relying on a model's defaults and spelling them
+    // out are the same request.
+    if let Some(defaults) = state.router.sampling_defaults(&req.model) {
+        req.job.apply_defaults(defaults);
+    }
     let want_logprobs = req.job.sampling.logprobs.is_some();
     let mut decision =
         cache::lookup_request(state, caller.tenant, caller.headers, caller.sensitive, &req).await;

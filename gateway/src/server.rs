@@ -41,6 +41,8 @@ pub struct AppState {
     pub router: Arc<ModelRouter>,
     /// The Prometheus recorder's handle; `None` if another recorder was installed first.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Whether and how the API listener serves `/metrics`.
+    pub metrics_exposure: crate::metrics::Exposure,
     /// In-process encoders (embeddings, classifiers), loaded in the background.
     pub encoders: Arc<EncoderRegistry>,
     /// The input guard; `None` when it is off.
@@ -103,10 +105,16 @@ pub fn router(state: AppState) -> Router {
         Some(_) => Router::new().route("/admin/cache", axum::routing::delete(cache::admin::purge)),
         None => Router::new(),
     };
+    let metrics = crate::metrics::api_route(
+        &state.metrics_exposure,
+        state.metrics.clone(),
+        state.admin_key.clone(),
+    )
+    .unwrap_or_default();
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(crate::metrics::render))
+        .merge(metrics)
         .merge(v1)
         .merge(admin)
         .fallback(unknown_url)
@@ -188,11 +196,41 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     if let Some(handle) = metrics.clone() {
         tasks.spawn(crate::metrics::upkeep(handle, shutdown.clone()));
     }
+    let metrics_exposure = crate::metrics::Exposure::decide(
+        config.server.metrics_listen,
+        config.admin_key.is_some(),
+        keys.is_open(),
+    );
+    match metrics_exposure {
+        crate::metrics::Exposure::OwnListener(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            // Not "listening on": the test harness takes that line for the API's address.
+            tracing::info!(
+                "metrics served on http://{}/metrics",
+                listener.local_addr()?
+            );
+            let (handle, shutdown) = (metrics.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                if let Err(e) = crate::metrics::serve_own_listener(listener, handle, shutdown).await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+        }
+        crate::metrics::Exposure::Hidden => tracing::warn!(
+            "/metrics is not served: API keys are configured but no [admin] key and no \
+             server.metrics_listen"
+        ),
+        crate::metrics::Exposure::AdminKey | crate::metrics::Exposure::Open => {}
+    }
 
     let state = AppState {
         registry,
         router: model_router,
         metrics,
+        metrics_exposure,
         encoders,
         guard,
         keys,
