@@ -30,7 +30,6 @@ use crate::config::Config;
 use crate::encoders::EncoderRegistry;
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, InputGuardSettings};
-use crate::metrics::MetricsHandle;
 use crate::openai::{chat, completions, embeddings, models, moderations};
 use crate::registry::Registry;
 use crate::router::Router as ModelRouter;
@@ -83,10 +82,16 @@ pub fn router(state: AppState) -> Router {
         Some(_) => Router::new().route("/admin/cache", axum::routing::delete(cache::admin::purge)),
         None => Router::new(),
     };
+    let metrics = crate::metrics::api_route(
+        &state.metrics_exposure,
+        state.metrics.clone(),
+        state.admin_key.clone(),
+    )
+    .unwrap_or_default();
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(crate::metrics::render))
+        .merge(metrics)
         .merge(v1)
         .merge(admin)
         .fallback(unknown_url)
@@ -168,6 +173,35 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     if let Some(handle) = metrics.clone() {
         tasks.spawn(crate::metrics::upkeep(handle, shutdown.clone()));
     }
+    let metrics_exposure = crate::metrics::Exposure::decide(
+        config.server.metrics_listen,
+        config.admin_key.is_some(),
+        keys.is_open(),
+    );
+    match metrics_exposure {
+        crate::metrics::Exposure::OwnListener(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            // Not "listening on": the test harness takes that line for the API's address.
+            tracing::info!(
+                "metrics served on http://{}/metrics",
+                listener.local_addr()?
+            );
+            let (handle, shutdown) = (metrics.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                if let Err(e) = crate::metrics::serve_own_listener(listener, handle, shutdown).await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+        }
+        crate::metrics::Exposure::Hidden => tracing::warn!(
+            "/metrics is not served: API keys are configured but no [admin] key and no \
+             server.metrics_listen"
+        ),
+        crate::metrics::Exposure::AdminKey | crate::metrics::Exposure::Open => {}
+    }
 
     let cache = Cache::new(config.cache.clone(), embedder.clone()).map_err(ServeError::Cache)?;
     let chain = Arc::new(Chain {
@@ -202,7 +236,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         chain,
         registry,
         router: model_router,
-        metrics: MetricsHandle(metrics),
+        metrics,
+        metrics_exposure,
         encoders,
         guard,
         keys,

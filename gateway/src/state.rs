@@ -1,6 +1,6 @@
 //! What the HTTP handlers may read, and the slices of it each one takes
-//! (axum's `FromRef`): the chain for the generation APIs, the metrics handle
-//! for `/metrics`, the cache and admin key for the cache's admin route. The
+//! (axum's `FromRef`): the chain for the generation APIs, the cache and
+//! admin key for the cache's admin route. The
 //! stages of [`crate::chain`] never see this; the handlers hand each one
 //! what it needs.
 
@@ -17,7 +17,6 @@ use crate::chain::Chain;
 use crate::config::Secret;
 use crate::encoders::EncoderRegistry;
 use crate::guard::Guard;
-use crate::metrics::MetricsHandle;
 use crate::registry::Registry;
 use crate::router::Router as ModelRouter;
 
@@ -32,7 +31,10 @@ pub struct AppState {
     pub chain: Arc<Chain>,
     pub registry: Arc<Registry>,
     pub router: Arc<ModelRouter>,
-    pub metrics: MetricsHandle,
+    /// The Prometheus recorder's handle; `None` if another recorder was installed first.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Whether and how the API listener serves `/metrics`.
+    pub metrics_exposure: crate::metrics::Exposure,
     /// In-process encoders (embeddings, classifiers), loaded in the background.
     pub encoders: Arc<EncoderRegistry>,
     /// The input guard; `None` when it is off.
@@ -57,12 +59,6 @@ impl FromRef<AppState> for BodyLimit {
 impl FromRef<AppState> for Arc<Chain> {
     fn from_ref(state: &AppState) -> Self {
         state.chain.clone()
-    }
-}
-
-impl FromRef<AppState> for MetricsHandle {
-    fn from_ref(state: &AppState) -> Self {
-        state.metrics.clone()
     }
 }
 

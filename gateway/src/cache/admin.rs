@@ -7,7 +7,6 @@
 //! entries; without an admin key the route is not mounted at all.
 
 use axum::extract::{Query, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
@@ -42,15 +41,7 @@ pub async fn purge(
     let Some(admin) = &state.admin_key else {
         return Err(ApiError::Unauthorized("The admin API is not configured."));
     };
-    let presented = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .ok_or(ApiError::Unauthorized(
-            "The admin API needs `Authorization: Bearer <admin key>`.",
-        ))?;
-    if !constant_time_eq(presented, admin.expose().as_bytes()) {
-        return Err(ApiError::Unauthorized("Incorrect admin key provided."));
-    }
+    crate::auth::require_admin(admin, &headers)?;
     let tenant = q.tenant.as_deref().filter(|t| !t.is_empty());
     let model = q.model.as_deref().filter(|m| !m.is_empty());
     if tenant.is_none() && model.is_none() {
@@ -66,8 +57,4 @@ pub async fn purge(
         .map_err(|_| ApiError::StoreUnavailable("the cache store"))?;
     tracing::info!(tenant, model, purged, "cache purged");
     Ok(Json(json!({ "purged": purged })))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -88,7 +88,13 @@ impl Chain {
         caller: &Caller,
         request: impl Validate,
     ) -> Result<(Head, Answered), ApiError> {
-        let req = request.validate()?;
+        let mut req = request.validate()?;
+        // The model's sampling defaults fill what the request left out,
+        // before the cache key: relying on them and spelling them out are
+        // the same request.
+        if let Some(defaults) = self.router.sampling_defaults(&req.model) {
+            req.job.apply_defaults(defaults);
+        }
         let screening = match &self.guard {
             Some(guard) => guard.screen(&caller.policy, &req).await?,
             None => Screening::default(),

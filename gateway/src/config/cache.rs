@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::file::ByteSize;
 use super::resolve::{parse_bool, resolve_path};
-use super::{invalid, ConfigError, EnvLookup, Secret};
+use super::{invalid, ConfigError, EnvLookup, KeySource, Secret};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,8 +129,8 @@ impl AdminSection {
         self,
         base_dir: &Path,
         env: EnvLookup<'_>,
-    ) -> Result<Option<Secret>, ConfigError> {
-        let value = match (self.key_env, self.key_file) {
+    ) -> Result<Option<(KeySource, Secret)>, ConfigError> {
+        let (source, value) = match (self.key_env, self.key_file) {
             (None, None) => return Ok(None),
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -138,20 +138,24 @@ impl AdminSection {
                     "give key_env or key_file, not both",
                 ))
             }
-            (Some(name), None) => env(&name).ok_or_else(|| {
-                invalid(
-                    "admin.key_env",
-                    format!("environment variable {name} is not set"),
-                )
-            })?,
+            (Some(name), None) => {
+                let value = env(&name).ok_or_else(|| {
+                    invalid(
+                        "admin.key_env",
+                        format!("environment variable {name} is not set"),
+                    )
+                })?;
+                (KeySource::Env(name), value)
+            }
             (None, Some(path)) => {
                 let path = resolve_path(base_dir, &path);
-                std::fs::read_to_string(&path).map_err(|e| {
+                let value = std::fs::read_to_string(&path).map_err(|e| {
                     invalid(
                         "admin.key_file",
                         format!("cannot read {}: {e}", path.display()),
                     )
-                })?
+                })?;
+                (KeySource::File(path), value)
             }
         };
         let value = value.trim();
@@ -161,7 +165,7 @@ impl AdminSection {
                 "the admin key must be at least 16 characters",
             ));
         }
-        Ok(Some(Secret::new(value.to_string())))
+        Ok(Some((source, Secret::new(value.to_string()))))
     }
 }
 

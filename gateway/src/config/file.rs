@@ -39,6 +39,8 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     pub listen: Option<String>,
+    /// Serve `/metrics` here (and not on `listen`).
+    pub metrics_listen: Option<String>,
     pub max_body_bytes: Option<ByteSize>,
     pub shutdown_grace_seconds: Option<u64>,
     pub request_timeout_seconds: Option<u64>,
@@ -81,6 +83,9 @@ pub struct ModelSection {
     pub activation_dtype: Option<String>,
     #[serde(default)]
     pub engine: EngineSection,
+    /// Sampling parameters for what a request leaves out.
+    #[serde(default)]
+    pub defaults: super::defaults::DefaultsSection,
 }
 
 /// Mirrors `sluice_runtime::EngineConfig`; absent fields take its defaults.

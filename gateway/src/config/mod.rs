@@ -10,6 +10,7 @@
 //! column and span.
 
 mod cache;
+mod defaults;
 mod encoders;
 mod file;
 mod guard;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use sluice_runtime::EngineConfig;
 
 pub use cache::{Backend, Bounds, CacheSettings};
+pub use defaults::SamplingDefaults;
 pub use encoders::{EncoderConfig, EncoderKind, DEMO_EMBEDDING_ID};
 pub use file::ByteSize;
 use file::FileConfig;
@@ -127,6 +129,8 @@ pub struct ApiKey {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// `/metrics` on its own address; `None`: on `listen`, see [`crate::metrics`].
+    pub metrics_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub request_timeout: Duration,
@@ -146,6 +150,9 @@ pub struct ModelConfig {
     /// Activation precision against quantised weights.
     pub activations: sluice_models::ActivationPrecision,
     pub engine: EngineConfig,
+    /// For what a request leaves out (`[models.defaults]` over
+    /// `generation_config.json`).
+    pub defaults: SamplingDefaults,
 }
 
 /// The resolved configuration.
@@ -161,6 +168,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// The admin API's key (`[admin]`); no admin routes without one.
     pub admin_key: Option<Secret>,
+    /// Where the admin key was read from, for `check-config`.
+    pub admin_key_source: Option<KeySource>,
     /// In-process encoders (`[[encoders]]`).
     pub encoders: Vec<EncoderConfig>,
     pub guard: GuardConfig,

@@ -3,7 +3,9 @@
 
 use toml::{Table, Value};
 
-use super::Config;
+use super::{Config, SamplingDefaults};
+use crate::providers::{ProviderConfig, ResilienceConfig};
+use crate::router::{DeploymentSpec, RouteSpec, TargetSpec};
 
 impl Config {
     /// The effective configuration as TOML, keys replaced by their source.
@@ -13,6 +15,9 @@ impl Config {
             "listen".into(),
             Value::String(self.server.listen.to_string()),
         );
+        if let Some(addr) = self.server.metrics_listen {
+            server.insert("metrics_listen".into(), Value::String(addr.to_string()));
+        }
         server.insert("max_body_bytes".into(), int(self.server.max_body_bytes));
         server.insert(
             "shutdown_grace_seconds".into(),
@@ -37,6 +42,12 @@ impl Config {
                     "key".into(),
                     Value::String(format!("<redacted: {}>", k.source)),
                 );
+                if k.sensitive {
+                    t.insert("sensitive".into(), Value::Boolean(true));
+                }
+                if let Some(g) = k.guard {
+                    t.insert("guard".into(), Value::String(g.as_str().into()));
+                }
                 Value::Table(t)
             })
             .collect();
@@ -83,6 +94,7 @@ impl Config {
                     t.insert("requantize".into(), Value::String(name));
                 }
                 t.insert("engine".into(), Value::Table(engine));
+                t.insert("defaults".into(), Value::Table(defaults_table(&m.defaults)));
                 Value::Table(t)
             })
             .collect();
@@ -111,6 +123,19 @@ impl Config {
         root.insert("encoders".into(), Value::Array(encoders));
         root.insert("guard".into(), Value::Table(self.guard_table()));
         root.insert("cache".into(), Value::Table(self.cache_table()));
+        root.insert(
+            "providers".into(),
+            Value::Array(self.providers.iter().map(provider_table).collect()),
+        );
+        root.insert(
+            "routes".into(),
+            Value::Array(self.routes.iter().map(route_table).collect()),
+        );
+        let mut admin = Table::new();
+        if let Some(source) = &self.admin_key_source {
+            admin.insert("key".into(), Value::String(format!("<redacted: {source}>")));
+        }
+        root.insert("admin".into(), Value::Table(admin));
         toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -168,6 +193,8 @@ impl Config {
             super::GuardMode::Replace => "replace",
         };
         t.insert("mode".into(), Value::String(mode.into()));
+        t.insert("action".into(), Value::String(g.action.as_str().into()));
+        t.insert("score".into(), Value::String(g.score.as_str().into()));
         t.insert(
             "max_inputs".into(),
             Value::Integer(i64::try_from(g.max_inputs).unwrap_or(i64::MAX)),
@@ -197,22 +224,315 @@ impl Config {
     }
 }
 
+/// A model's effective sampling defaults (config over
+/// `generation_config.json`); fields left to the request are absent.
+fn defaults_table(d: &SamplingDefaults) -> Table {
+    let SamplingDefaults {
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
+        max_tokens,
+    } = d;
+    let mut t = Table::new();
+    let floats = [
+        ("temperature", temperature),
+        ("top_p", top_p),
+        ("min_p", min_p),
+        ("repetition_penalty", repetition_penalty),
+        ("presence_penalty", presence_penalty),
+        ("frequency_penalty", frequency_penalty),
+    ];
+    for (name, v) in floats {
+        if let Some(x) = v {
+            // Through the shortest decimal of the f32, so 0.2 prints as 0.2.
+            let x: f64 = x.to_string().parse().unwrap_or(f64::from(*x));
+            t.insert(name.into(), Value::Float(x));
+        }
+    }
+    if let Some(k) = top_k {
+        t.insert("top_k".into(), int(*k));
+    }
+    if let Some(n) = max_tokens {
+        t.insert("max_tokens".into(), int(*n));
+    }
+    t
+}
+
+/// One `[[providers]]` entry. Destructured without `..`: a new field must
+/// be placed here, and whoever adds it decides whether it is a secret.
+fn provider_table(p: &ProviderConfig) -> Value {
+    let mut t = Table::new();
+    let text = |s: &str| Value::String(s.to_string());
+    let path = |p: &std::path::Path| Value::String(p.display().to_string());
+    let resilience = match p {
+        ProviderConfig::Openai {
+            name,
+            base_url,
+            api_key_env,
+            api_key_file,
+            headers,
+            resilience,
+        } => {
+            t.insert("kind".into(), text("openai"));
+            t.insert("name".into(), text(name));
+            t.insert("base_url".into(), Value::String(redact_url(base_url)));
+            if let Some(v) = api_key_env {
+                t.insert("api_key_env".into(), text(v));
+            }
+            if let Some(v) = api_key_file {
+                t.insert("api_key_file".into(), path(v));
+            }
+            let shown: Table = headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(redact_header(k, v))))
+                .collect();
+            t.insert("headers".into(), Value::Table(shown));
+            resilience
+        }
+        ProviderConfig::Gigachat {
+            name,
+            base_url,
+            oauth_url,
+            auth_key_env,
+            auth_key_file,
+            scope,
+            ca_bundle,
+            token_refresh_margin_ms,
+            resilience,
+        } => {
+            t.insert("kind".into(), text("gigachat"));
+            t.insert("name".into(), text(name));
+            if let Some(v) = base_url {
+                t.insert("base_url".into(), Value::String(redact_url(v)));
+            }
+            if let Some(v) = oauth_url {
+                t.insert("oauth_url".into(), Value::String(redact_url(v)));
+            }
+            if let Some(v) = auth_key_env {
+                t.insert("auth_key_env".into(), text(v));
+            }
+            if let Some(v) = auth_key_file {
+                t.insert("auth_key_file".into(), path(v));
+            }
+            t.insert("scope".into(), text(scope));
+            if let Some(v) = ca_bundle {
+                t.insert("ca_bundle".into(), path(v));
+            }
+            if let Some(v) = token_refresh_margin_ms {
+                t.insert("token_refresh_margin_ms".into(), int_u64(*v));
+            }
+            resilience
+        }
+        ProviderConfig::Yandex {
+            name,
+            base_url,
+            folder_id,
+            api_key_env,
+            api_key_file,
+            iam_token_env,
+            iam_token_file,
+            resilience,
+        } => {
+            t.insert("kind".into(), text("yandex"));
+            t.insert("name".into(), text(name));
+            if let Some(v) = base_url {
+                t.insert("base_url".into(), Value::String(redact_url(v)));
+            }
+            t.insert("folder_id".into(), text(folder_id));
+            if let Some(v) = api_key_env {
+                t.insert("api_key_env".into(), text(v));
+            }
+            if let Some(v) = api_key_file {
+                t.insert("api_key_file".into(), path(v));
+            }
+            if let Some(v) = iam_token_env {
+                t.insert("iam_token_env".into(), text(v));
+            }
+            if let Some(v) = iam_token_file {
+                t.insert("iam_token_file".into(), path(v));
+            }
+            resilience
+        }
+    };
+    t.insert(
+        "resilience".into(),
+        Value::Table(resilience_table(resilience)),
+    );
+    Value::Table(t)
+}
+
+fn resilience_table(r: &ResilienceConfig) -> Table {
+    let ResilienceConfig {
+        connect_timeout_ms,
+        first_byte_timeout_ms,
+        between_chunks_timeout_ms,
+        total_timeout_ms,
+        max_attempts,
+        backoff_base_ms,
+        backoff_max_ms,
+        max_retry_after_ms,
+        breaker_failures,
+        breaker_cooldown_ms,
+    } = r;
+    let mut t = Table::new();
+    t.insert("connect_timeout_ms".into(), int_u64(*connect_timeout_ms));
+    t.insert(
+        "first_byte_timeout_ms".into(),
+        int_u64(*first_byte_timeout_ms),
+    );
+    t.insert(
+        "between_chunks_timeout_ms".into(),
+        int_u64(*between_chunks_timeout_ms),
+    );
+    t.insert("total_timeout_ms".into(), int_u64(*total_timeout_ms));
+    t.insert("max_attempts".into(), int_u64(u64::from(*max_attempts)));
+    t.insert("backoff_base_ms".into(), int_u64(*backoff_base_ms));
+    t.insert("backoff_max_ms".into(), int_u64(*backoff_max_ms));
+    t.insert("max_retry_after_ms".into(), int_u64(*max_retry_after_ms));
+    t.insert(
+        "breaker_failures".into(),
+        int_u64(u64::from(*breaker_failures)),
+    );
+    t.insert("breaker_cooldown_ms".into(), int_u64(*breaker_cooldown_ms));
+    t
+}
+
+fn route_table(r: &RouteSpec) -> Value {
+    let RouteSpec {
+        model,
+        strategy,
+        seed,
+        sensitive_wait,
+        guard,
+        reward,
+        deployments,
+    } = r;
+    let mut t = Table::new();
+    t.insert("model".into(), Value::String(model.clone()));
+    t.insert("strategy".into(), Value::String(strategy.as_str().into()));
+    if let Some(s) = seed {
+        t.insert("seed".into(), int_u64(*s));
+    }
+    if let Some(g) = guard {
+        t.insert("guard".into(), Value::String(g.as_str().into()));
+    }
+    t.insert(
+        "sensitive_wait_ms".into(),
+        int_u64(u64::try_from(sensitive_wait.as_millis()).unwrap_or(u64::MAX)),
+    );
+    let mut rt = Table::new();
+    rt.insert(
+        "latency_scale_ms".into(),
+        Value::Float(reward.latency_scale_ms),
+    );
+    rt.insert(
+        "per_token_scale_ms".into(),
+        Value::Float(reward.per_token_scale_ms),
+    );
+    rt.insert("cost_scale_usd".into(), Value::Float(reward.cost_scale_usd));
+    t.insert("reward".into(), Value::Table(rt));
+    t.insert(
+        "deployments".into(),
+        Value::Array(deployments.iter().map(deployment_table).collect()),
+    );
+    Value::Table(t)
+}
+
+fn deployment_table(d: &DeploymentSpec) -> Value {
+    let DeploymentSpec { settings, target } = d;
+    let mut t = Table::new();
+    t.insert("name".into(), Value::String(settings.name.clone()));
+    match target {
+        TargetSpec::Local { model, saturation } => {
+            t.insert("local".into(), Value::String(model.clone()));
+            t.insert(
+                "max_queue_wait_ms".into(),
+                Value::Float(saturation.max_queue_wait_ms),
+            );
+            t.insert(
+                "min_free_kv_fraction".into(),
+                Value::Float(saturation.min_free_kv_fraction),
+            );
+        }
+        TargetSpec::Provider {
+            provider,
+            upstream_model,
+            resilience,
+        } => {
+            t.insert("provider".into(), Value::String(provider.clone()));
+            t.insert(
+                "upstream_model".into(),
+                Value::String(upstream_model.clone()),
+            );
+            if let Some(r) = resilience {
+                t.insert("resilience".into(), Value::Table(resilience_table(r)));
+            }
+        }
+    }
+    t.insert("priority".into(), int_u64(u64::from(settings.priority)));
+    t.insert("weight".into(), Value::Float(settings.weight));
+    t.insert(
+        "price_input_per_1k".into(),
+        Value::Float(settings.price.input_per_1k),
+    );
+    t.insert(
+        "price_output_per_1k".into(),
+        Value::Float(settings.price.output_per_1k),
+    );
+    if let Some(n) = settings.max_concurrency {
+        t.insert("max_concurrency".into(), int(n));
+    }
+    t.insert(
+        "residency".into(),
+        Value::String(settings.residency.as_str().into()),
+    );
+    Value::Table(t)
+}
+
+/// Header values are printed unless the header's name suggests a
+/// credential: the config says headers are not secrets, but a bearer token
+/// pasted into one must still not reach a terminal or a CI log.
+fn redact_header(name: &str, value: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    let secret = ["auth", "key", "token", "secret", "cookie", "password"]
+        .iter()
+        .any(|w| lower.contains(w));
+    if secret {
+        "<redacted>".into()
+    } else {
+        value.to_string()
+    }
+}
+
+fn int_u64(n: u64) -> Value {
+    Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 fn int(n: usize) -> Value {
     Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// `redis://user:secret@host` → `redis://user:<redacted>@host`: a Redis URL
-/// may carry its password, which must not be printed.
+/// `redis://user:secret@host` → `redis://user:<redacted>@host`: a Redis
+/// (or provider) URL may carry its password, which must not be printed;
+/// nor may a query string, where some APIs take their key (`?key=...`).
 fn redact_url(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?<redacted>"),
+        None => (url, ""),
+    };
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return format!("{url}{query}");
     };
     match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:<redacted>@{host}")
+            format!("{scheme}://{user}:<redacted>@{host}{query}")
         }
-        None => url.to_string(),
+        None => format!("{url}{query}"),
     }
 }
 
@@ -233,6 +553,10 @@ mod tests {
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            redact_url("https://api.example.com/v1?key=s3cr3t"),
+            "https://api.example.com/v1?<redacted>"
         );
     }
 }

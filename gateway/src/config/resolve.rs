@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sluice_runtime::EngineConfig;
 
+use super::defaults::DefaultsSection;
 use super::file::{EngineSection, FileConfig, KeySection, ModelSection};
 use super::{
     invalid, ApiKey, Config, ConfigError, EnvLookup, GuardAction, KeySource, ModelConfig,
@@ -35,7 +36,7 @@ pub(super) fn resolve(
         guard,
     } = file;
     let cache_settings = cache.resolve(env)?;
-    let admin_key = admin.resolve(base_dir, env)?;
+    let (admin_key_source, admin_key) = admin.resolve(base_dir, env)?.unzip();
 
     let (listen_text, listen_key) = match (&overrides.listen, env("SLUICE_LISTEN"), server.listen) {
         (Some(flag), _, _) => (flag.clone(), "--listen"),
@@ -44,6 +45,18 @@ pub(super) fn resolve(
         (None, None, None) => (DEFAULT_LISTEN.to_string(), "server.listen"),
     };
     let listen = parse_listen(&listen_text).map_err(|m| invalid(listen_key, m))?;
+    let metrics_listen = server
+        .metrics_listen
+        .as_deref()
+        .map(parse_listen)
+        .transpose()
+        .map_err(|m| invalid("server.metrics_listen", m))?;
+    if metrics_listen.is_some_and(|m| m == listen && m.port() != 0) {
+        return Err(invalid(
+            "server.metrics_listen",
+            format!("{listen} is the API's own address; give /metrics another"),
+        ));
+    }
 
     let max_body_bytes = server
         .max_body_bytes
@@ -127,6 +140,7 @@ pub(super) fn resolve(
                 requantize: None,
                 activation_dtype: None,
                 engine: EngineSection::default(),
+                defaults: DefaultsSection::default(),
             }]
         }
         (None, Some(_)) => return Err(invalid("--model-id", "needs --model PATH")),
@@ -138,6 +152,7 @@ pub(super) fn resolve(
             requantize: None,
             activation_dtype: None,
             engine: EngineSection::default(),
+            defaults: super::defaults::demo_defaults(),
         }],
         (None, None) => models,
     };
@@ -171,6 +186,7 @@ pub(super) fn resolve(
     Ok(Config {
         server: ServerConfig {
             listen,
+            metrics_listen,
             max_body_bytes,
             shutdown_grace: Duration::from_secs(grace),
             request_timeout: Duration::from_secs(timeout),
@@ -183,6 +199,7 @@ pub(super) fn resolve(
         routes,
         cache: cache_settings,
         admin_key,
+        admin_key_source,
         encoders,
         guard: super::guard::resolve_guard(guard, base_dir)?,
     })
@@ -356,6 +373,7 @@ fn resolve_model(i: usize, m: ModelSection, base_dir: &Path) -> Result<ModelConf
         requantize,
         activation_dtype,
         engine,
+        defaults,
     } = m;
     let at = |field: &str| format!("models[{i}].{field}");
     let id_ok = !id.is_empty()
@@ -396,13 +414,16 @@ fn resolve_model(i: usize, m: ModelSection, base_dir: &Path) -> Result<ModelConf
             ))
         }
     };
+    let path = resolve_path(base_dir, &path);
+    let defaults = super::defaults::resolve_defaults(&format!("models[{i}]"), defaults, &path)?;
     Ok(ModelConfig {
         id,
-        path: resolve_path(base_dir, &path),
+        path,
         default_max_tokens,
         requantize,
         activations,
         engine: resolve_engine(&at("engine"), engine)?,
+        defaults,
     })
 }
 

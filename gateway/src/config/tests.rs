@@ -514,3 +514,198 @@ fn guard_policies_resolve_per_section_key_and_route() {
     );
     assert!(err.contains("routes[0].guard"), "{err}");
 }
+
+#[test]
+fn check_config_shows_every_section_and_no_secret() {
+    let text = r#"
+        [server]
+        listen = "127.0.0.1:9000"
+        [[auth.keys]]
+        tenant = "team-a"
+        key_env = "TEAM_A_KEY"
+        [[models]]
+        id = "m1"
+        path = "weights/m1.gguf"
+        [[providers]]
+        kind = "openai"
+        name = "openai"
+        base_url = "https://user:pw-in-url@api.example.com/v1?key=key-in-query"
+        api_key_env = "OPENAI_API_KEY"
+        headers = { "OpenAI-Organization" = "org-1", "X-Api-Key" = "key-in-header" }
+        [[providers]]
+        kind = "gigachat"
+        name = "giga"
+        auth_key_env = "GIGA_KEY"
+        scope = "GIGACHAT_API_PERS"
+        [[providers]]
+        kind = "yandex"
+        name = "ya"
+        folder_id = "b1g"
+        iam_token_env = "YA_TOKEN"
+        [[routes]]
+        model = "chat"
+        strategy = "weighted"
+        [[routes.deployments]]
+        name = "local"
+        local = "m1"
+        [[routes.deployments]]
+        name = "cloud"
+        provider = "openai"
+        upstream_model = "gpt-4o-mini"
+        [admin]
+        key_env = "ADMIN_KEY"
+        [cache]
+        enabled = true
+        backend = "redis"
+        redis_url = "redis://:redis-password@127.0.0.1:6379"
+    "#;
+    let secrets = [
+        ("TEAM_A_KEY", "tenant-key-value"),
+        ("ADMIN_KEY", "admin-key-value-0123"),
+        ("OPENAI_API_KEY", "openai-key-value"),
+        ("GIGA_KEY", "giga-key-value"),
+        ("YA_TOKEN", "yandex-token-value"),
+    ];
+    let cfg = load_str(text, &secrets).unwrap();
+    let shown = cfg.to_redacted_toml();
+    let parsed: toml::Table = toml::from_str(&shown).unwrap();
+    for section in [
+        "server",
+        "auth",
+        "models",
+        "providers",
+        "routes",
+        "admin",
+        "cache",
+        "encoders",
+        "guard",
+    ] {
+        assert!(parsed.contains_key(section), "no `{section}` in:\n{shown}");
+    }
+    assert_eq!(parsed["providers"].as_array().unwrap().len(), 3, "{shown}");
+    let route = &parsed["routes"].as_array().unwrap()[0];
+    assert_eq!(route["strategy"].as_str(), Some("weighted"), "{shown}");
+    assert_eq!(route["deployments"].as_array().unwrap().len(), 2, "{shown}");
+    assert!(shown.contains("gpt-4o-mini"), "{shown}");
+    assert!(
+        shown.contains("api_key_env = \"OPENAI_API_KEY\""),
+        "{shown}"
+    );
+    assert!(shown.contains("org-1"), "{shown}");
+    assert!(shown.contains("<redacted: env ADMIN_KEY>"), "{shown}");
+    for (_, value) in secrets {
+        assert!(!shown.contains(value), "`{value}` printed:\n{shown}");
+    }
+    for value in [
+        "pw-in-url",
+        "key-in-query",
+        "key-in-header",
+        "redis-password",
+    ] {
+        assert!(!shown.contains(value), "`{value}` printed:\n{shown}");
+    }
+}
+
+#[test]
+fn the_demo_model_comes_with_sampling_defaults() {
+    let cfg = load_str("", &[]).unwrap();
+    let d = &cfg.models[0].defaults;
+    assert_eq!(d.temperature, Some(0.0));
+    assert_eq!(d.top_p, Some(0.9));
+    // A model named in the file gets only what the file (or its
+    // generation_config.json) says.
+    let cfg = load_str(
+        "[[models]]\nid = \"m\"\npath = \"/nonexistent/m.gguf\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(cfg.models[0].defaults.is_empty());
+}
+
+#[test]
+fn sampling_defaults_come_from_the_config_over_generation_config_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("model");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(
+        folder.join("generation_config.json"),
+        r#"{"bos_token_id": 1, "do_sample": true, "temperature": 0.6, "top_p": 0.95,
+            "top_k": 20, "repetition_penalty": 1.1, "max_new_tokens": 256,
+            "transformers_version": "4.42.0"}"#,
+    )
+    .unwrap();
+    let gguf = dir.path().join("model.gguf");
+    std::fs::write(&gguf, b"").unwrap();
+    let text = format!(
+        "[[models]]\nid = \"folder\"\npath = \"{}\"\n[models.defaults]\ntemperature = 0.2\nmin_p = 0.05\n\
+         [[models]]\nid = \"beside\"\npath = \"{}\"\n",
+        folder.display(),
+        gguf.display()
+    );
+    let cfg = load_str(&text, &[]).unwrap();
+    let d = &cfg.models[0].defaults;
+    assert_eq!(d.temperature, Some(0.2), "the config wins");
+    assert_eq!(d.min_p, Some(0.05));
+    assert_eq!(d.top_p, Some(0.95), "the rest from generation_config.json");
+    assert_eq!(d.top_k, Some(20));
+    assert_eq!(d.repetition_penalty, Some(1.1));
+    assert_eq!(d.max_tokens, Some(256));
+    assert_eq!(d.presence_penalty, None);
+    // A single-file model finds nothing beside it here...
+    assert!(cfg.models[1].defaults.is_empty());
+    // ...and the file beside it once there is one; do_sample = false is greedy.
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"do_sample": false, "temperature": 0.7}"#,
+    )
+    .unwrap();
+    let cfg = load_str(&text, &[]).unwrap();
+    assert_eq!(cfg.models[1].defaults.temperature, Some(0.0));
+    let shown = cfg.to_redacted_toml();
+    assert!(shown.contains("[models.defaults]"), "{shown}");
+    assert!(shown.contains("temperature = 0.2"), "{shown}");
+}
+
+#[test]
+fn bad_sampling_defaults_fail_naming_their_key_or_file() {
+    let err = err_of(
+        "[[models]]\nid = \"m\"\npath = \"/x/m.gguf\"\n[models.defaults]\ntemperature = 3.0\n",
+        &[],
+    );
+    assert!(err.contains("models[0].defaults.temperature"), "{err}");
+    let err = err_of(
+        "[[models]]\nid = \"m\"\npath = \"/x/m.gguf\"\n[models.defaults]\ntemprature = 0.5\n",
+        &[],
+    );
+    assert!(err.contains("temprature"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"top_p": 0}"#).unwrap();
+    let err = err_of(
+        &format!(
+            "[[models]]\nid = \"m\"\npath = \"{}\"\n",
+            dir.path().display()
+        ),
+        &[],
+    );
+    assert!(
+        err.contains("generation_config.json") && err.contains("top_p"),
+        "{err}"
+    );
+}
+
+#[test]
+fn metrics_listen_is_an_address_of_its_own() {
+    let cfg = load_str("[server]\nmetrics_listen = \"127.0.0.1:9100\"\n", &[]).unwrap();
+    assert_eq!(
+        cfg.server.metrics_listen,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    assert!(load_str("", &[]).unwrap().server.metrics_listen.is_none());
+    let err = err_of("[server]\nmetrics_listen = \"nowhere\"\n", &[]);
+    assert!(err.contains("server.metrics_listen"), "{err}");
+    let err = err_of(
+        "[server]\nlisten = \"127.0.0.1:9100\"\nmetrics_listen = \"127.0.0.1:9100\"\n",
+        &[],
+    );
+    assert!(err.contains("server.metrics_listen"), "{err}");
+}

@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
 
+use crate::config::SamplingDefaults;
 use crate::encoders::EncoderSlot;
 use crate::error::ApiError;
 use crate::registry::ModelSlot;
@@ -21,6 +22,54 @@ pub struct Model {
     /// "embedding" or "classifier" for in-process encoders; absent for chat models.
     #[serde(skip_serializing_if = "Option::is_none")]
     kind: Option<&'static str>,
+    /// The sampling parameters a request that leaves them out gets
+    /// (`[models.defaults]` over `generation_config.json`); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    defaults: Option<DefaultsWire>,
+}
+
+/// A model's sampling defaults as shown; fields left to the request are absent.
+#[derive(Debug, Serialize)]
+struct DefaultsWire {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repetition_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<usize>,
+}
+
+fn defaults_wire(d: Option<&SamplingDefaults>) -> Option<DefaultsWire> {
+    let SamplingDefaults {
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
+        max_tokens,
+    } = d.filter(|d| !d.is_empty())?.clone();
+    Some(DefaultsWire {
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
+        max_tokens,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -29,7 +78,9 @@ pub struct ModelList {
     data: Vec<Model>,
 }
 
-fn model(slot: &ModelSlot) -> Model {
+/// `defaults`: what a request for this id gets, which is the model's own
+/// unless a `[[routes]]` entry of the same name may send it elsewhere.
+fn model(slot: &ModelSlot, defaults: Option<&SamplingDefaults>) -> Model {
     Model {
         id: slot.config.id.clone(),
         object: "model",
@@ -37,11 +88,12 @@ fn model(slot: &ModelSlot) -> Model {
         owned_by: "sluice",
         max_model_len: slot.engine().map(|e| e.info().max_model_len),
         kind: None,
+        defaults: defaults_wire(defaults),
     }
 }
 
 /// A public model name of a `[[routes]]` entry that is not a local model id.
-fn routed(id: &str, created: u64) -> Model {
+fn routed(id: &str, created: u64, defaults: Option<&SamplingDefaults>) -> Model {
     Model {
         id: id.to_string(),
         object: "model",
@@ -49,6 +101,7 @@ fn routed(id: &str, created: u64) -> Model {
         owned_by: "sluice",
         max_model_len: None,
         kind: None,
+        defaults: defaults_wire(defaults),
     }
 }
 
@@ -60,6 +113,7 @@ fn encoder_model(slot: &EncoderSlot) -> Model {
         owned_by: "sluice",
         max_model_len: slot.ready().map(|e| e.max_len),
         kind: Some(slot.config.kind.as_str()),
+        defaults: None,
     }
 }
 
@@ -67,9 +121,19 @@ fn encoder_model(slot: &EncoderSlot) -> Model {
 /// public names of the routes.
 pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
     let created = state.registry.slots().first().map_or(0, |s| s.created);
-    let mut data: Vec<Model> = state.registry.slots().iter().map(|s| model(s)).collect();
+    let mut data: Vec<Model> = state
+        .registry
+        .slots()
+        .iter()
+        .map(|s| model(s, state.router.sampling_defaults(&s.config.id)))
+        .collect();
     data.extend(state.encoders.slots().iter().map(|s| encoder_model(s)));
-    data.extend(state.router.public_models().map(|id| routed(id, created)));
+    data.extend(
+        state
+            .router
+            .public_models()
+            .map(|id| routed(id, created, state.router.sampling_defaults(id))),
+    );
     Json(ModelList {
         object: "list",
         data,
@@ -81,14 +145,18 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Model>, ApiError> {
     if let Ok(slot) = state.registry.get(&id) {
-        return Ok(Json(model(slot)));
+        return Ok(Json(model(slot, state.router.sampling_defaults(&id))));
     }
     if let Some(slot) = state.encoders.get(&id) {
         return Ok(Json(encoder_model(slot)));
     }
     if state.router.has_route(&id) {
         let created = state.registry.slots().first().map_or(0, |s| s.created);
-        return Ok(Json(routed(&id, created)));
+        return Ok(Json(routed(
+            &id,
+            created,
+            state.router.sampling_defaults(&id),
+        )));
     }
     Err(ApiError::ModelNotFound(id))
 }

@@ -40,7 +40,7 @@ use sluice_models::Tokenizer;
 use tokio::time::Instant;
 
 use crate::answer::BoxAnswer;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, SamplingDefaults};
 use crate::error::ApiError;
 use crate::generate;
 use crate::providers::{
@@ -99,6 +99,9 @@ pub struct Router {
     outcomes: Arc<dyn OutcomeStore>,
     request_timeout: Duration,
     overhead: Histogram,
+    /// Sampling defaults by public name, for routes served only by local
+    /// models that agree on them (see [`Router::sampling_defaults`]).
+    defaults: HashMap<String, SamplingDefaults>,
 }
 
 /// Why a pass over a route's deployments found none to answer.
@@ -229,6 +232,10 @@ impl Router {
             .flat_map(|r| r.deployments.iter().map(|d| &*d.name))
             .collect();
         let outcomes: Arc<dyn OutcomeStore> = Arc::new(InMemoryOutcomes::new(names));
+        let defaults = routes
+            .iter()
+            .filter_map(|(name, route)| route_defaults(route, &registry).map(|d| (name.clone(), d)))
+            .collect();
         Ok(Self {
             routes,
             public,
@@ -236,6 +243,7 @@ impl Router {
             outcomes,
             request_timeout,
             overhead: metrics::histogram!("sluice_gateway_overhead_seconds"),
+            defaults,
         })
     }
 
@@ -246,6 +254,16 @@ impl Router {
             .iter()
             .filter(|name| self.registry.get(name).is_err())
             .map(String::as_str)
+    }
+
+    /// The sampling defaults a request for `model` takes where it leaves a
+    /// field out: those of its local model. A route that may send the
+    /// request to a provider has none (the provider gets the request as
+    /// the client sent it), nor has one whose local models disagree, since
+    /// the defaults are applied before the cache key, before a deployment
+    /// is chosen.
+    pub fn sampling_defaults(&self, model: &str) -> Option<&SamplingDefaults> {
+        self.defaults.get(model)
     }
 
     /// Whether `model` names a route (explicit or a local model's).
@@ -442,6 +460,23 @@ impl Router {
         }
         Err(ex)
     }
+}
+
+/// The defaults every deployment of `route` shares: all local, all the
+/// same, and not empty.
+fn route_defaults(route: &Route, registry: &Registry) -> Option<SamplingDefaults> {
+    let mut shared: Option<&SamplingDefaults> = None;
+    for d in &route.deployments {
+        let Target::Local { model, .. } = &d.target else {
+            return None;
+        };
+        let own = &registry.get(model).ok()?.config.defaults;
+        match shared {
+            Some(s) if s != own => return None,
+            _ => shared = Some(own),
+        }
+    }
+    shared.filter(|d| !d.is_empty()).cloned()
 }
 
 impl Route {

@@ -206,16 +206,19 @@ fn chat_message(i: usize, m: ChatMessageWire) -> Result<ChatMessage, ApiError> {
             "'refusal' is not supported",
         ));
     }
-    if role == "tool" && tool_call_id.is_none() {
-        return Err(ApiError::invalid(
-            at("tool_call_id"),
-            "a message with role 'tool' needs 'tool_call_id'",
+    // Without tool calling no tool call could be pending, so a tool's
+    // answer has nothing to answer: refused rather than rendered as text
+    // with its `tool_call_id` dropped.
+    if role == "tool" {
+        return Err(ApiError::unsupported(
+            at("role"),
+            "messages with role 'tool' are not supported yet: this server has no tool calling",
         ));
     }
-    if role != "tool" && tool_call_id.is_some() {
-        return Err(ApiError::invalid(
+    if tool_call_id.is_some() {
+        return Err(ApiError::unsupported(
             at("tool_call_id"),
-            "'tool_call_id' belongs only to messages with role 'tool'",
+            "'tool_call_id' is not supported yet: this server has no tool calling",
         ));
     }
     let content = match content {

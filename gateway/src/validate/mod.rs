@@ -16,9 +16,11 @@ use crate::wire::StreamOptions;
 
 mod chat;
 mod completion;
+mod defaults;
 
 pub use chat::chat;
 pub use completion::completion;
+use defaults::Omitted;
 
 /// A wire API's request: it becomes the one internal [`ValidRequest`]
 /// (what makes a wire API a thin adapter of the request chain).
@@ -151,6 +153,9 @@ pub struct Job {
     pub sampling: Sampling,
     /// Choices per prompt.
     pub n: usize,
+    /// The sampling fields the request left out, which a model's defaults
+    /// may fill ([`Job::apply_defaults`]).
+    omitted: Omitted,
     _sealed: Sealed,
 }
 
@@ -163,6 +168,10 @@ impl Job {
             input,
             sampling,
             n,
+            // Not part of the answer: what was left out holds either the
+            // model's default (applied before the cache key) or the OpenAI
+            // default, the same values a request spelling them out has.
+            omitted: _,
             _sealed,
         } = self;
         (input, sampling, *n)
@@ -221,6 +230,16 @@ pub(crate) fn common(
     let model = match model {
         Some(m) if !m.is_empty() => m,
         _ => return Err(ApiError::invalid("model", "'model' is required")),
+    };
+    let omitted = Omitted {
+        temperature: temperature.is_none(),
+        top_p: top_p.is_none(),
+        top_k: top_k.is_none(),
+        min_p: min_p.is_none(),
+        repetition_penalty: repetition_penalty.is_none(),
+        presence_penalty: presence_penalty.is_none(),
+        frequency_penalty: frequency_penalty.is_none(),
+        max_tokens: max_tokens.is_none(),
     };
     if logit_bias.is_some_and(|b| !b.is_empty()) {
         return Err(ApiError::unsupported(
@@ -333,6 +352,7 @@ pub(crate) fn common(
             input,
             sampling,
             n,
+            omitted,
             _sealed: Sealed,
         },
     })

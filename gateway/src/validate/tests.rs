@@ -256,11 +256,25 @@ fn seeds_are_derived_per_choice() {
 }
 
 #[test]
-fn tool_messages_need_a_call_id() {
-    let body = with(json!({"messages": [{"role": "tool", "content": "42"}]}));
-    assert_eq!(param(chat_of(body)), "messages[0].tool_call_id");
+fn tool_messages_are_refused_until_tool_calling_exists() {
+    // With its call id, a tool message used to be accepted and the id dropped.
     let body = with(json!({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}));
-    assert!(chat_of(body).is_ok());
+    let err = chat_of(body.clone()).unwrap_err();
+    assert!(err.to_string().contains("tool calling"), "{err}");
+    assert_eq!(param(chat_of(body)), "messages[0].role");
+    let body = with(json!({"messages": [{"role": "tool", "content": "42"}]}));
+    assert_eq!(param(chat_of(body)), "messages[0].role");
+    let body = with(json!({"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "x", "tool_call_id": "c1"},
+    ]}));
+    assert_eq!(param(chat_of(body)), "messages[1].tool_call_id");
+    let body = with(json!({"messages": [
+        {"role": "assistant", "content": "x", "tool_calls": [{"id": "c1"}]},
+    ]}));
+    assert_eq!(param(chat_of(body)), "messages[0].tool_calls");
+    let body = with(json!({"messages": [{"role": "user", "content": "x", "name": "bob"}]}));
+    assert_eq!(param(chat_of(body)), "messages[0].name");
 }
 
 #[test]
