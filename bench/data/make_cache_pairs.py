@@ -213,6 +213,32 @@ What is the capital of France? | What is the population of France?
 Как установить Docker? | Как удалить Docker?
 Напиши стихотворение о море | Напиши рассказ о море
 Переведи привет на французский | Переведи привет на немецкий""",
+ # Added for issue 11 (opposites, swapped roles, units, scope): development
+ # pairs to tune the verifier on; the held-out set is make_cache_pairs_test.py.
+ "opposites": """Is smoking permitted in the hotel? | Is smoking prohibited in the hotel?
+Why did the shares go up today? | Why did the shares go down today?
+How do I enable two-factor login? | How do I disable two-factor login?
+What are the benefits of a standing desk? | What are the drawbacks of a standing desk?
+How do I make bread softer? | How do I make bread harder?
+When does the flight land in Rome? | When does the flight take off from Rome?
+Можно ли пить кофе при давлении? | Нельзя ли пить кофе при давлении?
+Почему доллар дорожает? | Почему доллар дешевеет?
+Как включить субтитры на ютубе? | Как выключить субтитры на ютубе?
+Чем полезен сахар? | Чем вреден сахар?
+Почему акции растут? | Почему акции падают?
+Как ускорить компьютер? | Как замедлить компьютер?""",
+ "roles": """Did Rome conquer Carthage? | Did Carthage conquer Rome?
+Why does the dog chase the ball? | Why does the ball chase the dog?
+How do I convert an array to a set in Java? | How do I convert a set to an array in Java?
+How do I move money from savings to checking? | How do I move money from checking to savings?""",
+ "units": """How many cups are in a liter? | How many cups are in a quart?
+What is 30 degrees Celsius in Fahrenheit? | What is 30 degrees Fahrenheit in Celsius?
+How much does a cup of honey weigh in grams? | How much does a cup of honey weigh in ounces?""",
+ "scope": """What is a normal blood pressure for a teenager? | What is a normal blood pressure for an elderly person?
+How much should a baby eat per feeding? | How much should a toddler eat per feeding?
+What is the best diet for a vegetarian? | What is the best diet for a bodybuilder?
+Which tent is best for winter camping? | Which tent is best for desert camping?
+How do I register a car as a resident? | How do I register a car as a tourist?""",
 }
 
 def out(a, b, hit, kind, lang):

@@ -327,6 +327,10 @@ pub struct PairsArgs {
     threshold: f32,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Print each pair judged wrongly at the threshold (for the
+    /// development set only: reading a test set's errors tunes on it).
+    #[arg(long)]
+    list_errors: bool,
 }
 
 /// One labelled pair: should `b` be served `a`'s answer?
@@ -360,6 +364,10 @@ pub struct PairsReport {
     pub best_at_precision_098: Option<Scores>,
     /// Negatives served at `threshold` (with the verifier), by kind.
     pub false_hits_by_kind: Vec<(String, usize)>,
+    /// Every pair judged wrongly at `threshold`: (similarity, verifier's
+    /// reason or "-", should hit, a, b).
+    #[serde(skip)]
+    pub errors: Vec<(f32, String, bool, String, String)>,
 }
 
 pub fn load_pairs(path: &Path) -> Result<Vec<Pair>> {
@@ -426,13 +434,22 @@ fn make_embedder(name: &str) -> Result<Arc<dyn Embedder>> {
     })?;
     let tokenizer = encoder.tokenizer().clone();
     let handle = EncoderPool::start(Arc::new(encoder), EncoderPoolConfig::default())?;
-    Ok(Arc::new(PoolEmbedder { tokenizer, handle }))
+    let embedder_id = format!(
+        "all-minilm-l6-v2@{}",
+        sluice_gateway::encoders::weights_fingerprint(&dir)
+    );
+    Ok(Arc::new(PoolEmbedder {
+        tokenizer,
+        handle,
+        embedder_id,
+    }))
 }
 
 /// The real encoder behind its pool, as the server embeds a user message.
 struct PoolEmbedder {
     tokenizer: Arc<sluice_models::Tokenizer>,
     handle: EncoderHandle,
+    embedder_id: String,
 }
 
 impl Embedder for PoolEmbedder {
@@ -453,6 +470,10 @@ impl Embedder for PoolEmbedder {
     fn model_id(&self) -> &str {
         "all-minilm-l6-v2"
     }
+
+    fn embedder_id(&self) -> &str {
+        &self.embedder_id
+    }
 }
 
 /// `pairs`, with any [`Embedder`].
@@ -462,10 +483,13 @@ pub async fn evaluate(
     threshold: f32,
 ) -> Result<PairsReport> {
     let mut sims = Vec::with_capacity(pairs.len());
+    let mut reasons = Vec::with_capacity(pairs.len());
     for p in pairs {
         let a = embedder.embed(&p.a).await.map_err(|e| anyhow::anyhow!(e))?;
         let b = embedder.embed(&p.b).await.map_err(|e| anyhow::anyhow!(e))?;
-        sims.push((cosine(&a, &b), verify(&p.b, &p.a).is_none(), p.hit));
+        let why = verify(&p.b, &p.a);
+        sims.push((cosine(&a, &b), why.is_none(), p.hit));
+        reasons.push(why.map_or("-", |m| m.as_str()));
     }
     let best = (50..100)
         .map(|t| score(&sims, t as f32 / 100.0, true))
@@ -477,6 +501,13 @@ pub async fn evaluate(
             *by_kind.entry(format!("{}/{}", p.kind, p.lang)).or_default() += 1;
         }
     }
+    let errors = pairs
+        .iter()
+        .zip(&sims)
+        .zip(&reasons)
+        .filter(|((p, &(sim, verified, _)), _)| (sim >= threshold && verified) != p.hit)
+        .map(|((p, &(sim, _, _)), why)| (sim, why.to_string(), p.hit, p.a.clone(), p.b.clone()))
+        .collect();
     Ok(PairsReport {
         embedder: embedder.model_id().into(),
         pairs: pairs.len(),
@@ -485,6 +516,7 @@ pub async fn evaluate(
         at_threshold_without_verifier: score(&sims, threshold, false),
         best_at_precision_098: best,
         false_hits_by_kind: by_kind.into_iter().collect(),
+        errors,
     })
 }
 
@@ -514,6 +546,12 @@ pub fn run_pairs(args: PairsArgs) -> Result<()> {
     }
     for (kind, n) in &report.false_hits_by_kind {
         println!("  wrong hits at the threshold, {kind}: {n}");
+    }
+    if args.list_errors {
+        for (sim, why, hit, a, b) in &report.errors {
+            let what = if *hit { "missed" } else { "wrong hit" };
+            println!("  {what} {sim:.3} [{why}] {a} | {b}");
+        }
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

@@ -249,6 +249,71 @@ impl EncoderSlot {
 pub struct EncoderEmbedder {
     registry: Arc<EncoderRegistry>,
     id: String,
+    /// `<id>@<weights fingerprint>`, see [`weights_fingerprint`].
+    embedder_id: String,
+}
+
+/// A fingerprint of the model folder's weights and config, the same on
+/// every machine and after every restart, different for another model or
+/// fine-tune even of the same width and encoder id.
+///
+/// Design choice: a sample, not a hash of every byte. It covers each file's
+/// name and length, `config.json` whole, and of each `*.safetensors` its
+/// first 64 KiB (the tensor table), last 4 KiB and 64 evenly spaced 4 KiB
+/// blocks: a fine-tune changes nearly every weight, so any block tells
+/// models apart, and start-up reads ~0.5 MiB instead of the whole file.
+/// An unreadable folder gets "unreadable" (its encoder never loads, so its
+/// id never meets a vector).
+pub fn weights_fingerprint(dir: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    const HEAD: u64 = 64 << 10;
+    const BLOCK: u64 = 4 << 10;
+    const SAMPLES: u64 = 64;
+    let sample = |path: &std::path::Path, h: &mut Sha256| -> std::io::Result<()> {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        h.update(len.to_le_bytes());
+        let mut read_at = |offset: u64, n: u64, h: &mut Sha256| -> std::io::Result<()> {
+            let mut buf = Vec::new();
+            f.seek(SeekFrom::Start(offset))?;
+            (&mut f).take(n).read_to_end(&mut buf)?;
+            h.update(&buf);
+            Ok(())
+        };
+        read_at(0, HEAD, h)?;
+        for i in 0..SAMPLES {
+            read_at(len / SAMPLES * i, BLOCK, h)?;
+        }
+        read_at(len.saturating_sub(BLOCK), BLOCK, h)
+    };
+    let fingerprint = || -> std::io::Result<String> {
+        let mut weights: Vec<_> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        weights.sort();
+        let mut h = Sha256::new();
+        if let Ok(config) = std::fs::read(dir.join("config.json")) {
+            h.update(&config);
+        }
+        for path in &weights {
+            h.update(path.file_name().map_or(&[][..], |n| n.as_encoded_bytes()));
+            sample(path, &mut h)?;
+        }
+        Ok(h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    };
+    match fingerprint() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "encoder weights unreadable for the cache's fingerprint");
+            "unreadable".into()
+        }
+    }
 }
 
 /// Bytes per token at most for any text the encoder can take whole; a
@@ -267,6 +332,11 @@ impl EncoderEmbedder {
         Some(Self {
             registry: registry.clone(),
             id: slot.config.id.clone(),
+            embedder_id: format!(
+                "{}@{}",
+                slot.config.id,
+                weights_fingerprint(&slot.config.path)
+            ),
         })
     }
 }
@@ -298,5 +368,9 @@ impl crate::cache::Embedder for EncoderEmbedder {
 
     fn model_id(&self) -> &str {
         &self.id
+    }
+
+    fn embedder_id(&self) -> &str {
+        &self.embedder_id
     }
 }

@@ -13,8 +13,14 @@ use futures_util::future::BoxFuture;
 /// Turns a user message into an L2-normalised embedding.
 pub trait Embedder: Send + Sync {
     fn embed<'a>(&'a self, text: &'a str) -> BoxFuture<'a, Result<Arc<[f32]>, String>>;
-    /// Names the model; entries embedded by another model never match.
+    /// Names the model, for people (reports, logs).
     fn model_id(&self) -> &str;
+    /// Names the vector space: the same for every process that loads the
+    /// same weights, different for another model or another fine-tune of
+    /// it, even of the same width. Stored with each entry; vectors of
+    /// another embedder are never compared (two models' cosines mean
+    /// nothing to each other).
+    fn embedder_id(&self) -> &str;
 }
 
 /// Cosine similarity of two unit vectors (their dot product); 0 when the

@@ -26,6 +26,8 @@ pub struct EntryMeta {
     /// The last user message, for the verifier.
     pub text: Option<String>,
     pub embedding: Option<Arc<[f32]>>,
+    /// [`super::Embedder::embedder_id`] of whoever made `embedding`.
+    pub embedder: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -96,10 +98,11 @@ impl MemoryStore {
     }
 
     /// Up to `top_k` live entries of `scope` at least `threshold` similar to
-    /// `embedding`, best first.
+    /// `embedding`, best first; only entries `embedder` made are compared.
     pub fn nearest(
         &self,
         scope: &Key,
+        embedder: &str,
         embedding: &[f32],
         threshold: f32,
         top_k: usize,
@@ -113,6 +116,7 @@ impl MemoryStore {
             .iter()
             .filter_map(|k| inner.entries.get(k))
             .filter(|e| e.expires > now)
+            .filter(|e| e.meta.embedder.as_deref() == Some(embedder))
             .filter_map(|e| {
                 let v = e.meta.embedding.as_deref()?;
                 let similarity = cosine(embedding, v);
@@ -220,6 +224,7 @@ fn entry_bytes(meta: &EntryMeta, answer: &StoredAnswer) -> usize {
     OVERHEAD
         + meta.tenant.len()
         + meta.model.len()
+        + meta.embedder.as_ref().map_or(0, |e| e.len())
         + meta.text.as_ref().map_or(0, String::len)
         + meta.embedding.as_ref().map_or(0, |v| v.len() * 4)
         + answer

@@ -280,10 +280,11 @@ impl Cache {
             }
             if let (true, Some(v)) = (access.read, &decision.embedding) {
                 let (threshold, top_k) = (self.settings.similarity_threshold, self.settings.top_k);
+                let by = embedder.embedder_id();
                 let candidates = match &self.store {
-                    Store::Memory(m) => m.nearest(&sk.scope, v, threshold, top_k, now),
+                    Store::Memory(m) => m.nearest(&sk.scope, by, v, threshold, top_k, now),
                     Store::Redis(r) => r
-                        .nearest(&sk.scope, req.tenant, v, threshold, top_k)
+                        .nearest(&sk.scope, req.tenant, by, v, threshold, top_k)
                         .await
                         .unwrap_or_default(),
                 };
@@ -321,6 +322,12 @@ impl Cache {
                     scope: keys.semantic.as_ref().map(|s| s.scope),
                     text: keys.semantic.map(|s| s.text),
                     embedding: decision.embedding.clone(),
+                    // Only this cache's embedder makes the vectors it
+                    // stores; with none, the entry is exact-only.
+                    embedder: match (&decision.embedding, &self.embedder) {
+                        (Some(_), Some(e)) => Some(Arc::from(e.embedder_id())),
+                        _ => None,
+                    },
                 },
             });
         }

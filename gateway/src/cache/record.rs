@@ -28,6 +28,10 @@ struct Wire {
     model: String,
     scope: Option<String>,
     text: Option<String>,
+    /// Absent in records written before it existed: such an entry is never
+    /// a semantic candidate (who made its vector is unknown).
+    #[serde(default)]
+    embedder: Option<String>,
     choices: Vec<WireChoice>,
     usage: [usize; 3],
 }
@@ -51,6 +55,7 @@ pub fn encode(meta: &EntryMeta, answer: &StoredAnswer) -> Vec<u8> {
         model: meta.model.to_string(),
         scope: meta.scope.map(|s| s.hex()),
         text: meta.text.clone(),
+        embedder: meta.embedder.as_deref().map(str::to_string),
         choices: answer
             .choices
             .iter()
@@ -143,6 +148,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Corrupt> {
             scope,
             text: wire.text,
             embedding,
+            embedder: wire.embedder.map(Arc::from),
         },
         answer: StoredAnswer {
             choices,

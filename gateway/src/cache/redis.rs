@@ -182,6 +182,7 @@ impl RedisStore {
         &self,
         scope: &Key,
         tenant: &str,
+        embedder: &str,
         embedding: &[f32],
         threshold: f32,
         top_k: usize,
@@ -227,7 +228,10 @@ impl RedisStore {
             ids.iter()
                 .filter_map(|id| {
                     let m = memo.get(id)?;
-                    if &*m.tenant != tenant || m.scope != Some(*scope) {
+                    if &*m.tenant != tenant
+                        || m.scope != Some(*scope)
+                        || m.embedder.as_deref() != Some(embedder)
+                    {
                         return None;
                     }
                     let similarity = cosine(embedding, m.embedding.as_deref()?);
@@ -249,12 +253,17 @@ impl RedisStore {
                     continue;
                 };
                 match record::decode(&bytes) {
-                    Ok(d) if &*d.meta.tenant == tenant && d.meta.scope == Some(*scope) => found
-                        .push(Candidate {
+                    Ok(d)
+                        if &*d.meta.tenant == tenant
+                            && d.meta.scope == Some(*scope)
+                            && d.meta.embedder.as_deref() == Some(embedder) =>
+                    {
+                        found.push(Candidate {
                             similarity,
                             text,
                             answer: Arc::new(d.answer),
-                        }),
+                        })
+                    }
                     Ok(_) => self.forget(&id),
                     Err(why) => {
                         self.forget(&id);

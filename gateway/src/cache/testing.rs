@@ -18,11 +18,22 @@ use super::embed::{normalise, Embedder};
 #[derive(Debug, Clone)]
 pub struct HashedEmbedder {
     dims: usize,
+    id: String,
 }
 
 impl HashedEmbedder {
     pub fn new(dims: usize) -> Self {
-        Self { dims: dims.max(1) }
+        Self {
+            dims: dims.max(1),
+            id: format!("test-hashed-bow-trigram/{dims}"),
+        }
+    }
+
+    /// The same vectors under another [`Embedder::embedder_id`]: stands in
+    /// for a second model of the same width.
+    pub fn named(mut self, id: &str) -> Self {
+        self.id = id.to_string();
+        self
     }
 
     pub fn embed_now(&self, text: &str) -> Arc<[f32]> {
@@ -67,5 +78,9 @@ impl Embedder for HashedEmbedder {
 
     fn model_id(&self) -> &str {
         "test-hashed-bow-trigram"
+    }
+
+    fn embedder_id(&self) -> &str {
+        &self.id
     }
 }

@@ -8,6 +8,12 @@
 //! (microseconds), explainable in a log line ([`Mismatch`] names the
 //! feature), and err on the side of a miss: a false rejection costs one
 //! generation, a false hit serves a wrong answer. English and Russian.
+//! Opposite words come from a WordNet lexicon ([`opposites`]); swapped
+//! roles ("A sued B" / "B sued A", "from X to Y" / "from Y to X"), units
+//! and the person a question is for ("a child" / "an adult") from the
+//! word lists and rules below.
+
+mod opposites;
 
 use std::collections::BTreeSet;
 
@@ -21,6 +27,13 @@ pub enum Mismatch {
     Quantifiers,
     Direction,
     Action,
+    /// One text has a word the other has the opposite of ("buy" / "sell").
+    Opposite,
+    /// The same two things in swapped roles ("A sued B" / "B sued A").
+    Roles,
+    Units,
+    /// Asked for another kind of person ("for a child" / "for an adult").
+    Scope,
 }
 
 impl Mismatch {
@@ -33,6 +46,10 @@ impl Mismatch {
             Self::Quantifiers => "quantifiers",
             Self::Direction => "direction",
             Self::Action => "action",
+            Self::Opposite => "opposite",
+            Self::Roles => "roles",
+            Self::Units => "units",
+            Self::Scope => "scope",
         }
     }
 }
@@ -101,6 +118,70 @@ const DATE_WORDS: &[&str] = &[
     "ноч", "весн", "лет", "осен", "зим",
 ];
 
+/// Units and measures, singular (a trailing "s"/"es" is dropped before
+/// the lookup). Compared in order of mention, so "5 miles in km" is not
+/// "5 km in miles".
+#[rustfmt::skip]
+const UNITS: &[&str] = &[
+    "gram", "kilogram", "milligram", "microgram", "g", "kg", "mg", "ounce", "oz", "pound", "lb",
+    "ton", "tonne", "liter", "litre", "milliliter", "millilitre", "ml", "gallon", "quart", "pint",
+    "cup", "tablespoon", "teaspoon", "tbsp", "tsp", "inch", "foot", "feet", "yard", "mile",
+    "meter", "metre", "kilometer", "kilometre", "centimeter", "centimetre", "millimeter",
+    "millimetre", "km", "cm", "mm", "mph", "kph", "celsius", "fahrenheit", "kelvin", "byte",
+    "kilobyte", "megabyte", "gigabyte", "terabyte", "bit", "kb", "mb", "gb", "tb", "watt",
+    "kilowatt", "kwh", "volt", "joule", "calorie", "kcal", "acre", "hectare", "second", "minute",
+    "hour", "day", "slice", "loaf", "pot", "glass", "bottle", "shot", "pinch", "degree", "percent",
+];
+
+/// Russian units by their forms (a prefix would take "метро" for "метр"
+/// and "часто" for "час"); the first form names the unit.
+#[rustfmt::skip]
+const RU_UNITS: &[&[&str]] = &[
+    &["грамм", "грамма", "граммов"], &["килограмм", "килограмма", "килограммов", "кг"],
+    &["литр", "литра", "литров"], &["миллилитр", "миллилитра", "миллилитров", "мл"],
+    &["метр", "метра", "метров"], &["километр", "километра", "километров", "км"],
+    &["сантиметр", "сантиметра", "сантиметров", "см"], &["миллиметр", "миллиметра", "миллиметров", "мм"],
+    &["чайная", "чайной", "чайную", "чайных"], &["столовая", "столовой", "столовую", "столовых"],
+    &["стакан", "стакана", "стаканов", "стакане"], &["час", "часа", "часов"],
+    &["минута", "минуты", "минут", "минуту"], &["секунда", "секунды", "секунд", "секунду"],
+    &["градус", "градуса", "градусов"], &["процент", "процента", "процентов"],
+];
+
+/// Kinds of person a question can be about; two texts naming different
+/// ones ask different things. The young of animals count as children
+/// ("a kitten" / "an adult cat").
+#[rustfmt::skip]
+const PERSON_KINDS: &[(&str, &[&str])] = &[
+    ("infant", &["baby", "babies", "infant", "infants", "newborn", "newborns", "младен", "новорожд"]),
+    ("toddler", &["toddler", "toddlers"]),
+    ("child", &["child", "children", "kid", "kids", "puppy", "puppies", "kitten", "kittens",
+        "ребен", "ребён", "дети", "детей", "детям", "детьми", "детск", "щенок", "щенк", "котён",
+        "котен"]),
+    ("teen", &["teen", "teens", "teenager", "teenagers", "adolescent", "adolescents", "подрост"]),
+    ("adult", &["adult", "adults", "grownup", "grownups", "взросл"]),
+    ("senior", &["senior", "seniors", "elderly", "pensioner", "pensioners", "retiree",
+        "retirees", "пожил", "пенсионер"]),
+];
+
+/// Words left out when comparing roles: "a cat" and "the cat" are one
+/// participant.
+#[rustfmt::skip]
+const DETERMINERS: &[&str] = &[
+    "a", "an", "the", "my", "your", "his", "her", "its", "our", "their", "this", "that",
+    "these", "those",
+];
+
+/// Connectives that make the order of their two sides irrelevant
+/// ("TCP and UDP" / "UDP and TCP").
+#[rustfmt::skip]
+const SYMMETRIC: &[&str] = &[
+    "and", "or", "vs", "versus", "with", "between", "nor", "и", "или", "с",
+];
+
+/// Prepositions that mark where something goes from and to.
+const SOURCES: &[&str] = &["from", "из", "с", "со", "от"];
+const TARGETS: &[&str] = &["to", "into", "в", "во", "на", "до"];
+
 /// Words that start sentences or questions capitalised without naming anything.
 #[rustfmt::skip]
 const NOT_ENTITIES: &[&str] = &[
@@ -111,6 +192,9 @@ const NOT_ENTITIES: &[&str] = &[
 struct Features {
     /// Lowercased words, for "does the other text mention it at all".
     words: Vec<String>,
+    /// Lowercased words, unstemmed (the opposites lexicon has its own
+    /// rules for word forms).
+    plain: Vec<String>,
     negations: usize,
     numbers: BTreeSet<String>,
     dates: BTreeSet<String>,
@@ -121,6 +205,9 @@ struct Features {
     quantifiers: BTreeSet<String>,
     directions: BTreeSet<String>,
     actions: BTreeSet<String>,
+    /// Units in order of first mention.
+    units: Vec<&'static str>,
+    persons: BTreeSet<&'static str>,
 }
 
 fn tokens(text: &str) -> Vec<(String, bool)> {
@@ -174,6 +261,7 @@ fn features(text: &str) -> Features {
     let toks = tokens(text);
     let mut f = Features {
         words: Vec::with_capacity(toks.len()),
+        plain: Vec::with_capacity(toks.len()),
         negations: 0,
         numbers: BTreeSet::new(),
         dates: BTreeSet::new(),
@@ -182,6 +270,8 @@ fn features(text: &str) -> Features {
         quantifiers: BTreeSet::new(),
         directions: BTreeSet::new(),
         actions: BTreeSet::new(),
+        units: Vec::new(),
+        persons: BTreeSet::new(),
     };
     let mut prev = String::new();
     for (word, at_start) in &toks {
@@ -222,6 +312,18 @@ fn features(text: &str) -> Features {
         if DIRECTIONS.contains(&lower.as_str()) {
             f.directions.insert(lower.clone());
         }
+        if let Some(u) = unit(&lower) {
+            if !f.units.contains(&u) {
+                f.units.push(u);
+            }
+        }
+        if let Some((kind, _)) = PERSON_KINDS.iter().find(|(_, words)| {
+            words
+                .iter()
+                .any(|w| lower == *w || (cyrillic && !w.is_ascii() && lower.starts_with(w)))
+        }) {
+            f.persons.insert(kind);
+        }
         let capitalised = word.chars().next().is_some_and(char::is_uppercase);
         let all_caps = word.chars().count() > 1 && word.chars().all(|c| !c.is_lowercase());
         let entity =
@@ -230,9 +332,94 @@ fn features(text: &str) -> Features {
             f.entity_order.push(stem(&lower));
         }
         f.words.push(stem(&lower));
+        f.plain.push(lower.clone());
         prev = lower;
     }
     f
+}
+
+fn unit(lower: &str) -> Option<&'static str> {
+    if !lower.is_ascii() {
+        return RU_UNITS
+            .iter()
+            .find(|forms| forms.contains(&lower))
+            .and_then(|forms| forms.first().copied());
+    }
+    let singular = [
+        Some(lower),
+        lower.strip_suffix('s'),
+        lower.strip_suffix("es"),
+    ];
+    let found = UNITS
+        .iter()
+        .find(|u| u.is_ascii() && singular.contains(&Some(**u)))?;
+    // "feet" is "foot": one unit however it is spelt.
+    Some(if *found == "feet" { "foot" } else { found })
+}
+
+/// The word after `prepositions` (skipping determiners), for each use.
+fn after<'a>(words: &'a [String], prepositions: &[&str]) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        if prepositions.contains(&w.as_str()) {
+            if let Some(next) = words[i + 1..]
+                .iter()
+                .find(|x| !DETERMINERS.contains(&x.as_str()))
+            {
+                out.push(next.as_str());
+            }
+        }
+    }
+    out
+}
+
+/// "from X to Y" in one text and "from Y to X" in the other.
+fn reversed_route(a: &[String], b: &[String]) -> bool {
+    let (a_from, a_to) = (after(a, SOURCES), after(a, TARGETS));
+    let (b_from, b_to) = (after(b, SOURCES), after(b, TARGETS));
+    a_from.iter().any(|x| b_to.contains(x) && !a_to.contains(x))
+        && b_from.iter().any(|y| a_to.contains(y) && !b_to.contains(y))
+}
+
+/// "u R v" in one text and "v R u" in the other, with the same relation R
+/// (one to four words, none of them symmetric like "and"): "Did Apple sue
+/// Samsung" / "Did Samsung sue Apple", "convert a string to a list" /
+/// "convert a list to a string".
+fn swapped_roles(a: &[String], b: &[String]) -> bool {
+    let content = |words: &[String]| -> Vec<String> {
+        words
+            .iter()
+            .filter(|w| !DETERMINERS.contains(&w.as_str()))
+            .cloned()
+            .collect()
+    };
+    let (a, b) = (content(a), content(b));
+    let once = |words: &[String], w: &str| words.iter().filter(|x| *x == w).count() == 1;
+    for i in 0..a.len() {
+        for j in i + 2..a.len().min(i + 6) {
+            let (u, v, relation) = (&a[i], &a[j], &a[i + 1..j]);
+            if u == v
+                || u.chars().count() < 3
+                || v.chars().count() < 3
+                || relation.iter().any(|r| SYMMETRIC.contains(&r.as_str()))
+                || !once(&a, u)
+                || !once(&a, v)
+                || !once(&b, u)
+                || !once(&b, v)
+            {
+                continue;
+            }
+            let (Some(bv), Some(bu)) =
+                (b.iter().position(|x| x == v), b.iter().position(|x| x == u))
+            else {
+                continue;
+            };
+            if bv < bu && b[bv + 1..bu] == *relation {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Prefixes that turn a word into its opposite ("safe" / "unsafe",
@@ -287,9 +474,23 @@ pub fn verify(asked: &str, stored: &str) -> Option<Mismatch> {
     if !a.actions.is_empty() && !b.actions.is_empty() && a.actions != b.actions {
         return Some(Mismatch::Action);
     }
+    if !a.units.is_empty() && !b.units.is_empty() && a.units != b.units {
+        return Some(Mismatch::Units);
+    }
+    if !a.persons.is_empty() && !b.persons.is_empty() && a.persons != b.persons {
+        return Some(Mismatch::Scope);
+    }
+    if reversed_route(&a.words, &b.words) || swapped_roles(&a.words, &b.words) {
+        return Some(Mismatch::Roles);
+    }
     // Last, so that a known opposite ("install" / "uninstall") is named as such.
     if negated_by_prefix(&a, &b) || negated_by_prefix(&b, &a) {
         return Some(Mismatch::Negation);
+    }
+    // After the prefix rule, so that "safe" / "unsafe" is named a negation.
+    if let Some((x, y)) = opposites::find(&a.plain, &b.plain) {
+        tracing::debug!(asked = %x, stored = %y, "opposite words");
+        return Some(Mismatch::Opposite);
     }
     None
 }

@@ -12,7 +12,7 @@ fn enabled() -> Arc<Cache> {
     Cache::in_memory(settings, Some(Arc::new(HashedEmbedder::default())))
 }
 
-async fn lookup(cache: &Arc<Cache>, tenant: &str, body: Value) -> Decision {
+pub(super) async fn lookup(cache: &Arc<Cache>, tenant: &str, body: Value) -> Decision {
     let r = chat(body);
     let h = HeaderMap::new();
     cache
@@ -30,7 +30,7 @@ async fn lookup(cache: &Arc<Cache>, tenant: &str, body: Value) -> Decision {
 }
 
 /// Generates a fixed answer, the way the engine would.
-fn generated(text: &str) -> BoxAnswer {
+pub(super) fn generated(text: &str) -> BoxAnswer {
     Box::new(replay::Replay::new(&answer(text)))
 }
 
@@ -137,7 +137,7 @@ async fn a_dropped_answer_is_not_stored() {
     assert_eq!(cache.usage().0, 0);
 }
 
-fn asking(question: &str) -> Value {
+pub(super) fn asking(question: &str) -> Value {
     let mut b = base();
     b["messages"][1]["content"] = json!(question);
     b
@@ -227,6 +227,7 @@ fn records_round_trip_and_any_flipped_byte_is_rejected() {
         scope: Some(Key([7; 32])),
         text: Some("Какая столица Франции?".into()),
         embedding: Some(HashedEmbedder::new(16).embed_now("x y")),
+        embedder: Some(Arc::from("test@1")),
     };
     let stored = answer("Paris.");
     let bytes = record::encode(&meta, &stored);

@@ -1,6 +1,7 @@
 //! Unit tests of the cache: keys, policy, verifier and the LRU store here;
 //! the lookup → record → hit flow in `flow.rs`.
 
+mod embedders;
 mod flow;
 
 use std::sync::Arc;
@@ -312,6 +313,111 @@ fn verifier_rejects_what_embeddings_blur() {
     }
 }
 
+/// Issue 11: questions that differ by an antonym, a reversed direction or
+/// role, a unit or the person asked about embed close and used to hit.
+#[test]
+fn verifier_rejects_opposites_swapped_roles_units_and_scope() {
+    for (a, b, why) in [
+        (
+            "Is it allowed to park here overnight?",
+            "Is it forbidden to park here overnight?",
+            Mismatch::Opposite,
+        ),
+        (
+            "Why do prices increase in winter?",
+            "Why do prices decrease in winter?",
+            Mismatch::Direction,
+        ),
+        (
+            "When does the ferry arrive in Split?",
+            "When does the ferry depart from Split?",
+            Mismatch::Opposite,
+        ),
+        (
+            "Should I buy gold right now?",
+            "Should I sell gold right now?",
+            Mismatch::Action,
+        ),
+        (
+            "What does Brazil import?",
+            "What does Brazil export?",
+            Mismatch::Action,
+        ),
+        (
+            "How do I include a folder in the backup?",
+            "How do I exclude a folder from the backup?",
+            Mismatch::Opposite,
+        ),
+        (
+            "Why did the cat bite the dog?",
+            "Why did the dog bite the cat?",
+            Mismatch::Roles,
+        ),
+        (
+            "How do I convert a tuple to a list?",
+            "How do I convert a list to a tuple?",
+            Mismatch::Roles,
+        ),
+        (
+            "How do I get from the station to the old town?",
+            "How do I get from the old town to the station?",
+            Mismatch::Roles,
+        ),
+        (
+            "How many grams of salt are in a cup?",
+            "How many grams of salt are in a tablespoon?",
+            Mismatch::Units,
+        ),
+        (
+            "What is 10 miles in kilometers?",
+            "What is 10 kilometers in miles?",
+            Mismatch::Units,
+        ),
+        (
+            "What is a healthy heart rate for a child?",
+            "What is a healthy heart rate for an adult?",
+            Mismatch::Scope,
+        ),
+        (
+            "Are the sales figures rising this quarter?",
+            "Are the sales figures falling this quarter?",
+            Mismatch::Opposite,
+        ),
+    ] {
+        assert_eq!(verify(a, b), Some(why), "{a} / {b}");
+        assert!(verify(b, a).is_some(), "{b} / {a}");
+    }
+}
+
+#[test]
+fn verifier_still_accepts_reworded_routes_roles_and_units() {
+    for (a, b) in [
+        (
+            "How do I get from the airport to downtown?",
+            "How can I get to downtown from the airport?",
+        ),
+        (
+            "What is the difference between a list and a tuple?",
+            "What's the difference between a tuple and a list?",
+        ),
+        (
+            "How many calories are in a cup of rice?",
+            "How many calories does a cup of rice have?",
+        ),
+        (
+            "What should I feed a kitten?",
+            "What food should a kitten eat?",
+        ),
+        (
+            "Is it allowed to bring a laptop on a plane?",
+            "Am I allowed to bring my laptop on a plane?",
+        ),
+    ] {
+        assert_eq!(verify(a, b), None, "{a} / {b}");
+        assert_eq!(verify(b, a), None, "{b} / {a}");
+    }
+}
+
 fn answer(text: &str) -> Arc<StoredAnswer> {
     Arc::new(StoredAnswer {
         choices: vec![StoredChoice {
@@ -333,6 +439,7 @@ fn meta() -> EntryMeta {
         scope: None,
         text: None,
         embedding: None,
+        embedder: None,
     }
 }
 
