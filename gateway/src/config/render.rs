@@ -4,8 +4,7 @@
 use toml::{Table, Value};
 
 use super::{Config, SamplingDefaults};
-use crate::providers::{ProviderConfig, ResilienceConfig};
-use crate::router::{DeploymentSpec, RouteSpec, TargetSpec};
+use super::{DeploymentSpec, ProviderConfig, ResilienceConfig, RouteSpec, TargetSpec};
 
 impl Config {
     /// The effective configuration as TOML, keys replaced by their source.
