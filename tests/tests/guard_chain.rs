@@ -1,9 +1,9 @@
 //! The input guard on the chat and completion path, against the real binary
 //! with the real all-MiniLM-L6-v2 encoder and the built-in head: every role's
 //! text is scored, each key's action applies (`flag` marks, `block` refuses
-//! with `content_policy_violation`, `off` does not score), a flagged request
-//! stays out of the cache, and the guard and the semantic cache share one
-//! encoder pass for the last user message.
+//! with `content_policy_violation`, `off` does not score), the guard runs
+//! before the cache (a hit is screened too), and the guard and the semantic
+//! cache share one encoder pass for the last user message.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -82,18 +82,16 @@ fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
 }
 
 #[tokio::test]
-async fn a_flagged_chat_is_answered_marked_and_kept_out_of_the_cache() {
+async fn a_flagged_chat_is_answered_and_marked_even_from_the_cache() {
     let messages = json!([{"role": "user", "content": INJECTION}]);
     let first = chat(FLAG, messages.clone()).await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(header(&first, "x-sluice-guard"), Some("flagged"));
-    assert_eq!(header(&first, "x-sluice-cache"), Some("bypass"));
+    assert_eq!(header(&first, "x-sluice-cache"), Some("miss"));
+    // The guard runs before the cache: a hit is screened and marked too.
     let again = chat(FLAG, messages).await;
-    assert_eq!(
-        header(&again, "x-sluice-cache"),
-        Some("bypass"),
-        "never stored"
-    );
+    assert_eq!(header(&again, "x-sluice-cache"), Some("exact"));
+    assert_eq!(header(&again, "x-sluice-guard"), Some("flagged"));
 
     let plain = chat(FLAG, json!([{"role": "user", "content": PLAIN}])).await;
     assert_eq!(plain.status, 200, "{}", plain.body);

@@ -109,8 +109,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Neither served from nor stored in the cache.
-    pub fn bypass() -> Self {
+    fn bypass() -> Self {
         Self {
             outcome: Outcome::Bypass,
             hit: None,

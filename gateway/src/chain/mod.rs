@@ -11,7 +11,7 @@
 //! 2. **validate**: the wire API's [`Validate`] impl turns its request into
 //!    the one internal [`ValidRequest`].
 //! 3. **input guard**: [`InputGuard::screen`] scores every message's text;
-//!    a flagged request is refused, or marked and kept out of the cache.
+//!    a flagged request is refused, or answered and marked.
 //! 4. **cache lookup**: [`Cache::lookup`], with the embedding the guard
 //!    already computed, so the shared encoder runs once.
 //! 5. **router**: [`Router::dispatch`] picks the deployment (local engine
@@ -142,17 +142,16 @@ impl Chain {
         Ok((head, answered))
     }
 
-    /// The cache stage. A request the guard flagged is neither served from
-    /// the cache nor stored in it: its answer is not one to hand others.
+    /// The cache stage. A flagged request is looked up and stored like any
+    /// other: `flag` only observes (the head flags many harmless system
+    /// prompts, whose answers would otherwise never be cached), entries are
+    /// scoped by tenant, and the guard runs again before every hit.
     async fn cache_lookup(
         &self,
         caller: &Caller,
         req: &ValidRequest,
         screening: &Screening,
     ) -> Decision {
-        if screening.flagged() {
-            return Decision::bypass();
-        }
         let request = cache::Request {
             tenant: &caller.tenant.0,
             model: &req.model,

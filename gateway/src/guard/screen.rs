@@ -57,11 +57,6 @@ pub struct Screening {
 }
 
 impl Screening {
-    /// Scored and flagged (with the `flag` action; `block` never gets here).
-    pub fn flagged(&self) -> bool {
-        self.flagged == Some(true)
-    }
-
     /// The last user message's embedding, if the guard computed one.
     pub fn embedding(&self) -> Option<&Arc<[f32]>> {
         self.embedding.as_ref()
