@@ -225,13 +225,13 @@ fn last_user(request: &ChatRequest) -> Result<&'static str> {
 }
 
 /// Every message's verdict, concurrently; `shared` goes with the last user
-/// message. Returns whether any message was flagged.
+/// message. Returns whether each message was flagged, in message order.
 async fn score(
     guard: &Guard,
     encoders: &dyn GuardEncoders,
     request: &ChatRequest,
     shared: Option<Arc<[f32]>>,
-) -> Result<bool> {
+) -> Result<Vec<bool>> {
     let user = last_user(request)?;
     let verdicts = join_all(request.messages.iter().map(|(role, text)| {
         let embedding = if *role == "user" && *text == user {
@@ -242,11 +242,31 @@ async fn score(
         guard.verdict(encoders, text, embedding)
     }))
     .await;
-    let mut flagged = false;
-    for v in verdicts {
-        flagged |= v.map_err(|e| anyhow!("guard verdict: {e:?}"))?.flagged;
+    verdicts
+        .into_iter()
+        .map(|v| {
+            v.map(|v| v.flagged)
+                .map_err(|e| anyhow!("guard verdict: {e:?}"))
+        })
+        .collect()
+}
+
+/// Names every message the guard flags, once, so a reader of the run can
+/// tell true flags (the injections) from false ones.
+async fn print_flagged(served: &Served) -> Result<()> {
+    for request in REQUESTS {
+        let flags = score(&served.guard, served.registry.as_ref(), request, None).await?;
+        for ((role, text), flagged) in request.messages.iter().zip(flags) {
+            if flagged {
+                let start: String = text.chars().take(70).collect();
+                eprintln!(
+                    "[guard] flags the {:?} request's {role} message \"{start}…\"",
+                    request.kind
+                );
+            }
+        }
     }
-    Ok(flagged)
+    Ok(())
 }
 
 struct Served {
@@ -272,18 +292,18 @@ async fn one_run(served: &Served, rounds: usize) -> Result<Vec<Sample>> {
                 .map_err(|e| anyhow!("cache embedding: {e}"))?;
             let embed_ms = ms_since(t);
             let t = Instant::now();
-            let flagged = score(&served.guard, encoders, request, Some(embedding)).await?;
+            let flags = score(&served.guard, encoders, request, Some(embedding)).await?;
             let shared_ms = ms_since(t);
             let t = Instant::now();
-            let alone_flagged = score(&served.guard, encoders, request, None).await?;
+            let alone_flags = score(&served.guard, encoders, request, None).await?;
             let alone_ms = ms_since(t);
             samples.push(Sample {
                 kind: request.kind,
                 embed_ms,
                 shared_ms,
                 alone_ms,
-                flagged,
-                verdicts_differ: alone_flagged != flagged,
+                flagged: flags.contains(&true),
+                verdicts_differ: alone_flags != flags,
             });
         }
     }
@@ -381,6 +401,7 @@ pub fn run(args: GuardArgs) -> Result<()> {
     );
     // Warm-up: page in the weights, grow the allocator.
     rt.block_on(one_run(&served, 2))?;
+    rt.block_on(print_flagged(&served))?;
     let idle = summarise(&rt.block_on(one_run(&served, args.rounds))?, 0, None);
     print_run("Idle", &idle);
     let mut runs = vec![("idle", idle)];
