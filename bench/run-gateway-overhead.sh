@@ -16,16 +16,25 @@
 # Results: a Markdown table on stdout, JSON in bench/results/gateway-overhead.json.
 #
 #   bench/run-gateway-overhead.sh [DURATION_S]
-#   SKIP_GUARD=1 SKIP_TENSORZERO=1 SKIP_LITELLM=1 leave those rows out.
+#   SKIP_GUARD=1 SKIP_TENSORZERO=1 SKIP_LITELLM=1 leave those rows out;
+#   PROFILE=dev runs the dev build (a smoke test of the script, not a measurement).
 #   GUARD_POLICY='action = "flag"\nscore = "every"' : the [guard] lines that
 #   make it score every chat request (the default; see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
 target_dir="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p sluice-gateway -p sluice-bench >&2
-bench="$target_dir/release/sluice-bench"
-sluice="$target_dir/release/sluice"
+# PROFILE=dev: the dev build, for checking the script end to end without a
+# release build (its numbers are not the gateway's).
+if [ "${PROFILE:-release}" = dev ]; then
+    cargo build -p sluice-gateway -p sluice-bench >&2
+    bin_dir="$target_dir/debug"
+else
+    cargo build --release -p sluice-gateway -p sluice-bench >&2
+    bin_dir="$target_dir/release"
+fi
+bench="$bin_dir/sluice-bench"
+sluice="$bin_dir/sluice"
 mock_port=18001 sluice_port=18002 litellm_port=18003 guard_port=18004
 key="sk-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 work="$(mktemp -d)"
@@ -112,12 +121,14 @@ $1" >"$work/sluice-guard.toml"
     # without them refuses them, and then the row runs with the guard
     # loaded but not on the chat path (only the semantic cache embeds).
     guard_name=sluice-guard
-    if ! "$sluice" check-config "$work/sluice-guard.toml" >"$work/check.log" 2>&1; then
-        echo "[overhead] this build refuses the guard's scoring keys ($(grep -m1 -i 'guard' "$work/check.log" || tail -1 "$work/check.log"));" \
-            "the sluice-guard row runs without them: the guard does NOT score chat requests" >&2
+    check() { SLUICE_BENCH_KEY="$key" "$sluice" check-config "$work/sluice-guard.toml" >"$work/check.log" 2>&1; }
+    if ! check; then
+        echo "[overhead] this build refuses the guard's scoring keys:" >&2
+        grep -v '^ *$' "$work/check.log" | tail -4 >&2
+        echo "[overhead] so the row runs without them, named sluice-guard-unwired: the guard does NOT score chat requests" >&2
         write_guard_config ""
         guard_name=sluice-guard-unwired
-        "$sluice" check-config "$work/sluice-guard.toml" >"$work/check.log" 2>&1 || { cat "$work/check.log" >&2; exit 1; }
+        check || { cat "$work/check.log" >&2; exit 1; }
     fi
     start_sluice sluice-guard "$work/sluice-guard.toml" "$guard_port"
     targets+=(--target "$guard_name=http://127.0.0.1:$guard_port/v1")
