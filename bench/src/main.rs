@@ -2,7 +2,8 @@
 //!
 //! Its subcommands (`cache` and `cache-pairs` are described in
 //! [`cache_bench`], `embed`, for the in-process embedding encoder, in
-//! [`embed_bench`]):
+//! [`embed_bench`], `guard`, for the input guard's added latency, in
+//! [`guard_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -21,8 +22,10 @@
 //! Progress goes to stderr; tables go to stdout; `--json` keeps everything.
 
 mod cache_bench;
+mod decode_load;
 mod embed_bench;
 mod engine_bench;
+mod guard_bench;
 mod http;
 mod llama_cpp;
 mod load;
@@ -71,6 +74,8 @@ enum Cmd {
     CachePairs(cache_bench::PairsArgs),
     /// The in-process embedding encoder: embeddings/s and 32-token latency, idle and beside LLM decoding
     Embed(embed_bench::EmbedArgs),
+    /// The input guard's added latency per chat request, idle and beside LLM decoding
+    Guard(guard_bench::GuardArgs),
 }
 
 #[derive(Args, Debug)]
@@ -106,6 +111,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Cache(a) => cache_bench::run_cache(a),
         Cmd::CachePairs(a) => cache_bench::run_pairs(a),
         Cmd::Embed(a) => embed_bench::run(a),
+        Cmd::Guard(a) => guard_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

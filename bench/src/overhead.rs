@@ -5,16 +5,25 @@
 //!   body asks for `"stream": true`), so what a gateway in front of it adds
 //!   is what gets measured;
 //! - `overhead`: a closed-loop, non-streaming load against several targets
-//!   (the mock directly, Sluice proxying to it, LiteLLM proxying to it) at
-//!   several concurrencies in one run, reporting requests/s, p50/p99
-//!   latency, errors, and each target's p50 added over the first target's.
+//!   (the mock directly, Sluice proxying to it, TensorZero and LiteLLM
+//!   proxying to it) at several concurrencies in one run, reporting
+//!   requests/s, p50/p99 latency, errors, and each target's p50 added over
+//!   the first target's.
 //!
-//! Design choice: both run on single-threaded runtimes with pre-built
-//! bodies, so on a 2-core machine the client and the mock take as little
-//! CPU from the gateway under test as possible; the mock's answer is a
-//! static byte string.
+//! Design choice: both run on single-threaded runtimes with small bodies
+//! built per request, so on a 2-core machine the client and the mock take
+//! as little CPU from the gateway under test as possible; the mock's answer
+//! is a static byte string. Every request in a run is different (a counter
+//! in the message) and asks for temperature 0: a gateway with a response
+//! cache then does what a cache-enabled gateway does for new questions (look
+//! up, miss, store) instead of either skipping the cache (sampled requests
+//! are not cached by default) or answering from it (identical requests
+//! would all be hits after the first, which measures the cache, not the
+//! proxy). Every target gets the same bodies.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -104,6 +113,10 @@ pub struct OverheadArgs {
     /// Bearer token sent to every target
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Send the same request every time (no counter, no temperature): the
+    /// body of the runs recorded before the cache was turned on
+    #[arg(long)]
+    pub same_body: bool,
     /// Also write the results as JSON here
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -121,6 +134,12 @@ pub struct Row {
     pub p99_ms: Option<f64>,
     /// p50 minus the baseline target's p50 at the same concurrency.
     pub added_p50_ms: Option<f64>,
+    /// Answers a Sluice cache served (`x-sluice-cache: exact|semantic`);
+    /// with distinct requests it stays 0, which is what makes the row a
+    /// proxy measurement.
+    pub cache_hits: usize,
+    /// Answers Sluice's guard flagged (`x-sluice-guard: flagged`).
+    pub guard_flagged: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,6 +148,7 @@ struct Report<'a> {
     command: String,
     machine: Machine,
     duration_s: f64,
+    same_body: bool,
     rows: &'a [Row],
 }
 
@@ -151,37 +171,48 @@ pub async fn overhead(args: OverheadArgs, machine: Machine) -> Result<()> {
         ));
     }
     let mut rows: Vec<Row> = Vec::new();
+    // One counter for the whole run, so no request repeats an earlier one
+    // at another concurrency (a cache keeps its entries between them).
+    let counter = Arc::new(AtomicU64::new(0));
     for &conc in &args.concurrency {
         let mut baseline_p50 = None;
         for (i, (name, url, model)) in targets.iter().enumerate() {
-            let mut row = measure(name, url, model, conc, &args).await?;
+            let mut row = measure(name, url, model, conc, &args, &counter).await?;
             if i == 0 {
                 baseline_p50 = row.p50_ms;
             } else if let (Some(b), Some(p)) = (baseline_p50, row.p50_ms) {
                 row.added_p50_ms = Some(p - b);
             }
             eprintln!(
-                "{name:>10} c={conc:<3} {:>9.0} req/s  p50 {} ms  p99 {} ms  errors {}",
+                "{name:>12} c={conc:<3} {:>9.0} req/s  p50 {} ms  p99 {} ms  errors {}  cache hits {}  guard flagged {}",
                 row.requests_per_s,
                 cell(row.p50_ms, 3),
                 cell(row.p99_ms, 3),
-                row.errors
+                row.errors,
+                row.cache_hits,
+                row.guard_flagged
             );
+            if let Some(e) = &row.error_sample {
+                eprintln!("{name:>12} first error: {e}");
+            }
             rows.push(row);
         }
     }
-    println!("| target | connections | requests/s | p50 ms | p99 ms | added p50 ms | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| target | connections | requests/s | p50 ms | p99 ms | added p50 ms | errors | cache hits |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             r.target,
             r.concurrency,
             r.requests_per_s,
             cell(r.p50_ms, 3),
             cell(r.p99_ms, 3),
             cell(r.added_p50_ms, 3),
-            r.errors
+            r.errors,
+            r.cache_hits
         );
     }
     if let Some(path) = &args.json {
@@ -190,11 +221,39 @@ pub async fn overhead(args: OverheadArgs, machine: Machine) -> Result<()> {
             command: std::env::args().collect::<Vec<_>>().join(" "),
             machine,
             duration_s: args.duration_s,
+            same_body: args.same_body,
             rows: &rows,
         };
         write_json(path, &report)?;
     }
     Ok(())
+}
+
+/// What one answer said besides its status.
+#[derive(Default)]
+struct Seen {
+    cache_hit: bool,
+    guard_flagged: bool,
+}
+
+fn seen(headers: &reqwest::header::HeaderMap) -> Seen {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Seen {
+        cache_hit: matches!(value("x-sluice-cache"), Some("exact" | "semantic")),
+        guard_flagged: value("x-sluice-guard") == Some("flagged"),
+    }
+}
+
+/// The body of request number `n` (see the module's design note).
+fn request_body(model: &str, n: u64, same_body: bool) -> Bytes {
+    if same_body {
+        return Bytes::from(format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello."}}],"max_tokens":16}}"#
+        ));
+    }
+    Bytes::from(format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello. This is request {n}."}}],"max_tokens":16,"temperature":0}}"#
+    ))
 }
 
 async fn measure(
@@ -203,6 +262,7 @@ async fn measure(
     model: &str,
     concurrency: usize,
     args: &OverheadArgs,
+    counter: &Arc<AtomicU64>,
 ) -> Result<Row> {
     let client = Client::builder()
         .pool_max_idle_per_host(concurrency.max(1))
@@ -210,21 +270,26 @@ async fn measure(
         .timeout(Duration::from_secs(30))
         .build()?;
     let endpoint = format!("{url}/chat/completions");
-    let body = Bytes::from(format!(
-        r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello."}}],"max_tokens":16}}"#
-    ));
     let auth = args.api_key.as_ref().map(|k| format!("Bearer {k}"));
+    let same_body = args.same_body;
     let warm_until = Instant::now() + Duration::from_secs_f64(args.warmup_s);
     let end = warm_until + Duration::from_secs_f64(args.duration_s);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
-        let (client, endpoint, body, auth) =
-            (client.clone(), endpoint.clone(), body.clone(), auth.clone());
+        let (client, endpoint, model, auth, counter) = (
+            client.clone(),
+            endpoint.clone(),
+            model.to_string(),
+            auth.clone(),
+            counter.clone(),
+        );
         workers.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
             let mut sample = None;
+            let (mut cache_hits, mut guard_flagged) = (0usize, 0usize);
             loop {
+                let body = request_body(&model, counter.fetch_add(1, Ordering::Relaxed), same_body);
                 let start = Instant::now();
                 if start >= end {
                     break;
@@ -232,13 +297,14 @@ async fn measure(
                 let mut req = client
                     .post(&endpoint)
                     .header(CONTENT_TYPE, "application/json")
-                    .body(body.clone());
+                    .body(body);
                 if let Some(a) = &auth {
                     req = req.header(reqwest::header::AUTHORIZATION, a);
                 }
                 let result = match req.send().await {
                     Ok(resp) if resp.status().is_success() => {
-                        resp.bytes().await.map(|_| ()).map_err(|e| e.to_string())
+                        let seen = seen(resp.headers());
+                        resp.bytes().await.map(|_| seen).map_err(|e| e.to_string())
                     }
                     Ok(resp) => {
                         let status = resp.status();
@@ -255,23 +321,30 @@ async fn measure(
                     continue;
                 }
                 match result {
-                    Ok(()) => latencies.push(done.duration_since(start).as_secs_f64() * 1e3),
+                    Ok(seen) => {
+                        latencies.push(done.duration_since(start).as_secs_f64() * 1e3);
+                        cache_hits += usize::from(seen.cache_hit);
+                        guard_flagged += usize::from(seen.guard_flagged);
+                    }
                     Err(e) => {
                         errors += 1;
                         sample.get_or_insert(e);
                     }
                 }
             }
-            (latencies, errors, sample)
+            (latencies, errors, sample, cache_hits, guard_flagged)
         });
     }
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut error_sample = None;
+    let (mut cache_hits, mut guard_flagged) = (0, 0);
     while let Some(joined) = workers.join_next().await {
-        let (l, e, s) = joined.context("a load worker failed")?;
+        let (l, e, s, hits, flagged) = joined.context("a load worker failed")?;
         latencies.extend(l);
         errors += e;
+        cache_hits += hits;
+        guard_flagged += flagged;
         if error_sample.is_none() {
             error_sample = s;
         }
@@ -286,5 +359,49 @@ async fn measure(
         p50_ms: percentile(&latencies, 50.0),
         p99_ms: percentile(&latencies, 99.0),
         added_p50_ms: None,
+        cache_hits,
+        guard_flagged,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn every_request_of_a_run_differs_and_asks_for_a_repeatable_answer() {
+        let a = parse(&request_body("tensorzero::model_name::mock", 7, false));
+        let b = parse(&request_body("tensorzero::model_name::mock", 8, false));
+        assert_ne!(a["messages"], b["messages"]);
+        assert_eq!(a["model"], "tensorzero::model_name::mock");
+        // Sampled requests are not cached by default: temperature 0 makes
+        // the cache look up and store.
+        assert_eq!(a["temperature"], 0);
+        assert_eq!(a["max_tokens"], 16);
+    }
+
+    #[test]
+    fn same_body_repeats_the_old_request() {
+        let a = request_body("m", 1, true);
+        assert_eq!(a, request_body("m", 2, true));
+        assert!(parse(&a).get("temperature").is_none());
+    }
+
+    #[test]
+    fn only_cache_hits_and_flags_are_counted() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-sluice-cache", "miss".parse().unwrap());
+        let s = seen(&h);
+        assert!(!s.cache_hit && !s.guard_flagged);
+        for hit in ["exact", "semantic"] {
+            h.insert("x-sluice-cache", hit.parse().unwrap());
+            assert!(seen(&h).cache_hit, "{hit}");
+        }
+        h.insert("x-sluice-guard", "flagged".parse().unwrap());
+        assert!(seen(&h).guard_flagged);
+    }
 }
