@@ -67,6 +67,10 @@ listen = "127.0.0.1:$1"
 tenant = "bench"
 key_env = "SLUICE_BENCH_KEY"
 
+# /metrics on the API listener needs the admin key when tenants have keys.
+[admin]
+key_env = "SLUICE_BENCH_ADMIN_KEY"
+
 [cache]
 enabled = true
 $3
@@ -95,7 +99,7 @@ sluice_config "$sluice_port" "encoders = []" "semantic = false" "[guard]
 enabled = false" >"$work/sluice.toml"
 
 start_sluice() { # name config port
-    SLUICE_BENCH_KEY="$key" SLUICE_LOG=warn "$sluice" serve --config "$2" 2>"$work/$1.log" &
+    SLUICE_BENCH_KEY="$key" SLUICE_BENCH_ADMIN_KEY="admin-$key" SLUICE_LOG=warn "$sluice" serve --config "$2" 2>"$work/$1.log" &
     pids+=($!)
     wait_http "http://127.0.0.1:$3/ready" || { tail -20 "$work/$1.log" >&2; exit 1; }
 }
@@ -121,7 +125,7 @@ $1" >"$work/sluice-guard.toml"
     # without them refuses them, and then the row runs with the guard
     # loaded but not on the chat path (only the semantic cache embeds).
     guard_name=sluice-guard
-    check() { SLUICE_BENCH_KEY="$key" "$sluice" check-config "$work/sluice-guard.toml" >"$work/check.log" 2>&1; }
+    check() { SLUICE_BENCH_KEY="$key" SLUICE_BENCH_ADMIN_KEY="admin-$key" "$sluice" check-config "$work/sluice-guard.toml" >"$work/check.log" 2>&1; }
     if ! check; then
         echo "[overhead] this build refuses the guard's scoring keys:" >&2
         grep -v '^ *$' "$work/check.log" | tail -4 >&2
@@ -189,6 +193,6 @@ mkdir -p bench/results
     --json bench/results/gateway-overhead.json
 for port in "$sluice_port" $([ -z "${SKIP_GUARD:-}" ] && echo "$guard_port"); do
     echo "Sluice on :$port, its own view:" >&2
-    curl -fsS -H "Authorization: Bearer $key" "http://127.0.0.1:$port/metrics" |
+    curl -fsS -H "Authorization: Bearer admin-$key" "http://127.0.0.1:$port/metrics" |
         grep -E '^sluice_(gateway_overhead_seconds|cache_requests_total|guard)' >&2 || true
 done
