@@ -49,15 +49,23 @@ impl ChatTemplate {
             return tokenizer.encode(&text, false);
         }
         let rendered = self.render(&escaped, add_generation_prompt)?;
+        let stretch = |range: std::ops::Range<usize>| {
+            rendered.get(range.clone()).ok_or_else(|| {
+                ModelError::Tokenizer(format!(
+                    "special tokens found at bytes {range:?} of a {}-byte prompt",
+                    rendered.len()
+                ))
+            })
+        };
         let mut ids = Vec::new();
         let mut plain_from = 0;
         for (span, id) in tokenizer.special_token_spans(&rendered)? {
-            let between = rendered.get(plain_from..span.start).unwrap_or_default();
+            let between = stretch(plain_from..span.start)?;
             ids.extend(tokenizer.encode_plain(&unescape(between, &literals)?)?);
             ids.push(id);
             plain_from = span.end;
         }
-        let rest = rendered.get(plain_from..).unwrap_or_default();
+        let rest = stretch(plain_from..rendered.len())?;
         ids.extend(tokenizer.encode_plain(&unescape(rest, &literals)?)?);
         Ok(ids)
     }
