@@ -208,7 +208,8 @@ impl Worker {
         tracing::info!("engine started");
         loop {
             if !self.take_new_requests() {
-                break;
+                tracing::info!("engine stopped: every handle is gone and no work is left");
+                return;
             }
             self.drop_cancelled();
             if !self.scheduler.has_work() {
@@ -220,11 +221,10 @@ impl Worker {
             // (`recover`), so nothing half-updated is observed afterwards.
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.step())) {
                 if !self.recover(panic.as_ref()) {
-                    break;
+                    return;
                 }
             }
         }
-        tracing::info!("engine stopped");
     }
 
     /// Schedules, runs and samples one step, and hands out its tokens.
