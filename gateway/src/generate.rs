@@ -177,15 +177,16 @@ fn tokenize(
                     "this model has no chat template; use /v1/completions with a plain prompt",
                 )
             })?;
-            let text = template.render(&messages, true).map_err(|e| match e {
-                // The template's own complaint (bad role order, say) is the client's to fix.
-                ModelError::Template(message) => ApiError::invalid("messages", message),
-                other => ApiError::Internal(other.to_string()),
-            })?;
-            // The template already wrote BOS where the model wants it.
-            let ids = tokenizer
-                .encode(&text, false)
-                .map_err(encode_err("messages"))?;
+            // Special-token text inside a message stays plain text: only the
+            // template's own structure yields control ids. The template
+            // already writes BOS where the model wants it.
+            let ids = template
+                .render_tokens(tokenizer, &messages, true)
+                .map_err(|e| match e {
+                    // The template's own complaint (bad role order, say) is the client's to fix.
+                    ModelError::Template(message) => ApiError::invalid("messages", message),
+                    other => encode_err("messages")(other),
+                })?;
             Ok((vec![ids], "messages"))
         }
         Input::Text(prompts) => prompts

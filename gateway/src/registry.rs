@@ -3,7 +3,9 @@
 //! Each configured model has a [`ModelSlot`] from the start, so `/v1/models`
 //! lists it and `/ready` reports its progress while its weights load on a
 //! blocking thread; requests for it get 503 until its engine is set. A slot's
-//! engine is set once and never replaced, so readers need no lock.
+//! engine is set once and never replaced, so readers need no lock: an engine
+//! whose step panicked restarts itself, and reports `restarting` (not ready)
+//! meanwhile.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -61,6 +63,9 @@ pub struct ModelStatus {
     pub kv_blocks_used: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kv_blocks_total: Option<usize>,
+    /// Restarts after a panicked engine step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_restarts: Option<usize>,
 }
 
 impl Registry {
@@ -106,8 +111,11 @@ impl Registry {
         })
     }
 
+    /// Every model loaded and its engine serving (not restarting).
     pub fn all_ready(&self) -> bool {
-        self.slots.iter().all(|s| s.engine().is_some())
+        self.slots
+            .iter()
+            .all(|s| s.engine().is_some_and(EngineHandle::is_serving))
     }
 
     pub fn status(&self) -> Vec<ModelStatus> {
@@ -135,7 +143,11 @@ impl ModelSlot {
                 let load = engine.load();
                 ModelStatus {
                     id: self.config.id.clone(),
-                    state: "ready",
+                    state: if engine.is_serving() {
+                        "ready"
+                    } else {
+                        "restarting"
+                    },
                     layers_loaded: None,
                     layers_total: None,
                     max_model_len: Some(engine.info().max_model_len),
@@ -143,6 +155,7 @@ impl ModelSlot {
                     waiting: Some(load.waiting),
                     kv_blocks_used: Some(load.kv_blocks_used),
                     kv_blocks_total: Some(load.kv_blocks_total),
+                    engine_restarts: Some(engine.restarts()),
                 }
             }
             None => ModelStatus {
@@ -155,6 +168,7 @@ impl ModelSlot {
                 waiting: None,
                 kv_blocks_used: None,
                 kv_blocks_total: None,
+                engine_restarts: None,
             },
         }
     }
@@ -201,5 +215,87 @@ impl ModelSlot {
             tracing::warn!(model = %cfg.id, "model was loaded twice; keeping the first");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use sluice_models::testing::{write_tiny_gguf, TinySpec};
+    use sluice_models::{load_llm, WeightDType};
+    use sluice_runtime::{EngineConfig, EngineEvent, GenerateRequest, SamplingParams, StepFault};
+
+    use super::*;
+
+    #[test]
+    fn a_panicked_engine_is_not_ready_until_it_has_restarted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        write_tiny_gguf(&path, &TinySpec::default(), WeightDType::Q8_0).unwrap();
+        let config = ModelConfig {
+            id: "tiny".into(),
+            path: path.clone(),
+            default_max_tokens: 8,
+            requantize: None,
+            activations: Default::default(),
+            engine: EngineConfig {
+                num_kv_blocks: Some(32),
+                threads: Some(1),
+                ..EngineConfig::default()
+            },
+        };
+        let registry = Registry::new(std::slice::from_ref(&config));
+        let loaded = load_llm(&path, LoadKnobs::default(), &mut |_, _| {}).unwrap();
+        let (release_restart, hold_restart) = mpsc::channel();
+        let engine = Engine::start_with_injected_fault(
+            loaded,
+            config.engine.clone(),
+            StepFault {
+                panic_at_batch_size: 1,
+                hold_first_step: None,
+                hold_restart: Some(hold_restart),
+            },
+        )
+        .unwrap();
+        assert!(registry.slots()[0].engine.set(engine).is_ok());
+        assert!(registry.all_ready());
+        assert_eq!(registry.status()[0].state, "ready");
+        assert_eq!(registry.status()[0].engine_restarts, Some(0));
+
+        let request = || GenerateRequest {
+            prompt_tokens: vec![1, 2, 3],
+            params: SamplingParams {
+                max_tokens: 4,
+                ignore_eos: true,
+                ..SamplingParams::default()
+            },
+        };
+        let model = registry.ready("tiny").unwrap();
+        let mut events = model.engine.submit(request()).unwrap();
+        assert!(matches!(
+            events.blocking_recv(),
+            Some(EngineEvent::Error(_))
+        ));
+        assert!(!registry.all_ready(), "/ready must answer 503 meanwhile");
+        assert_eq!(registry.status()[0].state, "restarting");
+        assert_eq!(registry.status()[0].engine_restarts, Some(1));
+
+        release_restart.send(()).unwrap();
+        let mut events = model.engine.submit(request()).unwrap();
+        let mut finished = false;
+        while let Some(event) = events.blocking_recv() {
+            finished = matches!(event, EngineEvent::Finished { .. });
+        }
+        assert!(finished, "the restarted engine serves again");
+        for _ in 0..500 {
+            if registry.all_ready() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(registry.all_ready());
+        assert_eq!(registry.status()[0].state, "ready");
     }
 }

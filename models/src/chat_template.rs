@@ -8,6 +8,10 @@
 //! non-ASCII kept, no HTML escaping). All of that is reproduced here, because
 //! a template that renders a byte differently gives the model a prompt it was
 //! not trained on.
+//!
+//! [`ChatTemplate::render_tokens`] is what serving calls: it keeps special
+//! tokens written inside messages from becoming control tokens (see
+//! `tokens.rs`).
 
 use std::fmt::Write as _;
 
@@ -15,6 +19,8 @@ use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Value};
 
 use crate::ModelError;
+
+mod tokens;
 
 /// One chat turn.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]

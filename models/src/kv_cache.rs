@@ -37,6 +37,15 @@ impl KvCache {
         }
     }
 
+    /// Zeroes every block in place: the state of `new` without holding a
+    /// second copy of the memory while it is made.
+    pub fn clear(&mut self) {
+        for (k, v) in &mut self.layers {
+            k.fill(0.0);
+            v.fill(0.0);
+        }
+    }
+
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
     }

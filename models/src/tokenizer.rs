@@ -24,7 +24,9 @@
 //! added here, once, when the caller asks for it and the model wants it.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use tokenizers::AddedToken;
 
@@ -51,6 +53,17 @@ pub struct Tokenizer {
     /// `eos` first, then other end-of-generation ids; no duplicates.
     eos_ids: Vec<u32>,
     special_ids: HashSet<u32>,
+    /// The text of every special token, longest first, so that a scan finds
+    /// `<|im_end|>` before a shorter token it starts with.
+    special_texts: Vec<String>,
+    /// The distinct first bytes of `special_texts`: a scan tries the tokens
+    /// only where one of these starts.
+    special_first_bytes: Vec<u8>,
+    /// `inner` with special-token parsing off, for text that must never turn
+    /// into control tokens (message content). Built on first use: only
+    /// text that spells a special token needs it, and it is a second copy
+    /// of the vocabulary.
+    plain: OnceLock<tokenizers::Tokenizer>,
     chat_template: Option<String>,
 }
 
@@ -183,6 +196,7 @@ impl Tokenizer {
             .max()
             .unwrap_or(0);
 
+        let special_texts = special_texts(&inner, &special_ids);
         Ok(Self {
             inner,
             vocab_size,
@@ -191,6 +205,9 @@ impl Tokenizer {
             add_bos,
             eos_ids,
             special_ids,
+            special_first_bytes: first_bytes(&special_texts),
+            special_texts,
+            plain: OnceLock::new(),
             chat_template,
         })
     }
@@ -297,6 +314,7 @@ impl Tokenizer {
             .and_then(GgufValue::as_str)
             .map(str::to_string);
 
+        let special_texts = special_texts(&inner, &special_ids);
         Ok(Self {
             inner,
             vocab_size: n,
@@ -305,6 +323,9 @@ impl Tokenizer {
             add_bos,
             eos_ids,
             special_ids,
+            special_first_bytes: first_bytes(&special_texts),
+            special_texts,
+            plain: OnceLock::new(),
             chat_template,
         })
     }
@@ -327,6 +348,56 @@ impl Tokenizer {
             }
         }
         Ok(ids)
+    }
+
+    /// Token ids for `text` read as plain text: a special token written in it
+    /// (`<|im_end|>`) is encoded like any other characters, never as its id.
+    /// No BOS.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let plain = self.plain.get_or_init(|| {
+            let mut plain = self.inner.clone();
+            plain.set_encode_special_tokens(true);
+            plain
+        });
+        let encoding = plain
+            .encode_fast(text, false)
+            .map_err(tok_err("cannot encode text"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Where `encode` would read a special token in `text`: byte ranges (with
+    /// any spaces the token strips) and ids, in order.
+    pub fn special_token_spans(&self, text: &str) -> Result<Vec<(Range<usize>, u32)>, ModelError> {
+        if self.find_special_text(text).is_none() {
+            return Ok(Vec::new());
+        }
+        // The tokenizer's own split, so that tokens that strip neighbouring
+        // spaces (`lstrip`/`rstrip`) are found exactly as `encode` finds them.
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(tok_err("cannot encode text"))?;
+        Ok(encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_offsets())
+            .filter(|(id, _)| self.special_ids.contains(id))
+            .map(|(&id, &(start, end))| (start..end, id))
+            .collect())
+    }
+
+    /// The first place where `text` spells a special token, as a byte range.
+    pub fn find_special_text(&self, text: &str) -> Option<Range<usize>> {
+        text.bytes()
+            .enumerate()
+            .filter(|(_, b)| self.special_first_bytes.contains(b))
+            .find_map(|(i, _)| {
+                let rest = text.as_bytes().get(i..)?;
+                self.special_texts
+                    .iter()
+                    .find(|t| rest.starts_with(t.as_bytes()))
+                    .map(|t| i..i + t.len())
+            })
     }
 
     /// Token ids for `text` with the tokenizer's own post-processor applied:
@@ -419,6 +490,26 @@ const EOG_TEXTS: &[&str] = &[
     "<|end_of_text|>",
     "<end_of_utterance>",
 ];
+
+/// The texts of `special_ids`, longest first; empty texts (which would match
+/// everywhere) left out.
+fn special_texts(inner: &tokenizers::Tokenizer, special_ids: &HashSet<u32>) -> Vec<String> {
+    let mut texts: Vec<String> = special_ids
+        .iter()
+        .filter_map(|&id| inner.id_to_token(id))
+        .filter(|t| !t.is_empty())
+        .collect();
+    texts.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    texts.dedup();
+    texts
+}
+
+fn first_bytes(texts: &[String]) -> Vec<u8> {
+    let mut bytes: Vec<u8> = texts.iter().filter_map(|t| t.bytes().next()).collect();
+    bytes.sort_unstable();
+    bytes.dedup();
+    bytes
+}
 
 fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;

@@ -1,29 +1,45 @@
 //! The engine loop: one thread that owns the executor and the scheduler and
-//! runs steps while there is work, and the cloneable handle that submits to it.
+//! runs steps while there is work; the cloneable handle that submits to it
+//! is in `handle.rs`.
 //!
 //! Requests reach the loop through a bounded channel and join the running
 //! batch between steps; each request's events leave through its own channel,
 //! whose closing (the receiver dropped) is how a client cancels: the loop
 //! notices before the next step and frees the sequence's blocks.
+//!
+//! A step that panics does not take the process's model down with it: the
+//! loop catches the panic, fails every request it holds with an error event,
+//! reports itself not serving, zeroes the executor's KV memory, starts a new
+//! scheduler and serves again (see `Worker::recover`). Requests still in the
+//! intake channel are served after the restart.
 
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_models::{ChatTemplate, IncrementalDecoder, LoadedLlm, SeqBatch, Tokenizer};
+use sluice_models::{IncrementalDecoder, LoadedLlm, SeqBatch};
 use tokio::sync::mpsc;
 
 use crate::block_manager::BlockManagerConfig;
 use crate::executor::{CpuExecutor, Executor};
-use crate::load::{LoadCells, LoadSnapshot, RateEwma};
+use crate::load::{LoadCells, RateEwma};
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogprob, Usage};
 use crate::rng::SeqRng;
 use crate::sampler::sample;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
 use crate::stop::StopMatcher;
 use crate::EngineError;
+
+mod fault;
+mod handle;
+
+pub use fault::StepFault;
+pub use handle::{EngineHandle, EventStream, ModelInfo};
+use handle::{Shared, Submission};
 
 /// Knobs for ML engineers; every field has a sensible default.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,137 +80,21 @@ impl Default for EngineConfig {
     }
 }
 
-/// What clients may know about the served model.
-#[derive(Debug, Clone)]
-pub struct ModelInfo {
-    pub max_model_len: usize,
-    pub vocab_size: usize,
-    pub num_kv_blocks: usize,
-    pub block_size: usize,
-    pub weight_bytes: usize,
-}
-
-struct Submission {
-    id: SeqId,
-    request: GenerateRequest,
-    events: mpsc::Sender<EngineEvent>,
-}
-
-struct Shared {
-    info: ModelInfo,
-    tokenizer: Arc<Tokenizer>,
-    chat_template: Option<Arc<ChatTemplate>>,
-    load: LoadCells,
-    /// Accepted and not yet finished; bounds everything the engine holds.
-    pending: AtomicUsize,
-    max_pending: usize,
-    next_id: AtomicUsize,
-}
-
-/// A cloneable handle to a running engine. The engine stops when the last
-/// handle is dropped and its in-flight requests have finished.
-#[derive(Clone)]
-pub struct EngineHandle {
-    shared: Arc<Shared>,
-    submit: SyncSender<Submission>,
-}
-
-/// The events of one request. Dropping it cancels the request.
-pub struct EventStream {
-    rx: mpsc::Receiver<EngineEvent>,
-}
-
-impl EventStream {
-    /// The next event; `None` after the last one.
-    pub async fn recv(&mut self) -> Option<EngineEvent> {
-        self.rx.recv().await
-    }
-
-    /// Blocking variant for non-async callers (tests, benchmarks).
-    pub fn blocking_recv(&mut self) -> Option<EngineEvent> {
-        self.rx.blocking_recv()
-    }
-}
-
-impl EngineHandle {
-    /// Queues a request, or refuses it at once: a request that cannot fit the
-    /// context or a full queue is an error, never an unbounded wait.
-    pub fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
-        let info = &self.shared.info;
-        let prompt_tokens = request.prompt_tokens.len();
-        if prompt_tokens == 0 {
-            return Err(EngineError::EmptyPrompt);
-        }
-        if let Some(&id) = request
-            .prompt_tokens
-            .iter()
-            .find(|&&t| t as usize >= info.vocab_size)
-        {
-            return Err(EngineError::InvalidToken {
-                id,
-                vocab_size: info.vocab_size,
-            });
-        }
-        let max_tokens = request.params.max_tokens;
-        let requested = prompt_tokens.saturating_add(max_tokens);
-        if requested > info.max_model_len {
-            return Err(EngineError::ContextTooLong {
-                max_model_len: info.max_model_len,
-                requested,
-                prompt_tokens,
-                max_tokens,
-            });
-        }
-        let pending = self.shared.pending.fetch_add(1, Ordering::SeqCst);
-        if pending >= self.shared.max_pending {
-            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-            return Err(EngineError::QueueFull { pending });
-        }
-        // Room for every token plus the final event, so the engine's
-        // `try_send` can only fail when the receiver is gone.
-        let (tx, rx) = mpsc::channel(max_tokens + 2);
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) as SeqId;
-        let sub = Submission {
-            id,
-            request,
-            events: tx,
-        };
-        match self.submit.try_send(sub) {
-            Ok(()) => Ok(EventStream { rx }),
-            Err(TrySendError::Full(_)) => {
-                self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-                Err(EngineError::QueueFull { pending })
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-                Err(EngineError::Stopped)
-            }
-        }
-    }
-
-    pub fn load(&self) -> LoadSnapshot {
-        LoadSnapshot {
-            in_flight: self.shared.pending.load(Ordering::SeqCst),
-            ..self.shared.load.snapshot()
-        }
-    }
-    pub fn info(&self) -> &ModelInfo {
-        &self.shared.info
-    }
-    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
-        &self.shared.tokenizer
-    }
-    pub fn chat_template(&self) -> Option<&Arc<ChatTemplate>> {
-        self.shared.chat_template.as_ref()
-    }
-}
-
 /// Starts engines.
 pub struct Engine;
 
 impl Engine {
     /// Starts the engine thread for a loaded model on the CPU.
     pub fn start(loaded: LoadedLlm, cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
+        Self::start_wrapped(loaded, cfg, |executor| executor)
+    }
+
+    /// `start`, with the loop driving what `wrap` makes of the executor.
+    fn start_wrapped(
+        loaded: LoadedLlm,
+        cfg: EngineConfig,
+        wrap: impl FnOnce(Box<dyn Executor>) -> Box<dyn Executor>,
+    ) -> Result<EngineHandle, EngineError> {
         let model_cfg = loaded.model.config().clone();
         let weight_bytes = loaded.model.weight_bytes();
         if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 {
@@ -238,10 +138,12 @@ impl Engine {
             pending: AtomicUsize::new(0),
             max_pending: cfg.max_num_seqs + cfg.max_waiting,
             next_id: AtomicUsize::new(0),
+            serving: AtomicBool::new(true),
+            restarts: AtomicUsize::new(0),
         });
         // The channel only carries requests between steps; `pending` is the real bound.
         let (submit, intake) = sync_channel(cfg.max_num_seqs + cfg.max_waiting);
-        let scheduler = Scheduler::new(SchedulerConfig {
+        let scheduler_config = SchedulerConfig {
             max_num_seqs: cfg.max_num_seqs,
             max_num_batched_tokens: cfg.max_num_batched_tokens,
             max_model_len,
@@ -250,10 +152,11 @@ impl Engine {
                 block_size: cfg.block_size,
                 enable_prefix_caching: cfg.enable_prefix_caching,
             },
-        });
+        };
         let mut worker = Worker {
-            executor: Box::new(executor),
-            scheduler,
+            executor: wrap(Box::new(executor)),
+            scheduler: Scheduler::new(scheduler_config),
+            scheduler_config,
             intake,
             active: HashMap::new(),
             shared: shared.clone(),
@@ -286,6 +189,8 @@ struct Active {
 struct Worker {
     executor: Box<dyn Executor>,
     scheduler: Scheduler,
+    /// What a restart builds the next scheduler from.
+    scheduler_config: SchedulerConfig,
     intake: Receiver<Submission>,
     active: HashMap<SeqId, Active>,
     shared: Arc<Shared>,
@@ -303,7 +208,8 @@ impl Worker {
         tracing::info!("engine started");
         loop {
             if !self.take_new_requests() {
-                break;
+                tracing::info!("engine stopped: every handle is gone and no work is left");
+                return;
             }
             self.drop_cancelled();
             if !self.scheduler.has_work() {
@@ -311,39 +217,93 @@ impl Worker {
                 self.publish_load(None);
                 continue;
             }
-            let started = Instant::now();
-            let output = self.scheduler.schedule();
-            for id in self.scheduler.take_unservable() {
-                self.fail(
-                    id,
-                    "the request needs more KV blocks than the engine has".into(),
-                );
-            }
-            if output.seqs.is_empty() {
-                self.publish_load(None);
-                continue;
-            }
-            let sampled = match self.run_step(&output) {
-                Ok(s) => s,
-                Err(e) => {
-                    // A model failure fails the step's requests, not the engine.
-                    let ids: Vec<SeqId> = output.seqs.iter().map(|s| s.id).collect();
-                    tracing::error!(error = %e, "step failed");
-                    for id in ids {
-                        self.fail(id, format!("model failure: {e}"));
-                    }
-                    continue;
-                }
-            };
-            self.scheduler.update(&output, &sampled);
-            for &(id, token) in &sampled {
-                if let Outcome::Finished(reason) = self.on_token(id, token) {
-                    self.finish(id, reason);
+            // The worker's state is thrown away or rebuilt on a panic
+            // (`recover`), so nothing half-updated is observed afterwards.
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.step())) {
+                if !self.recover(panic.as_ref()) {
+                    return;
                 }
             }
-            self.publish_load(Some((output.num_batched_tokens, sampled.len(), started)));
         }
-        tracing::info!("engine stopped: every handle is gone and no work is left");
+    }
+
+    /// Schedules, runs and samples one step, and hands out its tokens.
+    fn step(&mut self) {
+        let started = Instant::now();
+        let output = self.scheduler.schedule();
+        for id in self.scheduler.take_unservable() {
+            self.fail(
+                id,
+                "the request needs more KV blocks than the engine has".into(),
+            );
+        }
+        if output.seqs.is_empty() {
+            self.publish_load(None);
+            return;
+        }
+        let sampled = match self.run_step(&output) {
+            Ok(s) => s,
+            Err(e) => {
+                // A model failure fails the step's requests, not the engine.
+                let ids: Vec<SeqId> = output.seqs.iter().map(|s| s.id).collect();
+                tracing::error!(error = %e, "step failed");
+                for id in ids {
+                    self.fail(id, format!("model failure: {e}"));
+                }
+                return;
+            }
+        };
+        self.scheduler.update(&output, &sampled);
+        for &(id, token) in &sampled {
+            if let Outcome::Finished(reason) = self.on_token(id, token) {
+                self.finish(id, reason);
+            }
+        }
+        self.publish_load(Some((output.num_batched_tokens, sampled.len(), started)));
+    }
+
+    /// After a step panicked: fails every request held (the running batch
+    /// and the scheduler's waiting ones: the scheduler that knew them is
+    /// dropped unread, since the panic may have left it inconsistent), then
+    /// zeroes the KV memory and starts a new scheduler. Not serving in
+    /// between. Returns false when the executor cannot be reset: the engine
+    /// then stops and stays not serving.
+    fn recover(&mut self, panic: &(dyn Any + Send)) -> bool {
+        self.shared.serving.store(false, Ordering::SeqCst);
+        let restarts = self.shared.restarts.fetch_add(1, Ordering::SeqCst) + 1;
+        tracing::error!(
+            panic = panic_message(panic),
+            requests_failed = self.active.len(),
+            restarts,
+            "engine step panicked; failing its requests and restarting the engine"
+        );
+        self.scheduler = Scheduler::new(self.scheduler_config);
+        for (_, a) in self.active.drain() {
+            let _ = a.events.try_send(EngineEvent::Error(
+                "the engine failed while running this request and was restarted".into(),
+            ));
+            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+        let reset = catch_unwind(AssertUnwindSafe(|| self.executor.reset()));
+        match reset {
+            Ok(Ok(())) => {
+                self.publish_load(None);
+                self.shared.serving.store(true, Ordering::SeqCst);
+                tracing::info!(restarts, "engine restarted");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot reset the executor; the engine stops");
+                false
+            }
+            Err(again) => {
+                tracing::error!(
+                    panic = panic_message(again.as_ref()),
+                    "resetting the executor panicked; the engine stops"
+                );
+                false
+            }
+        }
     }
 
     /// Moves submitted requests into the scheduler. Blocks while idle.
@@ -576,4 +536,13 @@ impl Worker {
         };
         load.wait_ms_bits.store(wait_ms.to_bits(), Relaxed);
     }
+}
+
+/// The text a panic was raised with, when it was a string.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }

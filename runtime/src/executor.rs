@@ -7,6 +7,10 @@ use sluice_models::{KvCache, Llama, ModelError, SeqBatch};
 pub trait Executor: Send {
     /// Runs one step; returns the logits of each sequence that wants them, in order.
     fn execute(&mut self, seqs: &[SeqBatch<'_>]) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// Forgets every sequence: KV memory as after construction. The engine
+    /// calls it after a step panicked, when what that step left half-written
+    /// cannot be trusted.
+    fn reset(&mut self) -> Result<(), ModelError>;
     fn num_kv_blocks(&self) -> usize;
     fn block_size(&self) -> usize;
     fn vocab_size(&self) -> usize;
@@ -41,6 +45,10 @@ impl Executor for CpuExecutor {
     fn execute(&mut self, seqs: &[SeqBatch<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let Self { model, kv, pool } = self;
         pool.install(|| model.forward(seqs, kv))
+    }
+    fn reset(&mut self) -> Result<(), ModelError> {
+        self.kv.clear();
+        Ok(())
     }
     fn num_kv_blocks(&self) -> usize {
         self.kv.num_blocks()

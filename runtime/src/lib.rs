@@ -31,7 +31,7 @@ pub mod stop;
 pub use encoder_pool::{
     BatchEncoder, EncoderHandle, EncoderLoad, EncoderPool, EncoderPoolConfig, RuntimeError,
 };
-pub use engine::{Engine, EngineConfig, EngineHandle, EventStream, ModelInfo};
+pub use engine::{Engine, EngineConfig, EngineHandle, EventStream, ModelInfo, StepFault};
 pub use load::LoadSnapshot;
 pub use request::{
     EngineEvent, FinishReason, GenerateRequest, SamplingParams, TokenLogprob, Usage,

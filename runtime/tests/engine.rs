@@ -291,8 +291,9 @@ fn demo_model_answers_paris_through_the_runtime() {
     let template = engine
         .chat_template()
         .expect("the GGUF ships a chat template");
-    let text = template
-        .render(
+    let ids = template
+        .render_tokens(
+            engine.tokenizer(),
             &[ChatMessage {
                 role: "user".into(),
                 content: "What is the capital of France? Answer in one word.".into(),
@@ -300,7 +301,6 @@ fn demo_model_answers_paris_through_the_runtime() {
             true,
         )
         .unwrap();
-    let ids = engine.tokenizer().encode(&text, false).unwrap();
     let params = SamplingParams {
         max_tokens: 24,
         ..SamplingParams::default()
