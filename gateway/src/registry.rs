@@ -240,6 +240,7 @@ mod tests {
             default_max_tokens: 8,
             requantize: None,
             activations: Default::default(),
+            defaults: Default::default(),
             engine: EngineConfig {
                 num_kv_blocks: Some(32),
                 threads: Some(1),

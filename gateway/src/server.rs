@@ -352,7 +352,8 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// 200 once every model and encoder is loaded; 503 while loading or shutting down. The
+/// 200 once every model and encoder is loaded; 503 while loading,
+/// restarting an engine after a panic, or shutting down. The
 /// body lists each model's state and load.
 async fn ready(State(state): State<AppState>) -> Response {
     let models = state.registry.status();
@@ -361,6 +362,10 @@ async fn ready(State(state): State<AppState>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if state.registry.all_ready() && state.encoders.all_ready() {
         (StatusCode::OK, "ready")
+    } else if models.iter().any(|m| m.state == "restarting") {
+        // An engine recovering from a failed step: its requests were failed
+        // and it serves again shortly.
+        (StatusCode::SERVICE_UNAVAILABLE, "restarting")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "loading")
     };
