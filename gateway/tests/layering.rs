@@ -4,6 +4,9 @@
 //! that points up a layer, on a module missing from the table, and on any
 //! cycle. The layers are those the crate's `lib.rs` describes.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
