@@ -49,6 +49,12 @@ use replay::{Recorder, Replay};
 
 pub const SIMILARITY_HEADER: &str = "x-sluice-cache-similarity";
 
+/// A 32-token encode takes 8-40 ms beside 8 decoding streams on the
+/// 2-core machines measured (NOTES.md), so 200 ms is only reached when the
+/// encoder pool is far behind; it bounds what the semantic tier can add to
+/// a request at a small part of a local model's time to first token.
+pub const DEFAULT_EMBED_TIMEOUT_MS: u64 = 200;
+
 /// Limits of the in-process store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
@@ -81,6 +87,9 @@ pub struct CacheSettings {
     /// Candidates the verifier checks at most, best first.
     pub top_k: usize,
     pub cache_nondeterministic: bool,
+    /// How long the semantic tier waits for the message's embedding before
+    /// it is skipped for that request.
+    pub embed_timeout: Duration,
 }
 
 impl Default for CacheSettings {
@@ -98,6 +107,7 @@ impl Default for CacheSettings {
             similarity_threshold: 0.92,
             top_k: 4,
             cache_nondeterministic: false,
+            embed_timeout: Duration::from_millis(DEFAULT_EMBED_TIMEOUT_MS),
         }
     }
 }
@@ -344,7 +354,9 @@ impl Cache {
         };
         if let Some((sk, embedder)) = semantic {
             if decision.embedding.is_none() {
-                match embedder.embed(&sk.text).await {
+                match embed::embed_within(embedder.as_ref(), &sk.text, self.settings.embed_timeout)
+                    .await
+                {
                     Ok(v) => decision.embedding = Some(v),
                     Err(e) => {
                         tracing::warn!(error = %e, "embedding failed; semantic cache skipped")

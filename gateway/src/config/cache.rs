@@ -32,6 +32,9 @@ pub struct CacheSection {
     pub similarity_threshold: Option<f32>,
     pub top_k: Option<usize>,
     pub cache_nondeterministic: Option<bool>,
+    /// How long a lookup waits for the message's embedding before it skips
+    /// the semantic tier for that request.
+    pub embed_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +59,7 @@ impl CacheSection {
             similarity_threshold,
             top_k,
             cache_nondeterministic,
+            embed_timeout_ms,
         } = self;
         let d = CacheSettings::default();
         let enabled = match env("SLUICE_CACHE_ENABLED") {
@@ -108,6 +112,11 @@ impl CacheSection {
                 format!("{max_per_scope} is outside 1..=100000"),
             ));
         }
+        let embed_timeout = match embed_timeout_ms {
+            None => d.embed_timeout,
+            Some(0) => return Err(invalid("cache.embed_timeout_ms", "must be at least 1")),
+            Some(ms) => Duration::from_millis(ms),
+        };
         Ok(CacheSettings {
             enabled,
             backend,
@@ -121,6 +130,7 @@ impl CacheSection {
             similarity_threshold: threshold,
             top_k,
             cache_nondeterministic: cache_nondeterministic.unwrap_or(d.cache_nondeterministic),
+            embed_timeout,
         })
     }
 }
@@ -163,5 +173,37 @@ impl AdminSection {
             ));
         }
         Ok(Some(Secret::new(value.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> Result<CacheSettings, ConfigError> {
+        #[derive(Deserialize)]
+        struct Wrapper {
+            cache: CacheSection,
+        }
+        let w: Wrapper = toml::from_str(text).map_err(|e| invalid("toml", e.to_string()))?;
+        w.cache.resolve(&|_| None)
+    }
+
+    #[test]
+    fn embed_timeout_has_a_default_and_refuses_zero() {
+        assert_eq!(
+            resolve("[cache]\n").unwrap().embed_timeout,
+            CacheSettings::default().embed_timeout
+        );
+        assert_eq!(
+            resolve("[cache]\nembed_timeout_ms = 50\n")
+                .unwrap()
+                .embed_timeout,
+            Duration::from_millis(50)
+        );
+        let err = resolve("[cache]\nembed_timeout_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.embed_timeout_ms"), "{err}");
     }
 }
