@@ -21,12 +21,13 @@ pub const DEFAULT_INJECTION_LABELS: &[&str] =
 /// The id `/v1/moderations` answers to.
 pub const DEFAULT_GUARD_ID: &str = "sluice-guard";
 const DEFAULT_MAX_INPUTS: usize = 64;
-/// The longest one guard call may take by default. A full `/v1/moderations`
-/// request (64 texts of many sentences, ~2,000 encoder inputs) takes ~7 s
-/// on two cores at the measured ~300 embeddings/s; a short chat prompt
-/// takes milliseconds. Past this the encoders are stuck or far behind, and
-/// the caller is better served by an answer than by waiting.
-const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// The longest one guard call may take by default. A short chat prompt
+/// takes milliseconds, but a moderations request is up to 64 texts, each
+/// scored whole (512-token windows) and sentence by sentence: two texts of
+/// ~1,500 tokens took over 10 s on a loaded 2-core machine. Past 30 s the
+/// encoders are stuck or far behind, and an answer serves the caller better
+/// than waiting out the server's request timeout (600 s).
+const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
