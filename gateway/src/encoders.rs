@@ -7,8 +7,8 @@
 //! 503 until its pool is set. A slot is set once and never replaced, so
 //! readers take no lock. Design decision: the slot keeps the tokenizer next
 //! to the pool handle, because callers (embeddings, the semantic cache, the
-//! guard) tokenise on their own task and hand the pool only token ids; the
-//! pool's threads then do nothing but forward passes.
+//! guard) tokenise on a blocking thread of their own and hand the pool only
+//! token ids; the pool's threads then do nothing but forward passes.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -351,10 +351,13 @@ impl crate::cache::Embedder for EncoderEmbedder {
             if text.len() > encoder.max_len * MAX_BYTES_PER_TOKEN {
                 return Err(format!("{} bytes is past the encoder's window", text.len()));
             }
-            let ids = encoder
-                .tokenizer
-                .encode_with_special_tokens(text)
-                .map_err(|e| e.to_string())?;
+            // Off the async workers: tokenising a long message is CPU work.
+            let (tokenizer, owned) = (encoder.tokenizer.clone(), text.to_owned());
+            let ids =
+                tokio::task::spawn_blocking(move || tokenizer.encode_with_special_tokens(&owned))
+                    .await
+                    .map_err(|e| format!("tokenizer task: {e}"))?
+                    .map_err(|e| e.to_string())?;
             if ids.len() > encoder.max_len {
                 return Err(format!(
                     "{} tokens is past the encoder's window of {}",

@@ -53,7 +53,7 @@ pub enum ApiError {
     },
     #[error("The model `{0}` is still loading; retry shortly")]
     ModelLoading(String),
-    #[error("The request did not finish within {} s", .0.as_secs())]
+    #[error("The request did not finish within {:.1} s", .0.as_secs_f64())]
     Timeout(Duration),
     /// An upstream provider failed (no deployment was left to fail over
     /// to, or the stream broke after it started).

@@ -11,7 +11,13 @@
 //! behind (or stall) a decode step. A full queue refuses at once
 //! ([`EngineError::EncoderQueueFull`], a 429 at the gateway) instead of
 //! letting latency grow without bound.
+//!
+//! A caller with many inputs ([`EncoderHandle::encode_many`]) keeps at most
+//! a window of them in flight and submits the next as earlier ones come back,
+//! so a request larger than the queue is served rather than refused with a
+//! 429 no retry could ever get past.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -143,9 +149,22 @@ impl EncoderPool {
                 jobs: tx,
                 counters,
                 max_len: model.max_len(),
+                window: submit_window(&config),
             }),
         })
     }
+}
+
+/// How many of one caller's inputs may be in flight (queued or in the
+/// running batch) at once. Two batches' worth keeps the next batch queued
+/// while one runs (no bubble between batches) and leaves the rest of the
+/// queue to other callers; never more than the queue holds, or the caller
+/// would crowd itself out.
+fn submit_window(config: &EncoderPoolConfig) -> usize {
+    config
+        .max_batch_size
+        .saturating_mul(2)
+        .min(config.queue_capacity)
 }
 
 struct Worker {
@@ -218,6 +237,15 @@ struct HandleInner {
     jobs: SyncSender<Job>,
     counters: Arc<Counters>,
     max_len: usize,
+    /// See [`submit_window`].
+    window: usize,
+}
+
+/// Why an input was not queued.
+enum Refused {
+    /// The queue is full; the input comes back so it can be tried again.
+    Full(Vec<u32>),
+    Failed(RuntimeError),
 }
 
 /// Submits inputs to a running [`EncoderPool`]. Cheap to clone.
@@ -240,15 +268,15 @@ impl EncoderHandle {
         self.inner.max_len
     }
 
-    fn submit(&self, tokens: Vec<u32>) -> Result<oneshot::Receiver<Reply>, RuntimeError> {
+    fn submit(&self, tokens: Vec<u32>) -> Result<oneshot::Receiver<Reply>, Refused> {
         if tokens.is_empty() {
-            return Err(EngineError::EmptyPrompt);
+            return Err(Refused::Failed(EngineError::EmptyPrompt));
         }
         if tokens.len() > self.inner.max_len {
-            return Err(EngineError::EncoderInputTooLong {
+            return Err(Refused::Failed(EngineError::EncoderInputTooLong {
                 tokens: tokens.len(),
                 max_len: self.inner.max_len,
-            });
+            }));
         }
         let (reply, rx) = oneshot::channel();
         // Count before sending so the worker's decrement never goes below 0.
@@ -258,12 +286,16 @@ impl EncoderHandle {
             Err(e) => {
                 self.inner.counters.queued.fetch_sub(1, Ordering::Relaxed);
                 Err(match e {
-                    TrySendError::Full(_) => EngineError::EncoderQueueFull {
-                        pending: self.inner.counters.queued.load(Ordering::Relaxed),
-                    },
-                    TrySendError::Disconnected(_) => EngineError::Stopped,
+                    TrySendError::Full(job) => Refused::Full(job.tokens),
+                    TrySendError::Disconnected(_) => Refused::Failed(EngineError::Stopped),
                 })
             }
+        }
+    }
+
+    fn queue_full(&self) -> RuntimeError {
+        EngineError::EncoderQueueFull {
+            pending: self.inner.counters.queued.load(Ordering::Relaxed),
         }
     }
 
@@ -277,12 +309,20 @@ impl EncoderHandle {
 
     /// One input, batched with whatever else is queued. Full queue → an error the gateway maps to 429.
     pub async fn encode(&self, tokens: Vec<u32>) -> Result<Arc<[f32]>, RuntimeError> {
-        Self::wait(self.submit(tokens)?).await
+        match self.submit(tokens) {
+            Ok(rx) => Self::wait(rx).await,
+            Err(Refused::Full(_)) => Err(self.queue_full()),
+            Err(Refused::Failed(e)) => Err(e),
+        }
     }
 
-    /// Several inputs, queued together so they share batches; results in
-    /// input order. All are checked and queued before any is awaited; if
-    /// the queue fills halfway, the whole call fails with queue-full.
+    /// Several inputs, results in input order. Every input is checked before
+    /// any is queued. At most the pool's window of them is in flight at
+    /// once (they share batches with each other and with other callers);
+    /// the next is submitted as the oldest comes back, so any number of
+    /// inputs fits a queue of any size. Queue-full is returned only when
+    /// the queue is full and none of this call's inputs is in it: the queue
+    /// is then full of other callers' work, which a retry can get past.
     pub async fn encode_many(
         &self,
         inputs: Vec<Vec<u32>>,
@@ -293,13 +333,34 @@ impl EncoderHandle {
                 max_len: self.inner.max_len,
             });
         }
-        let mut pending = Vec::with_capacity(inputs.len());
-        for tokens in inputs {
-            pending.push(self.submit(tokens)?);
+        if inputs.iter().any(Vec::is_empty) {
+            return Err(EngineError::EmptyPrompt);
         }
-        let mut out = Vec::with_capacity(pending.len());
-        for rx in pending {
-            out.push(Self::wait(rx).await?);
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut pending = VecDeque::with_capacity(self.inner.window.min(inputs.len()));
+        let mut unsent = inputs.into_iter();
+        // An input the full queue turned away, tried again first.
+        let mut held: Option<Vec<u32>> = None;
+        loop {
+            while pending.len() < self.inner.window {
+                let Some(tokens) = held.take().or_else(|| unsent.next()) else {
+                    break;
+                };
+                match self.submit(tokens) {
+                    Ok(rx) => pending.push_back(rx),
+                    // Our own inputs hold places: one frees when it is answered.
+                    Err(Refused::Full(tokens)) if !pending.is_empty() => {
+                        held = Some(tokens);
+                        break;
+                    }
+                    Err(Refused::Full(_)) => return Err(self.queue_full()),
+                    Err(Refused::Failed(e)) => return Err(e),
+                }
+            }
+            let Some(oldest) = pending.pop_front() else {
+                break;
+            };
+            out.push(Self::wait(oldest).await?);
         }
         Ok(out)
     }

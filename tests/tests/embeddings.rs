@@ -1,7 +1,9 @@
 //! `/v1/embeddings` against the real binary with the real all-MiniLM-L6-v2:
 //! values match the reference, float and base64 agree, `dimensions`
 //! truncates and renormalises, every input shape works, bad input is a 400
-//! naming the item, and the route sits behind the API keys.
+//! naming the item, an unknown model is a 404 before anything else, a
+//! request larger than the encoder queue is served, and the route sits
+//! behind the API keys.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -22,16 +24,27 @@ const RESET_PASSWORD: [f32; 5] = [0.0069, -0.06302, -0.07204, -0.0325, -0.04271]
 
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let dir = sluice_models::demo_embedding_model_dir();
-        assert!(
-            dir.join("model.safetensors").is_file(),
-            "all-MiniLM-L6-v2 is not at {}; fetch it with `scripts/fetch-models.sh embed`",
-            dir.display()
-        );
-        Server::start(ServerOptions {
-            config: Some(format!(
-                r#"
+    SERVER.get_or_init(|| start_with_pool("max_wait_us = 1000"))
+}
+
+/// A server whose encoder queue holds 4 inputs, in batches of 2: far fewer
+/// than one request may carry. Only one test uses it, so nothing else
+/// competes for the queue.
+fn small_queue_server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| start_with_pool("max_batch_size = 2\nqueue_capacity = 4"))
+}
+
+fn start_with_pool(pool: &str) -> Server {
+    let dir = sluice_models::demo_embedding_model_dir();
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "all-MiniLM-L6-v2 is not at {}; fetch it with `scripts/fetch-models.sh embed`",
+        dir.display()
+    );
+    Server::start(ServerOptions {
+        config: Some(format!(
+            r#"
                 [[models]]
                 id = "smollm2-135m-instruct"
                 path = "{{DEMO_MODEL}}"
@@ -39,13 +52,12 @@ fn server() -> &'static Server {
                 id = "{EMBED_ID}"
                 kind = "embedding"
                 path = "{}"
-                max_wait_us = 1000
+                {pool}
                 "#,
-                dir.display()
-            )),
-            env: vec![("SLUICE_API_KEYS".into(), format!("tester:{KEY}"))],
-            args: Vec::new(),
-        })
+            dir.display()
+        )),
+        env: vec![("SLUICE_API_KEYS".into(), format!("tester:{KEY}"))],
+        args: Vec::new(),
     })
 }
 
@@ -74,7 +86,11 @@ mod base64_decode {
 }
 
 async fn embed(body: Value) -> common::Reply {
-    post_raw(server(), "/v1/embeddings", body.to_string(), Some(KEY)).await
+    embed_on(server(), body).await
+}
+
+async fn embed_on(server: &Server, body: Value) -> common::Reply {
+    post_raw(server, "/v1/embeddings", body.to_string(), Some(KEY)).await
 }
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -211,6 +227,50 @@ async fn bad_requests_are_400s_naming_the_parameter() {
     }
     let unknown = embed(json!({"model": "no-such-embedder", "input": "x"})).await;
     assert_eq!(unknown.expect_error(404)["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_a_404_whatever_else_the_body_holds() {
+    // Every other field is wrong too, and the input is past the 2048-item
+    // limit: none of it may be looked at (let alone tokenised) before the model.
+    let too_many = vec![""; 3000];
+    let reply = embed(json!({
+        "model": "no-such-embedder",
+        "input": too_many,
+        "encoding_format": "hex",
+        "dimensions": 0,
+    }))
+    .await;
+    let err = reply.expect_error(404);
+    assert_eq!(err["code"], "model_not_found");
+    assert_eq!(err["param"], Value::Null, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn a_request_with_more_inputs_than_the_encoder_queue_holds_is_served_in_order() {
+    let server = small_queue_server();
+    let texts: Vec<String> = (0..40)
+        .map(|i| format!("Sentence {i} is about the number {}.", i * 7))
+        .collect();
+    let reply = embed_on(server, json!({"model": EMBED_ID, "input": texts})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let v = reply.json();
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), texts.len());
+    for (i, item) in data.iter().enumerate() {
+        assert_eq!(item["index"], i);
+    }
+    // Each vector is its own text's: the same as that text embedded alone.
+    for i in [0, 1, 17, 39] {
+        let alone = embed_on(server, json!({"model": EMBED_ID, "input": texts[i]}))
+            .await
+            .json();
+        let want = floats(&alone["data"][0]["embedding"]);
+        let got = floats(&data[i]["embedding"]);
+        for (x, y) in got.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-4, "input {i}: {x} vs {y} alone");
+        }
+    }
 }
 
 #[tokio::test]

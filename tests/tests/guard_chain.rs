@@ -181,3 +181,22 @@ async fn the_guard_and_the_semantic_cache_share_one_encoder_pass() {
     }
     panic!("a one-sentence chat never cost exactly one encoder input");
 }
+
+#[tokio::test]
+async fn an_unknown_model_is_a_404_before_the_guard_or_the_cache_run() {
+    // With a block key, a guard that ran first would answer 400 here.
+    let body = json!({
+        "model": "no-such-model",
+        "messages": [{"role": "user", "content": INJECTION}],
+    });
+    let reply = post_raw(
+        server(),
+        "/v1/chat/completions",
+        body.to_string(),
+        Some(BLOCK),
+    )
+    .await;
+    let err = reply.expect_error(404);
+    assert_eq!(err["code"], "model_not_found", "{err}");
+    assert_eq!(header(&reply, "x-sluice-guard"), None);
+}

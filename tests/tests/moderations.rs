@@ -124,6 +124,17 @@ async fn bad_input_is_a_400_naming_the_field() {
 }
 
 #[tokio::test]
+async fn an_unknown_model_is_a_404_whatever_the_input() {
+    let many: Vec<String> = (0..1000).map(|i| format!("text {i}")).collect();
+    for input in [json!(many), json!(42), json!([])] {
+        let err = moderate(json!({ "input": input, "model": "omni-moderation-latest" }))
+            .await
+            .expect_error(404);
+        assert_eq!(err["code"], "model_not_found", "{input}");
+    }
+}
+
+#[tokio::test]
 async fn moderations_need_an_api_key() {
     let reply = post_raw(
         server(),

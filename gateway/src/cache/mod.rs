@@ -270,7 +270,9 @@ impl Cache {
         };
         if let Some((sk, embedder)) = semantic {
             if decision.embedding.is_none() {
-                match embedder.embed(&sk.text).await {
+                match embed::embed_within(embedder.as_ref(), &sk.text, self.settings.embed_timeout)
+                    .await
+                {
                     Ok(v) => decision.embedding = Some(v),
                     Err(e) => {
                         tracing::warn!(error = %e, "embedding failed; semantic cache skipped")

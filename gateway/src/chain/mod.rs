@@ -89,6 +89,11 @@ impl Chain {
         request: impl Validate,
     ) -> Result<(Head, Answered), ApiError> {
         let mut req = request.validate()?;
+        // An unknown model is a 404 before any stage spends encoder work
+        // on it (or a cache entry of a model since removed is served).
+        if !self.router.has_route(&req.model) {
+            return Err(ApiError::ModelNotFound(req.model));
+        }
         // The model's sampling defaults fill what the request left out,
         // before the cache key: relying on them and spelling them out are
         // the same request.

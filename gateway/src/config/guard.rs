@@ -8,6 +8,7 @@
 //! takes `enabled = false`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -20,6 +21,13 @@ pub const DEFAULT_INJECTION_LABELS: &[&str] =
 /// The id `/v1/moderations` answers to.
 pub const DEFAULT_GUARD_ID: &str = "sluice-guard";
 const DEFAULT_MAX_INPUTS: usize = 64;
+/// The longest one guard call may take by default. A short chat prompt
+/// takes milliseconds, but a moderations request is up to 64 texts, each
+/// scored whole (512-token windows) and sentence by sentence: two texts of
+/// ~1,500 tokens took over 10 s on a loaded 2-core machine. Past 30 s the
+/// encoders are stuck or far behind, and an answer serves the caller better
+/// than waiting out the server's request timeout (600 s).
+const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +54,9 @@ pub struct GuardSection {
     pub action: Option<String>,
     /// Which chat and completion requests are scored: "every" (default) or "off".
     pub score: Option<String>,
+    /// The longest one guard call (a moderations request, one request's
+    /// scoring) may take before it answers with a timeout.
+    pub timeout_ms: Option<u64>,
 }
 
 /// `"prompt-guard"` or `{ encoder = "prompt-guard", labels = [...], threshold = 0.5 }`.
@@ -164,6 +175,7 @@ pub struct GuardConfig {
     pub action: GuardAction,
     /// Which chat and completion requests are scored, unless the route says.
     pub score: GuardScoring,
+    pub timeout: Duration,
 }
 
 impl Default for GuardConfig {
@@ -179,6 +191,7 @@ impl Default for GuardConfig {
             max_inputs: DEFAULT_MAX_INPUTS,
             action: GuardAction::Flag,
             score: GuardScoring::Every,
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
         }
     }
 }
@@ -206,6 +219,7 @@ pub(super) fn resolve_guard(
         max_inputs,
         action,
         score,
+        timeout_ms,
     }) = section
     else {
         return Ok(GuardConfig::default());
@@ -274,6 +288,11 @@ pub(super) fn resolve_guard(
     if max_inputs == 0 {
         return Err(invalid("guard.max_inputs", "must be at least 1"));
     }
+    let timeout = match timeout_ms {
+        None => defaults.timeout,
+        Some(0) => return Err(invalid("guard.timeout_ms", "must be at least 1")),
+        Some(ms) => Duration::from_millis(ms),
+    };
     Ok(GuardConfig {
         enabled: enabled.unwrap_or(true),
         id: id.unwrap_or(defaults.id),
@@ -289,6 +308,7 @@ pub(super) fn resolve_guard(
         max_inputs,
         action,
         score,
+        timeout,
     })
 }
 
@@ -312,6 +332,7 @@ mod tests {
         assert_eq!(g.head, HeadSource::BuiltIn);
         assert_eq!(g.mode, GuardMode::Any);
         assert_eq!(g.id, DEFAULT_GUARD_ID);
+        assert_eq!(g.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MS));
     }
 
     #[test]
@@ -347,6 +368,12 @@ mode = "replace"
             .unwrap_err()
             .to_string();
         assert!(err.contains("classifiers"), "{err}");
+        let err = parse("[guard]\ntimeout_ms = 0\n").unwrap_err().to_string();
+        assert!(err.contains("guard.timeout_ms"), "{err}");
+        assert_eq!(
+            parse("[guard]\ntimeout_ms = 250\n").unwrap().timeout,
+            Duration::from_millis(250)
+        );
         let err = parse("[guard]\nthreshold = 1.5\n").unwrap_err().to_string();
         assert!(err.contains("guard.threshold"), "{err}");
         let err = parse("[guard]\nclassifiers = [{ encoder = \"x\", threshold = -1.0 }]\n")

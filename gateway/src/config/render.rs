@@ -168,6 +168,10 @@ impl Config {
             "cache_nondeterministic".into(),
             Value::Boolean(c.cache_nondeterministic),
         );
+        t.insert(
+            "embed_timeout_ms".into(),
+            Value::Integer(i64::try_from(c.embed_timeout.as_millis()).unwrap_or(i64::MAX)),
+        );
         t
     }
 
@@ -197,6 +201,10 @@ impl Config {
         t.insert(
             "max_inputs".into(),
             Value::Integer(i64::try_from(g.max_inputs).unwrap_or(i64::MAX)),
+        );
+        t.insert(
+            "timeout_ms".into(),
+            Value::Integer(i64::try_from(g.timeout.as_millis()).unwrap_or(i64::MAX)),
         );
         let classifiers = g
             .classifiers

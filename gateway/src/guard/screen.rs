@@ -134,7 +134,14 @@ impl InputGuard {
         }
         let started = Instant::now();
         let embedding = match (&self.shared, pieces.iter().find(|p| p.last_user)) {
-            (Some(embedder), Some(piece)) => embedder.embed(piece.text).await.ok(),
+            // Bounded like the guard's own encodes; without it the guard
+            // encodes the message itself.
+            (Some(embedder), Some(piece)) => {
+                tokio::time::timeout(self.guard.timeout, embedder.embed(piece.text))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
             _ => None,
         };
         let verdicts = join_all(pieces.iter().map(|p| {

@@ -3,11 +3,17 @@
 //! `input` is a string, an array of strings, an array of token ids or an
 //! array of token-id arrays; texts are tokenised here with the encoder's own
 //! tokenizer (`[CLS] … [SEP]` for BERT), token arrays are taken as they are.
-//! Every input is checked (empty, too long, ids outside the vocabulary) and
-//! refused with its index before anything is queued, so one bad item never
-//! costs the pool work. Design decision: all inputs of a request go to the
-//! pool at once (`encode_many`), so a 32-item request runs as one batch, and
-//! items from concurrent requests share batches too.
+//! The model is looked up first, so an unknown one is a 404 whatever the
+//! rest of the body holds. Every input is then checked (empty, too long, ids
+//! outside the vocabulary) and refused with its index before anything is
+//! queued, so one bad item never costs the pool work; parsing and
+//! tokenising run on a blocking thread, once per request, not on the async
+//! workers. Design decision: a request's inputs go to the pool through one
+//! `encode_many`, so a 32-item request runs as one batch, items from
+//! concurrent requests share batches, and a request with more inputs than
+//! the pool's queue holds is fed to it as earlier inputs come back (OpenAI
+//! takes up to 2048 inputs; `queue_capacity` bounds waiting work, not the
+//! size of a request).
 
 use axum::extract::State;
 use axum::Json;
@@ -232,6 +238,7 @@ pub async fn create(
         dimensions,
         user,
     } = body;
+    let encoder = embedding_encoder(&state, &model)?;
     let base64 = match encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -242,7 +249,6 @@ pub async fn create(
             ))
         }
     };
-    let encoder = embedding_encoder(&state, &model)?;
     let dimensions = match dimensions {
         None => encoder.dim,
         Some(d) if d >= 1 && (d as u64) <= encoder.dim as u64 => d as usize,
@@ -260,7 +266,12 @@ pub async fn create(
         || input
             .as_array()
             .is_some_and(|a| a.iter().all(Value::is_number));
-    let ids = tokenize_inputs(&encoder, parse_input(&input)?, single)?;
+    let tokenizing = encoder.clone();
+    let ids = tokio::task::spawn_blocking(move || {
+        tokenize_inputs(&tokenizing, parse_input(&input)?, single)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("embeddings tokenizer task: {e}")))??;
     let prompt_tokens = ids.iter().map(Vec::len).sum();
     tracing::debug!(model = %model, inputs = ids.len(), prompt_tokens, user = user.as_deref(), "embeddings");
     let vectors = tokio::time::timeout(state.request_timeout, encoder.handle.encode_many(ids))

@@ -1,4 +1,7 @@
 //! `POST /v1/moderations` in OpenAI's shape, answered by the input guard.
+//! All texts of a request are scored in one guard call (their pieces share
+//! encoder batches), bounded by `[guard] timeout_ms`: past it the answer is
+//! a 504 timeout error.
 //!
 //! Design decision: only `prompt_injection` is reported. OpenAI's own keys
 //! (`hate`, `violence`, `sexual`, ...) are left out rather than filled with
@@ -122,18 +125,16 @@ pub async fn create(
     ApiJson(body): ApiJson<ModerationRequest>,
 ) -> Result<Json<ModerationResponse>, ApiError> {
     let ModerationRequest { input, model } = body;
+    // The model is checked before anything is read from `input`: an unknown
+    // one is a 404 whatever the input holds, and costs no encoder work.
     let guard = guard_for(&state, model.as_deref())?;
     let texts = parse_input(&input, guard.max_inputs)?;
-    let verdicts = futures_util::future::join_all(
-        texts
-            .iter()
-            .map(|t| guard.verdict(state.encoders.as_ref(), t, None)),
-    )
-    .await;
-    let results = verdicts
+    let results = guard
+        .verdicts(state.encoders.as_ref(), texts)
+        .await?
         .into_iter()
-        .map(|v| v.map(ModerationResult::from))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(ModerationResult::from)
+        .collect();
     Ok(Json(ModerationResponse {
         id: new_id("modr"),
         model: guard.id.clone(),

@@ -194,3 +194,102 @@ fn zero_sized_knobs_are_refused() {
     };
     assert!(EncoderPool::start(Arc::new(FakeEncoder::default()), bad).is_err());
 }
+
+/// A gated pool that runs one input per batch, and the queue size asked for.
+fn one_at_a_time(queue_capacity: usize) -> (Arc<FakeEncoder>, EncoderHandle) {
+    let model = Arc::new(FakeEncoder::gated());
+    let pool = EncoderPool::start(
+        model.clone(),
+        EncoderPoolConfig {
+            max_batch_size: 1,
+            queue_capacity,
+            ..config(0)
+        },
+    )
+    .unwrap();
+    (model, pool)
+}
+
+/// Waits for `done`; a test whose condition never comes fails rather than hangs.
+async fn until(mut done: impl FnMut() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            Instant::now() < give_up,
+            "the pool never reached the state waited for"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_many_serves_more_inputs_than_the_queue_holds() {
+    let (model, pool) = one_at_a_time(2);
+    let inputs: Vec<Vec<u32>> = (0..20u32).map(|i| vec![i, 1000]).collect();
+    let call = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.encode_many(inputs).await }
+    });
+    // The first batch holds the worker, so the queue (2) is all there is
+    // while the call submits its 20 inputs.
+    until(|| model.started.load(Ordering::SeqCst) > 0).await;
+    model.open_gate();
+    let out = call.await.unwrap().expect("all 20 inputs served");
+    let got: Vec<f32> = out.iter().map(|v| v[0]).collect();
+    let want: Vec<f32> = (0..20).map(|i| i as f32 + 1000.0).collect();
+    assert_eq!(got, want, "results keep the input order");
+    assert_eq!(pool.load().inputs, 20);
+    assert_eq!(pool.load().queued, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_call_leaves_room_in_the_queue_for_other_callers() {
+    // Window: two batches of one input each, so two inputs in flight.
+    let (model, pool) = one_at_a_time(8);
+    let large = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            pool.encode_many((1..=10u32).map(|i| vec![i]).collect())
+                .await
+        }
+    });
+    // One input in the gated batch, one in the queue, the rest held back.
+    until(|| model.started.load(Ordering::SeqCst) > 0 && pool.load().queued == 1).await;
+    let other = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.encode(vec![77]).await }
+    });
+    until(|| pool.load().queued == 2).await;
+    model.open_gate();
+    assert_eq!(&other.await.unwrap().unwrap()[..], &[77.0, 1.0]);
+    let sums: Vec<f32> = large.await.unwrap().unwrap().iter().map(|v| v[0]).collect();
+    assert_eq!(sums, (1..=10).map(|i| i as f32).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_many_refuses_at_once_when_others_fill_the_queue() {
+    let (model, pool) = one_at_a_time(2);
+    let spawn = |i: u32| {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.encode(vec![i]).await })
+    };
+    let mut others = vec![spawn(0)];
+    until(|| model.started.load(Ordering::SeqCst) > 0).await;
+    others.extend([spawn(1), spawn(2)]);
+    // One input in the gated batch, two in the queue: full.
+    until(|| pool.load().queued == 2).await;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        pool.encode_many(vec![vec![1], vec![2]]),
+    )
+    .await
+    .expect("a full queue answers without waiting");
+    assert!(
+        matches!(refused, Err(EngineError::EncoderQueueFull { .. })),
+        "{refused:?}"
+    );
+    model.open_gate();
+    for o in others {
+        o.await.unwrap().unwrap();
+    }
+}
