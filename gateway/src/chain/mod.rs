@@ -9,7 +9,8 @@
 //!    its key's policy in the request, which the [`Caller`] extractor hands
 //!    to the chain.
 //! 2. **validate**: the wire API's [`Validate`] impl turns its request into
-//!    the one internal [`ValidRequest`].
+//!    the one internal [`ValidRequest`]; an unknown model is a 404 here, and
+//!    a known one's sampling defaults fill what the request left out.
 //! 3. **input guard**: [`InputGuard::screen`] scores every message's text;
 //!    a flagged request is refused, or answered and marked.
 //! 4. **cache lookup**: [`Cache::lookup`], with the embedding the guard
@@ -88,18 +89,7 @@ impl Chain {
         caller: &Caller,
         request: impl Validate,
     ) -> Result<(Head, Answered), ApiError> {
-        let mut req = request.validate()?;
-        // An unknown model is a 404 before any stage spends encoder work
-        // on it (or a cache entry of a model since removed is served).
-        if !self.router.has_route(&req.model) {
-            return Err(ApiError::ModelNotFound(req.model));
-        }
-        // The model's sampling defaults fill what the request left out,
-        // before the cache key: relying on them and spelling them out are
-        // the same request.
-        if let Some(defaults) = self.router.sampling_defaults(&req.model) {
-            req.job.apply_defaults(defaults);
-        }
+        let req = self.for_known_model(request.validate()?)?;
         let screening = match &self.guard {
             Some(guard) => guard.screen(&caller.policy, &req).await?,
             None => Screening::default(),
@@ -145,6 +135,20 @@ impl Chain {
             },
         };
         Ok((head, answered))
+    }
+
+    /// An unknown model is a 404 before any stage spends encoder work on it
+    /// (or a cache entry of a model since removed is served); a known one's
+    /// sampling defaults fill what the request left out, before the cache
+    /// key: relying on them and spelling them out are the same request.
+    fn for_known_model(&self, mut req: ValidRequest) -> Result<ValidRequest, ApiError> {
+        if !self.router.has_route(&req.model) {
+            return Err(ApiError::ModelNotFound(req.model));
+        }
+        if let Some(defaults) = self.router.sampling_defaults(&req.model) {
+            req.job.apply_defaults(defaults);
+        }
+        Ok(req)
     }
 
     /// The cache stage. A flagged request is looked up and stored like any
