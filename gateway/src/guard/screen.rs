@@ -133,22 +133,22 @@ impl InputGuard {
             return Ok(Screening::default());
         }
         let started = Instant::now();
-        let embedding = match (&self.shared, pieces.iter().find(|p| p.last_user)) {
-            // Bounded like the guard's own encodes; without it the guard
-            // encodes the message itself.
-            (Some(embedder), Some(piece)) => {
-                tokio::time::timeout(self.guard.timeout, embedder.embed(piece.text))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
-            _ => None,
-        };
-        let verdicts = join_all(pieces.iter().map(|p| {
-            let given = if p.last_user { embedding.clone() } else { None };
-            self.guard.verdict(self.encoders.as_ref(), p.text, given)
+        // Every piece starts at once, so the last user message's embedding
+        // and the other pieces' encodes share the pool's batches.
+        let scored = join_all(pieces.iter().map(|p| async move {
+            let given = match p.last_user {
+                true => self.shared_embedding(p.text).await,
+                false => None,
+            };
+            let verdict = self
+                .guard
+                .verdict(self.encoders.as_ref(), p.text, given.clone())
+                .await;
+            (verdict, given)
         }))
         .await;
+        let embedding = scored.iter().find_map(|(_, given)| given.clone());
+        let verdicts = scored.into_iter().map(|(verdict, _)| verdict);
         metrics::histogram!("sluice_guard_seconds").record(started.elapsed().as_secs_f64());
         let mut flagged_at = None;
         for (piece, verdict) in pieces.iter().zip(verdicts) {
@@ -198,6 +198,19 @@ impl InputGuard {
             flagged: Some(true),
             embedding,
         })
+    }
+}
+
+impl InputGuard {
+    /// The last user message's embedding through the cache's embedder,
+    /// bounded like the guard's own encodes; `None` (the guard then encodes
+    /// the message itself) when there is no shared embedder or it fails.
+    async fn shared_embedding(&self, text: &str) -> Option<Arc<[f32]>> {
+        let embedder = self.shared.as_ref()?;
+        tokio::time::timeout(self.guard.timeout, embedder.embed(text))
+            .await
+            .ok()?
+            .ok()
     }
 }
 
