@@ -223,6 +223,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.http_threads)
         .enable_all()
         .thread_name("sluice-http")
         .build()

@@ -46,6 +46,8 @@ pub struct ServerSection {
     pub request_timeout_seconds: Option<u64>,
     pub allow_unauthenticated: Option<bool>,
     pub max_in_flight: Option<usize>,
+    /// Threads of the async runtime that serves HTTP (not the engines').
+    pub http_threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -138,6 +138,8 @@ pub struct ServerConfig {
     /// API requests in flight at most (from arrival until the last byte of
     /// the answer, a stream's included).
     pub max_in_flight: usize,
+    /// Worker threads of the async runtime that serves HTTP.
+    pub http_threads: usize,
 }
 
 #[derive(Debug, Clone)]

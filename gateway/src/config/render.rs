@@ -31,6 +31,7 @@ impl Config {
             Value::Boolean(self.server.allow_unauthenticated),
         );
         server.insert("max_in_flight".into(), int(self.server.max_in_flight));
+        server.insert("http_threads".into(), int(self.server.http_threads));
         let keys: Vec<Value> = self
             .keys
             .iter()

@@ -709,3 +709,14 @@ fn metrics_listen_is_an_address_of_its_own() {
     );
     assert!(err.contains("server.metrics_listen"), "{err}");
 }
+
+#[test]
+fn http_threads_default_to_half_the_cores_and_refuse_zero() {
+    let cfg = load_str("", &[]).unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(cfg.server.http_threads, (cores / 2).max(1));
+    let cfg = load_str("[server]\nhttp_threads = 3\n", &[]).unwrap();
+    assert_eq!(cfg.server.http_threads, 3);
+    let err = err_of("[server]\nhttp_threads = 0\n", &[]);
+    assert!(err.contains("server.http_threads"), "{err}");
+}
