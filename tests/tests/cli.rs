@@ -33,15 +33,48 @@ fn check_config_prints_the_effective_config_without_secrets() {
         path = "{}"
         [models.engine]
         kv_cache_bytes = "64MiB"
+        [[providers]]
+        kind = "openai"
+        name = "up"
+        base_url = "https://api.example.com/v1"
+        api_key_env = "SLUICE_TEST_UPSTREAM_KEY"
+        [[routes]]
+        model = "chat"
+        [[routes.deployments]]
+        name = "up"
+        provider = "up"
+        upstream_model = "gpt-x"
+        [admin]
+        key_env = "SLUICE_TEST_ADMIN_KEY"
         "#,
         model.display()
     ));
     let path = f.path().to_str().unwrap();
-    let (code, out, err) = run_cli(
-        &["check-config", path],
-        &[("SLUICE_TEST_KEY_A", "super-secret-value")],
-    );
+    let secrets = [
+        ("SLUICE_TEST_KEY_A", "super-secret-value"),
+        ("SLUICE_TEST_UPSTREAM_KEY", "upstream-secret-value"),
+        ("SLUICE_TEST_ADMIN_KEY", "admin-secret-value-0123"),
+    ];
+    let (code, out, err) = run_cli(&["check-config", path], &secrets);
     assert_eq!(code, 0, "{out}\n{err}");
+    for section in [
+        "[[providers]]",
+        "[[routes]]",
+        "[[routes.deployments]]",
+        "[admin]",
+    ] {
+        assert!(out.contains(section), "no {section} in:\n{out}");
+    }
+    assert!(
+        out.contains("<redacted: env SLUICE_TEST_ADMIN_KEY>"),
+        "{out}"
+    );
+    for (_, secret) in secrets {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{out}\n{err}"
+        );
+    }
     assert!(out.contains("listen = \"127.0.0.1:9999\""), "{out}");
     assert!(out.contains("kv_cache_bytes = 67108864"), "{out}");
     assert!(out.contains("team-a") && out.contains("redacted"), "{out}");
