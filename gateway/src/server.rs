@@ -225,7 +225,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
                         .iter()
                         .filter_map(|r| Some((r.model.clone(), r.guard?)))
                         .collect(),
-                    shared: embedder.clone().filter(|_| same_encoder),
+                    share_embedding: same_encoder && embedder.is_some(),
                 },
             )
         }),

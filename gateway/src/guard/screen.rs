@@ -7,11 +7,11 @@
 //! scoring off for its model (`[[routes]] guard = "off"`), a key for its
 //! requests (`guard = "off"`).
 //!
-//! Design choice: when the semantic cache embeds with the guard head's own
-//! encoder, the last user message is embedded once here, through the
-//! cache's [`Embedder`], and that vector is both the guard's whole-text
-//! window for that message and the cache's lookup key (the [`Screening`]
-//! carries it on). One forward pass, two stages.
+//! Design choice: every piece of a request is scored in one guard call (one
+//! tokenising task, shared encoder batches), and when the semantic cache
+//! embeds with the guard head's own encoder, the head's vector of the last
+//! user message as a whole is handed on as the cache's lookup key (the
+//! [`Screening`] carries it). One forward pass, two stages.
 //!
 //! A guard failure (an encoder queue full, say) fails the request only when
 //! the action is `block`: a guard that merely flags must not take the chat
@@ -22,11 +22,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue};
-use futures_util::future::join_all;
 use tokio::time::Instant;
 
 use super::{Guard, GuardEncoders};
-use crate::cache::Embedder;
 use crate::config::{GuardAction, GuardScoring};
 use crate::error::ApiError;
 use crate::sensitivity::TenantPolicy;
@@ -39,8 +37,9 @@ pub const GUARD_HEADER: &str = "x-sluice-guard";
 pub struct InputGuard {
     guard: Arc<Guard>,
     encoders: Arc<dyn GuardEncoders>,
-    /// The semantic cache's embedder, when it runs the head's encoder.
-    shared: Option<Arc<dyn Embedder>>,
+    /// Hand the last user message's vector to the semantic cache: only
+    /// when the cache embeds with the head's encoder.
+    share_embedding: bool,
     action: GuardAction,
     scoring: GuardScoring,
     /// Routes whose `guard` overrides `scoring`, by public model name.
@@ -78,9 +77,10 @@ pub struct InputGuardSettings {
     pub scoring: GuardScoring,
     /// Routes whose `guard` overrides `scoring`, by public model name.
     pub route_scoring: HashMap<String, GuardScoring>,
-    /// The semantic cache's embedder; give it only when it runs the same
-    /// encoder as the guard's head, or the shared vector would be wrong.
-    pub shared: Option<Arc<dyn Embedder>>,
+    /// Whether the semantic cache embeds with the head's encoder (then the
+    /// guard's vector of the last user message is the cache's); a wrong
+    /// `true` would put vectors of one model under another's id.
+    pub share_embedding: bool,
 }
 
 /// One piece of text to score and the parameter it came from.
@@ -101,12 +101,12 @@ impl InputGuard {
             action,
             scoring,
             route_scoring,
-            shared,
+            share_embedding,
         } = settings;
         Self {
             guard,
             encoders,
-            shared,
+            share_embedding,
             action,
             scoring,
             route_scoring,
@@ -133,46 +133,34 @@ impl InputGuard {
             return Ok(Screening::default());
         }
         let started = Instant::now();
-        // Every piece starts at once, so the last user message's embedding
-        // and the other pieces' encodes share the pool's batches.
-        let scored = join_all(pieces.iter().map(|p| async move {
-            let given = match p.last_user {
-                true => self.shared_embedding(p.text).await,
-                false => None,
-            };
-            let verdict = self
-                .guard
-                .verdict(self.encoders.as_ref(), p.text, given.clone())
-                .await;
-            (verdict, given)
-        }))
-        .await;
-        let embedding = scored.iter().find_map(|(_, given)| given.clone());
-        let verdicts = scored.into_iter().map(|(verdict, _)| verdict);
+        // One call for every piece: one tokenising task and shared encoder
+        // batches; the last user message's vector comes back for the cache.
+        let texts = pieces.iter().map(|p| p.text.to_owned()).collect();
+        let keep = pieces
+            .iter()
+            .position(|p| p.last_user)
+            .filter(|_| self.share_embedding);
+        let scored = self
+            .guard
+            .verdicts_keeping(self.encoders.as_ref(), texts, keep)
+            .await;
         metrics::histogram!("sluice_guard_seconds").record(started.elapsed().as_secs_f64());
-        let mut flagged_at = None;
-        for (piece, verdict) in pieces.iter().zip(verdicts) {
-            match verdict {
-                Ok(v) if v.flagged => {
-                    flagged_at.get_or_insert(piece.param.clone());
-                }
-                Ok(_) => {}
-                Err(e) if action == GuardAction::Block => {
-                    metrics::counter!("sluice_guard_requests_total", "outcome" => "error")
-                        .increment(1);
+        let (verdicts, embedding) = match scored {
+            Ok(scored) => scored,
+            Err(e) => {
+                metrics::counter!("sluice_guard_requests_total", "outcome" => "error").increment(1);
+                if action == GuardAction::Block {
                     return Err(e);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the guard could not score the request; passing it unscored");
-                    metrics::counter!("sluice_guard_requests_total", "outcome" => "error")
-                        .increment(1);
-                    return Ok(Screening {
-                        flagged: None,
-                        embedding,
-                    });
-                }
+                tracing::warn!(error = %e, "the guard could not score the request; passing it unscored");
+                return Ok(Screening::default());
             }
-        }
+        };
+        let flagged_at = pieces
+            .iter()
+            .zip(&verdicts)
+            .find(|(_, v)| v.flagged)
+            .map(|(p, _)| p.param.clone());
         let Some(param) = flagged_at else {
             metrics::counter!("sluice_guard_requests_total", "outcome" => "clean").increment(1);
             return Ok(Screening {
@@ -198,19 +186,6 @@ impl InputGuard {
             flagged: Some(true),
             embedding,
         })
-    }
-}
-
-impl InputGuard {
-    /// The last user message's embedding through the cache's embedder,
-    /// bounded like the guard's own encodes; `None` (the guard then encodes
-    /// the message itself) when there is no shared embedder or it fails.
-    async fn shared_embedding(&self, text: &str) -> Option<Arc<[f32]>> {
-        let embedder = self.shared.as_ref()?;
-        tokio::time::timeout(self.guard.timeout, embedder.embed(text))
-            .await
-            .ok()?
-            .ok()
     }
 }
 
