@@ -11,7 +11,12 @@
 //!   its further sentences, and the other messages, are encoded): the
 //!   guard's added latency when the cache is on;
 //! - *guard alone*: the same verdicts with no embedding given (the cache off
-//!   or exact-only): the guard pays its own encoder pass.
+//!   or exact-only): the guard pays its own encoder pass;
+//! - *one call* (what the chat path does since issue 11's end): every
+//!   message in one `Guard::verdicts_keeping` call that hands back the last
+//!   user message's vector for the cache, so the cache encodes nothing; its
+//!   *added* latency is that call less the cache embedding alone (per
+//!   request), what a request with the semantic cache on pays for the guard.
 //!
 //! Design decision: the guard, the encoder registry and the embedder are the
 //! gateway's own types built from the gateway's own defaults (the built-in
@@ -233,6 +238,8 @@ struct Sample {
     embed_ms: f64,
     shared_ms: f64,
     alone_ms: f64,
+    /// The chat path's one call: every message, the cache's vector kept.
+    one_call_ms: f64,
     flagged: bool,
     /// The shared embedding and the guard's own pass gave different
     /// decisions (they should not: same text, same encoder).
@@ -246,6 +253,7 @@ struct KindSummary {
     flagged: usize,
     guard_shared_ms: Summary,
     guard_alone_ms: Summary,
+    guard_one_call_added_ms: Summary,
 }
 
 #[derive(Debug, Serialize)]
@@ -256,6 +264,9 @@ struct RunSummary {
     /// The guard's added latency with the cache's embedding shared.
     guard_shared_ms: Summary,
     guard_alone_ms: Summary,
+    guard_one_call_ms: Summary,
+    /// The one call less the cache embedding alone, per request.
+    guard_one_call_added_ms: Summary,
     verdicts_differ: usize,
     by_kind: Vec<KindSummary>,
 }
@@ -278,6 +289,7 @@ fn summarise(samples: &[Sample], streams: usize, tok_s: Option<f64>) -> RunSumma
                 flagged: of.iter().filter(|s| s.flagged).count(),
                 guard_shared_ms: col(|s| s.shared_ms, &of),
                 guard_alone_ms: col(|s| s.alone_ms, &of),
+                guard_one_call_added_ms: col(|s| s.one_call_ms - s.embed_ms, &of),
             }
         })
         .collect();
@@ -287,6 +299,8 @@ fn summarise(samples: &[Sample], streams: usize, tok_s: Option<f64>) -> RunSumma
         cache_embedding_ms: col(|s| s.embed_ms, &all),
         guard_shared_ms: col(|s| s.shared_ms, &all),
         guard_alone_ms: col(|s| s.alone_ms, &all),
+        guard_one_call_ms: col(|s| s.one_call_ms, &all),
+        guard_one_call_added_ms: col(|s| s.one_call_ms - s.embed_ms, &all),
         verdicts_differ: samples.iter().filter(|s| s.verdicts_differ).count(),
         by_kind,
     }
@@ -328,6 +342,33 @@ async fn score(
                 .map_err(|e| anyhow!("guard verdict: {e:?}"))
         })
         .collect()
+}
+
+/// Every message in one guard call, the last user message's vector kept
+/// for the cache (the chat path's way); whether each message was flagged.
+async fn score_in_one_call(
+    guard: &Guard,
+    encoders: &dyn GuardEncoders,
+    request: &ChatRequest,
+) -> Result<Vec<bool>> {
+    let user = last_user(request)?;
+    let keep = request
+        .messages
+        .iter()
+        .rposition(|(role, text)| *role == "user" && *text == user);
+    let texts = request
+        .messages
+        .iter()
+        .map(|(_, t)| t.to_string())
+        .collect();
+    let (verdicts, kept) = guard
+        .verdicts_keeping(encoders, texts, keep)
+        .await
+        .map_err(|e| anyhow!("guard verdicts: {e:?}"))?;
+    if kept.is_none() {
+        return Err(anyhow!("the guard kept no vector of the last user message"));
+    }
+    Ok(verdicts.iter().map(|v| v.flagged).collect())
 }
 
 /// Names every message the guard flags, once, so a reader of the run can
@@ -376,13 +417,17 @@ async fn one_run(served: &Served, rounds: usize) -> Result<Vec<Sample>> {
             let t = Instant::now();
             let alone_flags = score(&served.guard, encoders, request, None).await?;
             let alone_ms = ms_since(t);
+            let t = Instant::now();
+            let one_call_flags = score_in_one_call(&served.guard, encoders, request).await?;
+            let one_call_ms = ms_since(t);
             samples.push(Sample {
                 kind: request.kind,
                 embed_ms,
                 shared_ms,
                 alone_ms,
+                one_call_ms,
                 flagged: flags.contains(&true),
-                verdicts_differ: alone_flags != flags,
+                verdicts_differ: alone_flags != flags || one_call_flags != flags,
             });
         }
     }
@@ -412,17 +457,26 @@ fn print_run(name: &str, run: &RunSummary) {
         ms(&run.guard_alone_ms)
     );
     println!(
-        "\n| kind | requests | flagged | guard shared p50 / p99 ms | guard alone p50 / p99 ms |"
+        "| one call: guard and the cache's vector (the chat path) | {} |",
+        ms(&run.guard_one_call_ms)
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| **one call less the cache embedding (added by the guard)** | **{}** |",
+        ms(&run.guard_one_call_added_ms)
+    );
+    println!(
+        "\n| kind | requests | flagged | guard shared p50 / p99 ms | guard alone p50 / p99 ms | one call, added p50 / p99 ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for k in &run.by_kind {
         println!(
-            "| {:?} | {} | {} | {} | {} |",
+            "| {:?} | {} | {} | {} | {} | {} |",
             k.kind,
             k.requests,
             k.flagged,
             ms(&k.guard_shared_ms),
-            ms(&k.guard_alone_ms)
+            ms(&k.guard_alone_ms),
+            ms(&k.guard_one_call_added_ms)
         );
     }
     if run.verdicts_differ > 0 {
