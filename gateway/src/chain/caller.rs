@@ -1,8 +1,6 @@
 //! [`Caller`]: who asks, as the auth stage left it in the request, and the
 //! request headers the later stages read (sensitivity, cache control).
 
-use std::sync::Arc;
-
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
@@ -22,20 +20,6 @@ pub struct Caller {
     pub sensitive: bool,
     /// When the handler started (for the gateway-overhead metric).
     pub started: Instant,
-}
-
-impl Caller {
-    /// A caller for code that runs the chain without HTTP (tests, benches).
-    pub fn new(tenant: &str, policy: TenantPolicy, headers: HeaderMap) -> Self {
-        let sensitive = is_sensitive(&headers, Some(&policy));
-        Self {
-            tenant: Tenant(Arc::from(tenant)),
-            policy,
-            headers,
-            sensitive,
-            started: Instant::now(),
-        }
-    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
