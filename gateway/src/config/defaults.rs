@@ -20,17 +20,26 @@ const MAX_TOKENS_LIMIT: usize = 1 << 20;
 const TOP_K_LIMIT: usize = 1 << 20;
 
 /// A model's defaults, resolved; `None` leaves the field to the request
-/// (or to the OpenAI default when the request omits it too).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// (or to the OpenAI default when the request omits it too). Serialised
+/// as `/v1/models` shows it: fields left to the request are absent.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct SamplingDefaults {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
     /// 0 turns top-k off.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub presence_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<usize>,
 }
 

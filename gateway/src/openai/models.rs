@@ -25,51 +25,12 @@ pub struct Model {
     /// The sampling parameters a request that leaves them out gets
     /// (`[models.defaults]` over `generation_config.json`); absent when none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    defaults: Option<DefaultsWire>,
+    defaults: Option<SamplingDefaults>,
 }
 
-/// A model's sampling defaults as shown; fields left to the request are absent.
-#[derive(Debug, Serialize)]
-struct DefaultsWire {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_k: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    min_p: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    repetition_penalty: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    presence_penalty: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    frequency_penalty: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<usize>,
-}
-
-fn defaults_wire(d: Option<&SamplingDefaults>) -> Option<DefaultsWire> {
-    let SamplingDefaults {
-        temperature,
-        top_p,
-        top_k,
-        min_p,
-        repetition_penalty,
-        presence_penalty,
-        frequency_penalty,
-        max_tokens,
-    } = d.filter(|d| !d.is_empty())?.clone();
-    Some(DefaultsWire {
-        temperature,
-        top_p,
-        top_k,
-        min_p,
-        repetition_penalty,
-        presence_penalty,
-        frequency_penalty,
-        max_tokens,
-    })
+/// A model's sampling defaults as shown, `None` when it has none.
+fn defaults_wire(d: Option<&SamplingDefaults>) -> Option<SamplingDefaults> {
+    d.filter(|d| !d.is_empty()).cloned()
 }
 
 #[derive(Debug, Serialize)]
