@@ -28,6 +28,23 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// The caller is known but may not do this (a role, a model allowlist).
+    #[error("{message}")]
+    Forbidden {
+        message: String,
+        /// e.g. `model_not_allowed`, `permission_denied`.
+        code: &'static str,
+    },
+    /// A rate limit or a budget refused the request.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        /// `rate_limit_exceeded` or `budget_exceeded`.
+        code: &'static str,
+        retry_after: Duration,
+        /// `x-ratelimit-*` headers to send with the 429.
+        headers: Vec<(&'static str, String)>,
+    },
     /// A path the server does not serve.
     #[error("Invalid URL ({method} {path})")]
     UnknownUrl { method: String, path: String },
@@ -144,10 +161,13 @@ impl ApiError {
         match self {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::UnknownUrl { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::QueueFull { .. } | Self::InFlightLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QueueFull { .. } | Self::InFlightLimit { .. } | Self::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::ModelLoading(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -161,6 +181,8 @@ impl ApiError {
             Self::InvalidRequest { code, .. } => ("invalid_request_error", *code),
             Self::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
             Self::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
+            Self::Forbidden { code, .. } => ("permission_error", Some(*code)),
+            Self::RateLimited { code, .. } => ("rate_limit_error", Some(*code)),
             Self::UnknownUrl { .. } => ("invalid_request_error", Some("unknown_url")),
             Self::MethodNotAllowed { .. } => ("invalid_request_error", Some("method_not_allowed")),
             Self::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
@@ -177,9 +199,9 @@ impl ApiError {
     /// Seconds a client should wait before retrying, where that helps.
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::QueueFull { retry_after, .. } | Self::InFlightLimit { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            Self::QueueFull { retry_after, .. }
+            | Self::InFlightLimit { retry_after, .. }
+            | Self::RateLimited { retry_after, .. } => Some(*retry_after),
             Self::ModelLoading(_) | Self::StoreUnavailable(_) => Some(Duration::from_secs(5)),
             _ => None,
         }
@@ -231,6 +253,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Self::RateLimited { headers, .. } = &self {
+            for (name, value) in headers {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    response.headers_mut().insert(*name, value);
+                }
+            }
         }
         if matches!(self, Self::Unauthorized(_)) {
             response

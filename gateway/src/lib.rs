@@ -28,10 +28,12 @@
 //!   (the OpenAI request types), [`util`] (ids, the clock).
 //! - **1, stages and what they run on**: [`auth`], [`sensitivity`],
 //!   [`validate`], [`guard`], [`cache`], [`router`], [`providers`],
-//!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`]. They
+//!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`],
+//!   [`store`] (the durable store), [`audit`]. They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
-//! - **3, HTTP and the command line**: [`openai`] (handlers), [`state`]
+//! - **3, HTTP and the command line**: [`openai`] (handlers), [`admin`]
+//!   (the admin API), [`state`]
 //!   (what handlers read, sliced per handler with axum's `FromRef`),
 //!   [`server`] (the router, model loading, the one shutdown path), [`cli`].
 //!
@@ -40,7 +42,9 @@
 //! previous one built. This crate must not be depended on by `runtime/`,
 //! `models/` or `kernels/`: dependencies point from here down.
 
+pub mod admin;
 pub mod answer;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod chain;
@@ -59,6 +63,7 @@ pub mod router;
 pub mod sensitivity;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod util;
 pub mod validate;
 pub mod wire;

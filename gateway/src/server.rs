@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::auth::{self, KeyStore};
+use crate::auth::{self, Authenticator, KeyStore};
 use crate::cache::{self, Cache};
 use crate::chain::Chain;
 use crate::config::Config;
@@ -51,6 +51,8 @@ pub enum ServeError {
     Config(#[from] crate::config::ConfigError),
     #[error("cache: {0}")]
     Cache(String),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Knobs of `serve` that are not configuration.
@@ -71,7 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
         .route_layer(middleware::from_fn_with_state(
-            state.keys.clone(),
+            state.auth.clone(),
             auth::require_key,
         ))
         .route_layer(middleware::from_fn_with_state(
@@ -94,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics)
         .merge(v1)
         .merge(admin)
+        .merge(crate::admin::routes())
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit.0))
@@ -119,7 +122,13 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     // The semantic cache embeds through the same pool as /v1/embeddings.
     let embedder = crate::encoders::EncoderEmbedder::for_default(&encoders)
         .map(|e| Arc::new(e) as Arc<dyn crate::cache::Embedder>);
-    let keys = Arc::new(KeyStore::new(&config.keys));
+    let store = crate::store::Store::open(&config.store).await?;
+    let audit = crate::audit::Audit::off();
+    let keys = Arc::new(Authenticator::new(
+        KeyStore::new(&config.keys),
+        config.admin_key.clone().map(Arc::new),
+        audit.clone(),
+    ));
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -240,7 +249,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         metrics_exposure,
         encoders,
         guard,
-        keys,
+        auth: keys,
+        store,
+        audit,
         cache,
         admin_key: config.admin_key.clone().map(Arc::new),
         body_limit: BodyLimit(config.server.max_body_bytes),

@@ -10,7 +10,8 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::KeyStore;
+use crate::audit::Audit;
+use crate::auth::Authenticator;
 use crate::cache::admin::CacheAdmin;
 use crate::cache::Cache;
 use crate::chain::Chain;
@@ -19,6 +20,7 @@ use crate::encoders::EncoderRegistry;
 use crate::guard::Guard;
 use crate::registry::Registry;
 use crate::router::Router as ModelRouter;
+use crate::store::Store;
 
 /// The request body limit, read by the JSON extractor for its 413 message.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +41,11 @@ pub struct AppState {
     pub encoders: Arc<EncoderRegistry>,
     /// The input guard; `None` when it is off.
     pub guard: Option<Arc<Guard>>,
-    pub keys: Arc<KeyStore>,
+    /// Config keys, virtual keys, OIDC tokens, and the admin key.
+    pub auth: Arc<Authenticator>,
+    /// The durable store (keys, spend, audit).
+    pub store: Store,
+    pub audit: Audit,
     pub cache: Arc<Cache>,
     /// The admin API's key; without one the admin routes do not exist.
     pub admin_key: Option<Arc<Secret>>,

@@ -11,6 +11,13 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the Unix epoch, as the store keeps times.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A fresh response id such as `chatcmpl-3f9a...`: unique, not secret.
 pub fn new_id(prefix: &str) -> String {
     use std::hash::{BuildHasher, Hasher};

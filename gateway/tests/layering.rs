@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("wire", 0),
     // 1: the stages and what they run on.
     ("answer", 1),
+    ("audit", 1),
     ("auth", 1),
     ("cache", 1),
     ("encoders", 1),
@@ -32,10 +33,12 @@ const LAYERS: &[(&str, u8)] = &[
     ("registry", 1),
     ("router", 1),
     ("sensitivity", 1),
+    ("store", 1),
     ("validate", 1),
     // 2: the request path, in order.
     ("chain", 2),
     // 3: HTTP and the command line.
+    ("admin", 3),
     ("cli", 3),
     ("openai", 3),
     ("server", 3),

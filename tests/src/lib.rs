@@ -48,6 +48,7 @@ pub struct Server {
     /// The `/ready` statuses seen while waiting, in order (503s while loading, then 200).
     pub ready_statuses: Vec<u16>,
     _config_dir: Option<tempfile::TempDir>,
+    _data_dir: tempfile::TempDir,
 }
 
 /// The `sluice` binary under test.
@@ -128,7 +129,11 @@ impl Server {
             cmd.arg("--config").arg(path);
             dir
         });
+        // Each server's own store (SQLite) unless the test names one.
+        let data_dir = tempfile::tempdir().expect("tempdir");
         cmd.args(&options.args)
+            .env("SLUICE_DATA_DIR", data_dir.path())
+            .env_remove("SLUICE_STORE_URL")
             .env("SLUICE_LOG", "info")
             .env_remove("SLUICE_API_KEYS")
             .env_remove("SLUICE_LISTEN")
@@ -167,6 +172,7 @@ impl Server {
             logs,
             ready_statuses: Vec::new(),
             _config_dir: config_dir,
+            _data_dir: data_dir,
         };
         server.addr = match addr_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(addr) => addr,

@@ -6,13 +6,16 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use tokio::time::Instant;
 
-use crate::auth::Tenant;
+use std::sync::Arc;
+
+use crate::auth::{Principal, Tenant};
 use crate::error::ApiError;
 use crate::sensitivity::{is_sensitive, TenantPolicy};
 
 /// Who is calling, and how the request must be treated.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    pub principal: Arc<Principal>,
     pub tenant: Tenant,
     pub policy: TenantPolicy,
     pub headers: HeaderMap,
@@ -37,7 +40,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get::<TenantPolicy>()
             .copied()
             .unwrap_or_default();
+        let principal = parts
+            .extensions
+            .get::<Arc<Principal>>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("the auth layer left no principal".into()))?;
         Ok(Self {
+            principal,
             sensitive: is_sensitive(&parts.headers, Some(&policy)),
             tenant,
             policy,

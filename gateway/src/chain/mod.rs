@@ -34,6 +34,7 @@
 //! `x-sluice-cache` but no `x-sluice-deployment` / `x-sluice-cost`.
 
 mod caller;
+pub mod settle;
 
 use std::sync::Arc;
 
@@ -103,6 +104,9 @@ impl Chain {
             user: _,
             job,
         } = req;
+        // Stages that reserved something before the model, or record what it
+        // cost, settle here once the answer ends.
+        let settles: Vec<Box<dyn settle::Settle>> = Vec::new();
         let (answer, provenance, tokenizer) = match decision.take_hit() {
             Some(hit) => (hit, None, None),
             None => {
@@ -120,6 +124,7 @@ impl Chain {
                 (answer, Some(provenance), tokenizer)
             }
         };
+        let answer = settle::Settled::wrap(answer, settles, provenance.clone(), caller.started);
         let head = Head {
             model,
             stream,

@@ -33,6 +33,8 @@ pub struct FileConfig {
     /// `None` when the key is absent (the demo encoder), `Some([])` to serve none.
     pub encoders: Option<Vec<super::encoders::EncoderSection>>,
     pub guard: Option<super::guard::GuardSection>,
+    #[serde(default)]
+    pub store: super::store::StoreSection,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -18,6 +18,7 @@ mod providers;
 mod render;
 mod resolve;
 mod routes;
+mod store;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ pub use routes::{
     DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
     SaturationLimits, Strategy, TargetSpec,
 };
+pub use store::{default_data_dir, StoreLocation, StoreSettings};
 
 /// The id under which the demo chat model is served.
 pub const DEMO_MODEL_ID: &str = "smollm2-135m-instruct";
@@ -175,6 +177,8 @@ pub struct Config {
     /// In-process encoders (`[[encoders]]`).
     pub encoders: Vec<EncoderConfig>,
     pub guard: GuardConfig,
+    /// The durable store (`[store]`): keys, spend, audit.
+    pub store: StoreSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

@@ -43,6 +43,7 @@ pub(super) fn resolve(
         admin,
         encoders,
         guard,
+        store,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let (admin_key_source, admin_key) = admin.resolve(base_dir, env)?.unzip();
@@ -219,6 +220,7 @@ pub(super) fn resolve(
         admin_key_source,
         encoders,
         guard: super::guard::resolve_guard(guard, base_dir)?,
+        store: store.resolve(base_dir, env)?,
     })
 }
 

@@ -1,0 +1,9 @@
+//! `/admin/teams`.
+
+use axum::Router;
+
+use crate::state::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+}

@@ -1,0 +1,152 @@
+//! The audit log: who did what to whom, and with what outcome. Key use
+//! failures, key and budget changes, config reloads, guard decisions, limit
+//! and budget refusals all land here; prompt and answer text never does.
+//!
+//! Stages hold an [`Audit`] and call [`Audit::record`]; where the records
+//! go (the store with a hash chain, JSON lines, syslog) is behind
+//! [`AuditSink`].
+
+use std::fmt;
+use std::sync::Arc;
+
+/// What the audit log records, by name (`<object>.<verb>`).
+pub mod actions {
+    pub const AUTH_FAILED: &str = "auth.failed";
+    pub const LOGIN: &str = "auth.login";
+    pub const KEY_CREATED: &str = "key.created";
+    pub const KEY_UPDATED: &str = "key.updated";
+    pub const KEY_ROTATED: &str = "key.rotated";
+    pub const KEY_REVOKED: &str = "key.revoked";
+    pub const TEAM_CHANGED: &str = "team.changed";
+    pub const BUDGET_CHANGED: &str = "budget.changed";
+    pub const BUDGET_ALERT: &str = "budget.alert";
+    pub const BUDGET_REFUSED: &str = "budget.refused";
+    pub const LIMIT_REFUSED: &str = "limit.refused";
+    pub const GUARD_DECISION: &str = "guard.decision";
+    pub const CONFIG_RELOADED: &str = "config.reloaded";
+    pub const ADMIN_DENIED: &str = "admin.denied";
+    pub const SPEND_QUEUE_FULL: &str = "spend.queue_full";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOutcome {
+    Success,
+    Failure,
+    /// Refused by a policy (role, limit, budget, guard).
+    Denied,
+}
+
+impl AuditOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Denied => "denied",
+        }
+    }
+}
+
+impl fmt::Display for AuditOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One audit record as a stage reports it (the sink adds the time and the
+/// hash chain).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub action: &'static str,
+    /// Who did it ([`crate::auth::Principal::actor`], or what a failed
+    /// attempt presented: a key's prefix, never the key).
+    pub actor: String,
+    pub tenant: Option<String>,
+    pub request_id: Option<String>,
+    /// The client's address.
+    pub source: Option<String>,
+    /// What was acted on (a key prefix, a team, a budget, a model).
+    pub target: Option<String>,
+    pub outcome: AuditOutcome,
+    /// A short reason; never prompt or answer text.
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    pub fn new(action: &'static str, actor: impl Into<String>, outcome: AuditOutcome) -> Self {
+        Self {
+            action,
+            actor: actor.into(),
+            tenant: None,
+            request_id: None,
+            source: None,
+            target: None,
+            outcome,
+            detail: None,
+        }
+    }
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
+    }
+}
+
+/// The audit log cannot take records now (only ever returned in
+/// `audit_mode = "fail_closed"`; otherwise records are spooled).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the audit log cannot be written; requests are refused until it can (audit_mode = \"fail_closed\")")]
+pub struct AuditUnavailable;
+
+/// Where records go. Never blocks: a sink queues and writes off the
+/// request path.
+pub trait AuditSink: Send + Sync {
+    fn submit(&self, event: AuditEvent) -> Result<(), AuditUnavailable>;
+}
+
+/// The handle stages hold; cheap to clone. [`Audit::off`] drops records.
+#[derive(Clone, Default)]
+pub struct Audit {
+    sink: Option<Arc<dyn AuditSink>>,
+}
+
+impl fmt::Debug for Audit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Audit")
+            .field("on", &self.sink.is_some())
+            .finish()
+    }
+}
+
+impl Audit {
+    pub fn off() -> Self {
+        Self::default()
+    }
+
+    pub fn new(sink: Arc<dyn AuditSink>) -> Self {
+        Self { sink: Some(sink) }
+    }
+
+    /// Records an event; `Err` only when the log is down and the mode is
+    /// fail-closed (the caller refuses the request).
+    pub fn record(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
+        match &self.sink {
+            Some(sink) => sink.submit(event),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! Who is calling: `Authorization: Bearer <key>` maps to a [`Principal`].
+//!
+//! With no key configured every request is the `anonymous` tenant (the
+//! config refuses a non-loopback listen address in that case unless told
+//! otherwise).
+
+mod principal;
+
+pub use principal::{CallerLimits, Credential, Principal, Role, Roles};
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use futures_util::future::BoxFuture;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
+use crate::config::{ApiKey, Secret};
+use crate::error::ApiError;
+use crate::sensitivity::TenantPolicy;
+
+/// The caller's tenant; put in the request's extensions by [`require_key`]
+/// (beside the whole [`Principal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant(pub Arc<str>);
+
+/// The configured keys, held as digests: the store never keeps a key
+/// itself, so no `Debug`, log line or core dump of it can show one.
+pub struct KeyStore {
+    keys: Vec<(Arc<str>, KeyDigest, TenantPolicy)>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tenants: Vec<&str> = self.keys.iter().map(|(t, _, _)| &**t).collect();
+        f.debug_struct("KeyStore")
+            .field("tenants", &tenants)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyStore {
+    pub fn new(keys: &[ApiKey]) -> Self {
+        Self {
+            keys: keys
+                .iter()
+                .map(|k| {
+                    (
+                        Arc::from(k.tenant.as_str()),
+                        KeyDigest::of(k.secret.expose().as_bytes()),
+                        TenantPolicy {
+                            sensitive: k.sensitive,
+                            guard: k.guard,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The tenant a request's `Authorization` header names.
+    pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Tenant, ApiError> {
+        self.authenticate_with_policy(header)
+            .map(|(tenant, _)| tenant)
+    }
+
+    /// The tenant and its key's policy.
+    pub fn authenticate_with_policy(
+        &self,
+        header: Option<&[u8]>,
+    ) -> Result<(Tenant, TenantPolicy), ApiError> {
+        if self.is_open() {
+            return Ok((Tenant(Arc::from("anonymous")), TenantPolicy::default()));
+        }
+        let Some(value) = header else {
+            return Err(ApiError::Unauthorized(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+            ));
+        };
+        let presented = bearer(value).ok_or(ApiError::Unauthorized(
+            "The Authorization header must be `Bearer <key>`.",
+        ))?;
+        let presented = KeyDigest::of(presented);
+        // Every key is compared, even after a match, so timing tells
+        // neither which key matched nor whether one did early in the list.
+        let mut found = None;
+        for (tenant, key, policy) in &self.keys {
+            if key.matches(&presented) {
+                found = Some((Tenant(tenant.clone()), *policy));
+            }
+        }
+        found.ok_or(ApiError::Unauthorized("Incorrect API key provided."))
+    }
+}
+
+/// The sha256 of a key. Keys are compared as digests so that the
+/// comparison always runs over 32 bytes: comparing the keys themselves
+/// either returns early on a length mismatch (leaking the key's length) or
+/// needs the lengths to agree first. A digest also means a byte-wise
+/// timing difference says something about the hash, not about the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    pub fn of(key: &[u8]) -> Self {
+        Self(Sha256::digest(key).into())
+    }
+
+    /// Constant-time over all 32 bytes: no early exit.
+    pub fn matches(&self, other: &KeyDigest) -> bool {
+        let diff = self
+            .0
+            .iter()
+            .zip(&other.0)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyDigest(<redacted>)")
+    }
+}
+
+/// The one comparison of a presented key with a configured one, for API
+/// keys ([`KeyStore`]) and the admin key ([`require_admin`]) alike.
+pub fn key_matches(expected: &[u8], presented: &[u8]) -> bool {
+    KeyDigest::of(expected).matches(&KeyDigest::of(presented))
+}
+
+/// The key in an `Authorization: Bearer <key>` header value.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    value
+        .strip_prefix(b"Bearer ")
+        .or_else(|| value.strip_prefix(b"bearer "))
+}
+
+/// Checks a request's `Authorization` header against the admin key
+/// (`[admin]`), for the admin API and `/metrics`.
+pub fn require_admin(admin: &Secret, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| bearer(v.as_bytes()))
+        .ok_or(ApiError::Unauthorized(
+            "This endpoint needs `Authorization: Bearer <admin key>`.",
+        ))?;
+    if key_matches(admin.expose().as_bytes(), presented) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("Incorrect admin key provided."))
+    }
+}
+
+/// Another way to prove who one is than a config key: a virtual key in the
+/// store, an OIDC token. Each check owns the bearer tokens of its shape.
+pub trait CredentialCheck: Send + Sync {
+    /// Whether a bearer token of this shape is this check's to judge (a
+    /// `sk-sl-` prefix, a JWT's three dot-separated parts).
+    fn claims(&self, token: &str) -> bool;
+    /// The caller the token proves, or 401.
+    fn check<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, ApiError>>;
+    /// Whether this check makes a key mandatory: a server with no key of
+    /// any kind stays open (anonymous) as before.
+    fn enforced(&self) -> bool;
+}
+
+/// Every way a caller can prove who they are, tried in one order: the
+/// checks that claim the token's shape, then the config keys.
+pub struct Authenticator {
+    config_keys: KeyStore,
+    checks: Vec<Arc<dyn CredentialCheck>>,
+    admin_key: Option<Arc<Secret>>,
+    audit: Audit,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("config_keys", &self.config_keys)
+            .field("checks", &self.checks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(config_keys: KeyStore, admin_key: Option<Arc<Secret>>, audit: Audit) -> Self {
+        Self {
+            config_keys,
+            checks: Vec::new(),
+            admin_key,
+            audit,
+        }
+    }
+
+    /// Adds a credential check (virtual keys, OIDC).
+    pub fn with_check(mut self, check: Arc<dyn CredentialCheck>) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    /// No key of any kind is configured: callers are `anonymous`.
+    pub fn is_open(&self) -> bool {
+        self.config_keys.is_open() && !self.checks.iter().any(|c| c.enforced())
+    }
+
+    /// The caller a request's `Authorization` header proves. A presented
+    /// token is checked even on an open server, so a virtual key's limits
+    /// apply there too.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let header = headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+        let Some(value) = header else {
+            if self.is_open() {
+                return Ok(Principal::anonymous());
+            }
+            return Err(ApiError::Unauthorized(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+            ));
+        };
+        let token = bearer(value)
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .ok_or(ApiError::Unauthorized(
+                "The Authorization header must be `Bearer <key>`.",
+            ))?;
+        let result =
+            match self.checks.iter().find(|c| c.claims(token)) {
+                Some(check) => check.check(token).await,
+                None if self.config_keys.is_open() && self.is_open() => Ok(Principal::anonymous()),
+                None => self.config_keys.authenticate_with_policy(Some(value)).map(
+                    |(tenant, policy)| {
+                        Principal::for_tenant(&tenant.0, Credential::ConfigKey, policy)
+                    },
+                ),
+            };
+        if let Err(err) = &result {
+            // The attempt, never the token: a virtual key's public prefix at most.
+            let actor = presented_prefix(token).unwrap_or("unknown");
+            let _ = self.audit.record(
+                AuditEvent::new(actions::AUTH_FAILED, actor, AuditOutcome::Failure)
+                    .detail(err.to_string()),
+            );
+        }
+        result
+    }
+
+    /// The caller of an admin route: the `[admin]` key is an admin;
+    /// otherwise a key or token whose roles [`authorize`] then checks.
+    pub async fn authenticate_admin(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        if let Some(admin) = &self.admin_key {
+            if require_admin(admin, headers).is_ok() {
+                let mut principal =
+                    Principal::for_tenant("admin", Credential::ConfigKey, TenantPolicy::default());
+                principal.roles = Roles::of(&[Role::Admin]);
+                return Ok(principal);
+            }
+        }
+        if headers.get(AUTHORIZATION).is_none() {
+            return Err(ApiError::Unauthorized(
+                "This endpoint needs `Authorization: Bearer <admin key or token>`.",
+            ));
+        }
+        let principal = self.authenticate(headers).await?;
+        if principal.credential == Credential::Anonymous {
+            return Err(ApiError::Unauthorized(
+                "This endpoint needs `Authorization: Bearer <admin key or token>`.",
+            ));
+        }
+        Ok(principal)
+    }
+}
+
+/// The public part of a presented virtual key (`sk-sl-<prefix>_...`), for
+/// logs and the audit.
+pub fn presented_prefix(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix("sk-sl-")?;
+    let (prefix, _) = rest.split_once('_')?;
+    (!prefix.is_empty() && prefix.len() <= 32 && prefix.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then_some(prefix)
+}
+
+/// What an admin route is about to do.
+#[derive(Debug, Clone, Copy)]
+pub enum Access<'a> {
+    /// Read; `team`: the team the data belongs to, if any.
+    Read { team: Option<&'a str> },
+    /// Change; `team`: the team the object belongs to (or will).
+    Write { team: Option<&'a str> },
+}
+
+/// Checks a role against an admin action: `admin` may do anything,
+/// `auditor` read anything, `team_admin` read and change its own team's
+/// objects only; `user` and `service` nothing.
+pub fn authorize(principal: &Principal, access: Access<'_>) -> Result<(), ApiError> {
+    let roles = principal.roles;
+    if roles.contains(Role::Admin) {
+        return Ok(());
+    }
+    let denied = |message: &str| ApiError::Forbidden {
+        message: message.to_string(),
+        code: "permission_denied",
+    };
+    let own_team = |team: Option<&str>| {
+        roles.contains(Role::TeamAdmin) && team.is_some() && team == principal.team.as_deref()
+    };
+    match access {
+        Access::Read { .. } if roles.contains(Role::Auditor) => Ok(()),
+        Access::Read { team } if own_team(team) => Ok(()),
+        Access::Write { team } if own_team(team) => Ok(()),
+        Access::Write { .. } if roles.contains(Role::Auditor) => {
+            Err(denied("The auditor role reads; it cannot change anything."))
+        }
+        _ if roles.contains(Role::TeamAdmin) => Err(denied(
+            "A team admin may only read and change its own team's keys and budgets.",
+        )),
+        _ => Err(denied(
+            "This admin route needs the admin, auditor or team_admin role.",
+        )),
+    }
+}
+
+/// Middleware: refuses requests without a valid key, records the caller.
+pub async fn require_key(
+    State(auth): State<Arc<Authenticator>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let principal = auth.authenticate(request.headers()).await?;
+    tracing::Span::current().record("tenant", &*principal.tenant);
+    request
+        .extensions_mut()
+        .insert(Tenant(principal.tenant.clone()));
+    request.extensions_mut().insert(principal.policy);
+    request.extensions_mut().insert(Arc::new(principal));
+    Ok(next.run(request).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KeySource;
+
+    fn store() -> KeyStore {
+        KeyStore::new(&[
+            ApiKey {
+                tenant: "alpha".into(),
+                source: KeySource::KeysVariable,
+                secret: Secret::new("key-a".into()),
+                sensitive: false,
+                guard: None,
+            },
+            ApiKey {
+                tenant: "beta".into(),
+                source: KeySource::KeysVariable,
+                secret: Secret::new("key-b".into()),
+                sensitive: true,
+                guard: None,
+            },
+        ])
+    }
+
+    #[test]
+    fn right_key_names_its_tenant() {
+        let t = store().authenticate(Some(b"Bearer key-b")).unwrap();
+        assert_eq!(&*t.0, "beta");
+    }
+
+    #[test]
+    fn wrong_or_missing_key_is_unauthorized() {
+        for header in [
+            None,
+            Some(&b"Bearer key-c"[..]),
+            Some(b"key-a"),
+            Some(b"Bearer "),
+        ] {
+            let err = store().authenticate(header).unwrap_err();
+            assert_eq!(err.status(), axum::http::StatusCode::UNAUTHORIZED);
+        }
+    }
+
+    #[test]
+    fn a_key_carries_its_sensitivity_policy() {
+        let (_, policy) = store()
+            .authenticate_with_policy(Some(b"Bearer key-b"))
+            .unwrap();
+        assert!(policy.sensitive);
+        let (_, policy) = store()
+            .authenticate_with_policy(Some(b"Bearer key-a"))
+            .unwrap();
+        assert!(!policy.sensitive);
+    }
+
+    #[test]
+    fn no_keys_means_anonymous() {
+        let t = KeyStore::new(&[]).authenticate(None).unwrap();
+        assert_eq!(&*t.0, "anonymous");
+    }
+
+    #[test]
+    fn a_prefix_or_a_longer_key_is_refused() {
+        for header in [
+            &b"Bearer key-"[..],
+            b"Bearer key-a2",
+            b"Bearer key-ab",
+            b"Bearer k",
+            b"Bearer key-a ",
+        ] {
+            let err = store().authenticate(Some(header)).unwrap_err();
+            assert_eq!(err.status(), axum::http::StatusCode::UNAUTHORIZED);
+        }
+        assert!(key_matches(b"key-a", b"key-a"));
+        assert!(!key_matches(b"key-a", b"key-"));
+        assert!(!key_matches(b"key-a", b"key-aa"));
+        assert!(!key_matches(b"key-a", b""));
+    }
+
+    #[test]
+    fn debug_output_shows_tenants_but_no_key() {
+        let shown = format!("{:?}", store());
+        assert!(shown.contains("alpha") && shown.contains("beta"), "{shown}");
+        assert!(
+            !shown.contains("key-a") && !shown.contains("key-b"),
+            "{shown}"
+        );
+        // Nor the bytes of a key in any other spelling.
+        assert!(!shown.contains("107, 101, 121"), "{shown}");
+    }
+
+    #[test]
+    fn the_admin_key_is_checked_by_the_same_comparison() {
+        let admin = Secret::new("admin-secret".into());
+        let with = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, value.parse().unwrap());
+            h
+        };
+        assert!(require_admin(&admin, &with("Bearer admin-secret")).is_ok());
+        for wrong in [
+            "Bearer admin-secre",
+            "Bearer admin-secret2",
+            "Bearer ",
+            "admin-secret",
+        ] {
+            let err = require_admin(&admin, &with(wrong)).unwrap_err();
+            assert_eq!(err.status(), axum::http::StatusCode::UNAUTHORIZED);
+        }
+        let err = require_admin(&admin, &HeaderMap::new()).unwrap_err();
+        assert_eq!(err.status(), axum::http::StatusCode::UNAUTHORIZED);
+    }
+
+    fn with_roles(roles: &[Role], team: Option<&str>) -> Principal {
+        let mut p = Principal::anonymous();
+        p.roles = Roles::of(roles);
+        p.team = team.map(Arc::from);
+        p
+    }
+
+    #[test]
+    fn the_auditor_reads_everything_and_changes_nothing() {
+        let auditor = with_roles(&[Role::Auditor], None);
+        assert!(authorize(&auditor, Access::Read { team: None }).is_ok());
+        assert!(authorize(&auditor, Access::Read { team: Some("red") }).is_ok());
+        for team in [None, Some("red")] {
+            let err = authorize(&auditor, Access::Write { team }).unwrap_err();
+            assert_eq!(err.status(), axum::http::StatusCode::FORBIDDEN);
+        }
+    }
+
+    #[test]
+    fn a_team_admin_touches_its_own_team_only() {
+        let red = with_roles(&[Role::TeamAdmin], Some("red"));
+        assert!(authorize(&red, Access::Write { team: Some("red") }).is_ok());
+        assert!(authorize(&red, Access::Read { team: Some("red") }).is_ok());
+        for access in [
+            Access::Write { team: Some("blue") },
+            Access::Read { team: Some("blue") },
+            Access::Write { team: None },
+            Access::Read { team: None },
+        ] {
+            assert!(authorize(&red, access).is_err(), "{access:?}");
+        }
+        let admin = with_roles(&[Role::Admin], None);
+        assert!(authorize(&admin, Access::Write { team: Some("blue") }).is_ok());
+        let user = with_roles(&[Role::User, Role::Service], Some("red"));
+        assert!(authorize(&user, Access::Read { team: Some("red") }).is_err());
+    }
+
+    #[test]
+    fn only_a_well_formed_virtual_key_shows_a_prefix() {
+        assert_eq!(presented_prefix("sk-sl-ab12_secret"), Some("ab12"));
+        for token in [
+            "sk-sl-_x",
+            "sk-sl-ab12",
+            "sk-ab12_x",
+            "sk-sl-a-b_x",
+            "eyJ.x.y",
+        ] {
+            assert_eq!(presented_prefix(token), None, "{token}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_open_server_is_anonymous_and_a_closed_one_needs_a_key() {
+        let open = Authenticator::new(KeyStore::new(&[]), None, Audit::off());
+        assert!(open.is_open());
+        let p = open.authenticate(&HeaderMap::new()).await.unwrap();
+        assert_eq!(p.credential, Credential::Anonymous);
+
+        let closed = Authenticator::new(store(), None, Audit::off());
+        assert!(closed.authenticate(&HeaderMap::new()).await.is_err());
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "Bearer key-b".parse().unwrap());
+        let p = closed.authenticate(&h).await.unwrap();
+        assert_eq!(&*p.tenant, "beta");
+        assert_eq!(p.credential, Credential::ConfigKey);
+        assert!(p.policy.sensitive);
+    }
+}
