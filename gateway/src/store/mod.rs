@@ -182,7 +182,7 @@ mod tests {
         let sql = match store.backend() {
             Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
             Backend::Postgres => {
-                "SELECT table_name FROM information_schema.tables \
+                "SELECT CAST(table_name AS TEXT) FROM information_schema.tables \
                  WHERE table_schema = current_schema() ORDER BY table_name"
             }
         };
