@@ -149,7 +149,10 @@ mod tests {
         }
     }
 
-    struct Record(Arc<Mutex<Vec<(Ending, usize)>>>);
+    /// Each settlement seen: how it ended and the completion tokens.
+    type Seen = Arc<Mutex<Vec<(Ending, usize)>>>;
+
+    struct Record(Seen);
 
     impl Settle for Record {
         fn settle(self: Box<Self>, s: &Settlement<'_>) {
@@ -168,7 +171,7 @@ mod tests {
         }
     }
 
-    fn wrapped(steps: Vec<Step>) -> (BoxAnswer, Arc<Mutex<Vec<(Ending, usize)>>>) {
+    fn wrapped(steps: Vec<Step>) -> (BoxAnswer, Seen) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let answer = Settled::wrap(
             Box::new(Scripted(steps, Usage::default())),
