@@ -14,6 +14,7 @@ mod defaults;
 mod encoders;
 mod file;
 mod guard;
+mod keys;
 mod providers;
 mod render;
 mod resolve;
@@ -42,6 +43,7 @@ pub use routes::{
     DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
     SaturationLimits, Strategy, TargetSpec,
 };
+pub use keys::{PepperSource, VirtualKeySettings};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
 
 /// The id under which the demo chat model is served.
@@ -179,6 +181,8 @@ pub struct Config {
     pub guard: GuardConfig,
     /// The durable store (`[store]`): keys, spend, audit.
     pub store: StoreSettings,
+    /// Virtual keys' pepper and invalidation Redis (`[auth]`).
+    pub virtual_keys: VirtualKeySettings,
 }
 
 /// What the command line adds on top of the file and the environment.
