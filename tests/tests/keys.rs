@@ -104,7 +104,14 @@ async fn wait_refused(server: &Server, key: &str, limit: Duration) {
 }
 
 async fn create_team(server: &Server, id: &str) {
-    let reply = send(server, "POST", "/admin/teams", ADMIN_KEY, Some(json!({"id": id, "tenant": "acme"}))).await;
+    let reply = send(
+        server,
+        "POST",
+        "/admin/teams",
+        ADMIN_KEY,
+        Some(json!({"id": id, "tenant": "acme"})),
+    )
+    .await;
     assert!(matches!(reply.status, 201 | 409), "{}", reply.body);
 }
 
@@ -125,16 +132,39 @@ async fn a_key_made_through_the_admin_api_serves_chat_and_is_shown_once() {
     let listed = send(s, "GET", "/admin/keys", ADMIN_KEY, None).await;
     assert!(listed.body.contains(&prefix) && !listed.body.contains(&key[15..]));
     // Unknown prefix: 404; the admin routes need a key at all.
-    send(s, "GET", "/admin/keys/nosuchkey", ADMIN_KEY, None).await.expect_error(404);
+    send(s, "GET", "/admin/keys/nosuchkey", ADMIN_KEY, None)
+        .await
+        .expect_error(404);
     get(s, "/admin/keys", None).await.expect_error(401);
     // A plain user key is no admin.
-    send(s, "GET", "/admin/keys", &key, None).await.expect_error(403);
+    send(s, "GET", "/admin/keys", &key, None)
+        .await
+        .expect_error(403);
     // Blocked: 401 with a clear message; unblocked: back.
     let path = format!("/admin/keys/{prefix}");
-    assert_eq!(send(s, "PATCH", &path, ADMIN_KEY, Some(json!({"blocked": true}))).await.status, 200);
+    assert_eq!(
+        send(s, "PATCH", &path, ADMIN_KEY, Some(json!({"blocked": true})))
+            .await
+            .status,
+        200
+    );
     let err = chat(s, &key).await.expect_error(401);
-    assert!(err["message"].as_str().unwrap().contains("blocked"), "{err}");
-    assert_eq!(send(s, "PATCH", &path, ADMIN_KEY, Some(json!({"blocked": false}))).await.status, 200);
+    assert!(
+        err["message"].as_str().unwrap().contains("blocked"),
+        "{err}"
+    );
+    assert_eq!(
+        send(
+            s,
+            "PATCH",
+            &path,
+            ADMIN_KEY,
+            Some(json!({"blocked": false}))
+        )
+        .await
+        .status,
+        200
+    );
     assert_eq!(chat(s, &key).await.status, 200);
 }
 
@@ -154,11 +184,18 @@ async fn a_rotated_key_works_through_its_grace_then_gets_401() {
     let new = reply.json()["key"].as_str().unwrap().to_string();
     assert_ne!(new, old);
     assert_eq!(reply.json()["rotated_from"], prefix.as_str());
-    assert_eq!(chat(s, &old).await.status, 200, "the old key works in its grace");
+    assert_eq!(
+        chat(s, &old).await.status,
+        200,
+        "the old key works in its grace"
+    );
     assert_eq!(chat(s, &new).await.status, 200);
     wait_refused(s, &old, Duration::from_secs(15)).await;
     let err = chat(s, &old).await.expect_error(401);
-    assert!(err["message"].as_str().unwrap().contains("revoked"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("revoked"),
+        "{err}"
+    );
     assert_eq!(chat(s, &new).await.status, 200, "the new key stays");
 }
 
@@ -168,22 +205,37 @@ async fn an_auditor_reads_everything_and_changes_nothing() {
     let (auditor, _) = create_key(s, ADMIN_KEY, json!({"roles": ["auditor"]})).await;
     let (_, target) = create_key(s, ADMIN_KEY, json!({})).await;
     let path = format!("/admin/keys/{target}");
-    assert_eq!(send(s, "GET", "/admin/keys", &auditor, None).await.status, 200);
+    assert_eq!(
+        send(s, "GET", "/admin/keys", &auditor, None).await.status,
+        200
+    );
     assert_eq!(send(s, "GET", &path, &auditor, None).await.status, 200);
-    assert_eq!(send(s, "GET", "/admin/teams", &auditor, None).await.status, 200);
+    assert_eq!(
+        send(s, "GET", "/admin/teams", &auditor, None).await.status,
+        200
+    );
     for (method, path, body) in [
         ("POST", "/admin/keys".to_string(), Some(json!({}))),
         ("PATCH", path.clone(), Some(json!({"rpm": 1}))),
         ("DELETE", path.clone(), None),
         ("POST", format!("{path}/rotate"), Some(json!({}))),
-        ("POST", "/admin/teams".to_string(), Some(json!({"id": "aud"}))),
+        (
+            "POST",
+            "/admin/teams".to_string(),
+            Some(json!({"id": "aud"})),
+        ),
     ] {
-        let err = send(s, method, &path, &auditor, body).await.expect_error(403);
+        let err = send(s, method, &path, &auditor, body)
+            .await
+            .expect_error(403);
         assert_eq!(err["code"], "permission_denied", "{method} {path}");
     }
     // Nothing changed.
     let after = send(s, "GET", &path, ADMIN_KEY, None).await.json();
-    assert!(after["rpm"].is_null() && after["revoke_at"].is_null(), "{after}");
+    assert!(
+        after["rpm"].is_null() && after["revoke_at"].is_null(),
+        "{after}"
+    );
 }
 
 #[tokio::test]
@@ -191,49 +243,97 @@ async fn a_team_admin_touches_its_own_team_only() {
     let s = server();
     create_team(s, "red").await;
     create_team(s, "blue").await;
-    let (red_admin, _) = create_key(s, ADMIN_KEY, json!({"team": "red", "roles": ["team_admin"]})).await;
+    let (red_admin, _) = create_key(
+        s,
+        ADMIN_KEY,
+        json!({"team": "red", "roles": ["team_admin"]}),
+    )
+    .await;
     let (_, blue_key) = create_key(s, ADMIN_KEY, json!({"team": "blue"})).await;
     let blue_path = format!("/admin/keys/{blue_key}");
     for (method, path, body) in [
         ("GET", blue_path.clone(), None),
         ("PATCH", blue_path.clone(), Some(json!({"rpm": 1}))),
         ("DELETE", blue_path.clone(), None),
-        ("POST", "/admin/keys".to_string(), Some(json!({"team": "blue"}))),
+        (
+            "POST",
+            "/admin/keys".to_string(),
+            Some(json!({"team": "blue"})),
+        ),
         ("POST", "/admin/keys".to_string(), Some(json!({}))),
         ("GET", "/admin/teams/blue".to_string(), None),
-        ("PATCH", "/admin/teams/red".to_string(), Some(json!({"rpm": 100000}))),
+        (
+            "PATCH",
+            "/admin/teams/red".to_string(),
+            Some(json!({"rpm": 100000})),
+        ),
     ] {
-        let err = send(s, method, &path, &red_admin, body).await.expect_error(403);
+        let err = send(s, method, &path, &red_admin, body)
+            .await
+            .expect_error(403);
         assert_eq!(err["code"], "permission_denied", "{method} {path}");
     }
     // Its own team: yes, but never an admin or auditor key.
     let (_, red_key) = create_key(s, &red_admin, json!({"team": "red", "rpm": 5})).await;
     let red_path = format!("/admin/keys/{red_key}");
-    assert_eq!(send(s, "PATCH", &red_path, &red_admin, Some(json!({"rpm": 6}))).await.status, 200);
+    assert_eq!(
+        send(s, "PATCH", &red_path, &red_admin, Some(json!({"rpm": 6})))
+            .await
+            .status,
+        200
+    );
     for roles in [json!(["admin"]), json!(["auditor"])] {
-        send(s, "POST", "/admin/keys", &red_admin, Some(json!({"team": "red", "roles": roles})))
-            .await
-            .expect_error(403);
-        send(s, "PATCH", &red_path, &red_admin, Some(json!({"roles": roles})))
-            .await
-            .expect_error(403);
-    }
-    // Nor move a key to another team.
-    send(s, "PATCH", &red_path, &red_admin, Some(json!({"team": "blue"})))
+        send(
+            s,
+            "POST",
+            "/admin/keys",
+            &red_admin,
+            Some(json!({"team": "red", "roles": roles})),
+        )
         .await
         .expect_error(403);
+        send(
+            s,
+            "PATCH",
+            &red_path,
+            &red_admin,
+            Some(json!({"roles": roles})),
+        )
+        .await
+        .expect_error(403);
+    }
+    // Nor move a key to another team.
+    send(
+        s,
+        "PATCH",
+        &red_path,
+        &red_admin,
+        Some(json!({"team": "blue"})),
+    )
+    .await
+    .expect_error(403);
     let listed = send(s, "GET", "/admin/keys", &red_admin, None).await;
     assert_eq!(listed.status, 200, "{}", listed.body);
     let data = listed.json()["data"].as_array().unwrap().clone();
     assert!(data.iter().all(|k| k["team"] == "red"), "{data:?}");
     assert!(data.iter().any(|k| k["prefix"] == red_key.as_str()));
-    assert_eq!(send(s, "GET", "/admin/teams/red", &red_admin, None).await.status, 200);
+    assert_eq!(
+        send(s, "GET", "/admin/teams/red", &red_admin, None)
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn a_key_not_allowed_the_model_gets_403_and_does_not_see_it() {
     let s = server();
-    let (key, _) = create_key(s, ADMIN_KEY, json!({"allowed_models": ["some-other-model"]})).await;
+    let (key, _) = create_key(
+        s,
+        ADMIN_KEY,
+        json!({"allowed_models": ["some-other-model"]}),
+    )
+    .await;
     let err = chat(s, &key).await.expect_error(403);
     assert_eq!(err["code"], "model_not_allowed");
     let models = get(s, "/v1/models", Some(&key)).await.json();
@@ -241,7 +341,12 @@ async fn a_key_not_allowed_the_model_gets_403_and_does_not_see_it() {
     let (allowed, _) = create_key(s, ADMIN_KEY, json!({"allowed_models": [DEMO_MODEL_ID]})).await;
     assert_eq!(chat(s, &allowed).await.status, 200);
     let models = get(s, "/v1/models", Some(&allowed)).await.json();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [DEMO_MODEL_ID]);
 }
 
@@ -254,10 +359,12 @@ async fn fresh_postgres_schema() -> String {
     let mut conn = sqlx::PgConnection::connect(&base)
         .await
         .expect("PostgreSQL at 127.0.0.1:5432 (database `test`) is needed by this test");
-    sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::raw_sql(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
     format!("{base}?options=-c%20search_path%3D{schema}")
 }
 
@@ -271,7 +378,10 @@ async fn a_revoke_on_one_server_reaches_another_through_redis() {
             ))),
             env: vec![
                 ("ADMIN_KEY".into(), ADMIN_KEY.into()),
-                ("SLUICE_KEY_PEPPER".into(), "shared-pepper-for-both-instances".into()),
+                (
+                    "SLUICE_KEY_PEPPER".into(),
+                    "shared-pepper-for-both-instances".into(),
+                ),
             ],
             args: Vec::new(),
         })
@@ -281,7 +391,14 @@ async fn a_revoke_on_one_server_reaches_another_through_redis() {
     // b knows the key (and caches it).
     assert_eq!(chat(&b, &key).await.status, 200);
     assert_eq!(get(&b, "/v1/models", Some(&key)).await.status, 200);
-    let reply = send(&a, "DELETE", &format!("/admin/keys/{prefix}"), ADMIN_KEY, None).await;
+    let reply = send(
+        &a,
+        "DELETE",
+        &format!("/admin/keys/{prefix}"),
+        ADMIN_KEY,
+        None,
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     // Well inside b's cache TTL (5 s): only the broadcast can make b refuse now.
     wait_refused(&b, &key, Duration::from_secs(3)).await;
@@ -291,21 +408,44 @@ async fn a_revoke_on_one_server_reaches_another_through_redis() {
 #[tokio::test]
 async fn the_cli_manages_keys_in_the_store_a_server_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let store = format!("[store]\npath = \"{}\"\n", dir.path().join("sluice.db").display());
+    let store = format!(
+        "[store]\npath = \"{}\"\n",
+        dir.path().join("sluice.db").display()
+    );
     let cli_config = dir.path().join("cli.toml");
     std::fs::write(&cli_config, &store).unwrap();
     let cfg = cli_config.to_str().unwrap();
     let (code, out, err) = run_cli(
-        &["keys", "create", "--config", cfg, "--name", "from-cli", "--rpm", "5", "--allowed-model", DEMO_MODEL_ID],
+        &[
+            "keys",
+            "create",
+            "--config",
+            cfg,
+            "--name",
+            "from-cli",
+            "--rpm",
+            "5",
+            "--allowed-model",
+            DEMO_MODEL_ID,
+        ],
         &[],
     );
     assert_eq!(code, 0, "{err}");
     let key = out.trim().to_string();
-    let prefix = key.strip_prefix("sk-sl-").unwrap().split('_').next().unwrap().to_string();
+    let prefix = key
+        .strip_prefix("sk-sl-")
+        .unwrap()
+        .split('_')
+        .next()
+        .unwrap()
+        .to_string();
     assert!(err.contains(&prefix), "{err}");
     let (code, out, err) = run_cli(&["keys", "list", "--config", cfg], &[]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&prefix) && out.contains("from-cli") && out.contains("active"), "{out}");
+    assert!(
+        out.contains(&prefix) && out.contains("from-cli") && out.contains("active"),
+        "{out}"
+    );
     assert!(!out.contains(&key[15..]), "the list shows no key: {out}");
 
     let s = Server::start(ServerOptions {
@@ -314,11 +454,24 @@ async fn the_cli_manages_keys_in_the_store_a_server_reads() {
         args: Vec::new(),
     });
     assert_eq!(chat(&s, &key).await.status, 200);
-    let shown = send(&s, "GET", &format!("/admin/keys/{prefix}"), ADMIN_KEY, None).await.json();
+    let shown = send(&s, "GET", &format!("/admin/keys/{prefix}"), ADMIN_KEY, None)
+        .await
+        .json();
     assert_eq!(shown["rpm"], 5);
     assert_eq!(shown["allowed_models"], json!([DEMO_MODEL_ID]));
 
-    let (code, out, err) = run_cli(&["keys", "rotate", "--config", cfg, &prefix, "--grace-seconds", "3600"], &[]);
+    let (code, out, err) = run_cli(
+        &[
+            "keys",
+            "rotate",
+            "--config",
+            cfg,
+            &prefix,
+            "--grace-seconds",
+            "3600",
+        ],
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
     let rotated = out.trim().to_string();
     assert_eq!(chat(&s, &rotated).await.status, 200);

@@ -41,9 +41,17 @@ fn shown(record: &KeyRecord, new: Option<&NewKey>) -> Value {
 }
 
 /// Only an admin grants the admin or auditor role.
-fn may_grant(caller: &AdminCaller, state: &AppState, changes: &KeyChanges) -> Result<(), AdminError> {
+fn may_grant(
+    caller: &AdminCaller,
+    state: &AppState,
+    changes: &KeyChanges,
+) -> Result<(), AdminError> {
     let roles = changes.parsed_roles()?.unwrap_or_default();
-    if !caller.is_admin() && roles.iter().any(|r| matches!(r, Role::Admin | Role::Auditor)) {
+    if !caller.is_admin()
+        && roles
+            .iter()
+            .any(|r| matches!(r, Role::Admin | Role::Auditor))
+    {
         let message = "Only an admin may grant the admin or auditor role.";
         caller.denied(&state.audit, "key", message);
         return Err(ApiError::Forbidden {
@@ -99,19 +107,39 @@ async fn create(
     ApiJson(changes): ApiJson<KeyChanges>,
 ) -> Result<(StatusCode, Json<Value>), AdminError> {
     let team = changes.team.clone().flatten();
-    caller.permit(&state.audit, Access::Write { team: team.as_deref() }, "key")?;
+    caller.permit(
+        &state.audit,
+        Access::Write {
+            team: team.as_deref(),
+        },
+        "key",
+    )?;
     may_grant(&caller, &state, &changes)?;
     let (new, record) = state.keys.create(&changes).await.map_err(team_is_input)?;
-    caller.changed(&state.audit, actions::KEY_CREATED, &record.prefix, "created");
+    caller.changed(
+        &state.audit,
+        actions::KEY_CREATED,
+        &record.prefix,
+        "created",
+    );
     Ok((StatusCode::CREATED, Json(shown(&record, Some(&new)))))
 }
 
-async fn list(State(state): State<AppState>, caller: AdminCaller) -> Result<Json<Value>, AdminError> {
+async fn list(
+    State(state): State<AppState>,
+    caller: AdminCaller,
+) -> Result<Json<Value>, AdminError> {
     let keys = if caller.sees_everything() {
         state.keys.list(None).await?
     } else {
         let team = caller.0.team.clone();
-        caller.permit(&state.audit, Access::Read { team: team.as_deref() }, "keys")?;
+        caller.permit(
+            &state.audit,
+            Access::Read {
+                team: team.as_deref(),
+            },
+            "keys",
+        )?;
         state.keys.list(team.as_deref()).await?
     };
     let data: Vec<Value> = keys.iter().map(|k| shown(k, None)).collect();
@@ -136,10 +164,20 @@ async fn update(
     load(&state, &caller, &prefix, true).await?;
     if let Some(team) = &changes.team {
         // Moving a key: the caller must also own where it goes.
-        caller.permit(&state.audit, Access::Write { team: team.as_deref() }, &prefix)?;
+        caller.permit(
+            &state.audit,
+            Access::Write {
+                team: team.as_deref(),
+            },
+            &prefix,
+        )?;
     }
     may_grant(&caller, &state, &changes)?;
-    let record = state.keys.update(&prefix, &changes).await.map_err(team_is_input)?;
+    let record = state
+        .keys
+        .update(&prefix, &changes)
+        .await
+        .map_err(team_is_input)?;
     caller.changed(&state.audit, actions::KEY_UPDATED, &prefix, "updated");
     Ok(Json(shown(&record, None)))
 }
@@ -181,7 +219,10 @@ async fn rotate(
         &state.audit,
         actions::KEY_ROTATED,
         &prefix,
-        &format!("rotated to {} with a grace of {} s", record.prefix, body.grace_seconds),
+        &format!(
+            "rotated to {} with a grace of {} s",
+            record.prefix, body.grace_seconds
+        ),
     );
     let mut answer = shown(&record, Some(&new));
     if let Value::Object(map) = &mut answer {

@@ -69,7 +69,11 @@ impl AdminCaller {
             )
             .is_err()
         {
-            tracing::error!(action, target, "an admin change was made but could not be audited");
+            tracing::error!(
+                action,
+                target,
+                "an admin change was made but could not be audited"
+            );
         }
     }
 
@@ -121,7 +125,9 @@ impl From<KeysError> for AdminError {
                 tracing::error!(error = %e, "admin: the key store failed");
                 Self::Api(ApiError::StoreUnavailable("The key store"))
             }
-            KeysError::Pepper(_) | KeysError::Corrupt(_) => Self::Api(ApiError::Internal(e.to_string())),
+            KeysError::Pepper(_) | KeysError::Corrupt(_) => {
+                Self::Api(ApiError::Internal(e.to_string()))
+            }
         }
     }
 }

@@ -37,12 +37,21 @@ async fn create(
     Ok((StatusCode::CREATED, Json(shown(&team))))
 }
 
-async fn list(State(state): State<AppState>, caller: AdminCaller) -> Result<Json<Value>, AdminError> {
+async fn list(
+    State(state): State<AppState>,
+    caller: AdminCaller,
+) -> Result<Json<Value>, AdminError> {
     let teams = if caller.sees_everything() {
         state.keys.list_teams().await?
     } else {
         let own = caller.0.team.clone();
-        caller.permit(&state.audit, Access::Read { team: own.as_deref() }, "teams")?;
+        caller.permit(
+            &state.audit,
+            Access::Read {
+                team: own.as_deref(),
+            },
+            "teams",
+        )?;
         let own = own.unwrap_or_default();
         vec![state.keys.get_team(&own).await?]
     };

@@ -118,14 +118,21 @@ pub(super) fn run(command: KeysCommand) -> ExitCode {
         | KeysCommand::Rotate { config, .. }
         | KeysCommand::Revoke { config, .. } => config,
     };
-    let config = match Config::load(config_path.config.as_deref(), &Overrides::default(), &process_env) {
+    let config = match Config::load(
+        config_path.config.as_deref(),
+        &Overrides::default(),
+        &process_env,
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sluice: bad configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluice: cannot start the async runtime: {e}");
@@ -154,17 +161,26 @@ async fn execute(config: &Config, command: KeysCommand) -> Result<(), String> {
     let keys = open(config).await?;
     match command {
         KeysCommand::Create(args) => {
-            let (new, record) = keys.create(&args.changes()).await.map_err(|e| e.to_string())?;
+            let (new, record) = keys
+                .create(&args.changes())
+                .await
+                .map_err(|e| e.to_string())?;
             println!("{}", new.key);
             eprintln!(
                 "sluice: created key {} (tenant {}{}); it is shown this once",
                 record.prefix,
                 record.tenant,
-                record.team.map(|t| format!(", team {t}")).unwrap_or_default()
+                record
+                    .team
+                    .map(|t| format!(", team {t}"))
+                    .unwrap_or_default()
             );
         }
         KeysCommand::List { team, .. } => {
-            let list = keys.list(team.as_deref()).await.map_err(|e| e.to_string())?;
+            let list = keys
+                .list(team.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
             print_table(&list);
         }
         KeysCommand::Rotate {
@@ -192,7 +208,10 @@ async fn execute(config: &Config, command: KeysCommand) -> Result<(), String> {
 
 fn print_table(keys: &[KeyRecord]) {
     let now = crate::util::unix_now_ms();
-    println!("{:10}  {:12}  {:12}  {:20}  {:8}  NAME", "PREFIX", "TENANT", "TEAM", "ROLES", "STATE");
+    println!(
+        "{:10}  {:12}  {:12}  {:20}  {:8}  NAME",
+        "PREFIX", "TENANT", "TEAM", "ROLES", "STATE"
+    );
     for k in keys {
         let state = if k.blocked {
             "blocked"

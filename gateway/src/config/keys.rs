@@ -50,7 +50,10 @@ pub(super) fn resolve(
     base_dir: &Path,
     env: EnvLookup<'_>,
 ) -> Result<VirtualKeySettings, ConfigError> {
-    let pepper = match (env("SLUICE_KEY_PEPPER").filter(|v| !v.is_empty()), pepper_file) {
+    let pepper = match (
+        env("SLUICE_KEY_PEPPER").filter(|v| !v.is_empty()),
+        pepper_file,
+    ) {
         (Some(value), _) => PepperSource::Env(Secret::new(value)),
         (None, Some(path)) => PepperSource::File(base_dir.join(path)),
         (None, None) => PepperSource::Unset,

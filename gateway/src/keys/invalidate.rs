@@ -88,7 +88,6 @@ pub async fn listen(keys: Arc<VirtualKeys>, broadcast: Broadcast, shutdown: Canc
                 keys.subscribed.store(true, Ordering::Relaxed);
                 if warned {
                     tracing::info!("key invalidations flow through Redis again");
-                    warned = false;
                 }
                 let mut messages = pubsub.into_on_message();
                 loop {

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{presented_prefix, CallerLimits, Credential, CredentialCheck, Principal, Role, Roles};
+use crate::auth::{
+    presented_prefix, CallerLimits, Credential, CredentialCheck, Principal, Role, Roles,
+};
 use crate::config::{Backend as CacheBackend, Config};
 use crate::error::ApiError;
 use crate::sensitivity::TenantPolicy;
@@ -56,7 +58,9 @@ pub enum KeysError {
     },
     #[error("no key has the prefix `{0}`")]
     NoKey(String),
-    #[error("no team `{0}`; create it first (POST /admin/teams or `sluice keys` with an existing team)")]
+    #[error(
+        "no team `{0}`; create it first (POST /admin/teams or `sluice keys` with an existing team)"
+    )]
     NoTeam(String),
     #[error("the team `{0}` already exists")]
     TeamExists(String),
@@ -135,7 +139,11 @@ impl VirtualKeys {
     pub fn spawn_upkeep(self: &Arc<Self>, shutdown: CancellationToken) {
         match &self.broadcast {
             Some(b) => {
-                tokio::spawn(invalidate::listen(self.clone(), b.clone(), shutdown.clone()));
+                tokio::spawn(invalidate::listen(
+                    self.clone(),
+                    b.clone(),
+                    shutdown.clone(),
+                ));
             }
             None => tracing::info!(
                 ttl_seconds = self.ttl.as_secs(),
@@ -188,7 +196,10 @@ impl VirtualKeys {
 
     /// Drops every cached entry.
     pub fn forget_all(&self) {
-        self.cache.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// The caller a presented `sk-sl-` token proves, or 401.
@@ -257,7 +268,8 @@ impl VirtualKeys {
             Some(id) => records::get_team(&self.store, id).await?,
             None => None,
         };
-        let digest = from_hex(&digest).ok_or_else(|| KeysError::Corrupt(format!("digest of {prefix}")))?;
+        let digest =
+            from_hex(&digest).ok_or_else(|| KeysError::Corrupt(format!("digest of {prefix}")))?;
         Ok(Some(Found {
             digest,
             principal: principal(&key, team.as_ref()),
@@ -325,7 +337,8 @@ impl VirtualKeys {
             updated_at: now,
         };
         changes.apply(&mut record)?;
-        self.settle_team(&mut record, changes.tenant.is_some()).await?;
+        self.settle_team(&mut record, changes.tenant.is_some())
+            .await?;
         self.insert_fresh(record).await
     }
 
@@ -342,7 +355,9 @@ impl VirtualKeys {
                 return Ok((key, record));
             }
         }
-        Err(KeysError::Corrupt("four minted prefixes in a row were taken".into()))
+        Err(KeysError::Corrupt(
+            "four minted prefixes in a row were taken".into(),
+        ))
     }
 
     pub async fn get(&self, prefix: &str) -> Result<KeyRecord, KeysError> {
@@ -361,7 +376,8 @@ impl VirtualKeys {
         let mut record = self.get(prefix).await?;
         changes.apply(&mut record)?;
         if changes.team.is_some() || changes.tenant.is_some() {
-            self.settle_team(&mut record, changes.tenant.is_some()).await?;
+            self.settle_team(&mut record, changes.tenant.is_some())
+                .await?;
         }
         record.updated_at = unix_now_ms();
         if !records::update_key(&self.store, &record).await? {
@@ -445,7 +461,11 @@ impl VirtualKeys {
         records::list_teams(&self.store).await
     }
 
-    pub async fn update_team(&self, id: &str, changes: &TeamChanges) -> Result<TeamRecord, KeysError> {
+    pub async fn update_team(
+        &self,
+        id: &str,
+        changes: &TeamChanges,
+    ) -> Result<TeamRecord, KeysError> {
         if changes.id.as_deref().is_some_and(|new| new != id) {
             return Err(KeysError::Invalid {
                 field: "id",
@@ -527,7 +547,10 @@ impl CredentialCheck for VirtualKeys {
 
 /// The caller a key (and its team) makes.
 pub fn principal(key: &KeyRecord, team: Option<&TeamRecord>) -> Principal {
-    let allowed_models = match (&key.allowed_models, team.and_then(|t| t.allowed_models.as_ref())) {
+    let allowed_models = match (
+        &key.allowed_models,
+        team.and_then(|t| t.allowed_models.as_ref()),
+    ) {
         (Some(own), Some(team)) => Some(own.iter().filter(|m| team.contains(m)).cloned().collect()),
         (Some(own), None) => Some(own.clone()),
         (None, Some(team)) => Some(team.clone()),

@@ -145,7 +145,11 @@ impl KeyChanges {
             guard,
         } = self.clone();
         if let Some(roles) = self.parsed_roles()? {
-            record.roles = if roles.is_empty() { vec![Role::User] } else { roles };
+            record.roles = if roles.is_empty() {
+                vec![Role::User]
+            } else {
+                roles
+            };
         }
         if let Some(tenant) = tenant {
             if tenant.trim().is_empty() {
@@ -229,7 +233,8 @@ const KEY_COLUMNS: &str = "prefix, digest, name, tenant, team, user_id, roles, a
      rpm, tpm, max_parallel, sensitive, guard_policy, expires_at, revoke_at, blocked, \
      rotated_from, created_at, updated_at";
 
-const TEAM_COLUMNS: &str = "id, tenant, allowed_models, rpm, tpm, max_parallel, created_at, updated_at";
+const TEAM_COLUMNS: &str =
+    "id, tenant, allowed_models, rpm, tpm, max_parallel, created_at, updated_at";
 
 fn models_json(models: &Option<Vec<String>>) -> Option<String> {
     models
@@ -238,8 +243,10 @@ fn models_json(models: &Option<Vec<String>>) -> Option<String> {
 }
 
 fn models_from(text: Option<String>) -> Result<Option<Vec<String>>, KeysError> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| KeysError::Corrupt(format!("allowed_models: {e}"))))
-        .transpose()
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| KeysError::Corrupt(format!("allowed_models: {e}")))
+    })
+    .transpose()
 }
 
 fn small(value: Option<i64>, column: &str) -> Result<Option<u32>, KeysError> {
@@ -306,7 +313,11 @@ fn role_json(roles: &[Role]) -> String {
 }
 
 /// Inserts a key row; `Ok(false)` when its prefix or digest is taken.
-pub async fn insert_key(store: &Store, key: &KeyRecord, digest_hex: &str) -> Result<bool, KeysError> {
+pub async fn insert_key(
+    store: &Store,
+    key: &KeyRecord,
+    digest_hex: &str,
+) -> Result<bool, KeysError> {
     let sql = format!(
         "INSERT INTO keys ({KEY_COLUMNS}) VALUES \
          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
@@ -370,7 +381,10 @@ pub async fn update_key(store: &Store, key: &KeyRecord) -> Result<bool, KeysErro
 }
 
 /// A key and its digest (hex).
-pub async fn get_key(store: &Store, prefix: &str) -> Result<Option<(KeyRecord, String)>, KeysError> {
+pub async fn get_key(
+    store: &Store,
+    prefix: &str,
+) -> Result<Option<(KeyRecord, String)>, KeysError> {
     let sql = format!("SELECT {KEY_COLUMNS} FROM keys WHERE prefix = $1");
     let row = sqlx::query(&sql)
         .bind(prefix.to_string())
@@ -406,10 +420,12 @@ pub async fn count_keys(store: &Store) -> Result<i64, KeysError> {
 }
 
 pub async fn count_team_keys(store: &Store, team: &str) -> Result<i64, KeysError> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE team = $1")
-        .bind(team.to_string())
-        .fetch_one(store.pool())
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE team = $1")
+            .bind(team.to_string())
+            .fetch_one(store.pool())
+            .await?,
+    )
 }
 
 /// `Ok(false)` when the id is taken.

@@ -111,7 +111,12 @@ impl Pepper {
 fn read_pepper(path: &Path) -> Result<String, KeysError> {
     std::fs::read_to_string(path)
         .map(|text| text.trim().to_string())
-        .map_err(|e| KeysError::Pepper(format!("cannot read the pepper file {}: {e}", path.display())))
+        .map_err(|e| {
+            KeysError::Pepper(format!(
+                "cannot read the pepper file {}: {e}",
+                path.display()
+            ))
+        })
 }
 
 fn read_or_create(path: &PathBuf) -> Result<String, KeysError> {
@@ -123,9 +128,10 @@ fn read_or_create(path: &PathBuf) -> Result<String, KeysError> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let created = options
-        .open(path)
-        .and_then(|mut file| file.write_all(pepper.as_bytes()).and_then(|()| file.sync_all()));
+    let created = options.open(path).and_then(|mut file| {
+        file.write_all(pepper.as_bytes())
+            .and_then(|()| file.sync_all())
+    });
     match created {
         Ok(()) => {
             tracing::info!(
@@ -175,7 +181,10 @@ mod tests {
     #[test]
     fn a_minted_key_has_the_documented_shape() {
         let k = mint();
-        assert_eq!(crate::auth::presented_prefix(&k.key), Some(k.prefix.as_str()));
+        assert_eq!(
+            crate::auth::presented_prefix(&k.key),
+            Some(k.prefix.as_str())
+        );
         let secret = k.key.rsplit_once('_').unwrap().1;
         assert!(secret.len() >= 32 && secret.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert!(!format!("{k:?}").contains(secret));

@@ -53,7 +53,11 @@ async fn round_trip(store: Store) {
     assert_eq!(p.user.as_deref(), Some("ann"));
     assert_eq!(p.key_prefix(), Some(new.prefix.as_str()));
     assert!(p.roles.contains(Role::User) && !p.roles.contains(Role::Admin));
-    assert_eq!(p.allowed_models.as_deref(), Some(&["b".to_string()][..]), "key ∩ team");
+    assert_eq!(
+        p.allowed_models.as_deref(),
+        Some(&["b".to_string()][..]),
+        "key ∩ team"
+    );
     assert_eq!(p.limits.rpm, Some(10));
     assert_eq!(p.team_limits.rpm, Some(100));
     assert!(p.policy.sensitive);
@@ -62,7 +66,9 @@ async fn round_trip(store: Store) {
     let updated = keys
         .update(
             &new.prefix,
-            &changes(serde_json::json!({"name": null, "rpm": 20, "roles": ["auditor"], "guard": null})),
+            &changes(
+                serde_json::json!({"name": null, "rpm": 20, "roles": ["auditor"], "guard": null}),
+            ),
         )
         .await
         .unwrap();
@@ -76,16 +82,26 @@ async fn round_trip(store: Store) {
     assert_eq!(p.policy.guard, None);
 
     // Rotation: same fields, a new key; the old one until its revoke_at.
-    let (fresh, fresh_record, old) = keys.rotate(&new.prefix, Duration::from_secs(3600)).await.unwrap();
+    let (fresh, fresh_record, old) = keys
+        .rotate(&new.prefix, Duration::from_secs(3600))
+        .await
+        .unwrap();
     assert_ne!(fresh.key, new.key);
-    assert_eq!(fresh_record.rotated_from.as_deref(), Some(new.prefix.as_str()));
+    assert_eq!(
+        fresh_record.rotated_from.as_deref(),
+        Some(new.prefix.as_str())
+    );
     assert_eq!(fresh_record.rpm, Some(20));
     assert!(old.revoke_at.unwrap() > unix_now_ms());
     assert_eq!(status(keys.verify(&new.key).await), 200, "inside the grace");
     assert_eq!(status(keys.verify(&fresh.key).await), 200);
     let (_, _, old) = keys.rotate(&fresh.prefix, Duration::ZERO).await.unwrap();
     assert!(old.revoke_at.unwrap() <= unix_now_ms());
-    assert_eq!(status(keys.verify(&fresh.key).await), 401, "a zero grace revokes at once");
+    assert_eq!(
+        status(keys.verify(&fresh.key).await),
+        401,
+        "a zero grace revokes at once"
+    );
 
     let revoked = keys.revoke(&new.prefix).await.unwrap();
     assert!(revoked.revoke_at.unwrap() <= unix_now_ms());
@@ -97,21 +113,45 @@ async fn round_trip(store: Store) {
     assert!(keys.list(Some("blue")).await.unwrap().is_empty());
 
     // Teams: a team with keys is not deleted; an update reaches its keys.
-    assert!(matches!(keys.delete_team("red").await, Err(KeysError::TeamInUse(_, 3))));
-    keys.update_team("red", &team(serde_json::json!({"rpm": 7}))).await.unwrap();
+    assert!(matches!(
+        keys.delete_team("red").await,
+        Err(KeysError::TeamInUse(_, 3))
+    ));
+    keys.update_team("red", &team(serde_json::json!({"rpm": 7})))
+        .await
+        .unwrap();
     assert_eq!(keys.get_team("red").await.unwrap().rpm, Some(7));
-    assert!(matches!(keys.create_team(&team(serde_json::json!({"id": "red"}))).await, Err(KeysError::TeamExists(_))));
-    keys.create_team(&team(serde_json::json!({"id": "blue"}))).await.unwrap();
+    assert!(matches!(
+        keys.create_team(&team(serde_json::json!({"id": "red"})))
+            .await,
+        Err(KeysError::TeamExists(_))
+    ));
+    keys.create_team(&team(serde_json::json!({"id": "blue"})))
+        .await
+        .unwrap();
     assert_eq!(keys.list_teams().await.unwrap().len(), 2);
     keys.delete_team("blue").await.unwrap();
-    assert!(matches!(keys.get_team("blue").await, Err(KeysError::NoTeam(_))));
+    assert!(matches!(
+        keys.get_team("blue").await,
+        Err(KeysError::NoTeam(_))
+    ));
 
     // Bad input names its field; an unknown team or prefix is said so.
-    let err = keys.create(&changes(serde_json::json!({"roles": ["root"]}))).await.unwrap_err();
+    let err = keys
+        .create(&changes(serde_json::json!({"roles": ["root"]})))
+        .await
+        .unwrap_err();
     assert!(err.to_string().starts_with("roles:"), "{err}");
-    let err = keys.create(&changes(serde_json::json!({"guard": "maybe"}))).await.unwrap_err();
+    let err = keys
+        .create(&changes(serde_json::json!({"guard": "maybe"})))
+        .await
+        .unwrap_err();
     assert!(err.to_string().starts_with("guard:"), "{err}");
-    assert!(matches!(keys.create(&changes(serde_json::json!({"team": "nope"}))).await, Err(KeysError::NoTeam(_))));
+    assert!(matches!(
+        keys.create(&changes(serde_json::json!({"team": "nope"})))
+            .await,
+        Err(KeysError::NoTeam(_))
+    ));
     assert!(matches!(keys.get("nope").await, Err(KeysError::NoKey(_))));
     assert!(serde_json::from_value::<KeyChanges>(serde_json::json!({"digest": "x"})).is_err());
 }
@@ -135,18 +175,32 @@ async fn blocked_expired_and_wrong_keys_are_refused(store: Store) {
     assert_eq!(&*default.tenant, DEFAULT_TENANT);
     assert!(default.allowed_models.is_none());
 
-    keys.update(&new.prefix, &changes(serde_json::json!({"blocked": true}))).await.unwrap();
+    keys.update(&new.prefix, &changes(serde_json::json!({"blocked": true})))
+        .await
+        .unwrap();
     let err = keys.verify(&new.key).await.unwrap_err();
     assert_eq!(err.status().as_u16(), 401);
     assert!(err.to_string().contains("blocked"), "{err}");
-    keys.update(&new.prefix, &changes(serde_json::json!({"blocked": false}))).await.unwrap();
+    keys.update(&new.prefix, &changes(serde_json::json!({"blocked": false})))
+        .await
+        .unwrap();
     assert_eq!(status(keys.verify(&new.key).await), 200);
 
     let past = unix_now_ms() - 1000;
-    keys.update(&new.prefix, &changes(serde_json::json!({"expires_at": past}))).await.unwrap();
+    keys.update(
+        &new.prefix,
+        &changes(serde_json::json!({"expires_at": past})),
+    )
+    .await
+    .unwrap();
     let err = keys.verify(&new.key).await.unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
-    keys.update(&new.prefix, &changes(serde_json::json!({"expires_at": null}))).await.unwrap();
+    keys.update(
+        &new.prefix,
+        &changes(serde_json::json!({"expires_at": null})),
+    )
+    .await
+    .unwrap();
     assert_eq!(status(keys.verify(&new.key).await), 200);
 
     // The right prefix with a wrong secret, an unknown prefix, a malformed token.
@@ -160,9 +214,13 @@ async fn blocked_expired_and_wrong_keys_are_refused(store: Store) {
         assert_eq!(status(keys.verify(&wrong).await), 401, "{wrong}");
     }
     // Another pepper: the digest no longer matches.
-    let other = VirtualKeys::open(keys.store().clone(), Pepper::new(b"another-pepper-0123").unwrap(), None)
-        .await
-        .unwrap();
+    let other = VirtualKeys::open(
+        keys.store().clone(),
+        Pepper::new(b"another-pepper-0123").unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(status(other.verify(&new.key).await), 401);
 }
 
@@ -180,7 +238,15 @@ async fn postgres_blocked_expired_and_wrong_keys_are_refused() {
 /// Every value of every row of every table, as text.
 async fn dump(store: &Store) -> String {
     let mut out = String::new();
-    for table in ["teams", "keys", "budgets", "budget_alerts", "spend", "audit", "schema_migrations"] {
+    for table in [
+        "teams",
+        "keys",
+        "budgets",
+        "budget_alerts",
+        "spend",
+        "audit",
+        "schema_migrations",
+    ] {
         let rows = sqlx::query(&format!("SELECT * FROM {table}"))
             .fetch_all(store.pool())
             .await
@@ -206,7 +272,10 @@ async fn dump(store: &Store) -> String {
 async fn no_raw_key_in_the_store(store: Store) -> (String, String) {
     let keys = keys_on(store).await;
     let (a, _) = keys.create(&KeyChanges::default()).await.unwrap();
-    let (b, _, _) = keys.rotate(&a.prefix, Duration::from_secs(60)).await.unwrap();
+    let (b, _, _) = keys
+        .rotate(&a.prefix, Duration::from_secs(60))
+        .await
+        .unwrap();
     let text = dump(keys.store()).await;
     for key in [&a.key, &b.key] {
         let secret = key.rsplit_once('_').unwrap().1;
@@ -233,7 +302,10 @@ async fn sqlite_dump_and_file_bytes_hold_no_raw_key() {
     assert!(bytes.len() > 4096, "the database files were read");
     for key in [a, b] {
         let secret = key.rsplit_once('_').unwrap().1.as_bytes();
-        assert!(!bytes.windows(secret.len()).any(|w| w == secret), "a raw key in the SQLite files");
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret),
+            "a raw key in the SQLite files"
+        );
     }
 }
 
@@ -244,19 +316,33 @@ async fn a_cached_key_is_dropped_after_the_ttl_when_no_broadcast_comes() {
     let b = VirtualKeys::with_ttl(store, pepper(), None, Duration::from_millis(200));
     let (new, _) = a.create(&KeyChanges::default()).await.unwrap();
     assert_eq!(status(b.verify(&new.key).await), 200);
-    a.update(&new.prefix, &changes(serde_json::json!({"blocked": true}))).await.unwrap();
-    assert_eq!(status(b.verify(&new.key).await), 200, "cached: no broadcast reached b");
+    a.update(&new.prefix, &changes(serde_json::json!({"blocked": true})))
+        .await
+        .unwrap();
+    assert_eq!(
+        status(b.verify(&new.key).await),
+        200,
+        "cached: no broadcast reached b"
+    );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(status(b.verify(&new.key).await), 401, "the TTL expired the entry");
+    assert_eq!(
+        status(b.verify(&new.key).await),
+        401,
+        "the TTL expired the entry"
+    );
 }
 
 #[tokio::test]
 async fn a_revoke_on_one_instance_reaches_another_through_redis() {
     let store = testing::postgres().await;
     let redis = "redis://127.0.0.1:6379";
-    let a = VirtualKeys::open(store.clone(), pepper(), Some(Broadcast::new(redis).unwrap()))
-        .await
-        .unwrap();
+    let a = VirtualKeys::open(
+        store.clone(),
+        pepper(),
+        Some(Broadcast::new(redis).unwrap()),
+    )
+    .await
+    .unwrap();
     // A TTL far beyond the test: only the broadcast can drop b's entry.
     let b = Arc::new(VirtualKeys::with_ttl(
         store,
@@ -268,7 +354,10 @@ async fn a_revoke_on_one_instance_reaches_another_through_redis() {
     b.spawn_upkeep(shutdown.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !b.subscribed.load(Ordering::Relaxed) {
-        assert!(Instant::now() < deadline, "b never subscribed (is Redis up at 127.0.0.1:6379?)");
+        assert!(
+            Instant::now() < deadline,
+            "b never subscribed (is Redis up at 127.0.0.1:6379?)"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (new, _) = a.create(&KeyChanges::default()).await.unwrap();
@@ -289,6 +378,9 @@ fn the_allowlist_check_is_a_403_naming_the_model() {
     p.allowed_models = Some(Arc::from(vec!["a".to_string()]));
     let err = allow_model(&p, "m").unwrap_err();
     assert_eq!(err.status().as_u16(), 403);
-    assert!(err.to_string().contains("`m`") && err.to_string().contains('a'), "{err}");
+    assert!(
+        err.to_string().contains("`m`") && err.to_string().contains('a'),
+        "{err}"
+    );
     assert!(allow_model(&p, "a").is_ok());
 }
