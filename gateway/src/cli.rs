@@ -1,5 +1,7 @@
 //! The command line: `sluice serve`, `check-config`, `models list`,
-//! `fetch-models`, `guard train`.
+//! `fetch-models`, `guard train`, `keys`.
+
+mod keys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,11 @@ enum Command {
     Guard {
         #[command(subcommand)]
         command: GuardCommand,
+    },
+    /// Virtual keys in the store the config names.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
     },
 }
 
@@ -144,6 +151,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Guard {
             command: GuardCommand::Train(args),
         } => guard_train(args),
+        Command::Keys { command } => keys::run(command),
     }
 }
 

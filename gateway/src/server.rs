@@ -53,6 +53,8 @@ pub enum ServeError {
     Cache(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("virtual keys: {0}")]
+    Keys(#[from] crate::keys::KeysError),
 }
 
 /// Knobs of `serve` that are not configuration.
@@ -124,11 +126,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         .map(|e| Arc::new(e) as Arc<dyn crate::cache::Embedder>);
     let store = crate::store::Store::open(&config.store).await?;
     let audit = crate::audit::Audit::off();
-    let keys = Arc::new(Authenticator::new(
-        KeyStore::new(&config.keys),
-        config.admin_key.clone().map(Arc::new),
-        audit.clone(),
-    ));
+    let virtual_keys = Arc::new(crate::keys::open_configured(&config, store.clone()).await?);
+    let keys = Arc::new(
+        Authenticator::new(
+            KeyStore::new(&config.keys),
+            config.admin_key.clone().map(Arc::new),
+            audit.clone(),
+        )
+        .with_check(virtual_keys.clone()),
+    );
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -175,6 +181,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
             }
         });
     }
+    virtual_keys.spawn_upkeep(shutdown.clone());
     tasks.spawn(watch_signals(shutdown.clone()));
     if options.shutdown_on_stdin_eof {
         tasks.spawn(watch_stdin(shutdown.clone()));
@@ -252,6 +259,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         auth: keys,
         store,
         audit,
+        keys: virtual_keys,
         cache,
         admin_key: config.admin_key.clone().map(Arc::new),
         body_limit: BodyLimit(config.server.max_body_bytes),

@@ -46,6 +46,8 @@ pub struct AppState {
     /// The durable store (keys, spend, audit).
     pub store: Store,
     pub audit: Audit,
+    /// Virtual keys and teams (checked by `auth`, changed by the admin API).
+    pub keys: Arc<crate::keys::VirtualKeys>,
     pub cache: Arc<Cache>,
     /// The admin API's key; without one the admin routes do not exist.
     pub admin_key: Option<Arc<Secret>>,

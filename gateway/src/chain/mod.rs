@@ -91,6 +91,7 @@ impl Chain {
         request: impl Validate,
     ) -> Result<(Head, Answered), ApiError> {
         let req = self.for_known_model(request.validate()?)?;
+        crate::keys::allow_model(&caller.principal, &req.model)?;
         let screening = match &self.guard {
             Some(guard) => guard.screen(&caller.policy, &req).await?,
             None => Screening::default(),

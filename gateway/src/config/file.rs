@@ -57,6 +57,9 @@ pub struct ServerSection {
 pub struct AuthSection {
     #[serde(default)]
     pub keys: Vec<KeySection>,
+    /// Virtual keys: the pepper's file and the invalidation Redis (`config/keys.rs`).
+    pub pepper_file: Option<PathBuf>,
+    pub redis_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

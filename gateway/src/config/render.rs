@@ -53,6 +53,7 @@ impl Config {
             .collect();
         let mut auth = Table::new();
         auth.insert("keys".into(), Value::Array(keys));
+        self.virtual_keys_into(&mut auth);
         let models: Vec<Value> = self
             .models
             .iter()
@@ -136,11 +137,38 @@ impl Config {
             admin.insert("key".into(), Value::String(format!("<redacted: {source}>")));
         }
         root.insert("admin".into(), Value::Table(admin));
+        root.insert("store".into(), Value::Table(self.store_table()));
         toml::to_string_pretty(&root).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
 impl Config {
+    /// `[auth]`'s virtual-key settings: where the pepper comes from, never it.
+    fn virtual_keys_into(&self, auth: &mut Table) {
+        let pepper = match &self.virtual_keys.pepper {
+            super::PepperSource::Env(_) => "<redacted: env SLUICE_KEY_PEPPER>".to_string(),
+            super::PepperSource::File(path) => format!("<redacted: file {}>", path.display()),
+            super::PepperSource::Unset => "<generated beside a SQLite store>".to_string(),
+        };
+        auth.insert("pepper".into(), Value::String(pepper));
+        if let Some(url) = &self.virtual_keys.redis_url {
+            auth.insert("redis_url".into(), Value::String(redact_url(url.expose())));
+        }
+    }
+
+    fn store_table(&self) -> Table {
+        let mut t = Table::new();
+        match &self.store.location {
+            super::StoreLocation::Sqlite(path) => {
+                t.insert("path".into(), Value::String(path.display().to_string()));
+            }
+            super::StoreLocation::Postgres(url) => {
+                t.insert("url".into(), Value::String(redact_url(url.expose())));
+            }
+        }
+        t
+    }
+
     fn cache_table(&self) -> Table {
         let c = &self.cache;
         let mut t = Table::new();

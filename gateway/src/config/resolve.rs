@@ -117,6 +117,7 @@ pub(super) fn resolve(
             None => server.allow_unauthenticated.unwrap_or(false),
         };
 
+    let virtual_keys = super::keys::resolve(auth.pepper_file, auth.redis_url, base_dir, env)?;
     let mut keys = Vec::new();
     for (i, k) in auth.keys.into_iter().enumerate() {
         keys.push(resolve_key(i, k, base_dir, env)?);
@@ -221,6 +222,7 @@ pub(super) fn resolve(
         encoders,
         guard: super::guard::resolve_guard(guard, base_dir)?,
         store: store.resolve(base_dir, env)?,
+        virtual_keys,
     })
 }
 

@@ -1,9 +1,12 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Serialize;
 
+use crate::auth::Principal;
 use crate::config::SamplingDefaults;
 use crate::encoders::EncoderSlot;
 use crate::error::ApiError;
@@ -79,8 +82,11 @@ fn encoder_model(slot: &EncoderSlot) -> Model {
 }
 
 /// Every configured model and encoder (loaded or still loading), then the
-/// public names of the routes.
-pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
+/// public names of the routes; only those the caller may use.
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Option<Extension<Arc<Principal>>>,
+) -> Json<ModelList> {
     let created = state.registry.slots().first().map_or(0, |s| s.created);
     let mut data: Vec<Model> = state
         .registry
@@ -95,6 +101,9 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
             .public_models()
             .map(|id| routed(id, created, state.router.sampling_defaults(id))),
     );
+    if let Some(Extension(p)) = principal {
+        data.retain(|m| p.may_use_model(&m.id));
+    }
     Json(ModelList {
         object: "list",
         data,
