@@ -29,7 +29,7 @@
 //! - **1, stages and what they run on**: [`auth`], [`sensitivity`],
 //!   [`validate`], [`guard`], [`cache`], [`router`], [`providers`],
 //!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`],
-//!   [`store`] (the durable store), [`audit`]. They
+//!   [`store`] (the durable store), [`audit`], [`limits`] (rate limits). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers), [`admin`]
@@ -55,6 +55,7 @@ pub mod error;
 pub mod generate;
 pub mod guard;
 pub mod inflight;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod providers;

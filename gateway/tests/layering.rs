@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("generate", 1),
     ("guard", 1),
     ("inflight", 1),
+    ("limits", 1),
     ("metrics", 1),
     ("providers", 1),
     ("registry", 1),

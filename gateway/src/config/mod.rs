@@ -14,6 +14,7 @@ mod defaults;
 mod encoders;
 mod file;
 mod guard;
+mod limits;
 mod providers;
 mod render;
 mod resolve;
@@ -42,6 +43,7 @@ pub use routes::{
     DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
     SaturationLimits, Strategy, TargetSpec,
 };
+pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
 
 /// The id under which the demo chat model is served.
@@ -126,6 +128,8 @@ pub struct ApiKey {
     pub sensitive: bool,
     /// What this key's flagged requests get, instead of `[guard] action`.
     pub guard: Option<GuardAction>,
+    /// Requests/tokens per minute and in parallel for this key.
+    pub limits: KeyLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +183,8 @@ pub struct Config {
     pub guard: GuardConfig,
     /// The durable store (`[store]`): keys, spend, audit.
     pub store: StoreSettings,
+    /// Rate limits (`[limits]`).
+    pub limits: LimitsSettings,
 }
 
 /// What the command line adds on top of the file and the environment.
