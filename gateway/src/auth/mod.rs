@@ -247,19 +247,18 @@ impl Authenticator {
             .ok_or(ApiError::Unauthorized(
                 "The Authorization header must be `Bearer <key>`.",
             ))?;
-        let result =
-            match self.checks.iter().find(|c| c.claims(token)) {
-                Some(check) => check.check(token).await,
-                None if self.config_keys.is_open() && self.is_open() => Ok(Principal::anonymous()),
-                None => self.config_keys.authenticate_with_limits(Some(value)).map(
-                    |(tenant, policy, limits)| {
-                        let mut principal =
-                            Principal::for_tenant(&tenant.0, Credential::ConfigKey, policy);
-                        principal.limits = limits;
-                        principal
-                    },
-                ),
-            };
+        let result = match self.checks.iter().find(|c| c.claims(token)) {
+            Some(check) => check.check(token).await,
+            None if self.config_keys.is_open() && self.is_open() => Ok(Principal::anonymous()),
+            None => self.config_keys.authenticate_with_limits(Some(value)).map(
+                |(tenant, policy, limits)| {
+                    let mut principal =
+                        Principal::for_tenant(&tenant.0, Credential::ConfigKey, policy);
+                    principal.limits = limits;
+                    principal
+                },
+            ),
+        };
         if let Err(err) = &result {
             // The attempt, never the token: a virtual key's public prefix at most.
             let actor = presented_prefix(token).unwrap_or("unknown");

@@ -96,7 +96,10 @@ impl Chain {
         request: impl Validate,
     ) -> Result<(Head, Answered), ApiError> {
         let req = self.for_known_model(request.validate()?)?;
-        let admission = self.limits.admit(&caller.principal, &req.model, &req.job).await?;
+        let admission = self
+            .limits
+            .admit(&caller.principal, &req.model, &req.job)
+            .await?;
         let screening = match &self.guard {
             Some(guard) => guard.screen(&caller.policy, &req).await?,
             None => Screening::default(),
@@ -113,7 +116,11 @@ impl Chain {
         // Stages that reserved something before the model, or record what it
         // cost, settle here once the answer ends.
         let mut settles: Vec<Box<dyn settle::Settle>> = Vec::new();
-        settles.extend(admission.lease.map(|l| Box::new(l) as Box<dyn settle::Settle>));
+        settles.extend(
+            admission
+                .lease
+                .map(|l| Box::new(l) as Box<dyn settle::Settle>),
+        );
         let (answer, provenance, tokenizer) = match decision.take_hit() {
             Some(hit) => (hit, None, None),
             None => {

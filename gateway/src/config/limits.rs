@@ -233,10 +233,14 @@ mod tests {
             url: "redis://cache:6379".into(),
             prefix: "c".into(),
         };
-        let s = LimitsSection::default().resolve(&|_: &str| None, &cache).unwrap();
+        let s = LimitsSection::default()
+            .resolve(&|_: &str| None, &cache)
+            .unwrap();
         assert_eq!(s.redis_url.as_deref(), Some("redis://cache:6379"));
         let env = |name: &str| (name == "R").then(|| "redis://limits:6379".to_string());
-        let s = parse(r#"redis_url_env = "R""#).resolve(&env, &cache).unwrap();
+        let s = parse(r#"redis_url_env = "R""#)
+            .resolve(&env, &cache)
+            .unwrap();
         assert_eq!(s.redis_url.as_deref(), Some("redis://limits:6379"));
     }
 
@@ -247,11 +251,11 @@ mod tests {
             (r#"on_store_down = "maybe""#, "limits.on_store_down"),
             (r#"redis_url = "http://x""#, "limits.redis_url"),
             (r#"redis_url_env = "MISSING""#, "limits.redis_url_env"),
-            ("provider_token_estimate = 0", "limits.provider_token_estimate"),
             (
-                "[[models]]\nmodel = \"m\"\nrpm = 0",
-                "limits.models[0].rpm",
+                "provider_token_estimate = 0",
+                "limits.provider_token_estimate",
             ),
+            ("[[models]]\nmodel = \"m\"\nrpm = 0", "limits.models[0].rpm"),
         ] {
             let err = parse(text).resolve(&|_: &str| None, &cache).unwrap_err();
             assert!(err.to_string().starts_with(key), "{text}: {err}");

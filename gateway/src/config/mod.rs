@@ -37,13 +37,13 @@ pub use guard::{
     ClassifierGuardConfig, GuardAction, GuardConfig, GuardMode, GuardScoring, HeadSource,
     DEFAULT_GUARD_ID, DEFAULT_INJECTION_LABELS,
 };
+pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use providers::{ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use routes::{
     DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
     SaturationLimits, Strategy, TargetSpec,
 };
-pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
 
 /// The id under which the demo chat model is served.

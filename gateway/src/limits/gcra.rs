@@ -110,7 +110,9 @@ mod tests {
         }
         assert_eq!(
             check(rate, tat, now, 1.0),
-            Verdict::Refused { retry_us: 1_000_000 }
+            Verdict::Refused {
+                retry_us: 1_000_000
+            }
         );
         // A second later exactly one more fits.
         let later = now + 1_000_000.0;

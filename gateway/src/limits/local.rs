@@ -190,7 +190,7 @@ mod tests {
         let Outcome::Refused { retry_us, .. } = local.admit(&checks, 0) else {
             panic!("a second request within the interval passed");
         };
-        assert!(retry_us > 900_000 && retry_us <= 1_000_000, "{retry_us}");
+        assert!((900_001..=1_000_000).contains(&retry_us), "{retry_us}");
         local.give_back(&checks, 0, 1);
         assert!(matches!(local.admit(&checks, 0), Outcome::Granted(_)));
     }

@@ -156,7 +156,10 @@ impl Limits {
         let tokens = if checks.iter().any(|c| c.dimension == Dimension::Tokens) {
             match &self.counter {
                 Some(counter) => counter.reservation(model, job).await,
-                None => job.sampling.max_tokens.map_or(self.provider_estimate, |m| m as u64),
+                None => job
+                    .sampling
+                    .max_tokens
+                    .map_or(self.provider_estimate, |m| m as u64),
             }
         } else {
             0
@@ -170,7 +173,10 @@ impl Limits {
         let lease_id = uuid::Uuid::new_v4().simple().to_string();
         let (standings, shared) = match &self.shared {
             None => (local, false),
-            Some(shared) => match shared.admit(&checks, tokens, &lease_id, self.lease_ttl).await {
+            Some(shared) => match shared
+                .admit(&checks, tokens, &lease_id, self.lease_ttl)
+                .await
+            {
                 Ok(outcome) => {
                     self.reachable();
                     match outcome {
@@ -187,9 +193,7 @@ impl Limits {
                         OnStoreDown::Open => (local, false),
                         OnStoreDown::Closed => {
                             self.local.give_back(&checks, tokens as i64, 1);
-                            return Err(ApiError::StoreUnavailable(
-                                "The rate-limit store (Redis)",
-                            ));
+                            return Err(ApiError::StoreUnavailable("The rate-limit store (Redis)"));
                         }
                     }
                 }
@@ -216,10 +220,14 @@ impl Limits {
         // A refusal is refused either way: an audit that cannot be written
         // (fail_closed) changes nothing here.
         let _ = self.audit.record(
-            AuditEvent::new(actions::LIMIT_REFUSED, principal.actor(), AuditOutcome::Denied)
-                .tenant(&*principal.tenant)
-                .target(check.scope.clone())
-                .detail(format!("{dimension} limit {}", check.limit)),
+            AuditEvent::new(
+                actions::LIMIT_REFUSED,
+                principal.actor(),
+                AuditOutcome::Denied,
+            )
+            .tenant(&*principal.tenant)
+            .target(check.scope.clone())
+            .detail(format!("{dimension} limit {}", check.limit)),
         );
         let retry_after = Duration::from_micros(retry_us);
         let what = match check.dimension {

@@ -97,7 +97,12 @@ impl Scopes {
     /// The checks that apply to `principal` calling `model`, key first.
     pub fn checks(&self, principal: &Principal, model: &str) -> Vec<Check> {
         let mut checks = Vec::new();
-        self.push(&mut checks, ScopeKind::Key, principal.actor(), principal.limits);
+        self.push(
+            &mut checks,
+            ScopeKind::Key,
+            principal.actor(),
+            principal.limits,
+        );
         if let Some(team) = &principal.team {
             self.push(
                 &mut checks,
@@ -107,7 +112,12 @@ impl Scopes {
             );
         }
         if let Some(limits) = self.models.get(model) {
-            self.push(&mut checks, ScopeKind::Model, format!("model:{model}"), *limits);
+            self.push(
+                &mut checks,
+                ScopeKind::Model,
+                format!("model:{model}"),
+                *limits,
+            );
         }
         checks
     }

@@ -173,12 +173,10 @@ fn parse_admit(reply: &[i64], checks: usize) -> Result<Outcome, Unavailable> {
                 .map(|pair| (pair[0].max(0) as u64, pair[1].max(0) as u64))
                 .collect(),
         )),
-        [0, index, retry_us] if *index >= 1 && (*index as usize) <= checks => {
-            Ok(Outcome::Refused {
-                check: *index as usize - 1,
-                retry_us: (*retry_us).max(0) as u64,
-            })
-        }
+        [0, index, retry_us] if (1..=checks as i64).contains(index) => Ok(Outcome::Refused {
+            check: *index as usize - 1,
+            retry_us: (*retry_us).max(0) as u64,
+        }),
         _ => Err(malformed()),
     }
 }

@@ -14,7 +14,10 @@ use crate::validate::Validate;
 const REDIS: &str = "redis://127.0.0.1:6379";
 
 fn prefix(test: &str) -> String {
-    format!("sluice-test:limits:{test}:{}", uuid::Uuid::new_v4().simple())
+    format!(
+        "sluice-test:limits:{test}:{}",
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 fn check(dimension: Dimension, limit: u64, burst: u32) -> Check {
@@ -83,17 +86,25 @@ async fn gcra_on_the_redis_clock_spreads_a_flood() {
     // 60 a minute, 2 above the steady rate: three at once, then one a second.
     let checks = [check(Dimension::Requests, 60, 2)];
     for (i, expected) in [2, 1, 0].into_iter().enumerate() {
-        let standing = granted(shared.admit(&checks, 0, &format!("l{i}"), TTL).await.unwrap());
+        let standing = granted(
+            shared
+                .admit(&checks, 0, &format!("l{i}"), TTL)
+                .await
+                .unwrap(),
+        );
         assert_eq!(standing[0].0, expected);
         // Back to the initial state once this and the earlier ones are paid off.
         let reset = standing[0].1;
         let i = i as u64;
-        assert!(reset > i * 1_000_000 && reset <= (i + 1) * 1_000_000, "{reset}");
+        assert!(
+            (i * 1_000_000 + 1..=(i + 1) * 1_000_000).contains(&reset),
+            "{reset}"
+        );
     }
     match shared.admit(&checks, 0, "l3", TTL).await.unwrap() {
         Outcome::Refused { check, retry_us } => {
             assert_eq!(check, 0);
-            assert!(retry_us > 0 && retry_us <= 1_000_000, "{retry_us}");
+            assert!((1..=1_000_000).contains(&retry_us), "{retry_us}");
         }
         other => panic!("a fourth request at once passed: {other:?}"),
     }
@@ -190,7 +201,10 @@ async fn a_refusal_names_its_scope_and_carries_the_headers() {
     let p = caller(60, 10);
     let admitted = limits.admit(&p, "m", &job(100)).await.unwrap();
     let names: Vec<&str> = admitted.headers.0.iter().map(|(n, _)| *n).collect();
-    assert!(names.contains(&"x-ratelimit-remaining-requests"), "{names:?}");
+    assert!(
+        names.contains(&"x-ratelimit-remaining-requests"),
+        "{names:?}"
+    );
     assert!(names.contains(&"x-ratelimit-remaining-tokens"), "{names:?}");
     let tokens_left = admitted
         .headers
@@ -211,7 +225,10 @@ async fn a_refusal_names_its_scope_and_carries_the_headers() {
         unreachable!()
     };
     assert_eq!(code, "rate_limit_exceeded");
-    assert!(message.contains("anonymous") || message.contains("key"), "{message}");
+    assert!(
+        message.contains("anonymous") || message.contains("key"),
+        "{message}"
+    );
     assert!(retry_after.as_secs() >= 1);
     assert!(headers.contains(&("x-ratelimit-remaining-requests", "0".into())));
 }
@@ -220,8 +237,16 @@ async fn a_refusal_names_its_scope_and_carries_the_headers() {
 async fn a_lease_settles_its_unused_tokens_and_its_slot() {
     let limits = stage(Some(REDIS), OnStoreDown::Open, "settle");
     let p = caller(6000, 1);
-    let lease = limits.admit(&p, "m", &job(800)).await.unwrap().lease.unwrap();
-    assert!(limits.admit(&p, "m", &job(100)).await.is_err(), "slot taken");
+    let lease = limits
+        .admit(&p, "m", &job(800))
+        .await
+        .unwrap()
+        .lease
+        .unwrap();
+    assert!(
+        limits.admit(&p, "m", &job(100)).await.is_err(),
+        "slot taken"
+    );
     lease.finish(50);
     // 750 tokens and the slot go back through the worker; poll for them.
     let mut next = None;

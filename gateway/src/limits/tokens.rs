@@ -36,17 +36,28 @@ impl TokenCounter {
             .local_model(model)
             .and_then(|id| self.registry.ready(id).ok());
         let Some(ready) = local else {
-            return estimate(&job.input, job.sampling.max_tokens, job.n, self.provider_estimate);
+            return estimate(
+                &job.input,
+                job.sampling.max_tokens,
+                job.n,
+                self.provider_estimate,
+            );
         };
         let (input, max_tokens, n) = (job.input.clone(), job.sampling.max_tokens, job.n);
         // Rendering and BPE are CPU work proportional to the prompt: off the
         // async workers, as the engine's own tokenising is.
-        let counted = tokio::task::spawn_blocking(move || exact(&ready, &input, max_tokens, n)).await;
+        let counted =
+            tokio::task::spawn_blocking(move || exact(&ready, &input, max_tokens, n)).await;
         match counted {
             Ok(Ok(tokens)) => tokens,
             // A prompt the model cannot take fails at the engine with a clear
             // 400; until then it reserves the estimate.
-            _ => estimate(&job.input, job.sampling.max_tokens, job.n, self.provider_estimate),
+            _ => estimate(
+                &job.input,
+                job.sampling.max_tokens,
+                job.n,
+                self.provider_estimate,
+            ),
         }
     }
 }
