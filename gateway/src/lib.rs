@@ -31,6 +31,7 @@
 //!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`],
 //!   [`store`] (the durable store), [`audit`], [`keys`] (virtual keys and
 //!   teams). They
+//!   [`store`] (the durable store), [`audit`], [`limits`] (rate limits). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers), [`admin`]
@@ -57,6 +58,7 @@ pub mod generate;
 pub mod guard;
 pub mod inflight;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod providers;

@@ -51,6 +51,8 @@ pub enum ServeError {
     Config(#[from] crate::config::ConfigError),
     #[error("cache: {0}")]
     Cache(String),
+    #[error("limits: {0}")]
+    Limits(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("virtual keys: {0}")]
@@ -220,6 +222,20 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     }
 
     let cache = Cache::new(config.cache.clone(), embedder.clone()).map_err(ServeError::Cache)?;
+    let (limits, settle_limits) = crate::limits::Limits::new(crate::limits::LimitsSetup {
+        settings: config.limits.clone(),
+        // A lease outlives a crashed instance by at most its longest request.
+        lease_ttl: config.server.request_timeout + std::time::Duration::from_secs(60),
+        audit: audit.clone(),
+        counter: Some(crate::limits::TokenCounter::new(
+            model_router.clone(),
+            registry.clone(),
+            config.limits.provider_token_estimate,
+        )),
+    })
+    .map_err(ServeError::Limits)?;
+    // Ends with the process (aborted with the other tasks).
+    tasks.spawn(settle_limits.run());
     let chain = Arc::new(Chain {
         guard: guard.clone().map(|guard| {
             // The cache's vector serves the guard only when both read the
@@ -247,6 +263,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         }),
         cache: cache.clone(),
         router: model_router.clone(),
+        limits: Arc::new(limits),
     });
     let state = AppState {
         chain,

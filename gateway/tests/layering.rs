@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("guard", 1),
     ("inflight", 1),
     ("keys", 1),
+    ("limits", 1),
     ("metrics", 1),
     ("providers", 1),
     ("registry", 1),

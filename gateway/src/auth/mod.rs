@@ -30,12 +30,12 @@ pub struct Tenant(pub Arc<str>);
 /// The configured keys, held as digests: the store never keeps a key
 /// itself, so no `Debug`, log line or core dump of it can show one.
 pub struct KeyStore {
-    keys: Vec<(Arc<str>, KeyDigest, TenantPolicy)>,
+    keys: Vec<(Arc<str>, KeyDigest, TenantPolicy, CallerLimits)>,
 }
 
 impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tenants: Vec<&str> = self.keys.iter().map(|(t, _, _)| &**t).collect();
+        let tenants: Vec<&str> = self.keys.iter().map(|(t, ..)| &**t).collect();
         f.debug_struct("KeyStore")
             .field("tenants", &tenants)
             .finish_non_exhaustive()
@@ -54,6 +54,11 @@ impl KeyStore {
                         TenantPolicy {
                             sensitive: k.sensitive,
                             guard: k.guard,
+                        },
+                        CallerLimits {
+                            rpm: k.limits.rpm,
+                            tpm: k.limits.tpm,
+                            max_parallel: k.limits.max_parallel,
                         },
                     )
                 })
@@ -76,8 +81,21 @@ impl KeyStore {
         &self,
         header: Option<&[u8]>,
     ) -> Result<(Tenant, TenantPolicy), ApiError> {
+        self.authenticate_with_limits(header)
+            .map(|(tenant, policy, _)| (tenant, policy))
+    }
+
+    /// The tenant, its key's policy and its key's limits.
+    pub fn authenticate_with_limits(
+        &self,
+        header: Option<&[u8]>,
+    ) -> Result<(Tenant, TenantPolicy, CallerLimits), ApiError> {
         if self.is_open() {
-            return Ok((Tenant(Arc::from("anonymous")), TenantPolicy::default()));
+            return Ok((
+                Tenant(Arc::from("anonymous")),
+                TenantPolicy::default(),
+                CallerLimits::default(),
+            ));
         }
         let Some(value) = header else {
             return Err(ApiError::Unauthorized(
@@ -91,9 +109,9 @@ impl KeyStore {
         // Every key is compared, even after a match, so timing tells
         // neither which key matched nor whether one did early in the list.
         let mut found = None;
-        for (tenant, key, policy) in &self.keys {
+        for (tenant, key, policy, limits) in &self.keys {
             if key.matches(&presented) {
-                found = Some((Tenant(tenant.clone()), *policy));
+                found = Some((Tenant(tenant.clone()), *policy, *limits));
             }
         }
         found.ok_or(ApiError::Unauthorized("Incorrect API key provided."))
@@ -229,16 +247,18 @@ impl Authenticator {
             .ok_or(ApiError::Unauthorized(
                 "The Authorization header must be `Bearer <key>`.",
             ))?;
-        let result =
-            match self.checks.iter().find(|c| c.claims(token)) {
-                Some(check) => check.check(token).await,
-                None if self.config_keys.is_open() && self.is_open() => Ok(Principal::anonymous()),
-                None => self.config_keys.authenticate_with_policy(Some(value)).map(
-                    |(tenant, policy)| {
-                        Principal::for_tenant(&tenant.0, Credential::ConfigKey, policy)
-                    },
-                ),
-            };
+        let result = match self.checks.iter().find(|c| c.claims(token)) {
+            Some(check) => check.check(token).await,
+            None if self.config_keys.is_open() && self.is_open() => Ok(Principal::anonymous()),
+            None => self.config_keys.authenticate_with_limits(Some(value)).map(
+                |(tenant, policy, limits)| {
+                    let mut principal =
+                        Principal::for_tenant(&tenant.0, Credential::ConfigKey, policy);
+                    principal.limits = limits;
+                    principal
+                },
+            ),
+        };
         if let Err(err) = &result {
             // The attempt, never the token: a virtual key's public prefix at most.
             let actor = presented_prefix(token).unwrap_or("unknown");
@@ -354,6 +374,7 @@ mod tests {
                 secret: Secret::new("key-a".into()),
                 sensitive: false,
                 guard: None,
+                limits: Default::default(),
             },
             ApiKey {
                 tenant: "beta".into(),
@@ -361,6 +382,11 @@ mod tests {
                 secret: Secret::new("key-b".into()),
                 sensitive: true,
                 guard: None,
+                limits: crate::config::KeyLimits {
+                    rpm: Some(60),
+                    tpm: None,
+                    max_parallel: Some(2),
+                },
             },
         ])
     }
@@ -520,5 +546,8 @@ mod tests {
         assert_eq!(&*p.tenant, "beta");
         assert_eq!(p.credential, Credential::ConfigKey);
         assert!(p.policy.sensitive);
+        // A config key's limits travel with its principal.
+        assert_eq!(p.limits.rpm, Some(60));
+        assert_eq!(p.limits.max_parallel, Some(2));
     }
 }

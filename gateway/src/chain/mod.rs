@@ -46,6 +46,7 @@ use crate::answer::BoxAnswer;
 use crate::cache::{self, Cache, Decision};
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, Screening};
+use crate::limits::{Limits, RateHeaders};
 use crate::router::{Dispatch, Provenance, Routed, Router};
 use crate::validate::{ValidRequest, Validate};
 
@@ -57,6 +58,8 @@ pub struct Chain {
     pub guard: Option<InputGuard>,
     pub cache: Arc<Cache>,
     pub router: Arc<Router>,
+    /// Requests/tokens per minute and in parallel, per key, team and model.
+    pub limits: Arc<Limits>,
 }
 
 /// The request's answer and where it came from.
@@ -72,6 +75,8 @@ pub struct Answered {
 pub struct Stamp {
     guard: Screening,
     cache: Decision,
+    /// `x-ratelimit-*` of the tightest scopes.
+    limits: RateHeaders,
     /// `None` for a cache hit.
     provenance: Option<Provenance>,
 }
@@ -92,6 +97,10 @@ impl Chain {
     ) -> Result<(Head, Answered), ApiError> {
         let req = self.for_known_model(request.validate()?)?;
         crate::keys::allow_model(&caller.principal, &req.model)?;
+        let admission = self
+            .limits
+            .admit(&caller.principal, &req.model, &req.job)
+            .await?;
         let screening = match &self.guard {
             Some(guard) => guard.screen(&caller.policy, &req).await?,
             None => Screening::default(),
@@ -107,7 +116,12 @@ impl Chain {
         } = req;
         // Stages that reserved something before the model, or record what it
         // cost, settle here once the answer ends.
-        let settles: Vec<Box<dyn settle::Settle>> = Vec::new();
+        let mut settles: Vec<Box<dyn settle::Settle>> = Vec::new();
+        settles.extend(
+            admission
+                .lease
+                .map(|l| Box::new(l) as Box<dyn settle::Settle>),
+        );
         let (answer, provenance, tokenizer) = match decision.take_hit() {
             Some(hit) => (hit, None, None),
             None => {
@@ -137,6 +151,7 @@ impl Chain {
             stamp: Stamp {
                 guard: screening,
                 cache: decision,
+                limits: admission.headers,
                 provenance,
             },
         };
@@ -186,6 +201,7 @@ impl Stamp {
     pub fn apply(&self, headers: &mut HeaderMap, usage: Option<&Usage>) {
         self.guard.set_headers(headers);
         self.cache.set_headers(headers);
+        self.limits.set_headers(headers);
         if let Some(provenance) = &self.provenance {
             provenance.stamp(headers, usage);
         }

@@ -122,6 +122,19 @@ impl Drop for Settled {
     }
 }
 
+/// The rate limits' lease: the tokens the answer did not use go back (all
+/// of them for a cache hit, which no model generated), the slot is freed.
+impl Settle for crate::limits::Lease {
+    fn settle(self: Box<Self>, settlement: &Settlement<'_>) {
+        let used = if settlement.cache_hit() {
+            0
+        } else {
+            settlement.usage.prompt_tokens + settlement.usage.completion_tokens
+        };
+        (*self).finish(used as u64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

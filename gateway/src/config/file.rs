@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub guard: Option<super::guard::GuardSection>,
     #[serde(default)]
     pub store: super::store::StoreSection,
+    #[serde(default)]
+    pub limits: super::limits::LimitsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +78,10 @@ pub struct KeySection {
     /// Accepted only to refuse it with a clear message: secrets never sit
     /// in the config file, which gets copied, committed and printed.
     pub key: Option<toml::Value>,
+    /// This key's limits (requests/min, tokens/min, requests in parallel).
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub max_parallel: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

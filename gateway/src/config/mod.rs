@@ -15,6 +15,7 @@ mod encoders;
 mod file;
 mod guard;
 mod keys;
+mod limits;
 mod providers;
 mod render;
 mod resolve;
@@ -38,6 +39,7 @@ pub use guard::{
     DEFAULT_GUARD_ID, DEFAULT_INJECTION_LABELS,
 };
 pub use keys::{PepperSource, VirtualKeySettings};
+pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use providers::{ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use routes::{
@@ -128,6 +130,8 @@ pub struct ApiKey {
     pub sensitive: bool,
     /// What this key's flagged requests get, instead of `[guard] action`.
     pub guard: Option<GuardAction>,
+    /// Requests/tokens per minute and in parallel for this key.
+    pub limits: KeyLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +187,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// Virtual keys' pepper and invalidation Redis (`[auth]`).
     pub virtual_keys: VirtualKeySettings,
+    /// Rate limits (`[limits]`).
+    pub limits: LimitsSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

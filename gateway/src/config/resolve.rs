@@ -44,8 +44,10 @@ pub(super) fn resolve(
         encoders,
         guard,
         store,
+        limits,
     } = file;
     let cache_settings = cache.resolve(env)?;
+    let limits = limits.resolve(env, &cache_settings)?;
     let (admin_key_source, admin_key) = admin.resolve(base_dir, env)?.unzip();
 
     let (listen_text, listen_key) = match (&overrides.listen, env("SLUICE_LISTEN"), server.listen) {
@@ -223,6 +225,7 @@ pub(super) fn resolve(
         guard: super::guard::resolve_guard(guard, base_dir)?,
         store: store.resolve(base_dir, env)?,
         virtual_keys,
+        limits,
     })
 }
 
@@ -288,9 +291,15 @@ fn resolve_key(
         key,
         sensitive,
         guard,
+        rpm,
+        tpm,
+        max_parallel,
     } = k;
     let at = |field: &str| format!("auth.keys[{i}].{field}");
     check_tenant(&at("tenant"), &tenant)?;
+    super::limits::check_positive(&at("rpm"), rpm.map(u64::from))?;
+    super::limits::check_positive(&at("tpm"), tpm)?;
+    super::limits::check_positive(&at("max_parallel"), max_parallel.map(u64::from))?;
     if key.is_some() {
         return Err(invalid(
             at("key"),
@@ -333,6 +342,11 @@ fn resolve_key(
         secret: Secret::new(secret),
         sensitive: sensitive.unwrap_or(false),
         guard,
+        limits: super::KeyLimits {
+            rpm,
+            tpm,
+            max_parallel,
+        },
     })
 }
 
@@ -356,6 +370,7 @@ fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
             secret: Secret::new(secret.trim().to_string()),
             sensitive: false,
             guard: None,
+            limits: super::KeyLimits::default(),
         });
     }
     Ok(keys)

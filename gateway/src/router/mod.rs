@@ -266,6 +266,19 @@ impl Router {
         self.defaults.get(model)
     }
 
+    /// The `[[models]]` id of the route's first local deployment, if it has
+    /// one: the tokenizer that counts a prompt before a deployment is chosen.
+    pub fn local_model(&self, model: &str) -> Option<&str> {
+        self.routes
+            .get(model)?
+            .deployments
+            .iter()
+            .find_map(|d| match &d.target {
+                Target::Local { model, .. } => Some(model.as_str()),
+                Target::Provider { .. } => None,
+            })
+    }
+
     /// Whether `model` names a route (explicit or a local model's).
     pub fn has_route(&self, model: &str) -> bool {
         self.routes.contains_key(model)

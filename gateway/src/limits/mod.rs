@@ -1,0 +1,423 @@
+//! Rate limits that hold across instances: requests per minute, tokens per
+//! minute and requests in parallel, per key ([`Principal::limits`]), per
+//! team ([`Principal::team_limits`]) and per model (`[[limits.models]]`).
+//!
+//! A request is admitted by [`Limits::admit`], right after its model is
+//! known and before any encoder or engine work:
+//! 1. its token reservation is counted ([`tokens`]) when a tokens-per-minute
+//!    limit applies;
+//! 2. this process's own limiter ([`local`]) checks it: what this process
+//!    alone has used up is refused without a Redis round trip;
+//! 3. the shared limiter ([`shared`]) checks every scope and dimension in
+//!    one atomic Redis script on Redis's clock, all or none.
+//!
+//! Admission leaves a [`Lease`]: when the answer ends (completed, failed,
+//! or the client gone) the chain settles it, which gives back the tokens
+//! reserved but not used and releases the parallel slot, locally at once and
+//! in Redis through a bounded queue drained by [`SettleWorker`].
+//!
+//! Redis away: `on_store_down = "open"` serves under the local limiter
+//! (logged once, `sluice_limits_degraded` = 1), `"closed"` answers 503
+//! `store_unavailable`; both recover by themselves when Redis answers again.
+//!
+//! Responses carry OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
+//! from the tightest scope of each dimension; resets are written as OpenAI
+//! writes durations (`250ms`, `1.5s`, `6m0s`). Design choice (see [`gcra`]):
+//! requests are spread out (at most `burst + 1` at once), tokens may be
+//! reserved a minute's worth at once.
+
+mod gcra;
+mod local;
+mod scope;
+mod shared;
+mod tokens;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::mpsc;
+
+use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
+use crate::auth::Principal;
+use crate::config::{LimitsSettings, OnStoreDown};
+use crate::error::ApiError;
+use crate::validate::Job;
+
+pub use gcra::Rate;
+pub use local::LocalLimiter;
+pub use scope::{Check, Dimension, ScopeKind, Scopes};
+pub use shared::{GiveBack, SharedLimiter, Unavailable};
+pub use tokens::TokenCounter;
+
+/// Settlements waiting for Redis; past this they are dropped (counted),
+/// and the parallel leases they held lapse at their expiry.
+const SETTLE_QUEUE: usize = 4096;
+
+/// What a limiter decided for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Per check: what remains, and µs until the scope is back to its
+    /// initial state.
+    Granted(Vec<(u64, u64)>),
+    /// The first check that refused, and µs until it would grant.
+    Refused { check: usize, retry_us: u64 },
+}
+
+/// What the stage is built from.
+pub struct LimitsSetup {
+    pub settings: LimitsSettings,
+    /// How long a parallel lease outlives its instance at most (the request
+    /// timeout and a margin).
+    pub lease_ttl: Duration,
+    pub audit: Audit,
+    /// `None`: token limits reserve only `max_tokens` (or the estimate).
+    pub counter: Option<TokenCounter>,
+}
+
+/// The rate-limit stage.
+pub struct Limits {
+    scopes: Scopes,
+    local: Arc<LocalLimiter>,
+    shared: Option<Arc<SharedLimiter>>,
+    on_store_down: OnStoreDown,
+    counter: Option<TokenCounter>,
+    provider_estimate: u64,
+    lease_ttl: Duration,
+    settles: mpsc::Sender<SettleJob>,
+    audit: Audit,
+    /// Whether Redis is away (logged and gauged on each change only).
+    degraded: AtomicBool,
+}
+
+/// Drains settlements into Redis; runs until the stage is dropped.
+pub struct SettleWorker {
+    shared: Option<Arc<SharedLimiter>>,
+    jobs: mpsc::Receiver<SettleJob>,
+}
+
+struct SettleJob {
+    items: Vec<GiveBack>,
+    lease: String,
+}
+
+/// A granted request's headers and its lease.
+#[derive(Default)]
+pub struct Admission {
+    pub headers: RateHeaders,
+    /// `None` when nothing needs settling (no token or parallel limit).
+    pub lease: Option<Lease>,
+}
+
+impl Limits {
+    /// The stage and the worker that settles into Redis (the caller runs it).
+    pub fn new(setup: LimitsSetup) -> Result<(Self, SettleWorker), String> {
+        let LimitsSetup {
+            settings,
+            lease_ttl,
+            audit,
+            counter,
+        } = setup;
+        let shared = settings
+            .redis_url
+            .as_deref()
+            .map(|url| SharedLimiter::new(url, &settings.redis_prefix).map(Arc::new))
+            .transpose()?;
+        let (settles, jobs) = mpsc::channel(SETTLE_QUEUE);
+        metrics::gauge!("sluice_limits_degraded").set(0.0);
+        let limits = Self {
+            scopes: Scopes::new(&settings.models, settings.burst),
+            local: Arc::new(LocalLimiter::default()),
+            shared: shared.clone(),
+            on_store_down: settings.on_store_down,
+            counter,
+            provider_estimate: settings.provider_token_estimate,
+            lease_ttl,
+            settles,
+            audit,
+            degraded: AtomicBool::new(false),
+        };
+        Ok((limits, SettleWorker { shared, jobs }))
+    }
+
+    /// Admits `principal`'s request for `model`, or refuses it (429 naming
+    /// the scope, or 503 while Redis is away in `closed` mode).
+    pub async fn admit(
+        &self,
+        principal: &Principal,
+        model: &str,
+        job: &Job,
+    ) -> Result<Admission, ApiError> {
+        let checks = self.scopes.checks(principal, model);
+        if checks.is_empty() {
+            return Ok(Admission::default());
+        }
+        let tokens = if checks.iter().any(|c| c.dimension == Dimension::Tokens) {
+            match &self.counter {
+                Some(counter) => counter.reservation(model, job).await,
+                None => job
+                    .sampling
+                    .max_tokens
+                    .map_or(self.provider_estimate, |m| m as u64),
+            }
+        } else {
+            0
+        };
+        let local = match self.local.admit(&checks, tokens) {
+            Outcome::Granted(standings) => standings,
+            Outcome::Refused { check, retry_us } => {
+                return Err(self.refuse(principal, &checks[check], retry_us))
+            }
+        };
+        let lease_id = uuid::Uuid::new_v4().simple().to_string();
+        let (standings, shared) = match &self.shared {
+            None => (local, false),
+            Some(shared) => match shared
+                .admit(&checks, tokens, &lease_id, self.lease_ttl)
+                .await
+            {
+                Ok(outcome) => {
+                    self.reachable();
+                    match outcome {
+                        Outcome::Granted(standings) => (standings, true),
+                        Outcome::Refused { check, retry_us } => {
+                            self.local.give_back(&checks, tokens as i64, 1);
+                            return Err(self.refuse(principal, &checks[check], retry_us));
+                        }
+                    }
+                }
+                Err(Unavailable(why)) => {
+                    self.unreachable(&why);
+                    match self.on_store_down {
+                        OnStoreDown::Open => (local, false),
+                        OnStoreDown::Closed => {
+                            self.local.give_back(&checks, tokens as i64, 1);
+                            return Err(ApiError::StoreUnavailable("The rate-limit store (Redis)"));
+                        }
+                    }
+                }
+            },
+        };
+        let headers = RateHeaders::tightest(&checks, &standings);
+        let needs_lease = checks.iter().any(|c| c.dimension != Dimension::Requests);
+        let lease = needs_lease.then(|| Lease {
+            held: Some(Held {
+                local: self.local.clone(),
+                settles: shared.then(|| self.settles.clone()),
+                checks,
+                reserved: tokens,
+                id: lease_id,
+            }),
+        });
+        Ok(Admission { headers, lease })
+    }
+
+    fn refuse(&self, principal: &Principal, check: &Check, retry_us: u64) -> ApiError {
+        let (scope, dimension) = (check.kind.as_str(), check.dimension.as_str());
+        metrics::counter!("sluice_limit_refusals_total", "scope" => scope, "dimension" => dimension)
+            .increment(1);
+        // A refusal is refused either way: an audit that cannot be written
+        // (fail_closed) changes nothing here.
+        let _ = self.audit.record(
+            AuditEvent::new(
+                actions::LIMIT_REFUSED,
+                principal.actor(),
+                AuditOutcome::Denied,
+            )
+            .tenant(&*principal.tenant)
+            .target(check.scope.clone())
+            .detail(format!("{dimension} limit {}", check.limit)),
+        );
+        let retry_after = Duration::from_micros(retry_us);
+        let what = match check.dimension {
+            Dimension::Requests => "requests per minute",
+            Dimension::Tokens => "tokens per minute",
+            Dimension::Parallel => "requests in parallel",
+        };
+        let message = if check.dimension == Dimension::Tokens && retry_us > 60_000_000 {
+            format!(
+                "This request reserves more tokens than `{}` may use in a minute (limit {}); \
+                 lower max_tokens or shorten the prompt.",
+                check.scope, check.limit
+            )
+        } else {
+            format!(
+                "Rate limit reached for `{}` on {what} (limit {}); retry after {}.",
+                check.scope,
+                check.limit,
+                duration_text(retry_us)
+            )
+        };
+        ApiError::RateLimited {
+            message,
+            code: "rate_limit_exceeded",
+            retry_after: Duration::from_secs(retry_after.as_secs_f64().ceil() as u64),
+            headers: RateHeaders::refused(check, retry_us).0,
+        }
+    }
+
+    fn unreachable(&self, why: &str) {
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            metrics::gauge!("sluice_limits_degraded").set(1.0);
+            match self.on_store_down {
+                OnStoreDown::Open => tracing::warn!(
+                    error = %why,
+                    "rate-limit Redis unavailable; each instance limits on its own until it returns"
+                ),
+                OnStoreDown::Closed => tracing::error!(
+                    error = %why,
+                    "rate-limit Redis unavailable; requests with limits are refused until it returns"
+                ),
+            }
+        }
+    }
+
+    fn reachable(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            metrics::gauge!("sluice_limits_degraded").set(0.0);
+            tracing::info!("rate-limit Redis reachable again; limits are shared again");
+        }
+    }
+}
+
+impl SettleWorker {
+    pub async fn run(mut self) {
+        while let Some(job) = self.jobs.recv().await {
+            let Some(shared) = &self.shared else { continue };
+            if let Err(Unavailable(why)) = shared.settle(&job.items, &job.lease).await {
+                // The lease lapses at its expiry; unreturned tokens stay spent.
+                metrics::counter!("sluice_limit_settle_failures_total").increment(1);
+                tracing::debug!(error = %why, "a rate-limit settlement did not reach Redis");
+            }
+        }
+    }
+}
+
+/// An admitted request's claim on its limits. Settled once the answer
+/// ends ([`Lease::finish`]); one dropped unsettled (the request failed
+/// before its answer started) gives back everything but the request itself.
+pub struct Lease {
+    held: Option<Held>,
+}
+
+struct Held {
+    local: Arc<LocalLimiter>,
+    /// `Some` when Redis granted the request too.
+    settles: Option<mpsc::Sender<SettleJob>>,
+    checks: Vec<Check>,
+    reserved: u64,
+    id: String,
+}
+
+impl Lease {
+    /// The answer ended having used `used` tokens (prompt and completion).
+    pub fn finish(mut self, used: u64) {
+        self.release(used);
+    }
+
+    fn release(&mut self, used: u64) {
+        let Some(held) = self.held.take() else { return };
+        let back = held.reserved as i64 - used as i64;
+        held.local.give_back(&held.checks, back, 0);
+        if let Some(settles) = held.settles {
+            let items = shared::give_backs(&held.checks, back);
+            if !items.is_empty()
+                && settles
+                    .try_send(SettleJob {
+                        items,
+                        lease: held.id,
+                    })
+                    .is_err()
+            {
+                metrics::counter!("sluice_limit_settle_failures_total").increment(1);
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release(0);
+    }
+}
+
+/// OpenAI's `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateHeaders(pub Vec<(&'static str, String)>);
+
+impl RateHeaders {
+    /// The tightest scope's standing in each dimension.
+    fn tightest(checks: &[Check], standings: &[(u64, u64)]) -> Self {
+        let mut headers = Vec::new();
+        for (dimension, suffix) in [(Dimension::Requests, 0), (Dimension::Tokens, 1)] {
+            let tightest = checks
+                .iter()
+                .zip(standings)
+                .filter(|(c, _)| c.dimension == dimension)
+                .min_by_key(|(_, (remaining, _))| *remaining);
+            if let Some((check, &(remaining, reset_us))) = tightest {
+                let [limit, left, reset] = NAMES[suffix];
+                headers.push((limit, check.limit.to_string()));
+                headers.push((left, remaining.to_string()));
+                headers.push((reset, duration_text(reset_us)));
+            }
+        }
+        Self(headers)
+    }
+
+    /// A refusal's headers: the refusing dimension, nothing left.
+    fn refused(check: &Check, retry_us: u64) -> Self {
+        let names = match check.dimension {
+            Dimension::Requests => NAMES[0],
+            Dimension::Tokens => NAMES[1],
+            Dimension::Parallel => return Self::default(),
+        };
+        let [limit, left, reset] = names;
+        Self(vec![
+            (limit, check.limit.to_string()),
+            (left, "0".into()),
+            (reset, duration_text(retry_us)),
+        ])
+    }
+
+    pub fn set_headers(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.0 {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(*name), value);
+            }
+        }
+    }
+}
+
+const NAMES: [[&str; 3]; 2] = [
+    [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ],
+    [
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ],
+];
+
+/// A duration as OpenAI writes it in `x-ratelimit-reset-*`: `250ms`,
+/// `1.5s`, `6m0s`.
+fn duration_text(us: u64) -> String {
+    let ms = us.div_ceil(1000);
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        let text = format!("{:.3}", ms as f64 / 1000.0);
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        return format!("{text}s");
+    }
+    let secs = ms.div_ceil(1000);
+    format!("{}m{}s", secs / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests;
