@@ -29,7 +29,7 @@
 //! - **1, stages and what they run on**: [`auth`], [`sensitivity`],
 //!   [`validate`], [`guard`], [`cache`], [`router`], [`providers`],
 //!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`],
-//!   [`store`] (the durable store), [`audit`]. They
+//!   [`store`] (the durable store), [`audit`], [`budget`] (spend caps). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers), [`admin`]
@@ -46,6 +46,7 @@ pub mod admin;
 pub mod answer;
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod cache;
 pub mod chain;
 pub mod cli;

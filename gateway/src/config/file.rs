@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub guard: Option<super::guard::GuardSection>,
     #[serde(default)]
     pub store: super::store::StoreSection,
+    #[serde(default)]
+    pub budgets: super::budgets::BudgetsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]

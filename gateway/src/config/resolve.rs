@@ -44,8 +44,14 @@ pub(super) fn resolve(
         encoders,
         guard,
         store,
+        budgets,
     } = file;
     let cache_settings = cache.resolve(env)?;
+    let cache_redis = match &cache_settings.backend {
+        super::Backend::Redis { url, .. } => Some(url.as_str()),
+        super::Backend::Memory => None,
+    };
+    let budget_settings = budgets.resolve(env, cache_redis)?;
     let (admin_key_source, admin_key) = admin.resolve(base_dir, env)?.unzip();
 
     let (listen_text, listen_key) = match (&overrides.listen, env("SLUICE_LISTEN"), server.listen) {
@@ -221,6 +227,7 @@ pub(super) fn resolve(
         encoders,
         guard: super::guard::resolve_guard(guard, base_dir)?,
         store: store.resolve(base_dir, env)?,
+        budgets: budget_settings,
     })
 }
 
