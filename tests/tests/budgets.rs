@@ -50,7 +50,11 @@ fn fresh_schema() -> String {
         ])
         .output()
         .expect("psql (PostgreSQL at 127.0.0.1:5432 is needed)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     format!("postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}")
 }
 
@@ -221,7 +225,10 @@ async fn two_instances_hold_one_budget_and_alert_once_per_threshold() {
     assert_eq!(row["id"], "tenant/acme", "{listed}");
     assert_eq!(row["reserved"].as_f64(), Some(0.0), "{listed}");
     let spent = row["spent"].as_f64().unwrap();
-    assert!((spent - cost).abs() < 1e-6, "counted {spent}, answers cost {cost}");
+    assert!(
+        (spent - cost).abs() < 1e-6,
+        "counted {spent}, answers cost {cost}"
+    );
 
     // 10 requests spend the budget exactly: every threshold is crossed.
     {

@@ -61,14 +61,18 @@ async fn upsert(
         .map_err(store_error)?;
     budgets.invalidate();
     let _ = state.audit.record(
-        AuditEvent::new(actions::BUDGET_CHANGED, caller.0.actor(), AuditOutcome::Success)
-            .target(budget.name())
-            .detail(format!(
-                "set to {} {} per {}",
-                budget.amount,
-                budget.currency,
-                budget.period.as_str()
-            )),
+        AuditEvent::new(
+            actions::BUDGET_CHANGED,
+            caller.0.actor(),
+            AuditOutcome::Success,
+        )
+        .target(budget.name())
+        .detail(format!(
+            "set to {} {} per {}",
+            budget.amount,
+            budget.currency,
+            budget.period.as_str()
+        )),
     );
     let stored = book::get(budgets.store(), budget.scope, &budget.target)
         .await
@@ -130,17 +134,22 @@ async fn remove(
         .map_err(store_error)?;
     budgets.invalidate();
     let _ = state.audit.record(
-        AuditEvent::new(actions::BUDGET_CHANGED, caller.0.actor(), AuditOutcome::Success)
-            .target(budget.name())
-            .detail("deleted"),
+        AuditEvent::new(
+            actions::BUDGET_CHANGED,
+            caller.0.actor(),
+            AuditOutcome::Success,
+        )
+        .target(budget.name())
+        .detail("deleted"),
     );
     Ok(Json(json!({"id": budget.name(), "deleted": true})))
 }
 
 /// The request's budget, checked field by field.
 fn validated(body: BudgetBody, budgets: &Budgets) -> Result<Budget, ApiError> {
-    let scope = Scope::parse(&body.scope)
-        .ok_or_else(|| ApiError::invalid("scope", "scope must be \"key\", \"team\" or \"tenant\""))?;
+    let scope = Scope::parse(&body.scope).ok_or_else(|| {
+        ApiError::invalid("scope", "scope must be \"key\", \"team\" or \"tenant\"")
+    })?;
     let target = body.target.trim().to_string();
     if target.is_empty() || target.len() > 128 || target.contains('/') {
         return Err(ApiError::invalid(
@@ -149,7 +158,10 @@ fn validated(body: BudgetBody, budgets: &Budgets) -> Result<Budget, ApiError> {
         ));
     }
     if !body.amount.is_finite() || body.amount <= 0.0 {
-        return Err(ApiError::invalid("amount", "amount must be a positive number"));
+        return Err(ApiError::invalid(
+            "amount",
+            "amount must be a positive number",
+        ));
     }
     let configured = &budgets.settings().currency;
     let currency = body

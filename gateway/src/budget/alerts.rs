@@ -91,7 +91,8 @@ impl BudgetWorker {
             .clone()
             .unwrap_or_else(|| self.shared.settings.alert_thresholds.clone());
         for pct in thresholds {
-            let crossed = i128::from(spent) * 100 >= i128::from(held.counter.limit) * i128::from(pct);
+            let crossed =
+                i128::from(spent) * 100 >= i128::from(held.counter.limit) * i128::from(pct);
             if !crossed {
                 continue;
             }
@@ -135,8 +136,10 @@ impl BudgetWorker {
                     from_micros(spent)
                 )),
         );
-        let (Some(url), Some(http)) = (self.shared.settings.alert_webhook.clone(), self.http.clone())
-        else {
+        let (Some(url), Some(http)) = (
+            self.shared.settings.alert_webhook.clone(),
+            self.http.clone(),
+        ) else {
             return;
         };
         let body = json!({
@@ -210,7 +213,9 @@ pub(crate) async fn settle_only(
                 tracing::warn!(error = %e, "budget settle failed; retrying");
                 tokio::time::sleep(SETTLE_RETRY).await;
             }
-            Err(e) => tracing::error!(error = %e, reserved, actual, "budget settle failed; the reservation stays held"),
+            Err(e) => {
+                tracing::error!(error = %e, reserved, actual, "budget settle failed; the reservation stays held")
+            }
         }
     }
     None

@@ -66,7 +66,11 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Option<Budget>, sqlx::Error> {
     // A row some other version wrote with a scope or period this one does
     // not know is skipped (and logged), never a failed request.
     let (Some(scope), Some(period)) = (Scope::parse(&scope), Period::parse(&period)) else {
-        tracing::warn!(scope, period, "budget row with an unknown scope or period skipped");
+        tracing::warn!(
+            scope,
+            period,
+            "budget row with an unknown scope or period skipped"
+        );
         return Ok(None);
     };
     Ok(Some(Budget {

@@ -65,7 +65,11 @@ pub fn micros(amount: f64) -> i64 {
     if amount.is_finite() {
         let m = amount * 1e6;
         let nearest = m.round();
-        (if (m - nearest).abs() < 1e-6 { nearest } else { m.ceil() }) as i64
+        (if (m - nearest).abs() < 1e-6 {
+            nearest
+        } else {
+            m.ceil()
+        }) as i64
     } else {
         i64::MAX / 4
     }
@@ -305,16 +309,20 @@ impl Budgets {
             Duration::from_millis(u64::try_from(h.window.end_ms - now).unwrap_or(0).max(1000))
         };
         let _ = self.shared.audit.record(
-            AuditEvent::new(actions::BUDGET_REFUSED, principal.actor(), AuditOutcome::Denied)
-                .tenant(principal.tenant.to_string())
-                .target(h.budget.name())
-                .detail(format!(
-                    "spent {:.4}, reserved {:.4}, needs {:.4} of {:.4} {currency}",
-                    from_micros(spent),
-                    from_micros(reserved),
-                    from_micros(needs),
-                    h.budget.amount
-                )),
+            AuditEvent::new(
+                actions::BUDGET_REFUSED,
+                principal.actor(),
+                AuditOutcome::Denied,
+            )
+            .tenant(principal.tenant.to_string())
+            .target(h.budget.name())
+            .detail(format!(
+                "spent {:.4}, reserved {:.4}, needs {:.4} of {:.4} {currency}",
+                from_micros(spent),
+                from_micros(reserved),
+                from_micros(needs),
+                h.budget.amount
+            )),
         );
         ApiError::RateLimited {
             message,
@@ -345,9 +353,14 @@ impl Budgets {
         let (spent, reserved) = match counted {
             Some((s, r)) => (from_micros(s), from_micros(r)),
             None => (
-                book::spent_since(&self.shared.store, budget.scope, &budget.target, h.window.start_ms)
-                    .await
-                    .map_err(store_error)?,
+                book::spent_since(
+                    &self.shared.store,
+                    budget.scope,
+                    &budget.target,
+                    h.window.start_ms,
+                )
+                .await
+                .map_err(store_error)?,
                 0.0,
             ),
         };
@@ -398,7 +411,10 @@ impl Shared {
 
     /// The budget's current window and counter.
     fn hold(&self, budget: Budget, now: i64) -> Result<Held, ApiError> {
-        if !budget.currency.eq_ignore_ascii_case(&self.settings.currency) {
+        if !budget
+            .currency
+            .eq_ignore_ascii_case(&self.settings.currency)
+        {
             return Err(ApiError::Internal(format!(
                 "budget {} is in {} but prices are in {} ([budgets] currency); \
                  fix the budget through /admin/budgets",

@@ -116,13 +116,7 @@ mod tests {
         let tz = TimeZone::get("Europe/Berlin").unwrap();
         // March 2026 holds the switch to summer time (29 March): the month
         // starts at 00:00 CET and ends at 00:00 CEST.
-        let w = window(
-            Period::CalendarMonth,
-            0,
-            ms("2026-03-30T12:00:00Z"),
-            &tz,
-        )
-        .unwrap();
+        let w = window(Period::CalendarMonth, 0, ms("2026-03-30T12:00:00Z"), &tz).unwrap();
         assert_eq!(w.start_ms, ms("2026-02-28T23:00:00Z"));
         assert_eq!(w.end_ms, ms("2026-03-31T22:00:00Z"));
         // One hour short of 31 days: the month lost an hour to DST.
@@ -133,13 +127,7 @@ mod tests {
     fn a_calendar_month_crosses_the_year_end_in_its_own_zone() {
         let tz = TimeZone::get("Asia/Tokyo").unwrap();
         // 31 December 20:00 UTC is already 1 January in Tokyo.
-        let w = window(
-            Period::CalendarMonth,
-            0,
-            ms("2026-12-31T20:00:00Z"),
-            &tz,
-        )
-        .unwrap();
+        let w = window(Period::CalendarMonth, 0, ms("2026-12-31T20:00:00Z"), &tz).unwrap();
         assert_eq!(w.start_ms, ms("2026-12-31T15:00:00Z"));
         assert_eq!(w.end_ms, ms("2027-01-31T15:00:00Z"));
         let utc = TimeZone::UTC;
@@ -166,7 +154,10 @@ mod tests {
         let created = ms("2026-01-15T10:00:00Z");
         let tz = TimeZone::UTC;
         let w = window(Period::Month, created, created, &tz).unwrap();
-        assert_eq!((w.start_ms, w.end_ms), (created, created + ROLLING_MONTH_MS));
+        assert_eq!(
+            (w.start_ms, w.end_ms),
+            (created, created + ROLLING_MONTH_MS)
+        );
         let later = created + ROLLING_MONTH_MS + 5;
         let w = window(Period::Month, created, later, &tz).unwrap();
         assert_eq!(w.start_ms, created + ROLLING_MONTH_MS);

@@ -165,9 +165,17 @@ async fn all_or_none(store: Store, ledger: Ledger) {
     // A budget of someone else's never applies.
     add_budget(&store, Scope::Team, "blue", 0.000_001).await;
     // Each reservation: 9 prompt tokens at 1/1k + 100 output tokens at 2/1k.
-    let first = budgets.reserve(&caller(), &job(100), ceiling()).await.unwrap().unwrap();
+    let first = budgets
+        .reserve(&caller(), &job(100), ceiling())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(close(first.amount(), 0.209), "{}", first.amount());
-    let second = budgets.reserve(&caller(), &job(100), ceiling()).await.unwrap().unwrap();
+    let second = budgets
+        .reserve(&caller(), &job(100), ceiling())
+        .await
+        .unwrap()
+        .unwrap();
     let err = match budgets.reserve(&caller(), &job(100), ceiling()).await {
         Err(e) => e,
         Ok(_) => panic!("the tenant's budget has no room for a third"),
@@ -204,7 +212,11 @@ async fn settle_replaces(store: Store, ledger: Ledger) {
     let (budgets, _) = stage(&store, ledger, &prefix());
     let key = add_budget(&store, Scope::Key, "k1", 10.0).await;
     let tenant = add_budget(&store, Scope::Tenant, "acme", 10.0).await;
-    let r = budgets.reserve(&caller(), &job(100), ceiling()).await.unwrap().unwrap();
+    let r = budgets
+        .reserve(&caller(), &job(100), ceiling())
+        .await
+        .unwrap()
+        .unwrap();
     // 5 prompt tokens at 1/1k and 10 output tokens at 2/1k.
     r.finish(spent(5, 10));
     for b in [&key, &tenant] {
@@ -212,7 +224,11 @@ async fn settle_replaces(store: Store, ledger: Ledger) {
         assert!(close(spent, 0.025), "{}: {spent}", b.name());
     }
     // A reservation dropped unused (the request failed first) charges nothing.
-    let r = budgets.reserve(&caller(), &job(100), ceiling()).await.unwrap().unwrap();
+    let r = budgets
+        .reserve(&caller(), &job(100), ceiling())
+        .await
+        .unwrap()
+        .unwrap();
     drop(r);
     let (spent, _) = settled(&budgets, &key).await;
     assert!(close(spent, 0.025), "{spent}");
@@ -238,7 +254,11 @@ async fn a_request_without_max_tokens_reserves_what_the_budget_allows() {
     let mut job = crate::validate::chat(serde_json::from_value(body).unwrap())
         .unwrap()
         .job;
-    let r = budgets.reserve(&caller(), &job, ceiling()).await.unwrap().unwrap();
+    let r = budgets
+        .reserve(&caller(), &job, ceiling())
+        .await
+        .unwrap()
+        .unwrap();
     // 0.009 for the prompt leaves 0.1: 50 output tokens at 2/1k.
     assert_eq!(r.tokens(), 50);
     r.bound(&mut job);
@@ -254,13 +274,21 @@ async fn rebuilds(store: Store) {
     // Spent this period, and long ago (another period: not counted).
     insert_spend(&store, "k1", unix_now_ms() - 1, 1.5).await;
     insert_spend(&store, "k1", 0, 100.0).await;
-    let r = budgets.reserve(&caller(), &job(100), ceiling()).await.unwrap().unwrap();
+    let r = budgets
+        .reserve(&caller(), &job(100), ceiling())
+        .await
+        .unwrap()
+        .unwrap();
     r.finish(spent(5, 10));
     let (before, _) = settled(&budgets, &key).await;
     assert!(close(before, 1.525), "{before}");
     // The spend log has the request too, then Redis loses the counter.
     insert_spend(&store, "k1", unix_now_ms(), 0.025).await;
-    let counter = budgets.shared.hold(key.clone(), unix_now_ms()).unwrap().counter;
+    let counter = budgets
+        .shared
+        .hold(key.clone(), unix_now_ms())
+        .unwrap()
+        .counter;
     let client = redis::Client::open(REDIS).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let deleted: i64 = redis::cmd("DEL")
@@ -270,7 +298,11 @@ async fn rebuilds(store: Store) {
         .unwrap();
     assert_eq!(deleted, 1);
     // The next reservation rebuilds it from the spend log: not reset to 0.
-    let r = budgets.reserve(&caller(), &job(100), ceiling()).await.unwrap().unwrap();
+    let r = budgets
+        .reserve(&caller(), &job(100), ceiling())
+        .await
+        .unwrap()
+        .unwrap();
     let (_, spent_now, reserved) = budgets.usage_of(&key).await.unwrap();
     assert!(close(spent_now, 1.525), "{spent_now}");
     assert!(close(reserved, r.amount()), "{reserved}");
@@ -297,8 +329,12 @@ async fn claims_once(store: Store) {
     let wins = [a.unwrap(), b.unwrap()];
     assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
     // Another threshold, or the same one next period, is a new alert.
-    assert!(book::claim_alert(&store, &budget, 1000, 100, 3).await.unwrap());
-    assert!(book::claim_alert(&store, &budget, 2000, 80, 3).await.unwrap());
+    assert!(book::claim_alert(&store, &budget, 1000, 100, 3)
+        .await
+        .unwrap());
+    assert!(book::claim_alert(&store, &budget, 2000, 80, 3)
+        .await
+        .unwrap());
 }
 
 #[tokio::test]
@@ -322,8 +358,16 @@ async fn two_instances_send_each_threshold_once() {
     // Each settle charges 0.3: 0.6 crosses 50%, 0.9 80%, 1.2 100%; the
     // two instances settle at once, so both see some thresholds crossed.
     for _ in 0..2 {
-        let a = one.reserve(&caller(), &job(1), ceiling()).await.unwrap().unwrap();
-        let b = two.reserve(&caller(), &job(1), ceiling()).await.unwrap().unwrap();
+        let a = one
+            .reserve(&caller(), &job(1), ceiling())
+            .await
+            .unwrap()
+            .unwrap();
+        let b = two
+            .reserve(&caller(), &job(1), ceiling())
+            .await
+            .unwrap()
+            .unwrap();
         a.finish(spent(0, 150));
         b.finish(spent(0, 150));
         settled(&one, &budget).await;

@@ -156,7 +156,9 @@ impl BudgetsSection {
             alert_webhook: self.alert_webhook,
             alert_thresholds,
             alert_timeout: Duration::from_millis(
-                self.alert_timeout_ms.unwrap_or(DEFAULT_ALERT_TIMEOUT_MS).max(1),
+                self.alert_timeout_ms
+                    .unwrap_or(DEFAULT_ALERT_TIMEOUT_MS)
+                    .max(1),
             ),
             refresh: Duration::from_millis(self.refresh_ms.unwrap_or(DEFAULT_REFRESH_MS)),
             provider_max_tokens,
@@ -197,7 +199,10 @@ mod tests {
         }
         .resolve(&no_env, None)
         .unwrap_err();
-        assert!(err.to_string().starts_with("budgets.alert_thresholds:"), "{err}");
+        assert!(
+            err.to_string().starts_with("budgets.alert_thresholds:"),
+            "{err}"
+        );
         let err = BudgetsSection {
             redis_url_env: Some("NOPE".into()),
             ..Default::default()

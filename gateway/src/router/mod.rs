@@ -287,7 +287,11 @@ impl Router {
             ceiling.price.output_per_1k = ceiling.price.output_per_1k.max(price.output_per_1k);
             match &d.target {
                 Target::Local { model, .. } => {
-                    let default = self.registry.get(model).ok().map(|s| s.config.default_max_tokens);
+                    let default = self
+                        .registry
+                        .get(model)
+                        .ok()
+                        .map(|s| s.config.default_max_tokens);
                     ceiling.local_max_tokens = ceiling.local_max_tokens.max(default);
                 }
                 Target::Provider { .. } => ceiling.providers = true,
