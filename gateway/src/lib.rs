@@ -32,6 +32,7 @@
 //!   [`store`] (the durable store), [`audit`], [`keys`] (virtual keys and
 //!   teams). They
 //!   [`store`] (the durable store), [`audit`], [`limits`] (rate limits). They
+//!   [`store`] (the durable store), [`audit`], [`budget`] (spend caps). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers), [`admin`]
@@ -48,6 +49,7 @@ pub mod admin;
 pub mod answer;
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod cache;
 pub mod chain;
 pub mod cli;

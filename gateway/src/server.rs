@@ -137,6 +137,13 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         )
         .with_check(virtual_keys.clone()),
     );
+    let (budgets, budget_worker) = crate::budget::Budgets::start(&config.budgets, &store, &audit)
+        .map_err(|e| ServeError::Load(format!("budgets: {e}")))?;
+    let keys = Arc::new(Authenticator::new(
+        KeyStore::new(&config.keys),
+        config.admin_key.clone().map(Arc::new),
+        audit.clone(),
+    ));
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -264,6 +271,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         cache: cache.clone(),
         router: model_router.clone(),
         limits: Arc::new(limits),
+        budgets: Some(budgets.clone()),
     });
     let state = AppState {
         chain,
@@ -283,6 +291,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         request_timeout: config.server.request_timeout,
         shutdown: shutdown.clone(),
         in_flight: crate::inflight::InFlightLimit::new(config.server.max_in_flight),
+        budgets,
     };
     if let Some(redis) = state.cache.redis() {
         let search = redis.detect_search_module().await;
@@ -306,6 +315,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         result = std::future::IntoFuture::into_future(serve) => result?,
         () = deadline => tracing::warn!("shutdown grace elapsed; dropping the requests still in flight"),
     }
+    // The requests are gone, and with them every budget sender: the
+    // worker settles what they left and ends.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), budget_worker).await;
     // Model loads still running are blocking threads that cannot be
     // aborted; the caller's runtime shutdown stops waiting for them.
     tasks.abort_all();

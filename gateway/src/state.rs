@@ -56,6 +56,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// `[server] max_in_flight`, taken around every `/v1` request.
     pub in_flight: crate::inflight::InFlightLimit,
+    /// Budgets, for `/admin/budgets` (the chain holds the same).
+    pub budgets: Arc<crate::budget::Budgets>,
 }
 
 impl FromRef<AppState> for BodyLimit {

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("answer", 1),
     ("audit", 1),
     ("auth", 1),
+    ("budget", 1),
     ("cache", 1),
     ("encoders", 1),
     ("generate", 1),

@@ -11,6 +11,9 @@
 //! 2. **validate**: the wire API's [`Validate`] impl turns its request into
 //!    the one internal [`ValidRequest`]; an unknown model is a 404 here, and
 //!    a known one's sampling defaults fill what the request left out.
+//!    Then the **budget** ([`crate::budget`]): the worst case is reserved
+//!    against every budget of the caller (429 `budget_exceeded`), settled
+//!    to the actual cost once the answer ends, which it caps.
 //! 3. **input guard**: [`InputGuard::screen`] scores every message's text;
 //!    a flagged request is refused, or answered and marked.
 //! 4. **cache lookup**: [`Cache::lookup`], with the embedding the guard
@@ -43,6 +46,7 @@ use sluice_models::Tokenizer;
 use sluice_runtime::Usage;
 
 use crate::answer::BoxAnswer;
+use crate::budget::{self, Budgets};
 use crate::cache::{self, Cache, Decision};
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, Screening};
@@ -60,6 +64,8 @@ pub struct Chain {
     pub router: Arc<Router>,
     /// Requests/tokens per minute and in parallel, per key, team and model.
     pub limits: Arc<Limits>,
+    /// Spend caps per key, team and tenant; `None`: none enforced.
+    pub budgets: Option<Arc<Budgets>>,
 }
 
 /// The request's answer and where it came from.
@@ -101,6 +107,7 @@ impl Chain {
             .limits
             .admit(&caller.principal, &req.model, &req.job)
             .await?;
+        let reservation = self.reserve_budget(caller, &req).await?;
         let screening = match &self.guard {
             Some(guard) => guard.screen(&caller.policy, &req).await?,
             None => Screening::default(),
@@ -112,7 +119,7 @@ impl Chain {
             stream,
             include_usage,
             user: _,
-            job,
+            mut job,
         } = req;
         // Stages that reserved something before the model, or record what it
         // cost, settle here once the answer ends.
@@ -130,6 +137,9 @@ impl Chain {
                     sensitive: caller.sensitive,
                     started: caller.started,
                 };
+                if let Some(r) = &reservation {
+                    r.bound(&mut job);
+                }
                 let Routed {
                     answer,
                     provenance,
@@ -138,6 +148,14 @@ impl Chain {
                 let answer = decision.record(answer);
                 (answer, Some(provenance), tokenizer)
             }
+        };
+        let answer = match reservation {
+            Some(r) => {
+                let capped = r.cap(answer);
+                settles.push(Box::new(r));
+                capped
+            }
+            None => answer,
         };
         let answer = settle::Settled::wrap(answer, settles, provenance.clone(), caller.started);
         let head = Head {
@@ -156,6 +174,22 @@ impl Chain {
             },
         };
         Ok((head, answered))
+    }
+
+    /// The budget stage: the worst case reserved against every budget of
+    /// the caller (429 `budget_exceeded` when one cannot cover it).
+    async fn reserve_budget(
+        &self,
+        caller: &Caller,
+        req: &ValidRequest,
+    ) -> Result<Option<budget::Reservation>, ApiError> {
+        match &self.budgets {
+            Some(budgets) => {
+                let ceiling = self.router.ceiling(&req.model);
+                budgets.reserve(&caller.principal, &req.job, ceiling).await
+            }
+            None => Ok(None),
+        }
     }
 
     /// An unknown model is a 404 before any stage spends encoder work on it
@@ -205,5 +239,14 @@ impl Stamp {
         if let Some(provenance) = &self.provenance {
             provenance.stamp(headers, usage);
         }
+    }
+}
+
+impl settle::Settle for budget::Reservation {
+    fn settle(self: Box<Self>, s: &settle::Settlement<'_>) {
+        self.finish(budget::Spent {
+            usage: s.usage,
+            price: s.provenance.map(|p| p.deployment.settings.price),
+        });
     }
 }

@@ -37,6 +37,7 @@ pub struct FileConfig {
     pub store: super::store::StoreSection,
     #[serde(default)]
     pub limits: super::limits::LimitsSection,
+    pub budgets: super::budgets::BudgetsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]

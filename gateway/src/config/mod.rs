@@ -9,6 +9,7 @@
 //! TOML syntax and type errors come from the `toml` crate with their line,
 //! column and span.
 
+mod budgets;
 mod cache;
 mod defaults;
 mod encoders;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use sluice_runtime::EngineConfig;
 
+pub use budgets::BudgetSettings;
 pub use cache::{Backend, Bounds, CacheSettings};
 pub use defaults::SamplingDefaults;
 pub use encoders::{EncoderConfig, EncoderKind, DEMO_EMBEDDING_ID};
@@ -189,6 +191,8 @@ pub struct Config {
     pub virtual_keys: VirtualKeySettings,
     /// Rate limits (`[limits]`).
     pub limits: LimitsSettings,
+    /// Budgets (`[budgets]`): currency, time zone, counters, alerts.
+    pub budgets: BudgetSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

@@ -48,6 +48,14 @@ pub(super) fn resolve(
     } = file;
     let cache_settings = cache.resolve(env)?;
     let limits = limits.resolve(env, &cache_settings)?;
+        budgets,
+    } = file;
+    let cache_settings = cache.resolve(env)?;
+    let cache_redis = match &cache_settings.backend {
+        super::Backend::Redis { url, .. } => Some(url.as_str()),
+        super::Backend::Memory => None,
+    };
+    let budget_settings = budgets.resolve(env, cache_redis)?;
     let (admin_key_source, admin_key) = admin.resolve(base_dir, env)?.unzip();
 
     let (listen_text, listen_key) = match (&overrides.listen, env("SLUICE_LISTEN"), server.listen) {
@@ -226,6 +234,7 @@ pub(super) fn resolve(
         store: store.resolve(base_dir, env)?,
         virtual_keys,
         limits,
+        budgets: budget_settings,
     })
 }
 

@@ -284,6 +284,35 @@ impl Router {
         self.routes.contains_key(model)
     }
 
+    /// The most a token can cost on `model`'s route (its dearest input and
+    /// output prices) and its local models' largest default `max_tokens`:
+    /// what a budget reserves for the worst case.
+    pub fn ceiling(&self, model: &str) -> Option<crate::budget::RouteCeiling> {
+        let route = self.routes.get(model)?;
+        let mut ceiling = crate::budget::RouteCeiling {
+            price: Price::default(),
+            local_max_tokens: None,
+            providers: false,
+        };
+        for d in &route.deployments {
+            let price = &d.settings.price;
+            ceiling.price.input_per_1k = ceiling.price.input_per_1k.max(price.input_per_1k);
+            ceiling.price.output_per_1k = ceiling.price.output_per_1k.max(price.output_per_1k);
+            match &d.target {
+                Target::Local { model, .. } => {
+                    let default = self
+                        .registry
+                        .get(model)
+                        .ok()
+                        .map(|s| s.config.default_max_tokens);
+                    ceiling.local_max_tokens = ceiling.local_max_tokens.max(default);
+                }
+                Target::Provider { .. } => ceiling.providers = true,
+            }
+        }
+        Some(ceiling)
+    }
+
     /// A deployment's record, for tests and the admin view.
     pub fn stats(&self, deployment: &str) -> DeploymentStats {
         self.outcomes.stats(deployment)
