@@ -1,5 +1,7 @@
 //! The command line: `sluice serve`, `check-config`, `models list`,
-//! `fetch-models`, `guard train`.
+//! `fetch-models`, `guard train`, `audit verify`.
+
+mod audit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,11 @@ enum Command {
     Guard {
         #[command(subcommand)]
         command: GuardCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
 }
 
@@ -144,6 +151,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Guard {
             command: GuardCommand::Train(args),
         } => guard_train(args),
+        Command::Audit { command } => audit::run(command),
     }
 }
 

@@ -29,7 +29,8 @@
 //! - **1, stages and what they run on**: [`auth`], [`sensitivity`],
 //!   [`validate`], [`guard`], [`cache`], [`router`], [`providers`],
 //!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`],
-//!   [`store`] (the durable store), [`audit`]. They
+//!   [`store`] (the durable store), [`audit`], [`spend`] (the spend log
+//!   and its reports). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers), [`admin`]
@@ -62,6 +63,7 @@ pub mod registry;
 pub mod router;
 pub mod sensitivity;
 pub mod server;
+pub mod spend;
 pub mod state;
 pub mod store;
 pub mod util;

@@ -53,6 +53,8 @@ pub enum ServeError {
     Cache(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
 /// Knobs of `serve` that are not configuration.
@@ -123,7 +125,13 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let embedder = crate::encoders::EncoderEmbedder::for_default(&encoders)
         .map(|e| Arc::new(e) as Arc<dyn crate::cache::Embedder>);
     let store = crate::store::Store::open(&config.store).await?;
-    let audit = crate::audit::Audit::off();
+    // The audit log's and the spend log's writers run until after the last
+    // request, then flush (below, after the server stops).
+    let (audit_log, audit_writers) =
+        crate::audit::AuditLog::start(&config.audit, &store).map_err(ServeError::Audit)?;
+    let audit = crate::audit::Audit::new(audit_log);
+    let (spend_log, spend_writer) = crate::spend::SpendLog::new(&config.spend, audit.clone());
+    let spend_writer = spend_writer.start(store.clone());
     let keys = Arc::new(Authenticator::new(
         KeyStore::new(&config.keys),
         config.admin_key.clone().map(Arc::new),
@@ -240,6 +248,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         }),
         cache: cache.clone(),
         router: model_router.clone(),
+        audit: audit.clone(),
+        spend: Some(spend_log),
     });
     let state = AppState {
         chain,
@@ -281,6 +291,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         result = std::future::IntoFuture::into_future(serve) => result?,
         () = deadline => tracing::warn!("shutdown grace elapsed; dropping the requests still in flight"),
     }
+    // Spend first: a full queue reports to the audit log.
+    spend_writer.finish(std::time::Duration::from_secs(10)).await;
+    audit_writers.finish(std::time::Duration::from_secs(10)).await;
     // Model loads still running are blocking threads that cannot be
     // aborted; the caller's runtime shutdown stops waiting for them.
     tasks.abort_all();

@@ -35,6 +35,7 @@
 
 mod caller;
 pub mod settle;
+mod spend;
 
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ use sluice_models::Tokenizer;
 use sluice_runtime::Usage;
 
 use crate::answer::BoxAnswer;
+use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
 use crate::cache::{self, Cache, Decision};
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, Screening};
@@ -57,6 +59,11 @@ pub struct Chain {
     pub guard: Option<InputGuard>,
     pub cache: Arc<Cache>,
     pub router: Arc<Router>,
+    /// Guard decisions go here; in `fail_closed` mode a log that cannot be
+    /// written refuses the request first.
+    pub audit: Audit,
+    /// One row per request once its answer ends; `None`: not recorded.
+    pub spend: Option<crate::spend::SpendLog>,
 }
 
 /// The request's answer and where it came from.
@@ -90,9 +97,16 @@ impl Chain {
         caller: &Caller,
         request: impl Validate,
     ) -> Result<(Head, Answered), ApiError> {
+        self.audit
+            .check()
+            .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
         let req = self.for_known_model(request.validate()?)?;
         let screening = match &self.guard {
-            Some(guard) => guard.screen(&caller.policy, &req).await?,
+            Some(guard) => {
+                let screened = guard.screen(&caller.policy, &req).await;
+                self.audit_guard(caller, &req.model, &screened)?;
+                screened?
+            }
             None => Screening::default(),
         };
         let mut decision = self.cache_lookup(caller, &req, &screening).await;
@@ -106,7 +120,14 @@ impl Chain {
         } = req;
         // Stages that reserved something before the model, or record what it
         // cost, settle here once the answer ends.
-        let settles: Vec<Box<dyn settle::Settle>> = Vec::new();
+        let mut settles: Vec<Box<dyn settle::Settle>> = Vec::new();
+        if let Some(log) = &self.spend {
+            settles.push(Box::new(spend::RecordSpend {
+                log: log.clone(),
+                principal: caller.principal.clone(),
+                model: model.clone(),
+            }));
+        }
         let (answer, provenance, tokenizer) = match decision.take_hit() {
             Some(hit) => (hit, None, None),
             None => {
@@ -140,6 +161,35 @@ impl Chain {
             },
         };
         Ok((head, answered))
+    }
+
+    /// A flagged or blocked request is an audit record (the parameter, never
+    /// its text).
+    fn audit_guard(
+        &self,
+        caller: &Caller,
+        model: &str,
+        screened: &Result<Screening, ApiError>,
+    ) -> Result<(), ApiError> {
+        let (outcome, detail) = match screened {
+            Ok(s) if s.flagged() == Some(true) => (AuditOutcome::Success, "flagged".to_string()),
+            Err(ApiError::InvalidRequest {
+                code: Some("content_policy_violation"),
+                param,
+                ..
+            }) => (
+                AuditOutcome::Denied,
+                format!("blocked at {}", param.as_deref().unwrap_or("the request")),
+            ),
+            _ => return Ok(()),
+        };
+        let event = AuditEvent::new(actions::GUARD_DECISION, caller.principal.actor(), outcome)
+            .tenant(&*caller.principal.tenant)
+            .target(model)
+            .detail(detail);
+        self.audit
+            .record(event)
+            .map_err(|_| ApiError::StoreUnavailable("The audit log"))
     }
 
     /// An unknown model is a 404 before any stage spends encoder work on it

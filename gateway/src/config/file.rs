@@ -35,6 +35,10 @@ pub struct FileConfig {
     pub guard: Option<super::guard::GuardSection>,
     #[serde(default)]
     pub store: super::store::StoreSection,
+    #[serde(default)]
+    pub spend: super::spend::SpendSection,
+    #[serde(default)]
+    pub audit: super::audit::AuditSection,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,6 +9,7 @@
 //! TOML syntax and type errors come from the `toml` crate with their line,
 //! column and span.
 
+mod audit;
 mod cache;
 mod defaults;
 mod encoders;
@@ -18,6 +19,7 @@ mod providers;
 mod render;
 mod resolve;
 mod routes;
+mod spend;
 mod store;
 
 use std::fmt;
@@ -43,6 +45,8 @@ pub use routes::{
     SaturationLimits, Strategy, TargetSpec,
 };
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
+pub use audit::{AuditMode, AuditSettings, AuditSinkConfig, SyslogTarget, SyslogTransport};
+pub use spend::{ReferencePrice, SpendSettings};
 
 /// The id under which the demo chat model is served.
 pub const DEMO_MODEL_ID: &str = "smollm2-135m-instruct";
@@ -179,6 +183,10 @@ pub struct Config {
     pub guard: GuardConfig,
     /// The durable store (`[store]`): keys, spend, audit.
     pub store: StoreSettings,
+    /// The spend log (`[spend]`).
+    pub spend: SpendSettings,
+    /// The audit log's sinks (`[audit]`).
+    pub audit: AuditSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

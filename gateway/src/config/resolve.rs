@@ -44,6 +44,8 @@ pub(super) fn resolve(
         encoders,
         guard,
         store,
+        spend,
+        audit,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let (admin_key_source, admin_key) = admin.resolve(base_dir, env)?.unzip();
@@ -221,6 +223,8 @@ pub(super) fn resolve(
         encoders,
         guard: super::guard::resolve_guard(guard, base_dir)?,
         store: store.resolve(base_dir, env)?,
+        spend: spend.resolve()?,
+        audit: audit.resolve(base_dir, env)?,
     })
 }
 
