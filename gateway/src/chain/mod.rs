@@ -20,6 +20,12 @@
 //!
 //! On the way back, the answer stream is wrapped, innermost first:
 //! 6. **recorders**: the cache insert ([`Decision::record`]).
+//! 7. **settles**: told once how the answer ended ([`settle`]); the spend
+//!    log's row is one ([`spend`]).
+//!
+//! Guard decisions (flagged, blocked) go to the audit log; in
+//! `fail_closed` mode an audit log that cannot be written refuses the
+//! request (503) before any stage runs.
 //!
 //! Adding a stage is one line in [`Chain::answer`] plus its module; a stage
 //! gets only what it needs (never the server's state) and returns a typed
