@@ -292,8 +292,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         () = deadline => tracing::warn!("shutdown grace elapsed; dropping the requests still in flight"),
     }
     // Spend first: a full queue reports to the audit log.
-    spend_writer.finish(std::time::Duration::from_secs(10)).await;
-    audit_writers.finish(std::time::Duration::from_secs(10)).await;
+    spend_writer
+        .finish(std::time::Duration::from_secs(10))
+        .await;
+    audit_writers
+        .finish(std::time::Duration::from_secs(10))
+        .await;
     // Model loads still running are blocking threads that cannot be
     // aborted; the caller's runtime shutdown stops waiting for them.
     tasks.abort_all();

@@ -47,7 +47,11 @@ spool_dir = "{}"
         dir.path().join("spool").display()
     );
     let model = sluice_tests::demo_model_path();
-    std::fs::write(&config_path, config.replace("{DEMO_MODEL}", model.to_str().unwrap())).unwrap();
+    std::fs::write(
+        &config_path,
+        config.replace("{DEMO_MODEL}", model.to_str().unwrap()),
+    )
+    .unwrap();
     let server = tokio::task::spawn_blocking(move || {
         Server::start(ServerOptions {
             config: Some(config),
@@ -62,7 +66,12 @@ spool_dir = "{}"
         assert_eq!(reply.status, 401);
     }
     // A clean stop flushes the writers.
-    assert_eq!(tokio::task::spawn_blocking(move || server.stop()).await.unwrap(), Some(0));
+    assert_eq!(
+        tokio::task::spawn_blocking(move || server.stop())
+            .await
+            .unwrap(),
+        Some(0)
+    );
 
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
         .unwrap()
@@ -72,12 +81,19 @@ spool_dir = "{}"
     assert_eq!(lines.len(), 6, "{lines:?}");
     assert!(lines.iter().all(|l| l["action"] == "auth.failed"));
     assert!(
-        !std::fs::read_to_string(&jsonl).unwrap().contains("sk-wrong"),
+        !std::fs::read_to_string(&jsonl)
+            .unwrap()
+            .contains("sk-wrong"),
         "a presented key never reaches the audit log"
     );
 
     let config_arg = config_path.to_str().unwrap();
-    let verify = || run_cli(&["audit", "verify", "--config", config_arg], &[]);
+    let verify = || {
+        run_cli(
+            &["audit", "verify", "--config", config_arg],
+            &[("TEST_KEY", KEY)],
+        )
+    };
     let (code, out, err) = verify();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("intact (6 records)"), "{out}");
@@ -85,12 +101,18 @@ spool_dir = "{}"
     sql(&db, "UPDATE audit SET outcome = 'success' WHERE seq = 2").await;
     let (code, out, err) = verify();
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("broken at seq 2") && out.contains("edited"), "{out}");
+    assert!(
+        out.contains("broken at seq 2") && out.contains("edited"),
+        "{out}"
+    );
     sql(&db, "UPDATE audit SET outcome = 'failure' WHERE seq = 2").await;
     assert_eq!(verify().0, 0);
 
     sql(&db, "DELETE FROM audit WHERE seq = 4").await;
     let (code, out, err) = verify();
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("broken at seq 5") && out.contains("deleted"), "{out}");
+    assert!(
+        out.contains("broken at seq 5") && out.contains("deleted"),
+        "{out}"
+    );
 }

@@ -188,24 +188,46 @@ async fn every_request_leaves_a_row_and_the_reports_sum_them() {
     let hit_ref: f64 = hits.iter().map(reference).sum();
     let local_ref: f64 = local.iter().map(reference).sum();
     let all_ref: f64 = cloud.iter().chain(&hits).chain(&local).map(reference).sum();
-    assert!(close(s["cache_hits"]["reference_cost"].as_f64().unwrap(), hit_ref), "{s}");
-    assert!(close(s["local"]["reference_cost"].as_f64().unwrap(), local_ref), "{s}");
+    assert!(
+        close(s["cache_hits"]["reference_cost"].as_f64().unwrap(), hit_ref),
+        "{s}"
+    );
+    assert!(
+        close(s["local"]["reference_cost"].as_f64().unwrap(), local_ref),
+        "{s}"
+    );
     assert!(close(s["reference_cost"].as_f64().unwrap(), all_ref), "{s}");
     let local_cost = s["local"]["cost"].as_f64().unwrap();
     let saved = hit_ref + local_ref - local_cost;
     assert!(close(s["saved"].as_f64().unwrap(), saved), "{s}");
-    assert!(close(s["saved_pct"].as_f64().unwrap(), saved / all_ref * 100.0), "{s}");
+    assert!(
+        close(s["saved_pct"].as_f64().unwrap(), saved / all_ref * 100.0),
+        "{s}"
+    );
 
     // Grouped by deployment, the cache hits have none.
-    let v = get(&server, "/admin/spend?group_by=deployment", Some(ADMIN)).await.json();
-    let none = v["data"].as_array().unwrap().iter().find(|r| r["group"].is_null()).unwrap();
+    let v = get(&server, "/admin/spend?group_by=deployment", Some(ADMIN))
+        .await
+        .json();
+    let none = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["group"].is_null())
+        .unwrap();
     assert_eq!(none["requests"], 2);
 
     // A range before the requests is empty; a bad grouping or time is a 400.
-    let v = get(&server, "/admin/spend?from=0&to=1000", Some(ADMIN)).await.json();
+    let v = get(&server, "/admin/spend?from=0&to=1000", Some(ADMIN))
+        .await
+        .json();
     assert_eq!(v["data"], json!([]));
-    get(&server, "/admin/spend?group_by=colour", Some(ADMIN)).await.expect_error(400);
-    get(&server, "/admin/spend?from=yesterday", Some(ADMIN)).await.expect_error(400);
+    get(&server, "/admin/spend?group_by=colour", Some(ADMIN))
+        .await
+        .expect_error(400);
+    get(&server, "/admin/spend?from=yesterday", Some(ADMIN))
+        .await
+        .expect_error(400);
     // Without an admin credential: refused.
     let status = get(&server, "/admin/spend", None).await.status;
     assert!(status == 401 || status == 403, "{status}");

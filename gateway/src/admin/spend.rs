@@ -107,7 +107,11 @@ fn scope(caller: &AdminCaller, params: &HashMap<String, String>) -> Result<Scope
     caller.allow(Access::Read {
         team: team.as_deref(),
     })?;
-    Ok(Scope { from_ms, to_ms, team })
+    Ok(Scope {
+        from_ms,
+        to_ms,
+        team,
+    })
 }
 
 /// Milliseconds since the epoch, or RFC 3339.
@@ -139,7 +143,10 @@ mod tests {
 
     #[test]
     fn times_are_milliseconds_or_rfc3339() {
-        assert_eq!(parse_time("from", "1700000000000").unwrap(), 1_700_000_000_000);
+        assert_eq!(
+            parse_time("from", "1700000000000").unwrap(),
+            1_700_000_000_000
+        );
         assert_eq!(
             parse_time("from", "2023-11-14T22:13:20Z").unwrap(),
             1_700_000_000_000
@@ -155,14 +162,24 @@ mod tests {
     }
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn a_team_admin_reads_its_own_team_only() {
         let team_admin = caller(&[Role::TeamAdmin], Some("red"));
         let s = scope(&team_admin, &params(&[("from", "10"), ("to", "20")])).unwrap();
-        assert_eq!(s, Scope { from_ms: 10, to_ms: 20, team: Some("red".into()) });
+        assert_eq!(
+            s,
+            Scope {
+                from_ms: 10,
+                to_ms: 20,
+                team: Some("red".into())
+            }
+        );
         let err = scope(&team_admin, &params(&[("team", "blue")])).unwrap_err();
         assert_eq!(err.status(), axum::http::StatusCode::FORBIDDEN);
 

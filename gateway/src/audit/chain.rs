@@ -224,21 +224,33 @@ mod tests {
     async fn detects_an_edited_and_a_deleted_row(store: Store) {
         append_n(&store, 0, 3).await;
         append_n(&store, 3, 4).await;
-        assert_eq!(verify(&store).await.unwrap(), Verdict::Intact { records: 7 });
+        assert_eq!(
+            verify(&store).await.unwrap(),
+            Verdict::Intact { records: 7 }
+        );
 
         sqlx::query("UPDATE audit SET actor = 'key:someone-else' WHERE seq = 5")
             .execute(store.pool())
             .await
             .unwrap();
         let verdict = verify(&store).await.unwrap();
-        assert_eq!(verdict, Verdict::Broken { seq: 5, problem: Break::Edited });
+        assert_eq!(
+            verdict,
+            Verdict::Broken {
+                seq: 5,
+                problem: Break::Edited
+            }
+        );
         assert!(verdict.to_string().contains("seq 5"), "{verdict}");
         // Put it back: the chain is whole again.
         sqlx::query("UPDATE audit SET actor = 'key:k4' WHERE seq = 5")
             .execute(store.pool())
             .await
             .unwrap();
-        assert_eq!(verify(&store).await.unwrap(), Verdict::Intact { records: 7 });
+        assert_eq!(
+            verify(&store).await.unwrap(),
+            Verdict::Intact { records: 7 }
+        );
 
         sqlx::query("DELETE FROM audit WHERE seq = 3")
             .execute(store.pool())
@@ -247,7 +259,10 @@ mod tests {
         let verdict = verify(&store).await.unwrap();
         assert_eq!(
             verdict,
-            Verdict::Broken { seq: 4, problem: Break::Missing { expected: 3 } }
+            Verdict::Broken {
+                seq: 4,
+                problem: Break::Missing { expected: 3 }
+            }
         );
 
         // Renumbering to hide the gap breaks the hashes instead (row by
@@ -285,7 +300,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             verify(&store).await.unwrap(),
-            Verdict::Broken { seq: 2, problem: Break::Missing { expected: 1 } }
+            Verdict::Broken {
+                seq: 2,
+                problem: Break::Missing { expected: 1 }
+            }
         );
     }
 
@@ -342,7 +360,10 @@ mod tests {
         let b = writer(other, 1000);
         a.await.unwrap();
         b.await.unwrap();
-        assert_eq!(verify(&store).await.unwrap(), Verdict::Intact { records: 200 });
+        assert_eq!(
+            verify(&store).await.unwrap(),
+            Verdict::Intact { records: 200 }
+        );
     }
 
     #[tokio::test]
@@ -367,6 +388,9 @@ mod tests {
         });
         a.await.unwrap();
         b.await.unwrap();
-        assert_eq!(verify(&store).await.unwrap(), Verdict::Intact { records: 100 });
+        assert_eq!(
+            verify(&store).await.unwrap(),
+            Verdict::Intact { records: 100 }
+        );
     }
 }

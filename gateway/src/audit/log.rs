@@ -64,7 +64,9 @@ impl AuditWriters {
         self.stop.cancel();
         let all = futures_util::future::join_all(self.handles);
         if tokio::time::timeout(within, all).await.is_err() {
-            tracing::warn!("the audit writers did not finish in time; the spool keeps what they held");
+            tracing::warn!(
+                "the audit writers did not finish in time; the spool keeps what they held"
+            );
         }
     }
 }
@@ -83,7 +85,9 @@ impl AuditLog {
             let (deliver, critical): (Box<dyn Deliver>, bool) = match config {
                 AuditSinkConfig::Store => (Box::new(StoreSink(store.clone())), true),
                 AuditSinkConfig::File(path) => (Box::new(FileSink::new(path.clone())), false),
-                AuditSinkConfig::Syslog(target) => (Box::new(SyslogSink::new(target.clone())), false),
+                AuditSinkConfig::Syslog(target) => {
+                    (Box::new(SyslogSink::new(target.clone())), false)
+                }
             };
             let (spool, pending) = Spool::open(&settings.spool_dir, name).map_err(|e| {
                 format!(
@@ -92,7 +96,11 @@ impl AuditLog {
                 )
             })?;
             if !pending.is_empty() {
-                tracing::info!(sink = name, records = pending.len(), "delivering audit records spooled before the restart");
+                tracing::info!(
+                    sink = name,
+                    records = pending.len(),
+                    "delivering audit records spooled before the restart"
+                );
             }
             let (tx, rx) = mpsc::channel(QUEUE);
             let healthy = Arc::new(AtomicBool::new(true));
@@ -207,7 +215,11 @@ impl Writer {
             }
         }
         if !self.pending.is_empty() {
-            tracing::warn!(sink = self.name, pending = self.pending.len(), "stopping with audit records in the spool; they go out at the next start");
+            tracing::warn!(
+                sink = self.name,
+                pending = self.pending.len(),
+                "stopping with audit records in the spool; they go out at the next start"
+            );
         }
     }
 
@@ -241,7 +253,8 @@ impl Writer {
             }
             Err(e) => {
                 self.spool_ok = false;
-                metrics::counter!("sluice_audit_spool_errors_total", "sink" => self.name).increment(1);
+                metrics::counter!("sluice_audit_spool_errors_total", "sink" => self.name)
+                    .increment(1);
                 tracing::error!(sink = self.name, error = %e, "cannot write the audit spool");
                 let room = MAX_UNSPOOLED.saturating_sub(self.pending.len());
                 if batch.len() > room {
@@ -259,17 +272,26 @@ impl Writer {
     async fn deliver_pending(&mut self) -> Result<(), String> {
         while !self.pending.is_empty() {
             let n = self.pending.len().min(BATCH);
-            let records: Vec<AuditRecord> =
-                self.pending.iter().take(n).map(|(r, _)| r.clone()).collect();
-            let delivered =
-                match tokio::time::timeout(DELIVERY_TIMEOUT, self.deliver.deliver(&records)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!("no answer within {} s", DELIVERY_TIMEOUT.as_secs())),
-                };
+            let records: Vec<AuditRecord> = self
+                .pending
+                .iter()
+                .take(n)
+                .map(|(r, _)| r.clone())
+                .collect();
+            let delivered = match tokio::time::timeout(
+                DELIVERY_TIMEOUT,
+                self.deliver.deliver(&records),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(format!("no answer within {} s", DELIVERY_TIMEOUT.as_secs())),
+            };
             if let Err(e) = delivered {
                 self.sink_ok = false;
                 self.update_health();
-                metrics::counter!("sluice_audit_delivery_errors_total", "sink" => self.name).increment(1);
+                metrics::counter!("sluice_audit_delivery_errors_total", "sink" => self.name)
+                    .increment(1);
                 return Err(e);
             }
             let end = self.pending.drain(..n).filter_map(|(_, end)| end).max();
@@ -279,7 +301,8 @@ impl Writer {
                     tracing::error!(sink = self.name, error = %e, "cannot record the audit spool's progress");
                 }
             }
-            metrics::counter!("sluice_audit_records_total", "sink" => self.name).increment(n as u64);
+            metrics::counter!("sluice_audit_records_total", "sink" => self.name)
+                .increment(n as u64);
             self.sink_ok = true;
             self.update_health();
         }

@@ -110,11 +110,16 @@ mod tests {
         sink.deliver(&[sample(0), sample(1)]).await.unwrap();
         sink.deliver(&[sample(2)]).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[2]["target"], "t2");
         assert_eq!(lines[0]["action"], "key.created");
-        assert!(lines[0]["time"].as_str().unwrap().starts_with("2023-11-14T"));
+        assert!(lines[0]["time"]
+            .as_str()
+            .unwrap()
+            .starts_with("2023-11-14T"));
     }
 }

@@ -45,7 +45,11 @@ impl Spool {
         file.read_to_end(&mut text)?;
         // Past the end: the file was truncated after everything was taken
         // but the offset not yet reset.
-        let start = if delivered > text.len() as u64 { 0 } else { delivered as usize };
+        let start = if delivered > text.len() as u64 {
+            0
+        } else {
+            delivered as usize
+        };
         let mut pending = Vec::new();
         let mut at = start;
         let mut complete = start;
@@ -89,7 +93,11 @@ impl Spool {
             buf.push(b'\n');
             ends.push(self.len + buf.len() as u64);
         }
-        if let Err(e) = self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
+        if let Err(e) = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+        {
             // Whatever part was written is cut off again, so the offsets stay true.
             let _ = self.file.set_len(self.len);
             return Err(e);

@@ -45,7 +45,9 @@ impl SyslogSink {
         }
         let stream = match &mut self.tcp {
             Some(s) => s,
-            None => self.tcp.insert(TcpStream::connect(&self.target.address).await?),
+            None => self
+                .tcp
+                .insert(TcpStream::connect(&self.target.address).await?),
         };
         let written = stream.write_all(frames).await;
         if written.is_err() {
@@ -58,7 +60,11 @@ impl SyslogSink {
         let socket = match &self.udp {
             Some(s) => s,
             None => {
-                let bind = if self.target.address.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
+                let bind = if self.target.address.starts_with('[') {
+                    "[::]:0"
+                } else {
+                    "0.0.0.0:0"
+                };
                 let s = UdpSocket::bind(bind).await?;
                 s.connect(&self.target.address).await?;
                 self.udp.insert(s)
@@ -125,7 +131,11 @@ pub fn rfc5424(record: &AuditRecord, hostname: &str) -> String {
         .filter(|c| c.is_ascii_graphic())
         .take(32)
         .collect();
-    let msgid = if msgid.is_empty() { "-".to_string() } else { msgid };
+    let msgid = if msgid.is_empty() {
+        "-".to_string()
+    } else {
+        msgid
+    };
     format!(
         "<{pri}>1 {} {hostname} sluice {} {msgid} - {}",
         record.time(),
@@ -195,8 +205,14 @@ mod tests {
         let mut r = sample(1);
         r.detail = Some("a=b|c\nd".into());
         let line = rfc5424(&r, "gw1");
-        assert!(line.starts_with("<109>1 2023-11-14T22:13:20.001Z gw1 sluice "), "{line}");
-        assert!(line.contains(" key.created - CEF:0|Sluice|sluice|"), "{line}");
+        assert!(
+            line.starts_with("<109>1 2023-11-14T22:13:20.001Z gw1 sluice "),
+            "{line}"
+        );
+        assert!(
+            line.contains(" key.created - CEF:0|Sluice|sluice|"),
+            "{line}"
+        );
         assert!(line.contains("|key.created|key.created|3|rt=1700000000001 act=key.created suser=key:k1 outcome=success"), "{line}");
         assert!(line.contains("cs1Label=tenant cs1=acme"), "{line}");
         assert!(line.ends_with("msg=a\\=b|c\\nd"), "{line}");

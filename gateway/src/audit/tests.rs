@@ -10,9 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::chain::{verify, Verdict};
 use super::*;
-use crate::config::{
-    AuditMode, AuditSettings, AuditSinkConfig, SyslogTarget, SyslogTransport,
-};
+use crate::config::{AuditMode, AuditSettings, AuditSinkConfig, SyslogTarget, SyslogTransport};
 use crate::store::{testing, Store};
 
 fn event(i: usize) -> AuditEvent {
@@ -46,10 +44,21 @@ async fn file_and_store_get_every_record_in_order(store: Store) {
     let targets: Vec<String> = std::fs::read_to_string(&file)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["target"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["target"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert_eq!(targets, (0..300).map(|i| format!("t{i}")).collect::<Vec<_>>());
-    assert_eq!(verify(&store).await.unwrap(), Verdict::Intact { records: 300 });
+    assert_eq!(
+        targets,
+        (0..300).map(|i| format!("t{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        verify(&store).await.unwrap(),
+        Verdict::Intact { records: 300 }
+    );
     let last: String = sqlx::query_scalar("SELECT target FROM audit ORDER BY seq DESC LIMIT 1")
         .fetch_one(store.pool())
         .await
@@ -74,7 +83,11 @@ async fn read_targets(stream: &mut BufReader<TcpStream>, n: usize) -> Vec<String
     while out.len() < n {
         let mut len = Vec::new();
         stream.read_until(b' ', &mut len).await.unwrap();
-        assert!(!len.is_empty(), "the connection closed after {} records", out.len());
+        assert!(
+            !len.is_empty(),
+            "the connection closed after {} records",
+            out.len()
+        );
         let len: usize = std::str::from_utf8(&len).unwrap().trim().parse().unwrap();
         let mut msg = vec![0; len];
         stream.read_exact(&mut msg).await.unwrap();
@@ -111,7 +124,10 @@ async fn a_syslog_receiver_down_for_10_s_gets_every_record_afterwards_in_order()
     }
     let (conn, _) = listener.accept().await.unwrap();
     let mut conn = BufReader::new(conn);
-    assert_eq!(read_targets(&mut conn, 5).await, ["t0", "t1", "t2", "t3", "t4"]);
+    assert_eq!(
+        read_targets(&mut conn, 5).await,
+        ["t0", "t1", "t2", "t3", "t4"]
+    );
 
     // The receiver goes away: its connection and its listener.
     drop(conn);
@@ -131,7 +147,12 @@ async fn a_syslog_receiver_down_for_10_s_gets_every_record_afterwards_in_order()
     assert_eq!(read_targets(&mut conn, 35).await, expected);
     writers.finish(Duration::from_secs(5)).await;
     // Everything was taken: the spool is empty.
-    assert_eq!(std::fs::metadata(dir.path().join("syslog.jsonl")).unwrap().len(), 0);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("syslog.jsonl"))
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -187,7 +208,10 @@ async fn fail_closed_refuses_while_the_store_fails_and_recovers_after() {
     audit.record(event(1)).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while audit.check().is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "the failure is noticed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failure is noticed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(audit.record(event(2)).is_err(), "fail_closed refuses");
@@ -197,7 +221,10 @@ async fn fail_closed_refuses_while_the_store_fails_and_recovers_after() {
         .await
         .unwrap();
     while audit.check().is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the recovery is noticed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the recovery is noticed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     audit.record(event(3)).unwrap();
@@ -208,7 +235,10 @@ async fn fail_closed_refuses_while_the_store_fails_and_recovers_after() {
         .unwrap();
     // The refused record was never written; the spooled one was, in order.
     assert_eq!(targets, ["t0", "t1", "t3"]);
-    assert_eq!(verify(&store).await.unwrap(), Verdict::Intact { records: 3 });
+    assert_eq!(
+        verify(&store).await.unwrap(),
+        Verdict::Intact { records: 3 }
+    );
 }
 
 #[tokio::test]
@@ -228,7 +258,10 @@ async fn fail_open_serves_on_while_the_store_fails() {
     audit.record(event(0)).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while log.healthy() {
-        assert!(tokio::time::Instant::now() < deadline, "the failure is noticed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failure is noticed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(audit.check().is_ok());

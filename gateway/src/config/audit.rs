@@ -81,7 +81,11 @@ pub struct AuditSettings {
 }
 
 impl AuditSection {
-    pub fn resolve(self, base_dir: &Path, env: EnvLookup<'_>) -> Result<AuditSettings, ConfigError> {
+    pub fn resolve(
+        self,
+        base_dir: &Path,
+        env: EnvLookup<'_>,
+    ) -> Result<AuditSettings, ConfigError> {
         let names = self.sinks.unwrap_or_else(|| vec!["store".to_string()]);
         let mut sinks = Vec::new();
         for (i, name) in names.iter().enumerate() {
@@ -110,7 +114,10 @@ impl AuditSection {
                 }
             };
             if sinks.contains(&sink) {
-                return Err(invalid(format!("audit.sinks[{i}]"), format!("`{name}` is listed twice")));
+                return Err(invalid(
+                    format!("audit.sinks[{i}]"),
+                    format!("`{name}` is listed twice"),
+                ));
             }
             sinks.push(sink);
         }
@@ -162,7 +169,9 @@ mod tests {
 
     #[test]
     fn the_default_is_the_store_fail_open_spooled_in_the_data_dir() {
-        let s = AuditSection::default().resolve(Path::new("/etc"), &env).unwrap();
+        let s = AuditSection::default()
+            .resolve(Path::new("/etc"), &env)
+            .unwrap();
         assert_eq!(s.sinks, [AuditSinkConfig::Store]);
         assert_eq!(s.mode, AuditMode::FailOpen);
         assert_eq!(s.spool_dir, PathBuf::from("/data/audit-spool"));
@@ -181,7 +190,10 @@ mod tests {
         .unwrap();
         let s = section.resolve(Path::new("/etc/sluice"), &env).unwrap();
         assert_eq!(s.mode, AuditMode::FailClosed);
-        assert_eq!(s.sinks[1], AuditSinkConfig::File("/etc/sluice/audit.jsonl".into()));
+        assert_eq!(
+            s.sinks[1],
+            AuditSinkConfig::File("/etc/sluice/audit.jsonl".into())
+        );
         assert_eq!(
             s.sinks[2],
             AuditSinkConfig::Syslog(SyslogTarget {
@@ -190,15 +202,26 @@ mod tests {
             })
         );
         let section: AuditSection = toml::from_str(r#"sinks = ["file"]"#).unwrap();
-        let err = section.resolve(Path::new("."), &env).unwrap_err().to_string();
+        let err = section
+            .resolve(Path::new("."), &env)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("audit.file"), "{err}");
-        let section: AuditSection =
-            toml::from_str(r#"sinks = ["syslog"]
-            syslog = "http://x:1""#).unwrap();
-        let err = section.resolve(Path::new("."), &env).unwrap_err().to_string();
+        let section: AuditSection = toml::from_str(
+            r#"sinks = ["syslog"]
+            syslog = "http://x:1""#,
+        )
+        .unwrap();
+        let err = section
+            .resolve(Path::new("."), &env)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("audit.syslog"), "{err}");
         let section: AuditSection = toml::from_str(r#"sinks = ["kafka"]"#).unwrap();
-        let err = section.resolve(Path::new("."), &env).unwrap_err().to_string();
+        let err = section
+            .resolve(Path::new("."), &env)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("audit.sinks[0]"), "{err}");
         assert!(toml::from_str::<AuditSection>(r#"mode = "maybe""#).is_err());
     }

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use sluice_runtime::EngineConfig;
 
+pub use audit::{AuditMode, AuditSettings, AuditSinkConfig, SyslogTarget, SyslogTransport};
 pub use cache::{Backend, Bounds, CacheSettings};
 pub use defaults::SamplingDefaults;
 pub use encoders::{EncoderConfig, EncoderKind, DEMO_EMBEDDING_ID};
@@ -44,9 +45,8 @@ pub use routes::{
     DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
     SaturationLimits, Strategy, TargetSpec,
 };
-pub use store::{default_data_dir, StoreLocation, StoreSettings};
-pub use audit::{AuditMode, AuditSettings, AuditSinkConfig, SyslogTarget, SyslogTransport};
 pub use spend::{ReferencePrice, SpendSettings};
+pub use store::{default_data_dir, StoreLocation, StoreSettings};
 
 /// The id under which the demo chat model is served.
 pub const DEMO_MODEL_ID: &str = "smollm2-135m-instruct";

@@ -151,11 +151,15 @@ mod tests {
 
     #[test]
     fn a_negative_price_or_a_zero_queue_names_its_key() {
-        let section: SpendSection =
-            toml::from_str("reference_models = { m = { input_per_1k = -1.0, output_per_1k = 0.0 } }")
-                .unwrap();
+        let section: SpendSection = toml::from_str(
+            "reference_models = { m = { input_per_1k = -1.0, output_per_1k = 0.0 } }",
+        )
+        .unwrap();
         let err = section.resolve().unwrap_err().to_string();
-        assert!(err.starts_with("spend.reference_models.\"m\".input_per_1k"), "{err}");
+        assert!(
+            err.starts_with("spend.reference_models.\"m\".input_per_1k"),
+            "{err}"
+        );
         let section: SpendSection = toml::from_str("queue = 0").unwrap();
         let err = section.resolve().unwrap_err().to_string();
         assert!(err.starts_with("spend.queue"), "{err}");

@@ -68,7 +68,11 @@ pub struct GroupRow {
 }
 
 /// Totals per group, the most expensive first.
-pub async fn by_group(store: &Store, group_by: GroupBy, scope: &Scope) -> Result<Vec<GroupRow>, StoreError> {
+pub async fn by_group(
+    store: &Store,
+    group_by: GroupBy,
+    scope: &Scope,
+) -> Result<Vec<GroupRow>, StoreError> {
     let column = group_by.column();
     let sql = format!(
         "SELECT {column}, COUNT(*), CAST(COALESCE(SUM(tokens_in), 0) AS BIGINT), \
@@ -157,7 +161,11 @@ pub async fn savings(store: &Store, scope: &Scope) -> Result<Savings, StoreError
         reference_cost,
         spent: row.try_get(1)?,
         saved,
-        saved_pct: if reference_cost > 0.0 { saved / reference_cost * 100.0 } else { 0.0 },
+        saved_pct: if reference_cost > 0.0 {
+            saved / reference_cost * 100.0
+        } else {
+            0.0
+        },
         cache_hits,
         local,
     })

@@ -95,7 +95,9 @@ async fn rows_land_and_the_reports_sum_them(store: Store) {
         to_ms: i64::MAX,
         team: None,
     };
-    let by_model = report::by_group(&store, GroupBy::Model, &all).await.unwrap();
+    let by_model = report::by_group(&store, GroupBy::Model, &all)
+        .await
+        .unwrap();
     assert_eq!(by_model.len(), 2);
     assert_eq!(by_model[0].group.as_deref(), Some("gpt"));
     assert_eq!(by_model[0].requests, 5);
@@ -103,10 +105,17 @@ async fn rows_land_and_the_reports_sum_them(store: Store) {
     assert_eq!(by_model[0].tokens_out, 2500);
     assert!((by_model[0].cost - 1.5).abs() < 1e-9);
     let by_team = report::by_group(&store, GroupBy::Team, &all).await.unwrap();
-    let red = by_team.iter().find(|r| r.group.as_deref() == Some("red")).unwrap();
+    let red = by_team
+        .iter()
+        .find(|r| r.group.as_deref() == Some("red"))
+        .unwrap();
     assert_eq!(red.requests, 3);
-    let by_deployment = report::by_group(&store, GroupBy::Deployment, &all).await.unwrap();
-    assert!(by_deployment.iter().any(|r| r.group.is_none() && r.requests == 2));
+    let by_deployment = report::by_group(&store, GroupBy::Deployment, &all)
+        .await
+        .unwrap();
+    assert!(by_deployment
+        .iter()
+        .any(|r| r.group.is_none() && r.requests == 2));
 
     // Each request at the reference price: 1000 in at 1.0/1k + 500 out at 2.0/1k = 2.0.
     let s = report::savings(&store, &all).await.unwrap();
@@ -130,8 +139,14 @@ async fn rows_land_and_the_reports_sum_them(store: Store) {
         to_ms: 1,
         team: None,
     };
-    assert!(report::by_group(&store, GroupBy::Key, &empty).await.unwrap().is_empty());
-    assert_eq!(report::savings(&store, &empty).await.unwrap().saved_pct, 0.0);
+    assert!(report::by_group(&store, GroupBy::Key, &empty)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        report::savings(&store, &empty).await.unwrap().saved_pct,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -156,11 +171,22 @@ async fn a_full_queue_is_counted_and_audited_never_dropped_silently() {
     // Rate-limited: one report for the burst, naming how many were lost.
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].action, actions::SPEND_QUEUE_FULL);
-    assert!(events[0].detail.as_deref().unwrap().starts_with("1 spend rows"), "{:?}", events[0]);
+    assert!(
+        events[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("1 spend rows"),
+        "{:?}",
+        events[0]
+    );
 
     // The two queued rows are still written once a writer runs.
     let (store, _dir) = testing::sqlite().await;
-    writer.start(store.clone()).finish(Duration::from_secs(10)).await;
+    writer
+        .start(store.clone())
+        .finish(Duration::from_secs(10))
+        .await;
     assert_eq!(count(&store).await, 2);
 }
 
@@ -172,7 +198,10 @@ async fn a_batch_is_flushed_without_waiting_for_it_to_fill() {
     record_sample(&log);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while count(&store).await < 6 {
-        assert!(tokio::time::Instant::now() < deadline, "rows were not flushed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rows were not flushed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     worker.finish(Duration::from_secs(5)).await;
