@@ -2,6 +2,9 @@
 //! `fetch-models`, `guard train`, `keys`.
 
 mod keys;
+//! `fetch-models`, `guard train`, `audit verify`.
+
+mod audit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +58,10 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: keys::KeysCommand,
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
 }
 
@@ -152,6 +159,7 @@ pub fn run(cli: Cli) -> ExitCode {
             command: GuardCommand::Train(args),
         } => guard_train(args),
         Command::Keys { command } => keys::run(command),
+        Command::Audit { command } => audit::run(command),
     }
 }
 

@@ -33,6 +33,8 @@
 //!   teams). They
 //!   [`store`] (the durable store), [`audit`], [`limits`] (rate limits). They
 //!   [`store`] (the durable store), [`audit`], [`budget`] (spend caps). They
+//!   [`store`] (the durable store), [`audit`], [`spend`] (the spend log
+//!   and its reports). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers), [`admin`]
@@ -68,6 +70,7 @@ pub mod registry;
 pub mod router;
 pub mod sensitivity;
 pub mod server;
+pub mod spend;
 pub mod state;
 pub mod store;
 pub mod util;

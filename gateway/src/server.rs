@@ -57,6 +57,8 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error("virtual keys: {0}")]
     Keys(#[from] crate::keys::KeysError),
+    #[error("audit: {0}")]
+    Audit(String),
 }
 
 /// Knobs of `serve` that are not configuration.
@@ -139,6 +141,13 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     );
     let (budgets, budget_worker) = crate::budget::Budgets::start(&config.budgets, &store, &audit)
         .map_err(|e| ServeError::Load(format!("budgets: {e}")))?;
+    // The audit log's and the spend log's writers run until after the last
+    // request, then flush (below, after the server stops).
+    let (audit_log, audit_writers) =
+        crate::audit::AuditLog::start(&config.audit, &store).map_err(ServeError::Audit)?;
+    let audit = crate::audit::Audit::new(audit_log);
+    let (spend_log, spend_writer) = crate::spend::SpendLog::new(&config.spend, audit.clone());
+    let spend_writer = spend_writer.start(store.clone());
     let keys = Arc::new(Authenticator::new(
         KeyStore::new(&config.keys),
         config.admin_key.clone().map(Arc::new),
@@ -272,6 +281,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         router: model_router.clone(),
         limits: Arc::new(limits),
         budgets: Some(budgets.clone()),
+        audit: audit.clone(),
+        spend: Some(spend_log),
     });
     let state = AppState {
         chain,
@@ -318,6 +329,13 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     // The requests are gone, and with them every budget sender: the
     // worker settles what they left and ends.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), budget_worker).await;
+    // Spend first: a full queue reports to the audit log.
+    spend_writer
+        .finish(std::time::Duration::from_secs(10))
+        .await;
+    audit_writers
+        .finish(std::time::Duration::from_secs(10))
+        .await;
     // Model loads still running are blocking threads that cannot be
     // aborted; the caller's runtime shutdown stops waiting for them.
     tasks.abort_all();

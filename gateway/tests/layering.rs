@@ -36,6 +36,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("registry", 1),
     ("router", 1),
     ("sensitivity", 1),
+    ("spend", 1),
     ("store", 1),
     ("validate", 1),
     // 2: the request path, in order.

@@ -4,10 +4,25 @@
 //!
 //! Stages hold an [`Audit`] and call [`Audit::record`]; where the records
 //! go (the store with a hash chain, JSON lines, syslog) is behind
-//! [`AuditSink`].
+//! [`AuditSink`]. The server's sink is [`AuditLog`]: a writer task per
+//! configured sink (the store's hash chain, [`chain`]; a JSON-lines file;
+//! syslog with CEF, [`syslog`]), each behind a disk [`spool`] so an outage
+//! loses nothing and `record` never waits.
+
+pub mod chain;
+mod log;
+mod record;
+mod sinks;
+pub mod spool;
+pub mod syslog;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::sync::Arc;
+
+pub use log::{AuditLog, AuditWriters};
+pub use record::AuditRecord;
 
 /// What the audit log records, by name (`<object>.<verb>`).
 pub mod actions {
@@ -116,6 +131,12 @@ pub struct AuditUnavailable;
 /// request path.
 pub trait AuditSink: Send + Sync {
     fn submit(&self, event: AuditEvent) -> Result<(), AuditUnavailable>;
+
+    /// `false` while records cannot be written (a spool unwritable, the
+    /// store failing) *and* the mode is fail-closed: then requests are refused.
+    fn available(&self) -> bool {
+        true
+    }
 }
 
 /// The handle stages hold; cheap to clone. [`Audit::off`] drops records.
@@ -147,6 +168,15 @@ impl Audit {
         match &self.sink {
             Some(sink) => sink.submit(event),
             None => Ok(()),
+        }
+    }
+
+    /// `Err` while the log cannot be written in `fail_closed` mode: the
+    /// chain checks this before it serves a request.
+    pub fn check(&self) -> Result<(), AuditUnavailable> {
+        match &self.sink {
+            Some(sink) if !sink.available() => Err(AuditUnavailable),
+            _ => Ok(()),
         }
     }
 }

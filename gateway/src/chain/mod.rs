@@ -23,6 +23,12 @@
 //!
 //! On the way back, the answer stream is wrapped, innermost first:
 //! 6. **recorders**: the cache insert ([`Decision::record`]).
+//! 7. **settles**: told once how the answer ended ([`settle`]); the spend
+//!    log's row is one ([`spend`]).
+//!
+//! Guard decisions (flagged, blocked) go to the audit log; in
+//! `fail_closed` mode an audit log that cannot be written refuses the
+//! request (503) before any stage runs.
 //!
 //! Adding a stage is one line in [`Chain::answer`] plus its module; a stage
 //! gets only what it needs (never the server's state) and returns a typed
@@ -38,6 +44,7 @@
 
 mod caller;
 pub mod settle;
+mod spend;
 
 use std::sync::Arc;
 
@@ -47,6 +54,7 @@ use sluice_runtime::Usage;
 
 use crate::answer::BoxAnswer;
 use crate::budget::{self, Budgets};
+use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
 use crate::cache::{self, Cache, Decision};
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, Screening};
@@ -66,6 +74,11 @@ pub struct Chain {
     pub limits: Arc<Limits>,
     /// Spend caps per key, team and tenant; `None`: none enforced.
     pub budgets: Option<Arc<Budgets>>,
+    /// Guard decisions go here; in `fail_closed` mode a log that cannot be
+    /// written refuses the request first.
+    pub audit: Audit,
+    /// One row per request once its answer ends; `None`: not recorded.
+    pub spend: Option<crate::spend::SpendLog>,
 }
 
 /// The request's answer and where it came from.
@@ -101,6 +114,9 @@ impl Chain {
         caller: &Caller,
         request: impl Validate,
     ) -> Result<(Head, Answered), ApiError> {
+        self.audit
+            .check()
+            .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
         let req = self.for_known_model(request.validate()?)?;
         crate::keys::allow_model(&caller.principal, &req.model)?;
         let admission = self
@@ -109,7 +125,11 @@ impl Chain {
             .await?;
         let reservation = self.reserve_budget(caller, &req).await?;
         let screening = match &self.guard {
-            Some(guard) => guard.screen(&caller.policy, &req).await?,
+            Some(guard) => {
+                let screened = guard.screen(&caller.policy, &req).await;
+                self.audit_guard(caller, &req.model, &screened)?;
+                screened?
+            }
             None => Screening::default(),
         };
         let mut decision = self.cache_lookup(caller, &req, &screening).await;
@@ -129,6 +149,13 @@ impl Chain {
                 .lease
                 .map(|l| Box::new(l) as Box<dyn settle::Settle>),
         );
+        if let Some(log) = &self.spend {
+            settles.push(Box::new(spend::RecordSpend {
+                log: log.clone(),
+                principal: caller.principal.clone(),
+                model: model.clone(),
+            }));
+        }
         let (answer, provenance, tokenizer) = match decision.take_hit() {
             Some(hit) => (hit, None, None),
             None => {
@@ -190,6 +217,33 @@ impl Chain {
             }
             None => Ok(None),
         }
+    /// A flagged or blocked request is an audit record (the parameter, never
+    /// its text).
+    fn audit_guard(
+        &self,
+        caller: &Caller,
+        model: &str,
+        screened: &Result<Screening, ApiError>,
+    ) -> Result<(), ApiError> {
+        let (outcome, detail) = match screened {
+            Ok(s) if s.flagged() == Some(true) => (AuditOutcome::Success, "flagged".to_string()),
+            Err(ApiError::InvalidRequest {
+                code: Some("content_policy_violation"),
+                param,
+                ..
+            }) => (
+                AuditOutcome::Denied,
+                format!("blocked at {}", param.as_deref().unwrap_or("the request")),
+            ),
+            _ => return Ok(()),
+        };
+        let event = AuditEvent::new(actions::GUARD_DECISION, caller.principal.actor(), outcome)
+            .tenant(&*caller.principal.tenant)
+            .target(model)
+            .detail(detail);
+        self.audit
+            .record(event)
+            .map_err(|_| ApiError::StoreUnavailable("The audit log"))
     }
 
     /// An unknown model is a 404 before any stage spends encoder work on it

@@ -38,6 +38,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: super::limits::LimitsSection,
     pub budgets: super::budgets::BudgetsSection,
+    pub spend: super::spend::SpendSection,
+    #[serde(default)]
+    pub audit: super::audit::AuditSection,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,6 +10,7 @@
 //! column and span.
 
 mod budgets;
+mod audit;
 mod cache;
 mod defaults;
 mod encoders;
@@ -21,6 +22,7 @@ mod providers;
 mod render;
 mod resolve;
 mod routes;
+mod spend;
 mod store;
 
 use std::fmt;
@@ -31,6 +33,7 @@ use std::time::Duration;
 use sluice_runtime::EngineConfig;
 
 pub use budgets::BudgetSettings;
+pub use audit::{AuditMode, AuditSettings, AuditSinkConfig, SyslogTarget, SyslogTransport};
 pub use cache::{Backend, Bounds, CacheSettings};
 pub use defaults::SamplingDefaults;
 pub use encoders::{EncoderConfig, EncoderKind, DEMO_EMBEDDING_ID};
@@ -48,6 +51,7 @@ pub use routes::{
     DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
     SaturationLimits, Strategy, TargetSpec,
 };
+pub use spend::{ReferencePrice, SpendSettings};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
 
 /// The id under which the demo chat model is served.
@@ -193,6 +197,10 @@ pub struct Config {
     pub limits: LimitsSettings,
     /// Budgets (`[budgets]`): currency, time zone, counters, alerts.
     pub budgets: BudgetSettings,
+    /// The spend log (`[spend]`).
+    pub spend: SpendSettings,
+    /// The audit log's sinks (`[audit]`).
+    pub audit: AuditSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

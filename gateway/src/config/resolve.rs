@@ -45,6 +45,8 @@ pub(super) fn resolve(
         guard,
         store,
         limits,
+        spend,
+        audit,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let limits = limits.resolve(env, &cache_settings)?;
@@ -235,6 +237,8 @@ pub(super) fn resolve(
         virtual_keys,
         limits,
         budgets: budget_settings,
+        spend: spend.resolve()?,
+        audit: audit.resolve(base_dir, env)?,
     })
 }
 

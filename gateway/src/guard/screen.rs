@@ -61,6 +61,11 @@ impl Screening {
         self.embedding.as_ref()
     }
 
+    /// `Some(true)` when the request was flagged; `None` when not scored.
+    pub fn flagged(&self) -> Option<bool> {
+        self.flagged
+    }
+
     /// `x-sluice-guard: flagged | clean`; absent when the request was not scored.
     pub fn set_headers(&self, headers: &mut HeaderMap) {
         if let Some(flagged) = self.flagged {

@@ -1,0 +1,162 @@
+//! The spend log's writer task: takes rows off the queue and inserts them
+//! in batches (up to `batch_rows` per transaction, several rows per
+//! statement), flushing a partial batch after `flush_ms`. A failed insert
+//! is retried with the same rows (an insert that did land is not doubled:
+//! `request_id` is the key). On shutdown it drains the queue first.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::SpendRow;
+use crate::config::SpendSettings;
+use crate::store::{Store, StoreError};
+
+/// Rows per INSERT statement: 17 parameters each stays far below SQLite's
+/// (32766) and PostgreSQL's (65535) limits.
+const ROWS_PER_STATEMENT: usize = 100;
+/// Attempts at one batch before it is given up (and counted lost).
+const ATTEMPTS: u32 = 5;
+const RETRY_MIN: Duration = Duration::from_millis(200);
+
+/// The queue's receiving end, until [`SpendWriter::start`].
+pub struct SpendWriter {
+    rx: mpsc::Receiver<SpendRow>,
+    batch_rows: usize,
+    flush: Duration,
+}
+
+/// The running writer.
+pub struct SpendWorker {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl SpendWorker {
+    /// Flushes what is queued and stops (at most `within`).
+    pub async fn finish(self, within: Duration) {
+        self.stop.cancel();
+        if tokio::time::timeout(within, self.handle).await.is_err() {
+            tracing::warn!("the spend writer did not finish flushing in time");
+        }
+    }
+}
+
+impl SpendWriter {
+    pub(super) fn new(rx: mpsc::Receiver<SpendRow>, settings: &SpendSettings) -> Self {
+        Self {
+            rx,
+            batch_rows: settings.batch_rows,
+            flush: settings.flush,
+        }
+    }
+
+    pub fn start(self, store: Store) -> SpendWorker {
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(self.run(store, stop.clone()));
+        SpendWorker { stop, handle }
+    }
+
+    async fn run(mut self, store: Store, stop: CancellationToken) {
+        let mut stopping = false;
+        while !stopping {
+            let mut batch = Vec::with_capacity(self.batch_rows);
+            tokio::select! {
+                n = self.rx.recv_many(&mut batch, self.batch_rows) => stopping = n == 0,
+                () = stop.cancelled() => stopping = true,
+            }
+            // Fill the batch until it is full or its first row has waited `flush`.
+            let deadline = Instant::now() + self.flush;
+            while !stopping && batch.len() < self.batch_rows {
+                let room = self.batch_rows - batch.len();
+                tokio::select! {
+                    n = self.rx.recv_many(&mut batch, room) => stopping = n == 0,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = stop.cancelled() => stopping = true,
+                }
+            }
+            if stopping {
+                while let Ok(row) = self.rx.try_recv() {
+                    batch.push(row);
+                }
+            }
+            for chunk in batch.chunks(self.batch_rows) {
+                write_with_retries(&store, chunk).await;
+            }
+        }
+    }
+}
+
+async fn write_with_retries(store: &Store, rows: &[SpendRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let mut wait = RETRY_MIN;
+    for attempt in 1..=ATTEMPTS {
+        match insert(store, rows).await {
+            Ok(()) => {
+                metrics::counter!("sluice_spend_rows_total").increment(rows.len() as u64);
+                return;
+            }
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, rows = rows.len(), "writing spend rows failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => {
+                metrics::counter!("sluice_spend_lost_total").increment(rows.len() as u64);
+                tracing::error!(error = %e, rows = rows.len(), "spend rows could not be written and are lost");
+            }
+        }
+    }
+}
+
+/// Inserts rows in one transaction, several per statement.
+pub async fn insert(store: &Store, rows: &[SpendRow]) -> Result<(), StoreError> {
+    let mut tx = store.pool().begin().await?;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO spend (request_id, at_ms, key_prefix, tenant, team, user_id, model, \
+             deployment, tokens_in, tokens_out, cached_tokens, cost, reference_cost, cache_hit, \
+             local, latency_ms, status) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let p = i * 17;
+            let params: Vec<String> = (1..=17).map(|k| format!("${}", p + k)).collect();
+            sql.push('(');
+            sql.push_str(&params.join(", "));
+            sql.push(')');
+        }
+        sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
+        let mut query = sqlx::query(&sql);
+        for r in chunk {
+            query = query
+                .bind(r.request_id.clone())
+                .bind(r.at_ms)
+                .bind(r.key_prefix.clone())
+                .bind(r.tenant.clone())
+                .bind(r.team.clone())
+                .bind(r.user.clone())
+                .bind(r.model.clone())
+                .bind(r.deployment.clone())
+                .bind(r.tokens_in)
+                .bind(r.tokens_out)
+                .bind(r.cached_tokens)
+                .bind(r.cost)
+                .bind(r.reference_cost)
+                .bind(i64::from(r.cache_hit))
+                .bind(i64::from(r.local))
+                .bind(r.latency_ms)
+                .bind(r.status.clone());
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
