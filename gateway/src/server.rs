@@ -124,11 +124,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         .map(|e| Arc::new(e) as Arc<dyn crate::cache::Embedder>);
     let store = crate::store::Store::open(&config.store).await?;
     let audit = crate::audit::Audit::off();
-    let keys = Arc::new(Authenticator::new(
+    let mut keys = Authenticator::new(
         KeyStore::new(&config.keys),
         config.admin_key.clone().map(Arc::new),
         audit.clone(),
-    ));
+    );
+    if let Some(oidc) = &config.oidc {
+        let client = auth::oidc_http_client().map_err(ServeError::Load)?;
+        let verifier = auth::JwtVerifier::new(oidc.clone(), client, audit.clone());
+        verifier.start();
+        keys = keys.with_check(Arc::new(verifier));
+    }
+    let keys = Arc::new(keys);
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await

@@ -57,6 +57,8 @@ pub struct ServerSection {
 pub struct AuthSection {
     #[serde(default)]
     pub keys: Vec<KeySection>,
+    /// OIDC bearer tokens (`[auth.oidc]`).
+    pub oidc: Option<super::oidc::OidcSection>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,7 @@ mod defaults;
 mod encoders;
 mod file;
 mod guard;
+mod oidc;
 mod providers;
 mod render;
 mod resolve;
@@ -36,6 +37,7 @@ pub use guard::{
     ClassifierGuardConfig, GuardAction, GuardConfig, GuardMode, GuardScoring, HeadSource,
     DEFAULT_GUARD_ID, DEFAULT_INJECTION_LABELS,
 };
+pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
 pub use providers::{ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use routes::{
@@ -179,6 +181,8 @@ pub struct Config {
     pub guard: GuardConfig,
     /// The durable store (`[store]`): keys, spend, audit.
     pub store: StoreSettings,
+    /// OIDC bearer tokens (`[auth.oidc]`).
+    pub oidc: Option<OidcSettings>,
 }
 
 /// What the command line adds on top of the file and the environment.

@@ -53,6 +53,9 @@ impl Config {
             .collect();
         let mut auth = Table::new();
         auth.insert("keys".into(), Value::Array(keys));
+        if let Some(oidc) = &self.oidc {
+            auth.insert("oidc".into(), Value::Table(oidc.to_toml()));
+        }
         let models: Vec<Value> = self
             .models
             .iter()

@@ -117,6 +117,7 @@ pub(super) fn resolve(
             None => server.allow_unauthenticated.unwrap_or(false),
         };
 
+    let oidc = auth.oidc.map(|o| o.resolve()).transpose()?;
     let mut keys = Vec::new();
     for (i, k) in auth.keys.into_iter().enumerate() {
         keys.push(resolve_key(i, k, base_dir, env)?);
@@ -136,7 +137,7 @@ pub(super) fn resolve(
             ));
         }
     }
-    if keys.is_empty() && !listen.ip().is_loopback() && !allow_unauthenticated {
+    if keys.is_empty() && oidc.is_none() && !listen.ip().is_loopback() && !allow_unauthenticated {
         return Err(invalid(
             listen_key,
             format!(
@@ -221,6 +222,7 @@ pub(super) fn resolve(
         encoders,
         guard: super::guard::resolve_guard(guard, base_dir)?,
         store: store.resolve(base_dir, env)?,
+        oidc,
     })
 }
 
