@@ -149,10 +149,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let (spend_log, spend_writer) = crate::spend::SpendLog::new(&config.spend, audit.clone());
     let spend_writer = spend_writer.start(store.clone());
     let keys = Arc::new(Authenticator::new(
+    let mut keys = Authenticator::new(
         KeyStore::new(&config.keys),
         config.admin_key.clone().map(Arc::new),
         audit.clone(),
-    ));
+    );
+    if let Some(oidc) = &config.oidc {
+        let client = auth::oidc_http_client().map_err(ServeError::Load)?;
+        let verifier = auth::JwtVerifier::new(oidc.clone(), client, audit.clone());
+        verifier.start();
+        keys = keys.with_check(Arc::new(verifier));
+    }
+    let keys = Arc::new(keys);
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await

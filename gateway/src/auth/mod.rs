@@ -4,8 +4,11 @@
 //! config refuses a non-loopback listen address in that case unless told
 //! otherwise).
 
+mod jwks;
+mod jwt;
 mod principal;
 
+pub use jwt::{http_client as oidc_http_client, JwtVerifier};
 pub use principal::{CallerLimits, Credential, Principal, Role, Roles};
 
 use axum::extract::{Request, State};

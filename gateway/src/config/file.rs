@@ -66,6 +66,8 @@ pub struct AuthSection {
     /// Virtual keys: the pepper's file and the invalidation Redis (`config/keys.rs`).
     pub pepper_file: Option<PathBuf>,
     pub redis_url: Option<String>,
+    /// OIDC bearer tokens (`[auth.oidc]`).
+    pub oidc: Option<super::oidc::OidcSection>,
 }
 
 #[derive(Debug, Deserialize)]

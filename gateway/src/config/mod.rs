@@ -18,6 +18,7 @@ mod file;
 mod guard;
 mod keys;
 mod limits;
+mod oidc;
 mod providers;
 mod render;
 mod resolve;
@@ -45,6 +46,7 @@ pub use guard::{
 };
 pub use keys::{PepperSource, VirtualKeySettings};
 pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
+pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
 pub use providers::{ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use routes::{
@@ -201,6 +203,8 @@ pub struct Config {
     pub spend: SpendSettings,
     /// The audit log's sinks (`[audit]`).
     pub audit: AuditSettings,
+    /// OIDC bearer tokens (`[auth.oidc]`).
+    pub oidc: Option<OidcSettings>,
 }
 
 /// What the command line adds on top of the file and the environment.

@@ -54,6 +54,9 @@ impl Config {
         let mut auth = Table::new();
         auth.insert("keys".into(), Value::Array(keys));
         self.virtual_keys_into(&mut auth);
+        if let Some(oidc) = &self.oidc {
+            auth.insert("oidc".into(), Value::Table(oidc.to_toml()));
+        }
         let models: Vec<Value> = self
             .models
             .iter()

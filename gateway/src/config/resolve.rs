@@ -130,6 +130,7 @@ pub(super) fn resolve(
         };
 
     let virtual_keys = super::keys::resolve(auth.pepper_file, auth.redis_url, base_dir, env)?;
+    let oidc = auth.oidc.map(|o| o.resolve()).transpose()?;
     let mut keys = Vec::new();
     for (i, k) in auth.keys.into_iter().enumerate() {
         keys.push(resolve_key(i, k, base_dir, env)?);
@@ -149,7 +150,7 @@ pub(super) fn resolve(
             ));
         }
     }
-    if keys.is_empty() && !listen.ip().is_loopback() && !allow_unauthenticated {
+    if keys.is_empty() && oidc.is_none() && !listen.ip().is_loopback() && !allow_unauthenticated {
         return Err(invalid(
             listen_key,
             format!(
@@ -239,6 +240,7 @@ pub(super) fn resolve(
         budgets: budget_settings,
         spend: spend.resolve()?,
         audit: audit.resolve(base_dir, env)?,
+        oidc,
     })
 }
 
