@@ -56,6 +56,7 @@ impl DecodeLoad {
                     ignore_eos: true,
                     ..SamplingParams::default()
                 },
+                constraint: None,
             })?;
             let (stop, tokens) = (stop.clone(), tokens.clone());
             collectors.push(std::thread::spawn(move || {

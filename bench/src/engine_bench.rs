@@ -192,6 +192,7 @@ fn run_batch(
                 ignore_eos: true,
                 ..SamplingParams::default()
             },
+            constraint: None,
         };
         let submitted = Instant::now();
         let stream = handle

@@ -136,6 +136,32 @@ fn plan(engine: &EngineHandle, default_max_tokens: usize, job: Job) -> Result<Pl
             ),
         ));
     }
+    if let Some(&(id, _)) = sampling
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= info.vocab_size)
+    {
+        return Err(ApiError::invalid(
+            format!("logit_bias.{id}"),
+            format!(
+                "{id} is outside the vocabulary of {} tokens",
+                info.vocab_size
+            ),
+        ));
+    }
+    // Compiled once per (model, grammar): the engine caches it.
+    let constraint = sampling
+        .constraint
+        .as_ref()
+        .map(|c| {
+            engine.compile_grammar(&c.spec).map_err(|e| {
+                ApiError::invalid(
+                    c.param,
+                    format!("cannot use this '{}' for structured output: {e}", c.param),
+                )
+            })
+        })
+        .transpose()?;
     let mut plan = Plan {
         requests: Vec::with_capacity(prompts.len() * n),
         prompt_of: Vec::with_capacity(prompts.len() * n),
@@ -153,6 +179,7 @@ fn plan(engine: &EngineHandle, default_max_tokens: usize, job: Job) -> Result<Pl
             plan.requests.push(GenerateRequest {
                 prompt_tokens: prompt.clone(),
                 params: sampling.to_params(max_tokens, choice),
+                constraint: constraint.clone(),
             });
             plan.prompt_of.push(p);
         }

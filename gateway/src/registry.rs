@@ -272,6 +272,7 @@ mod tests {
                 ignore_eos: true,
                 ..SamplingParams::default()
             },
+            constraint: None,
         };
         let model = registry.ready("tiny").unwrap();
         let mut events = model.engine.submit(request()).unwrap();

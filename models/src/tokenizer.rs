@@ -30,6 +30,7 @@ use std::sync::OnceLock;
 
 use tokenizers::AddedToken;
 
+mod bytes;
 mod gguf_vocab;
 
 use gguf_vocab::*;

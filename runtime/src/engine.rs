@@ -25,6 +25,7 @@ use sluice_models::{IncrementalDecoder, LoadedLlm, SeqBatch};
 use tokio::sync::mpsc;
 
 use crate::block_manager::BlockManagerConfig;
+use crate::constraint::SeqConstraint;
 use crate::executor::{CpuExecutor, Executor};
 use crate::load::{LoadCells, RateEwma};
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogprob, Usage};
@@ -140,6 +141,7 @@ impl Engine {
             next_id: AtomicUsize::new(0),
             serving: AtomicBool::new(true),
             restarts: AtomicUsize::new(0),
+            grammars: std::sync::OnceLock::new(),
         });
         // The channel only carries requests between steps; `pending` is the real bound.
         let (submit, intake) = sync_channel(cfg.max_num_seqs + cfg.max_waiting);
@@ -184,6 +186,15 @@ struct Active {
     last_logprob: Option<TokenLogprob>,
     /// A stop string ended it: nothing held back may be emitted.
     stopped_by_string: bool,
+    /// Its grammar, when the output is constrained.
+    constraint: Option<SeqConstraint>,
+}
+
+/// What sampling one step produced.
+struct Sampled {
+    tokens: Vec<(SeqId, u32)>,
+    /// Sequences whose grammar failed; they get an error, not a token.
+    failed: Vec<(SeqId, String)>,
 }
 
 struct Worker {
@@ -201,6 +212,8 @@ struct Worker {
 enum Outcome {
     Continue,
     Finished(FinishReason),
+    /// The request cannot go on (its grammar failed).
+    Failed(String),
 }
 
 impl Worker {
@@ -241,7 +254,10 @@ impl Worker {
             self.publish_load(None);
             return;
         }
-        let sampled = match self.run_step(&output) {
+        let Sampled {
+            tokens: sampled,
+            failed,
+        } = match self.run_step(&output) {
             Ok(s) => s,
             Err(e) => {
                 // A model failure fails the step's requests, not the engine.
@@ -253,10 +269,15 @@ impl Worker {
                 return;
             }
         };
+        for (id, message) in failed {
+            self.fail(id, message);
+        }
         self.scheduler.update(&output, &sampled);
         for &(id, token) in &sampled {
-            if let Outcome::Finished(reason) = self.on_token(id, token) {
-                self.finish(id, reason);
+            match self.on_token(id, token) {
+                Outcome::Continue => {}
+                Outcome::Finished(reason) => self.finish(id, reason),
+                Outcome::Failed(message) => self.fail(id, message),
             }
         }
         self.publish_load(Some((output.num_batched_tokens, sampled.len(), started)));
@@ -350,6 +371,7 @@ impl Worker {
                 stop_ids,
                 last_logprob: None,
                 stopped_by_string: false,
+                constraint: request.constraint.as_ref().map(|g| g.start()),
                 request,
             },
         );
@@ -369,7 +391,7 @@ impl Worker {
         }
     }
 
-    fn run_step(&mut self, output: &SchedulerOutput) -> Result<Vec<(SeqId, u32)>, EngineError> {
+    fn run_step(&mut self, output: &SchedulerOutput) -> Result<Sampled, EngineError> {
         let batch: Vec<SeqBatch<'_>> = output
             .seqs
             .iter()
@@ -380,12 +402,50 @@ impl Worker {
                 want_logits: s.sample,
             })
             .collect();
-        let logits = self.executor.execute(&batch)?;
-        let mut sampled = Vec::with_capacity(logits.len());
+        // The grammar masks of this step's constrained sequences are computed
+        // on a second thread while the forward pass runs, so they cost the
+        // step nothing unless they take longer than the model; unconstrained
+        // sequences never wait for them.
+        let sampling: HashSet<SeqId> = output
+            .seqs
+            .iter()
+            .filter(|s| s.sample)
+            .map(|s| s.id)
+            .collect();
+        let mut constrained: Vec<&mut SeqConstraint> = self
+            .active
+            .iter_mut()
+            .filter(|(id, _)| sampling.contains(id))
+            .filter_map(|(_, a)| a.constraint.as_mut())
+            .collect();
+        let executor = &mut self.executor;
+        let logits = if constrained.is_empty() {
+            executor.execute(&batch)?
+        } else {
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    for c in constrained.iter_mut() {
+                        // A failure is reported when the mask is applied.
+                        let _ = c.compute_mask();
+                    }
+                });
+                executor.execute(&batch)
+            })?
+        };
+        let mut sampled = Sampled {
+            tokens: Vec::with_capacity(logits.len()),
+            failed: Vec::new(),
+        };
         for (seq, mut row) in output.seqs.iter().filter(|s| s.sample).zip(logits) {
             let Some(active) = self.active.get_mut(&seq.id) else {
                 continue;
             };
+            if let Some(c) = active.constraint.as_mut() {
+                if let Err(e) = c.apply(&mut row) {
+                    sampled.failed.push((seq.id, e.to_string()));
+                    continue;
+                }
+            }
             let picked = sample(
                 &mut row,
                 &active.request.params,
@@ -400,7 +460,7 @@ impl Worker {
                     top: picked.top,
                 });
             }
-            sampled.push((seq.id, picked.id));
+            sampled.tokens.push((seq.id, picked.id));
         }
         Ok(sampled)
     }
@@ -416,6 +476,14 @@ impl Worker {
         let logprob = a.last_logprob.take();
         if a.stop_ids.contains(&token) {
             return Outcome::Finished(FinishReason::Stop);
+        }
+        // A grammar that is complete ends the sequence after this token.
+        let mut grammar_done = false;
+        if let Some(c) = a.constraint.as_mut() {
+            if let Err(e) = c.consume(token) {
+                return Outcome::Failed(e.to_string());
+            }
+            grammar_done = c.is_finished();
         }
         let text = match a.decoder.push(&tokenizer, token) {
             Ok(t) => t,
@@ -438,6 +506,9 @@ impl Worker {
         }
         if matched {
             a.stopped_by_string = true;
+            return Outcome::Finished(FinishReason::Stop);
+        }
+        if grammar_done {
             return Outcome::Finished(FinishReason::Stop);
         }
         let total = a.request.prompt_tokens.len() + a.output.len();

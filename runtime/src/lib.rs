@@ -8,7 +8,8 @@
 //! [`block_manager`] hands out fixed-size KV blocks and shares full blocks of
 //! identical prefixes; [`executor`] is the device seam that runs a step on the
 //! model (CPU today, CUDA later); [`sampler`] and [`stop`] turn logits into
-//! tokens and decide when a sequence ends; [`load`] publishes the signals the
+//! tokens and decide when a sequence ends; [`constraint`] masks the tokens a
+//! grammar forbids (structured output); [`load`] publishes the signals the
 //! router reads; [`encoder_pool`] batches embedding and classification
 //! inputs on threads of its own.
 //!
@@ -18,6 +19,7 @@
 //! and builds [`GenerateRequest`]s; the runtime trusts them.
 
 pub mod block_manager;
+pub mod constraint;
 pub mod encoder_pool;
 pub mod engine;
 pub mod executor;
@@ -28,6 +30,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod stop;
 
+pub use constraint::{ConstraintError, Grammar, GrammarSpec};
 pub use encoder_pool::{
     BatchEncoder, EncoderHandle, EncoderLoad, EncoderPool, EncoderPoolConfig, RuntimeError,
 };

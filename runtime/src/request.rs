@@ -1,5 +1,9 @@
 //! What goes into the engine and what comes out of it.
 
+use std::sync::Arc;
+
+use crate::constraint::Grammar;
+
 /// How to pick tokens and when to stop. Built by the gateway's validator;
 /// the engine trusts that the values are in range.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +35,9 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// `Some(n)`: report the chosen token's log-probability and the top `n` alternatives.
     pub logprobs: Option<usize>,
+    /// Added to the logits of these token ids before anything else (OpenAI's
+    /// `logit_bias`: -100 bans a token, +100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -49,6 +56,7 @@ impl Default for SamplingParams {
             stop_strings: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -58,6 +66,9 @@ impl Default for SamplingParams {
 pub struct GenerateRequest {
     pub prompt_tokens: Vec<u32>,
     pub params: SamplingParams,
+    /// A grammar the output must match (from
+    /// [`crate::EngineHandle::compile_grammar`]); `None` means free text.
+    pub constraint: Option<Arc<Grammar>>,
 }
 
 /// Why a sequence stopped.

@@ -3,9 +3,11 @@
 //! Order of operations (each step only when its parameter is on):
 //! 1. penalties, in place: repetition over prompt + output (HF / llama.cpp:
 //!    positive logits divided, negative multiplied), then frequency and
-//!    presence over the output only (OpenAI);
-//! 2. log-probabilities: log-softmax of the penalised logits, before
-//!    temperature and truncation (vLLM's default "raw" logprobs);
+//!    presence over the output only (OpenAI); then `logit_bias`, added;
+//! 2. log-probabilities: log-softmax of the penalised and biased logits
+//!    (and, for a constrained sequence, masked by its grammar before this
+//!    function is called), before temperature and truncation: the
+//!    distribution the token is drawn from, untempered;
 //! 3. greedy argmax when `temperature == 0`, otherwise temperature, top-k,
 //!    top-p, min-p, then one uniform draw from the request's own generator.
 //!
@@ -63,6 +65,11 @@ pub fn sample(
         }
     }
     apply_penalties(logits, params, prompt, output);
+    for &(id, bias) in &params.logit_bias {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l += bias;
+        }
+    }
 
     let Some((best, max)) = argmax(logits) else {
         return SampledToken {

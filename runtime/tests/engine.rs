@@ -76,6 +76,7 @@ fn submit(engine: &EngineHandle, prompt_tokens: Vec<u32>, params: SamplingParams
         .submit(GenerateRequest {
             prompt_tokens,
             params,
+            constraint: None,
         })
         .unwrap()
 }
@@ -205,16 +206,19 @@ fn requests_that_cannot_fit_are_refused_at_once() {
     let too_long = engine.submit(GenerateRequest {
         prompt_tokens: prompt(0, ctx - 5),
         params: greedy(10),
+        constraint: None,
     });
     assert!(matches!(too_long, Err(EngineError::ContextTooLong { .. })));
     let empty = engine.submit(GenerateRequest {
         prompt_tokens: vec![],
         params: greedy(1),
+        constraint: None,
     });
     assert!(matches!(empty, Err(EngineError::EmptyPrompt)));
     let bad_token = engine.submit(GenerateRequest {
         prompt_tokens: vec![TINY_VOCAB as u32],
         params: greedy(1),
+        constraint: None,
     });
     assert!(matches!(bad_token, Err(EngineError::InvalidToken { .. })));
 
@@ -223,6 +227,7 @@ fn requests_that_cannot_fit_are_refused_at_once() {
     let full = engine.submit(GenerateRequest {
         prompt_tokens: prompt(3, 10),
         params: greedy(5),
+        constraint: None,
     });
     assert!(matches!(full, Err(EngineError::QueueFull { .. })));
     drop((a, b));

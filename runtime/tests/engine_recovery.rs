@@ -43,6 +43,7 @@ fn submit(engine: &EngineHandle, i: usize) -> EventStream {
                 ignore_eos: true,
                 ..SamplingParams::default()
             },
+            constraint: None,
         })
         .unwrap()
 }

@@ -12,6 +12,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 use sluice_models::ChatMessage;
+use sluice_runtime::GrammarSpec;
 
 use crate::validate::{Input, Job, Sampling};
 
@@ -110,6 +111,8 @@ fn sampling(c: &mut Canon, s: &Sampling) {
         stop_strings,
         ignore_eos,
         logprobs,
+        logit_bias,
+        constraint,
     } = s;
     c.opt_u64("max_tokens", max_tokens.map(|v| v as u64));
     c.f32("temperature", *temperature);
@@ -130,6 +133,26 @@ fn sampling(c: &mut Canon, s: &Sampling) {
     }
     c.u64("ignore_eos", u64::from(*ignore_eos));
     c.opt_u64("logprobs", logprobs.map(|v| v as u64));
+    // Written only when used, so the keys of requests without them are
+    // what they were before these fields existed.
+    if !logit_bias.is_empty() {
+        c.u64("logit_bias", logit_bias.len() as u64);
+        for &(id, bias) in logit_bias {
+            c.u64("bias_id", u64::from(id));
+            c.f32("bias", bias);
+        }
+    }
+    if let Some(constraint) = constraint {
+        match &constraint.spec {
+            GrammarSpec::JsonObject => c.str("grammar", "json_object"),
+            GrammarSpec::JsonSchema { schema, strict } => {
+                c.str("json_schema", schema);
+                c.u64("strict", u64::from(*strict));
+            }
+            GrammarSpec::Regex(rx) => c.str("regex", rx),
+            GrammarSpec::Lark(lark) => c.str("lark", lark),
+        }
+    }
 }
 
 fn context(kind: &str, tenant: &str, model: &str, s: &Sampling, n: usize) -> Canon {

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use sluice_runtime::FinishReason;
 use tokio::sync::Mutex;
 
-use super::openai_compat::{openai_messages, read_chat_response, refuse_token_level, WireMessage};
+use super::openai_compat::{
+    openai_messages, read_chat_response, refuse_structured, refuse_token_level, WireMessage,
+};
 use super::secret::read_secret;
 use super::{
     http_client, request_error, status_error, Provider, ProviderConfig, ProviderError,
@@ -266,8 +268,11 @@ impl<'a> ChatBody<'a> {
             stop_strings,
             ignore_eos,
             logprobs,
+            logit_bias,
+            constraint,
         } = &req.sampling;
         refuse_token_level(stop_token_ids, *logprobs)?;
+        refuse_structured(logit_bias, constraint.as_ref())?;
         let unsupported = [
             ("top_k", *top_k != 0),
             ("min_p", *min_p != 0.0),

@@ -209,8 +209,11 @@ impl<'a> ChatBody<'a> {
             stop_strings,
             ignore_eos,
             logprobs,
+            logit_bias,
+            constraint,
         } = &req.sampling;
         refuse_token_level(stop_token_ids, *logprobs)?;
+        refuse_structured(logit_bias, constraint.as_ref())?;
         Ok(Self {
             model: &req.upstream_model,
             messages: openai_messages(req),
@@ -251,6 +254,30 @@ pub(super) fn refuse_token_level(
         return Err(ProviderError::Unsupported {
             param: "logprobs".into(),
             message: "logprobs are not supported by an upstream provider".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Structured output and token biases are the local engine's (pass-through
+/// to providers is not built): refused rather than silently dropped. The
+/// router sends such requests to local deployments only.
+pub(super) fn refuse_structured(
+    logit_bias: &[(u32, f32)],
+    constraint: Option<&crate::validate::Constraint>,
+) -> Result<(), ProviderError> {
+    if !logit_bias.is_empty() {
+        return Err(ProviderError::Unsupported {
+            param: "logit_bias".into(),
+            message: "logit_bias is not supported by an upstream provider (its tokenizer \
+                      differs)"
+                .into(),
+        });
+    }
+    if let Some(c) = constraint {
+        return Err(ProviderError::Unsupported {
+            param: c.param.into(),
+            message: format!("'{}' is served by local models only", c.param),
         });
     }
     Ok(())

@@ -20,7 +20,7 @@ use sluice_runtime::FinishReason;
 
 use super::answer::{Decoded, EventDecoder, ReadyAnswer, StreamAnswer};
 use super::messages::wire_messages;
-use super::openai_compat::refuse_token_level;
+use super::openai_compat::{refuse_structured, refuse_token_level};
 use super::secret::read_secret;
 use super::sse_client::Framing;
 use super::usage::saturating_count;
@@ -222,8 +222,11 @@ impl<'a> CompletionBody<'a> {
             stop_strings,
             ignore_eos,
             logprobs,
+            logit_bias,
+            constraint,
         } = &req.sampling;
         refuse_token_level(stop_token_ids, *logprobs)?;
+        refuse_structured(logit_bias, constraint.as_ref())?;
         let unsupported = [
             ("n", req.n != 1),
             ("top_k", *top_k != 0),

@@ -552,6 +552,12 @@ impl Route {
     ) -> Result<Vec<Arc<Deployment>>, ApiError> {
         let chat = matches!(job.input, Input::Chat(_));
         let logprobs = job.sampling.logprobs.is_some();
+        // Grammars and token biases need the local engine (issue 16).
+        let local_only = job.sampling.constraint.as_ref().map(|c| c.param).or((!job
+            .sampling
+            .logit_bias
+            .is_empty())
+        .then_some("logit_bias"));
         let mut usable = Vec::with_capacity(self.deployments.len());
         let mut residency_refused = false;
         let mut provider_refused = false;
@@ -560,7 +566,7 @@ impl Route {
                 residency_refused = true;
                 continue;
             }
-            if !d.is_local() && (!chat || logprobs) {
+            if !d.is_local() && (!chat || logprobs || local_only.is_some()) {
                 provider_refused = true;
                 continue;
             }
@@ -575,6 +581,15 @@ impl Route {
                 format!(
                     "`{model}` has no on_prem deployment, and this request is sensitive \
                      (x-sluice-sensitive or the API key's policy): it may not leave the machine"
+                ),
+            ));
+        }
+        if let Some(param) = local_only {
+            return Err(ApiError::unsupported(
+                param,
+                format!(
+                    "`{model}` is served by upstream providers here; '{param}' (structured \
+                     output, token biases) needs a local model"
                 ),
             ));
         }

@@ -4,8 +4,7 @@ use serde_json::Value;
 use sluice_models::ChatMessage;
 
 use super::{
-    check_response_format, common, int_in, reject_unknown, CommonWire, Input, ValidRequest,
-    MAX_TOP_LOGPROBS,
+    common, int_in, reject_unknown, structured, CommonWire, Input, ValidRequest, MAX_TOP_LOGPROBS,
 };
 use crate::error::ApiError;
 use crate::wire::{ChatCompletionRequest, ChatMessageWire};
@@ -91,7 +90,7 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
             ));
         }
     }
-    check_response_format(response_format.as_ref())?;
+    let constraint = structured::response_format(response_format.as_ref())?;
 
     let max_tokens = match (max_tokens, max_completion_tokens) {
         (Some(a), Some(b)) if a != b => {
@@ -158,6 +157,7 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
             stop_token_ids,
             logit_bias,
             logprobs,
+            constraint,
         },
         max_tokens_name,
         Input::Chat(messages),

@@ -3,7 +3,8 @@
 use serde_json::Value;
 
 use super::{
-    common, int_in, reject_unknown, CommonWire, Input, ValidRequest, MAX_CHOICES, MAX_TOP_LOGPROBS,
+    common, int_in, reject_unknown, structured, CommonWire, Input, ValidRequest, MAX_CHOICES,
+    MAX_TOP_LOGPROBS,
 };
 use crate::error::ApiError;
 use crate::wire::CompletionRequest;
@@ -34,9 +35,19 @@ pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
         ignore_eos,
         stop_token_ids,
         logit_bias,
+        response_format,
+        guided_json,
+        guided_regex,
+        guided_grammar,
         other,
     } = req;
     reject_unknown(other.keys())?;
+    let constraint = structured::guided(
+        guided_json,
+        guided_regex,
+        guided_grammar,
+        structured::response_format(response_format.as_ref())?,
+    )?;
     if echo == Some(true) {
         return Err(ApiError::unsupported(
             "echo",
@@ -82,6 +93,7 @@ pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
             stop_token_ids,
             logit_bias,
             logprobs,
+            constraint,
         },
         "max_tokens",
         input,

@@ -17,10 +17,12 @@ use crate::wire::StreamOptions;
 mod chat;
 mod completion;
 mod defaults;
+mod structured;
 
 pub use chat::chat;
 pub use completion::completion;
 use defaults::Omitted;
+pub use structured::Constraint;
 
 /// A wire API's request: it becomes the one internal [`ValidRequest`]
 /// (what makes a wire API a thin adapter of the request chain).
@@ -94,6 +96,10 @@ pub struct Sampling {
     pub stop_strings: Vec<String>,
     pub ignore_eos: bool,
     pub logprobs: Option<usize>,
+    /// Token id → bias, sorted by id.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// A grammar the output must match; compiled when the request is planned.
+    pub constraint: Option<Constraint>,
 }
 
 impl Sampling {
@@ -115,6 +121,9 @@ impl Sampling {
             stop_strings,
             ignore_eos,
             logprobs,
+            logit_bias,
+            // Compiled against the model's vocabulary by `crate::generate`.
+            constraint: _,
         } = self;
         SamplingParams {
             max_tokens,
@@ -130,6 +139,7 @@ impl Sampling {
             stop_strings: stop_strings.clone(),
             ignore_eos: *ignore_eos,
             logprobs: *logprobs,
+            logit_bias: logit_bias.clone(),
         }
     }
 }
@@ -199,6 +209,7 @@ pub(crate) struct CommonWire {
     pub stop_token_ids: Option<Vec<i64>>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
     pub logprobs: Option<usize>,
+    pub constraint: Option<Constraint>,
 }
 
 pub(crate) fn common(
@@ -226,6 +237,7 @@ pub(crate) fn common(
         stop_token_ids,
         logit_bias,
         logprobs,
+        constraint,
     } = w;
     let model = match model {
         Some(m) if !m.is_empty() => m,
@@ -241,12 +253,7 @@ pub(crate) fn common(
         frequency_penalty: frequency_penalty.is_none(),
         max_tokens: max_tokens.is_none(),
     };
-    if logit_bias.is_some_and(|b| !b.is_empty()) {
-        return Err(ApiError::unsupported(
-            "logit_bias",
-            "'logit_bias' is not supported yet",
-        ));
-    }
+    let logit_bias = structured::logit_bias(logit_bias)?;
     let stream = stream.unwrap_or(false);
     let include_usage = match stream_options {
         Some(_) if !stream => {
@@ -342,6 +349,8 @@ pub(crate) fn common(
         stop_strings: stop_strings(stop)?,
         ignore_eos: ignore_eos.unwrap_or(false),
         logprobs,
+        logit_bias,
+        constraint,
     };
     Ok(ValidRequest {
         model,
@@ -368,23 +377,6 @@ pub(crate) fn reject_unknown<'a>(
             format!("Unrecognized request argument supplied: {name}"),
         )),
         None => Ok(()),
-    }
-}
-
-pub(crate) fn check_response_format(format: Option<&Value>) -> Result<(), ApiError> {
-    let Some(format) = format else {
-        return Ok(());
-    };
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(()),
-        Some(kind @ ("json_object" | "json_schema")) => Err(ApiError::unsupported(
-            "response_format",
-            format!("'response_format' of type '{kind}' is not supported yet; only 'text' is"),
-        )),
-        _ => Err(ApiError::invalid(
-            "response_format",
-            "'response_format' must be an object such as {\"type\": \"text\"}",
-        )),
     }
 }
 

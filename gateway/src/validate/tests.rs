@@ -8,6 +8,7 @@ use crate::wire::CompletionRequest;
 use serde_json::json;
 use serde_json::Value;
 use sluice_models::ChatMessage;
+use sluice_runtime::GrammarSpec;
 
 fn chat_of(body: Value) -> Result<ValidRequest, ApiError> {
     let req: ChatCompletionRequest = parse(body.to_string().as_bytes())?;
@@ -160,15 +161,6 @@ fn unsupported_features_are_refused_by_name() {
         ),
         (json!({"tool_choice": "auto"}), "tool_choice"),
         (json!({"functions": []}), "functions"),
-        (
-            json!({"response_format": {"type": "json_object"}}),
-            "response_format",
-        ),
-        (
-            json!({"response_format": {"type": "json_schema", "json_schema": {}}}),
-            "response_format",
-        ),
-        (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
         (json!({"store": true}), "store"),
         (json!({"modalities": ["text", "audio"]}), "modalities"),
         (json!({"frobnicate": 1}), "frobnicate"),
@@ -325,4 +317,131 @@ fn too_many_choices_are_refused() {
     let prompts: Vec<String> = (0..8).map(|i| i.to_string()).collect();
     let r = completion_of(json!({"model": "m", "prompt": prompts, "n": 16}));
     assert_eq!(param(r), "n");
+}
+
+#[test]
+fn response_format_becomes_a_grammar() {
+    let sampling = |extra: Value| chat_of(with(extra)).unwrap().job.sampling;
+    assert_eq!(
+        sampling(json!({"response_format": {"type": "text"}})).constraint,
+        None
+    );
+    let c = sampling(json!({"response_format": {"type": "json_object"}}))
+        .constraint
+        .unwrap();
+    assert_eq!(c.spec, GrammarSpec::JsonObject);
+    assert_eq!(c.param, "response_format");
+    let c = sampling(json!({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "point", "strict": true,
+        "schema": {"type": "object", "properties": {"y": {"type": "number"}, "x": {"type": "number"}}}
+    }}}))
+    .constraint
+    .unwrap();
+    let GrammarSpec::JsonSchema { schema, strict } = c.spec else {
+        panic!("{:?}", c.spec)
+    };
+    assert!(strict);
+    // Property order is the schema's own: it is the order the model writes.
+    assert!(schema.find("\"y\"") < schema.find("\"x\""), "{schema}");
+}
+
+#[test]
+fn malformed_response_formats_name_the_field_at_fault() {
+    for (format, name) in [
+        (json!({"type": "xml"}), "response_format"),
+        (json!("json"), "response_format"),
+        (
+            json!({"type": "json_schema"}),
+            "response_format.json_schema",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"schema": {}}}),
+            "response_format.json_schema.name",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}),
+            "response_format.json_schema.name",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "a", "schema": [1]}}),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "a", "strict": "yes"}}),
+            "response_format.json_schema.strict",
+        ),
+    ] {
+        let body = with(json!({ "response_format": format }));
+        assert_eq!(param(chat_of(body)), name, "{format}");
+    }
+}
+
+#[test]
+fn completions_take_one_guided_grammar() {
+    let prompt = |extra: Value| {
+        let mut b = json!({"model": "m", "prompt": "p"});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let spec = |extra: Value| {
+        completion_of(prompt(extra))
+            .unwrap()
+            .job
+            .sampling
+            .constraint
+    };
+    assert_eq!(
+        spec(json!({"guided_regex": "[0-9]+"})).unwrap().spec,
+        GrammarSpec::Regex("[0-9]+".into())
+    );
+    assert_eq!(
+        spec(json!({"guided_grammar": "start: \"a\""}))
+            .unwrap()
+            .param,
+        "guided_grammar"
+    );
+    // A schema as an object or as JSON text is the same grammar.
+    assert_eq!(
+        spec(json!({"guided_json": {"type": "integer"}})),
+        spec(json!({"guided_json": "{\"type\": \"integer\"}"}))
+    );
+    assert_eq!(
+        spec(json!({"response_format": {"type": "json_object"}}))
+            .unwrap()
+            .spec,
+        GrammarSpec::JsonObject
+    );
+    assert_eq!(
+        param(completion_of(prompt(
+            json!({"guided_regex": "a", "guided_json": {"type": "string"}})
+        ))),
+        "guided_regex"
+    );
+    assert_eq!(
+        param(completion_of(prompt(json!({"guided_json": "{not json"})))),
+        "guided_json"
+    );
+}
+
+#[test]
+fn logit_bias_is_parsed_sorted_and_bounded() {
+    let bias =
+        |b: Value| chat_of(with(json!({ "logit_bias": b }))).map(|v| v.job.sampling.logit_bias);
+    assert_eq!(
+        bias(json!({"50": 5, "7": -100})).unwrap(),
+        vec![(7, -100.0), (50, 5.0)]
+    );
+    assert_eq!(bias(json!({})).unwrap(), vec![]);
+    let refused = |b: Value| param(chat_of(with(json!({ "logit_bias": b }))));
+    assert_eq!(refused(json!({"x": 1})), "logit_bias.x");
+    assert_eq!(refused(json!({"5": 101})), "logit_bias.5");
+    assert_eq!(refused(json!({"5": "1"})), "logit_bias.5");
+    let params = chat_of(with(json!({"logit_bias": {"3": 2.5}})))
+        .unwrap()
+        .job
+        .sampling
+        .to_params(10, 0);
+    assert_eq!(params.logit_bias, vec![(3, 2.5)]);
 }

@@ -84,7 +84,7 @@ pub struct ChatCompletionRequest {
     pub metadata: Option<BTreeMap<String, String>>,
     pub store: Option<bool>,
     pub parallel_tool_calls: Option<bool>,
-    // Known, refused unless harmless (see `validate`).
+    // Known, refused unless supported (see `validate`).
     pub response_format: Option<Value>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
     pub modalities: Option<Vec<String>>,
@@ -142,6 +142,12 @@ pub struct CompletionRequest {
     pub ignore_eos: Option<bool>,
     pub stop_token_ids: Option<Vec<i64>>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
+    pub response_format: Option<Value>,
+    // vLLM's structured-output extras: a JSON schema (object or text), a
+    // regular expression, a Lark grammar.
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<String>,
+    pub guided_grammar: Option<String>,
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
 }

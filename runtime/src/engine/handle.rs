@@ -4,11 +4,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sluice_models::{ChatTemplate, Tokenizer};
 use tokio::sync::mpsc;
 
+use crate::constraint::{ConstraintError, Grammar, GrammarSpec, Grammars};
 use crate::load::{LoadCells, LoadSnapshot};
 use crate::request::{EngineEvent, GenerateRequest};
 use crate::scheduler::SeqId;
@@ -46,6 +47,9 @@ pub(super) struct Shared {
     pub(super) serving: AtomicBool,
     /// Restarts after a panicked step since the engine started.
     pub(super) restarts: AtomicUsize,
+    /// The grammar compiler, built on the first constrained request (the
+    /// vocabulary's byte trie is not free, and most models never need it).
+    pub(super) grammars: OnceLock<Result<Grammars, ConstraintError>>,
 }
 
 /// A cloneable handle to a running engine. The engine stops when the last
@@ -137,6 +141,18 @@ impl EngineHandle {
     }
     pub fn info(&self) -> &ModelInfo {
         &self.shared.info
+    }
+
+    /// Compiles `spec` for this model's vocabulary (cached per spec). CPU
+    /// work, milliseconds for a fresh schema: call it off async workers.
+    pub fn compile_grammar(&self, spec: &GrammarSpec) -> Result<Arc<Grammar>, ConstraintError> {
+        let grammars = self.shared.grammars.get_or_init(|| {
+            Grammars::new(self.shared.tokenizer.clone(), self.shared.info.vocab_size)
+        });
+        match grammars {
+            Ok(g) => g.compile(spec),
+            Err(e) => Err(e.clone()),
+        }
     }
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
         &self.shared.tokenizer
