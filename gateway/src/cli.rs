@@ -1,10 +1,8 @@
 //! The command line: `sluice serve`, `check-config`, `models list`,
-//! `fetch-models`, `guard train`, `keys`.
-
-mod keys;
-//! `fetch-models`, `guard train`, `audit verify`.
+//! `fetch-models`, `guard train`, `keys`, `audit verify`.
 
 mod audit;
+mod keys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +56,7 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: keys::KeysCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]

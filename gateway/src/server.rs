@@ -129,31 +129,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let embedder = crate::encoders::EncoderEmbedder::for_default(&encoders)
         .map(|e| Arc::new(e) as Arc<dyn crate::cache::Embedder>);
     let store = crate::store::Store::open(&config.store).await?;
-    let audit = crate::audit::Audit::off();
-    let virtual_keys = Arc::new(crate::keys::open_configured(&config, store.clone()).await?);
-    let keys = Arc::new(
-        Authenticator::new(
-            KeyStore::new(&config.keys),
-            config.admin_key.clone().map(Arc::new),
-            audit.clone(),
-        )
-        .with_check(virtual_keys.clone()),
-    );
-    let (budgets, budget_worker) = crate::budget::Budgets::start(&config.budgets, &store, &audit)
-        .map_err(|e| ServeError::Load(format!("budgets: {e}")))?;
     // The audit log's and the spend log's writers run until after the last
     // request, then flush (below, after the server stops).
     let (audit_log, audit_writers) =
         crate::audit::AuditLog::start(&config.audit, &store).map_err(ServeError::Audit)?;
     let audit = crate::audit::Audit::new(audit_log);
-    let (spend_log, spend_writer) = crate::spend::SpendLog::new(&config.spend, audit.clone());
-    let spend_writer = spend_writer.start(store.clone());
-    let keys = Arc::new(Authenticator::new(
+    let virtual_keys = Arc::new(crate::keys::open_configured(&config, store.clone()).await?);
     let mut keys = Authenticator::new(
         KeyStore::new(&config.keys),
         config.admin_key.clone().map(Arc::new),
         audit.clone(),
-    );
+    )
+    .with_check(virtual_keys.clone());
     if let Some(oidc) = &config.oidc {
         let client = auth::oidc_http_client().map_err(ServeError::Load)?;
         let verifier = auth::JwtVerifier::new(oidc.clone(), client, audit.clone());
@@ -161,6 +148,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         keys = keys.with_check(Arc::new(verifier));
     }
     let keys = Arc::new(keys);
+    let (budgets, budget_worker) = crate::budget::Budgets::start(&config.budgets, &store, &audit)
+        .map_err(|e| ServeError::Load(format!("budgets: {e}")))?;
+    let (spend_log, spend_writer) = crate::spend::SpendLog::new(&config.spend, audit.clone());
+    let spend_writer = spend_writer.start(store.clone());
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await

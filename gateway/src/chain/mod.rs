@@ -217,6 +217,8 @@ impl Chain {
             }
             None => Ok(None),
         }
+    }
+
     /// A flagged or blocked request is an audit record (the parameter, never
     /// its text).
     fn audit_guard(

@@ -47,12 +47,10 @@ pub(super) fn resolve(
         limits,
         spend,
         audit,
-    } = file;
-    let cache_settings = cache.resolve(env)?;
-    let limits = limits.resolve(env, &cache_settings)?;
         budgets,
     } = file;
     let cache_settings = cache.resolve(env)?;
+    let limits = limits.resolve(env, &cache_settings)?;
     let cache_redis = match &cache_settings.backend {
         super::Backend::Redis { url, .. } => Some(url.as_str()),
         super::Backend::Memory => None,
