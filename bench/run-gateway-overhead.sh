@@ -10,13 +10,20 @@
 #                 encoder pass shared by both),
 #   tensorzero    TensorZero's Rust gateway (bench/scripts/install-tensorzero.sh),
 #                 observability off, through its OpenAI-compatible endpoint,
-#   litellm       LiteLLM's proxy (bench/scripts/install-litellm.sh).
+#   litellm       LiteLLM's proxy (bench/scripts/install-litellm.sh),
+#   sluice-gov    `sluice` with governance on: a virtual key from the store
+#                 (SQLite) with requests/min, tokens/min and parallel limits,
+#                 a budget on the key and a priced route, so every request is
+#                 key-checked, rate-limited and budget-reserved then settled;
+#                 counters in process,
+#   sluice-gov-redis  the same with the limits' and budgets' counters (and
+#                 the keys' invalidation) on Redis at 127.0.0.1:6379.
 # Every request differs and asks for temperature 0, so Sluice's cache looks
 # up, misses and stores each time (see bench/src/overhead.rs).
 # Results: a Markdown table on stdout, JSON in bench/results/gateway-overhead.json.
 #
 #   bench/run-gateway-overhead.sh [DURATION_S]
-#   SKIP_GUARD=1 SKIP_TENSORZERO=1 SKIP_LITELLM=1 leave those rows out;
+#   SKIP_GUARD=1 SKIP_TENSORZERO=1 SKIP_LITELLM=1 SKIP_GOVERNANCE=1 leave those rows out;
 #   PROFILE=dev runs the dev build (a smoke test of the script, not a measurement).
 #   GUARD_POLICY='action = "flag"\nscore = "every"' : the [guard] lines that
 #   make it score every chat request (the default; see below).
@@ -35,7 +42,7 @@ else
 fi
 bench="$bin_dir/sluice-bench"
 sluice="$bin_dir/sluice"
-mock_port=18001 sluice_port=18002 litellm_port=18003 guard_port=18004
+mock_port=18001 sluice_port=18002 litellm_port=18003 guard_port=18004 gov_port=18005 gov_redis_port=18006
 key="sk-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 work="$(mktemp -d)"
 pids=()
@@ -88,6 +95,7 @@ model = "mock-model"
 name = "mock"
 provider = "mock"
 upstream_model = "mock-model"
+$5
 
 $4
 TOML
@@ -136,6 +144,48 @@ $1" >"$work/sluice-guard.toml"
     fi
     start_sluice sluice-guard "$work/sluice-guard.toml" "$guard_port"
     targets+=(--target "$guard_name=http://127.0.0.1:$guard_port/v1")
+fi
+
+key_args=()
+if [ -z "${SKIP_GOVERNANCE:-}" ]; then
+    # A virtual key made with the CLI in the server's own store, limits far
+    # above what the run sends (so nothing is refused: this measures the
+    # checks, not refusals), a budget on that key, a priced route.
+    start_governed() { # name port limits-lines
+        local cfg="$work/$1.toml"
+        sluice_config "$2" "encoders = []" "semantic = false" "[guard]
+enabled = false
+
+[store]
+path = \"$work/$1.db\"
+
+$3" 'price_input_per_1k = 0.01
+price_output_per_1k = 0.02' >"$cfg"
+        local vkey
+        vkey="$(SLUICE_KEY_PEPPER="pepper-$key" SLUICE_BENCH_KEY="$key" SLUICE_BENCH_ADMIN_KEY="admin-$key" \
+            "$sluice" keys create --config "$cfg" --tenant bench --rpm 100000000 --tpm 100000000000 \
+            --max-parallel 100000 2>"$work/$1-keys.log")" || { cat "$work/$1-keys.log" >&2; exit 1; }
+        SLUICE_KEY_PEPPER="pepper-$key" start_sluice "$1" "$cfg" "$2"
+        local prefix="${vkey#sk-sl-}"
+        prefix="${prefix%%_*}"
+        curl -fsS -X POST -H "Authorization: Bearer admin-$key" -H 'content-type: application/json' \
+            -d "{\"scope\":\"key\",\"target\":\"$prefix\",\"amount\":1000000000,\"period\":\"calendar_month\"}" \
+            "http://127.0.0.1:$2/admin/budgets" >/dev/null
+        targets+=(--target "$1=http://127.0.0.1:$2/v1")
+        key_args+=(--key "$1=$vkey")
+    }
+    start_governed sluice-gov "$gov_port" "[limits]"
+    redis_prefix="bench-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
+    start_governed sluice-gov-redis "$gov_redis_port" "[limits]
+redis_url = \"redis://127.0.0.1:6379\"
+redis_prefix = \"$redis_prefix:limits\"
+
+[budgets]
+redis_url = \"redis://127.0.0.1:6379\"
+redis_prefix = \"$redis_prefix:budget\"
+
+[auth]
+redis_url = \"redis://127.0.0.1:6379\""
 fi
 
 if [ -z "${SKIP_TENSORZERO:-}" ]; then
@@ -189,9 +239,10 @@ YAML
 fi
 
 mkdir -p bench/results
-"$bench" overhead "${targets[@]}" --concurrency 1,16,64 --duration-s "$duration" --api-key "$key" \
+"$bench" overhead "${targets[@]}" "${key_args[@]}" --concurrency 1,16,64 --duration-s "$duration" --api-key "$key" \
     --json bench/results/gateway-overhead.json
-for port in "$sluice_port" $([ -z "${SKIP_GUARD:-}" ] && echo "$guard_port"); do
+for port in "$sluice_port" $([ -z "${SKIP_GUARD:-}" ] && echo "$guard_port") \
+    $([ -z "${SKIP_GOVERNANCE:-}" ] && echo "$gov_port $gov_redis_port"); do
     echo "Sluice on :$port, its own view:" >&2
     curl -fsS -H "Authorization: Bearer admin-$key" "http://127.0.0.1:$port/metrics" |
         grep -E '^sluice_(gateway_overhead_seconds|cache_requests_total|guard)' >&2 || true

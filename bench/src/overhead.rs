@@ -113,6 +113,9 @@ pub struct OverheadArgs {
     /// Bearer token sent to every target
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Bearer token for one target as NAME=KEY (instead of --api-key). Repeat.
+    #[arg(long = "key")]
+    pub keys: Vec<String>,
     /// Send the same request every time (no counter, no temperature): the
     /// body of the runs recorded before the cache was turned on
     #[arg(long)]
@@ -270,7 +273,12 @@ async fn measure(
         .timeout(Duration::from_secs(30))
         .build()?;
     let endpoint = format!("{url}/chat/completions");
-    let auth = args.api_key.as_ref().map(|k| format!("Bearer {k}"));
+    let key = args
+        .keys
+        .iter()
+        .find_map(|k| k.strip_prefix(&format!("{name}=")))
+        .or(args.api_key.as_deref());
+    let auth = key.map(|k| format!("Bearer {k}"));
     let same_body = args.same_body;
     let warm_until = Instant::now() + Duration::from_secs_f64(args.warmup_s);
     let end = warm_until + Duration::from_secs_f64(args.duration_s);
