@@ -384,7 +384,7 @@ impl RateHeaders {
     pub fn set_headers(&self, headers: &mut HeaderMap) {
         for (name, value) in &self.0 {
             if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(HeaderName::from_static(*name), value);
+                headers.insert(HeaderName::from_static(name), value);
             }
         }
     }
