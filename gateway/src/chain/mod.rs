@@ -53,8 +53,8 @@ use sluice_models::Tokenizer;
 use sluice_runtime::Usage;
 
 use crate::answer::BoxAnswer;
-use crate::budget::{self, Budgets};
 use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
+use crate::budget::{self, Budgets};
 use crate::cache::{self, Cache, Decision};
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, Screening};
@@ -167,11 +167,20 @@ impl Chain {
                 if let Some(r) = &reservation {
                     r.bound(&mut job);
                 }
+                let routed = self.router.dispatch(&model, job, how).await;
                 let Routed {
                     answer,
                     provenance,
                     tokenizer,
-                } = self.router.dispatch(&model, job, how).await?;
+                } = match routed {
+                    Ok(routed) => routed,
+                    Err(err) => {
+                        // The spend log records the failure; a limit's lease
+                        // and a budget's reservation give back on drop.
+                        settle::unanswered(settles, err.status().as_u16(), caller.started);
+                        return Err(err);
+                    }
+                };
                 let answer = decision.record(answer);
                 (answer, Some(provenance), tokenizer)
             }

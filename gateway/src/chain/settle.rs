@@ -31,15 +31,34 @@ pub struct Settlement<'a> {
     pub usage: Usage,
     /// At the serving deployment's price; 0 for a cache hit.
     pub cost: f64,
-    /// `None` for a cache hit.
+    /// `None` for a cache hit, and for a request that failed before any
+    /// deployment answered.
     pub provenance: Option<&'a Provenance>,
     /// From the handler's start to the end of the answer.
     pub elapsed: Duration,
+    /// Answered from the cache.
+    pub cache_hit: bool,
 }
 
 impl Settlement<'_> {
     pub fn cache_hit(&self) -> bool {
-        self.provenance.is_none()
+        self.cache_hit
+    }
+}
+
+/// Settles a request that failed before any answer existed (no deployment
+/// could take it): nothing was generated, and its stages learn so.
+pub fn unanswered(settles: Vec<Box<dyn Settle>>, status: u16, started: Instant) {
+    let settlement = Settlement {
+        ending: Ending::Failed(status),
+        usage: Usage::default(),
+        cost: 0.0,
+        provenance: None,
+        elapsed: started.elapsed(),
+        cache_hit: false,
+    };
+    for settle in settles {
+        settle.settle(&settlement);
     }
 }
 
@@ -86,6 +105,7 @@ impl Settled {
             cost,
             provenance: self.provenance.as_ref(),
             elapsed: self.started.elapsed(),
+            cache_hit: self.provenance.is_none(),
         };
         for settle in std::mem::take(&mut self.settles) {
             settle.settle(&settlement);

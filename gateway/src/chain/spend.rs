@@ -30,6 +30,7 @@ impl Settle for RecordSpend {
             usage: s.usage,
             cost: s.cost,
             latency: s.elapsed,
+            cache_hit: s.cache_hit(),
             status,
         });
     }

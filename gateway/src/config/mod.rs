@@ -9,8 +9,8 @@
 //! TOML syntax and type errors come from the `toml` crate with their line,
 //! column and span.
 
-mod budgets;
 mod audit;
+mod budgets;
 mod cache;
 mod defaults;
 mod encoders;
@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use sluice_runtime::EngineConfig;
 
-pub use budgets::BudgetSettings;
 pub use audit::{AuditMode, AuditSettings, AuditSinkConfig, SyslogTarget, SyslogTransport};
+pub use budgets::BudgetSettings;
 pub use cache::{Backend, Bounds, CacheSettings};
 pub use defaults::SamplingDefaults;
 pub use encoders::{EncoderConfig, EncoderKind, DEMO_EMBEDDING_ID};

@@ -63,6 +63,7 @@ pub struct Served<'a> {
     pub usage: Usage,
     pub cost: f64,
     pub latency: Duration,
+    pub cache_hit: bool,
     pub status: String,
 }
 
@@ -118,6 +119,7 @@ impl SpendLog {
             usage,
             cost,
             latency,
+            cache_hit,
             status,
         } = served;
         let row = SpendRow {
@@ -134,7 +136,7 @@ impl SpendLog {
             cached_tokens: usage.cached_prompt_tokens as i64,
             cost: if cost.is_finite() { cost } else { 0.0 },
             reference_cost: self.reference_cost(model, &usage),
-            cache_hit: deployment.is_none(),
+            cache_hit,
             local,
             latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
             status,

@@ -58,7 +58,7 @@ fn usage(prompt: usize, completion: usize) -> Usage {
 fn record_sample(log: &SpendLog) {
     let a = principal("ka", "red");
     let b = principal("kb", "blue");
-    let served = |p, model, deployment, local, cost| Served {
+    let served = |p, model, deployment: Option<&'static str>, local, cost| Served {
         principal: p,
         model,
         deployment,
@@ -66,6 +66,7 @@ fn record_sample(log: &SpendLog) {
         usage: usage(1000, 500),
         cost,
         latency: Duration::from_millis(12),
+        cache_hit: deployment.is_none(),
         status: "completed".into(),
     };
     log.record(served(&a, "gpt", Some("cloud"), false, 0.5));
