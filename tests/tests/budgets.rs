@@ -257,3 +257,61 @@ async fn two_instances_hold_one_budget_and_alert_once_per_threshold() {
         assert_eq!(first["currency"], "RUB");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_mid_stream_releases_its_reservation() {
+    let upstream = fakes::openai::start(None).await;
+    upstream.control.set_fault(Some(fakes::Fault::SlowDrip {
+        every: Duration::from_millis(200),
+    }));
+    let (hook, _alerts) = webhook().await;
+    let prefix = format!(
+        "e2e:budget:dc:{}:{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let server = start(config(&fresh_schema(), &prefix, &hook, &upstream)).await;
+    let created = http_client()
+        .post(format!("{}/admin/budgets", server.base_url()))
+        .bearer_auth(ADMIN)
+        .json(&json!({"scope": "tenant", "target": "acme", "amount": BUDGET, "period": "calendar_month"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    let body = json!({
+        "model": "chat", "stream": true, "max_tokens": 5,
+        "messages": [{"role": "user", "content": "Say hello"}],
+    });
+    let mut resp = http_client()
+        .post(format!("{}/v1/chat/completions", server.base_url()))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.chunk().await.unwrap().expect("a first chunk");
+    // While the stream runs, its worst case is held.
+    let row = get(&server, "/admin/budgets", Some(ADMIN)).await.json()["data"][0].clone();
+    assert!(
+        (row["reserved"].as_f64().unwrap() - PER_REQUEST).abs() < 1e-9,
+        "{row}"
+    );
+    drop(resp);
+    let mut row = Value::Null;
+    for _ in 0..200 {
+        row = get(&server, "/admin/budgets", Some(ADMIN)).await.json()["data"][0].clone();
+        if row["reserved"].as_f64() == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(row["reserved"].as_f64(), Some(0.0), "{row}");
+    // Charged for what was generated before the disconnect, never more than reserved.
+    let spent = row["spent"].as_f64().unwrap();
+    assert!(spent < PER_REQUEST, "{spent}");
+}
