@@ -26,20 +26,18 @@
 //!   domain modules read their section, config knows none of them),
 //!   [`error`] (the only place an error becomes an HTTP status), [`wire`]
 //!   (the OpenAI request types), [`util`] (ids, the clock).
-//! - **1, stages and what they run on**: [`auth`], [`sensitivity`],
+//! - **1, stages and what they run on**: [`auth`] (who calls: config keys,
+//!   virtual keys, OIDC tokens; roles), [`keys`] (virtual keys and teams),
+//!   [`limits`] (rate limits), [`budget`] (spend caps), [`sensitivity`],
 //!   [`validate`], [`guard`], [`cache`], [`router`], [`providers`],
 //!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`],
-//!   [`store`] (the durable store), [`audit`], [`keys`] (virtual keys and
-//!   teams). They
-//!   [`store`] (the durable store), [`audit`], [`limits`] (rate limits). They
-//!   [`store`] (the durable store), [`audit`], [`budget`] (spend caps). They
-//!   [`store`] (the durable store), [`audit`], [`spend`] (the spend log
-//!   and its reports). They
+//!   [`store`] (the durable store), [`spend`] (the spend log and its
+//!   reports), [`audit`] (the audit log and its sinks). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers), [`admin`]
-//!   (the admin API), [`state`]
-//!   (what handlers read, sliced per handler with axum's `FromRef`),
+//!   (the admin API), [`state`] (what handlers read, sliced per handler
+//!   with axum's `FromRef`),
 //!   [`server`] (the router, model loading, the one shutdown path), [`cli`].
 //!
 //! Design choice: the validator and the engine never see HTTP, and the
