@@ -5,26 +5,34 @@
 //!    the server-wide cap on requests in flight (a full server answers 429
 //!    with `Retry-After` before it reads a key or a body).
 //! 1. **auth**: [`crate::auth::require_key`], an axum layer on every `/v1`
-//!    route (so it runs before the body is read); it leaves the tenant and
-//!    its key's policy in the request, which the [`Caller`] extractor hands
-//!    to the chain.
+//!    route (so it runs before the body is read): a config key, a virtual
+//!    key ([`crate::keys`]) or an OIDC token becomes a
+//!    [`crate::auth::Principal`], which the [`Caller`] extractor hands to
+//!    the chain.
 //! 2. **validate**: the wire API's [`Validate`] impl turns its request into
-//!    the one internal [`ValidRequest`]; an unknown model is a 404 here, and
-//!    a known one's sampling defaults fill what the request left out.
-//!    Then the **budget** ([`crate::budget`]): the worst case is reserved
-//!    against every budget of the caller (429 `budget_exceeded`), settled
-//!    to the actual cost once the answer ends, which it caps.
-//! 3. **input guard**: [`InputGuard::screen`] scores every message's text;
+//!    the one internal [`ValidRequest`]; an unknown model is a 404 here, a
+//!    model the caller may not use a 403, and a known one's sampling
+//!    defaults fill what the request left out.
+//! 3. **rate limits**: [`crate::limits`]: requests and tokens per minute
+//!    and requests in parallel, per key, team and model, checked together
+//!    across instances (429 `rate_limit_exceeded`); tokens are reserved
+//!    here and the unused ones given back when the answer ends.
+//! 4. **budget**: [`crate::budget`]: the worst case is reserved against
+//!    every budget of the caller at once (429 `budget_exceeded`), settled to
+//!    the actual cost once the answer ends, which it caps.
+//! 5. **input guard**: [`InputGuard::screen`] scores every message's text;
 //!    a flagged request is refused, or answered and marked.
-//! 4. **cache lookup**: [`Cache::lookup`], with the embedding the guard
+//! 6. **cache lookup**: [`Cache::lookup`], with the embedding the guard
 //!    already computed, so the shared encoder runs once.
-//! 5. **router**: [`Router::dispatch`] picks the deployment (local engine
+//! 7. **router**: [`Router::dispatch`] picks the deployment (local engine
 //!    or upstream) and starts the answer.
 //!
 //! On the way back, the answer stream is wrapped, innermost first:
-//! 6. **recorders**: the cache insert ([`Decision::record`]).
-//! 7. **settles**: told once how the answer ended ([`settle`]); the spend
-//!    log's row is one ([`spend`]).
+//! 8. **recorders**: the cache insert ([`Decision::record`]), the budget's
+//!    cap.
+//! 9. **settles**: told once how the answer ended ([`settle`]), completed,
+//!    failed or abandoned by the client: the limits' refund, the budget's
+//!    charge, the spend log's row ([`spend`]).
 //!
 //! Guard decisions (flagged, blocked) go to the audit log; in
 //! `fail_closed` mode an audit log that cannot be written refuses the
