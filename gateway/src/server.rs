@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -311,8 +311,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         );
     }
     let grace = config.server.shutdown_grace;
-    let serve = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serve = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
         shutdown.cancelled().await;
         tracing::info!(
@@ -393,6 +396,25 @@ async fn watch_stdin(shutdown: CancellationToken) {
 
 /// A span per request (method, path, tenant) and one line when it is answered.
 /// Bodies, headers and query strings are never logged: they may hold secrets.
+/// Echoed on every response; a client's own id (printable, at most 128
+/// bytes) is kept, else one is made.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request's id and the client's address, for the audit log.
+fn request_context(request: &Request) -> crate::audit::RequestContext {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| crate::util::new_id("req"), str::to_string);
+    let source = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip().to_string());
+    crate::audit::RequestContext { id, source }
+}
+
 async fn trace_request(request: Request, next: Next) -> Response {
     let span = tracing::info_span!(
         "request",
@@ -401,7 +423,15 @@ async fn trace_request(request: Request, next: Next) -> Response {
         tenant = tracing::field::Empty,
     );
     let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
+    let context = request_context(&request);
+    let id_header = HeaderValue::from_str(&context.id).ok();
+    let mut response = context
+        .scope(next.run(request))
+        .instrument(span.clone())
+        .await;
+    if let Some(id) = id_header {
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+    }
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),

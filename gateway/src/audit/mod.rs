@@ -86,14 +86,45 @@ pub struct AuditEvent {
     pub detail: Option<String>,
 }
 
+/// The request an audit event happens in: its id (`x-request-id`) and the
+/// client's address. The server sets it around each request's handling
+/// ([`RequestContext::scope`]); every event recorded inside carries it
+/// without each stage passing it along.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    pub id: String,
+    pub source: Option<String>,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestContext;
+}
+
+impl RequestContext {
+    /// Runs `work` with this as the current request.
+    pub async fn scope<F: std::future::Future>(self, work: F) -> F::Output {
+        REQUEST.scope(self, work).await
+    }
+
+    /// The request the calling task is handling, if any.
+    pub fn current() -> Option<RequestContext> {
+        REQUEST.try_with(Clone::clone).ok()
+    }
+}
+
 impl AuditEvent {
+    /// An event; inside a request it carries that request's id and source.
     pub fn new(action: &'static str, actor: impl Into<String>, outcome: AuditOutcome) -> Self {
+        let (request_id, source) = match RequestContext::current() {
+            Some(RequestContext { id, source }) => (Some(id), source),
+            None => (None, None),
+        };
         Self {
             action,
             actor: actor.into(),
             tenant: None,
-            request_id: None,
-            source: None,
+            request_id,
+            source,
             target: None,
             outcome,
             detail: None,

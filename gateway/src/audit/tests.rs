@@ -268,3 +268,18 @@ async fn fail_open_serves_on_while_the_store_fails() {
     assert!(audit.record(event(1)).is_ok());
     writers.finish(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn an_event_inside_a_request_carries_its_id_and_source() {
+    let outside = AuditEvent::new(actions::LOGIN, "a", AuditOutcome::Success);
+    assert_eq!((outside.request_id, outside.source), (None, None));
+    let context = RequestContext {
+        id: "req-1".into(),
+        source: Some("10.0.0.7".into()),
+    };
+    let inside = context
+        .scope(async { AuditEvent::new(actions::LOGIN, "a", AuditOutcome::Success) })
+        .await;
+    assert_eq!(inside.request_id.as_deref(), Some("req-1"));
+    assert_eq!(inside.source.as_deref(), Some("10.0.0.7"));
+}
