@@ -51,6 +51,8 @@ fn sampling() -> Sampling {
         stop_strings: Vec::new(),
         ignore_eos: false,
         logprobs: None,
+        logit_bias: Vec::new(),
+        constraint: None,
     }
 }
 
