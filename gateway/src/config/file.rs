@@ -37,7 +37,9 @@ pub struct FileConfig {
     pub store: super::store::StoreSection,
     #[serde(default)]
     pub limits: super::limits::LimitsSection,
+    #[serde(default)]
     pub budgets: super::budgets::BudgetsSection,
+    #[serde(default)]
     pub spend: super::spend::SpendSection,
     #[serde(default)]
     pub audit: super::audit::AuditSection,
