@@ -15,6 +15,10 @@ scripts/fetch-models.sh embed
 # The guard's training splits: its tests check the committed head's data hashes.
 scripts/fetch-models.sh guard-data
 
+echo "== the Python the end-to-end tests use (OpenAI SDK, jsonschema)"
+SLUICE_PYTHON="$(scripts/python-env.sh)"
+export SLUICE_PYTHON
+
 echo "== formatting"
 cargo fmt --all -- --check
 

@@ -78,6 +78,12 @@ async fn chat_content(body: &Value) -> (String, String) {
     (text, finish)
 }
 
+/// The Python with `openai`, `pydantic` and `jsonschema`: the one
+/// `scripts/python-env.sh` makes (scripts/test.sh exports it), else `python3`.
+fn python() -> String {
+    std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// Validates each `{name, schema, output}` with Python's `jsonschema`
 /// (formats checked too); returns one line per failure.
 fn python_validate(cases: &[Value]) -> Vec<String> {
@@ -96,12 +102,12 @@ for c in json.load(open(sys.argv[1])):
         bad.append(f"{c['name']}: {type(e).__name__}: {str(e).splitlines()[0]} in {c['output']!r}")
 print("\n".join(bad))
 "#;
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .arg("-c")
         .arg(script)
         .arg(&file)
         .output()
-        .expect("python3 is needed to validate the outputs (pip install jsonschema)");
+        .expect("python3 is needed to validate the outputs (scripts/python-env.sh makes one; set SLUICE_PYTHON to it)");
     assert!(
         out.status.success(),
         "the validator failed (is the Python package `jsonschema` installed?): {}",
@@ -372,19 +378,19 @@ print(message.parsed.model_dump_json())
 "#;
     let base_url = server().api_base();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(python())
             .arg("-c")
             .arg(script)
             .arg(base_url)
             .arg(DEMO_MODEL_ID)
             .output()
-            .expect("python3 with the `openai` package is needed (pip install openai)")
+            .expect("a Python with the `openai` package is needed (scripts/python-env.sh; SLUICE_PYTHON)")
     })
     .await
     .unwrap();
     assert!(
         out.status.success(),
-        "the SDK's parse() failed (needs `pip install openai pydantic`):\n{}",
+        "the SDK's parse() failed (needs the Python from scripts/python-env.sh in SLUICE_PYTHON):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
