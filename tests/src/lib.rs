@@ -133,6 +133,9 @@ impl Server {
         let data_dir = tempfile::tempdir().expect("tempdir");
         cmd.args(&options.args)
             .env("SLUICE_DATA_DIR", data_dir.path())
+            // Servers sharing a PostgreSQL store must share a pepper (a
+            // SQLite store would make its own); a test may set another.
+            .env("SLUICE_KEY_PEPPER", "sluice-e2e-test-pepper")
             .env_remove("SLUICE_STORE_URL")
             .env("SLUICE_LOG", "info")
             .env_remove("SLUICE_API_KEYS")
