@@ -88,10 +88,16 @@ pub fn demo_model_path() -> PathBuf {
     path
 }
 
+/// The key pepper of every `sluice` the harness runs (servers sharing a
+/// PostgreSQL store must share one, and `sluice keys` must use the server's).
+pub const TEST_PEPPER: &str = "sluice-e2e-test-pepper";
+
 /// Runs `sluice ARGS` to completion: (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(sluice_bin());
-    cmd.args(args).stdin(Stdio::null());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env("SLUICE_KEY_PEPPER", TEST_PEPPER);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -135,7 +141,7 @@ impl Server {
             .env("SLUICE_DATA_DIR", data_dir.path())
             // Servers sharing a PostgreSQL store must share a pepper (a
             // SQLite store would make its own); a test may set another.
-            .env("SLUICE_KEY_PEPPER", "sluice-e2e-test-pepper")
+            .env("SLUICE_KEY_PEPPER", TEST_PEPPER)
             .env_remove("SLUICE_STORE_URL")
             .env("SLUICE_LOG", "info")
             .env_remove("SLUICE_API_KEYS")
