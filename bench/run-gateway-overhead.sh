@@ -95,7 +95,7 @@ model = "mock-model"
 name = "mock"
 provider = "mock"
 upstream_model = "mock-model"
-$5
+${5:-}
 
 $4
 TOML

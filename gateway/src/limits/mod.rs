@@ -54,6 +54,8 @@ pub use tokens::TokenCounter;
 /// Settlements waiting for Redis; past this they are dropped (counted),
 /// and the parallel leases they held lapse at their expiry.
 const SETTLE_QUEUE: usize = 4096;
+/// Settlements sent to Redis at once.
+const SETTLES_IN_FLIGHT: usize = 64;
 
 /// What a limiter decided for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -282,14 +284,28 @@ impl Limits {
 }
 
 impl SettleWorker {
+    /// Settles concurrently (up to [`SETTLES_IN_FLIGHT`] Redis calls at
+    /// once): one at a time could not keep up with admissions at thousands
+    /// of requests per second, the queue overflowed, settles were dropped
+    /// and parallel leases leaked until their expiry (the gateway-overhead
+    /// bench's 64-connection Redis row, bench/RESULTS.md).
     pub async fn run(mut self) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(SETTLES_IN_FLIGHT));
         while let Some(job) = self.jobs.recv().await {
-            let Some(shared) = &self.shared else { continue };
-            if let Err(Unavailable(why)) = shared.settle(&job.items, &job.lease).await {
-                // The lease lapses at its expiry; unreturned tokens stay spent.
-                metrics::counter!("sluice_limit_settle_failures_total").increment(1);
-                tracing::debug!(error = %why, "a rate-limit settlement did not reach Redis");
-            }
+            let Some(shared) = self.shared.clone() else {
+                continue;
+            };
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(Unavailable(why)) = shared.settle(&job.items, &job.lease).await {
+                    // The lease lapses at its expiry; unreturned tokens stay spent.
+                    metrics::counter!("sluice_limit_settle_failures_total").increment(1);
+                    tracing::debug!(error = %why, "a rate-limit settlement did not reach Redis");
+                }
+            });
         }
     }
 }

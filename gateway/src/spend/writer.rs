@@ -15,9 +15,11 @@ use super::SpendRow;
 use crate::config::SpendSettings;
 use crate::store::{Store, StoreError};
 
-/// Rows per INSERT statement: 17 parameters each stays far below SQLite's
-/// (32766) and PostgreSQL's (65535) limits.
-const ROWS_PER_STATEMENT: usize = 100;
+/// Rows per INSERT statement. Few: sqlx's SQLite driver finds each `$N`
+/// parameter by name, a cost quadratic in a statement's parameters; at 100
+/// rows (1,700 parameters) `sqlite3_bind_parameter_name` took 22% of the
+/// gateway's CPU at 8,000 requests/s (perf, bench/RESULTS.md).
+const ROWS_PER_STATEMENT: usize = 4;
 /// Attempts at one batch before it is given up (and counted lost).
 const ATTEMPTS: u32 = 5;
 const RETRY_MIN: Duration = Duration::from_millis(200);
