@@ -4,6 +4,7 @@
 //! SSE the same way, so each producer only has to speak in [`Step`]s.
 
 use futures_util::future::BoxFuture;
+use sluice_models::ToolCall;
 use sluice_runtime::{FinishReason, TokenLogprob, Usage};
 
 use crate::error::ApiError;
@@ -21,6 +22,18 @@ pub enum Step {
         reason: FinishReason,
         /// Held-back text released at the end; append it.
         text: String,
+    },
+    /// A piece of a tool call, framed as OpenAI streams them: the first
+    /// piece of call `index` carries its `id` and function `name`, later
+    /// pieces only more of its arguments' JSON text. An answer with calls
+    /// finishes with [`FinishReason::ToolCalls`].
+    ToolCall {
+        choice: usize,
+        /// The call's position among the choice's calls, from 0.
+        index: usize,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
     },
     /// The request failed; no more steps follow.
     Failed(ApiError),
@@ -44,6 +57,31 @@ pub struct ChoiceOutput {
     pub text: String,
     pub finish_reason: Option<FinishReason>,
     pub logprobs: Vec<TokenLogprob>,
+    /// Whole tool calls, reassembled from their [`Step::ToolCall`] pieces.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl ChoiceOutput {
+    /// Adds one [`Step::ToolCall`] piece to the calls so far.
+    pub fn add_tool_call(
+        &mut self,
+        index: usize,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: &str,
+    ) {
+        while self.tool_calls.len() <= index {
+            self.tool_calls.push(ToolCall::default());
+        }
+        let call = &mut self.tool_calls[index];
+        if let Some(id) = id {
+            call.id = id;
+        }
+        if let Some(name) = name {
+            call.name = name;
+        }
+        call.arguments.push_str(arguments);
+    }
 }
 
 /// Runs an answer to its end.
@@ -71,6 +109,17 @@ pub async fn collect(answer: &mut dyn Answer) -> Result<Vec<ChoiceOutput>, ApiEr
                 if let Some(o) = out.get_mut(choice) {
                     o.text.push_str(&text);
                     o.finish_reason = Some(reason);
+                }
+            }
+            Step::ToolCall {
+                choice,
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                if let Some(o) = out.get_mut(choice) {
+                    o.add_tool_call(index, id, name, &arguments);
                 }
             }
             Step::Failed(err) => return Err(err),

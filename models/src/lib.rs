@@ -29,7 +29,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{ChatMessage, ChatTemplate, ToolCall};
 pub use config::LlamaConfig;
 pub use detokenizer::IncrementalDecoder;
 pub use encoder::{

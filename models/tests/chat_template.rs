@@ -49,10 +49,7 @@ fn messages(case: &Json) -> Vec<ChatMessage> {
 }
 
 fn msg(role: &str, content: &str) -> ChatMessage {
-    ChatMessage {
-        role: role.into(),
-        content: content.into(),
-    }
+    ChatMessage::text(role, content)
 }
 
 #[test]

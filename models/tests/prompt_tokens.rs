@@ -35,10 +35,7 @@ fn smollm2_template() -> ChatTemplate {
 }
 
 fn msg(role: &str, content: &str) -> ChatMessage {
-    ChatMessage {
-        role: role.into(),
-        content: content.into(),
-    }
+    ChatMessage::text(role, content)
 }
 
 fn greedy_cases() -> Vec<Json> {

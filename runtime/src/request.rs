@@ -81,6 +81,9 @@ pub enum FinishReason {
     /// An upstream provider's content filter withheld or cut the answer.
     /// The local engine never produces it; the gateway never caches it.
     ContentFilter,
+    /// The answer is one or more tool calls. The engine never produces it:
+    /// the gateway does, once it has parsed the model's text as calls.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -90,6 +93,7 @@ impl FinishReason {
             Self::Stop => "stop",
             Self::Length => "length",
             Self::ContentFilter => "content_filter",
+            Self::ToolCalls => "tool_calls",
         }
     }
 }

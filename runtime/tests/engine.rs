@@ -299,10 +299,10 @@ fn demo_model_answers_paris_through_the_runtime() {
     let ids = template
         .render_tokens(
             engine.tokenizer(),
-            &[ChatMessage {
-                role: "user".into(),
-                content: "What is the capital of France? Answer in one word.".into(),
-            }],
+            &[ChatMessage::text(
+                "user",
+                "What is the capital of France? Answer in one word.",
+            )],
             true,
         )
         .unwrap();

@@ -110,10 +110,7 @@ async fn oversized_body_is_413() {
 #[tokio::test]
 async fn unsupported_features_are_400_not_ignored() {
     for (extra, param) in [
-        (
-            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tools",
-        ),
+        (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
         (json!({"made_up_field": 1}), "made_up_field"),
     ] {
         let err = chat_error(extra.clone(), 400).await;

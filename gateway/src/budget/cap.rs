@@ -78,7 +78,7 @@ impl Answer for Capped {
             }
             let step = self.inner.next().await;
             match &step {
-                Some(Step::Token { .. }) => {
+                Some(Step::Token { .. } | Step::ToolCall { .. }) => {
                     self.steps += 1;
                     self.seen.0.store(self.generated(), Ordering::Relaxed);
                     if self.generated() >= self.cap {
@@ -143,6 +143,7 @@ mod tests {
                     assert_eq!(reason, FinishReason::Length);
                     finished.push(choice);
                 }
+                Step::ToolCall { .. } => panic!("no tool calls here"),
                 Step::Failed(e) => panic!("{e}"),
             }
             assert!(tokens <= 5, "ran past the cap");

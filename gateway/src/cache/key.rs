@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use sluice_models::ChatMessage;
 use sluice_runtime::GrammarSpec;
 
-use crate::validate::{Input, Job, Sampling};
+use crate::validate::{FunctionSpec, Input, Job, Sampling, ToolChoice, Tools};
 
 /// Bumped when the encoding changes, so old entries can never match.
 const KEY_VERSION: &str = "sluice-cache-key-v1";
@@ -86,9 +86,64 @@ impl Canon {
         self.bytes(tag, &v.to_bits().to_le_bytes());
     }
     fn message(&mut self, m: &ChatMessage) {
-        let ChatMessage { role, content } = m;
+        let ChatMessage {
+            role,
+            content,
+            tool_calls,
+            tool_call_id,
+        } = m;
         self.str("role", role);
         self.str("content", content);
+        // Written only when present, so plain turns keep their old keys.
+        if !tool_calls.is_empty() {
+            self.u64("tool_calls", tool_calls.len() as u64);
+            for call in tool_calls {
+                self.str("call_id", &call.id);
+                self.str("call_name", &call.name);
+                self.str("call_arguments", &call.arguments);
+            }
+        }
+        if let Some(id) = tool_call_id {
+            self.str("tool_call_id", id);
+        }
+    }
+    /// The functions offered and how they must be used: they change the
+    /// answer. Written only when present.
+    fn tools(&mut self, tools: Option<&Tools>) {
+        let Some(Tools {
+            functions,
+            choice,
+            parallel,
+        }) = tools
+        else {
+            return;
+        };
+        self.u64("tools", functions.len() as u64);
+        for FunctionSpec {
+            name,
+            description,
+            parameters,
+            strict,
+        } in functions
+        {
+            self.str("function", name);
+            self.str("description", description.as_deref().unwrap_or(""));
+            self.str(
+                "parameters",
+                &parameters
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+            );
+            self.u64("strict", u64::from(*strict));
+        }
+        match choice {
+            ToolChoice::Auto => self.str("tool_choice", "auto"),
+            ToolChoice::None => self.str("tool_choice", "none"),
+            ToolChoice::Required => self.str("tool_choice", "required"),
+            ToolChoice::Function(name) => self.str("tool_choice_function", name),
+        }
+        self.u64("parallel_tool_calls", u64::from(*parallel));
     }
     fn finish(self) -> Key {
         Key(self.0.finalize().into())
@@ -155,19 +210,27 @@ fn sampling(c: &mut Canon, s: &Sampling) {
     }
 }
 
-fn context(kind: &str, tenant: &str, model: &str, s: &Sampling, n: usize) -> Canon {
+fn context(
+    kind: &str,
+    tenant: &str,
+    model: &str,
+    s: &Sampling,
+    n: usize,
+    tools: Option<&Tools>,
+) -> Canon {
     let mut c = Canon::new(kind);
     c.str("tenant", tenant);
     c.str("model", model);
     sampling(&mut c, s);
     c.u64("n", n as u64);
+    c.tools(tools);
     c
 }
 
 /// The exact key and, for chat requests with a user turn, the semantic key.
 pub fn keys(tenant: &str, model: &str, job: &Job) -> Keys {
-    let (input, s, n) = job.parts();
-    let mut exact = context("exact", tenant, model, s, n);
+    let (input, s, n, tools) = job.parts();
+    let mut exact = context("exact", tenant, model, s, n, tools);
     let semantic = match input {
         Input::Chat(messages) => {
             exact.u64("messages", messages.len() as u64);
@@ -175,7 +238,7 @@ pub fn keys(tenant: &str, model: &str, job: &Job) -> Keys {
                 exact.message(m);
             }
             messages.iter().rposition(|m| m.role == "user").map(|last| {
-                let mut scope = context("scope", tenant, model, s, n);
+                let mut scope = context("scope", tenant, model, s, n, tools);
                 scope.u64("messages", messages.len() as u64);
                 scope.u64("last_user", last as u64);
                 for (i, m) in messages.iter().enumerate() {

@@ -225,7 +225,7 @@ impl Cache {
         if !self.settings.enabled {
             return Decision::bypass();
         }
-        let (_, sampling, n) = req.job.parts();
+        let (_, sampling, n, _) = req.job.parts();
         let access = policy::decide(
             PolicyInput {
                 headers: req.headers,

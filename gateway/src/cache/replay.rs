@@ -148,8 +148,9 @@ impl Recorder {
                     self.ticket = None;
                 }
             }
-            // Nothing of a failed answer is stored.
-            Step::Failed(_) => self.ticket = None,
+            // Nothing of a failed answer is stored; tool calls are not
+            // stored yet (a replay must give them back as calls, not text).
+            Step::Failed(_) | Step::ToolCall { .. } => self.ticket = None,
         }
     }
 

@@ -119,10 +119,7 @@ mod tests {
 
     #[test]
     fn a_provider_request_reserves_its_estimate_and_max_tokens() {
-        let input = Input::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: "x".repeat(40),
-        }]);
+        let input = Input::Chat(vec![ChatMessage::text("user", "x".repeat(40))]);
         // 10 tokens of text + 4 of framing, plus max_tokens per choice.
         assert_eq!(estimate(&input, Some(100), 1, 1024), 114);
         assert_eq!(estimate(&input, None, 2, 1024), 14 + 2048);

@@ -40,8 +40,45 @@ struct Choice {
 #[derive(Debug, Serialize)]
 struct AssistantMessage {
     role: &'static str,
-    content: String,
+    /// `null` when the answer is only tool calls, as OpenAI sends it.
+    content: Option<String>,
     refusal: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallWire>,
+}
+
+/// A whole tool call in a response message.
+#[derive(Debug, Serialize)]
+struct ToolCallWire {
+    id: String,
+    r#type: &'static str,
+    function: FunctionCallWire,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionCallWire {
+    name: String,
+    arguments: String,
+}
+
+/// A piece of a tool call in a stream delta: the first piece of a call
+/// carries `id`, `type` and the function's `name`, later pieces only
+/// `index` and more `arguments`.
+#[derive(Debug, Serialize)]
+struct ToolCallDelta<'a> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    r#type: Option<&'static str>,
+    function: FunctionDelta<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +108,8 @@ struct Delta<'a> {
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallDelta<'a>; 1]>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -108,13 +147,27 @@ impl Render for Chat {
                     text,
                     finish_reason,
                     logprobs: lps,
+                    tool_calls,
                 } = out;
+                let content = (tool_calls.is_empty() || !text.is_empty()).then_some(text);
+                let tool_calls = tool_calls
+                    .into_iter()
+                    .map(|c| ToolCallWire {
+                        id: c.id,
+                        r#type: "function",
+                        function: FunctionCallWire {
+                            name: c.name,
+                            arguments: c.arguments,
+                        },
+                    })
+                    .collect();
                 Choice {
                     index,
                     message: AssistantMessage {
                         role: "assistant",
-                        content: text,
+                        content,
                         refusal: None,
+                        tool_calls,
                     },
                     logprobs: tokenizer.map(|t| logprobs::chat(t, &lps)),
                     finish_reason: finish_reason.map(FinishReason::as_str),
@@ -162,6 +215,7 @@ impl Framing for ChatFraming {
                 delta: Delta {
                     role: Some("assistant"),
                     content: Some(""),
+                    tool_calls: None,
                 },
                 logprobs: None,
                 finish_reason: None,
@@ -182,6 +236,7 @@ impl Framing for ChatFraming {
                 delta: Delta {
                     role: None,
                     content: Some(text),
+                    tool_calls: None,
                 },
                 logprobs,
                 finish_reason: None,
@@ -197,12 +252,41 @@ impl Framing for ChatFraming {
                 delta: Delta {
                     role: None,
                     content: None,
+                    tool_calls: None,
                 },
                 logprobs: None,
                 finish_reason: Some(reason.as_str()),
             }],
             None,
         )
+    }
+
+    fn tool_call(
+        &mut self,
+        choice: usize,
+        index: usize,
+        id: Option<&str>,
+        name: Option<&str>,
+        arguments: &str,
+    ) -> Option<String> {
+        Some(self.chunk(
+            vec![ChunkChoice {
+                index: choice,
+                delta: Delta {
+                    role: None,
+                    content: None,
+                    tool_calls: Some([ToolCallDelta {
+                        index,
+                        id,
+                        r#type: id.map(|_| "function"),
+                        function: FunctionDelta { name, arguments },
+                    }]),
+                },
+                logprobs: None,
+                finish_reason: None,
+            }],
+            None,
+        ))
     }
 
     fn usage(&self, usage: UsageWire) -> String {

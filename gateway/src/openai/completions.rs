@@ -82,6 +82,8 @@ impl Render for TextCompletion {
                     text,
                     finish_reason,
                     logprobs: lps,
+                    // Completions offer no tools.
+                    tool_calls: _,
                 } = out;
                 Choice {
                     index,

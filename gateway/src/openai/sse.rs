@@ -28,6 +28,18 @@ pub trait Framing: Send + 'static {
     /// `logprobs` is empty unless the request asked for them.
     fn content(&mut self, choice: usize, text: &str, logprobs: &[TokenLogprob]) -> String;
     fn finish(&self, choice: usize, reason: FinishReason) -> String;
+    /// A piece of a tool call (see [`Step::ToolCall`]); `None` where the
+    /// endpoint has no tool calls to show (completions never ask for them).
+    fn tool_call(
+        &mut self,
+        _choice: usize,
+        _index: usize,
+        _id: Option<&str>,
+        _name: Option<&str>,
+        _arguments: &str,
+    ) -> Option<String> {
+        None
+    }
     fn usage(&self, usage: UsageWire) -> String;
 }
 
@@ -134,6 +146,23 @@ impl<F: Framing> Driver<F> {
                     self.push_content(choice, &text);
                 }
                 self.queue.push_back(self.framing.finish(choice, reason));
+            }
+            Step::ToolCall {
+                choice,
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                self.tokens += 1;
+                let piece = self.framing.tool_call(
+                    choice,
+                    index,
+                    id.as_deref(),
+                    name.as_deref(),
+                    &arguments,
+                );
+                self.queue.extend(piece);
             }
             Step::Failed(err) => {
                 self.queue.push_back(err.body_json());

@@ -30,10 +30,7 @@ mod tests {
             ("user", "Hi"),
             ("assistant", "Hello"),
         ]
-        .map(|(role, content)| ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        });
+        .map(|(role, content)| ChatMessage::text(role, content));
         let wire = wire_messages(&messages, |role, text| format!("{role}:{text}"));
         assert_eq!(wire, ["system:Be terse.", "user:Hi", "assistant:Hello"]);
     }

@@ -74,7 +74,7 @@ impl MeasuredAnswer {
         let now = Instant::now();
         self.m.upstream += now - waited;
         match &step {
-            Some(Step::Token { .. }) => {
+            Some(Step::Token { .. } | Step::ToolCall { .. }) => {
                 self.tokens += 1;
                 if self.first_token.is_none() {
                     self.first_token = Some(now);

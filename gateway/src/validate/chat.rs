@@ -1,10 +1,11 @@
 //! `POST /v1/chat/completions`: the request and its messages.
 
 use serde_json::Value;
-use sluice_models::ChatMessage;
+use sluice_models::{ChatMessage, ToolCall};
 
 use super::{
-    common, int_in, reject_unknown, structured, CommonWire, Input, ValidRequest, MAX_TOP_LOGPROBS,
+    common, int_in, reject_unknown, structured, tools, CommonWire, Input, ValidRequest,
+    MAX_TOP_LOGPROBS,
 };
 use crate::error::ApiError;
 use crate::wire::{ChatCompletionRequest, ChatMessageWire};
@@ -35,7 +36,7 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
         stop_token_ids,
         metadata: _,
         store,
-        parallel_tool_calls: _,
+        parallel_tool_calls,
         response_format,
         logit_bias,
         modalities,
@@ -50,19 +51,15 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
         other,
     } = req;
     reject_unknown(other.keys())?;
-    for (name, value) in [
-        ("tools", &tools),
-        ("tool_choice", &tool_choice),
-        ("functions", &functions),
-        ("function_call", &function_call),
-    ] {
+    for (name, value) in [("functions", &functions), ("function_call", &function_call)] {
         if value.is_some() {
             return Err(ApiError::unsupported(
                 name,
-                format!("'{name}' is not supported yet: this server has no tool calling"),
+                format!("'{name}' is deprecated and not supported: use 'tools' and 'tool_choice'"),
             ));
         }
     }
+    let tools = tools::tools(tools, tool_choice, parallel_tool_calls)?;
     for (name, value) in [
         ("audio", &audio),
         ("prediction", &prediction),
@@ -136,7 +133,7 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
         Some((v, name)) => (Some(v), name),
         None => (None, "max_tokens"),
     };
-    common(
+    let mut req = common(
         CommonWire {
             model,
             max_tokens,
@@ -161,7 +158,9 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
         },
         max_tokens_name,
         Input::Chat(messages),
-    )
+    )?;
+    req.job.tools = tools;
+    Ok(req)
 }
 
 fn chat_message(i: usize, m: ChatMessageWire) -> Result<ChatMessage, ApiError> {
@@ -194,10 +193,10 @@ fn chat_message(i: usize, m: ChatMessageWire) -> Result<ChatMessage, ApiError> {
             "message 'name' is not supported",
         ));
     }
-    if tool_calls.is_some() || function_call.is_some() {
+    if function_call.is_some() {
         return Err(ApiError::unsupported(
-            at("tool_calls"),
-            "tool calls are not supported yet",
+            at("function_call"),
+            "'function_call' is deprecated and not supported: use 'tool_calls'",
         ));
     }
     if refusal.is_some_and(|r| !r.is_null()) {
@@ -206,22 +205,45 @@ fn chat_message(i: usize, m: ChatMessageWire) -> Result<ChatMessage, ApiError> {
             "'refusal' is not supported",
         ));
     }
-    // Without tool calling no tool call could be pending, so a tool's
-    // answer has nothing to answer: refused rather than rendered as text
-    // with its `tool_call_id` dropped.
-    if role == "tool" {
-        return Err(ApiError::unsupported(
-            at("role"),
-            "messages with role 'tool' are not supported yet: this server has no tool calling",
-        ));
-    }
-    if tool_call_id.is_some() {
-        return Err(ApiError::unsupported(
-            at("tool_call_id"),
-            "'tool_call_id' is not supported yet: this server has no tool calling",
-        ));
-    }
+    let tool_calls = match tool_calls {
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) if role != "assistant" => {
+            return Err(ApiError::invalid(
+                at("tool_calls"),
+                "only assistant messages carry 'tool_calls'",
+            ))
+        }
+        Some(Value::Array(calls)) => calls
+            .into_iter()
+            .enumerate()
+            .map(|(j, c)| tool_call(&at(&format!("tool_calls[{j}]")), c))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                at("tool_calls"),
+                "'tool_calls' must be an array",
+            ))
+        }
+    };
+    let tool_call_id = match (role.as_str(), tool_call_id) {
+        ("tool", Some(id)) if !id.is_empty() => Some(id),
+        ("tool", _) => {
+            return Err(ApiError::invalid(
+                at("tool_call_id"),
+                "a message with role 'tool' needs the 'tool_call_id' it answers",
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                at("tool_call_id"),
+                "only messages with role 'tool' carry 'tool_call_id'",
+            ))
+        }
+        (_, None) => None,
+    };
     let content = match content {
+        // An assistant turn that only calls tools has no text.
+        None | Some(Value::Null) if !tool_calls.is_empty() => String::new(),
         None | Some(Value::Null) => {
             return Err(ApiError::invalid(at("content"), "'content' is required"))
         }
@@ -241,7 +263,54 @@ fn chat_message(i: usize, m: ChatMessageWire) -> Result<ChatMessage, ApiError> {
             ))
         }
     };
-    Ok(ChatMessage { role, content })
+    Ok(ChatMessage {
+        role,
+        content,
+        tool_calls,
+        tool_call_id,
+    })
+}
+
+/// One call of an assistant turn's `tool_calls`, as a client sends it back.
+fn tool_call(at: &str, call: Value) -> Result<ToolCall, ApiError> {
+    let field = |name: &str| format!("{at}.{name}");
+    let Value::Object(call) = call else {
+        return Err(ApiError::invalid(at, "each tool call must be an object"));
+    };
+    let id = match call.get("id") {
+        Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        _ => return Err(ApiError::invalid(field("id"), "'id' must be a string")),
+    };
+    if call.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(ApiError::invalid(
+            field("type"),
+            "each tool call needs \"type\": \"function\"",
+        ));
+    }
+    let function = call.get("function");
+    let name = match function.and_then(|f| f.get("name")) {
+        Some(Value::String(name)) if !name.is_empty() => name.clone(),
+        _ => {
+            return Err(ApiError::invalid(
+                field("function.name"),
+                "'function.name' must be a string",
+            ))
+        }
+    };
+    let arguments = match function.and_then(|f| f.get("arguments")) {
+        Some(Value::String(args)) => args.clone(),
+        _ => {
+            return Err(ApiError::invalid(
+                field("function.arguments"),
+                "'function.arguments' must be a string of JSON",
+            ))
+        }
+    };
+    Ok(ToolCall {
+        id,
+        name,
+        arguments,
+    })
 }
 
 fn text_part(at: &str, part: Value) -> Result<String, ApiError> {

@@ -18,11 +18,13 @@ mod chat;
 mod completion;
 mod defaults;
 mod structured;
+mod tools;
 
 pub use chat::chat;
 pub use completion::completion;
 use defaults::Omitted;
 pub use structured::Constraint;
+pub use tools::{FunctionSpec, ToolChoice, Tools};
 
 /// A wire API's request: it becomes the one internal [`ValidRequest`]
 /// (what makes a wire API a thin adapter of the request chain).
@@ -163,6 +165,8 @@ pub struct Job {
     pub sampling: Sampling,
     /// Choices per prompt.
     pub n: usize,
+    /// The functions the model may call (chat only).
+    pub tools: Option<Tools>,
     /// The sampling fields the request left out, which a model's defaults
     /// may fill ([`Job::apply_defaults`]).
     omitted: Omitted,
@@ -173,18 +177,19 @@ impl Job {
     /// Every field, for code that must account for each one (the cache key).
     /// Destructured without `..`: a new field breaks the build here until the
     /// cache key (`crate::cache::key`) says whether it changes the answer.
-    pub fn parts(&self) -> (&Input, &Sampling, usize) {
+    pub fn parts(&self) -> (&Input, &Sampling, usize, Option<&Tools>) {
         let Self {
             input,
             sampling,
             n,
+            tools,
             // Not part of the answer: what was left out holds either the
             // model's default (applied before the cache key) or the OpenAI
             // default, the same values a request spelling them out has.
             omitted: _,
             _sealed,
         } = self;
-        (input, sampling, *n)
+        (input, sampling, *n, tools.as_ref())
     }
 }
 
@@ -361,6 +366,7 @@ pub(crate) fn common(
             input,
             sampling,
             n,
+            tools: None,
             omitted,
             _sealed: Sealed,
         },

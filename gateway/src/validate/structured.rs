@@ -186,7 +186,7 @@ pub(crate) fn logit_bias(
     Ok(out)
 }
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()

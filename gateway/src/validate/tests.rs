@@ -51,10 +51,7 @@ fn minimal_chat_gets_openai_defaults() {
     assert_eq!(v.job.sampling.max_tokens, None);
     assert_eq!(
         v.job.input,
-        Input::Chat(vec![ChatMessage {
-            role: "user".into(),
-            content: "hi".into()
-        }])
+        Input::Chat(vec![ChatMessage::text("user", "hi")])
     );
 }
 
@@ -155,10 +152,7 @@ fn text_parts_are_joined_and_images_refused() {
 #[test]
 fn unsupported_features_are_refused_by_name() {
     for (body, name) in [
-        (
-            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-            "tools",
-        ),
+        (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
         (json!({"tool_choice": "auto"}), "tool_choice"),
         (json!({"functions": []}), "functions"),
         (json!({"store": true}), "store"),
@@ -248,25 +242,60 @@ fn seeds_are_derived_per_choice() {
 }
 
 #[test]
-fn tool_messages_are_refused_until_tool_calling_exists() {
-    // With its call id, a tool message used to be accepted and the id dropped.
-    let body = with(json!({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}));
-    let err = chat_of(body.clone()).unwrap_err();
-    assert!(err.to_string().contains("tool calling"), "{err}");
-    assert_eq!(param(chat_of(body)), "messages[0].role");
-    let body = with(json!({"messages": [{"role": "tool", "content": "42"}]}));
-    assert_eq!(param(chat_of(body)), "messages[0].role");
+fn tool_turns_are_read_with_their_calls_and_ids() {
     let body = with(json!({"messages": [
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "x", "tool_call_id": "c1"},
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+        {"role": "tool", "content": "12C", "tool_call_id": "c1"},
     ]}));
-    assert_eq!(param(chat_of(body)), "messages[1].tool_call_id");
-    let body = with(json!({"messages": [
-        {"role": "assistant", "content": "x", "tool_calls": [{"id": "c1"}]},
-    ]}));
-    assert_eq!(param(chat_of(body)), "messages[0].tool_calls");
-    let body = with(json!({"messages": [{"role": "user", "content": "x", "name": "bob"}]}));
-    assert_eq!(param(chat_of(body)), "messages[0].name");
+    let v = chat_of(body).unwrap();
+    let Input::Chat(m) = &v.job.input else {
+        panic!("chat input expected")
+    };
+    assert_eq!(m[1].content, "");
+    assert_eq!(m[1].tool_calls[0].name, "get_weather");
+    assert_eq!(m[1].tool_calls[0].arguments, "{\"city\":\"Oslo\"}");
+    assert_eq!(m[2].tool_call_id.as_deref(), Some("c1"));
+}
+
+#[test]
+fn malformed_tool_turns_name_the_field() {
+    for (messages, name) in [
+        (
+            json!([{"role": "tool", "content": "42"}]),
+            "messages[0].tool_call_id",
+        ),
+        (
+            json!([{"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "x", "tool_call_id": "c1"}]),
+            "messages[1].tool_call_id",
+        ),
+        (
+            json!([{"role": "assistant", "content": "x", "tool_calls": [{"id": "c1"}]}]),
+            "messages[0].tool_calls[0].type",
+        ),
+        (
+            json!([{"role": "user", "content": "x", "tool_calls": []}]),
+            "messages[0].tool_calls",
+        ),
+        (
+            json!([{"role": "assistant", "content": null, "tool_calls": [{"id": "c1",
+                "type": "function", "function": {"name": "f", "arguments": {}}}]}]),
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        (
+            json!([{"role": "assistant", "content": null}]),
+            "messages[0].content",
+        ),
+        (
+            json!([{"role": "user", "content": "x", "name": "bob"}]),
+            "messages[0].name",
+        ),
+    ] {
+        let body = with(json!({ "messages": messages }));
+        assert_eq!(param(chat_of(body)), name, "{messages}");
+    }
 }
 
 #[test]

@@ -42,6 +42,7 @@ impl ChatTemplate {
             .map(|m| ChatMessage {
                 role: escape(tokenizer, &m.role, &mut literals),
                 content: escape(tokenizer, &m.content, &mut literals),
+                ..m.clone()
             })
             .collect();
         if literals.is_empty() {

@@ -60,14 +60,8 @@ fn request(model: &str, stream: bool) -> ProviderRequest {
     ProviderRequest {
         upstream_model: model.into(),
         messages: vec![
-            ChatMessage {
-                role: "system".into(),
-                content: "You are terse.".into(),
-            },
-            ChatMessage {
-                role: "user".into(),
-                content: "Say hello to me".into(),
-            },
+            ChatMessage::text("system", "You are terse."),
+            ChatMessage::text("user", "Say hello to me"),
         ],
         sampling: sampling(),
         n: 1,

@@ -136,7 +136,7 @@ fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
 
 fn access(body: Value, h: &HeaderMap, sensitive: bool, nondet: bool) -> (bool, bool) {
     let r = chat(body);
-    let (_, s, n) = r.job.parts();
+    let (_, s, n, _) = r.job.parts();
     let a = decide(
         PolicyInput {
             headers: h,
