@@ -140,7 +140,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         config.admin_key.clone().map(Arc::new),
         audit.clone(),
     )
-    .with_check(virtual_keys.clone());
+    .with_check(virtual_keys.clone())
+    .with_role_models(&config.role_models);
     if let Some(oidc) = &config.oidc {
         let client = auth::oidc_http_client().map_err(ServeError::Load)?;
         let verifier = auth::JwtVerifier::new(oidc.clone(), client, audit.clone());

@@ -350,6 +350,28 @@ async fn a_key_not_allowed_the_model_gets_403_and_does_not_see_it() {
     assert_eq!(ids, [DEMO_MODEL_ID]);
 }
 
+#[tokio::test]
+async fn a_role_allowlist_narrows_its_keys_models() {
+    // `service` may use another model only; `user` has no list (every model).
+    let s = Server::start(ServerOptions {
+        config: Some(config(
+            "[auth.role_models]\n        service = [\"some-other-model\"]",
+        )),
+        env: vec![("ADMIN_KEY".into(), ADMIN_KEY.into())],
+        args: Vec::new(),
+    });
+    let (service, _) = create_key(&s, ADMIN_KEY, json!({"roles": ["service"]})).await;
+    let err = chat(&s, &service).await.expect_error(403);
+    assert_eq!(err["code"], "model_not_allowed");
+    let models = get(&s, "/v1/models", Some(&service)).await.json();
+    assert!(models["data"].as_array().unwrap().is_empty(), "{models}");
+    let (user, _) = create_key(&s, ADMIN_KEY, json!({"roles": ["user"]})).await;
+    assert_eq!(chat(&s, &user).await.status, 200);
+    // Several roles: what any of them allows.
+    let (both, _) = create_key(&s, ADMIN_KEY, json!({"roles": ["service", "user"]})).await;
+    assert_eq!(chat(&s, &both).await.status, 200);
+}
+
 /// A fresh schema in the test PostgreSQL; the store URL pointing at it.
 async fn fresh_postgres_schema() -> String {
     use sqlx::Connection;
@@ -413,7 +435,13 @@ async fn the_cli_manages_keys_in_the_store_a_server_reads() {
         dir.path().join("sluice.db").display()
     );
     let cli_config = dir.path().join("cli.toml");
-    std::fs::write(&cli_config, &store).unwrap();
+    let audit_file = dir.path().join("cli-audit.jsonl");
+    let cli_audit = format!(
+        "[audit]\nsinks = [\"file\"]\nfile = \"{}\"\nspool_dir = \"{}\"\n",
+        audit_file.display(),
+        dir.path().join("spool").display()
+    );
+    std::fs::write(&cli_config, format!("{store}{cli_audit}")).unwrap();
     let cfg = cli_config.to_str().unwrap();
     let (code, out, err) = run_cli(
         &[
@@ -484,4 +512,27 @@ async fn the_cli_manages_keys_in_the_store_a_server_reads() {
     let (code, _, err) = run_cli(&["keys", "revoke", "--config", cfg, "nosuchkey"], &[]);
     assert_ne!(code, 0);
     assert!(err.contains("nosuchkey"), "{err}");
+
+    // Every change made with the CLI is in the audit log, by the CLI's user.
+    let records: Vec<Value> = std::fs::read_to_string(&audit_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap(), r["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("key.created", prefix.as_str()),
+            ("key.rotated", prefix.as_str()),
+            ("key.revoked", prefix.as_str()),
+        ],
+        "{records:?}"
+    );
+    assert!(records
+        .iter()
+        .all(|r| r["actor"].as_str().unwrap().starts_with("cli:")));
 }

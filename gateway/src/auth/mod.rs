@@ -200,6 +200,9 @@ pub struct Authenticator {
     checks: Vec<Arc<dyn CredentialCheck>>,
     admin_key: Option<Arc<Secret>>,
     audit: Audit,
+    /// Each role's model allowlist (`[auth.role_models]`); a role absent
+    /// here may use every model.
+    role_models: Vec<(Role, Vec<String>)>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -218,7 +221,35 @@ impl Authenticator {
             checks: Vec::new(),
             admin_key,
             audit,
+            role_models: Vec::new(),
         }
+    }
+
+    /// Each role's model allowlist; unknown role names are ignored (the
+    /// config checked them).
+    pub fn with_role_models(mut self, role_models: &crate::config::RoleModels) -> Self {
+        self.role_models = role_models
+            .0
+            .iter()
+            .filter_map(|(role, models)| Some((Role::parse(role)?, models.clone())))
+            .collect();
+        self
+    }
+
+    /// What the caller's roles allow together: every model if one of its
+    /// roles has no allowlist, else the union of their lists.
+    fn apply_role_models(&self, principal: &mut Principal) {
+        if self.role_models.is_empty() {
+            return;
+        }
+        let mut allowed: Vec<String> = Vec::new();
+        for role in principal.roles.iter() {
+            match self.role_models.iter().find(|(r, _)| *r == role) {
+                Some((_, models)) => allowed.extend(models.iter().cloned()),
+                None => return,
+            }
+        }
+        principal.restrict_models(&allowed);
     }
 
     /// Adds a credential check (virtual keys, OIDC).
@@ -239,7 +270,9 @@ impl Authenticator {
         let header = headers.get(AUTHORIZATION).map(|v| v.as_bytes());
         let Some(value) = header else {
             if self.is_open() {
-                return Ok(Principal::anonymous());
+                let mut anonymous = Principal::anonymous();
+                self.apply_role_models(&mut anonymous);
+                return Ok(anonymous);
             }
             return Err(ApiError::Unauthorized(
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
@@ -262,6 +295,10 @@ impl Authenticator {
                 },
             ),
         };
+        let mut result = result;
+        if let Ok(principal) = &mut result {
+            self.apply_role_models(principal);
+        }
         if let Err(err) = &result {
             // The attempt, never the token: a virtual key's public prefix at most.
             let actor = presented_prefix(token).unwrap_or("unknown");

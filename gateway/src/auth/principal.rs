@@ -142,6 +142,20 @@ impl Principal {
         }
     }
 
+    /// Narrows the models this caller may use to those in `models` too (a
+    /// role's allowlist on top of the key's and the team's).
+    pub fn restrict_models(&mut self, models: &[String]) {
+        let narrowed: Vec<String> = match self.allowed_models.as_deref() {
+            Some(current) => current
+                .iter()
+                .filter(|m| models.contains(m))
+                .cloned()
+                .collect(),
+            None => models.to_vec(),
+        };
+        self.allowed_models = Some(Arc::from(narrowed));
+    }
+
     pub fn may_use_model(&self, model: &str) -> bool {
         self.allowed_models
             .as_deref()
@@ -194,5 +208,14 @@ mod tests {
         p.allowed_models = Some(Arc::from(vec!["a".to_string()]));
         assert!(p.may_use_model("a"));
         assert!(!p.may_use_model("b"));
+    }
+
+    #[test]
+    fn a_restriction_intersects_with_the_allowlist() {
+        let mut p = Principal::anonymous();
+        p.restrict_models(&["a".to_string(), "b".to_string()]);
+        assert!(p.may_use_model("a") && p.may_use_model("b") && !p.may_use_model("c"));
+        p.restrict_models(&["b".to_string(), "c".to_string()]);
+        assert!(!p.may_use_model("a") && p.may_use_model("b") && !p.may_use_model("c"));
     }
 }

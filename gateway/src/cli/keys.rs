@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
 use crate::config::{process_env, Config, Overrides};
 use crate::keys::{KeyChanges, KeyRecord, VirtualKeys};
 
@@ -148,23 +149,48 @@ pub(super) fn run(command: KeysCommand) -> ExitCode {
     }
 }
 
-async fn open(config: &Config) -> Result<VirtualKeys, String> {
+async fn execute(config: &Config, command: KeysCommand) -> Result<(), String> {
     let store = crate::store::Store::open(&config.store)
         .await
         .map_err(|e| e.to_string())?;
-    crate::keys::open_configured(config, store)
+    let keys = crate::keys::open_configured(config, store.clone())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    // Key changes made here are audited like the admin API's, into the
+    // same sinks, so the log holds every change whoever made it.
+    let (log, writers) =
+        crate::audit::AuditLog::start(&config.audit, &store).map_err(|e| e.to_string())?;
+    let audit = Audit::new(log);
+    let result = change(&keys, &audit, command).await;
+    writers.finish(Duration::from_secs(10)).await;
+    result
 }
 
-async fn execute(config: &Config, command: KeysCommand) -> Result<(), String> {
-    let keys = open(config).await?;
+/// Who ran the command, for the audit log: the operating-system user.
+fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+fn audit_change(audit: &Audit, action: &'static str, target: &str, detail: &str) {
+    let event = AuditEvent::new(action, cli_actor(), AuditOutcome::Success)
+        .target(target)
+        .detail(detail);
+    if audit.record(event).is_err() {
+        eprintln!("sluice: warning: the audit log could not record this change");
+    }
+}
+
+async fn change(keys: &VirtualKeys, audit: &Audit, command: KeysCommand) -> Result<(), String> {
     match command {
         KeysCommand::Create(args) => {
             let (new, record) = keys
                 .create(&args.changes())
                 .await
                 .map_err(|e| e.to_string())?;
+            audit_change(audit, actions::KEY_CREATED, &record.prefix, "created");
             println!("{}", new.key);
             eprintln!(
                 "sluice: created key {} (tenant {}{}); it is shown this once",
@@ -192,6 +218,12 @@ async fn execute(config: &Config, command: KeysCommand) -> Result<(), String> {
                 .rotate(&prefix, Duration::from_secs(grace_seconds))
                 .await
                 .map_err(|e| e.to_string())?;
+            audit_change(
+                audit,
+                actions::KEY_ROTATED,
+                &prefix,
+                &format!("rotated to {}", record.prefix),
+            );
             println!("{}", new.key);
             eprintln!(
                 "sluice: {prefix} rotated to {}; the old key works for {grace_seconds} s more",
@@ -200,6 +232,7 @@ async fn execute(config: &Config, command: KeysCommand) -> Result<(), String> {
         }
         KeysCommand::Revoke { prefix, .. } => {
             keys.revoke(&prefix).await.map_err(|e| e.to_string())?;
+            audit_change(audit, actions::KEY_REVOKED, &prefix, "revoked");
             eprintln!("sluice: {prefix} revoked");
         }
     }

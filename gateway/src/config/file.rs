@@ -70,6 +70,9 @@ pub struct AuthSection {
     pub redis_url: Option<String>,
     /// OIDC bearer tokens (`[auth.oidc]`).
     pub oidc: Option<super::oidc::OidcSection>,
+    /// The models each role may use (`[auth.role_models]`).
+    #[serde(default)]
+    pub role_models: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,7 @@ mod oidc;
 mod providers;
 mod render;
 mod resolve;
+mod roles;
 mod routes;
 mod spend;
 mod store;
@@ -49,6 +50,7 @@ pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
 pub use providers::{ProviderConfig, ResilienceConfig};
 use resolve::resolve;
+pub use roles::RoleModels;
 pub use routes::{
     DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
     SaturationLimits, Strategy, TargetSpec,
@@ -205,6 +207,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// OIDC bearer tokens (`[auth.oidc]`).
     pub oidc: Option<OidcSettings>,
+    /// The models each role may use (`[auth.role_models]`).
+    pub role_models: RoleModels,
 }
 
 /// What the command line adds on top of the file and the environment.

@@ -369,7 +369,7 @@ fn check_claim(key: &str, claim: String) -> Result<String, ConfigError> {
     Ok(claim)
 }
 
-fn check_role(key: &str, role: &str) -> Result<(), ConfigError> {
+pub(super) fn check_role(key: &str, role: &str) -> Result<(), ConfigError> {
     if ROLE_NAMES.contains(&role) {
         Ok(())
     } else {

@@ -57,6 +57,18 @@ impl Config {
         if let Some(oidc) = &self.oidc {
             auth.insert("oidc".into(), Value::Table(oidc.to_toml()));
         }
+        if !self.role_models.0.is_empty() {
+            let roles = self
+                .role_models
+                .0
+                .iter()
+                .map(|(role, models)| {
+                    let models = models.iter().map(|m| Value::String(m.clone())).collect();
+                    (role.clone(), Value::Array(models))
+                })
+                .collect();
+            auth.insert("role_models".into(), Value::Table(roles));
+        }
         let models: Vec<Value> = self
             .models
             .iter()

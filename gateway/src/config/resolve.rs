@@ -129,6 +129,7 @@ pub(super) fn resolve(
 
     let virtual_keys = super::keys::resolve(auth.pepper_file, auth.redis_url, base_dir, env)?;
     let oidc = auth.oidc.map(|o| o.resolve()).transpose()?;
+    let role_models = super::roles::resolve(auth.role_models)?;
     let mut keys = Vec::new();
     for (i, k) in auth.keys.into_iter().enumerate() {
         keys.push(resolve_key(i, k, base_dir, env)?);
@@ -239,6 +240,7 @@ pub(super) fn resolve(
         spend: spend.resolve()?,
         audit: audit.resolve(base_dir, env)?,
         oidc,
+        role_models,
     })
 }
 

@@ -525,7 +525,7 @@ pub fn allow_model(principal: &Principal, model: &str) -> Result<(), ApiError> {
     Err(ApiError::Forbidden {
         message: format!(
             "This key may not use the model `{model}`; it may use: {}. Ask an admin to extend \
-             its allowed_models.",
+             its (or its team's or role's) allowed models.",
             if allowed.is_empty() { "none" } else { &allowed }
         ),
         code: "model_not_allowed",
