@@ -144,6 +144,9 @@ fn add_views(text: &str, kind: ViewKind, depth: u8, budget: &mut usize, out: &mu
     let skeleton = skeleton.map(|s| fold_case_space(&s));
     let unleet = fold::unleetspeak(skeleton.as_deref().unwrap_or(&base));
     out.visited += base.len();
+    // The text view first: a rule that fires in several views is reported
+    // in the first one (a Russian phrase is its own ROT13).
+    let at = out.views.len();
     let ascii_letters = base.bytes().filter(u8::is_ascii_alphabetic).count();
     out.visited += base.len();
     if ascii_letters >= MIN_ROT13_LETTERS && kind != ViewKind::Rot13 {
@@ -171,11 +174,14 @@ fn add_views(text: &str, kind: ViewKind, depth: u8, budget: &mut usize, out: &mu
             });
         }
     }
-    out.views.push(View {
-        kind,
-        depth,
-        text: base,
-    });
+    out.views.insert(
+        at,
+        View {
+            kind,
+            depth,
+            text: base,
+        },
+    );
     if depth >= MAX_DEPTH {
         return;
     }

@@ -12,7 +12,7 @@ fn view<'a>(n: &'a Normalized, kind: ViewKind) -> Option<&'a str> {
 fn plain_text_is_one_view_plus_its_rotation_and_reversal() {
     let n = normalize("Hello   World,\n how are you?");
     let kinds: Vec<_> = n.views.iter().map(|v| v.kind).collect();
-    assert_eq!(kinds, [ViewKind::Rot13, ViewKind::Reversed, ViewKind::Text]);
+    assert_eq!(kinds, [ViewKind::Text, ViewKind::Rot13, ViewKind::Reversed]);
     assert_eq!(
         view(&n, ViewKind::Reversed),
         Some("?uoy era woh ,dlrow olleh")
