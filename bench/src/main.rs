@@ -3,7 +3,8 @@
 //! Its subcommands (`cache` and `cache-pairs` are described in
 //! [`cache_bench`], `embed`, for the in-process embedding encoder, in
 //! [`embed_bench`], `guard`, for the input guard's added latency, in
-//! [`guard_bench`]):
+//! [`guard_bench`], `defence`, for the input defence's normalisation and
+//! rules, in [`defence_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -23,6 +24,7 @@
 
 mod cache_bench;
 mod decode_load;
+mod defence_bench;
 mod embed_bench;
 mod engine_bench;
 mod guard_bench;
@@ -76,6 +78,8 @@ enum Cmd {
     Embed(embed_bench::EmbedArgs),
     /// The input guard's added latency per chat request, idle and beside LLM decoding
     Guard(guard_bench::GuardArgs),
+    /// The input defence's normalisation and rules (L0+L1) on 8 KB texts: p50/p99
+    Defence(defence_bench::DefenceArgs),
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +116,7 @@ fn main() -> std::process::ExitCode {
         Cmd::CachePairs(a) => cache_bench::run_pairs(a),
         Cmd::Embed(a) => embed_bench::run(a),
         Cmd::Guard(a) => guard_bench::run(a),
+        Cmd::Defence(a) => defence_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -23,6 +23,14 @@ pub enum ApiError {
         param: Option<String>,
         code: Option<&'static str>,
     },
+    /// Refused by a content policy (the input defence): a 400 with code
+    /// `content_policy_violation` and headers that say which layer decided.
+    #[error("{message}")]
+    ContentPolicy {
+        message: String,
+        param: Option<String>,
+        headers: Vec<(&'static str, String)>,
+    },
     /// No key, or a key that matches none configured.
     #[error("{0}")]
     Unauthorized(&'static str),
@@ -159,7 +167,7 @@ impl ApiError {
     /// The status code; the one decision of this module.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest { .. } | Self::ContentPolicy { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::UnknownUrl { .. } => StatusCode::NOT_FOUND,
@@ -179,6 +187,9 @@ impl ApiError {
     fn kind_and_code(&self) -> (&'static str, Option<&'static str>) {
         match self {
             Self::InvalidRequest { code, .. } => ("invalid_request_error", *code),
+            Self::ContentPolicy { .. } => {
+                ("invalid_request_error", Some("content_policy_violation"))
+            }
             Self::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key")),
             Self::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
             Self::Forbidden { code, .. } => ("permission_error", Some(*code)),
@@ -217,7 +228,9 @@ impl ApiError {
             other => other.to_string(),
         };
         let param = match self {
-            Self::InvalidRequest { param, .. } => param.as_deref(),
+            Self::InvalidRequest { param, .. } | Self::ContentPolicy { param, .. } => {
+                param.as_deref()
+            }
             _ => None,
         };
         ErrorBody {
@@ -254,7 +267,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Self::RateLimited { headers, .. } = &self {
+        if let Self::RateLimited { headers, .. } | Self::ContentPolicy { headers, .. } = &self {
             for (name, value) in headers {
                 if let Ok(value) = HeaderValue::from_str(value) {
                     response.headers_mut().insert(*name, value);

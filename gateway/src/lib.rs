@@ -29,7 +29,8 @@
 //! - **1, stages and what they run on**: [`auth`] (who calls: config keys,
 //!   virtual keys, OIDC tokens; roles), [`keys`] (virtual keys and teams),
 //!   [`limits`] (rate limits), [`budget`] (spend caps), [`sensitivity`],
-//!   [`validate`], [`guard`], [`cache`], [`router`], [`providers`],
+//!   [`validate`], [`defence`] (input normalisation and rules),
+//!   [`guard`], [`cache`], [`router`], [`providers`],
 //!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`],
 //!   [`store`] (the durable store), [`spend`] (the spend log and its
 //!   reports), [`audit`] (the audit log and its sinks). They
@@ -54,6 +55,7 @@ pub mod cache;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod defence;
 pub mod encoders;
 pub mod error;
 pub mod generate;

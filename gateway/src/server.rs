@@ -59,6 +59,8 @@ pub enum ServeError {
     Keys(#[from] crate::keys::KeysError),
     #[error("audit: {0}")]
     Audit(String),
+    #[error("defence: {0}")]
+    Defence(String),
 }
 
 /// Knobs of `serve` that are not configuration.
@@ -253,6 +255,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     // Ends with the process (aborted with the other tasks).
     tasks.spawn(settle_limits.run());
     let chain = Arc::new(Chain {
+        defence: crate::defence::InputDefence::from_config(&config.defence)
+            .map_err(|e| ServeError::Defence(e.to_string()))?,
         guard: guard.clone().map(|guard| {
             // The cache's vector serves the guard only when both read the
             // same encoder (the head's is the default embedding encoder

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("auth", 1),
     ("budget", 1),
     ("cache", 1),
+    ("defence", 1),
     ("encoders", 1),
     ("generate", 1),
     ("guard", 1),

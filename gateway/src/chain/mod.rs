@@ -20,21 +20,24 @@
 //! 4. **budget**: [`crate::budget`]: the worst case is reserved against
 //!    every budget of the caller at once (429 `budget_exceeded`), settled to
 //!    the actual cost once the answer ends, which it caps.
-//! 5. **input guard**: [`InputGuard::screen`] scores every message's text;
+//! 5. **input defence**: [`InputDefence::screen`] normalises every text
+//!    of the request (L0) and scans its views with the rules (L1); a
+//!    request over the thresholds is refused, or answered and marked.
+//! 6. **input guard**: [`InputGuard::screen`] scores every message's text;
 //!    a flagged request is refused, or answered and marked.
-//! 6. **cache lookup**: [`Cache::lookup`], with the embedding the guard
+//! 7. **cache lookup**: [`Cache::lookup`], with the embedding the guard
 //!    already computed, so the shared encoder runs once.
-//! 7. **router**: [`Router::dispatch`] picks the deployment (local engine
+//! 8. **router**: [`Router::dispatch`] picks the deployment (local engine
 //!    or upstream) and starts the answer.
 //!
 //! On the way back, the answer stream is wrapped, innermost first:
-//! 8. **recorders**: the cache insert ([`Decision::record`]), the budget's
+//! 9. **recorders**: the cache insert ([`Decision::record`]), the budget's
 //!    cap.
-//! 9. **settles**: told once how the answer ended ([`settle`]), completed,
+//! 10. **settles**: told once how the answer ended ([`settle`]), completed,
 //!    failed or abandoned by the client: the limits' refund, the budget's
 //!    charge, the spend log's row ([`spend`]).
 //!
-//! Guard decisions (flagged, blocked) go to the audit log; in
+//! Defence and guard decisions (flagged, blocked) go to the audit log; in
 //! `fail_closed` mode an audit log that cannot be written refuses the
 //! request (503) before any stage runs.
 //!
@@ -64,6 +67,7 @@ use crate::answer::BoxAnswer;
 use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
 use crate::budget::{self, Budgets};
 use crate::cache::{self, Cache, Decision};
+use crate::defence::{DefenceStamp, InputDefence, Outcome};
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, Screening};
 use crate::limits::{Limits, RateHeaders};
@@ -74,6 +78,8 @@ pub use caller::Caller;
 
 /// The stages of a generation request, built once at start.
 pub struct Chain {
+    /// Normalisation and rules; `None` when `[defence] mode = "off"`.
+    pub defence: Option<InputDefence>,
     /// `None` when the guard is disabled (or has no encoder to read).
     pub guard: Option<InputGuard>,
     pub cache: Arc<Cache>,
@@ -100,6 +106,7 @@ pub struct Answered {
 
 /// The response headers that say what the chain did with a request.
 pub struct Stamp {
+    defence: DefenceStamp,
     guard: Screening,
     cache: Decision,
     /// `x-ratelimit-*` of the tightest scopes.
@@ -138,6 +145,7 @@ impl Chain {
             .admit(&caller.principal, &req.model, &req.job)
             .await?;
         let reservation = self.reserve_budget(caller, &req).await?;
+        let defence = self.defend(caller, &req).await?;
         let screening = match &self.guard {
             Some(guard) => {
                 let screened = guard.screen(&caller.policy, &req).await;
@@ -217,6 +225,7 @@ impl Chain {
             answer,
             tokenizer: tokenizer.filter(|_| want_logprobs),
             stamp: Stamp {
+                defence,
                 guard: screening,
                 cache: decision,
                 limits: admission.headers,
@@ -239,6 +248,47 @@ impl Chain {
                 budgets.reserve(&caller.principal, &req.job, ceiling).await
             }
             None => Ok(None),
+        }
+    }
+
+    /// The input defence stage: a flagged request goes on marked, a blocked
+    /// one is refused; both are audit records (the parameter and the rule,
+    /// never the text).
+    async fn defend(&self, caller: &Caller, req: &ValidRequest) -> Result<DefenceStamp, ApiError> {
+        let Some(defence) = &self.defence else {
+            return Ok(DefenceStamp::default());
+        };
+        let stamp = defence.screen(req).await;
+        if let (Some(outcome @ (Outcome::Flagged | Outcome::Blocked)), Some(d)) =
+            (stamp.outcome(), stamp.decider())
+        {
+            let audit_outcome = match outcome {
+                Outcome::Blocked => AuditOutcome::Denied,
+                _ => AuditOutcome::Success,
+            };
+            let event = AuditEvent::new(
+                actions::DEFENCE_DECISION,
+                caller.principal.actor(),
+                audit_outcome,
+            )
+            .tenant(&*caller.principal.tenant)
+            .target(&req.model)
+            .detail(format!(
+                "{} at {}; layer={}; rule={}; view={}; score={:.2}",
+                outcome.as_str(),
+                d.param,
+                d.layer.name(),
+                d.rule,
+                d.view.name(),
+                d.score
+            ));
+            self.audit
+                .record(event)
+                .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
+        }
+        match stamp.refusal() {
+            Some(refusal) => Err(refusal),
+            None => Ok(stamp),
         }
     }
 
@@ -309,9 +359,10 @@ impl Chain {
 }
 
 impl Stamp {
-    /// The guard's, the cache's and the deployment's response headers;
-    /// `usage` (known only for a whole answer) adds the cost.
+    /// The defence's, the guard's, the cache's and the deployment's
+    /// response headers; `usage` (known only for a whole answer) adds the cost.
     pub fn apply(&self, headers: &mut HeaderMap, usage: Option<&Usage>) {
+        self.defence.set_headers(headers);
         self.guard.set_headers(headers);
         self.cache.set_headers(headers);
         self.limits.set_headers(headers);

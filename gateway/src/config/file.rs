@@ -34,6 +34,8 @@ pub struct FileConfig {
     pub encoders: Option<Vec<super::encoders::EncoderSection>>,
     pub guard: Option<super::guard::GuardSection>,
     #[serde(default)]
+    pub defence: super::defence::DefenceSection,
+    #[serde(default)]
     pub store: super::store::StoreSection,
     #[serde(default)]
     pub limits: super::limits::LimitsSection,

@@ -13,6 +13,7 @@ mod audit;
 mod budgets;
 mod cache;
 mod defaults;
+mod defence;
 mod encoders;
 mod file;
 mod guard;
@@ -38,6 +39,7 @@ pub use audit::{AuditMode, AuditSettings, AuditSinkConfig, SyslogTarget, SyslogT
 pub use budgets::BudgetSettings;
 pub use cache::{Backend, Bounds, CacheSettings};
 pub use defaults::SamplingDefaults;
+pub use defence::{DefenceConfig, DefenceMode};
 pub use encoders::{EncoderConfig, EncoderKind, DEMO_EMBEDDING_ID};
 pub use file::ByteSize;
 use file::FileConfig;
@@ -193,6 +195,8 @@ pub struct Config {
     /// In-process encoders (`[[encoders]]`).
     pub encoders: Vec<EncoderConfig>,
     pub guard: GuardConfig,
+    /// The input defence's normalisation and rules (`[defence]`).
+    pub defence: DefenceConfig,
     /// The durable store (`[store]`): keys, spend, audit.
     pub store: StoreSettings,
     /// Virtual keys' pepper and invalidation Redis (`[auth]`).

@@ -138,6 +138,7 @@ impl Config {
             .collect();
         root.insert("encoders".into(), Value::Array(encoders));
         root.insert("guard".into(), Value::Table(self.guard_table()));
+        root.insert("defence".into(), Value::Table(self.defence.table()));
         root.insert("cache".into(), Value::Table(self.cache_table()));
         root.insert(
             "providers".into(),
