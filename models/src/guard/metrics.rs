@@ -153,13 +153,32 @@ pub fn platt_scaling(logits: &[f32], positive: &[bool]) -> Option<(f32, f32)> {
     }
     let hi = (pos as f64 + 1.0) / (pos as f64 + 2.0);
     let lo = 1.0 / (neg as f64 + 2.0);
-    let (mut a, mut b) = (1.0f64, 0.0f64);
-    for _ in 0..100 {
+    let pairs: Vec<(f64, f64)> = logits[..n]
+        .iter()
+        .zip(&positive[..n])
+        .map(|(&z, &p)| (f64::from(z), if p { hi } else { lo }))
+        .collect();
+    // Cross-entropy in a form that does not overflow for large margins.
+    let softplus = |x: f64| if x > 30.0 { x } else { x.exp().ln_1p() };
+    let loss = |a: f64, b: f64| -> f64 {
+        pairs
+            .iter()
+            .map(|&(z, t)| {
+                let m = a * z + b;
+                t * softplus(-m) + (1.0 - t) * softplus(m)
+            })
+            .sum()
+    };
+    // Start from a scale that maps the logits' spread to about 1: an
+    // over-fitted head's logits run to the hundreds, where Newton's method
+    // from scale 1 sees saturated, flat curvature and jumps away.
+    let spread = pairs.iter().map(|(z, _)| z.abs()).fold(0.0f64, f64::max);
+    let (mut a, mut b) = (1.0 / spread.max(1.0), 0.0f64);
+    let mut current = loss(a, b);
+    for _ in 0..200 {
         let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for (&z, &p) in logits[..n].iter().zip(&positive[..n]) {
-            let z = f64::from(z);
+        for &(z, t) in &pairs {
             let q = 1.0 / (1.0 + (-(a * z + b)).exp());
-            let t = if p { hi } else { lo };
             let w = (q * (1.0 - q)).max(1e-12);
             ga += (q - t) * z;
             gb += q - t;
@@ -176,9 +195,22 @@ pub fn platt_scaling(logits: &[f32], positive: &[bool]) -> Option<(f32, f32)> {
         }
         let da = (hbb * ga - hab * gb) / det;
         let db = (haa * gb - hab * ga) / det;
-        a -= da;
-        b -= db;
-        if da.abs() < 1e-10 && db.abs() < 1e-10 {
+        // Backtracking: a Newton step is taken only as far as it lowers
+        // the loss.
+        let mut step = 1.0;
+        let mut next = loss(a - da, b - db);
+        while !(next <= current) && step > 1e-10 {
+            step /= 2.0;
+            next = loss(a - step * da, b - step * db);
+        }
+        if !(next <= current) {
+            break;
+        }
+        a -= step * da;
+        b -= step * db;
+        let improved = current - next;
+        current = next;
+        if improved < 1e-12 * current.max(1.0) {
             break;
         }
     }
@@ -324,6 +356,13 @@ mod tests {
         }
         let (a, b) = platt_scaling(&logits, &labels).unwrap();
         assert!((a - 2.0).abs() < 0.2, "scale {a}");
+        assert!((b + 1.0).abs() < 0.2, "shift {b}");
+        // The same relation behind logits a hundred times larger (an
+        // over-fitted head's): the scale comes out a hundred times smaller,
+        // not diverging.
+        let big: Vec<f32> = logits.iter().map(|z| z * 100.0).collect();
+        let (a, b) = platt_scaling(&big, &labels).unwrap();
+        assert!((a * 100.0 - 2.0).abs() < 0.2, "scale {a}");
         assert!((b + 1.0).abs() < 0.2, "shift {b}");
         assert_eq!(platt_scaling(&[0.1, 0.2], &[true, true]), None);
         // Logits that rank the classes backwards are refused.
