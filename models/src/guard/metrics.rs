@@ -199,11 +199,12 @@ pub fn platt_scaling(logits: &[f32], positive: &[bool]) -> Option<(f32, f32)> {
         // the loss.
         let mut step = 1.0;
         let mut next = loss(a - da, b - db);
-        while !(next <= current) && step > 1e-10 {
+        let worse = |next: f64| next.is_nan() || next > current;
+        while worse(next) && step > 1e-10 {
             step /= 2.0;
             next = loss(a - step * da, b - step * db);
         }
-        if !(next <= current) {
+        if worse(next) {
             break;
         }
         a -= step * da;
