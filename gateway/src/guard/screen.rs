@@ -46,11 +46,36 @@ pub struct InputGuard {
     route_scoring: HashMap<String, GuardScoring>,
 }
 
+/// The guard's verdict on a whole request: its most severe piece's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GuardOutcome {
+    /// Every piece scored below `t_low`.
+    Clean,
+    /// No piece reached `t_high`, some reached `t_low`: the band a second
+    /// opinion (the L3 moderation stage) is for. Never blocked here.
+    Uncertain,
+    /// Some piece reached `t_high`.
+    Flagged,
+}
+
+impl GuardOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::Uncertain => "uncertain",
+            Self::Flagged => "flagged",
+        }
+    }
+}
+
 /// What the guard stage decided about one request.
 #[derive(Debug, Default, Clone)]
 pub struct Screening {
     /// `None` when the request was not scored.
-    flagged: Option<bool>,
+    outcome: Option<GuardOutcome>,
+    /// The parameters (`messages[1].content`) whose pieces decided an
+    /// uncertain or flagged outcome, in request order.
+    params: Vec<String>,
     /// The last user message's embedding, for the cache.
     embedding: Option<Arc<[f32]>>,
 }
@@ -63,14 +88,25 @@ impl Screening {
 
     /// `Some(true)` when the request was flagged; `None` when not scored.
     pub fn flagged(&self) -> Option<bool> {
-        self.flagged
+        self.outcome.map(|o| o == GuardOutcome::Flagged)
     }
 
-    /// `x-sluice-guard: flagged | clean`; absent when the request was not scored.
+    /// The outcome; `None` when the request was not scored.
+    pub fn outcome(&self) -> Option<GuardOutcome> {
+        self.outcome
+    }
+
+    /// For an uncertain or flagged request, the parameters that made it so
+    /// (what the moderation stage should look at); empty otherwise.
+    pub fn params(&self) -> &[String] {
+        &self.params
+    }
+
+    /// `x-sluice-guard: clean | uncertain | flagged`; absent when the
+    /// request was not scored.
     pub fn set_headers(&self, headers: &mut HeaderMap) {
-        if let Some(flagged) = self.flagged {
-            let value = if flagged { "flagged" } else { "clean" };
-            headers.insert(GUARD_HEADER, HeaderValue::from_static(value));
+        if let Some(outcome) = self.outcome {
+            headers.insert(GUARD_HEADER, HeaderValue::from_static(outcome.as_str()));
         }
     }
 }
@@ -161,18 +197,39 @@ impl InputGuard {
                 return Ok(Screening::default());
             }
         };
-        let flagged_at = pieces
+        let outcome = |v: &super::GuardVerdict| {
+            if v.flagged {
+                GuardOutcome::Flagged
+            } else if v.uncertain {
+                GuardOutcome::Uncertain
+            } else {
+                GuardOutcome::Clean
+            }
+        };
+        let worst = verdicts
+            .iter()
+            .map(outcome)
+            .max()
+            .unwrap_or(GuardOutcome::Clean);
+        let params: Vec<String> = pieces
             .iter()
             .zip(&verdicts)
-            .find(|(_, v)| v.flagged)
-            .map(|(p, _)| p.param.clone());
-        let Some(param) = flagged_at else {
-            metrics::counter!("sluice_guard_requests_total", "outcome" => "clean").increment(1);
-            return Ok(Screening {
-                flagged: Some(false),
-                embedding,
-            });
-        };
+            .filter(|(_, v)| worst != GuardOutcome::Clean && outcome(v) == worst)
+            .map(|(p, _)| p.param.clone())
+            .collect();
+        match worst {
+            GuardOutcome::Clean | GuardOutcome::Uncertain => {
+                metrics::counter!("sluice_guard_requests_total", "outcome" => worst.as_str())
+                    .increment(1);
+                return Ok(Screening {
+                    outcome: Some(worst),
+                    params,
+                    embedding,
+                });
+            }
+            GuardOutcome::Flagged => {}
+        }
+        let param = params.first().cloned().unwrap_or_default();
         if action == GuardAction::Block {
             metrics::counter!("sluice_guard_requests_total", "outcome" => "blocked").increment(1);
             tracing::info!(model = %req.model, param = %param, "guard blocked the request");
@@ -188,7 +245,8 @@ impl InputGuard {
         metrics::counter!("sluice_guard_requests_total", "outcome" => "flagged").increment(1);
         tracing::warn!(model = %req.model, param = %param, "guard flagged the request");
         Ok(Screening {
-            flagged: Some(true),
+            outcome: Some(GuardOutcome::Flagged),
+            params,
             embedding,
         })
     }
@@ -227,5 +285,33 @@ fn pieces(input: &Input) -> Vec<Piece<'_>> {
             })
             .collect(),
         Input::Tokens(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_names_the_outcome_and_is_absent_when_unscored() {
+        for (outcome, want) in [
+            (GuardOutcome::Clean, "clean"),
+            (GuardOutcome::Uncertain, "uncertain"),
+            (GuardOutcome::Flagged, "flagged"),
+        ] {
+            let s = Screening {
+                outcome: Some(outcome),
+                ..Screening::default()
+            };
+            let mut headers = HeaderMap::new();
+            s.set_headers(&mut headers);
+            assert_eq!(headers[GUARD_HEADER], want);
+            assert_eq!(s.flagged(), Some(outcome == GuardOutcome::Flagged));
+        }
+        let mut headers = HeaderMap::new();
+        Screening::default().set_headers(&mut headers);
+        assert!(headers.get(GUARD_HEADER).is_none());
+        assert!(GuardOutcome::Flagged > GuardOutcome::Uncertain);
+        assert!(GuardOutcome::Uncertain > GuardOutcome::Clean);
     }
 }

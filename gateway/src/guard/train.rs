@@ -111,8 +111,12 @@ pub fn run(job: &TrainJob) -> Result<GuardHeadMeta, String> {
         embedding_model: job.embedding_model.clone(),
         embedding_dim: dim,
         long_text: LONG_TEXT_POLICY.into(),
-        train: data_file(&job.train_csv, &train),
-        validation: data_file(&job.validation_csv, &validation),
+        t_low: None,
+        train: Some(data_file(&job.train_csv, &train)),
+        validation: Some(data_file(&job.validation_csv, &validation)),
+        sources: Vec::new(),
+        augmentation: None,
+        calibration: None,
         trainer: job.config,
         command: job.command.clone(),
         figures: ValidationFigures {
@@ -135,13 +139,20 @@ pub fn run(job: &TrainJob) -> Result<GuardHeadMeta, String> {
 }
 
 /// A path as recorded in metadata: relative to the models directory when
-/// it lies inside it, so the record does not carry one machine's home.
-fn data_file(path: &Path, data: &Dataset) -> DataFile {
+/// it lies inside it (`$SLUICE_MODELS_DIR/...`), else to the repository
+/// when it lies there (the committed hand-written sets), so the record
+/// does not carry one machine's home.
+pub(super) fn data_file(path: &Path, data: &Dataset) -> DataFile {
     let models = sluice_models::models_dir();
-    let shown = path
-        .strip_prefix(&models)
-        .map(|p| format!("$SLUICE_MODELS_DIR/{}", p.display()))
-        .unwrap_or_else(|_| path.display().to_string());
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let shown = if let Ok(rel) = path.strip_prefix(&models) {
+        format!("$SLUICE_MODELS_DIR/{}", rel.display())
+    } else if let Ok(rel) = canonical(path).strip_prefix(canonical(&repo)) {
+        rel.display().to_string()
+    } else {
+        path.display().to_string()
+    };
     DataFile {
         path: shown,
         sha256: data.sha256.clone(),
@@ -150,11 +161,19 @@ fn data_file(path: &Path, data: &Dataset) -> DataFile {
     }
 }
 
+/// Where a path recorded by [`data_file`] lies on this machine.
+pub fn recorded_path(shown: &str) -> std::path::PathBuf {
+    match shown.strip_prefix("$SLUICE_MODELS_DIR/") {
+        Some(rel) => sluice_models::models_dir().join(rel),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(shown),
+    }
+}
+
 /// Embeddings of a dataset: one row per window, `owner[i]` the text each
 /// window came from.
-struct WindowEmbeddings {
-    features: Vec<f32>,
-    owner: Vec<usize>,
+pub struct WindowEmbeddings {
+    pub features: Vec<f32>,
+    pub owner: Vec<usize>,
 }
 
 fn validation_scores(
@@ -178,29 +197,77 @@ fn embed_dataset(
     job: &TrainJob,
     name: &str,
 ) -> Result<WindowEmbeddings, String> {
+    let texts: Vec<&str> = data.rows.iter().map(|r| r.text.as_str()).collect();
+    let cache = EmbeddingCache {
+        dir: job.embedding_cache.as_deref(),
+        key: &data.sha256[..16],
+        model: &job.embedding_model,
+    };
+    let pieces = if all_windows {
+        Pieces::Segments
+    } else {
+        Pieces::First
+    };
+    embed_texts(encoder, &texts, pieces, &cache, name)
+}
+
+/// Where embeddings of one text list are kept between runs.
+pub(super) struct EmbeddingCache<'a> {
+    pub dir: Option<&'a Path>,
+    /// Names the texts (a prefix of their file's or list's sha256).
+    pub key: &'a str,
+    pub model: &'a str,
+}
+
+/// Which pieces of a text are embedded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pieces {
+    /// The whole text's first window (what training fits on).
+    First,
+    /// Every window of the whole text, no sentence segments: a lower bound
+    /// of the segments-max score at a fraction of the encoder work.
+    Windows,
+    /// Every piece serving scores: the whole text's windows, then each
+    /// sentence segment's.
+    Segments,
+}
+
+/// Embeddings of `texts`, the `pieces` of each. Rows of one text are
+/// contiguous and its first row is always the whole text's first window.
+pub(super) fn embed_texts(
+    encoder: &SentenceEncoder,
+    texts: &[&str],
+    pieces: Pieces,
+    cache: &EmbeddingCache<'_>,
+    name: &str,
+) -> Result<WindowEmbeddings, String> {
     let dim = encoder.dim();
-    let cache_file = job.embedding_cache.as_ref().map(|dir| {
+    let cache_file = cache.dir.map(|dir| {
         dir.join(format!(
             "{}-{}-{}.f32",
-            &data.sha256[..16],
-            job.embedding_model.replace('/', "_"),
-            if all_windows { "segments" } else { "first" }
+            cache.key,
+            cache.model.replace('/', "_"),
+            match pieces {
+                Pieces::First => "first",
+                Pieces::Windows => "windows",
+                Pieces::Segments => "segments",
+            }
         ))
     });
-    let mut inputs: Vec<(usize, Vec<u32>)> = Vec::with_capacity(data.rows.len());
-    for (i, row) in data.rows.iter().enumerate() {
-        let pieces = if all_windows {
-            segments(&row.text)
+    let mut inputs: Vec<(usize, Vec<u32>)> = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let parts = if pieces == Pieces::Segments {
+            segments(text)
         } else {
-            vec![row.text.as_str()]
+            vec![*text]
         };
-        for piece in pieces {
+        for piece in parts {
             let tokens = encoder
                 .tokenizer()
                 .encode_with_special_tokens(piece)
                 .map_err(|e| format!("{name} row {}: {e}", i + 1))?;
             let mut ws = windows(&tokens, encoder.max_len());
-            if !all_windows {
+            if pieces == Pieces::First {
                 ws.truncate(1);
             }
             inputs.extend(ws.into_iter().map(|w| (i, w)));

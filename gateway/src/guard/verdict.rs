@@ -47,21 +47,30 @@ pub struct CategoryVerdict {
     /// 0..1; the highest score any source and any window gave.
     pub score: f64,
     pub flagged: bool,
+    /// Not flagged, but some piece scored in the head's band
+    /// `[t_low, t_high)`: for a second opinion (the L3 moderation stage).
+    pub uncertain: bool,
 }
 
 /// What the guard decided about one text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardVerdict {
     pub flagged: bool,
+    /// Not flagged, and some piece fell in the uncertain band.
+    pub uncertain: bool,
     /// Category name (`prompt_injection`) → verdict.
     pub categories: BTreeMap<&'static str, CategoryVerdict>,
 }
 
-/// A loaded head with its threshold and the id of the encoder it reads.
+/// A loaded head with its thresholds and the id of the encoder it reads.
 #[derive(Debug, Clone)]
 pub struct LoadedHead {
     pub head: Arc<GuardHead>,
+    /// `t_high`: flagged from here up.
     pub threshold: f32,
+    /// Allowed below here; `[t_low, threshold)` is the uncertain band.
+    /// Equal to `threshold`, there is no band.
+    pub t_low: f32,
     /// The embedding encoder to run; `None`: the registry's default.
     pub encoder: Option<String>,
 }
@@ -241,7 +250,8 @@ impl Guard {
         .await
         .map_err(|e| ApiError::Internal(format!("guard tokenizer task: {e}")))??;
 
-        let mut scores = vec![(0.0f64, false); given.len()];
+        // Per text: highest score, flagged, in the uncertain band.
+        let mut scores = vec![(0.0f64, false, false); given.len()];
         for ((scorer, encoder), per_text) in scorers.iter().zip(pieces) {
             let is_head = matches!(scorer, Scorer::Head(_));
             // Each text's windows, less the first where the caller gave it.
@@ -255,7 +265,7 @@ impl Guard {
                 inputs.extend(windows.into_iter().skip(skip));
             }
             let mut outputs = encode(encoder, inputs).await?.into_iter();
-            for (i, ((count, embedding), (score, flagged))) in counts
+            for (i, ((count, embedding), (score, flagged, banded))) in counts
                 .into_iter()
                 .zip(&given)
                 .zip(scores.iter_mut())
@@ -272,31 +282,43 @@ impl Guard {
                     if is_head && n == 0 && keep[i] && whole_fits[i] {
                         kept[i] = Some(output.clone());
                     }
-                    let (s, threshold) = match scorer {
+                    // Classifiers have one threshold: no band of their own.
+                    let (s, t_low, threshold) = match scorer {
                         Scorer::Head(head) => (
                             head.head
                                 .score(&output)
                                 .map_err(|err| ApiError::Internal(format!("guard head: {err}")))?,
+                            head.t_low,
                             head.threshold,
                         ),
-                        Scorer::Classifier { config, injection } => (
-                            injection.iter().filter_map(|&i| output.get(i)).sum(),
-                            config.threshold,
-                        ),
+                        Scorer::Classifier { config, injection } => {
+                            let s = injection.iter().filter_map(|&i| output.get(i)).sum();
+                            (s, config.threshold, config.threshold)
+                        }
                     };
                     *score = score.max(f64::from(s));
                     *flagged |= s >= threshold;
+                    *banded |= s >= t_low;
                 }
             }
         }
         Ok(scores
             .into_iter()
             .zip(kept)
-            .map(|((score, flagged), kept)| {
+            .map(|((score, flagged, banded), kept)| {
+                let uncertain = banded && !flagged;
                 let mut categories = BTreeMap::new();
-                categories.insert(PROMPT_INJECTION, CategoryVerdict { score, flagged });
+                categories.insert(
+                    PROMPT_INJECTION,
+                    CategoryVerdict {
+                        score,
+                        flagged,
+                        uncertain,
+                    },
+                );
                 let verdict = GuardVerdict {
                     flagged,
+                    uncertain,
                     categories,
                 };
                 (verdict, kept)

@@ -138,6 +138,86 @@ pub fn choose_threshold(
     })
 }
 
+/// Platt scaling: the `(scale, shift)` that minimise the log loss of
+/// `sigmoid(scale * logit + shift)` against the labels, with Platt's
+/// smoothed targets (`(n+ + 1) / (n+ + 2)` and `1 / (n- + 2)`) so a
+/// separable validation set does not push the scale to infinity. Newton's
+/// method on the two parameters. `None` when either class is empty or the
+/// fit gives a scale that is not positive (the logits rank backwards).
+pub fn platt_scaling(logits: &[f32], positive: &[bool]) -> Option<(f32, f32)> {
+    let n = logits.len().min(positive.len());
+    let pos = positive[..n].iter().filter(|&&p| p).count();
+    let neg = n - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    let hi = (pos as f64 + 1.0) / (pos as f64 + 2.0);
+    let lo = 1.0 / (neg as f64 + 2.0);
+    let pairs: Vec<(f64, f64)> = logits[..n]
+        .iter()
+        .zip(&positive[..n])
+        .map(|(&z, &p)| (f64::from(z), if p { hi } else { lo }))
+        .collect();
+    // Cross-entropy in a form that does not overflow for large margins.
+    let softplus = |x: f64| if x > 30.0 { x } else { x.exp().ln_1p() };
+    let loss = |a: f64, b: f64| -> f64 {
+        pairs
+            .iter()
+            .map(|&(z, t)| {
+                let m = a * z + b;
+                t * softplus(-m) + (1.0 - t) * softplus(m)
+            })
+            .sum()
+    };
+    // Start from a scale that maps the logits' spread to about 1: an
+    // over-fitted head's logits run to the hundreds, where Newton's method
+    // from scale 1 sees saturated, flat curvature and jumps away.
+    let spread = pairs.iter().map(|(z, _)| z.abs()).fold(0.0f64, f64::max);
+    let (mut a, mut b) = (1.0 / spread.max(1.0), 0.0f64);
+    let mut current = loss(a, b);
+    for _ in 0..200 {
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for &(z, t) in &pairs {
+            let q = 1.0 / (1.0 + (-(a * z + b)).exp());
+            let w = (q * (1.0 - q)).max(1e-12);
+            ga += (q - t) * z;
+            gb += q - t;
+            haa += w * z * z;
+            hab += w * z;
+            hbb += w;
+        }
+        // A small ridge keeps the 2x2 system solvable when every logit is
+        // the same.
+        let (haa, hbb) = (haa + 1e-9, hbb + 1e-9);
+        let det = haa * hbb - hab * hab;
+        if det.abs() < 1e-18 {
+            break;
+        }
+        let da = (hbb * ga - hab * gb) / det;
+        let db = (haa * gb - hab * ga) / det;
+        // Backtracking: a Newton step is taken only as far as it lowers
+        // the loss.
+        let mut step = 1.0;
+        let mut next = loss(a - da, b - db);
+        let worse = |next: f64| next.is_nan() || next > current;
+        while worse(next) && step > 1e-10 {
+            step /= 2.0;
+            next = loss(a - step * da, b - step * db);
+        }
+        if worse(next) {
+            break;
+        }
+        a -= step * da;
+        b -= step * db;
+        let improved = current - next;
+        current = next;
+        if improved < 1e-12 * current.max(1.0) {
+            break;
+        }
+    }
+    (a > 0.0 && a.is_finite() && b.is_finite()).then_some((a as f32, b as f32))
+}
+
 /// The smallest f32 strictly greater than `x` (for finite `x`).
 fn above(x: f32) -> f32 {
     if x.is_nan() || x == f32::INFINITY {
@@ -261,6 +341,36 @@ mod tests {
         assert_eq!(c.recall, 1.0);
         assert_eq!(c.false_positive_rate, 0.0);
         assert!(c.threshold > 0.3 && c.threshold <= 0.7, "{}", c.threshold);
+    }
+
+    #[test]
+    fn platt_scaling_recovers_a_known_logistic_relation() {
+        // Labels drawn from sigmoid(2z - 1): the fit must find about (2, -1).
+        let mut s = 7u64;
+        let (mut logits, mut labels) = (Vec::new(), Vec::new());
+        for _ in 0..20_000 {
+            let z = lcg(&mut s) * 6.0 - 3.0;
+            let p = 1.0 / (1.0 + (-(2.0 * z - 1.0)).exp());
+            let u = (lcg(&mut s) + lcg(&mut s) / 50.0).min(0.9999);
+            logits.push(z);
+            labels.push(u < p);
+        }
+        let (a, b) = platt_scaling(&logits, &labels).unwrap();
+        assert!((a - 2.0).abs() < 0.2, "scale {a}");
+        assert!((b + 1.0).abs() < 0.2, "shift {b}");
+        // The same relation behind logits a hundred times larger (an
+        // over-fitted head's): the scale comes out a hundred times smaller,
+        // not diverging.
+        let big: Vec<f32> = logits.iter().map(|z| z * 100.0).collect();
+        let (a, b) = platt_scaling(&big, &labels).unwrap();
+        assert!((a * 100.0 - 2.0).abs() < 0.2, "scale {a}");
+        assert!((b + 1.0).abs() < 0.2, "shift {b}");
+        assert_eq!(platt_scaling(&[0.1, 0.2], &[true, true]), None);
+        // Logits that rank the classes backwards are refused.
+        assert_eq!(
+            platt_scaling(&[3.0, 2.0, -2.0, -3.0], &[false, false, true, true]),
+            None
+        );
     }
 
     #[test]

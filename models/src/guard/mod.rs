@@ -89,6 +89,12 @@ impl GuardHead {
 
     /// The probability (0..1) that the embedded text is a prompt injection.
     pub fn score(&self, embedding: &[f32]) -> Result<f32, ModelError> {
+        Ok(sigmoid(self.raw_logit(embedding)?))
+    }
+
+    /// The score before the sigmoid; calibration is fitted on these, where
+    /// f32 still tells 0.9999999 from 0.99999999.
+    pub fn raw_logit(&self, embedding: &[f32]) -> Result<f32, ModelError> {
         if embedding.len() != self.dim() {
             return Err(ModelError::Config(format!(
                 "the guard head expects {}-dimensional embeddings, got {}",
@@ -96,7 +102,24 @@ impl GuardHead {
                 embedding.len()
             )));
         }
-        Ok(sigmoid(self.logit(&self.standardize(embedding))))
+        Ok(self.logit(&self.standardize(embedding)))
+    }
+
+    /// The head whose score is `sigmoid(scale * logit + shift)` (Platt
+    /// scaling, folded into the output layer so the file format and the
+    /// serving code stay as they are). `scale` must be positive: the order
+    /// of scores, and so every threshold's recall, is kept.
+    pub fn calibrated(mut self, scale: f32, shift: f32) -> Result<Self, ModelError> {
+        if !(scale > 0.0 && scale.is_finite() && shift.is_finite()) {
+            return Err(ModelError::Config(format!(
+                "calibration scale {scale} / shift {shift}: the scale must be positive and both finite"
+            )));
+        }
+        for w in &mut self.output_weight {
+            *w *= scale;
+        }
+        self.output_bias = self.output_bias * scale + shift;
+        Ok(self)
     }
 
     pub(crate) fn standardize(&self, embedding: &[f32]) -> Vec<f32> {
@@ -242,16 +265,35 @@ pub struct GuardHeadMeta {
     pub format: String,
     /// The categories the head scores, in output order (`["prompt_injection"]`).
     pub labels: Vec<String>,
-    /// Flag when the score is `>= threshold`.
+    /// Flag (or block) when the score is `>= threshold` (`[guard] t_high`).
     pub threshold: f32,
+    /// Below this the text is allowed outright; from it up to `threshold`
+    /// it is "uncertain" (`[guard] t_low`). Absent in heads that predate
+    /// the band: then it equals `threshold` (no band).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t_low: Option<f32>,
     /// The encoder whose pooled, normalised embedding the head reads.
     pub embedding_model: String,
     pub embedding_dim: usize,
     /// How texts longer than the encoder's window were scored when training
     /// (and must be at serve time): `"chunk-max"` or `"truncate"`.
     pub long_text: String,
-    pub train: DataFile,
-    pub validation: DataFile,
+    /// The single-source heads' splits (S-Labs train and validation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<DataFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<DataFile>,
+    /// A multi-source head's sources: each one's files, split by a hash of
+    /// each text into a fitting part and a validation part.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceRecord>,
+    /// Extra positives made from the fitting part's positives (leet,
+    /// case, zero-width, base64 variants), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augmentation: Option<String>,
+    /// Platt scaling `[scale, shift]` folded into the output layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<[f32; 2]>,
     pub trainer: train::TrainConfig,
     /// The command that reproduces the head.
     pub command: String,
@@ -272,6 +314,18 @@ pub struct DataFile {
     pub positives: usize,
 }
 
+/// One named source of a multi-source head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRecord {
+    pub name: String,
+    pub files: Vec<DataFile>,
+    /// Rows (after dropping duplicates) that fitted the head / chose its
+    /// calibration and thresholds.
+    pub fit_rows: usize,
+    pub validation_rows: usize,
+}
+
 /// The head on the validation split at the chosen threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -284,6 +338,11 @@ pub struct ValidationFigures {
 }
 
 impl GuardHeadMeta {
+    /// The lower threshold: `t_low`, or `threshold` when the head has none.
+    pub fn t_low(&self) -> f32 {
+        self.t_low.unwrap_or(self.threshold).min(self.threshold)
+    }
+
     /// `<head>.json` next to `<head>.safetensors`.
     pub fn path_for(head: &Path) -> PathBuf {
         head.with_extension("json")
@@ -362,6 +421,20 @@ mod tests {
         let h1 = (0.5 * (z[0] + z[1] + z[2]) - 0.1f32).max(0.0);
         let want = 1.0 / (1.0 + (-(1.5 * h0 - 2.0 * h1 + 0.25f32)).exp());
         assert!((head.score(&x).unwrap() - want).abs() < 1e-6);
+    }
+
+    #[test]
+    fn calibration_folds_into_the_output_layer_and_keeps_the_order() {
+        let head = tiny_mlp();
+        let xs = [[0.3f32, 0.4, -0.5], [1.0, -1.0, 0.2], [-0.4, 0.9, 0.9]];
+        let cal = head.clone().calibrated(0.5, -1.25).unwrap();
+        for x in &xs {
+            let z = head.raw_logit(x).unwrap();
+            let want = sigmoid(0.5 * z - 1.25);
+            assert!((cal.score(x).unwrap() - want).abs() < 1e-6);
+        }
+        assert!(head.clone().calibrated(0.0, 1.0).is_err());
+        assert!(head.calibrated(-1.0, 1.0).is_err());
     }
 
     #[test]

@@ -88,6 +88,7 @@ fn setup_with(pool: EncoderPoolConfig) -> (Guard, OneEncoder, Arc<AtomicUsize>, 
         Some(LoadedHead {
             head: Arc::new(head),
             threshold: 0.5,
+            t_low: 0.5,
             encoder: None,
         }),
     );
@@ -298,4 +299,40 @@ async fn a_kept_text_comes_back_as_the_vector_its_encoder_gives_it_alone() {
         .unwrap();
     assert!(none.is_none());
     assert_eq!(again, verdicts);
+}
+
+#[tokio::test]
+async fn scores_between_t_low_and_t_high_are_uncertain_not_flagged() {
+    let (mut guard, encoders, _inputs, _dir) = setup();
+    let text = "the cat sat on the mat";
+    let s = score(&guard.verdict(&encoders, text, None).await.unwrap()) as f32;
+    let mut band = |t_low: f32, t_high: f32| {
+        let head = guard.head.as_mut().unwrap();
+        head.t_low = t_low;
+        head.threshold = t_high;
+        guard.clone()
+    };
+    let d = 1e-4;
+    let cases = [
+        // (t_low, t_high) -> (flagged, uncertain)
+        ((s + d, s + 2.0 * d), (false, false)),
+        ((s - d, s + d), (false, true)),
+        ((s, s + d), (false, true)),
+        ((s - 2.0 * d, s - d), (true, false)),
+        ((s - d, s - d), (true, false)),
+        ((s + d, s + d), (false, false)),
+    ];
+    for ((t_low, t_high), want) in cases {
+        let v = band(t_low, t_high)
+            .verdict(&encoders, text, None)
+            .await
+            .unwrap();
+        let c = v.categories[PROMPT_INJECTION];
+        assert_eq!(
+            (v.flagged, v.uncertain),
+            want,
+            "band [{t_low}, {t_high}) score {s}"
+        );
+        assert_eq!((c.flagged, c.uncertain), want);
+    }
 }
