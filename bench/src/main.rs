@@ -31,6 +31,7 @@ mod llama_cpp;
 mod load;
 mod machine;
 mod overhead;
+mod pii_bench;
 mod prompts;
 mod report;
 mod sse;
@@ -76,6 +77,8 @@ enum Cmd {
     Embed(embed_bench::EmbedArgs),
     /// The input guard's added latency per chat request, idle and beside LLM decoding
     Guard(guard_bench::GuardArgs),
+    /// The PII detector's scan of an 8 KB text: p50/p99 per scan
+    Pii(pii_bench::PiiArgs),
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +115,7 @@ fn main() -> std::process::ExitCode {
         Cmd::CachePairs(a) => cache_bench::run_pairs(a),
         Cmd::Embed(a) => embed_bench::run(a),
         Cmd::Guard(a) => guard_bench::run(a),
+        Cmd::Pii(a) => pii_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -20,6 +20,12 @@
 //! 4. **budget**: [`crate::budget`]: the worst case is reserved against
 //!    every budget of the caller at once (429 `budget_exceeded`), settled to
 //!    the actual cost once the answer ends, which it caps.
+//! 4a. **PII**: [`Pii::redact_request`] masks or hashes personal data in
+//!    the messages (so the guard, the cache key and the router see
+//!    redacted text), refuses kinds set to `block`, and leaves values to
+//!    pseudonymize for the router to replace for cloud deployments only;
+//!    such a request bypasses the cache. Answers are redacted on the way
+//!    back ([`crate::pii::output`]).
 //! 5. **input guard**: [`InputGuard::screen`] scores every message's text;
 //!    a flagged request is refused, or answered and marked.
 //! 6. **cache lookup**: [`Cache::lookup`], with the embedding the guard
@@ -67,6 +73,7 @@ use crate::cache::{self, Cache, Decision};
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, Screening};
 use crate::limits::{Limits, RateHeaders};
+use crate::pii::{Pii, PiiReport};
 use crate::router::{Dispatch, Provenance, Routed, Router};
 use crate::validate::{ValidRequest, Validate};
 
@@ -87,6 +94,8 @@ pub struct Chain {
     pub audit: Audit,
     /// One row per request once its answer ends; `None`: not recorded.
     pub spend: Option<crate::spend::SpendLog>,
+    /// Personal data found and redacted (`[pii]`); `None`: off.
+    pub pii: Option<Arc<Pii>>,
 }
 
 /// The request's answer and where it came from.
@@ -106,6 +115,8 @@ pub struct Stamp {
     limits: RateHeaders,
     /// `None` for a cache hit.
     provenance: Option<Provenance>,
+    /// What the PII stage found.
+    pii: PiiReport,
 }
 
 /// The request's fields the handlers still need once its job is dispatched.
@@ -125,7 +136,7 @@ impl Chain {
         self.audit
             .check()
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
-        let req = self.for_known_model(request.validate()?)?;
+        let mut req = self.for_known_model(request.validate()?)?;
         crate::keys::allow_model(&caller.principal, &req.model)?;
         if req.job.tools.is_some() {
             return Err(ApiError::unsupported(
@@ -138,6 +149,7 @@ impl Chain {
             .admit(&caller.principal, &req.model, &req.job)
             .await?;
         let reservation = self.reserve_budget(caller, &req).await?;
+        let pii = self.redact_pii(caller, &mut req)?;
         let screening = match &self.guard {
             Some(guard) => {
                 let screened = guard.screen(&caller.policy, &req).await;
@@ -146,7 +158,9 @@ impl Chain {
             }
             None => Screening::default(),
         };
-        let mut decision = self.cache_lookup(caller, &req, &screening).await;
+        let mut decision = self
+            .cache_lookup(caller, &req, &screening, pii.keeps_values())
+            .await;
         let want_logprobs = req.job.sampling.logprobs.is_some();
         let ValidRequest {
             model,
@@ -171,12 +185,13 @@ impl Chain {
             }));
         }
         let (answer, provenance, tokenizer) = match decision.take_hit() {
-            Some(hit) => (hit, None, None),
+            Some(hit) => (self.redact_output(caller, hit), None, None),
             None => {
                 let how = Dispatch {
                     stream,
                     sensitive: caller.sensitive,
                     started: caller.started,
+                    pseudonymize: self.pii.clone().filter(|_| pii.keeps_values()),
                 };
                 if let Some(r) = &reservation {
                     r.bound(&mut job);
@@ -195,7 +210,8 @@ impl Chain {
                         return Err(err);
                     }
                 };
-                let answer = decision.record(answer);
+                // Redacted before the cache records it.
+                let answer = decision.record(self.redact_output(caller, answer));
                 (answer, Some(provenance), tokenizer)
             }
         };
@@ -221,6 +237,7 @@ impl Chain {
                 cache: decision,
                 limits: admission.headers,
                 provenance,
+                pii,
             },
         };
         Ok((head, answered))
@@ -271,6 +288,41 @@ impl Chain {
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))
     }
 
+    /// The PII stage; the decision (kinds and counts, never a value) is an
+    /// audit record when anything was found.
+    fn redact_pii(&self, caller: &Caller, req: &mut ValidRequest) -> Result<PiiReport, ApiError> {
+        let Some(pii) = &self.pii else {
+            return Ok(PiiReport::default());
+        };
+        let redacted = pii.redact_request(&caller.tenant.0, &mut req.job);
+        let (outcome, detail) = match &redacted {
+            Ok(report) if report.carries_pii() => (AuditOutcome::Success, report.audit_detail()),
+            Err(ApiError::InvalidRequest { param, .. }) => (
+                AuditOutcome::Denied,
+                format!("blocked at {}", param.as_deref().unwrap_or("the request")),
+            ),
+            Ok(_) | Err(_) => return redacted,
+        };
+        let event = AuditEvent::new(actions::PII_DECISION, caller.principal.actor(), outcome)
+            .tenant(&*caller.principal.tenant)
+            .target(&req.model)
+            .detail(detail);
+        self.audit
+            .record(event)
+            .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
+        redacted
+    }
+
+    /// Output redaction over an answer, when `[pii] output` is on.
+    fn redact_output(&self, caller: &Caller, answer: BoxAnswer) -> BoxAnswer {
+        match &self.pii {
+            Some(pii) if pii.redacts_output() => {
+                crate::pii::output::redact_answer(answer, pii.clone(), caller.tenant.0.clone())
+            }
+            _ => answer,
+        }
+    }
+
     /// An unknown model is a 404 before any stage spends encoder work on it
     /// (or a cache entry of a model since removed is served); a known one's
     /// sampling defaults fill what the request left out, before the cache
@@ -294,13 +346,16 @@ impl Chain {
         caller: &Caller,
         req: &ValidRequest,
         screening: &Screening,
+        keeps_pii: bool,
     ) -> Decision {
         let request = cache::Request {
             tenant: &caller.tenant.0,
             model: &req.model,
             job: &req.job,
             headers: &caller.headers,
-            sensitive: caller.sensitive,
+            // Values kept for the local engine must not reach a cache key,
+            // nor a restored answer another client.
+            sensitive: caller.sensitive || keeps_pii,
         };
         self.cache
             .lookup(request, screening.embedding().cloned())
@@ -309,12 +364,18 @@ impl Chain {
 }
 
 impl Stamp {
+    /// What the PII stage found (`carries_pii`: what regulated mode reads).
+    pub fn pii(&self) -> &PiiReport {
+        &self.pii
+    }
+
     /// The guard's, the cache's and the deployment's response headers;
     /// `usage` (known only for a whole answer) adds the cost.
     pub fn apply(&self, headers: &mut HeaderMap, usage: Option<&Usage>) {
         self.guard.set_headers(headers);
         self.cache.set_headers(headers);
         self.limits.set_headers(headers);
+        self.pii.set_headers(headers);
         if let Some(provenance) = &self.provenance {
             provenance.stamp(headers, usage);
         }

@@ -19,6 +19,7 @@ mod guard;
 mod keys;
 mod limits;
 mod oidc;
+mod pii;
 mod providers;
 mod render;
 mod resolve;
@@ -47,6 +48,7 @@ pub use guard::{
 pub use keys::{PepperSource, VirtualKeySettings};
 pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
+pub use pii::{PiiAction, PiiEntity, PiiSettings};
 pub use providers::{ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use routes::{
@@ -205,6 +207,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// OIDC bearer tokens (`[auth.oidc]`).
     pub oidc: Option<OidcSettings>,
+    /// Personal data in requests and answers (`[pii]`).
+    pub pii: PiiSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

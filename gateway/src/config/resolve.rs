@@ -48,6 +48,7 @@ pub(super) fn resolve(
         spend,
         audit,
         budgets,
+        pii,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let limits = limits.resolve(env, &cache_settings)?;
@@ -239,6 +240,7 @@ pub(super) fn resolve(
         spend: spend.resolve()?,
         audit: audit.resolve(base_dir, env)?,
         oidc,
+        pii: pii.resolve(env)?,
     })
 }
 
