@@ -68,6 +68,7 @@ async fn miss_then_exact_hit_replays_the_recorded_answer_in_chunks() {
             Step::Token { text, .. } => pieces.push(text),
             Step::Finished { reason, .. } => finished = Some(reason),
             Step::Failed(e) => panic!("{e}"),
+            Step::ToolCall { .. } => panic!("no tool call was stored"),
         }
     }
     assert!(pieces.len() >= 3, "replayed in several chunks: {pieces:?}");
