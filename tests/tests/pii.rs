@@ -255,11 +255,11 @@ async fn a_blocked_kind_is_refused_before_the_upstream_and_counted() {
     )
     .await;
     let error = reply.expect_error(400);
-    assert_eq!(error["error"]["code"], "content_policy_violation");
-    let message = error["error"]["message"].as_str().unwrap();
+    assert_eq!(error["code"], "content_policy_violation");
+    let message = error["message"].as_str().unwrap();
     assert!(message.contains("snils"), "{message}");
     assert!(!message.contains("445"), "{message}");
-    assert_eq!(error["error"]["param"], "messages[0].content");
+    assert_eq!(error["param"], "messages[0].content");
     // A checksum-invalid number is not SNILS: answered, and it reaches the
     // upstream as written.
     let reply = post_json(
