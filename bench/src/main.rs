@@ -33,6 +33,7 @@ mod llama_cpp;
 mod load;
 mod machine;
 mod overhead;
+mod pii_bench;
 mod prompts;
 mod report;
 mod sse;
@@ -80,6 +81,8 @@ enum Cmd {
     Guard(guard_bench::GuardArgs),
     /// The input defence's normalisation and rules (L0+L1) on 8 KB texts: p50/p99
     Defence(defence_bench::DefenceArgs),
+    /// The PII detector's scan of an 8 KB text: p50/p99 per scan
+    Pii(pii_bench::PiiArgs),
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +120,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Embed(a) => embed_bench::run(a),
         Cmd::Guard(a) => guard_bench::run(a),
         Cmd::Defence(a) => defence_bench::run(a),
+        Cmd::Pii(a) => pii_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -28,7 +28,8 @@
 //!   (the OpenAI request types), [`util`] (ids, the clock).
 //! - **1, stages and what they run on**: [`auth`] (who calls: config keys,
 //!   virtual keys, OIDC tokens; roles), [`keys`] (virtual keys and teams),
-//!   [`limits`] (rate limits), [`budget`] (spend caps), [`sensitivity`],
+//!   [`limits`] (rate limits), [`budget`] (spend caps), [`pii`] (personal
+//!   data found and redacted, in and out), [`sensitivity`],
 //!   [`validate`], [`defence`] (input normalisation and rules),
 //!   [`guard`], [`cache`], [`router`], [`providers`],
 //!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`],
@@ -65,6 +66,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
+pub mod pii;
 pub mod providers;
 pub mod registry;
 pub mod router;

@@ -287,6 +287,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         budgets: Some(budgets.clone()),
         audit: audit.clone(),
         spend: Some(spend_log),
+        pii: crate::pii::Pii::new(&config.pii)
+            .map_err(|e| ServeError::Load(format!("the PII detector: {e}")))?
+            .map(Arc::new),
     });
     let state = AppState {
         chain,

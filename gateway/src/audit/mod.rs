@@ -39,6 +39,7 @@ pub mod actions {
     pub const LIMIT_REFUSED: &str = "limit.refused";
     pub const GUARD_DECISION: &str = "guard.decision";
     pub const DEFENCE_DECISION: &str = "defence.decision";
+    pub const PII_DECISION: &str = "pii.decision";
     pub const CONFIG_RELOADED: &str = "config.reloaded";
     pub const ADMIN_DENIED: &str = "admin.denied";
     pub const SPEND_QUEUE_FULL: &str = "spend.queue_full";

@@ -23,17 +23,23 @@
 //! 5. **input defence**: [`InputDefence::screen`] normalises every text
 //!    of the request (L0) and scans its views with the rules (L1); a
 //!    request over the thresholds is refused, or answered and marked.
-//! 6. **input guard**: [`InputGuard::screen`] scores every message's text;
+//! 6. **PII**: [`Pii::redact_request`] masks or hashes personal data in
+//!    the messages (so the guard, the cache key and the router see
+//!    redacted text), refuses kinds set to `block`, and leaves values to
+//!    pseudonymize for the router to replace for cloud deployments only;
+//!    such a request bypasses the cache. Answers are redacted on the way
+//!    back ([`crate::pii::output`]).
+//! 7. **input guard**: [`InputGuard::screen`] scores every message's text;
 //!    a flagged request is refused, or answered and marked.
-//! 7. **cache lookup**: [`Cache::lookup`], with the embedding the guard
+//! 8. **cache lookup**: [`Cache::lookup`], with the embedding the guard
 //!    already computed, so the shared encoder runs once.
-//! 8. **router**: [`Router::dispatch`] picks the deployment (local engine
+//! 9. **router**: [`Router::dispatch`] picks the deployment (local engine
 //!    or upstream) and starts the answer.
 //!
 //! On the way back, the answer stream is wrapped, innermost first:
-//! 9. **recorders**: the cache insert ([`Decision::record`]), the budget's
+//! 10. **recorders**: the cache insert ([`Decision::record`]), the budget's
 //!    cap.
-//! 10. **settles**: told once how the answer ended ([`settle`]), completed,
+//! 11. **settles**: told once how the answer ended ([`settle`]), completed,
 //!    failed or abandoned by the client: the limits' refund, the budget's
 //!    charge, the spend log's row ([`spend`]).
 //!
@@ -71,6 +77,7 @@ use crate::defence::{DefenceStamp, InputDefence, Outcome};
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, Screening};
 use crate::limits::{Limits, RateHeaders};
+use crate::pii::{Pii, PiiReport};
 use crate::router::{Dispatch, Provenance, Routed, Router};
 use crate::validate::{ValidRequest, Validate};
 
@@ -93,6 +100,8 @@ pub struct Chain {
     pub audit: Audit,
     /// One row per request once its answer ends; `None`: not recorded.
     pub spend: Option<crate::spend::SpendLog>,
+    /// Personal data found and redacted (`[pii]`); `None`: off.
+    pub pii: Option<Arc<Pii>>,
 }
 
 /// The request's answer and where it came from.
@@ -113,6 +122,8 @@ pub struct Stamp {
     limits: RateHeaders,
     /// `None` for a cache hit.
     provenance: Option<Provenance>,
+    /// What the PII stage found.
+    pii: PiiReport,
 }
 
 /// The request's fields the handlers still need once its job is dispatched.
@@ -132,7 +143,7 @@ impl Chain {
         self.audit
             .check()
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
-        let req = self.for_known_model(request.validate()?)?;
+        let mut req = self.for_known_model(request.validate()?)?;
         crate::keys::allow_model(&caller.principal, &req.model)?;
         if req.job.tools.is_some() {
             return Err(ApiError::unsupported(
@@ -146,6 +157,7 @@ impl Chain {
             .await?;
         let reservation = self.reserve_budget(caller, &req).await?;
         let defence = self.defend(caller, &req).await?;
+        let pii = self.redact_pii(caller, &mut req)?;
         let screening = match &self.guard {
             Some(guard) => {
                 let screened = guard.screen(&caller.policy, &req).await;
@@ -154,7 +166,9 @@ impl Chain {
             }
             None => Screening::default(),
         };
-        let mut decision = self.cache_lookup(caller, &req, &screening).await;
+        let mut decision = self
+            .cache_lookup(caller, &req, &screening, pii.keeps_values())
+            .await;
         let want_logprobs = req.job.sampling.logprobs.is_some();
         let ValidRequest {
             model,
@@ -179,12 +193,13 @@ impl Chain {
             }));
         }
         let (answer, provenance, tokenizer) = match decision.take_hit() {
-            Some(hit) => (hit, None, None),
+            Some(hit) => (self.redact_output(caller, hit), None, None),
             None => {
                 let how = Dispatch {
                     stream,
                     sensitive: caller.sensitive,
                     started: caller.started,
+                    pseudonymize: self.pii.clone().filter(|_| pii.keeps_values()),
                 };
                 if let Some(r) = &reservation {
                     r.bound(&mut job);
@@ -203,7 +218,8 @@ impl Chain {
                         return Err(err);
                     }
                 };
-                let answer = decision.record(answer);
+                // Redacted before the cache records it.
+                let answer = decision.record(self.redact_output(caller, answer));
                 (answer, Some(provenance), tokenizer)
             }
         };
@@ -230,6 +246,7 @@ impl Chain {
                 cache: decision,
                 limits: admission.headers,
                 provenance,
+                pii,
             },
         };
         Ok((head, answered))
@@ -321,6 +338,41 @@ impl Chain {
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))
     }
 
+    /// The PII stage; the decision (kinds and counts, never a value) is an
+    /// audit record when anything was found.
+    fn redact_pii(&self, caller: &Caller, req: &mut ValidRequest) -> Result<PiiReport, ApiError> {
+        let Some(pii) = &self.pii else {
+            return Ok(PiiReport::default());
+        };
+        let redacted = pii.redact_request(&caller.tenant.0, &mut req.job);
+        let (outcome, detail) = match &redacted {
+            Ok(report) if report.carries_pii() => (AuditOutcome::Success, report.audit_detail()),
+            Err(ApiError::InvalidRequest { param, .. }) => (
+                AuditOutcome::Denied,
+                format!("blocked at {}", param.as_deref().unwrap_or("the request")),
+            ),
+            Ok(_) | Err(_) => return redacted,
+        };
+        let event = AuditEvent::new(actions::PII_DECISION, caller.principal.actor(), outcome)
+            .tenant(&*caller.principal.tenant)
+            .target(&req.model)
+            .detail(detail);
+        self.audit
+            .record(event)
+            .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
+        redacted
+    }
+
+    /// Output redaction over an answer, when `[pii] output` is on.
+    fn redact_output(&self, caller: &Caller, answer: BoxAnswer) -> BoxAnswer {
+        match &self.pii {
+            Some(pii) if pii.redacts_output() => {
+                crate::pii::output::redact_answer(answer, pii.clone(), caller.tenant.0.clone())
+            }
+            _ => answer,
+        }
+    }
+
     /// An unknown model is a 404 before any stage spends encoder work on it
     /// (or a cache entry of a model since removed is served); a known one's
     /// sampling defaults fill what the request left out, before the cache
@@ -344,13 +396,16 @@ impl Chain {
         caller: &Caller,
         req: &ValidRequest,
         screening: &Screening,
+        keeps_pii: bool,
     ) -> Decision {
         let request = cache::Request {
             tenant: &caller.tenant.0,
             model: &req.model,
             job: &req.job,
             headers: &caller.headers,
-            sensitive: caller.sensitive,
+            // Values kept for the local engine must not reach a cache key,
+            // nor a restored answer another client.
+            sensitive: caller.sensitive || keeps_pii,
         };
         self.cache
             .lookup(request, screening.embedding().cloned())
@@ -359,13 +414,20 @@ impl Chain {
 }
 
 impl Stamp {
-    /// The defence's, the guard's, the cache's and the deployment's
-    /// response headers; `usage` (known only for a whole answer) adds the cost.
+    /// What the PII stage found (`carries_pii`: what regulated mode reads).
+    pub fn pii(&self) -> &PiiReport {
+        &self.pii
+    }
+
+    /// The defence's, the PII stage's, the guard's, the cache's and the
+    /// deployment's response headers; `usage` (known only for a whole
+    /// answer) adds the cost.
     pub fn apply(&self, headers: &mut HeaderMap, usage: Option<&Usage>) {
         self.defence.set_headers(headers);
         self.guard.set_headers(headers);
         self.cache.set_headers(headers);
         self.limits.set_headers(headers);
+        self.pii.set_headers(headers);
         if let Some(provenance) = &self.provenance {
             provenance.stamp(headers, usage);
         }

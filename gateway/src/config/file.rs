@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub spend: super::spend::SpendSection,
     #[serde(default)]
     pub audit: super::audit::AuditSection,
+    #[serde(default)]
+    pub pii: super::pii::PiiSection,
 }
 
 #[derive(Debug, Default, Deserialize)]

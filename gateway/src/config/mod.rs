@@ -20,6 +20,7 @@ mod guard;
 mod keys;
 mod limits;
 mod oidc;
+mod pii;
 mod providers;
 mod render;
 mod resolve;
@@ -50,6 +51,7 @@ pub use guard::{
 pub use keys::{PepperSource, VirtualKeySettings};
 pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
+pub use pii::{PiiAction, PiiEntity, PiiSettings};
 pub use providers::{ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use roles::RoleModels;
@@ -213,6 +215,8 @@ pub struct Config {
     pub oidc: Option<OidcSettings>,
     /// The models each role may use (`[auth.role_models]`).
     pub role_models: RoleModels,
+    /// Personal data in requests and answers (`[pii]`).
+    pub pii: PiiSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

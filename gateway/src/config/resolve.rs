@@ -49,6 +49,7 @@ pub(super) fn resolve(
         spend,
         audit,
         budgets,
+        pii,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let limits = limits.resolve(env, &cache_settings)?;
@@ -243,6 +244,7 @@ pub(super) fn resolve(
         audit: audit.resolve(base_dir, env)?,
         oidc,
         role_models,
+        pii: pii.resolve(env)?,
     })
 }
 

@@ -74,12 +74,16 @@ struct Route {
 }
 
 /// What the handlers need to know about a request besides its [`Job`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Dispatch {
     pub stream: bool,
     pub sensitive: bool,
     /// When the handler started on the request (for the overhead metric).
     pub started: Instant,
+    /// The request keeps values a cloud deployment must get as
+    /// placeholders (the `pseudonymize` kinds of `[pii]`); the local
+    /// engine gets them as written.
+    pub pseudonymize: Option<Arc<crate::pii::Pii>>,
 }
 
 /// The chosen deployment's answer.
@@ -328,7 +332,7 @@ impl Router {
         let usable = route.usable(model, &job, how.sensitive)?;
         let wait_until = Instant::now() + route.sensitive_wait;
         loop {
-            match self.try_once(route, &usable, &job, how).await {
+            match self.try_once(route, &usable, &job, &how).await {
                 Ok(routed) => return Ok(routed),
                 Err(ex) => {
                     if how.sensitive && ex.only_saturated && Instant::now() < wait_until {
@@ -360,7 +364,7 @@ impl Router {
         route: &Route,
         usable: &[Arc<Deployment>],
         job: &Job,
-        how: Dispatch,
+        how: &Dispatch,
     ) -> Result<Routed, Exhausted> {
         let mut ex = Exhausted {
             only_saturated: true,
@@ -431,15 +435,22 @@ impl Router {
                     let Input::Chat(messages) = &job.input else {
                         continue; // `usable` already kept providers off text completions.
                     };
+                    // The mapping lives in this attempt's answer only.
+                    let (messages, placeholders) = match &how.pseudonymize {
+                        Some(pii) => pii.pseudonymize(messages),
+                        None => (messages.clone(), Default::default()),
+                    };
                     let req = ProviderRequest {
                         upstream_model: upstream_model.clone(),
-                        messages: messages.clone(),
+                        messages,
                         sampling: job.sampling.clone(),
                         n: job.n,
                         stream: how.stream,
                     };
                     match resilience.chat(provider.as_ref(), &req).await {
-                        Ok(answer) => Ok((answer, None)),
+                        Ok(answer) => {
+                            Ok((crate::pii::pseudonym::restore(answer, placeholders), None))
+                        }
                         Err(e) => {
                             if e.is_upstream_fault() {
                                 let failed = Outcome {

@@ -175,6 +175,7 @@ fn how(sensitive: bool) -> Dispatch {
         stream: false,
         sensitive,
         started: Instant::now(),
+        pseudonymize: None,
     }
 }
 
