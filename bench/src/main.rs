@@ -3,7 +3,8 @@
 //! Its subcommands (`cache` and `cache-pairs` are described in
 //! [`cache_bench`], `embed`, for the in-process embedding encoder, in
 //! [`embed_bench`], `guard`, for the input guard's added latency, in
-//! [`guard_bench`]):
+//! [`guard_bench`], `structured`, what schema-constrained decoding costs,
+//! in [`structured_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -35,6 +36,7 @@ mod prompts;
 mod report;
 mod sse;
 mod stats;
+mod structured_bench;
 mod workload;
 
 use std::path::Path;
@@ -76,6 +78,8 @@ enum Cmd {
     Embed(embed_bench::EmbedArgs),
     /// The input guard's added latency per chat request, idle and beside LLM decoding
     Guard(guard_bench::GuardArgs),
+    /// Schema compile time (cold, cached) and 8-sequence decode throughput with half constrained
+    Structured(structured_bench::StructuredArgs),
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +116,7 @@ fn main() -> std::process::ExitCode {
         Cmd::CachePairs(a) => cache_bench::run_pairs(a),
         Cmd::Embed(a) => embed_bench::run(a),
         Cmd::Guard(a) => guard_bench::run(a),
+        Cmd::Structured(a) => structured_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
