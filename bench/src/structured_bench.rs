@@ -114,7 +114,10 @@ pub fn run(args: StructuredArgs) -> Result<()> {
         .map_err(|e| anyhow!("the benchmark's schema: {e}"))?;
     let prompt = handle
         .tokenizer()
-        .encode("List forty people as JSON objects with their name, age and city:", true)
+        .encode(
+            "List forty people as JSON objects with their name, age and city:",
+            true,
+        )
         .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
     // Warm-up: thread pools, KV blocks, the grammar's first masks.
     decode_run(&handle, &prompt, 2, 1, &grammar, 16)?;

@@ -103,7 +103,9 @@ impl Capabilities {
         use Capability::*;
         match provider {
             ProviderConfig::Openai { dialect, .. } => match dialect {
-                OpenAiDialect::Openai => Self::of(&[Tools, ToolChoiceRequired, JsonObject, JsonSchema]),
+                OpenAiDialect::Openai => {
+                    Self::of(&[Tools, ToolChoiceRequired, JsonObject, JsonSchema])
+                }
                 OpenAiDialect::Vllm => Self::all(),
             },
             ProviderConfig::Gigachat { .. } => Self::of(&[Tools]),
@@ -147,7 +149,10 @@ mod tests {
         assert!(caps.has(Capability::Tools) && caps.has(Capability::JsonSchema));
         assert!(!caps.has(Capability::Grammar));
         let err = Capabilities::parse_list(&["telepathy".into()]).unwrap_err();
-        assert!(err.contains("telepathy") && err.contains("logit_bias"), "{err}");
+        assert!(
+            err.contains("telepathy") && err.contains("logit_bias"),
+            "{err}"
+        );
         assert_eq!(format!("{caps:?}"), r#"["tools", "json_schema"]"#);
     }
 }

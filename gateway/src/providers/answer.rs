@@ -149,9 +149,12 @@ impl Decoded {
     }
 
     fn has_content(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| matches!(s, Step::Token { .. } | Step::ToolCall { .. } | Step::Finished { .. }))
+        self.steps.iter().any(|s| {
+            matches!(
+                s,
+                Step::Token { .. } | Step::ToolCall { .. } | Step::Finished { .. }
+            )
+        })
     }
 }
 

@@ -344,7 +344,11 @@ fn giga_messages(req: &ProviderRequest) -> Result<Vec<GigaMessage<'_>>, Provider
                         name: None,
                     }
                 }
-                Turn::Result { call_id, name, text } => {
+                Turn::Result {
+                    call_id,
+                    name,
+                    text,
+                } => {
                     let Some(name) = name else {
                         return Err(ProviderError::Unsupported {
                             param: "messages".into(),
@@ -397,7 +401,10 @@ impl<'a> ChatBody<'a> {
             return Err(unsupported("logit_bias", "GigaChat"));
         }
         if let Some(c) = constraint {
-            return Err(unsupported(c.param, "GigaChat (it has no response formats)"));
+            return Err(unsupported(
+                c.param,
+                "GigaChat (it has no response formats)",
+            ));
         }
         let (functions, function_call) = match &req.tools {
             Some(tools) => {
@@ -489,11 +496,17 @@ mod tests {
     fn tools_become_functions_and_tool_turns_function_turns() {
         let named = request(ToolChoice::Function("get_weather".into()), 1);
         let body = serde_json::to_value(ChatBody::new(&named).unwrap()).unwrap();
-        assert_eq!(body["function_call"], serde_json::json!({"name": "get_weather"}));
+        assert_eq!(
+            body["function_call"],
+            serde_json::json!({"name": "get_weather"})
+        );
         assert_eq!(body["functions"][0]["name"], "get_weather");
         assert_eq!(body["functions"][0]["parameters"]["type"], "object");
         let m = &body["messages"];
-        assert_eq!(m[1]["function_call"]["arguments"], serde_json::json!({"city": "Paris"}));
+        assert_eq!(
+            m[1]["function_call"]["arguments"],
+            serde_json::json!({"city": "Paris"})
+        );
         assert_eq!(m[2]["role"], "function");
         assert_eq!(m[2]["name"], "get_weather");
         assert_eq!(m[2]["content"], r#"{"result":"sunny"}"#);

@@ -122,7 +122,13 @@ mod tests {
         let messages = vec![ChatMessage::text("user", "Hi"), asked, answer_b, orphan];
         assert!(has_tool_turns(&messages));
         let turns = turns(&messages);
-        assert_eq!(turns[0], Turn::Text { role: "user", text: "Hi" });
+        assert_eq!(
+            turns[0],
+            Turn::Text {
+                role: "user",
+                text: "Hi"
+            }
+        );
         assert!(matches!(turns[1], Turn::Calls { calls, .. } if calls.len() == 2));
         assert_eq!(
             turns[2],

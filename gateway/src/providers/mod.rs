@@ -45,8 +45,8 @@ use crate::error::ApiError;
 use crate::validate::{Sampling, Tools};
 
 pub use crate::config::{ProviderConfig, ResilienceConfig};
-pub(crate) use messages::has_tool_turns;
 pub use breaker::{BreakerState, CircuitBreaker};
+pub(crate) use messages::has_tool_turns;
 pub use resilience::{Resilience, RetryPolicy};
 
 /// What a provider is asked: already validated; the upstream model name is

@@ -330,10 +330,7 @@ const SCHEMA_NAME: &str = "response";
 
 /// A JSON format as OpenAI's `response_format` (YandexGPT's `jsonSchema`
 /// takes the same schema value).
-pub(super) fn schema_value(
-    constraint: &Constraint,
-    schema: &str,
-) -> Result<Value, ProviderError> {
+pub(super) fn schema_value(constraint: &Constraint, schema: &str) -> Result<Value, ProviderError> {
     serde_json::from_str(schema).map_err(|e| ProviderError::Unsupported {
         param: constraint.param.into(),
         message: format!("the schema in '{}' is not JSON: {e}", constraint.param),
@@ -442,7 +439,9 @@ mod tests {
             functions: vec![FunctionSpec {
                 name: "get_weather".into(),
                 description: Some("Weather in a city".into()),
-                parameters: Some(json!({"type": "object", "properties": {"city": {"type": "string"}}})),
+                parameters: Some(
+                    json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                ),
                 strict: false,
             }],
             choice,
@@ -463,24 +462,32 @@ mod tests {
             Some(weather_tools(ToolChoice::Required, false)),
             Some(constraint),
         );
-        let body = serde_json::to_value(ChatBody::new(&req, OpenAiDialect::Openai).unwrap()).unwrap();
+        let body =
+            serde_json::to_value(ChatBody::new(&req, OpenAiDialect::Openai).unwrap()).unwrap();
         assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
         assert_eq!(body["tool_choice"], "required");
         assert_eq!(body["parallel_tool_calls"], false);
         assert_eq!(body["response_format"]["type"], "json_schema");
-        assert_eq!(body["response_format"]["json_schema"]["schema"], json!({"type": "object"}));
+        assert_eq!(
+            body["response_format"]["json_schema"]["schema"],
+            json!({"type": "object"})
+        );
         assert_eq!(body["response_format"]["json_schema"]["strict"], true);
         let m = &body["messages"];
         assert_eq!(m[1]["content"], Value::Null);
         assert_eq!(m[1]["tool_calls"][0]["id"], "call_1");
         assert_eq!(m[1]["tool_calls"][0]["type"], "function");
-        assert_eq!(m[1]["tool_calls"][0]["function"]["arguments"], r#"{"city":"Paris"}"#);
+        assert_eq!(
+            m[1]["tool_calls"][0]["function"]["arguments"],
+            r#"{"city":"Paris"}"#
+        );
         assert_eq!(m[2]["role"], "tool");
         assert_eq!(m[2]["tool_call_id"], "call_1");
         assert!(body.get("guided_regex").is_none());
 
         let plain = request(Some(weather_tools(ToolChoice::Auto, true)), None);
-        let body = serde_json::to_value(ChatBody::new(&plain, OpenAiDialect::Openai).unwrap()).unwrap();
+        let body =
+            serde_json::to_value(ChatBody::new(&plain, OpenAiDialect::Openai).unwrap()).unwrap();
         assert_eq!(body["tool_choice"], "auto");
         assert!(body.get("parallel_tool_calls").is_none());
         assert!(body.get("response_format").is_none());

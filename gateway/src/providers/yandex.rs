@@ -261,7 +261,11 @@ fn yandex_messages(req: &ProviderRequest) -> Result<Vec<Message<'_>>, ProviderEr
     };
     for turn in turns(&req.messages) {
         match turn {
-            Turn::Result { call_id, name, text } => {
+            Turn::Result {
+                call_id,
+                name,
+                text,
+            } => {
                 let Some(name) = name else {
                     return Err(ProviderError::Unsupported {
                         param: "messages".into(),
@@ -271,7 +275,8 @@ fn yandex_messages(req: &ProviderRequest) -> Result<Vec<Message<'_>>, ProviderEr
                         ),
                     });
                 };
-                results.push(serde_json::json!({"functionResult": {"name": name, "content": text}}));
+                results
+                    .push(serde_json::json!({"functionResult": {"name": name, "content": text}}));
                 continue;
             }
             Turn::Text { role, text } => {
@@ -370,7 +375,10 @@ impl<'a> CompletionBody<'a> {
                     Some(serde_json::json!({ "schema": schema_value(c, schema)? })),
                 ),
                 GrammarSpec::Regex(_) | GrammarSpec::Lark(_) => {
-                    return Err(unsupported(c.param, "YandexGPT (it takes JSON formats only)"))
+                    return Err(unsupported(
+                        c.param,
+                        "YandexGPT (it takes JSON formats only)",
+                    ))
                 }
             },
         };
@@ -535,7 +543,11 @@ impl EventDecoder for CumulativeDecoder {
             }
             *sent = text;
             // Calls carry no id: each gets one made up, once.
-            let calls = alt.message.tool_call_list.map(|l| l.tool_calls).unwrap_or_default();
+            let calls = alt
+                .message
+                .tool_call_list
+                .map(|l| l.tool_calls)
+                .unwrap_or_default();
             let done = self.calls_sent.get(choice).copied().unwrap_or(0);
             for (index, call) in calls.into_iter().enumerate().skip(done) {
                 let Some(f) = call.function_call else {

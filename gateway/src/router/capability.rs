@@ -68,10 +68,7 @@ impl Need {
     /// The client's 400 when no deployment of `model` has it:
     /// `no deployment of model 'x' supports 'tools'`.
     pub fn message(&self, model: &str) -> String {
-        let mut m = format!(
-            "no deployment of model '{model}' supports '{}'",
-            self.param
-        );
+        let mut m = format!("no deployment of model '{model}' supports '{}'", self.param);
         if self.asked != self.param {
             m.push_str(&format!(" ({})", self.asked));
         }

@@ -53,8 +53,8 @@ use crate::registry::Registry;
 use crate::validate::{Input, Job};
 
 pub use crate::config::{
-    Capabilities, Capability, DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
-    SaturationLimits, Strategy, TargetSpec,
+    Capabilities, Capability, DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales,
+    RouteSpec, SaturationLimits, Strategy, TargetSpec,
 };
 pub use deployment::{Deployment, Provenance, Target, COST_HEADER, DEPLOYMENT_HEADER};
 pub use outcomes::{DeploymentStats, InMemoryOutcomes, Outcome, OutcomeStore};

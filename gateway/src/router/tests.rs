@@ -510,18 +510,39 @@ async fn no_deployment_able_to_serve_a_request_is_a_400_naming_the_parameter() {
     let p = Scripted::new(false);
     let mut only = deployment("giga", "giga", 0, Residency::Cloud, None);
     only.settings.capabilities = Capabilities::of(&[Capability::Tools]);
-    let r = router(route(Strategy::Fallback, vec![only]), &[("giga", p.clone())]);
+    let r = router(
+        route(Strategy::Fallback, vec![only]),
+        &[("giga", p.clone())],
+    );
     let cases = [
-        (json!({"tools": weather(), "tool_choice": "required"}), "tool_choice",
-         "no deployment of model 'pub' supports 'tool_choice' (\"required\")"),
-        (json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
-         "response_format", "no deployment of model 'pub' supports 'response_format' (json_schema)"),
-        (json!({"logit_bias": {"5": 1}}), "logit_bias", "no deployment of model 'pub' supports 'logit_bias'"),
+        (
+            json!({"tools": weather(), "tool_choice": "required"}),
+            "tool_choice",
+            "no deployment of model 'pub' supports 'tool_choice' (\"required\")",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
+            "response_format",
+            "no deployment of model 'pub' supports 'response_format' (json_schema)",
+        ),
+        (
+            json!({"logit_bias": {"5": 1}}),
+            "logit_bias",
+            "no deployment of model 'pub' supports 'logit_bias'",
+        ),
     ];
     for (extra, param, message) in cases {
-        let err = r.dispatch("pub", job_of(extra), how(false)).await.err().unwrap();
+        let err = r
+            .dispatch("pub", job_of(extra), how(false))
+            .await
+            .err()
+            .unwrap();
         match err {
-            ApiError::InvalidRequest { param: p, message: m, .. } => {
+            ApiError::InvalidRequest {
+                param: p,
+                message: m,
+                ..
+            } => {
                 assert_eq!(p.as_deref(), Some(param));
                 assert_eq!(m, message);
             }
@@ -530,7 +551,10 @@ async fn no_deployment_able_to_serve_a_request_is_a_400_naming_the_parameter() {
     }
     let mut none = deployment("bare", "giga", 0, Residency::Cloud, None);
     none.settings.capabilities = Capabilities::NONE;
-    let r = router(route(Strategy::Fallback, vec![none]), &[("giga", p.clone())]);
+    let r = router(
+        route(Strategy::Fallback, vec![none]),
+        &[("giga", p.clone())],
+    );
     // A conversation carrying tool turns needs tools too, even offering none.
     let turns = job_of(json!({"messages": [
         {"role": "user", "content": "hi"},

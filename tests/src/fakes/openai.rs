@@ -259,7 +259,9 @@ fn check_tool_turns(messages: &[Value], flavour: Flavour) -> Result<(), String> 
             (Flavour::OpenAi, Some("assistant")) => {
                 for c in m["tool_calls"].as_array().into_iter().flatten() {
                     if c["type"] != "function" || !c["function"]["arguments"].is_string() {
-                        return Err("tool_calls need type 'function' and arguments as a string".into());
+                        return Err(
+                            "tool_calls need type 'function' and arguments as a string".into()
+                        );
                     }
                     called.extend(c["id"].as_str());
                 }
@@ -271,7 +273,9 @@ fn check_tool_turns(messages: &[Value], flavour: Flavour) -> Result<(), String> 
                 }
             }
             (Flavour::GigaChat, Some("function")) => {
-                let json = m["content"].as_str().and_then(|c| serde_json::from_str::<Value>(c).ok());
+                let json = m["content"]
+                    .as_str()
+                    .and_then(|c| serde_json::from_str::<Value>(c).ok());
                 if m["name"].as_str().is_none() || json.is_none() {
                     return Err("function message needs a name and JSON content".into());
                 }
@@ -301,9 +305,7 @@ fn tool_call_answer(
     let prompt = prompt_tokens(messages, "content");
     let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
     let id_of = |i: usize| format!("call_fake{i}x{}", "0".repeat(14));
-    let giga_call = |c: &FakeCall| {
-        json!({"name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::Null)})
-    };
+    let giga_call = |c: &FakeCall| json!({"name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::Null)});
     let (message, finish) = match flavour {
         Flavour::OpenAi => (
             json!({"role": "assistant", "content": null, "tool_calls": calls.iter().enumerate().map(|(i, c)| json!({
@@ -339,7 +341,11 @@ fn tool_call_answer(
             frames.push(chunk(message, Some(finish), Some(&usage)));
         }
         Flavour::OpenAi => {
-            frames.push(chunk(json!({"role": "assistant", "content": null}), None, None));
+            frames.push(chunk(
+                json!({"role": "assistant", "content": null}),
+                None,
+                None,
+            ));
             let mut sent = 0;
             for (i, (call, pieces)) in calls.iter().zip(&pieces).enumerate() {
                 frames.push(chunk(

@@ -94,14 +94,22 @@ async fn completion(
     let calls = state
         .control
         .tool_calls()
-        .filter(|c| !c.is_empty() && body["tools"].is_array() && body["toolChoice"]["mode"] != "NONE")
+        .filter(|c| {
+            !c.is_empty() && body["tools"].is_array() && body["toolChoice"]["mode"] != "NONE"
+        })
         // A conversation that ends with results gets text.
-        .filter(|_| messages.last().is_none_or(|m| m.get("toolResultList").is_none()));
+        .filter(|_| {
+            messages
+                .last()
+                .is_none_or(|m| m.get("toolResultList").is_none())
+        });
     if let Some(calls) = calls {
         let list: Vec<Value> = calls
             .iter()
-            .map(|c| json!({"functionCall": {"name": c.name,
-                "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::Null)}}))
+            .map(|c| {
+                json!({"functionCall": {"name": c.name,
+                "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::Null)}})
+            })
             .collect();
         let input = prompt_tokens(&messages, "text");
         let line = json!({"result": {

@@ -342,8 +342,14 @@ fn wire_calls(reply: &Reply, stream: bool) -> (Vec<(String, String, String)>, St
     let triple = |c: &Value| {
         (
             c["id"].as_str().unwrap_or_default().to_string(),
-            c["function"]["name"].as_str().unwrap_or_default().to_string(),
-            c["function"]["arguments"].as_str().unwrap_or_default().to_string(),
+            c["function"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            c["function"]["arguments"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         )
     };
     if !stream {
@@ -362,14 +368,20 @@ fn wire_calls(reply: &Reply, stream: bool) -> (Vec<(String, String, String)>, St
     for e in &events[..events.len() - 1] {
         let v: Value = serde_json::from_str(e).unwrap();
         let choice = &v["choices"][0];
-        for d in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        for d in choice["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let index = d["index"].as_u64().unwrap() as usize;
             if index == calls.len() {
                 assert_eq!(d["type"], "function", "{e}");
                 calls.push(triple(d));
             } else {
                 assert!(d.get("id").is_none(), "id repeated: {e}");
-                calls[index].2.push_str(d["function"]["arguments"].as_str().unwrap_or(""));
+                calls[index]
+                    .2
+                    .push_str(d["function"]["arguments"].as_str().unwrap_or(""));
             }
         }
         if let Some(f) = choice["finish_reason"].as_str() {
@@ -383,8 +395,12 @@ fn wire_calls(reply: &Reply, stream: bool) -> (Vec<(String, String, String)>, St
 async fn requests_go_only_to_deployments_that_can_serve_them_or_get_a_400_naming_the_parameter() {
     let ofake = fakes::openai::start(None).await;
     let gfake = fakes::gigachat::start(GIGACHAT_KEY).await;
-    ofake.control.set_tool_calls(Some(&[("get_weather", WEATHER_ARGS)]));
-    gfake.control().set_tool_calls(Some(&[("get_weather", WEATHER_ARGS)]));
+    ofake
+        .control
+        .set_tool_calls(Some(&[("get_weather", WEATHER_ARGS)]));
+    gfake
+        .control()
+        .set_tool_calls(Some(&[("get_weather", WEATHER_ARGS)]));
     let server = start_server(
         providers_config(&ofake.base_url(), &gfake),
         &[("FAKE_GIGACHAT_KEY", GIGACHAT_KEY)],
@@ -392,39 +408,86 @@ async fn requests_go_only_to_deployments_that_can_serve_them_or_get_a_400_naming
     .await;
 
     // `required`: GigaChat (first by priority) cannot, so OpenAI answers.
-    let reply = post(&server, "/v1/chat/completions", &tool_body("mixed", json!("required"), false, "Weather in Omsk?")).await;
-    assert_eq!(header(&reply, "x-sluice-deployment"), "mixed-openai", "{}", reply.body);
+    let reply = post(
+        &server,
+        "/v1/chat/completions",
+        &tool_body("mixed", json!("required"), false, "Weather in Omsk?"),
+    )
+    .await;
+    assert_eq!(
+        header(&reply, "x-sluice-deployment"),
+        "mixed-openai",
+        "{}",
+        reply.body
+    );
     assert_eq!(wire_calls(&reply, false).1, "tool_calls");
-    assert_eq!((ofake.control.requests(), gfake.control().requests()), (1, 0));
+    assert_eq!(
+        (ofake.control.requests(), gfake.control().requests()),
+        (1, 0)
+    );
 
     // `auto`: GigaChat can, and is first.
-    let reply = post(&server, "/v1/chat/completions", &tool_body("mixed", json!("auto"), false, "Weather in Tomsk?")).await;
-    assert_eq!(header(&reply, "x-sluice-deployment"), "mixed-giga", "{}", reply.body);
+    let reply = post(
+        &server,
+        "/v1/chat/completions",
+        &tool_body("mixed", json!("auto"), false, "Weather in Tomsk?"),
+    )
+    .await;
+    assert_eq!(
+        header(&reply, "x-sluice-deployment"),
+        "mixed-giga",
+        "{}",
+        reply.body
+    );
     let (calls, finish) = wire_calls(&reply, false);
     assert_eq!((calls.len(), finish.as_str()), (1, "tool_calls"));
     assert_eq!(gfake.control().requests(), 1);
 
     // No deployment can: a 400 naming the parameter, and no upstream asked.
     let before = (ofake.control.requests(), gfake.control().requests());
-    let reply = post(&server, "/v1/chat/completions", &tool_body("giga-only", json!("required"), false, "Weather?")).await;
+    let reply = post(
+        &server,
+        "/v1/chat/completions",
+        &tool_body("giga-only", json!("required"), false, "Weather?"),
+    )
+    .await;
     let err = reply.expect_error(400);
     assert_eq!(err["param"], "tool_choice");
     let message = err["message"].as_str().unwrap();
-    assert!(message.contains("no deployment of model 'giga-only' supports 'tool_choice'"), "{message}");
-    let reply = post(&server, "/v1/chat/completions", &tool_body("no-tools", json!("auto"), true, "Weather?")).await;
+    assert!(
+        message.contains("no deployment of model 'giga-only' supports 'tool_choice'"),
+        "{message}"
+    );
+    let reply = post(
+        &server,
+        "/v1/chat/completions",
+        &tool_body("no-tools", json!("auto"), true, "Weather?"),
+    )
+    .await;
     let err = reply.expect_error(400);
     assert_eq!(err["param"], "tools");
-    assert_eq!(err["message"], "no deployment of model 'no-tools' supports 'tools'");
+    assert_eq!(
+        err["message"],
+        "no deployment of model 'no-tools' supports 'tools'"
+    );
     let mut formatted = json!({"model": "giga-only", "messages": [{"role": "user", "content": "JSON please"}],
         "response_format": {"type": "json_object"}});
-    let err = post(&server, "/v1/chat/completions", &formatted).await.expect_error(400);
+    let err = post(&server, "/v1/chat/completions", &formatted)
+        .await
+        .expect_error(400);
     assert_eq!(err["param"], "response_format");
     // ...which the OpenAI route passes on.
     formatted["model"] = json!("tools");
     let reply = post(&server, "/v1/chat/completions", &formatted).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(ofake.control.last_body().unwrap()["response_format"], json!({"type": "json_object"}));
-    assert_eq!((ofake.control.requests(), gfake.control().requests()), (before.0 + 1, before.1));
+    assert_eq!(
+        ofake.control.last_body().unwrap()["response_format"],
+        json!({"type": "json_object"})
+    );
+    assert_eq!(
+        (ofake.control.requests(), gfake.control().requests()),
+        (before.0 + 1, before.1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,18 +506,35 @@ async fn cached_tool_call_answers_replay_identically_whole_and_streamed() {
     // Recorded whole, then streamed; and recorded streamed, then whole.
     for (question, first_stream) in [("Weather in Kazan?", false), ("Weather in Perm?", true)] {
         let before = ofake.control.requests();
-        let first = post(&server, "/v1/chat/completions", &tool_body("tools", json!("auto"), first_stream, question)).await;
+        let first = post(
+            &server,
+            "/v1/chat/completions",
+            &tool_body("tools", json!("auto"), first_stream, question),
+        )
+        .await;
         assert_eq!(header(&first, "x-sluice-cache"), "miss");
         let (recorded, finish) = wire_calls(&first, first_stream);
         assert_eq!(finish, "tool_calls");
         assert_eq!(recorded.len(), 2);
         assert_eq!(recorded[0].2, WEATHER_ARGS);
         for stream in [!first_stream, first_stream] {
-            let hit = post(&server, "/v1/chat/completions", &tool_body("tools", json!("auto"), stream, question)).await;
+            let hit = post(
+                &server,
+                "/v1/chat/completions",
+                &tool_body("tools", json!("auto"), stream, question),
+            )
+            .await;
             assert_eq!(header(&hit, "x-sluice-cache"), "exact", "stream {stream}");
-            assert_eq!(wire_calls(&hit, stream), (recorded.clone(), "tool_calls".to_string()));
+            assert_eq!(
+                wire_calls(&hit, stream),
+                (recorded.clone(), "tool_calls".to_string())
+            );
         }
-        assert_eq!(ofake.control.requests(), before + 1, "the hits never reached the upstream");
+        assert_eq!(
+            ofake.control.requests(),
+            before + 1,
+            "the hits never reached the upstream"
+        );
     }
     // Other tools for the same question: not the cached calls.
     let mut other = tool_body("tools", json!("auto"), false, "Weather in Kazan?");
@@ -471,7 +551,9 @@ fn python() -> String {
 async fn the_openai_python_sdk_runs_a_tool_round_trip_through_a_provider() {
     let ofake = fakes::openai::start(None).await;
     let gfake = fakes::gigachat::start(GIGACHAT_KEY).await;
-    ofake.control.set_tool_calls(Some(&[("get_weather", WEATHER_ARGS)]));
+    ofake
+        .control
+        .set_tool_calls(Some(&[("get_weather", WEATHER_ARGS)]));
     let server = start_server(
         providers_config(&ofake.base_url(), &gfake),
         &[("FAKE_GIGACHAT_KEY", GIGACHAT_KEY)],
@@ -487,8 +569,6 @@ tools = [{"type": "function", "function": {"name": "get_weather", "description":
 for stream in (False, True):
     messages = [{"role": "user", "content": "What is the weather in Saint Petersburg? (stream=%s)" % stream}]
     if stream:
-        calls = {}
-        finish = None
         with client.chat.completions.stream(model="tools", messages=messages, tools=tools,
                                             tool_choice="required") as s:
             for event in s:
@@ -504,7 +584,9 @@ for stream in (False, True):
     args = json.loads(call.function.arguments)
     assert args["city"] == "Санкт-Петербург", args
     assert call.id.startswith("call_"), call
-    messages.append(choice.message.model_dump(exclude_none=True))
+    messages.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+        for c in choice.message.tool_calls]})
     messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps({"t": -3})})
     answer = client.chat.completions.create(model="tools", messages=messages, tools=tools)
     assert answer.choices[0].finish_reason == "stop", answer
@@ -532,5 +614,8 @@ for stream in (False, True):
     // The conversation reached the upstream with the call and its result.
     let body = ofake.control.last_body().unwrap();
     assert_eq!(body["messages"][2]["role"], "tool");
-    assert_eq!(body["messages"][1]["tool_calls"][0]["function"]["name"], "get_weather");
+    assert_eq!(
+        body["messages"][1]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
 }

@@ -55,7 +55,9 @@ fn calls_answer() -> StoredAnswer {
 }
 
 /// Every step of an answer, as (calls' pieces, finish).
-async fn call_pieces(answer: &mut dyn Answer) -> (Vec<(usize, bool, String)>, Option<FinishReason>) {
+async fn call_pieces(
+    answer: &mut dyn Answer,
+) -> (Vec<(usize, bool, String)>, Option<FinishReason>) {
     let mut pieces = Vec::new();
     let mut finish = None;
     while let Some(step) = answer.next().await {
@@ -96,10 +98,14 @@ async fn recorded_tool_calls_replay_as_the_same_calls_in_openai_framing() {
     // Each call starts with its id and name, then its arguments in pieces.
     assert!(pieces.iter().filter(|p| p.1).count() == 2);
     assert!(pieces.iter().filter(|p| p.0 == 0).count() > 2, "{pieces:?}");
-    let mut hit_again = lookup(&cache, "t", asking_with_tools("What is the weather in Paris?", "Weather in a city"))
-        .await
-        .take_hit()
-        .unwrap();
+    let mut hit_again = lookup(
+        &cache,
+        "t",
+        asking_with_tools("What is the weather in Paris?", "Weather in a city"),
+    )
+    .await
+    .take_hit()
+    .unwrap();
     let replayed = collect(hit_again.as_mut()).await.unwrap();
     assert_eq!(replayed[0].tool_calls, stored.choices[0].tool_calls);
     assert_eq!(replayed[0].tool_calls, generated[0].tool_calls);
@@ -116,9 +122,12 @@ async fn a_semantic_neighbour_with_other_tools_is_never_served() {
         asking_with_tools("What is the weather in Paris?", "Weather in a city"),
     )
     .await;
-    collect(d.record(Box::new(replay::Replay::new(&calls_answer()))).as_mut())
-        .await
-        .unwrap();
+    collect(
+        d.record(Box::new(replay::Replay::new(&calls_answer())))
+            .as_mut(),
+    )
+    .await
+    .unwrap();
     // The same paraphrase finds it with the same tools...
     let same = lookup(
         &cache,

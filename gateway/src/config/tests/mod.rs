@@ -541,7 +541,10 @@ fn capabilities_default_by_kind_and_a_deployment_list_replaces_them() {
         "base_url = \"http://127.0.0.1:9/v1\"\ndialect = \"vllm\"",
     );
     let cfg = load_str(&vllm, &[]).unwrap();
-    assert_eq!(cfg.routes[0].deployments[1].settings.capabilities, Capabilities::all());
+    assert_eq!(
+        cfg.routes[0].deployments[1].settings.capabilities,
+        Capabilities::all()
+    );
     let listed = ROUTED.replace(
         "priority = 1",
         "priority = 1\ncapabilities = [\"json_object\"]",
@@ -551,13 +554,19 @@ fn capabilities_default_by_kind_and_a_deployment_list_replaces_them() {
         cfg.routes[0].deployments[1].settings.capabilities,
         Capabilities::of(&[JsonObject])
     );
-    let bad = ROUTED.replace("priority = 1", "priority = 1\ncapabilities = [\"mind_reading\"]");
+    let bad = ROUTED.replace(
+        "priority = 1",
+        "priority = 1\ncapabilities = [\"mind_reading\"]",
+    );
     let err = err_of(&bad, &[]);
-    assert!(err.contains("routes[0].deployments[1].capabilities"), "{err}");
+    assert!(
+        err.contains("routes[0].deployments[1].capabilities"),
+        "{err}"
+    );
     assert!(err.contains("mind_reading"), "{err}");
     let bad_dialect = ROUTED.replace(
         "base_url = \"http://127.0.0.1:9/v1\"",
         "base_url = \"http://127.0.0.1:9/v1\"\ndialect = \"ollama\"",
     );
-    assert!(err_of(&bad_dialect, &[]).contains("dialect"));
+    assert!(err_of(&bad_dialect, &[]).contains("ollama"));
 }

@@ -89,7 +89,13 @@ fn a_tool_call_list_becomes_calls_once_with_made_up_ids() {
     let made: Vec<(usize, String, String)> = steps
         .iter()
         .filter_map(|s| match s {
-            Step::ToolCall { index, id: Some(id), name: Some(name), arguments, .. } => {
+            Step::ToolCall {
+                index,
+                id: Some(id),
+                name: Some(name),
+                arguments,
+                ..
+            } => {
                 assert!(id.starts_with("call_"));
                 Some((*index, name.clone(), arguments.clone()))
             }
@@ -99,13 +105,20 @@ fn a_tool_call_list_becomes_calls_once_with_made_up_ids() {
     assert_eq!(
         made,
         vec![
-            (0, "weatherTool".to_string(), r#"{"city":"Санкт-Петербург"}"#.to_string()),
+            (
+                0,
+                "weatherTool".to_string(),
+                r#"{"city":"Санкт-Петербург"}"#.to_string()
+            ),
             (1, "timeTool".to_string(), "{}".to_string())
         ]
     );
     assert!(matches!(
         steps.last(),
-        Some(Step::Finished { reason: FinishReason::ToolCalls, .. })
+        Some(Step::Finished {
+            reason: FinishReason::ToolCalls,
+            ..
+        })
     ));
 }
 
@@ -115,8 +128,16 @@ fn tools_and_tool_turns_take_yandex_shapes() {
     use sluice_models::{ChatMessage, ToolCall};
     let mut asked = ChatMessage::text("assistant", "");
     asked.tool_calls = vec![
-        ToolCall { id: "call_a".into(), name: "weatherTool".into(), arguments: r#"{"city":"Omsk"}"#.into() },
-        ToolCall { id: "call_b".into(), name: "timeTool".into(), arguments: "{}".into() },
+        ToolCall {
+            id: "call_a".into(),
+            name: "weatherTool".into(),
+            arguments: r#"{"city":"Omsk"}"#.into(),
+        },
+        ToolCall {
+            id: "call_b".into(),
+            name: "timeTool".into(),
+            arguments: "{}".into(),
+        },
     ];
     let result = |id: &str, text: &str| {
         let mut m = ChatMessage::text("tool", text);
@@ -131,25 +152,41 @@ fn tools_and_tool_turns_take_yandex_shapes() {
             result("call_a", "-5"),
             result("call_b", "12:00"),
         ],
-        sampling: Sampling { temperature: 0.3, ..crate::providers::neutral_sampling() },
+        sampling: Sampling {
+            temperature: 0.3,
+            ..crate::providers::neutral_sampling()
+        },
         n: 1,
         stream: false,
         tools: Some(Tools {
-            functions: vec![FunctionSpec { name: "weatherTool".into(), description: None, parameters: None, strict: true }],
+            functions: vec![FunctionSpec {
+                name: "weatherTool".into(),
+                description: None,
+                parameters: None,
+                strict: true,
+            }],
             choice: ToolChoice::Required,
             parallel: false,
         }),
     };
-    let body = serde_json::to_value(CompletionBody::new(&req, "gpt://f/yandexgpt/latest".into()).unwrap()).unwrap();
+    let body =
+        serde_json::to_value(CompletionBody::new(&req, "gpt://f/yandexgpt/latest".into()).unwrap())
+            .unwrap();
     assert_eq!(body["toolChoice"], serde_json::json!({"mode": "REQUIRED"}));
     assert_eq!(body["parallelToolCalls"], false);
     assert_eq!(body["tools"][0]["function"]["strict"], true);
     let m = &body["messages"];
     assert_eq!(m.as_array().unwrap().len(), 3);
-    assert_eq!(m[1]["toolCallList"]["toolCalls"][0]["functionCall"]["arguments"]["city"], "Omsk");
+    assert_eq!(
+        m[1]["toolCallList"]["toolCalls"][0]["functionCall"]["arguments"]["city"],
+        "Omsk"
+    );
     let results = &m[2]["toolResultList"]["toolResults"];
     assert_eq!(results[0]["functionResult"]["name"], "weatherTool");
-    assert_eq!(results[1]["functionResult"], serde_json::json!({"name": "timeTool", "content": "12:00"}));
+    assert_eq!(
+        results[1]["functionResult"],
+        serde_json::json!({"name": "timeTool", "content": "12:00"})
+    );
     assert!(m[1].get("text").is_none());
 }
 
