@@ -133,6 +133,7 @@ fn generated() -> BoxAnswer {
         choices: vec![StoredChoice {
             text,
             finish_reason: FinishReason::Stop,
+            tool_calls: Vec::new(),
         }],
         usage: Usage {
             prompt_tokens: 40,

@@ -4,7 +4,9 @@
 //! [`cache_bench`], `embed`, for the in-process embedding encoder, in
 //! [`embed_bench`], `guard`, for the input guard's added latency, in
 //! [`guard_bench`], `defence`, for the input defence's normalisation and
-//! rules, in [`defence_bench`]):
+//! rules, in [`defence_bench`], `pii`, for the PII scan, in [`pii_bench`],
+//! `structured`, what schema-constrained decoding costs, in
+//! [`structured_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -38,6 +40,7 @@ mod prompts;
 mod report;
 mod sse;
 mod stats;
+mod structured_bench;
 mod workload;
 
 use std::path::Path;
@@ -83,6 +86,8 @@ enum Cmd {
     Defence(defence_bench::DefenceArgs),
     /// The PII detector's scan of an 8 KB text: p50/p99 per scan
     Pii(pii_bench::PiiArgs),
+    /// Schema compile time (cold, cached) and 8-sequence decode throughput with half constrained
+    Structured(structured_bench::StructuredArgs),
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +126,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Guard(a) => guard_bench::run(a),
         Cmd::Defence(a) => defence_bench::run(a),
         Cmd::Pii(a) => pii_bench::run(a),
+        Cmd::Structured(a) => structured_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -99,6 +99,7 @@ fn generated(text: &str) -> BoxAnswer {
         choices: vec![StoredChoice {
             text: text.into(),
             finish_reason: FinishReason::Stop,
+            tool_calls: Vec::new(),
         }],
         usage: Usage {
             prompt_tokens: 10,
@@ -324,4 +325,48 @@ async fn requests_bypass_while_redis_is_down_and_the_cache_resumes() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test]
+async fn tool_calls_survive_the_redis_record_and_replay_from_another_instance() {
+    let p = prefix("calls");
+    let a = instance(REDIS, &p, Duration::from_secs(60));
+    let b = instance(REDIS, &p, Duration::from_secs(60));
+    let _cleanup = Cleanup(p.clone());
+    let calls = vec![
+        sluice_models::ToolCall {
+            id: "call_AbCdEfGhIjKlMnOpQrStUvWx".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city": "Санкт-Петербург", "note": "say \"hi\""}"#.into(),
+        },
+        sluice_models::ToolCall {
+            id: "call_2".into(),
+            name: "get_time".into(),
+            arguments: "{}".into(),
+        },
+    ];
+    let stored = StoredAnswer {
+        choices: vec![StoredChoice {
+            text: String::new(),
+            finish_reason: FinishReason::ToolCalls,
+            tool_calls: calls.clone(),
+        }],
+        usage: Usage {
+            prompt_tokens: 10,
+            completion_tokens: 30,
+            cached_prompt_tokens: 0,
+        },
+    };
+    let q = "What is the weather in Saint Petersburg?";
+    let mut d = lookup(&a, "t", q).await;
+    assert_eq!(d.outcome, Outcome::Miss);
+    collect(d.record(Box::new(Replay::new(&stored))).as_mut())
+        .await
+        .unwrap();
+    let mut d = lookup(&b, "t", q).await;
+    assert_eq!(d.outcome, Outcome::Exact);
+    let mut hit = d.take_hit().unwrap();
+    let out = collect(hit.as_mut()).await.unwrap();
+    assert_eq!(out[0].tool_calls, calls);
+    assert_eq!(out[0].finish_reason, Some(FinishReason::ToolCalls));
 }

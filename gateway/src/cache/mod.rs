@@ -59,6 +59,8 @@ pub struct StoredAnswer {
 pub struct StoredChoice {
     pub text: String,
     pub finish_reason: FinishReason,
+    /// Whole calls, replayed as [`crate::answer::Step::ToolCall`] pieces.
+    pub tool_calls: Vec<sluice_models::ToolCall>,
 }
 
 /// How a request met the cache, as the `x-sluice-cache` header says it.

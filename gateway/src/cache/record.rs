@@ -19,7 +19,9 @@ use super::memory::EntryMeta;
 use super::{StoredAnswer, StoredChoice};
 
 const MAGIC: &[u8; 3] = b"SLC";
-const VERSION: u8 = 1;
+/// 2: choices carry their tool calls (a version-1 reader would serve an
+/// answer of calls as empty text, so old records are refused, not read).
+const VERSION: u8 = 2;
 const HEADER: usize = 4 + 8 + 4;
 
 #[derive(Serialize, Deserialize)]
@@ -40,6 +42,15 @@ struct Wire {
 struct WireChoice {
     text: String,
     finish: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireCall>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireCall {
+    id: String,
+    name: String,
+    arguments: String,
 }
 
 /// A decoded record.
@@ -62,6 +73,15 @@ pub fn encode(meta: &EntryMeta, answer: &StoredAnswer) -> Vec<u8> {
             .map(|c| WireChoice {
                 text: c.text.clone(),
                 finish: c.finish_reason.as_str().into(),
+                tool_calls: c
+                    .tool_calls
+                    .iter()
+                    .map(|t| WireCall {
+                        id: t.id.clone(),
+                        name: t.name.clone(),
+                        arguments: t.arguments.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
         usage: [
@@ -124,6 +144,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Corrupt> {
             let finish_reason = match c.finish.as_str() {
                 "stop" => FinishReason::Stop,
                 "length" => FinishReason::Length,
+                "tool_calls" => FinishReason::ToolCalls,
                 // `content_filter` is never stored (the recorder refuses
                 // it), so a record that claims one is not served either.
                 _ => return Err(Corrupt::Body),
@@ -131,6 +152,15 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Corrupt> {
             Ok(StoredChoice {
                 text: c.text,
                 finish_reason,
+                tool_calls: c
+                    .tool_calls
+                    .into_iter()
+                    .map(|t| sluice_models::ToolCall {
+                        id: t.id,
+                        name: t.name,
+                        arguments: t.arguments,
+                    })
+                    .collect(),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

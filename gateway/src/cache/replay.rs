@@ -1,7 +1,8 @@
 //! The cache's two [`Answer`]s: [`Replay`] serves a stored answer (in
 //! several chunks per choice, so a streamed hit is framed like a generated
-//! one) and [`Recorder`] passes a generated answer through while keeping a
-//! copy, which it stores once every choice has finished.
+//! one: text, then each tool call as its id and name followed by pieces of
+//! its arguments) and [`Recorder`] passes a generated answer through while
+//! keeping a copy, which it stores once every choice has finished.
 //!
 //! Design choice: the recorder stores when the wrapped answer returns
 //! `None`, that is after the last choice finished and before the handler
@@ -41,6 +42,25 @@ impl Replay {
                     text: piece.to_string(),
                     logprob: None,
                 });
+            }
+            // OpenAI's framing: id and name first, then the arguments' text.
+            for (index, call) in c.tool_calls.iter().enumerate() {
+                steps.push_back(Step::ToolCall {
+                    choice,
+                    index,
+                    id: Some(call.id.clone()),
+                    name: Some(call.name.clone()),
+                    arguments: String::new(),
+                });
+                for piece in chunks(&call.arguments, REPLAY_CHUNK_CHARS) {
+                    steps.push_back(Step::ToolCall {
+                        choice,
+                        index,
+                        id: None,
+                        name: None,
+                        arguments: piece.to_string(),
+                    });
+                }
             }
             steps.push_back(Step::Finished {
                 choice,
@@ -114,6 +134,7 @@ impl Recorder {
                 StoredChoice {
                     text: String::new(),
                     finish_reason: FinishReason::Stop,
+                    tool_calls: Vec::new(),
                 };
                 n
             ],
@@ -148,9 +169,29 @@ impl Recorder {
                     self.ticket = None;
                 }
             }
-            // Nothing of a failed answer is stored; tool calls are not
-            // stored yet (a replay must give them back as calls, not text).
-            Step::Failed(_) | Step::ToolCall { .. } => self.ticket = None,
+            Step::ToolCall {
+                choice,
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                if let Some(c) = self.choices.get_mut(*choice) {
+                    while c.tool_calls.len() <= *index {
+                        c.tool_calls.push(sluice_models::ToolCall::default());
+                    }
+                    let call = &mut c.tool_calls[*index];
+                    if let Some(id) = id {
+                        call.id.clone_from(id);
+                    }
+                    if let Some(name) = name {
+                        call.name.clone_from(name);
+                    }
+                    call.arguments.push_str(arguments);
+                }
+            }
+            // Nothing of a failed answer is stored.
+            Step::Failed(_) => self.ticket = None,
         }
     }
 

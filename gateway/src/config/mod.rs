@@ -12,6 +12,7 @@
 mod audit;
 mod budgets;
 mod cache;
+mod capabilities;
 mod defaults;
 mod defence;
 mod encoders;
@@ -39,6 +40,7 @@ use sluice_runtime::EngineConfig;
 pub use audit::{AuditMode, AuditSettings, AuditSinkConfig, SyslogTarget, SyslogTransport};
 pub use budgets::BudgetSettings;
 pub use cache::{Backend, Bounds, CacheSettings};
+pub use capabilities::{Capabilities, Capability};
 pub use defaults::SamplingDefaults;
 pub use defence::{DefenceConfig, DefenceMode};
 pub use encoders::{EncoderConfig, EncoderKind, DEMO_EMBEDDING_ID};
@@ -52,7 +54,7 @@ pub use keys::{PepperSource, VirtualKeySettings};
 pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
 pub use pii::{PiiAction, PiiEntity, PiiSettings};
-pub use providers::{ProviderConfig, ResilienceConfig};
+pub use providers::{OpenAiDialect, ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use roles::RoleModels;
 pub use routes::{

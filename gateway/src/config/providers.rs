@@ -105,6 +105,10 @@ pub enum ProviderConfig {
         /// Extra request headers (`OpenAI-Organization`, say); not secrets.
         #[serde(default)]
         headers: std::collections::BTreeMap<String, String>,
+        /// `openai` (default) or `vllm`: a vLLM server also takes grammars
+        /// (`guided_regex`, `guided_grammar`) and the same model's token ids.
+        #[serde(default)]
+        dialect: OpenAiDialect,
         #[serde(default)]
         resilience: ResilienceConfig,
     },
@@ -141,6 +145,24 @@ pub enum ProviderConfig {
         #[serde(default)]
         resilience: ResilienceConfig,
     },
+}
+
+/// Which extensions of the OpenAI API an OpenAI-compatible upstream speaks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenAiDialect {
+    #[default]
+    Openai,
+    Vllm,
+}
+
+impl OpenAiDialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Vllm => "vllm",
+        }
+    }
 }
 
 impl ProviderConfig {

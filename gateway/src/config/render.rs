@@ -330,10 +330,12 @@ fn provider_table(p: &ProviderConfig) -> Value {
             api_key_env,
             api_key_file,
             headers,
+            dialect,
             resilience,
         } => {
             t.insert("kind".into(), text("openai"));
             t.insert("name".into(), text(name));
+            t.insert("dialect".into(), text(dialect.as_str()));
             t.insert("base_url".into(), Value::String(redact_url(base_url)));
             if let Some(v) = api_key_env {
                 t.insert("api_key_env".into(), text(v));
@@ -544,6 +546,16 @@ fn deployment_table(d: &DeploymentSpec) -> Value {
     t.insert(
         "residency".into(),
         Value::String(settings.residency.as_str().into()),
+    );
+    t.insert(
+        "capabilities".into(),
+        Value::Array(
+            settings
+                .capabilities
+                .iter()
+                .map(|c| Value::String(c.as_str().into()))
+                .collect(),
+        ),
     );
     Value::Table(t)
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::capabilities::Capabilities;
 use super::providers::{ProviderConfig, ResilienceConfig};
 use super::{invalid, ConfigError, GuardScoring, ModelConfig};
 
@@ -71,6 +72,9 @@ pub struct DeploymentSection {
     pub max_queue_wait_ms: Option<f64>,
     pub min_free_kv_fraction: Option<f64>,
     pub resilience: Option<ResilienceConfig>,
+    /// What it can do beyond plain chat (tools, response formats, ...);
+    /// absent: the defaults of its kind ([`Capabilities::provider_default`]).
+    pub capabilities: Option<Vec<String>>,
 }
 
 /// Checks the providers (unique names, sane resilience settings).
@@ -216,6 +220,7 @@ fn resolve_deployment(
         max_queue_wait_ms,
         min_free_kv_fraction,
         resilience,
+        capabilities,
     } = d;
     let at = |field: &str| format!("{key}.{field}");
     let name_ok = !name.is_empty()
@@ -245,6 +250,7 @@ fn resolve_deployment(
             "must be at least 1 (leave it out for the default)",
         ));
     }
+    let mut default_capabilities = Capabilities::local_default();
     let (target, default_residency) = match (local, provider) {
         (Some(model), None) => {
             if !models.iter().any(|m| m.id == model) {
@@ -281,12 +287,13 @@ fn resolve_deployment(
             (TargetSpec::Local { model, saturation }, Residency::OnPrem)
         }
         (None, Some(provider)) => {
-            if !providers.iter().any(|p| p.name() == provider) {
+            let Some(provider_config) = providers.iter().find(|p| p.name() == provider) else {
                 return Err(invalid(
                     at("provider"),
                     format!("no [[providers]] entry is named `{provider}`"),
                 ));
-            }
+            };
+            default_capabilities = Capabilities::provider_default(provider_config);
             if max_queue_wait_ms.is_some() || min_free_kv_fraction.is_some() {
                 return Err(invalid(
                     at("max_queue_wait_ms"),
@@ -336,6 +343,12 @@ fn resolve_deployment(
             )
         })?,
     };
+    let capabilities = match capabilities {
+        None => default_capabilities,
+        Some(names) => {
+            Capabilities::parse_list(&names).map_err(|m| invalid(at("capabilities"), m))?
+        }
+    };
     Ok(DeploymentSpec {
         settings: DeploymentSettings {
             name,
@@ -344,6 +357,7 @@ fn resolve_deployment(
             price,
             max_concurrency,
             residency,
+            capabilities,
         },
         target,
     })
@@ -441,6 +455,9 @@ pub struct DeploymentSettings {
     /// Requests in flight at most; `None` is unlimited.
     pub max_concurrency: Option<usize>,
     pub residency: Residency,
+    /// What it can do beyond plain chat; the router keeps requests that
+    /// ask for more off it.
+    pub capabilities: Capabilities,
 }
 
 /// What a unit of each penalty is worth (see the module's formula).

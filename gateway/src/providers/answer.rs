@@ -15,6 +15,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use sluice_runtime::{FinishReason, Usage};
 
+use super::messages::new_call_id;
 use super::sse_client::{Framing, StreamParser};
 use super::{error_chain, ProviderError};
 use crate::answer::{Answer, BoxAnswer, Step};
@@ -25,6 +26,18 @@ pub(super) struct Decoded {
     pub steps: VecDeque<Step>,
     pub usage: Usage,
     finished: Vec<bool>,
+    /// Per choice: the calls whose first piece (id and name) went out, by
+    /// their index.
+    calls: Vec<Vec<usize>>,
+}
+
+/// One piece of a tool call as an upstream sent it.
+#[derive(Debug, Default)]
+pub(super) struct CallPiece {
+    pub index: usize,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 impl Decoded {
@@ -33,7 +46,57 @@ impl Decoded {
             steps: VecDeque::new(),
             usage: Usage::default(),
             finished: vec![false; num_choices],
+            calls: vec![Vec::new(); num_choices],
         }
+    }
+
+    /// A piece of a tool call, normalised to OpenAI's framing whatever the
+    /// upstream did: the first piece of a call carries its id (made up when
+    /// the upstream sent none) and name; an id or name repeated on later
+    /// pieces (some servers do) is dropped, so a client that joins the
+    /// pieces' fields gets each once.
+    pub fn tool_call(&mut self, choice: usize, piece: CallPiece) -> Result<(), ProviderError> {
+        self.check_choice(choice)?;
+        let CallPiece {
+            index,
+            id,
+            name,
+            arguments,
+        } = piece;
+        let Some(started) = self.calls.get_mut(choice) else {
+            return Ok(());
+        };
+        if started.contains(&index) {
+            if !arguments.is_empty() {
+                self.steps.push_back(Step::ToolCall {
+                    choice,
+                    index,
+                    id: None,
+                    name: None,
+                    arguments,
+                });
+            }
+            return Ok(());
+        }
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            return Err(ProviderError::Malformed(format!(
+                "tool call {index} of choice {choice} began without a function name"
+            )));
+        };
+        started.push(index);
+        self.steps.push_back(Step::ToolCall {
+            choice,
+            index,
+            id: Some(id.filter(|i| !i.is_empty()).unwrap_or_else(new_call_id)),
+            name: Some(name),
+            arguments,
+        });
+        Ok(())
+    }
+
+    /// Whether `choice` called a tool so far.
+    pub fn called(&self, choice: usize) -> bool {
+        self.calls.get(choice).is_some_and(|c| !c.is_empty())
     }
 
     pub fn token(&mut self, choice: usize, text: String) -> Result<(), ProviderError> {
@@ -48,8 +111,16 @@ impl Decoded {
         Ok(())
     }
 
+    /// Ends `choice`. An answer that called tools ends with `tool_calls`
+    /// even where the upstream said `stop` (Ollama and older vLLM do):
+    /// clients look at the reason to know they must run the calls.
     pub fn finish(&mut self, choice: usize, reason: FinishReason) -> Result<(), ProviderError> {
         self.check_choice(choice)?;
+        let reason = if reason == FinishReason::Stop && self.called(choice) {
+            FinishReason::ToolCalls
+        } else {
+            reason
+        };
         if let Some(done) = self.finished.get_mut(choice) {
             if !*done {
                 *done = true;
@@ -78,9 +149,12 @@ impl Decoded {
     }
 
     fn has_content(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| matches!(s, Step::Token { .. } | Step::Finished { .. }))
+        self.steps.iter().any(|s| {
+            matches!(
+                s,
+                Step::Token { .. } | Step::ToolCall { .. } | Step::Finished { .. }
+            )
+        })
     }
 }
 
@@ -224,14 +298,15 @@ impl<D: EventDecoder + 'static> Answer for StreamAnswer<D> {
 
 /// The runtime's finish reason for an OpenAI-compatible upstream's.
 /// `content_filter` must reach the client as such (and keeps the answer out
-/// of the cache); a reason the runtime has no name for (`tool_calls`,
-/// `function_call`: tools are not offered upstream) is a plain stop, noted
-/// in the log.
+/// of the cache); `function_call` is the name of OpenAI's old functions API
+/// (and GigaChat's) for `tool_calls`; a reason the runtime has no name for
+/// is a plain stop, noted in the log.
 pub(super) fn finish_reason(wire: &str) -> FinishReason {
     match wire {
         "length" => FinishReason::Length,
         "stop" => FinishReason::Stop,
         "content_filter" => FinishReason::ContentFilter,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
         other => {
             tracing::info!(reason = other, "upstream finish reason reported as stop");
             FinishReason::Stop

@@ -1,8 +1,14 @@
 //! GigaChat, natively: the OAuth token exchange (an authorization key for a
 //! 30-minute access token, a fresh `RqUID` per exchange) and the chat API,
 //! whose JSON and SSE match OpenAI's shapes (decoded with
-//! [`super::openai_compat`]'s wire types). Its certificate chain ends at the
+//! [`super::openai_answer`]). Its certificate chain ends at the
 //! Russian Trusted Root CA, so a CA bundle is configurable.
+//!
+//! Tools go as its `functions` and `function_call` (`auto`, `none`,
+//! `{"name"}`); its answer's `function_call` (arguments an object, finish
+//! reason `function_call`) comes back as one tool call with an id made up
+//! here; `tool` turns go as its `function` role. What it cannot express
+//! (`required`, several calls in one turn, response formats) is refused.
 //!
 //! Design choice: the token sits behind one async mutex that is held while a
 //! new token is fetched, so any number of concurrent requests that find the
@@ -18,12 +24,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sluice_runtime::FinishReason;
 use tokio::sync::Mutex;
 
-use super::openai_compat::{
-    openai_messages, read_chat_response, refuse_structured, refuse_token_level, WireMessage,
-};
+use super::messages::{turns, Turn};
+use super::openai_answer::read_chat_response;
+use super::openai_compat::{refuse_token_level, unsupported};
 use super::secret::read_secret;
 use super::{
     http_client, request_error, status_error, Provider, ProviderConfig, ProviderError,
@@ -31,7 +38,7 @@ use super::{
 };
 use crate::answer::BoxAnswer;
 use crate::config::Secret;
-use crate::validate::Sampling;
+use crate::validate::{Sampling, ToolChoice, Tools};
 
 const DEFAULT_BASE_URL: &str = "https://gigachat.devices.sberbank.ru";
 const DEFAULT_OAUTH_URL: &str = "https://ngw.devices.sberbank.ru:9443/api/v2/oauth";
@@ -239,7 +246,7 @@ impl Provider for GigaChat {
 #[derive(Serialize)]
 struct ChatBody<'a> {
     model: &'a str,
-    messages: Vec<WireMessage<'a>>,
+    messages: Vec<GigaMessage<'a>>,
     temperature: f32,
     top_p: f32,
     n: usize,
@@ -247,6 +254,124 @@ struct ChatBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<usize>,
     repetition_penalty: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    functions: Option<Vec<GigaFunction<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct GigaMessage<'a> {
+    role: &'a str,
+    content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<GigaCall<'a>>,
+    /// A `function` turn: the function whose result it carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct GigaCall<'a> {
+    name: &'a str,
+    /// An object, not JSON text.
+    arguments: Value,
+}
+
+#[derive(Serialize)]
+struct GigaFunction<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    parameters: Value,
+}
+
+/// GigaChat calls are `functions` with `function_call` `auto`, `none` or
+/// `{"name": ...}`: it has no "required", and it answers with one call.
+fn functions(tools: &Tools) -> Result<(Vec<GigaFunction<'_>>, Value), ProviderError> {
+    let choice = match &tools.choice {
+        ToolChoice::Auto => Value::from("auto"),
+        ToolChoice::None => Value::from("none"),
+        ToolChoice::Function(name) => serde_json::json!({ "name": name }),
+        ToolChoice::Required => return Err(unsupported("tool_choice", "GigaChat (\"required\")")),
+    };
+    let functions = tools
+        .functions
+        .iter()
+        .map(|f| GigaFunction {
+            name: &f.name,
+            description: f.description.as_deref(),
+            // GigaChat wants a schema for every function.
+            parameters: f
+                .parameters
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+        })
+        .collect();
+    Ok((functions, choice))
+}
+
+/// The conversation in GigaChat's roles: an assistant's call as its
+/// `function_call` (one per turn: GigaChat has no parallel calls), a tool's
+/// result as a `function` turn named after the function, its content JSON
+/// (GigaChat parses it; a plain-text result is wrapped as `{"result": ...}`).
+fn giga_messages(req: &ProviderRequest) -> Result<Vec<GigaMessage<'_>>, ProviderError> {
+    turns(&req.messages)
+        .into_iter()
+        .map(|turn| {
+            Ok(match turn {
+                Turn::Text { role, text } => GigaMessage {
+                    role,
+                    content: text.to_string(),
+                    function_call: None,
+                    name: None,
+                },
+                Turn::Calls { text, calls } => {
+                    let [call] = calls else {
+                        return Err(unsupported(
+                            "messages",
+                            "GigaChat (an assistant turn with several tool calls)",
+                        ));
+                    };
+                    GigaMessage {
+                        role: "assistant",
+                        content: text.to_string(),
+                        function_call: Some(GigaCall {
+                            name: &call.name,
+                            arguments: serde_json::from_str(&call.arguments)
+                                .unwrap_or_else(|_| Value::String(call.arguments.clone())),
+                        }),
+                        name: None,
+                    }
+                }
+                Turn::Result {
+                    call_id,
+                    name,
+                    text,
+                } => {
+                    let Some(name) = name else {
+                        return Err(ProviderError::Unsupported {
+                            param: "messages".into(),
+                            message: format!(
+                                "a tool message answers '{call_id}', which no earlier assistant \
+                                 turn called: GigaChat needs the function's name"
+                            ),
+                        });
+                    };
+                    let content = match serde_json::from_str::<Value>(text) {
+                        Ok(v @ Value::Object(_)) => v.to_string(),
+                        _ => serde_json::json!({ "result": text }).to_string(),
+                    };
+                    GigaMessage {
+                        role: "function",
+                        content,
+                        function_call: None,
+                        name: Some(name),
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 /// GigaChat refuses a temperature of 0; greedy becomes its smallest step.
@@ -272,7 +397,22 @@ impl<'a> ChatBody<'a> {
             constraint,
         } = &req.sampling;
         refuse_token_level(stop_token_ids, *logprobs)?;
-        refuse_structured(logit_bias, constraint.as_ref())?;
+        if !logit_bias.is_empty() {
+            return Err(unsupported("logit_bias", "GigaChat"));
+        }
+        if let Some(c) = constraint {
+            return Err(unsupported(
+                c.param,
+                "GigaChat (it has no response formats)",
+            ));
+        }
+        let (functions, function_call) = match &req.tools {
+            Some(tools) => {
+                let (f, c) = functions(tools)?;
+                (Some(f), Some(c))
+            }
+            None => (None, None),
+        };
         let unsupported = [
             ("top_k", *top_k != 0),
             ("min_p", *min_p != 0.0),
@@ -290,13 +430,15 @@ impl<'a> ChatBody<'a> {
         }
         Ok(Self {
             model: &req.upstream_model,
-            messages: openai_messages(req),
+            messages: giga_messages(req)?,
             temperature: temperature.max(MIN_TEMPERATURE),
             top_p: *top_p,
             n: req.n,
             stream: req.stream,
             max_tokens: *max_tokens,
             repetition_penalty: *repetition_penalty,
+            functions,
+            function_call,
         })
     }
 }
@@ -307,6 +449,7 @@ impl<'a> ChatBody<'a> {
 fn finish_reason(wire: &str) -> FinishReason {
     match wire {
         "blacklist" => FinishReason::ContentFilter,
+        // Its call: one `function_call`, mapped to a tool call upstream of here.
         other => super::answer::finish_reason(other),
     }
 }
@@ -314,6 +457,76 @@ fn finish_reason(wire: &str) -> FinishReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use sluice_models::{ChatMessage, ToolCall};
+
+    use crate::validate::FunctionSpec;
+
+    fn request(choice: ToolChoice, calls: usize) -> ProviderRequest {
+        let mut asked = ChatMessage::text("assistant", "");
+        asked.tool_calls = (0..calls)
+            .map(|i| ToolCall {
+                id: format!("call_{i}"),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            })
+            .collect();
+        let mut result = ChatMessage::text("tool", "sunny");
+        result.tool_call_id = Some("call_0".into());
+        ProviderRequest {
+            upstream_model: "GigaChat".into(),
+            messages: vec![ChatMessage::text("user", "Weather?"), asked, result],
+            sampling: crate::providers::neutral_sampling(),
+            n: 1,
+            stream: false,
+            tools: Some(Tools {
+                functions: vec![FunctionSpec {
+                    name: "get_weather".into(),
+                    description: None,
+                    parameters: None,
+                    strict: false,
+                }],
+                choice,
+                parallel: true,
+            }),
+        }
+    }
+
+    #[test]
+    fn tools_become_functions_and_tool_turns_function_turns() {
+        let named = request(ToolChoice::Function("get_weather".into()), 1);
+        let body = serde_json::to_value(ChatBody::new(&named).unwrap()).unwrap();
+        assert_eq!(
+            body["function_call"],
+            serde_json::json!({"name": "get_weather"})
+        );
+        assert_eq!(body["functions"][0]["name"], "get_weather");
+        assert_eq!(body["functions"][0]["parameters"]["type"], "object");
+        let m = &body["messages"];
+        assert_eq!(
+            m[1]["function_call"]["arguments"],
+            serde_json::json!({"city": "Paris"})
+        );
+        assert_eq!(m[2]["role"], "function");
+        assert_eq!(m[2]["name"], "get_weather");
+        assert_eq!(m[2]["content"], r#"{"result":"sunny"}"#);
+        let auto = request(ToolChoice::Auto, 1);
+        let body = serde_json::to_value(ChatBody::new(&auto).unwrap()).unwrap();
+        assert_eq!(body["function_call"], "auto");
+    }
+
+    #[test]
+    fn required_and_parallel_calls_are_refused_not_dropped() {
+        for (req, param) in [
+            (request(ToolChoice::Required, 1), "tool_choice"),
+            (request(ToolChoice::Auto, 2), "messages"),
+        ] {
+            match ChatBody::new(&req) {
+                Err(ProviderError::Unsupported { param: p, .. }) => assert_eq!(p, param),
+                other => panic!("{:?}", other.map(|_| ())),
+            }
+        }
+    }
 
     #[test]
     fn blacklist_is_reported_as_content_filter() {

@@ -27,6 +27,7 @@ mod answer;
 pub mod breaker;
 pub mod gigachat;
 mod messages;
+mod openai_answer;
 pub mod openai_compat;
 pub mod resilience;
 mod secret;
@@ -41,10 +42,11 @@ use futures_util::future::BoxFuture;
 
 use crate::answer::BoxAnswer;
 use crate::error::ApiError;
-use crate::validate::Sampling;
+use crate::validate::{Sampling, Tools};
 
 pub use crate::config::{ProviderConfig, ResilienceConfig};
 pub use breaker::{BreakerState, CircuitBreaker};
+pub(crate) use messages::has_tool_turns;
 pub use resilience::{Resilience, RetryPolicy};
 
 /// What a provider is asked: already validated; the upstream model name is
@@ -57,6 +59,8 @@ pub struct ProviderRequest {
     pub n: usize,
     /// The client's wish; a provider may always stream upstream internally.
     pub stream: bool,
+    /// The functions the model may call, passed on in the upstream's terms.
+    pub tools: Option<Tools>,
 }
 
 /// An upstream that answers chat requests.
@@ -340,6 +344,28 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
         status,
         retry_after,
         message,
+    }
+}
+
+/// Sampling with every knob at its neutral value, for provider tests.
+#[cfg(test)]
+pub(crate) fn neutral_sampling() -> Sampling {
+    Sampling {
+        max_tokens: None,
+        temperature: 0.7,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        repetition_penalty: 1.0,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        seed: None,
+        stop_token_ids: Vec::new(),
+        stop_strings: Vec::new(),
+        ignore_eos: false,
+        logprobs: None,
+        logit_bias: Vec::new(),
+        constraint: None,
     }
 }
 

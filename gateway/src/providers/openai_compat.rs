@@ -1,6 +1,13 @@
 //! Any OpenAI-compatible upstream: OpenAI, an external vLLM, Qwen through
 //! DashScope's compatible mode, Ollama, another Sluice. It owns OpenAI's
-//! chat wire types, which GigaChat's API shares (see [`super::gigachat`]).
+//! chat request types; its answers are read by [`super::openai_answer`],
+//! which GigaChat's API shares.
+//!
+//! `tools`, `tool_choice`, `parallel_tool_calls` and `response_format` are
+//! passed through as the client sent them (rebuilt from the validated
+//! request); a vLLM upstream (`dialect = "vllm"`) also takes a regex or
+//! Lark grammar as `guided_regex` / `guided_grammar`. An assistant turn's
+//! calls and a `tool` turn's `tool_call_id` go back in OpenAI's shapes.
 //!
 //! Design choice: a stream always asks for `stream_options.include_usage`,
 //! so cost is known for streams too; sampling knobs beyond OpenAI's own
@@ -16,21 +23,21 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use serde::{Deserialize, Serialize};
-use sluice_runtime::{FinishReason, Usage};
+use serde::Serialize;
+use serde_json::Value;
+use sluice_runtime::GrammarSpec;
 
-use super::answer::{finish_reason, Decoded, EventDecoder, ReadyAnswer, StreamAnswer};
-use super::messages::wire_messages;
+use super::answer::finish_reason;
+use super::messages::{turns, Turn};
+use super::openai_answer::read_chat_response;
 use super::secret::read_secret;
-use super::sse_client::Framing;
-use super::usage::saturating_count;
 use super::{
-    http_client, request_error, sensitive_header, status_error, Provider, ProviderConfig,
-    ProviderError, ProviderRequest,
+    http_client, request_error, sensitive_header, Provider, ProviderConfig, ProviderError,
+    ProviderRequest,
 };
 use crate::answer::BoxAnswer;
-use crate::config::Secret;
-use crate::validate::Sampling;
+use crate::config::{OpenAiDialect, Secret};
+use crate::validate::{Constraint, Sampling, Tools};
 
 pub struct OpenAiCompat {
     client: reqwest::Client,
@@ -38,6 +45,8 @@ pub struct OpenAiCompat {
     url: String,
     /// Only for `Debug` (redacted); the client sends it as a default header.
     api_key: Option<Secret>,
+    /// Which extensions the upstream takes (grammars for vLLM).
+    dialect: OpenAiDialect,
     connect_timeout: Duration,
 }
 
@@ -58,6 +67,7 @@ impl OpenAiCompat {
             api_key_env,
             api_key_file,
             headers,
+            dialect,
             resilience,
         } = cfg
         else {
@@ -92,12 +102,13 @@ impl OpenAiCompat {
             client: http_client(connect_timeout, None, header_map)?,
             url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
             api_key,
+            dialect: *dialect,
             connect_timeout,
         })
     }
 
     async fn chat_inner(&self, req: &ProviderRequest) -> Result<BoxAnswer, ProviderError> {
-        let body = ChatBody::new(req)?;
+        let body = ChatBody::new(req, self.dialect)?;
         let response = self
             .client
             .post(&self.url)
@@ -122,36 +133,69 @@ impl Provider for OpenAiCompat {
     }
 }
 
-/// How an upstream's `finish_reason` names map to the runtime's: the
-/// shapes are shared, the names are not (GigaChat's `blacklist`).
-pub(super) type FinishNames = fn(&str) -> FinishReason;
-
-/// Reads an OpenAI-shaped chat response (JSON or SSE, as asked).
-pub(super) async fn read_chat_response(
-    response: reqwest::Response,
-    req: &ProviderRequest,
-    finish: FinishNames,
-) -> Result<BoxAnswer, ProviderError> {
-    if !response.status().is_success() {
-        return Err(status_error(response).await);
-    }
-    if req.stream {
-        StreamAnswer::open(response, Framing::Sse, ChunkDecoder { finish }, req.n).await
-    } else {
-        let bytes = super::read_body(response, super::MAX_BODY_BYTES).await?;
-        decode_completion(&bytes, req.n, finish)
-    }
-}
-
 #[derive(Serialize)]
 pub(super) struct WireMessage<'a> {
     role: &'a str,
-    content: &'a str,
+    /// `null` for an assistant turn that only called tools.
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<WireCall<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
 }
 
-/// The request's messages as OpenAI's (and GigaChat's) `{role, content}`.
-pub(super) fn openai_messages(req: &ProviderRequest) -> Vec<WireMessage<'_>> {
-    wire_messages(&req.messages, |role, content| WireMessage { role, content })
+#[derive(Serialize)]
+struct WireCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+/// The request's messages as OpenAI's: `{role, content}`, an assistant's
+/// `tool_calls`, a `tool` turn's `tool_call_id`.
+fn openai_messages(req: &ProviderRequest) -> Vec<WireMessage<'_>> {
+    turns(&req.messages)
+        .into_iter()
+        .map(|turn| match turn {
+            Turn::Text { role, text } => WireMessage {
+                role,
+                content: Some(text),
+                tool_calls: None,
+                tool_call_id: None,
+            },
+            Turn::Calls { text, calls } => WireMessage {
+                role: "assistant",
+                content: (!text.is_empty()).then_some(text),
+                tool_calls: Some(
+                    calls
+                        .iter()
+                        .map(|c| WireCall {
+                            id: &c.id,
+                            kind: "function",
+                            function: WireFunction {
+                                name: &c.name,
+                                arguments: &c.arguments,
+                            },
+                        })
+                        .collect(),
+                ),
+                tool_call_id: None,
+            },
+            Turn::Result { call_id, text, .. } => WireMessage {
+                role: "tool",
+                content: Some(text),
+                tool_calls: None,
+                tool_call_id: Some(call_id),
+            },
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -187,6 +231,31 @@ struct ChatBody<'a> {
     repetition_penalty: Option<f32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     ignore_eos: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logit_bias: Option<serde_json::Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    /// Sent only when `false` (OpenAI's default is `true`, and some
+    /// compatible servers refuse the field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(flatten)]
+    format: WireFormat<'a>,
+}
+
+/// How the output's shape is asked for: OpenAI's `response_format`, or
+/// vLLM's `guided_regex` / `guided_grammar` (at most one: vLLM refuses two
+/// kinds of guided decoding in one request).
+#[derive(Serialize, Default)]
+struct WireFormat<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guided_regex: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guided_grammar: Option<&'a str>,
 }
 
 fn is_zero(v: &f32) -> bool {
@@ -194,7 +263,7 @@ fn is_zero(v: &f32) -> bool {
 }
 
 impl<'a> ChatBody<'a> {
-    fn new(req: &'a ProviderRequest) -> Result<Self, ProviderError> {
+    fn new(req: &'a ProviderRequest, dialect: OpenAiDialect) -> Result<Self, ProviderError> {
         let Sampling {
             max_tokens,
             temperature,
@@ -213,7 +282,10 @@ impl<'a> ChatBody<'a> {
             constraint,
         } = &req.sampling;
         refuse_token_level(stop_token_ids, *logprobs)?;
-        refuse_structured(logit_bias, constraint.as_ref())?;
+        let format = match constraint {
+            Some(c) => wire_format(c, dialect)?,
+            None => WireFormat::default(),
+        };
         Ok(Self {
             model: &req.upstream_model,
             messages: openai_messages(req),
@@ -233,8 +305,71 @@ impl<'a> ChatBody<'a> {
             min_p: (*min_p != 0.0).then_some(*min_p),
             repetition_penalty: (*repetition_penalty != 1.0).then_some(*repetition_penalty),
             ignore_eos: *ignore_eos,
+            // The router sends biases only where the deployment says its
+            // upstream shares the client's token ids.
+            logit_bias: (!logit_bias.is_empty()).then(|| {
+                logit_bias
+                    .iter()
+                    .map(|(id, bias)| (id.to_string(), Value::from(*bias)))
+                    .collect()
+            }),
+            tools: req.tools.as_ref().map(Tools::to_wire),
+            tool_choice: req.tools.as_ref().map(Tools::choice_to_wire),
+            parallel_tool_calls: req
+                .tools
+                .as_ref()
+                .and_then(|t| (!t.parallel).then_some(false)),
+            format,
         })
     }
+}
+
+/// The name an upstream's `json_schema` gets: the validated request keeps
+/// the schema but not the name the client gave it (which only labels it).
+const SCHEMA_NAME: &str = "response";
+
+/// A JSON format as OpenAI's `response_format` (YandexGPT's `jsonSchema`
+/// takes the same schema value).
+pub(super) fn schema_value(constraint: &Constraint, schema: &str) -> Result<Value, ProviderError> {
+    serde_json::from_str(schema).map_err(|e| ProviderError::Unsupported {
+        param: constraint.param.into(),
+        message: format!("the schema in '{}' is not JSON: {e}", constraint.param),
+    })
+}
+
+fn wire_format(
+    constraint: &Constraint,
+    dialect: OpenAiDialect,
+) -> Result<WireFormat<'_>, ProviderError> {
+    let mut format = WireFormat::default();
+    match (&constraint.spec, dialect) {
+        (GrammarSpec::JsonObject, _) => {
+            format.response_format = Some(serde_json::json!({"type": "json_object"}));
+        }
+        (GrammarSpec::JsonSchema { schema, strict }, _) => {
+            format.response_format = Some(serde_json::json!({
+                "type": "json_schema",
+                "json_schema": {
+                    "name": SCHEMA_NAME,
+                    "schema": schema_value(constraint, schema)?,
+                    "strict": strict,
+                }
+            }));
+        }
+        (GrammarSpec::Regex(regex), OpenAiDialect::Vllm) => format.guided_regex = Some(regex),
+        (GrammarSpec::Lark(lark), OpenAiDialect::Vllm) => format.guided_grammar = Some(lark),
+        (GrammarSpec::Regex(_) | GrammarSpec::Lark(_), OpenAiDialect::Openai) => {
+            return Err(ProviderError::Unsupported {
+                param: constraint.param.into(),
+                message: format!(
+                    "'{}' needs a grammar, which an OpenAI upstream cannot be given \
+                     (a vLLM one can: dialect = \"vllm\")",
+                    constraint.param
+                ),
+            })
+        }
+    }
+    Ok(format)
 }
 
 /// The knobs no upstream can honour for us.
@@ -259,210 +394,118 @@ pub(super) fn refuse_token_level(
     Ok(())
 }
 
-/// Structured output and token biases are the local engine's (pass-through
-/// to providers is not built): refused rather than silently dropped. The
-/// router sends such requests to local deployments only.
-pub(super) fn refuse_structured(
-    logit_bias: &[(u32, f32)],
-    constraint: Option<&crate::validate::Constraint>,
-) -> Result<(), ProviderError> {
-    if !logit_bias.is_empty() {
-        return Err(ProviderError::Unsupported {
-            param: "logit_bias".into(),
-            message: "logit_bias is not supported by an upstream provider (its tokenizer \
-                      differs)"
-                .into(),
-        });
-    }
-    if let Some(c) = constraint {
-        return Err(ProviderError::Unsupported {
-            param: c.param.into(),
-            message: format!("'{}' is served by local models only", c.param),
-        });
-    }
-    Ok(())
-}
-
-#[derive(Deserialize)]
-pub(super) struct WireUsage {
-    #[serde(default, deserialize_with = "saturating_count")]
-    prompt_tokens: usize,
-    #[serde(default, deserialize_with = "saturating_count")]
-    completion_tokens: usize,
-}
-
-impl WireUsage {
-    pub fn apply(&self, usage: &mut Usage) {
-        usage.prompt_tokens = self.prompt_tokens;
-        usage.completion_tokens = self.completion_tokens;
-    }
-}
-
-#[derive(Deserialize)]
-struct Completion {
-    choices: Vec<CompletionChoice>,
-    usage: Option<WireUsage>,
-}
-
-#[derive(Deserialize)]
-struct CompletionChoice {
-    #[serde(default)]
-    index: usize,
-    message: CompletionMessage,
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CompletionMessage {
-    #[serde(default)]
-    content: Option<String>,
-}
-
-/// A whole `chat.completion` object into an answer.
-pub(super) fn decode_completion(
-    body: &[u8],
-    n: usize,
-    finish: FinishNames,
-) -> Result<BoxAnswer, ProviderError> {
-    let completion: Completion = serde_json::from_slice(body)
-        .map_err(|e| ProviderError::Malformed(format!("chat completion: {e}")))?;
-    let mut decoded = Decoded::new(n);
-    for choice in completion.choices {
-        decoded.token(choice.index, choice.message.content.unwrap_or_default())?;
-        let reason = choice.finish_reason.as_deref().unwrap_or("stop");
-        decoded.finish(choice.index, finish(reason))?;
-    }
-    if let Some(u) = completion.usage {
-        u.apply(&mut decoded.usage);
-    }
-    ReadyAnswer::boxed(decoded)
-}
-
-#[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    choices: Vec<ChunkChoice>,
-    usage: Option<WireUsage>,
-    /// An error reported inside the stream.
-    error: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct ChunkChoice {
-    #[serde(default)]
-    index: usize,
-    #[serde(default)]
-    delta: Option<ChunkDelta>,
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ChunkDelta {
-    content: Option<String>,
-}
-
-/// `chat.completion.chunk` events, ended by `[DONE]`.
-pub(super) struct ChunkDecoder {
-    finish: FinishNames,
-}
-
-impl EventDecoder for ChunkDecoder {
-    fn decode(&mut self, payload: &str, out: &mut Decoded) -> Result<bool, ProviderError> {
-        if payload.trim() == "[DONE]" {
-            return Ok(true);
-        }
-        let chunk: Chunk = serde_json::from_str(payload)
-            .map_err(|e| ProviderError::Malformed(format!("stream chunk: {e}")))?;
-        if let Some(err) = chunk.error {
-            let message = err
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or("unknown error")
-                .to_string();
-            return Err(ProviderError::Transport(format!(
-                "the upstream reported an error mid-stream: {message}"
-            )));
-        }
-        for choice in chunk.choices {
-            if let Some(text) = choice.delta.and_then(|d| d.content) {
-                out.token(choice.index, text)?;
-            }
-            if let Some(reason) = choice.finish_reason {
-                out.finish(choice.index, (self.finish)(&reason))?;
-            }
-        }
-        if let Some(u) = chunk.usage {
-            u.apply(&mut out.usage);
-        }
-        Ok(false)
+/// A provider's refusal of what its API has no field for: never dropped
+/// silently (the router keeps such requests off it unless a config claims
+/// the capability wrongly).
+pub(super) fn unsupported(param: &str, provider: &str) -> ProviderError {
+    ProviderError::Unsupported {
+        param: param.into(),
+        message: format!("'{param}' cannot be expressed to {provider}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
-    use crate::answer::collect;
+    use crate::validate::{FunctionSpec, ToolChoice};
+    use sluice_models::{ChatMessage, ToolCall};
 
-    fn completion(finish: &str, usage: &str) -> Vec<u8> {
-        format!(
-            r#"{{"id": "chatcmpl-1", "object": "chat.completion", "choices": [{{"index": 0,
-            "message": {{"role": "assistant", "content": "Hi"}}, "finish_reason": "{finish}"}}],
-            "usage": {usage}}}"#
-        )
-        .into_bytes()
+    fn request(tools: Option<Tools>, constraint: Option<Constraint>) -> ProviderRequest {
+        let mut asked = ChatMessage::text("assistant", "");
+        asked.tool_calls = vec![ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        }];
+        let mut result = ChatMessage::text("tool", "sunny");
+        result.tool_call_id = Some("call_1".into());
+        ProviderRequest {
+            upstream_model: "up".into(),
+            messages: vec![ChatMessage::text("user", "Weather?"), asked, result],
+            sampling: Sampling {
+                constraint,
+                ..crate::providers::neutral_sampling()
+            },
+            n: 1,
+            stream: false,
+            tools,
+        }
     }
 
-    #[tokio::test]
-    async fn huge_upstream_token_counts_saturate_and_their_total_does_not_overflow() {
-        let usage = format!(
-            r#"{{"prompt_tokens": {}, "completion_tokens": 1e30}}"#,
-            usize::MAX
-        );
-        let mut answer = decode_completion(&completion("stop", &usage), 1, finish_reason).unwrap();
-        let choices = collect(answer.as_mut()).await.unwrap();
-        assert_eq!(choices[0].text, "Hi");
-        let usage = answer.usage();
-        assert_eq!(
-            (usage.prompt_tokens, usage.completion_tokens),
-            (usize::MAX, usize::MAX)
-        );
-        let wire = crate::wire::UsageWire::from(usage);
-        assert_eq!(wire.total_tokens, usize::MAX);
+    fn weather_tools(choice: ToolChoice, parallel: bool) -> Tools {
+        Tools {
+            functions: vec![FunctionSpec {
+                name: "get_weather".into(),
+                description: Some("Weather in a city".into()),
+                parameters: Some(
+                    json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                ),
+                strict: false,
+            }],
+            choice,
+            parallel,
+        }
     }
 
-    #[tokio::test]
-    async fn content_filter_reaches_the_answer_whole_and_streamed() {
-        let body = completion(
-            "content_filter",
-            r#"{"prompt_tokens": 3, "completion_tokens": 1}"#,
-        );
-        let mut answer = decode_completion(&body, 1, finish_reason).unwrap();
-        let choices = collect(answer.as_mut()).await.unwrap();
-        assert_eq!(choices[0].finish_reason, Some(FinishReason::ContentFilter));
-
-        let mut decoder = ChunkDecoder {
-            finish: finish_reason,
+    #[test]
+    fn tools_tool_turns_and_formats_reach_the_body_as_openai_expects() {
+        let constraint = Constraint {
+            spec: GrammarSpec::JsonSchema {
+                schema: r#"{"type":"object"}"#.into(),
+                strict: true,
+            },
+            param: "response_format",
         };
-        let mut out = Decoded::new(1);
-        decoder
-            .decode(
-                r#"{"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}"#,
-                &mut out,
-            )
-            .unwrap();
-        decoder
-            .decode(
-                r#"{"choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter"}]}"#,
-                &mut out,
-            )
-            .unwrap();
-        assert!(out.all_finished());
-        assert!(out.steps.iter().any(|s| matches!(
-            s,
-            crate::answer::Step::Finished {
-                reason: FinishReason::ContentFilter,
-                ..
-            }
-        )));
+        let req = request(
+            Some(weather_tools(ToolChoice::Required, false)),
+            Some(constraint),
+        );
+        let body =
+            serde_json::to_value(ChatBody::new(&req, OpenAiDialect::Openai).unwrap()).unwrap();
+        assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
+        assert_eq!(body["tool_choice"], "required");
+        assert_eq!(body["parallel_tool_calls"], false);
+        assert_eq!(body["response_format"]["type"], "json_schema");
+        assert_eq!(
+            body["response_format"]["json_schema"]["schema"],
+            json!({"type": "object"})
+        );
+        assert_eq!(body["response_format"]["json_schema"]["strict"], true);
+        let m = &body["messages"];
+        assert_eq!(m[1]["content"], Value::Null);
+        assert_eq!(m[1]["tool_calls"][0]["id"], "call_1");
+        assert_eq!(m[1]["tool_calls"][0]["type"], "function");
+        assert_eq!(
+            m[1]["tool_calls"][0]["function"]["arguments"],
+            r#"{"city":"Paris"}"#
+        );
+        assert_eq!(m[2]["role"], "tool");
+        assert_eq!(m[2]["tool_call_id"], "call_1");
+        assert!(body.get("guided_regex").is_none());
+
+        let plain = request(Some(weather_tools(ToolChoice::Auto, true)), None);
+        let body =
+            serde_json::to_value(ChatBody::new(&plain, OpenAiDialect::Openai).unwrap()).unwrap();
+        assert_eq!(body["tool_choice"], "auto");
+        assert!(body.get("parallel_tool_calls").is_none());
+        assert!(body.get("response_format").is_none());
+    }
+
+    #[test]
+    fn a_grammar_goes_to_vllm_as_guided_and_is_refused_by_openai() {
+        let regex = Constraint {
+            spec: GrammarSpec::Regex("[0-9]+".into()),
+            param: "guided_regex",
+        };
+        let req = request(None, Some(regex));
+        let body = serde_json::to_value(ChatBody::new(&req, OpenAiDialect::Vllm).unwrap()).unwrap();
+        assert_eq!(body["guided_regex"], "[0-9]+");
+        assert!(body.get("response_format").is_none());
+        match ChatBody::new(&req, OpenAiDialect::Openai) {
+            Err(ProviderError::Unsupported { param, .. }) => assert_eq!(param, "guided_regex"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 }

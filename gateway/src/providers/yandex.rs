@@ -3,6 +3,15 @@
 //! `role` and `text`), authorised by an `Api-Key` or an IAM `Bearer` token
 //! plus `x-folder-id`.
 //!
+//! Tools, as its API reference describes them (the REST `completion` body,
+//! read 2026-12): `tools: [{function: {name, description, parameters,
+//! strict}}]`, `toolChoice: {mode: NONE|AUTO|REQUIRED} | {functionName}`,
+//! `parallelToolCalls`, `jsonObject: true` / `jsonSchema: {schema}`; an
+//! assistant turn's calls as `toolCallList.toolCalls[].functionCall {name,
+//! arguments (an object)}`, results as `toolResultList.toolResults[].
+//! functionResult {name, content}`; an answer of calls has the status
+//! `ALTERNATIVE_STATUS_TOOL_CALLS`. Its calls carry no id: one is made up.
+//!
 //! Its stream is newline-delimited JSON, and each line carries the whole
 //! text so far (cumulative alternatives), not a delta. Design choice: we
 //! remember what was sent per choice and emit only the new suffix; if an
@@ -18,9 +27,9 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sluice_runtime::FinishReason;
 
-use super::answer::{Decoded, EventDecoder, ReadyAnswer, StreamAnswer};
-use super::messages::wire_messages;
-use super::openai_compat::{refuse_structured, refuse_token_level};
+use super::answer::{CallPiece, Decoded, EventDecoder, ReadyAnswer, StreamAnswer};
+use super::messages::{turns, Turn};
+use super::openai_compat::{refuse_token_level, schema_value, unsupported};
 use super::secret::read_secret;
 use super::sse_client::Framing;
 use super::usage::saturating_count;
@@ -30,7 +39,9 @@ use super::{
 };
 use crate::answer::BoxAnswer;
 use crate::config::Secret;
-use crate::validate::Sampling;
+use crate::validate::{Sampling, ToolChoice, Tools};
+use serde_json::Value;
+use sluice_runtime::GrammarSpec;
 
 const DEFAULT_BASE_URL: &str = "https://llm.api.cloud.yandex.net";
 
@@ -188,6 +199,16 @@ struct CompletionBody<'a> {
     model_uri: String,
     completion_options: CompletionOptions,
     messages: Vec<Message<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_object: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_schema: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -200,10 +221,126 @@ struct CompletionOptions {
     max_tokens: Option<String>,
 }
 
+/// One of `text`, `toolCallList` or `toolResultList`.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Message<'a> {
     role: &'a str,
-    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_list: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_result_list: Option<Value>,
+}
+
+/// Arguments as an object (the API's `arguments` is a Struct); text that
+/// is not a JSON object goes as a string.
+fn arguments_object(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => Value::String(text.to_string()),
+    }
+}
+
+/// The conversation in YandexGPT's shapes: an assistant's calls as its
+/// `toolCallList`, consecutive tool results as one `toolResultList` (each
+/// named after the function it answers), sent in the `user` role.
+fn yandex_messages(req: &ProviderRequest) -> Result<Vec<Message<'_>>, ProviderError> {
+    let mut out: Vec<Message<'_>> = Vec::with_capacity(req.messages.len());
+    let mut results: Vec<Value> = Vec::new();
+    let flush = |results: &mut Vec<Value>, out: &mut Vec<Message<'_>>| {
+        if !results.is_empty() {
+            out.push(Message {
+                role: "user",
+                text: None,
+                tool_call_list: None,
+                tool_result_list: Some(serde_json::json!({"toolResults": std::mem::take(results)})),
+            });
+        }
+    };
+    for turn in turns(&req.messages) {
+        match turn {
+            Turn::Result {
+                call_id,
+                name,
+                text,
+            } => {
+                let Some(name) = name else {
+                    return Err(ProviderError::Unsupported {
+                        param: "messages".into(),
+                        message: format!(
+                            "a tool message answers '{call_id}', which no earlier assistant turn \
+                             called: YandexGPT needs the function's name"
+                        ),
+                    });
+                };
+                results
+                    .push(serde_json::json!({"functionResult": {"name": name, "content": text}}));
+                continue;
+            }
+            Turn::Text { role, text } => {
+                flush(&mut results, &mut out);
+                out.push(Message {
+                    role,
+                    text: Some(text),
+                    tool_call_list: None,
+                    tool_result_list: None,
+                });
+            }
+            Turn::Calls { text: _, calls } => {
+                flush(&mut results, &mut out);
+                let calls: Vec<Value> = calls
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({"functionCall": {
+                            "name": c.name, "arguments": arguments_object(&c.arguments)}})
+                    })
+                    .collect();
+                out.push(Message {
+                    role: "assistant",
+                    text: None,
+                    tool_call_list: Some(serde_json::json!({ "toolCalls": calls })),
+                    tool_result_list: None,
+                });
+            }
+        }
+    }
+    flush(&mut results, &mut out);
+    Ok(out)
+}
+
+/// `tools`, `toolChoice` (`mode` NONE / AUTO / REQUIRED, or `functionName`)
+/// and `parallelToolCalls`.
+fn yandex_tools(tools: &Tools) -> (Vec<Value>, Value, bool) {
+    let functions = tools
+        .functions
+        .iter()
+        .map(|f| {
+            let mut function = serde_json::Map::new();
+            function.insert("name".into(), Value::from(f.name.as_str()));
+            if let Some(d) = &f.description {
+                function.insert("description".into(), Value::from(d.as_str()));
+            }
+            function.insert(
+                "parameters".into(),
+                f.parameters
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+            );
+            if f.strict {
+                function.insert("strict".into(), Value::Bool(true));
+            }
+            serde_json::json!({ "function": function })
+        })
+        .collect();
+    let choice = match &tools.choice {
+        ToolChoice::Auto => serde_json::json!({"mode": "AUTO"}),
+        ToolChoice::None => serde_json::json!({"mode": "NONE"}),
+        ToolChoice::Required => serde_json::json!({"mode": "REQUIRED"}),
+        ToolChoice::Function(name) => serde_json::json!({ "functionName": name }),
+    };
+    (functions, choice, tools.parallel)
 }
 
 impl<'a> CompletionBody<'a> {
@@ -226,7 +363,25 @@ impl<'a> CompletionBody<'a> {
             constraint,
         } = &req.sampling;
         refuse_token_level(stop_token_ids, *logprobs)?;
-        refuse_structured(logit_bias, constraint.as_ref())?;
+        if !logit_bias.is_empty() {
+            return Err(unsupported("logit_bias", "YandexGPT"));
+        }
+        let (json_object, json_schema) = match constraint {
+            None => (None, None),
+            Some(c) => match &c.spec {
+                GrammarSpec::JsonObject => (Some(true), None),
+                GrammarSpec::JsonSchema { schema, .. } => (
+                    None,
+                    Some(serde_json::json!({ "schema": schema_value(c, schema)? })),
+                ),
+                GrammarSpec::Regex(_) | GrammarSpec::Lark(_) => {
+                    return Err(unsupported(
+                        c.param,
+                        "YandexGPT (it takes JSON formats only)",
+                    ))
+                }
+            },
+        };
         let unsupported = [
             ("n", req.n != 1),
             ("top_k", *top_k != 0),
@@ -251,6 +406,13 @@ impl<'a> CompletionBody<'a> {
                 message: "YandexGPT accepts a temperature from 0 to 1".into(),
             });
         }
+        let (tools, tool_choice, parallel_tool_calls) = match &req.tools {
+            Some(t) => {
+                let (f, c, p) = yandex_tools(t);
+                (Some(f), Some(c), Some(p))
+            }
+            None => (None, None, None),
+        };
         Ok(Self {
             model_uri,
             completion_options: CompletionOptions {
@@ -258,7 +420,12 @@ impl<'a> CompletionBody<'a> {
                 temperature: *temperature,
                 max_tokens: max_tokens.map(|m| m.to_string()),
             },
-            messages: wire_messages(&req.messages, |role, text| Message { role, text }),
+            messages: yandex_messages(req)?,
+            tools,
+            tool_choice,
+            parallel_tool_calls,
+            json_object,
+            json_schema,
         })
     }
 }
@@ -283,9 +450,32 @@ struct Alternative {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct AlternativeMessage {
     #[serde(default)]
     text: String,
+    #[serde(default)]
+    tool_call_list: Option<WireToolCallList>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireToolCallList {
+    #[serde(default)]
+    tool_calls: Vec<WireToolCall>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireToolCall {
+    function_call: Option<WireFunctionCall>,
+}
+
+#[derive(Deserialize)]
+struct WireFunctionCall {
+    name: String,
+    #[serde(default)]
+    arguments: Option<Value>,
 }
 
 /// Token counts are int64s, written as strings (numbers accepted too).
@@ -301,12 +491,16 @@ struct WireUsage {
 /// Turns cumulative alternatives into deltas.
 struct CumulativeDecoder {
     sent: Vec<String>,
+    /// Per choice, the calls already handed on (a call list, like the
+    /// text, is repeated in every later line).
+    calls_sent: Vec<usize>,
 }
 
 impl CumulativeDecoder {
     fn new(num_choices: usize) -> Self {
         Self {
             sent: vec![String::new(); num_choices],
+            calls_sent: vec![0; num_choices],
         }
     }
 }
@@ -348,9 +542,41 @@ impl EventDecoder for CumulativeDecoder {
                 }
             }
             *sent = text;
+            // Calls carry no id: each gets one made up, once.
+            let calls = alt
+                .message
+                .tool_call_list
+                .map(|l| l.tool_calls)
+                .unwrap_or_default();
+            let done = self.calls_sent.get(choice).copied().unwrap_or(0);
+            for (index, call) in calls.into_iter().enumerate().skip(done) {
+                let Some(f) = call.function_call else {
+                    return Err(ProviderError::Malformed(
+                        "a tool call without a functionCall".into(),
+                    ));
+                };
+                let arguments = match f.arguments {
+                    None | Some(Value::Null) => "{}".to_string(),
+                    Some(Value::String(text)) => text,
+                    Some(other) => other.to_string(),
+                };
+                out.tool_call(
+                    choice,
+                    CallPiece {
+                        index,
+                        id: None,
+                        name: Some(f.name),
+                        arguments,
+                    },
+                )?;
+                if let Some(n) = self.calls_sent.get_mut(choice) {
+                    *n = index + 1;
+                }
+            }
             let reason = match alt.status.as_str() {
                 "ALTERNATIVE_STATUS_PARTIAL" | "ALTERNATIVE_STATUS_UNSPECIFIED" => None,
                 "ALTERNATIVE_STATUS_TRUNCATED_FINAL" => Some(FinishReason::Length),
+                "ALTERNATIVE_STATUS_TOOL_CALLS" => Some(FinishReason::ToolCalls),
                 // The client must see it, and the answer is never cached.
                 "ALTERNATIVE_STATUS_CONTENT_FILTER" => Some(FinishReason::ContentFilter),
                 _ => Some(FinishReason::Stop),
@@ -369,89 +595,4 @@ impl EventDecoder for CumulativeDecoder {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::answer::Step;
-
-    fn line(text: &str, status: &str) -> String {
-        serde_json::json!({"result": {"alternatives": [{"message": {"role": "assistant", "text": text}, "status": status}],
-            "usage": {"inputTextTokens": "7", "completionTokens": "3", "totalTokens": "10"}, "modelVersion": "23.10.2024"}})
-        .to_string()
-    }
-
-    fn tokens(d: &mut Decoded) -> Vec<String> {
-        d.steps
-            .drain(..)
-            .filter_map(|s| match s {
-                Step::Token { text, .. } => Some(text),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn cumulative_text_becomes_deltas() {
-        let mut dec = CumulativeDecoder::new(1);
-        let mut out = Decoded::new(1);
-        dec.decode(&line("При", "ALTERNATIVE_STATUS_PARTIAL"), &mut out)
-            .unwrap();
-        dec.decode(&line("Привет", "ALTERNATIVE_STATUS_PARTIAL"), &mut out)
-            .unwrap();
-        dec.decode(&line("Привет, мир", "ALTERNATIVE_STATUS_FINAL"), &mut out)
-            .unwrap();
-        assert!(out.all_finished());
-        assert_eq!(out.usage.prompt_tokens, 7);
-        assert_eq!(out.usage.completion_tokens, 3);
-        assert_eq!(tokens(&mut out), vec!["При", "вет", ", мир"]);
-    }
-
-    #[test]
-    fn a_rewritten_prefix_emits_nothing_and_resynchronises() {
-        let mut dec = CumulativeDecoder::new(1);
-        let mut out = Decoded::new(1);
-        dec.decode(&line("Hello wor", "ALTERNATIVE_STATUS_PARTIAL"), &mut out)
-            .unwrap();
-        dec.decode(
-            &line("Hello, world", "ALTERNATIVE_STATUS_PARTIAL"),
-            &mut out,
-        )
-        .unwrap();
-        dec.decode(
-            &line("Hello, world!", "ALTERNATIVE_STATUS_TRUNCATED_FINAL"),
-            &mut out,
-        )
-        .unwrap();
-        let steps: Vec<_> = out.steps.iter().map(|s| format!("{s:?}")).collect();
-        assert!(steps.last().unwrap().contains("Length"), "{steps:?}");
-        assert_eq!(tokens(&mut out), vec!["Hello wor", "!"]);
-    }
-
-    #[test]
-    fn content_filter_status_finishes_as_content_filter() {
-        let mut dec = CumulativeDecoder::new(1);
-        let mut out = Decoded::new(1);
-        dec.decode(&line("Я не", "ALTERNATIVE_STATUS_PARTIAL"), &mut out)
-            .unwrap();
-        dec.decode(&line("", "ALTERNATIVE_STATUS_CONTENT_FILTER"), &mut out)
-            .unwrap();
-        assert!(out.all_finished());
-        assert!(out.steps.iter().any(|s| matches!(
-            s,
-            Step::Finished {
-                reason: FinishReason::ContentFilter,
-                ..
-            }
-        )));
-    }
-
-    #[test]
-    fn huge_token_counts_saturate() {
-        let mut dec = CumulativeDecoder::new(1);
-        let mut out = Decoded::new(1);
-        let line = serde_json::json!({"result": {"alternatives": [{"message": {"role": "assistant", "text": "Hi"}, "status": "ALTERNATIVE_STATUS_FINAL"}],
-            "usage": {"inputTextTokens": "99999999999999999999999999", "completionTokens": usize::MAX.to_string()}}});
-        dec.decode(&line.to_string(), &mut out).unwrap();
-        assert_eq!(out.usage.prompt_tokens, usize::MAX);
-        assert_eq!(out.usage.completion_tokens, usize::MAX);
-    }
-}
+mod tests;

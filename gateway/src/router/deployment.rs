@@ -256,6 +256,7 @@ mod tests {
                 price: Price::default(),
                 max_concurrency: cap,
                 residency: Residency::OnPrem,
+                capabilities: crate::config::Capabilities::local_default(),
             },
             Target::Local {
                 model: "m".into(),

@@ -10,7 +10,9 @@
 //! One request goes: keep the deployments it may use (a sensitive request:
 //! `on_prem` only; a text completion or a request for log-probabilities:
 //! the local engine only, since providers speak chat and send no
-//! log-probabilities), drop those that cannot take it now (breaker open,
+//! log-probabilities; tools, a response format, a grammar or token biases:
+//! the deployments whose [`Capabilities`] say they can, see
+//! [`capability`]), drop those that cannot take it now (breaker open,
 //! at their concurrency cap, a local engine saturated by its load signals),
 //! order the rest by the route's [`Strategy`], and try them in that order.
 //! The first that commits to an answer wins; a failure before that moves on
@@ -24,6 +26,7 @@
 //! deployments.
 
 pub mod bandit;
+pub mod capability;
 pub mod deployment;
 mod measured;
 pub mod outcomes;
@@ -50,8 +53,8 @@ use crate::registry::Registry;
 use crate::validate::{Input, Job};
 
 pub use crate::config::{
-    DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
-    SaturationLimits, Strategy, TargetSpec,
+    Capabilities, Capability, DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales,
+    RouteSpec, SaturationLimits, Strategy, TargetSpec,
 };
 pub use deployment::{Deployment, Provenance, Target, COST_HEADER, DEPLOYMENT_HEADER};
 pub use outcomes::{DeploymentStats, InMemoryOutcomes, Outcome, OutcomeStore};
@@ -213,6 +216,7 @@ impl Router {
                 price: Price::default(),
                 max_concurrency: None,
                 residency: Residency::OnPrem,
+                capabilities: Capabilities::local_default(),
             };
             let target = Target::Local {
                 model: id.clone(),
@@ -446,6 +450,7 @@ impl Router {
                         sampling: job.sampling.clone(),
                         n: job.n,
                         stream: how.stream,
+                        tools: job.tools.clone(),
                     };
                     match resilience.chat(provider.as_ref(), &req).await {
                         Ok(answer) => {
@@ -563,22 +568,24 @@ impl Route {
     ) -> Result<Vec<Arc<Deployment>>, ApiError> {
         let chat = matches!(job.input, Input::Chat(_));
         let logprobs = job.sampling.logprobs.is_some();
-        // Grammars and token biases need the local engine (issue 16).
-        let local_only = job.sampling.constraint.as_ref().map(|c| c.param).or((!job
-            .sampling
-            .logit_bias
-            .is_empty())
-        .then_some("logit_bias"));
+        let needs = capability::needs(job);
         let mut usable = Vec::with_capacity(self.deployments.len());
         let mut residency_refused = false;
         let mut provider_refused = false;
+        // The first need a deployment (that could otherwise take the
+        // request) lacked: named in the 400 when none is left.
+        let mut lacking: Option<&capability::Need> = None;
         for d in &self.deployments {
             if sensitive && d.settings.residency != Residency::OnPrem {
                 residency_refused = true;
                 continue;
             }
-            if !d.is_local() && (!chat || logprobs || local_only.is_some()) {
+            if !d.is_local() && (!chat || logprobs) {
                 provider_refused = true;
+                continue;
+            }
+            if let Some(need) = capability::first_missing(d.settings.capabilities, &needs) {
+                lacking = lacking.or(Some(need));
                 continue;
             }
             usable.push(d.clone());
@@ -586,21 +593,15 @@ impl Route {
         if !usable.is_empty() {
             return Ok(usable);
         }
+        if let Some(need) = lacking {
+            return Err(ApiError::unsupported(need.param, need.message(model)));
+        }
         if residency_refused && !provider_refused {
             return Err(ApiError::invalid(
                 "model",
                 format!(
                     "`{model}` has no on_prem deployment, and this request is sensitive \
                      (x-sluice-sensitive or the API key's policy): it may not leave the machine"
-                ),
-            ));
-        }
-        if let Some(param) = local_only {
-            return Err(ApiError::unsupported(
-                param,
-                format!(
-                    "`{model}` is served by upstream providers here; '{param}' (structured \
-                     output, token biases) needs a local model"
                 ),
             ));
         }

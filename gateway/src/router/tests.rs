@@ -100,6 +100,11 @@ impl Provider for Scripted {
     }
 }
 
+fn openai_default_capabilities() -> Capabilities {
+    use crate::config::Capability::*;
+    Capabilities::of(&[Tools, ToolChoiceRequired, JsonObject, JsonSchema])
+}
+
 fn deployment(
     name: &str,
     provider: &str,
@@ -118,6 +123,7 @@ fn deployment(
             },
             max_concurrency: cap,
             residency,
+            capabilities: openai_default_capabilities(),
         },
         target: TargetSpec::Provider {
             provider: provider.into(),
@@ -462,4 +468,103 @@ async fn learned_strategy_moves_traffic_away_from_a_slow_deployment() {
     assert!(slow.calls() > 0, "the slow one was explored");
     assert!(slow_late <= 8, "slow answered {slow_late} of the last 40");
     assert!(r.stats("slow").ttft_ewma_ms > r.stats("fast").ttft_ewma_ms);
+}
+
+fn job_of(extra: serde_json::Value) -> Job {
+    let mut body = json!({"model": "pub", "messages": [{"role": "user", "content": "hi"}]});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    validate::chat(serde_json::from_value(body).unwrap())
+        .unwrap()
+        .job
+}
+
+fn weather() -> serde_json::Value {
+    json!([{"type": "function", "function": {"name": "get_weather"}}])
+}
+
+#[tokio::test]
+async fn a_request_goes_to_the_first_deployment_that_can_serve_what_it_asks() {
+    let (giga, openai) = (Scripted::new(false), Scripted::new(false));
+    let mut first = deployment("giga", "giga", 0, Residency::Cloud, None);
+    first.settings.capabilities = Capabilities::of(&[Capability::Tools]);
+    let spec = route(
+        Strategy::Fallback,
+        vec![first, deployment("oa", "openai", 1, Residency::Cloud, None)],
+    );
+    let r = router(spec, &[("giga", giga.clone()), ("openai", openai.clone())]);
+    let auto = job_of(json!({"tools": weather()}));
+    let routed = r.dispatch("pub", auto, how(false)).await.unwrap();
+    assert_eq!(&*routed.provenance.deployment.name, "giga");
+    let required = job_of(json!({"tools": weather(), "tool_choice": "required"}));
+    let routed = r.dispatch("pub", required, how(false)).await.unwrap();
+    assert_eq!(&*routed.provenance.deployment.name, "oa");
+    let schema = job_of(json!({"response_format": {"type": "json_object"}}));
+    let routed = r.dispatch("pub", schema, how(false)).await.unwrap();
+    assert_eq!(&*routed.provenance.deployment.name, "oa");
+    assert_eq!((giga.calls(), openai.calls()), (1, 2));
+}
+
+#[tokio::test]
+async fn no_deployment_able_to_serve_a_request_is_a_400_naming_the_parameter() {
+    let p = Scripted::new(false);
+    let mut only = deployment("giga", "giga", 0, Residency::Cloud, None);
+    only.settings.capabilities = Capabilities::of(&[Capability::Tools]);
+    let r = router(
+        route(Strategy::Fallback, vec![only]),
+        &[("giga", p.clone())],
+    );
+    let cases = [
+        (
+            json!({"tools": weather(), "tool_choice": "required"}),
+            "tool_choice",
+            "no deployment of model 'pub' supports 'tool_choice' (\"required\")",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
+            "response_format",
+            "no deployment of model 'pub' supports 'response_format' (json_schema)",
+        ),
+        (
+            json!({"logit_bias": {"5": 1}}),
+            "logit_bias",
+            "no deployment of model 'pub' supports 'logit_bias'",
+        ),
+    ];
+    for (extra, param, message) in cases {
+        let err = r
+            .dispatch("pub", job_of(extra), how(false))
+            .await
+            .err()
+            .unwrap();
+        match err {
+            ApiError::InvalidRequest {
+                param: p,
+                message: m,
+                ..
+            } => {
+                assert_eq!(p.as_deref(), Some(param));
+                assert_eq!(m, message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut none = deployment("bare", "giga", 0, Residency::Cloud, None);
+    none.settings.capabilities = Capabilities::NONE;
+    let r = router(
+        route(Strategy::Fallback, vec![none]),
+        &[("giga", p.clone())],
+    );
+    // A conversation carrying tool turns needs tools too, even offering none.
+    let turns = job_of(json!({"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]}));
+    match r.dispatch("pub", turns, how(false)).await.err().unwrap() {
+        ApiError::InvalidRequest { param, .. } => assert_eq!(param.as_deref(), Some("messages")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.calls(), 0);
 }

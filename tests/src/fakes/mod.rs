@@ -70,6 +70,7 @@ pub struct FakeControl {
     next_faults: Mutex<VecDeque<Fault>>,
     fault: Mutex<Option<Fault>>,
     reply: Mutex<Option<String>>,
+    tool_calls: Mutex<Option<Vec<FakeCall>>>,
     last_body: Mutex<Option<Value>>,
     last_headers: Mutex<Option<HeaderMap>>,
 }
@@ -110,6 +111,30 @@ impl FakeControl {
             .unwrap_or_else(|| DEFAULT_REPLY.to_string())
     }
 
+    /// Answer requests that offer tools (and do not say `none`) with these
+    /// calls instead of text, each in the upstream's own shapes: OpenAI's
+    /// streamed arguments cut into [`ARGUMENT_PIECE_CHARS`]-character pieces
+    /// (through escapes and multi-byte characters), GigaChat's single
+    /// `function_call` (the first call only: it makes one), YandexGPT's
+    /// `toolCallList`. `None`: text again.
+    pub fn set_tool_calls(&self, calls: Option<&[(&str, &str)]>) {
+        if let Ok(mut c) = self.tool_calls.lock() {
+            *c = calls.map(|calls| {
+                calls
+                    .iter()
+                    .map(|(name, arguments)| FakeCall {
+                        name: name.to_string(),
+                        arguments: arguments.to_string(),
+                    })
+                    .collect()
+            });
+        }
+    }
+
+    pub(crate) fn tool_calls(&self) -> Option<Vec<FakeCall>> {
+        self.tool_calls.lock().ok().and_then(|c| c.clone())
+    }
+
     /// The JSON body of the last generation request.
     pub fn last_body(&self) -> Option<Value> {
         self.last_body.lock().ok().and_then(|b| b.clone())
@@ -135,6 +160,31 @@ impl FakeControl {
         let queued = self.next_faults.lock().ok().and_then(|mut q| q.pop_front());
         queued.or_else(|| self.fault.lock().ok().and_then(|f| f.clone()))
     }
+}
+
+/// A call a fake answers with: a function name and its arguments' JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// Characters per streamed piece of a call's arguments (OpenAI fake).
+pub const ARGUMENT_PIECE_CHARS: usize = 5;
+
+/// Text cut into pieces of `n` characters.
+pub fn char_pieces(text: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(n).map(|c| c.iter().collect()).collect()
+}
+
+/// A 400 in OpenAI's error shape (what OpenAI answers a malformed conversation).
+fn bad_request(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": null}})),
+    )
+        .into_response()
 }
 
 pub const DEFAULT_REPLY: &str = "Hello from the fake upstream, nice to meet you.";

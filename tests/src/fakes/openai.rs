@@ -12,8 +12,9 @@ use axum::routing::post;
 use serde_json::{json, Value};
 
 use super::{
-    json_response, prompt_tokens, stream_body, unix_secs, whole_response_fault, word_chunks,
-    FakeControl, FakeServer, Fault, Frame, FILTERED_WORDS, GIGACHAT_BLACKLIST_REPLY,
+    bad_request, char_pieces, json_response, prompt_tokens, stream_body, unix_secs,
+    whole_response_fault, word_chunks, FakeCall, FakeControl, FakeServer, Fault, Frame,
+    ARGUMENT_PIECE_CHARS, FILTERED_WORDS, GIGACHAT_BLACKLIST_REPLY,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,32 @@ pub(super) async fn openai_like_chat(
     }
     let model = body["model"].as_str().unwrap_or("fake-model").to_string();
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    if let Err(message) = check_tool_turns(&messages, flavour) {
+        return bad_request(&message);
+    }
+    // A conversation that ends with a tool's result gets text: the model
+    // answers from the result, as real ones do.
+    let answered = matches!(
+        messages.last().and_then(|m| m["role"].as_str()),
+        Some("tool" | "function")
+    );
+    let calls = match flavour {
+        _ if answered => None,
+        Flavour::OpenAi if body["tools"].is_array() && body["tool_choice"] != "none" => {
+            control.tool_calls()
+        }
+        // GigaChat makes one call at most.
+        Flavour::GigaChat if body["functions"].is_array() && body["function_call"] != "none" => {
+            control.tool_calls().map(|mut c| {
+                c.truncate(1);
+                c
+            })
+        }
+        _ => None,
+    };
+    if let Some(calls) = calls.filter(|c| !c.is_empty()) {
+        return tool_call_answer(fault, &body, &messages, &calls, flavour);
+    }
     let n = body["n"].as_u64().unwrap_or(1) as usize;
     let stream = body["stream"].as_bool().unwrap_or(false);
     let include_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
@@ -220,4 +247,137 @@ pub(super) async fn openai_like_chat(
         _ => None,
     };
     stream_body(frames, every, "text/event-stream")
+}
+
+/// What the real APIs refuse in a conversation with tools: OpenAI, a `tool`
+/// turn that answers no earlier call; GigaChat, a `function` turn without
+/// the function's name or whose content is not JSON.
+fn check_tool_turns(messages: &[Value], flavour: Flavour) -> Result<(), String> {
+    let mut called: Vec<&str> = Vec::new();
+    for m in messages {
+        match (flavour, m["role"].as_str()) {
+            (Flavour::OpenAi, Some("assistant")) => {
+                for c in m["tool_calls"].as_array().into_iter().flatten() {
+                    if c["type"] != "function" || !c["function"]["arguments"].is_string() {
+                        return Err(
+                            "tool_calls need type 'function' and arguments as a string".into()
+                        );
+                    }
+                    called.extend(c["id"].as_str());
+                }
+            }
+            (Flavour::OpenAi, Some("tool")) => {
+                let id = m["tool_call_id"].as_str().unwrap_or_default();
+                if !called.contains(&id) {
+                    return Err("Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.".into());
+                }
+            }
+            (Flavour::GigaChat, Some("function")) => {
+                let json = m["content"]
+                    .as_str()
+                    .and_then(|c| serde_json::from_str::<Value>(c).ok());
+                if m["name"].as_str().is_none() || json.is_none() {
+                    return Err("function message needs a name and JSON content".into());
+                }
+            }
+            (Flavour::GigaChat, Some("tool")) => return Err("unknown role 'tool'".into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// An answer of calls, whole or streamed, in the flavour's shapes.
+fn tool_call_answer(
+    fault: Option<Fault>,
+    body: &Value,
+    messages: &[Value],
+    calls: &[FakeCall],
+    flavour: Flavour,
+) -> Response {
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let model = body["model"].as_str().unwrap_or("fake-model");
+    let pieces: Vec<Vec<String>> = calls
+        .iter()
+        .map(|c| char_pieces(&c.arguments, ARGUMENT_PIECE_CHARS))
+        .collect();
+    let completion: usize = pieces.iter().map(Vec::len).sum::<usize>() + calls.len();
+    let prompt = prompt_tokens(messages, "content");
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+    let id_of = |i: usize| format!("call_fake{i}x{}", "0".repeat(14));
+    let giga_call = |c: &FakeCall| json!({"name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::Null)});
+    let (message, finish) = match flavour {
+        Flavour::OpenAi => (
+            json!({"role": "assistant", "content": null, "tool_calls": calls.iter().enumerate().map(|(i, c)| json!({
+                "id": id_of(i), "type": "function", "function": {"name": c.name, "arguments": c.arguments}})).collect::<Vec<_>>()}),
+            "tool_calls",
+        ),
+        Flavour::GigaChat => (
+            json!({"role": "assistant", "content": "", "function_call": giga_call(&calls[0]),
+                   "functions_state_id": "77d3fb14-457a-46ba-937e-8d856156d003"}),
+            "function_call",
+        ),
+    };
+    if !stream {
+        return axum::Json(json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": unix_secs(), "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Option<&str>, usage: Option<&Value>| -> Frame {
+        let mut c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": unix_secs(),
+            "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if let Some(u) = usage {
+            c["usage"] = u.clone();
+        }
+        Frame::Data(Bytes::from(format!("data: {c}\n\n")))
+    };
+    let mut frames = Vec::new();
+    match flavour {
+        Flavour::GigaChat => {
+            // GigaChat sends its call whole, in the last chunk, with usage.
+            frames.push(chunk(message, Some(finish), Some(&usage)));
+        }
+        Flavour::OpenAi => {
+            frames.push(chunk(
+                json!({"role": "assistant", "content": null}),
+                None,
+                None,
+            ));
+            let mut sent = 0;
+            for (i, (call, pieces)) in calls.iter().zip(&pieces).enumerate() {
+                frames.push(chunk(
+                    json!({"tool_calls": [{"index": i, "id": id_of(i), "type": "function",
+                        "function": {"name": call.name, "arguments": ""}}]}),
+                    None,
+                    None,
+                ));
+                for piece in pieces {
+                    if let Some(Fault::ResetAfter { chunks }) = fault {
+                        if sent == chunks {
+                            frames.push(Frame::Reset);
+                            return stream_body(frames, None, "text/event-stream");
+                        }
+                    }
+                    frames.push(chunk(
+                        json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                        None,
+                        None,
+                    ));
+                    sent += 1;
+                }
+            }
+            frames.push(chunk(json!({}), Some(finish), None));
+            if body["stream_options"]["include_usage"].as_bool() == Some(true) {
+                let mut c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                    "created": unix_secs(), "model": model, "choices": [], "usage": usage});
+                c["system_fingerprint"] = json!("fp_fake");
+                frames.push(Frame::Data(Bytes::from(format!("data: {c}\n\n"))));
+            }
+        }
+    }
+    frames.push(Frame::Data(Bytes::from_static(b"data: [DONE]\n\n")));
+    stream_body(frames, None, "text/event-stream")
 }

@@ -74,6 +74,57 @@ async fn completion(
     let options = &body["completionOptions"];
     let stream = options["stream"].as_bool().unwrap_or(false);
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    for m in &messages {
+        let fields = ["text", "toolCallList", "toolResultList"]
+            .iter()
+            .filter(|f| m.get(**f).is_some())
+            .count();
+        let results = m["toolResultList"]["toolResults"].as_array();
+        let nameless = results
+            .into_iter()
+            .flatten()
+            .any(|r| r["functionResult"]["name"].as_str().is_none());
+        if fields != 1 || nameless {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "a message needs exactly one of text, toolCallList, toolResultList; each functionResult a name",
+            );
+        }
+    }
+    let calls = state
+        .control
+        .tool_calls()
+        .filter(|c| {
+            !c.is_empty() && body["tools"].is_array() && body["toolChoice"]["mode"] != "NONE"
+        })
+        // A conversation that ends with results gets text.
+        .filter(|_| {
+            messages
+                .last()
+                .is_none_or(|m| m.get("toolResultList").is_none())
+        });
+    if let Some(calls) = calls {
+        let list: Vec<Value> = calls
+            .iter()
+            .map(|c| {
+                json!({"functionCall": {"name": c.name,
+                "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or(Value::Null)}})
+            })
+            .collect();
+        let input = prompt_tokens(&messages, "text");
+        let line = json!({"result": {
+            "alternatives": [{"message": {"role": "assistant", "toolCallList": {"toolCalls": list}},
+                              "status": "ALTERNATIVE_STATUS_TOOL_CALLS"}],
+            "usage": {"inputTextTokens": input.to_string(), "completionTokens": "12", "totalTokens": (input + 12).to_string()},
+            "modelVersion": "23.10.2024",
+        }});
+        let mut r = Response::new(axum::body::Body::from(format!("{line}\n")));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
+        return r;
+    }
     let mut words = word_chunks(&state.control.reply());
     let mut final_status = "ALTERNATIVE_STATUS_FINAL";
     if fault == Some(Fault::ContentFilter) {

@@ -6,8 +6,9 @@
 //! mapping tests; [`failures`] the injected failures and the breaker,
 //! [`gigachat_tokens`] the token exchange. Two modules start the real
 //! binary in front of the fakes: [`content_filter`] (each provider's filter
-//! reaches the client and is never cached) and [`in_flight`] (the
-//! deployment and server in-flight caps).
+//! reaches the client and is never cached), [`in_flight`] (the
+//! deployment and server in-flight caps) and [`tool_calls`] (tools through
+//! every provider, capability routing, cached calls, the Python SDK).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../common/mod.rs"]
@@ -16,6 +17,7 @@ mod content_filter;
 mod failures;
 mod gigachat_tokens;
 mod in_flight;
+mod tool_calls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,6 +68,7 @@ fn request(model: &str, stream: bool) -> ProviderRequest {
         sampling: sampling(),
         n: 1,
         stream,
+        tools: None,
     }
 }
 
@@ -106,6 +109,7 @@ fn openai_config(fake: &fakes::FakeServer, key: &KeyFile) -> ProviderConfig {
         api_key_env: None,
         api_key_file: Some(key.path.clone()),
         headers: [("OpenAI-Organization".to_string(), "org-fake".to_string())].into(),
+        dialect: Default::default(),
         resilience: quick(3),
     }
 }

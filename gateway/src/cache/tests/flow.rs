@@ -107,10 +107,12 @@ async fn an_answer_with_any_choice_ended_by_a_content_filter_is_not_stored() {
             StoredChoice {
                 text: "Paris.".into(),
                 finish_reason: FinishReason::Stop,
+                tool_calls: Vec::new(),
             },
             StoredChoice {
                 text: "I cannot talk about that.".into(),
                 finish_reason: FinishReason::ContentFilter,
+                tool_calls: Vec::new(),
             },
         ],
         usage: Usage::default(),
@@ -203,10 +205,12 @@ fn replay_keeps_every_choice_whole() {
             StoredChoice {
                 text: "Ünïcödé текст with many words in it, enough for chunks".into(),
                 finish_reason: FinishReason::Length,
+                tool_calls: Vec::new(),
             },
             StoredChoice {
                 text: String::new(),
                 finish_reason: FinishReason::Stop,
+                tool_calls: Vec::new(),
             },
         ],
         usage: Usage::default(),

@@ -3,6 +3,7 @@
 
 mod embedders;
 mod flow;
+mod tool_calls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -423,6 +424,7 @@ fn answer(text: &str) -> Arc<StoredAnswer> {
         choices: vec![StoredChoice {
             text: text.into(),
             finish_reason: FinishReason::Stop,
+            tool_calls: Vec::new(),
         }],
         usage: Usage {
             prompt_tokens: 3,

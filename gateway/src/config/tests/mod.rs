@@ -523,3 +523,50 @@ fn http_threads_default_to_half_the_cores_and_refuse_zero() {
     let err = err_of("[server]\nhttp_threads = 0\n", &[]);
     assert!(err.contains("server.http_threads"), "{err}");
 }
+
+#[test]
+fn capabilities_default_by_kind_and_a_deployment_list_replaces_them() {
+    use super::Capability::*;
+    let cfg = load_str(ROUTED, &[]).unwrap();
+    let [local, cloud] = &cfg.routes[0].deployments[..] else {
+        panic!("two deployments")
+    };
+    assert_eq!(local.settings.capabilities, Capabilities::all());
+    assert_eq!(
+        cloud.settings.capabilities,
+        Capabilities::of(&[Tools, ToolChoiceRequired, JsonObject, JsonSchema])
+    );
+    let vllm = ROUTED.replace(
+        "base_url = \"http://127.0.0.1:9/v1\"",
+        "base_url = \"http://127.0.0.1:9/v1\"\ndialect = \"vllm\"",
+    );
+    let cfg = load_str(&vllm, &[]).unwrap();
+    assert_eq!(
+        cfg.routes[0].deployments[1].settings.capabilities,
+        Capabilities::all()
+    );
+    let listed = ROUTED.replace(
+        "priority = 1",
+        "priority = 1\ncapabilities = [\"json_object\"]",
+    );
+    let cfg = load_str(&listed, &[]).unwrap();
+    assert_eq!(
+        cfg.routes[0].deployments[1].settings.capabilities,
+        Capabilities::of(&[JsonObject])
+    );
+    let bad = ROUTED.replace(
+        "priority = 1",
+        "priority = 1\ncapabilities = [\"mind_reading\"]",
+    );
+    let err = err_of(&bad, &[]);
+    assert!(
+        err.contains("routes[0].deployments[1].capabilities"),
+        "{err}"
+    );
+    assert!(err.contains("mind_reading"), "{err}");
+    let bad_dialect = ROUTED.replace(
+        "base_url = \"http://127.0.0.1:9/v1\"",
+        "base_url = \"http://127.0.0.1:9/v1\"\ndialect = \"ollama\"",
+    );
+    assert!(err_of(&bad_dialect, &[]).contains("ollama"));
+}
