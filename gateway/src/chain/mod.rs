@@ -127,12 +127,6 @@ impl Chain {
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
         let req = self.for_known_model(request.validate()?)?;
         crate::keys::allow_model(&caller.principal, &req.model)?;
-        if req.job.tools.is_some() {
-            return Err(ApiError::unsupported(
-                "tools",
-                "tool calling is not available on this server yet",
-            ));
-        }
         let admission = self
             .limits
             .admit(&caller.principal, &req.model, &req.job)
