@@ -142,7 +142,10 @@ async fn calls_of(body: &Value) -> (Vec<(String, String, String)>, Option<String
             let entry = calls.entry(index).or_insert_with(|| {
                 assert_eq!(delta["type"], "function", "first delta of a call: {delta}");
                 (
-                    delta["id"].as_str().expect("first delta has the id").to_string(),
+                    delta["id"]
+                        .as_str()
+                        .expect("first delta has the id")
+                        .to_string(),
                     delta["function"]["name"]
                         .as_str()
                         .expect("first delta has the name")
@@ -235,7 +238,10 @@ async fn a_named_function_is_called_with_arguments_that_match_its_schema() {
         assert_eq!(plain.len(), 1);
         assert_eq!(plain[0].0, name);
         let streamed = forced_call_validates(named(name), true).await;
-        assert_eq!(streamed, plain, "streamed deltas reassemble into the same call");
+        assert_eq!(
+            streamed, plain,
+            "streamed deltas reassemble into the same call"
+        );
     }
 }
 
@@ -287,9 +293,18 @@ async fn bad_tool_inputs_are_400_naming_the_field() {
     let base = request(json!("auto"), false);
     let cases = [
         (json!({"tools": {"type": "function"}}), "tools"),
-        (json!({"tools": [{"type": "function", "function": {"name": "a b"}}]}), "tools[0].function.name"),
-        (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}), "tools[0].function.parameters"),
-        (json!({"tool_choice": named("delete_everything")}), "tool_choice"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "a b"}}]}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}),
+            "tools[0].function.parameters",
+        ),
+        (
+            json!({"tool_choice": named("delete_everything")}),
+            "tool_choice",
+        ),
         (json!({"tool_choice": "sometimes"}), "tool_choice"),
         (
             json!({"tool_choice": "required",
@@ -338,13 +353,17 @@ async fn a_tool_constrained_sequence_answers_the_same_beside_others() {
         calls_of(&others[1]),
         post(server(), "/v1/chat/completions", &others[2]),
     );
-    let strip = |(calls, content, finish): (Vec<(String, String, String)>, Option<String>, String)| {
-        (
-            calls.into_iter().map(|(_, n, a)| (n, a)).collect::<Vec<_>>(),
-            content,
-            finish,
-        )
-    };
+    let strip =
+        |(calls, content, finish): (Vec<(String, String, String)>, Option<String>, String)| {
+            (
+                calls
+                    .into_iter()
+                    .map(|(_, n, a)| (n, a))
+                    .collect::<Vec<_>>(),
+                content,
+                finish,
+            )
+        };
     assert_eq!(strip(together), strip(alone));
 }
 

@@ -33,7 +33,9 @@ pub fn call_grammar(
     match answer {
         Some(spec) => {
             let json = answer_json(spec)?;
-            lark.push_str(&format!("start: calls | answer\ncalls: {calls}\nanswer: %json {json}\n"));
+            lark.push_str(&format!(
+                "start: calls | answer\ncalls: {calls}\nanswer: %json {json}\n"
+            ));
         }
         None => lark.push_str(&format!("start: {calls}\n")),
     }

@@ -32,12 +32,18 @@ enum State {
     FirstKey,
     /// After `,` in an object: a key.
     Key,
-    KeyString { escaped: bool },
+    KeyString {
+        escaped: bool,
+    },
     Colon,
-    String { escaped: bool },
+    String {
+        escaped: bool,
+    },
     Number,
     /// The rest of `true`, `false` or `null`.
-    Literal { rest: &'static str },
+    Literal {
+        rest: &'static str,
+    },
     /// After a value inside a container: `,` or its closer.
     After,
 }
@@ -229,7 +235,10 @@ mod tests {
     #[test]
     fn finds_where_a_value_ends() {
         let obj = r#"{"a": [1, -2.5e3, "x\"}"], "b": {"c": null, "d": true}} tail"#;
-        assert_eq!(scan(obj), Some((obj.find(" tail").unwrap() - 1, Scan::Done)));
+        assert_eq!(
+            scan(obj),
+            Some((obj.find(" tail").unwrap() - 1, Scan::Done))
+        );
         assert_eq!(scan("\"s\\\\\" x"), Some((4, Scan::Done)));
         assert_eq!(scan("12 "), Some((2, Scan::EndedBefore)));
         assert_eq!(scan("[] "), Some((1, Scan::Done)));

@@ -48,14 +48,12 @@ impl<A: Answer> ToolCalls<A> {
     /// Wraps `inner`; its text is parsed for calls to `tools` written in
     /// `format` unless the request forbids calls (`tool_choice: "none"`).
     pub fn new(inner: A, tools: Option<&Tools>, format: ToolFormat) -> Self {
-        let parsers = tools
-            .filter(|t| t.choice != ToolChoice::None)
-            .map(|t| {
-                let names: Vec<String> = t.functions.iter().map(|f| f.name.clone()).collect();
-                (0..inner.num_choices())
-                    .map(|_| Parser::new(format, names.clone()))
-                    .collect()
-            });
+        let parsers = tools.filter(|t| t.choice != ToolChoice::None).map(|t| {
+            let names: Vec<String> = t.functions.iter().map(|f| f.name.clone()).collect();
+            (0..inner.num_choices())
+                .map(|_| Parser::new(format, names.clone()))
+                .collect()
+        });
         Self {
             inner,
             parsers,
@@ -87,8 +85,7 @@ impl<A: Answer> ToolCalls<A> {
                     };
                     let mut logprob = logprob;
                     for piece in parser.feed(&text) {
-                        self.ready
-                            .push_back(to_step(choice, piece, &mut logprob));
+                        self.ready.push_back(to_step(choice, piece, &mut logprob));
                     }
                 }
                 Step::Finished {

@@ -22,9 +22,15 @@ use super::json::{JsonScanner, Scan};
 pub enum Piece {
     Text(String),
     /// A call begins: its position among the choice's calls and its function.
-    Call { index: usize, name: String },
+    Call {
+        index: usize,
+        name: String,
+    },
     /// More of call `index`'s arguments (JSON text).
-    Arguments { index: usize, text: String },
+    Arguments {
+        index: usize,
+        text: String,
+    },
 }
 
 /// One choice's incremental tool-call reader.
@@ -63,14 +69,18 @@ enum At {
     /// After the marker: `{` or `[`.
     BodyStart,
     /// In an array: `{`, or `]` when `first`.
-    Item { first: bool },
+    Item {
+        first: bool,
+    },
     Object(Call),
     /// After a call object: `,`/`]` in an array, else the body ends.
     AfterObject,
     /// After the body: the closing marker, `;` (Llama 3) or anything.
     BodyEnd,
     /// Part of the closing marker read.
-    Close { matched: usize },
+    Close {
+        matched: usize,
+    },
 }
 
 /// A call object being read.

@@ -57,7 +57,11 @@ fn parse(format: ToolFormat, text: &str) -> Parsed {
     }
     let chars: Vec<String> = text.chars().map(String::from).collect();
     let chars: Vec<&str> = chars.iter().map(String::as_str).collect();
-    assert_eq!(parse_chunks(format, &chars), whole, "{format:?} char by char");
+    assert_eq!(
+        parse_chunks(format, &chars),
+        whole,
+        "{format:?} char by char"
+    );
     whole
 }
 
@@ -123,7 +127,8 @@ fn llama3_reads_bare_json_python_tag_and_semicolons() {
         parse(ToolFormat::Llama3, bare),
         calls_only(vec![call("get_weather", "{\"city\": \"Lima\"}")])
     );
-    let tagged = "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Lima\"}}; \
+    let tagged =
+        "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Lima\"}}; \
                   {\"name\": \"send_mail\", \"parameters\": {}}";
     assert_eq!(
         parse(ToolFormat::Llama3, tagged),
@@ -261,8 +266,10 @@ fn weather_tools(choice: ToolChoice) -> Tools {
         functions: vec![FunctionSpec {
             name: "get_weather".into(),
             description: None,
-            parameters: Some(json!({"type": "object", "properties": {"city": {"type": "string"}},
-                                    "required": ["city"]})),
+            parameters: Some(
+                json!({"type": "object", "properties": {"city": {"type": "string"}},
+                                    "required": ["city"]}),
+            ),
             strict: true,
         }],
         choice,
@@ -327,10 +334,7 @@ fn forced_choices_get_a_grammar_per_family_and_auto_none() {
         };
         assert!(lark.contains("\\\"get_weather\\\""), "{lark}");
         assert!(lark.contains("%json"), "{lark}");
-        assert!(
-            lark.contains(format.arguments_key()),
-            "{format:?}: {lark}"
-        );
+        assert!(lark.contains(format.arguments_key()), "{format:?}: {lark}");
     }
     assert_eq!(
         call_grammar(ToolFormat::Hermes, &weather_tools(ToolChoice::Auto), None),

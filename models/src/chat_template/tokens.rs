@@ -36,7 +36,13 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, ModelError> {
-        self.render_tokens_with_tools(tokenizer, messages, &[], self.tool_format(), add_generation_prompt)
+        self.render_tokens_with_tools(
+            tokenizer,
+            messages,
+            &[],
+            self.tool_format(),
+            add_generation_prompt,
+        )
     }
 
     /// [`ChatTemplate::render_tokens`] with tools offered (see
@@ -85,7 +91,11 @@ impl ChatTemplate {
 /// Escapes every string inside `value` (see [`escape`]); object keys are
 /// left as they are (a template prints schema keys, but a key that spells a
 /// special token would only confuse its own tool's schema).
-fn escape_strings(tokenizer: &Tokenizer, value: &mut serde_json::Value, literals: &mut Vec<String>) {
+fn escape_strings(
+    tokenizer: &Tokenizer,
+    value: &mut serde_json::Value,
+    literals: &mut Vec<String>,
+) {
     match value {
         serde_json::Value::String(s) => {
             let escaped = escape(tokenizer, s, literals);
