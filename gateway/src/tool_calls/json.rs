@@ -151,11 +151,6 @@ impl JsonScanner {
         }
     }
 
-    /// Whether the value began with `{` (arguments must be an object).
-    pub fn is_object(&self) -> bool {
-        self.stack.first() == Some(&Container::Object)
-    }
-
     fn start_value(&mut self, c: char) -> Scan {
         self.state = match c {
             '{' => {

@@ -157,10 +157,15 @@ impl Parser {
     /// The answer ended: everything held comes out, an unfinished region
     /// as text (unless one of its calls was announced).
     pub fn finish(&mut self) -> Vec<Piece> {
-        if matches!(self.state, State::Region(_)) {
-            // Whole calls are out already; what follows them (a missing
-            // closing marker, a cut-off call) is text unless announced.
-            self.malformed();
+        match &self.state {
+            // The body is whole: what is left is the wrapper's end.
+            State::Region(Region {
+                at: At::BodyEnd | At::Close { .. },
+                ..
+            }) => self.end_region(),
+            // A cut-off call is text, unless announced.
+            State::Region(_) => self.malformed(),
+            State::Text => {}
         }
         self.release(true);
         std::mem::take(&mut self.out)

@@ -67,6 +67,7 @@ async fn miss_then_exact_hit_replays_the_recorded_answer_in_chunks() {
         match step {
             Step::Token { text, .. } => pieces.push(text),
             Step::Finished { reason, .. } => finished = Some(reason),
+            Step::ToolCall { .. } => panic!("a text answer replays no tool call"),
             Step::Failed(e) => panic!("{e}"),
         }
     }
