@@ -130,7 +130,11 @@ async fn calls_of(body: &Value) -> (Vec<(String, String, String)>, Option<String
         let Some(choice) = chunk["choices"].get(0) else {
             continue;
         };
-        if let Some(t) = choice["delta"]["content"].as_str() {
+        // The first chunk's `"content": ""` (beside the role) is no text.
+        if let Some(t) = choice["delta"]["content"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+        {
             content.get_or_insert_with(String::new).push_str(t);
         }
         for delta in choice["delta"]["tool_calls"]
