@@ -1,6 +1,7 @@
 //! From a validated [`Job`] to the engine's events: tokenise (chat template or
-//! plain text), resolve `max_tokens` against the context, submit one engine
-//! sequence per choice, and merge their event streams into one [`Generation`].
+//! plain text, with the request's tools), resolve `max_tokens` against the
+//! context, submit one engine sequence per choice, and merge their event
+//! streams into one [`Generation`], read for tool calls ([`ToolCalls`]).
 //!
 //! Dropping a [`Generation`] drops every engine stream in it, which cancels
 //! the sequences: a client that disconnects frees its KV blocks within a step.
@@ -9,14 +10,15 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
-use sluice_models::ModelError;
+use sluice_models::{ModelError, ToolFormat};
 use sluice_runtime::{EngineEvent, EngineHandle, EventStream, GenerateRequest, Usage};
 use tokio::time::Instant;
 
 use crate::answer::{Answer, Step};
 use crate::error::ApiError;
 use crate::registry::ReadyModel;
-use crate::validate::{Input, Job};
+use crate::tool_calls::{call_grammar, ToolCalls};
+use crate::validate::{Constraint, Input, Job, ToolChoice, Tools};
 
 /// The tokenised choices of one request.
 #[derive(Debug)]
@@ -45,12 +47,14 @@ pub async fn start(
     model: &ReadyModel,
     job: Job,
     timeout: Duration,
-) -> Result<Generation, ApiError> {
+) -> Result<ToolCalls<Generation>, ApiError> {
     let engine = model.engine.clone();
     let default_max_tokens = model.slot.config.default_max_tokens;
+    let format = tool_format(model);
+    let tools = job.tools.clone();
     // Rendering and BPE are CPU work proportional to the prompt: off the
     // async workers, so a long prompt does not stall other connections.
-    let plan = tokio::task::spawn_blocking(move || plan(&engine, default_max_tokens, job))
+    let plan = tokio::task::spawn_blocking(move || plan(&engine, default_max_tokens, job, format))
         .await
         .map_err(|e| ApiError::Internal(format!("tokenising failed: {e}")))??;
     let retry_after = retry_after(&model.engine);
@@ -70,7 +74,7 @@ pub async fn start(
             .enumerate()
             .map(|(choice, events)| choice_events(choice, events)),
     );
-    Ok(Generation {
+    let generation = Generation {
         events,
         deadline: Instant::now() + timeout,
         timeout,
@@ -78,7 +82,19 @@ pub async fn start(
         prompt_tokens: plan.prompt_tokens,
         usage,
         failed: false,
-    })
+    };
+    Ok(ToolCalls::new(generation, tools.as_ref(), format))
+}
+
+/// How the model writes tool calls: its config's `tool_parser`, else what
+/// its chat template shows.
+fn tool_format(model: &ReadyModel) -> ToolFormat {
+    model
+        .slot
+        .config
+        .tool_parser
+        .or_else(|| model.engine.chat_template().map(|t| t.tool_format()))
+        .unwrap_or(ToolFormat::Hermes)
 }
 
 /// One choice's events, tagged with its index. An engine stream that ends
@@ -116,11 +132,23 @@ fn retry_after(engine: &EngineHandle) -> Duration {
     Duration::from_secs(secs.clamp(1.0, 60.0) as u64)
 }
 
-fn plan(engine: &EngineHandle, default_max_tokens: usize, job: Job) -> Result<Plan, ApiError> {
+fn plan(
+    engine: &EngineHandle,
+    default_max_tokens: usize,
+    job: Job,
+    format: ToolFormat,
+) -> Result<Plan, ApiError> {
     let Job {
-        input, sampling, n, ..
+        input,
+        mut sampling,
+        n,
+        tools,
+        ..
     } = job;
-    let (prompts, prompt_param) = tokenize(engine, input)?;
+    if let Some(tools) = &tools {
+        sampling.constraint = tool_constraint(tools, format, sampling.constraint.take())?;
+    }
+    let (prompts, prompt_param) = tokenize(engine, input, tools.as_ref(), format)?;
     let info = engine.info();
     if let Some((i, &id)) = sampling
         .stop_token_ids
@@ -187,10 +215,43 @@ fn plan(engine: &EngineHandle, default_max_tokens: usize, job: Job) -> Result<Pl
     Ok(plan)
 }
 
+/// The constraint of a request with tools: calls forced for `required` and
+/// a named function; with `auto`, a JSON `response_format` becomes "a call
+/// or that JSON"; with `none`, the `response_format` alone.
+fn tool_constraint(
+    tools: &Tools,
+    format: ToolFormat,
+    response_format: Option<Constraint>,
+) -> Result<Option<Constraint>, ApiError> {
+    let forced = matches!(tools.choice, ToolChoice::Required | ToolChoice::Function(_));
+    if forced && response_format.is_some() {
+        return Err(ApiError::invalid(
+            "response_format",
+            "'response_format' cannot be combined with a 'tool_choice' that forces a call \
+             (\"required\" or a named function): the answer is the call",
+        ));
+    }
+    let answer = response_format.as_ref().map(|c| &c.spec);
+    match call_grammar(format, tools, answer) {
+        Some(spec) => Ok(Some(Constraint {
+            spec,
+            param: if response_format.is_some() {
+                "response_format"
+            } else {
+                "tools"
+            },
+        })),
+        None => Ok(response_format),
+    }
+}
+
 /// Token ids of each prompt, and the name of the parameter they came from.
+/// Tools are shown to the model unless `tool_choice` is `none`.
 fn tokenize(
     engine: &EngineHandle,
     input: Input,
+    tools: Option<&Tools>,
+    format: ToolFormat,
 ) -> Result<(Vec<Vec<u32>>, &'static str), ApiError> {
     let tokenizer = engine.tokenizer();
     let encode_err = |param: &'static str| {
@@ -207,8 +268,15 @@ fn tokenize(
             // Special-token text inside a message stays plain text: only the
             // template's own structure yields control ids. The template
             // already writes BOS where the model wants it.
+            let offered = match tools {
+                Some(t) if t.choice != ToolChoice::None => match t.to_wire() {
+                    serde_json::Value::Array(functions) => functions,
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
             let ids = template
-                .render_tokens(tokenizer, &messages, true)
+                .render_tokens_with_tools(tokenizer, &messages, &offered, format, true)
                 .map_err(|e| match e {
                     // The template's own complaint (bad role order, say) is the client's to fix.
                     ModelError::Template(message) => ApiError::invalid("messages", message),

@@ -34,7 +34,9 @@
 //!   [`guard`], [`cache`], [`router`], [`providers`],
 //!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`],
 //!   [`store`] (the durable store), [`spend`] (the spend log and its
-//!   reports), [`audit`] (the audit log and its sinks). They
+//!   reports), [`audit`] (the audit log and its sinks), [`tool_calls`]
+//!   (the local engine's tool calls: parsed per model family, forced by a
+//!   grammar). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers), [`admin`]
@@ -75,6 +77,7 @@ pub mod server;
 pub mod spend;
 pub mod state;
 pub mod store;
+pub mod tool_calls;
 pub mod util;
 pub mod validate;
 pub mod wire;

@@ -238,6 +238,7 @@ mod tests {
             id: "tiny".into(),
             path: path.clone(),
             default_max_tokens: 8,
+            tool_parser: None,
             requantize: None,
             activations: Default::default(),
             defaults: Default::default(),

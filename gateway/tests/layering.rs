@@ -40,6 +40,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("sensitivity", 1),
     ("spend", 1),
     ("store", 1),
+    ("tool_calls", 1),
     ("validate", 1),
     // 2: the request path, in order.
     ("chain", 2),

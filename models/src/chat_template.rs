@@ -21,6 +21,9 @@ use minijinja::{Environment, Error, ErrorKind, Value};
 use crate::ModelError;
 
 mod tokens;
+mod tools;
+
+pub use tools::ToolFormat;
 
 /// One chat turn.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -62,6 +65,11 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    /// The template reads `tools` itself; otherwise tools are folded into
+    /// plain turns (`tools.rs`).
+    knows_tools: bool,
+    /// The tool-call format its text suggests.
+    tool_format: ToolFormat,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -118,7 +126,20 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.map(str::to_string),
             eos_token: eos_token.map(str::to_string),
+            knows_tools: source.contains("tools"),
+            tool_format: ToolFormat::detect(source),
         })
+    }
+
+    /// Whether the template renders `tools` and tool turns itself.
+    pub fn knows_tools(&self) -> bool {
+        self.knows_tools
+    }
+
+    /// The tool-call format the template's text suggests (a config may
+    /// override it).
+    pub fn tool_format(&self) -> ToolFormat {
+        self.tool_format
     }
 
     /// Renders `messages`; with `add_generation_prompt`, the template appends
@@ -129,10 +150,52 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ModelError> {
+        self.render_with_tools(messages, &[], self.tool_format, add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render`] with `tools` offered (`[{"type": "function",
+    /// "function": {...}}]`, empty for none) and tool calls and results in
+    /// `messages` written in `format` when the template knows no tools.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        format: ToolFormat,
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
+        let (messages, tools) = self.prompt_values(messages, tools, format);
+        self.render_values(&messages, tools.as_ref(), add_generation_prompt)
+    }
+
+    /// What the template is given: messages (and `tools`, when it knows
+    /// them) as JSON values.
+    fn prompt_values(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        format: ToolFormat,
+    ) -> (Vec<serde_json::Value>, Option<serde_json::Value>) {
+        if self.knows_tools {
+            let tools = (!tools.is_empty()).then(|| serde_json::Value::Array(tools.to_vec()));
+            (tools::native_messages(messages), tools)
+        } else {
+            (tools::folded_messages(messages, tools, format), None)
+        }
+    }
+
+    fn render_values(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, ModelError> {
         let mut ctx = vec![
             ("messages", Value::from_serialize(messages)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
         ];
+        if let Some(tools) = tools {
+            ctx.push(("tools", Value::from_serialize(tools)));
+        }
         if let Some(bos) = &self.bos_token {
             ctx.push(("bos_token", Value::from(bos.as_str())));
         }
@@ -151,6 +214,22 @@ impl ChatTemplate {
                 )),
             })
     }
+}
+
+/// `value` as Python's `json.dumps` writes it (`", "` and `": "`), the
+/// layout models saw in training and constrained decoding forces.
+pub(crate) fn py_json(value: &serde_json::Value) -> String {
+    let fmt = PyJson {
+        indent: None,
+        item_sep: ", ".into(),
+        key_sep: ": ".into(),
+        sort_keys: false,
+        ensure_ascii: false,
+    };
+    let mut out = String::new();
+    // Writing a JSON value's own data cannot fail.
+    let _ = fmt.write(&mut out, &Value::from_serialize(value), 0);
+    out
 }
 
 fn raised_message(e: &Error) -> Option<String> {

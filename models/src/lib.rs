@@ -29,7 +29,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use chat_template::{ChatMessage, ChatTemplate, ToolCall};
+pub use chat_template::{ChatMessage, ChatTemplate, ToolCall, ToolFormat};
 pub use config::LlamaConfig;
 pub use detokenizer::IncrementalDecoder;
 pub use encoder::{

@@ -62,8 +62,9 @@ impl GrammarSpec {
 }
 
 /// JSON laid out the way models write it (`{"a": 1, "b": 2}`), with no free
-/// whitespace: flexible whitespace lets a small model pad forever.
-fn with_layout(mut schema: Value, strict: bool) -> Value {
+/// whitespace: flexible whitespace lets a small model pad forever. Public
+/// so that a Lark grammar's `%json{...}` (tool calls) is laid out the same.
+pub fn with_layout(mut schema: Value, strict: bool) -> Value {
     if let Value::Object(map) = &mut schema {
         map.entry("x-guidance").or_insert_with(|| {
             serde_json::json!({

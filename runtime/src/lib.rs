@@ -30,7 +30,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod stop;
 
-pub use constraint::{ConstraintError, Grammar, GrammarSpec};
+pub use constraint::{with_layout as json_layout, ConstraintError, Grammar, GrammarSpec};
 pub use encoder_pool::{
     BatchEncoder, EncoderHandle, EncoderLoad, EncoderPool, EncoderPoolConfig, RuntimeError,
 };

@@ -114,6 +114,9 @@ pub struct ModelSection {
     /// Sampling parameters for what a request leaves out.
     #[serde(default)]
     pub defaults: super::defaults::DefaultsSection,
+    /// The tool-call format: "hermes" (or "qwen"), "smollm2", "llama3",
+    /// "mistral"; absent: as the chat template shows.
+    pub tool_parser: Option<String>,
 }
 
 /// Mirrors `sluice_runtime::EngineConfig`; absent fields take its defaults.

@@ -179,6 +179,9 @@ pub struct ModelConfig {
     /// For what a request leaves out (`[models.defaults]` over
     /// `generation_config.json`).
     pub defaults: SamplingDefaults,
+    /// How the model writes tool calls (`tool_parser`); `None`: as its
+    /// chat template shows.
+    pub tool_parser: Option<sluice_models::ToolFormat>,
 }
 
 /// The resolved configuration.

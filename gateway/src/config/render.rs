@@ -109,6 +109,9 @@ impl Config {
                     let name = format!("{d:?}").to_lowercase();
                     t.insert("requantize".into(), Value::String(name));
                 }
+                if let Some(format) = m.tool_parser {
+                    t.insert("tool_parser".into(), Value::String(format.name().into()));
+                }
                 t.insert("engine".into(), Value::Table(engine));
                 t.insert("defaults".into(), Value::Table(defaults_table(&m.defaults)));
                 Value::Table(t)

@@ -173,6 +173,7 @@ pub(super) fn resolve(
                 activation_dtype: None,
                 engine: EngineSection::default(),
                 defaults: DefaultsSection::default(),
+                tool_parser: None,
             }]
         }
         (None, Some(_)) => return Err(invalid("--model-id", "needs --model PATH")),
@@ -185,6 +186,7 @@ pub(super) fn resolve(
             activation_dtype: None,
             engine: EngineSection::default(),
             defaults: super::defaults::demo_defaults(),
+            tool_parser: None,
         }],
         (None, None) => models,
     };
@@ -429,6 +431,7 @@ fn resolve_model(i: usize, m: ModelSection, base_dir: &Path) -> Result<ModelConf
         activation_dtype,
         engine,
         defaults,
+        tool_parser,
     } = m;
     let at = |field: &str| format!("models[{i}].{field}");
     let id_ok = !id.is_empty()
@@ -469,6 +472,15 @@ fn resolve_model(i: usize, m: ModelSection, base_dir: &Path) -> Result<ModelConf
             ))
         }
     };
+    let tool_parser = match tool_parser.as_deref() {
+        None => None,
+        Some(name) => Some(sluice_models::ToolFormat::from_name(name).ok_or_else(|| {
+            invalid(
+                at("tool_parser"),
+                format!("`{name}` is not one of hermes, qwen, smollm2, llama3, mistral"),
+            )
+        })?),
+    };
     let path = resolve_path(base_dir, &path);
     let defaults = super::defaults::resolve_defaults(&format!("models[{i}]"), defaults, &path)?;
     Ok(ModelConfig {
@@ -479,6 +491,7 @@ fn resolve_model(i: usize, m: ModelSection, base_dir: &Path) -> Result<ModelConf
         activations,
         engine: resolve_engine(&at("engine"), engine)?,
         defaults,
+        tool_parser,
     })
 }
 

@@ -16,7 +16,7 @@
 //! render + encode, so their ids are those of the model's reference
 //! tokenisation by construction.
 
-use crate::{ChatMessage, ChatTemplate, ModelError, Tokenizer};
+use crate::{ChatMessage, ChatTemplate, ModelError, Tokenizer, ToolFormat};
 
 /// Opens a marker: `MARK_OPEN`, the literal's index in decimal, `MARK_CLOSE`.
 /// Private-use code points: no model's special token contains them, and a
@@ -36,20 +36,36 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, ModelError> {
+        self.render_tokens_with_tools(
+            tokenizer,
+            messages,
+            &[],
+            self.tool_format(),
+            add_generation_prompt,
+        )
+    }
+
+    /// [`ChatTemplate::render_tokens`] with tools offered (see
+    /// [`ChatTemplate::render_with_tools`]). Every string of the tools and of
+    /// the calls (names, arguments, descriptions) is the client's text, so
+    /// it is escaped like message content.
+    pub fn render_tokens_with_tools(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        format: ToolFormat,
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, ModelError> {
+        let (mut messages, mut tools) = self.prompt_values(messages, tools, format);
         let mut literals = Vec::new();
-        let escaped: Vec<ChatMessage> = messages
-            .iter()
-            .map(|m| ChatMessage {
-                role: escape(tokenizer, &m.role, &mut literals),
-                content: escape(tokenizer, &m.content, &mut literals),
-                ..m.clone()
-            })
-            .collect();
-        if literals.is_empty() {
-            let text = self.render(messages, add_generation_prompt)?;
-            return tokenizer.encode(&text, false);
+        for value in messages.iter_mut().chain(tools.iter_mut()) {
+            escape_strings(tokenizer, value, &mut literals);
         }
-        let rendered = self.render(&escaped, add_generation_prompt)?;
+        let rendered = self.render_values(&messages, tools.as_ref(), add_generation_prompt)?;
+        if literals.is_empty() {
+            return tokenizer.encode(&rendered, false);
+        }
         let stretch = |range: std::ops::Range<usize>| {
             rendered.get(range.clone()).ok_or_else(|| {
                 ModelError::Tokenizer(format!(
@@ -69,6 +85,33 @@ impl ChatTemplate {
         let rest = stretch(plain_from..rendered.len())?;
         ids.extend(tokenizer.encode_plain(&unescape(rest, &literals)?)?);
         Ok(ids)
+    }
+}
+
+/// Escapes every string inside `value` (see [`escape`]); object keys are
+/// left as they are (a template prints schema keys, but a key that spells a
+/// special token would only confuse its own tool's schema).
+fn escape_strings(
+    tokenizer: &Tokenizer,
+    value: &mut serde_json::Value,
+    literals: &mut Vec<String>,
+) {
+    match value {
+        serde_json::Value::String(s) => {
+            let escaped = escape(tokenizer, s, literals);
+            *s = escaped;
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                escape_strings(tokenizer, item, literals);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (_, item) in map.iter_mut() {
+                escape_strings(tokenizer, item, literals);
+            }
+        }
+        _ => {}
     }
 }
 
