@@ -79,10 +79,7 @@ async fn the_script_commits_all_or_none_across_scopes() {
             retry_us: 1_000_000
         }
     );
-    shared
-        .settle(&[release(&checks, 0, "a")])
-        .await
-        .unwrap();
+    shared.settle(&[release(&checks, 0, "a")]).await.unwrap();
     let third = granted(shared.admit(&checks, 40, "c", TTL).await.unwrap());
     assert_eq!(third[1].0, 0, "60 + 40 tokens: b's 30 were never spent");
     assert_eq!(third[0].0, 9, "burst 10: a and c counted, b not");
@@ -143,17 +140,11 @@ async fn unused_tokens_come_back_and_an_overrun_is_charged() {
         Outcome::Refused { .. }
     ));
     // "a" used 10 of its 80.
-    shared
-        .settle(&[release(&checks, 70, "a")])
-        .await
-        .unwrap();
+    shared.settle(&[release(&checks, 70, "a")]).await.unwrap();
     let standing = granted(shared.admit(&checks, 80, "c", TTL).await.unwrap());
     assert_eq!(standing[0].0, 10);
     // "c" used 90: 10 more than it reserved; nothing is left.
-    shared
-        .settle(&[release(&checks, -10, "c")])
-        .await
-        .unwrap();
+    shared.settle(&[release(&checks, -10, "c")]).await.unwrap();
     assert!(matches!(
         shared.admit(&checks, 5, "d", TTL).await.unwrap(),
         Outcome::Refused { .. }

@@ -259,12 +259,16 @@ async fn a_batch_of_any_size_lands_whole(store: Store) {
     .unwrap();
     assert_eq!(tokens_out, 2 * (0..87).sum::<i64>());
     assert!((cost - (0..87).sum::<i64>() as f64 / 4.0).abs() < 1e-9);
-    let last: (String, Option<String>, Option<String>, i64) =
-        sqlx::query_as("SELECT request_id, key_prefix, user_id, cache_hit FROM spend WHERE at_ms = 1086")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-    assert_eq!(last, ("req-86".into(), Some("k86".into()), Some("u86".into()), 0));
+    let last: (String, Option<String>, Option<String>, i64) = sqlx::query_as(
+        "SELECT request_id, key_prefix, user_id, cache_hit FROM spend WHERE at_ms = 1086",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        last,
+        ("req-86".into(), Some("k86".into()), Some("u86".into()), 0)
+    );
 }
 
 #[tokio::test]
