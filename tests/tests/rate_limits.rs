@@ -470,7 +470,10 @@ async fn parallel_leases_are_released_as_fast_as_requests_are_admitted() {
         keys: &[("steady", "max_parallel = 128")],
         redis_url: &url,
         prefix: &prefix,
-        on_store_down: "closed",
+        // A Redis call past its 250 ms timeout (a loaded machine) serves
+        // under the local limiter instead of failing the request: this
+        // test is about leases, not outages.
+        on_store_down: "open",
         store_url: None,
     })
     .await;
