@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{book, from_micros, Held, Shared};
+use super::{book, from_micros, Held, Replace, Shared};
 use crate::audit::{actions, AuditEvent, AuditOutcome};
 use crate::util::unix_now_ms;
 
@@ -27,6 +27,9 @@ const MAX_POSTS: usize = 16;
 const MAX_REMEMBERED: usize = 100_000;
 /// A settle that fails is tried once more after this.
 const SETTLE_RETRY: Duration = Duration::from_millis(200);
+/// Reservations settled in one ledger call at most: what queued while the
+/// last call was on its way goes in the next one.
+const SETTLE_BATCH: usize = 256;
 
 /// One reservation to replace by its actual cost.
 pub(crate) struct Job {
@@ -67,30 +70,35 @@ impl BudgetWorker {
     }
 
     pub async fn run(mut self) {
-        while let Some(job) = self.jobs.recv().await {
-            self.handle(job).await;
+        let mut batch = Vec::with_capacity(SETTLE_BATCH);
+        while self.jobs.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+            self.handle(std::mem::take(&mut batch)).await;
             while self.posts.try_join_next().is_some() {}
         }
         while self.posts.join_next().await.is_some() {}
     }
 
-    async fn handle(&mut self, job: Job) {
-        let Some(spent) = settle_only(&self.shared, job.clone_keys()).await else {
+    async fn handle(&mut self, jobs: Vec<Job>) {
+        let replaces: Vec<Replace> = jobs.iter().map(Job::replace).collect();
+        let Some(spent) = settle_only(&self.shared, &replaces).await else {
             return;
         };
-        for (held, spent) in job.held.iter().zip(spent) {
-            let Some(spent) = spent else { continue };
-            self.check_thresholds(held, spent).await;
+        for (job, spent) in jobs.iter().zip(spent) {
+            for (held, spent) in job.held.iter().zip(spent) {
+                let Some(spent) = spent else { continue };
+                self.check_thresholds(held, spent).await;
+            }
         }
     }
 
     async fn check_thresholds(&mut self, held: &Held, spent: i64) {
+        let shared = self.shared.clone();
         let thresholds = held
             .budget
             .alert_thresholds
-            .clone()
-            .unwrap_or_else(|| self.shared.settings.alert_thresholds.clone());
-        for pct in thresholds {
+            .as_deref()
+            .unwrap_or(&shared.settings.alert_thresholds);
+        for &pct in thresholds {
             let crossed =
                 i128::from(spent) * 100 >= i128::from(held.counter.limit) * i128::from(pct);
             if !crossed {
@@ -169,8 +177,9 @@ impl BudgetWorker {
 }
 
 impl Job {
-    fn clone_keys(&self) -> SettleKeys {
-        SettleKeys {
+    /// What the ledger needs of it.
+    pub(crate) fn replace(&self) -> Replace {
+        Replace {
             keys: self.held.iter().map(|h| h.counter.key.clone()).collect(),
             reserved: self.reserved,
             actual: self.actual,
@@ -178,43 +187,22 @@ impl Job {
     }
 }
 
-/// What a settle needs of a [`Job`].
-pub(crate) struct SettleKeys {
-    keys: Vec<String>,
-    reserved: i64,
-    actual: i64,
-}
-
-impl From<Job> for SettleKeys {
-    fn from(job: Job) -> Self {
-        job.clone_keys()
-    }
-}
-
-/// Settles on the ledger (retrying once); each counter's spent afterwards,
-/// `None` when it failed twice (logged: that reservation stays held until
-/// its period ends).
+/// Settles on the ledger (retrying once); per reservation, each counter's
+/// spent afterwards, `None` when it failed twice (logged: those
+/// reservations stay held until their period ends).
 pub(crate) async fn settle_only(
     shared: &Shared,
-    job: impl Into<SettleKeys>,
-) -> Option<Vec<Option<i64>>> {
-    let SettleKeys {
-        keys,
-        reserved,
-        actual,
-    } = job.into();
-    if keys.is_empty() {
-        return Some(Vec::new());
-    }
+    batch: &[Replace],
+) -> Option<Vec<Vec<Option<i64>>>> {
     for attempt in 0..2 {
-        match shared.ledger.settle(&keys, reserved, actual).await {
+        match shared.ledger.settle(batch).await {
             Ok(spent) => return Some(spent),
             Err(e) if attempt == 0 => {
                 tracing::warn!(error = %e, "budget settle failed; retrying");
                 tokio::time::sleep(SETTLE_RETRY).await;
             }
             Err(e) => {
-                tracing::error!(error = %e, reserved, actual, "budget settle failed; the reservation stays held")
+                tracing::error!(error = %e, reservations = batch.len(), "budget settle failed; the reservations stay held")
             }
         }
     }

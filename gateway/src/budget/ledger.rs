@@ -108,23 +108,34 @@ end
 return 1
 ";
 
-/// Settles over KEYS: reserved += ARGV[1] (the reservation, negated),
-/// spent += ARGV[2]; returns each
-/// key's spent afterwards, -1 for a key that is gone (Redis restarted
-/// meanwhile: its rebuild from the spend log will count this request).
+/// Settles over KEYS, any number of reservations in one call (a
+/// reservation's keys in a row): for KEYS[i], reserved += ARGV[2i - 1] (the
+/// reservation, negated), spent += ARGV[2i]; returns each key's spent
+/// afterwards, -1 for a key that is gone (Redis restarted meanwhile: its
+/// rebuild from the spend log will count this request).
 const SETTLE: &str = r"
 local out = {}
 for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    local r = redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[1])
+    local r = redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[2 * i - 1])
     if r < 0 then redis.call('HSET', KEYS[i], 'reserved', 0) end
-    out[i] = redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2])
+    out[i] = redis.call('HINCRBY', KEYS[i], 'spent', ARGV[2 * i])
   else
     out[i] = -1
   end
 end
 return out
 ";
+
+/// One reservation to replace by the actual cost, on each of its counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replace {
+    pub keys: Vec<String>,
+    /// What was reserved (millionths).
+    pub reserved: i64,
+    /// What the answer cost (millionths).
+    pub actual: i64,
+}
 
 /// The reservation rule itself, over (spent, reserved, limit) per counter;
 /// the Lua script above is its twin.
@@ -195,17 +206,16 @@ impl Ledger {
         }
     }
 
-    /// Replaces a reservation of `reserved` by the `actual` cost on each
-    /// key; each key's spent afterwards (`None`: the counter is gone).
-    pub async fn settle(
-        &self,
-        keys: &[String],
-        reserved: i64,
-        actual: i64,
-    ) -> Result<Vec<Option<i64>>, LedgerError> {
+    /// Replaces each reservation by its actual cost, in order, in one step;
+    /// per reservation, each key's spent afterwards (`None`: the counter is
+    /// gone).
+    pub async fn settle(&self, batch: &[Replace]) -> Result<Vec<Vec<Option<i64>>>, LedgerError> {
         match self {
-            Self::Redis(r) => r.settle(keys, reserved, actual).await,
-            Self::Memory(m) => Ok(m.settle(keys, reserved, actual)),
+            Self::Redis(r) => r.settle(batch).await,
+            Self::Memory(m) => Ok(batch
+                .iter()
+                .map(|r| m.settle(&r.keys, r.reserved, r.actual))
+                .collect()),
         }
     }
 
@@ -273,20 +283,31 @@ impl RedisLedger {
         Ok(())
     }
 
-    async fn settle(
-        &self,
-        keys: &[String],
-        reserved: i64,
-        actual: i64,
-    ) -> Result<Vec<Option<i64>>, LedgerError> {
+    async fn settle(&self, batch: &[Replace]) -> Result<Vec<Vec<Option<i64>>>, LedgerError> {
         let mut call = self.settle.prepare_invoke();
-        for k in keys {
-            call.key(k);
+        let mut count = 0;
+        for r in batch {
+            for k in &r.keys {
+                call.key(k).arg(-r.reserved).arg(r.actual);
+                count += 1;
+            }
         }
-        call.arg(-reserved).arg(actual);
+        if count == 0 {
+            return Ok(batch.iter().map(|_| Vec::new()).collect());
+        }
         let mut conn = self.conn.clone();
         let out: Vec<i64> = call.invoke_async(&mut conn).await.map_err(redis_err)?;
-        Ok(out.into_iter().map(|s| (s >= 0).then_some(s)).collect())
+        if out.len() != count {
+            return Err(LedgerError(format!(
+                "the settle script answered {} values for {count} counters",
+                out.len()
+            )));
+        }
+        let mut spent = out.into_iter().map(|s| (s >= 0).then_some(s));
+        Ok(batch
+            .iter()
+            .map(|r| spent.by_ref().take(r.keys.len()).collect())
+            .collect())
     }
 
     async fn read(&self, key: &str) -> Result<Option<(i64, i64)>, LedgerError> {

@@ -49,7 +49,7 @@ use crate::validate::{Input, Job};
 
 pub use alerts::BudgetWorker;
 pub use book::{Budget, Scope};
-pub use ledger::{Ask, Counter, Ledger, Reserved};
+pub use ledger::{Ask, Counter, Ledger, Replace, Reserved};
 pub use period::{Period, Window};
 
 /// Settlements waiting for the worker; past this, a settle is done on a
@@ -557,7 +557,7 @@ impl Reservation {
             tracing::warn!("budget settle queue full; settling on a task of its own");
             let shared = self.shared.clone();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move { alerts::settle_only(&shared, job).await });
+                handle.spawn(async move { alerts::settle_only(&shared, &[job.replace()]).await });
             }
         }
     }

@@ -393,3 +393,57 @@ async fn two_instances_send_each_threshold_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(alerts(), ["100", "50", "80"]);
 }
+
+/// Several reservations (two on the same counter) settled in one call
+/// end as if each were settled alone, in order.
+async fn settles_a_batch(ledger: Ledger) {
+    let at = prefix();
+    let counter = |name: &str| Counter {
+        key: format!("{at}:{name}"),
+        limit: 1_000_000,
+        expire_at_ms: unix_now_ms() + 60_000,
+    };
+    let (shared, own) = (counter("shared"), counter("own"));
+    ledger.seed(&shared, 100).await.unwrap();
+    ledger.seed(&own, 0).await.unwrap();
+    let ask = Ask {
+        prompt: 50,
+        per_token: 0.0,
+        min_tokens: 1,
+        max_tokens: 1,
+    };
+    let both = [shared.clone(), own.clone()];
+    for counters in [&both[..], &both[..1]] {
+        let granted = ledger.reserve(counters, &ask).await.unwrap();
+        assert!(matches!(granted, Reserved::Granted { amount: 50, .. }));
+    }
+    let gone = counter("never-seeded");
+    let spent = ledger
+        .settle(&[
+            Replace {
+                keys: vec![shared.key.clone(), own.key.clone()],
+                reserved: 50,
+                actual: 30,
+            },
+            Replace {
+                keys: vec![shared.key.clone(), gone.key.clone()],
+                reserved: 50,
+                actual: 20,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(spent, [vec![Some(130), Some(30)], vec![Some(150), None]]);
+    assert_eq!(ledger.read(&shared.key).await.unwrap(), Some((150, 0)));
+    assert_eq!(ledger.read(&own.key).await.unwrap(), Some((30, 0)));
+}
+
+#[tokio::test]
+async fn the_memory_ledger_settles_a_batch_in_order() {
+    settles_a_batch(Ledger::memory()).await;
+}
+
+#[tokio::test]
+async fn the_redis_ledger_settles_a_batch_in_order() {
+    settles_a_batch(redis_ledger()).await;
+}

@@ -14,7 +14,8 @@
 //! Admission leaves a [`Lease`]: when the answer ends (completed, failed,
 //! or the client gone) the chain settles it, which gives back the tokens
 //! reserved but not used and releases the parallel slot, locally at once and
-//! in Redis through a bounded queue drained by [`SettleWorker`].
+//! in Redis through a bounded queue drained by [`SettleWorker`], which
+//! settles everything queued in one script call.
 //!
 //! Redis away: `on_store_down = "open"` serves under the local limiter
 //! (logged once, `sluice_limits_degraded` = 1), `"closed"` answers 503
@@ -48,14 +49,16 @@ use crate::validate::Job;
 pub use gcra::Rate;
 pub use local::LocalLimiter;
 pub use scope::{Check, Dimension, ScopeKind, Scopes};
-pub use shared::{GiveBack, SharedLimiter, Unavailable};
+pub use shared::{GiveBack, Release, SharedLimiter, Unavailable};
 pub use tokens::TokenCounter;
 
 /// Settlements waiting for Redis; past this they are dropped (counted),
 /// and the parallel leases they held lapse at their expiry.
 const SETTLE_QUEUE: usize = 4096;
-/// Settlements sent to Redis at once.
+/// Settle calls in flight to Redis at once.
 const SETTLES_IN_FLIGHT: usize = 64;
+/// Settlements in one settle call at most.
+const SETTLE_BATCH: usize = 256;
 
 /// What a limiter decided for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +90,7 @@ pub struct Limits {
     counter: Option<TokenCounter>,
     provider_estimate: u64,
     lease_ttl: Duration,
-    settles: mpsc::Sender<SettleJob>,
+    settles: mpsc::Sender<Release>,
     audit: Audit,
     /// Whether Redis is away (logged and gauged on each change only).
     degraded: AtomicBool,
@@ -96,12 +99,7 @@ pub struct Limits {
 /// Drains settlements into Redis; runs until the stage is dropped.
 pub struct SettleWorker {
     shared: Option<Arc<SharedLimiter>>,
-    jobs: mpsc::Receiver<SettleJob>,
-}
-
-struct SettleJob {
-    items: Vec<GiveBack>,
-    lease: String,
+    jobs: mpsc::Receiver<Release>,
 }
 
 /// A granted request's headers and its lease.
@@ -172,7 +170,9 @@ impl Limits {
                 return Err(self.refuse(principal, &checks[check], retry_us))
             }
         };
-        let lease_id = uuid::Uuid::new_v4().simple().to_string();
+        // Random per process and counted within it (no system call, unlike
+        // a v4 UUID): unique among every instance's leases.
+        let lease_id = crate::util::new_id("lease");
         let (standings, shared) = match &self.shared {
             None => (local, false),
             Some(shared) => match shared
@@ -284,26 +284,41 @@ impl Limits {
 }
 
 impl SettleWorker {
-    /// Settles concurrently (up to [`SETTLES_IN_FLIGHT`] Redis calls at
-    /// once): one at a time could not keep up with admissions at thousands
-    /// of requests per second, the queue overflowed, settles were dropped
-    /// and parallel leases leaked until their expiry (the gateway-overhead
-    /// bench's 64-connection Redis row, bench/RESULTS.md).
+    /// Settles what is queued in one script call (up to [`SETTLE_BATCH`]),
+    /// with up to [`SETTLES_IN_FLIGHT`] calls at once: one settlement per
+    /// call, one call at a time, could not keep up with admissions at
+    /// thousands of requests per second; the queue overflowed, settles were
+    /// dropped and parallel leases leaked until their expiry (the
+    /// gateway-overhead bench's 64-connection Redis row, bench/RESULTS.md;
+    /// tests/tests/rate_limits.rs holds a test of it). A batch costs Redis
+    /// one script run and the gateway one round trip.
     pub async fn run(mut self) {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(SETTLES_IN_FLIGHT));
-        while let Some(job) = self.jobs.recv().await {
+        loop {
+            let mut batch = Vec::new();
+            if self.jobs.recv_many(&mut batch, SETTLE_BATCH).await == 0 {
+                break;
+            }
             let Some(shared) = self.shared.clone() else {
                 continue;
             };
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 break;
             };
+            // Whatever queued while waiting for the permit goes too.
+            while batch.len() < SETTLE_BATCH {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(Unavailable(why)) = shared.settle(&job.items, &job.lease).await {
-                    // The lease lapses at its expiry; unreturned tokens stay spent.
-                    metrics::counter!("sluice_limit_settle_failures_total").increment(1);
-                    tracing::debug!(error = %why, "a rate-limit settlement did not reach Redis");
+                if let Err(Unavailable(why)) = shared.settle(&batch).await {
+                    // The leases lapse at their expiry; unreturned tokens stay spent.
+                    metrics::counter!("sluice_limit_settle_failures_total")
+                        .increment(batch.len() as u64);
+                    tracing::debug!(error = %why, "rate-limit settlements did not reach Redis");
                 }
             });
         }
@@ -320,7 +335,7 @@ pub struct Lease {
 struct Held {
     local: Arc<LocalLimiter>,
     /// `Some` when Redis granted the request too.
-    settles: Option<mpsc::Sender<SettleJob>>,
+    settles: Option<mpsc::Sender<Release>>,
     checks: Vec<Check>,
     reserved: u64,
     id: String,
@@ -340,7 +355,7 @@ impl Lease {
             let items = shared::give_backs(&held.checks, back);
             if !items.is_empty()
                 && settles
-                    .try_send(SettleJob {
+                    .try_send(Release {
                         items,
                         lease: held.id,
                     })

@@ -1,16 +1,15 @@
--- Settles an admitted request: gives back the tokens it reserved but did
--- not use (a negative count charges what it used beyond the reservation)
--- and releases its parallel lease.
+-- Settles admitted requests, any number in one call: gives back the tokens
+-- each reserved but did not use (a negative count charges what it used
+-- beyond the reservation) and releases its parallel lease. Items are
+-- applied in order, each exactly as if it were settled alone.
 --
 -- KEYS[i]: the counter of item i.
--- ARGV[1]: the request's lease id.
--- Then three values per item: kind ('r' rate, 'p' parallel), and
---   for 'r': interval_us, units to give back;  for 'p': -, -.
+-- Four values per item: kind ('r' rate, 'p' parallel), and
+--   for 'r': interval_us, units to give back, -;  for 'p': -, -, lease id.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local lease = ARGV[1]
 for i = 1, #KEYS do
-  local base = 1 + (i - 1) * 3
+  local base = (i - 1) * 4
   if ARGV[base + 1] == 'r' then
     local interval = tonumber(ARGV[base + 2])
     local units = tonumber(ARGV[base + 3])
@@ -27,7 +26,7 @@ for i = 1, #KEYS do
       redis.call('DEL', KEYS[i])
     end
   else
-    redis.call('ZREM', KEYS[i], lease)
+    redis.call('ZREM', KEYS[i], ARGV[base + 4])
   end
 end
 return 1

@@ -1,7 +1,9 @@
 //! The shared limiter: every instance's counters in one Redis, each request
 //! admitted by one atomic script (`admit.lua`) that checks every scope and
 //! dimension together on Redis's clock and commits all or none, and
-//! settled by another (`settle.lua`).
+//! settled by another (`settle.lua`), which takes every request that ended
+//! since the last call at once: one round trip and one script run for a
+//! batch, not one per request.
 //!
 //! Counters (under the prefix): `<scope>:rpm` and `<scope>:tpm` hold a
 //! theoretical arrival time with a TTL of the time it is ahead of now;
@@ -49,6 +51,14 @@ pub struct GiveBack {
     pub key: String,
     /// `None`: a parallel lease to release.
     pub tokens: Option<(f64, i64)>,
+}
+
+/// One ended request's settlement: what goes back to its counters, and the
+/// lease it held.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Release {
+    pub items: Vec<GiveBack>,
+    pub lease: String,
 }
 
 impl SharedLimiter {
@@ -106,19 +116,23 @@ impl SharedLimiter {
         parse_admit(&reply, checks.len())
     }
 
-    /// Gives back what a settled request did not use and releases its lease.
-    pub async fn settle(&self, items: &[GiveBack], lease: &str) -> Result<(), Unavailable> {
-        if items.is_empty() {
+    /// Gives back what settled requests did not use and releases their
+    /// leases, in order, in one script run.
+    pub async fn settle(&self, releases: &[Release]) -> Result<(), Unavailable> {
+        if releases.iter().all(|r| r.items.is_empty()) {
             return Ok(());
         }
         let mut invocation = self.settle.prepare_invoke();
-        invocation.arg(lease);
-        for item in items {
-            invocation.key(self.key(&item.key));
-            match item.tokens {
-                Some((interval_us, units)) => invocation.arg("r").arg(interval_us).arg(units),
-                None => invocation.arg("p").arg(0).arg(0),
-            };
+        for release in releases {
+            for item in &release.items {
+                invocation.key(self.key(&item.key));
+                match item.tokens {
+                    Some((interval_us, units)) => {
+                        invocation.arg("r").arg(interval_us).arg(units).arg(0)
+                    }
+                    None => invocation.arg("p").arg(0).arg(0).arg(&release.lease),
+                };
+            }
         }
         let mut conn = self.conn.clone();
         let _: i64 = self.run(invocation.invoke_async(&mut conn)).await?;

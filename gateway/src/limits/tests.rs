@@ -51,6 +51,14 @@ fn granted(outcome: Outcome) -> Vec<(u64, u64)> {
 
 const TTL: Duration = Duration::from_secs(60);
 
+/// The settlement of lease `lease` giving back `tokens_back` tokens.
+fn release(checks: &[Check], tokens_back: i64, lease: &str) -> Release {
+    Release {
+        items: shared::give_backs(checks, tokens_back),
+        lease: lease.into(),
+    }
+}
+
 #[tokio::test]
 async fn the_script_commits_all_or_none_across_scopes() {
     let shared = SharedLimiter::new(REDIS, &prefix("all-or-none")).unwrap();
@@ -71,10 +79,7 @@ async fn the_script_commits_all_or_none_across_scopes() {
             retry_us: 1_000_000
         }
     );
-    shared
-        .settle(&shared::give_backs(&checks, 0), "a")
-        .await
-        .unwrap();
+    shared.settle(&[release(&checks, 0, "a")]).await.unwrap();
     let third = granted(shared.admit(&checks, 40, "c", TTL).await.unwrap());
     assert_eq!(third[1].0, 0, "60 + 40 tokens: b's 30 were never spent");
     assert_eq!(third[0].0, 9, "burst 10: a and c counted, b not");
@@ -135,21 +140,43 @@ async fn unused_tokens_come_back_and_an_overrun_is_charged() {
         Outcome::Refused { .. }
     ));
     // "a" used 10 of its 80.
-    shared
-        .settle(&shared::give_backs(&checks, 70), "a")
-        .await
-        .unwrap();
+    shared.settle(&[release(&checks, 70, "a")]).await.unwrap();
     let standing = granted(shared.admit(&checks, 80, "c", TTL).await.unwrap());
     assert_eq!(standing[0].0, 10);
     // "c" used 90: 10 more than it reserved; nothing is left.
-    shared
-        .settle(&shared::give_backs(&checks, -10), "c")
-        .await
-        .unwrap();
+    shared.settle(&[release(&checks, -10, "c")]).await.unwrap();
     assert!(matches!(
         shared.admit(&checks, 5, "d", TTL).await.unwrap(),
         Outcome::Refused { .. }
     ));
+}
+
+#[tokio::test]
+async fn one_settle_call_settles_many_requests_in_order() {
+    let shared = SharedLimiter::new(REDIS, &prefix("batch")).unwrap();
+    let checks = [
+        check(Dimension::Tokens, 100, 0),
+        check(Dimension::Parallel, 3, 0),
+    ];
+    for lease in ["a", "b", "c"] {
+        granted(shared.admit(&checks, 30, lease, TTL).await.unwrap());
+    }
+    assert!(matches!(
+        shared.admit(&checks, 1, "d", TTL).await.unwrap(),
+        Outcome::Refused { check: 1, .. }
+    ));
+    // "a" used nothing, "b" 10, "c" 35 (5 beyond its reservation): 45 spent.
+    shared
+        .settle(&[
+            release(&checks, 30, "a"),
+            release(&checks, 20, "b"),
+            release(&checks, -5, "c"),
+        ])
+        .await
+        .unwrap();
+    let standing = granted(shared.admit(&checks, 0, "d", TTL).await.unwrap());
+    assert_eq!(standing[0].0, 55);
+    assert_eq!(standing[1].0, 2, "every slot but d's is free again");
 }
 
 fn job(max_tokens: u64) -> Job {

@@ -123,7 +123,9 @@ impl SpendLog {
             status,
         } = served;
         let row = SpendRow {
-            request_id: uuid::Uuid::new_v4().to_string(),
+            // Unique across instances without a system call per row (a v4
+            // UUID reads the OS's randomness each time).
+            request_id: crate::util::new_id("spend"),
             at_ms: crate::util::unix_now_ms(),
             key_prefix: principal.key_prefix().map(str::to_string),
             tenant: principal.tenant.to_string(),

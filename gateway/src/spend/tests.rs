@@ -222,3 +222,62 @@ fn the_reference_cost_uses_the_model_override() {
     assert!((log.reference_cost("big", &usage(500, 100)) - 5.0).abs() < 1e-9);
     assert!((log.reference_cost("other", &usage(500, 100)) - 0.7).abs() < 1e-9);
 }
+
+/// A batch that needs every statement size (64 + 16 + 4 + 1 + 1 + 1 rows)
+/// lands whole, each row's columns in their places; written again (a
+/// retry after a lost commit answer), nothing is doubled.
+async fn a_batch_of_any_size_lands_whole(store: Store) {
+    let rows: Vec<SpendRow> = (0..87)
+        .map(|i| SpendRow {
+            request_id: format!("req-{i}"),
+            at_ms: 1_000 + i,
+            key_prefix: (i % 2 == 0).then(|| format!("k{i}")),
+            tenant: "acme".into(),
+            team: None,
+            user: Some(format!("u{i}")),
+            model: "gpt".into(),
+            deployment: Some("cloud".into()),
+            tokens_in: i,
+            tokens_out: 2 * i,
+            cached_tokens: 0,
+            cost: i as f64 / 4.0,
+            reference_cost: 0.0,
+            cache_hit: i % 3 == 0,
+            local: false,
+            latency_ms: 7,
+            status: "completed".into(),
+        })
+        .collect();
+    writer::insert(&store, &rows).await.unwrap();
+    writer::insert(&store, &rows[..70]).await.unwrap();
+    assert_eq!(count(&store).await, 87);
+    let (tokens_out, cost): (i64, f64) = sqlx::query_as(
+        "SELECT CAST(SUM(tokens_out) AS BIGINT), CAST(SUM(cost) AS DOUBLE PRECISION) FROM spend",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(tokens_out, 2 * (0..87).sum::<i64>());
+    assert!((cost - (0..87).sum::<i64>() as f64 / 4.0).abs() < 1e-9);
+    let last: (String, Option<String>, Option<String>, i64) = sqlx::query_as(
+        "SELECT request_id, key_prefix, user_id, cache_hit FROM spend WHERE at_ms = 1086",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        last,
+        ("req-86".into(), Some("k86".into()), Some("u86".into()), 0)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_a_batch_of_any_size_lands_whole() {
+    let (store, _dir) = testing::sqlite().await;
+    a_batch_of_any_size_lands_whole(store).await;
+}
+
+#[tokio::test]
+async fn postgres_a_batch_of_any_size_lands_whole() {
+    a_batch_of_any_size_lands_whole(testing::postgres().await).await;
+}

@@ -13,13 +13,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::SpendRow;
 use crate::config::SpendSettings;
-use crate::store::{Store, StoreError};
+use crate::store::{Backend, Store, StoreError};
 
-/// Rows per INSERT statement. Few: sqlx's SQLite driver finds each `$N`
-/// parameter by name, a cost quadratic in a statement's parameters; at 100
-/// rows (1,700 parameters) `sqlite3_bind_parameter_name` took 22% of the
-/// gateway's CPU at 8,000 requests/s (perf, bench/RESULTS.md).
-const ROWS_PER_STATEMENT: usize = 4;
+/// Rows per INSERT statement (17 parameters each): a batch is cut into the
+/// largest of these that fit, so only these few statements are ever
+/// prepared (each connection caches them) whatever a batch's size. On
+/// SQLite the parameters are anonymous `?`s, bound by position: sqlx's
+/// SQLite driver looks a `$N` parameter up by name, a cost quadratic in a
+/// statement's parameters (at 100 rows of `$N`,
+/// `sqlite3_bind_parameter_name` took 22% of the gateway's CPU at 8,000
+/// requests/s; bench/RESULTS.md). Positional, a statement may be long;
+/// each one costs a round trip to the driver's worker thread.
+const STATEMENT_ROWS: [usize; 4] = [64, 16, 4, 1];
+/// The columns of a row, in the order they are bound.
+const COLUMNS: usize = 17;
 /// Attempts at one batch before it is given up (and counted lost).
 const ATTEMPTS: u32 = 5;
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -118,24 +125,17 @@ async fn write_with_retries(store: &Store, rows: &[SpendRow]) {
 
 /// Inserts rows in one transaction, several per statement.
 pub async fn insert(store: &Store, rows: &[SpendRow]) -> Result<(), StoreError> {
+    let positional = store.backend() == Backend::Sqlite;
     let mut tx = store.pool().begin().await?;
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from(
-            "INSERT INTO spend (request_id, at_ms, key_prefix, tenant, team, user_id, model, \
-             deployment, tokens_in, tokens_out, cached_tokens, cost, reference_cost, cache_hit, \
-             local, latency_ms, status) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let p = i * 17;
-            let params: Vec<String> = (1..=17).map(|k| format!("${}", p + k)).collect();
-            sql.push('(');
-            sql.push_str(&params.join(", "));
-            sql.push(')');
-        }
-        sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let take = STATEMENT_ROWS
+            .into_iter()
+            .find(|&n| n <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(take);
+        rest = tail;
+        let sql = statement(chunk.len(), positional);
         let mut query = sqlx::query(&sql);
         for r in chunk {
             query = query
@@ -161,4 +161,45 @@ pub async fn insert(store: &Store, rows: &[SpendRow]) -> Result<(), StoreError> 
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// The INSERT of `rows` rows: `?` parameters (bound in order) or `$N`.
+fn statement(rows: usize, positional: bool) -> String {
+    let mut sql = String::from(
+        "INSERT INTO spend (request_id, at_ms, key_prefix, tenant, team, user_id, model, \
+         deployment, tokens_in, tokens_out, cached_tokens, cost, reference_cost, cache_hit, \
+         local, latency_ms, status) VALUES ",
+    );
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..COLUMNS {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            if positional {
+                sql.push('?');
+            } else {
+                sql.push_str(&format!("${}", row * COLUMNS + column + 1));
+            }
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
+    sql
+}
+
+#[cfg(test)]
+mod statement_tests {
+    use super::statement;
+
+    #[test]
+    fn parameters_are_numbered_for_postgres_and_positional_for_sqlite() {
+        let numbered = statement(2, false);
+        assert!(numbered.contains("VALUES ($1, $2, "), "{numbered}");
+        assert!(numbered.contains(", $34)"), "{numbered}");
+        assert!(!numbered.contains('?'));
+        let positional = statement(2, true);
+        assert_eq!(positional.matches('?').count(), 34);
+        assert!(!positional.contains('$'));
+    }
 }
