@@ -28,7 +28,7 @@ pub fn luhn(number: &str) -> bool {
             }
         })
         .sum();
-    !d.is_empty() && sum % 10 == 0
+    !d.is_empty() && sum.is_multiple_of(10)
 }
 
 /// A card's issuer prefix (and length) is one a payment system uses: Visa,
@@ -178,5 +178,5 @@ pub fn account_with_bik(account: &str, bik: &str) -> bool {
         .zip([7, 1, 3].iter().cycle())
         .map(|(a, w)| a * w % 10)
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }

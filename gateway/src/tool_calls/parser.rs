@@ -502,7 +502,7 @@ fn step_call(
             } else if c == '\\' {
                 *escaped = true;
                 Flow::Consumed
-            } else if functions.iter().any(|f| *f == call.name_buf) {
+            } else if functions.contains(&call.name_buf) {
                 call.name = Some(std::mem::take(&mut call.name_buf));
                 call.step = CallStep::After;
                 Flow::Consumed

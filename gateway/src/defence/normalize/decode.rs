@@ -99,7 +99,7 @@ fn is_base64_byte(b: u8) -> bool {
 fn decode_run(run: &str, budget: &mut usize, visited: &mut usize) -> Option<Payload> {
     let hex = run.strip_prefix("0x").unwrap_or(run);
     let is_hex = hex.bytes().all(|b| b.is_ascii_hexdigit());
-    if is_hex && hex.len() >= MIN_HEX_CHARS && hex.len() % 2 == 0 {
+    if is_hex && hex.len() >= MIN_HEX_CHARS && hex.len().is_multiple_of(2) {
         if let Some(text) = probe_then_decode(hex, 2, budget, visited, hex_decode) {
             return Some(Payload {
                 encoding: Encoding::Hex,

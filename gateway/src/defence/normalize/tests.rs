@@ -1,7 +1,7 @@
 use super::*;
 use base64::Engine;
 
-fn view<'a>(n: &'a Normalized, kind: ViewKind) -> Option<&'a str> {
+fn view(n: &Normalized, kind: ViewKind) -> Option<&str> {
     n.views
         .iter()
         .find(|v| v.kind == kind)

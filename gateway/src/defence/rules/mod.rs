@@ -517,7 +517,7 @@ fn whole_words(text: &str, start: usize, end: usize) -> bool {
     let last = text[start..end].chars().next_back();
     let before = text[..start].chars().next_back();
     let after = text[end..].chars().next();
-    !(word(first) && word(before)) && !(word(last) && word(after))
+    !((word(first) && word(before)) || (word(last) && word(after)))
 }
 
 /// Whether the match at `start` opens right after a quotation mark.
