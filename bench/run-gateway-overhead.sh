@@ -25,6 +25,8 @@
 #   bench/run-gateway-overhead.sh [DURATION_S]
 #   SKIP_GUARD=1 SKIP_TENSORZERO=1 SKIP_LITELLM=1 SKIP_GOVERNANCE=1 leave those rows out;
 #   PROFILE=dev runs the dev build (a smoke test of the script, not a measurement).
+#   BIN_DIR=DIR runs the sluice and sluice-bench binaries in DIR as they are
+#   (no build): a baseline from an older commit, side by side in one session.
 #   GUARD_POLICY='action = "flag"\nscore = "every"' : the [guard] lines that
 #   make it score every chat request (the default; see below).
 set -euo pipefail
@@ -33,7 +35,9 @@ duration="${1:-10}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 # PROFILE=dev: the dev build, for checking the script end to end without a
 # release build (its numbers are not the gateway's).
-if [ "${PROFILE:-release}" = dev ]; then
+if [ -n "${BIN_DIR:-}" ]; then
+    bin_dir="$BIN_DIR"
+elif [ "${PROFILE:-release}" = dev ]; then
     cargo build -p sluice-gateway -p sluice-bench >&2
     bin_dir="$target_dir/debug"
 else
