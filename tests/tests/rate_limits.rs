@@ -508,3 +508,69 @@ async fn parallel_leases_are_released_as_fast_as_requests_are_admitted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A call to Redis that times out may still have run: the admit script
+/// added the request's parallel lease, but the gateway, hearing nothing,
+/// served the request under its local limiter and had no lease to release.
+/// That slot stayed taken until the lease's expiry (minutes). Now the
+/// gateway queues the lease's removal and retries it until Redis answers:
+/// here Redis is 200 ms away each way (a 400 ms round trip, past the 250 ms
+/// call timeout) while one request is admitted, then the link recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_added_by_a_timed_out_admission_is_released_once_redis_answers() {
+    let fake = fakes::openai::start(None).await;
+    let redis = "127.0.0.1:6379".parse().unwrap();
+    let link = sluice_tests::slow_link::SlowLink::start(redis, Duration::ZERO).await;
+    let url = format!("redis://{}", link.addr());
+    let prefix = unique("sluice-test:limits:timeout");
+    let server = start(Setup {
+        fake: &fake,
+        keys: &[("late", "max_parallel = 4")],
+        redis_url: &url,
+        prefix: &prefix,
+        on_store_down: "open",
+        store_url: None,
+    })
+    .await;
+    // One request on a fast link first: the connection is up and the
+    // scripts are loaded, so the slow call below is the admit script itself.
+    assert_eq!(ask(&server, "late", 1).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while leases_held(&prefix, "late") != 0 {
+        assert!(Instant::now() < deadline, "{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    link.set_one_way(Duration::from_millis(200));
+    let reply = ask(&server, "late", 1).await;
+    assert_eq!(
+        reply.status, 200,
+        "served under the local limiter: {}",
+        reply.body
+    );
+    // The admit script ran on Redis after the gateway gave up on it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while leases_held(&prefix, "late") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow admit never reached Redis; the test proves nothing\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    link.set_one_way(Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let held = leases_held(&prefix, "late");
+        if held == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} lease(s) of a timed-out admission still held after Redis recovered\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

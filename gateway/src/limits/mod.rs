@@ -191,6 +191,12 @@ impl Limits {
                 }
                 Err(Unavailable(why)) => {
                     self.unreachable(&why);
+                    // A call that timed out may still have run: Redis may
+                    // hold this request's parallel lease, which nothing
+                    // would release before its expiry (minutes of a slot
+                    // lost). Queue its removal; the settle worker retries
+                    // removals until Redis answers.
+                    self.forget_lease(&checks, &lease_id);
                     match self.on_store_down {
                         OnStoreDown::Open => (local, false),
                         OnStoreDown::Closed => {
@@ -213,6 +219,20 @@ impl Limits {
             }),
         });
         Ok(Admission { headers, lease })
+    }
+
+    fn forget_lease(&self, checks: &[Check], lease_id: &str) {
+        let items = shared::give_backs(checks, 0);
+        if items.is_empty() {
+            return;
+        }
+        let release = Release {
+            items,
+            lease: lease_id.to_owned(),
+        };
+        if self.settles.try_send(release).is_err() {
+            metrics::counter!("sluice_limit_settle_failures_total").increment(1);
+        }
     }
 
     fn refuse(&self, principal: &Principal, check: &Check, retry_us: u64) -> ApiError {
@@ -294,10 +314,22 @@ impl SettleWorker {
     /// one script run and the gateway one round trip.
     pub async fn run(mut self) {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(SETTLES_IN_FLIGHT));
+        // Lease removals whose call failed, tried again every
+        // `RETRY_AFTER`: an outage or a timed-out call must not hold a
+        // parallel slot until the lease's expiry. Token give-backs are not
+        // retried (a call that timed out may have applied them).
+        let (retry, mut retries) = mpsc::channel::<Release>(SETTLE_QUEUE);
+        let mut retry_tick = tokio::time::interval(shared::RETRY_AFTER);
+        retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let mut batch = Vec::new();
-            if self.jobs.recv_many(&mut batch, SETTLE_BATCH).await == 0 {
-                break;
+            tokio::select! {
+                received = self.jobs.recv_many(&mut batch, SETTLE_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                }
+                _ = retry_tick.tick() => {}
             }
             let Some(shared) = self.shared.clone() else {
                 continue;
@@ -305,22 +337,38 @@ impl SettleWorker {
             let Ok(permit) = in_flight.clone().acquire_owned().await else {
                 break;
             };
-            // Whatever queued while waiting for the permit goes too.
-            while batch.len() < SETTLE_BATCH {
-                match self.jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+            // Whatever queued while waiting for the permit goes too, then
+            // the removals waiting for another try.
+            drain_into(&mut batch, &mut self.jobs);
+            drain_into(&mut batch, &mut retries);
+            if batch.is_empty() {
+                continue;
             }
+            let retry = retry.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 if let Err(Unavailable(why)) = shared.settle(&batch).await {
-                    // The leases lapse at their expiry; unreturned tokens stay spent.
                     metrics::counter!("sluice_limit_settle_failures_total")
                         .increment(batch.len() as u64);
                     tracing::debug!(error = %why, "rate-limit settlements did not reach Redis");
+                    for removal in batch.into_iter().filter_map(Release::lease_removals) {
+                        if retry.try_send(removal).is_err() {
+                            // Past the retry queue's end the lease lapses at its expiry.
+                            metrics::counter!("sluice_limit_leases_abandoned_total").increment(1);
+                        }
+                    }
                 }
             });
+        }
+    }
+}
+
+/// Moves what `queue` holds now into `batch`, up to [`SETTLE_BATCH`].
+fn drain_into(batch: &mut Vec<Release>, queue: &mut mpsc::Receiver<Release>) {
+    while batch.len() < SETTLE_BATCH {
+        match queue.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
         }
     }
 }

@@ -29,7 +29,7 @@ use super::Outcome;
 /// How long one script may take before the request goes on without Redis.
 const OP_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failure, how long requests skip Redis before one tries again.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(super) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Redis did not answer (in time).
 #[derive(Debug, Clone)]
@@ -59,6 +59,24 @@ pub struct GiveBack {
 pub struct Release {
     pub items: Vec<GiveBack>,
     pub lease: String,
+}
+
+impl Release {
+    /// What of this release may be sent again after a call whose outcome is
+    /// unknown: only the lease removals. Removing a lease twice, or one that
+    /// was never added, changes nothing; giving tokens back twice would
+    /// hand out more than the limit.
+    pub fn lease_removals(self) -> Option<Release> {
+        let items: Vec<GiveBack> = self
+            .items
+            .into_iter()
+            .filter(|item| item.tokens.is_none())
+            .collect();
+        (!items.is_empty()).then_some(Release {
+            items,
+            lease: self.lease,
+        })
+    }
 }
 
 impl SharedLimiter {
