@@ -14,7 +14,7 @@
 
 #define MAX_DPL (SLUICE_ATTN_MAX_HEAD_DIM / SLUICE_WARP)
 
-extern "C" __global__ void sluice_paged_attention(
+extern "C" __global__ void __launch_bounds__(SLUICE_ATTN_WARPS * SLUICE_WARP) sluice_paged_attention(
     const __nv_bfloat16* __restrict__ q,          // [tokens][n_heads * head_dim]
     const __nv_bfloat16* __restrict__ k_cache,    // [blocks][kv_heads][block_size][head_dim]
     const __nv_bfloat16* __restrict__ v_cache,
@@ -56,14 +56,34 @@ extern "C" __global__ void sluice_paged_attention(
         qr[d] = d < dpl ? ld_bf16(qh + d) : 0.0f;
         acc[d] = 0.0f;
     }
+    // Element offset of this lane's slice of key p's K/V row.
+    auto row_of = [&](int p) {
+        const long long block = table[p / block_size];
+        return ((block * n_kv_heads + kvh) * block_size + p % block_size) * head_dim + lane * dpl;
+    };
+    // K/V of the warp's next key are loaded while the current one is used:
+    // a decode step is bound by these loads' latency, not by arithmetic.
+    // The arithmetic, and so the twin, is that of one key at a time.
+    __nv_bfloat16 k_cur[MAX_DPL], v_cur[MAX_DPL], k_next[MAX_DPL], v_next[MAX_DPL];
+    if (warp < n_keys) {
+        const long long row = row_of(warp);
+#pragma unroll
+        for (int d = 0; d < MAX_DPL; d++)
+            if (d < dpl) { k_cur[d] = k_cache[row + d]; v_cur[d] = v_cache[row + d]; }
+    }
     float m = -INFINITY, l = 0.0f;
     for (int p = warp; p < n_keys; p += SLUICE_ATTN_WARPS) {
-        const long long block = table[p / block_size];
-        const long long row = ((block * n_kv_heads + kvh) * block_size + p % block_size) * head_dim + lane * dpl;
+        const int p_next = p + SLUICE_ATTN_WARPS;
+        if (p_next < n_keys) {
+            const long long row = row_of(p_next);
+#pragma unroll
+            for (int d = 0; d < MAX_DPL; d++)
+                if (d < dpl) { k_next[d] = k_cache[row + d]; v_next[d] = v_cache[row + d]; }
+        }
         float partial = 0.0f;
 #pragma unroll
         for (int d = 0; d < MAX_DPL; d++)
-            if (d < dpl) partial += qr[d] * ld_bf16(k_cache + row + d);
+            if (d < dpl) partial += qr[d] * __bfloat162float(k_cur[d]);
         const float s = warp_sum(partial) * scale;
         const float m_new = fmaxf(m, s);
         const float alpha = expf(m - m_new);
@@ -71,8 +91,10 @@ extern "C" __global__ void sluice_paged_attention(
         l = l * alpha + e;
 #pragma unroll
         for (int d = 0; d < MAX_DPL; d++)
-            if (d < dpl) acc[d] = acc[d] * alpha + e * ld_bf16(v_cache + row + d);
+            if (d < dpl) acc[d] = acc[d] * alpha + e * __bfloat162float(v_cur[d]);
         m = m_new;
+#pragma unroll
+        for (int d = 0; d < MAX_DPL; d++) { k_cur[d] = k_next[d]; v_cur[d] = v_next[d]; }
     }
     if (lane == 0) {
         m_w[warp] = m;

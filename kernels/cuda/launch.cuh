@@ -13,7 +13,7 @@
 #define SLUICE_ROPE_THREADS 128
 // Paged attention: one block per (query token, query head), this many warps
 // each walking every SLUICE_ATTN_WARPS-th key with its own online softmax.
-#define SLUICE_ATTN_WARPS 4
+#define SLUICE_ATTN_WARPS 8
 // Largest head size: each lane holds head_dim / 32 values of q and of the
 // output accumulator in registers.
 #define SLUICE_ATTN_MAX_HEAD_DIM 256

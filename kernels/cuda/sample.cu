@@ -127,7 +127,7 @@ extern "C" __global__ void __launch_bounds__(T) sluice_sample(
         // First run whose end passes the target, then walk from its start.
         double cum = 0.0;
         int c = 0;
-        while (c < T && !(target < cum + s_sum[c])) { cum += s_sum[c]; c++; }
+        while (c < T && target >= cum + s_sum[c]) { cum += s_sum[c]; c++; }
         int last = -1;
         if (c == T) {  // rounding left the target past the end: the last weighted token wins
             for (int i = vocab - 1; i >= 0 && last < 0; i--) {
@@ -236,7 +236,7 @@ extern "C" __global__ void __launch_bounds__(T) sluice_sample(
     for (int j = 0; j < keep; j++) {
         const int id = key_id(s_keys[j]);
         const float w = WEIGHT(clean(lg[id]));
-        if (!(w >= min_p) || w <= 0.0f) continue;
+        if (w < min_p || w <= 0.0f) continue;
         cum += (double)w;
         last = id;
         if (target < cum) break;

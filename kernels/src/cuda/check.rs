@@ -5,7 +5,7 @@
 
 use half::bf16;
 
-use super::{AttentionBuffers, Gpu, GpuError, RopeKvBuffers};
+use super::{AttentionBuffers, Gpu, GpuError, In, RopeKvBuffers};
 use crate::cuda_twin::{self as twin, max_relative_error, AttentionShape, EmbeddingShape, KvLayout, NormShape};
 use crate::cuda_twin::{RopeKvShape, RowSampling, SampleShape, SiluMulShape};
 use crate::rope::{Rope, RopeStyle};
@@ -310,18 +310,20 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
             None => None,
         };
         let mut d_out = gpu.stream().alloc_zeros::<bf16>(q.len()).map_err(text)?;
+        let prefill = d_qs.is_some();
         let buf = AttentionBuffers {
             q: &d_q,
             k_cache: &d_k,
             v_cache: &d_v,
             block_tables: &d_tables,
             context_lens: &d_ctx,
-            query_starts: d_qs.as_ref().map(|q| q as _),
+            query_starts: d_qs.as_ref().map(|q| q as In<'_, i32>),
             out: &mut d_out,
         };
-        match d_qs {
-            Some(_) => gpu.paged_attention_prefill(&shape, buf),
-            None => gpu.paged_attention_decode(&shape, buf),
+        if prefill {
+            gpu.paged_attention_prefill(&shape, buf)
+        } else {
+            gpu.paged_attention_decode(&shape, buf)
         }
         .map_err(text)?;
         let got: Vec<bf16> = down!(gpu, d_out);
@@ -366,6 +368,7 @@ mod tests {
         if unsafe { cudarc::driver::sys::is_culib_present() } {
             let checks = run_on_device(0, 1).expect("a GPU machine opens its device");
             assert_eq!(checks.len(), 9);
+            assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
             return;
         }
         let err = run_on_device(0, 1).unwrap_err();

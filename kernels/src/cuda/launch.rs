@@ -6,7 +6,7 @@
 //! for the next operation on the same stream. Index contents (block ids,
 //! slots) are the caller's promise; the twins check them on the CPU.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::{driver, Gpu, GpuError};

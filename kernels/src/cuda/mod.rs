@@ -61,6 +61,8 @@ pub enum GpuError {
         #[source]
         source: DriverError,
     },
+    #[error("kernel module {0} is not embedded in this build")]
+    MissingKernel(&'static str),
     #[error("the CUDA driver panicked while {0} (an unusable or too old libcuda?)")]
     DriverPanicked(&'static str),
     #[error(transparent)]
@@ -133,15 +135,12 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         let (modules, image) = load_modules(&ctx, (major, minor))?;
-        let function = |module: &str, name: &'static str| -> Result<CudaFunction, GpuError> {
+        let function = |module: &'static str, name: &'static str| -> Result<CudaFunction, GpuError> {
             let m = modules
                 .iter()
                 .find(|(n, _)| *n == module)
                 .map(|(_, m)| m)
-                .ok_or(GpuError::Driver {
-                    what: "finding a kernel module",
-                    source: DriverError(cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_FOUND),
-                })?;
+                .ok_or(GpuError::MissingKernel(module))?;
             m.load_function(name).map_err(driver("loading a kernel function"))
         };
         let kernels = Kernels {

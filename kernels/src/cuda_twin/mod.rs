@@ -45,7 +45,7 @@ pub const NORM_THREADS: usize = 256;
 /// Threads per block (one block per token) of RoPE + KV write.
 pub const ROPE_THREADS: usize = 128;
 /// Warps per block (one block per query token and head) of paged attention.
-pub const ATTN_WARPS: usize = 4;
+pub const ATTN_WARPS: usize = 8;
 /// Largest head size paged attention takes (each lane holds head_dim / 32 values).
 pub const ATTN_MAX_HEAD_DIM: usize = 256;
 /// Threads per block (one block per row) of sampling.

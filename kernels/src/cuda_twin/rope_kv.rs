@@ -75,9 +75,9 @@ pub fn rope_kv_write(shape: &RopeKvShape, mut buf: RopeKvBuffers<'_>) -> Result<
                     q[a] = bf16::from_f32(y0);
                     q[b] = bf16::from_f32(y1);
                 } else if let Some(slot) = slot {
-                    let at = kv.slot_offset(slot, head - shape.n_heads);
-                    buf.k_cache[at + a] = bf16::from_f32(y0);
-                    buf.k_cache[at + b] = bf16::from_f32(y1);
+                    let k_at = kv.slot_offset(slot, head - shape.n_heads);
+                    buf.k_cache[k_at + a] = bf16::from_f32(y0);
+                    buf.k_cache[k_at + b] = bf16::from_f32(y1);
                 }
             }
         }

@@ -111,7 +111,7 @@ fn sample_row(lg: &[f32], p: &RowSampling) -> i32 {
         let target = u * total;
         let mut cum = 0.0f64;
         let mut c = 0;
-        while c < SAMPLE_THREADS && !(target < cum + sums[c]) {
+        while c < SAMPLE_THREADS && target >= cum + sums[c] {
             cum += sums[c];
             c += 1;
         }
@@ -175,7 +175,7 @@ fn sample_row(lg: &[f32], p: &RowSampling) -> i32 {
     let mut last = best;
     for &i in kept {
         let w = weight(i);
-        if !(w >= min_p) || w <= 0.0 {
+        if w < min_p || w <= 0.0 {
             continue;
         }
         cum += w as f64;
