@@ -21,3 +21,6 @@
 #define SLUICE_SAMPLE_THREADS 1024
 // Top-k / top-p keep at most this many candidates on the device (sorted in shared memory).
 #define SLUICE_SAMPLE_MAX_CANDIDATES 1024
+// Q8_0 GEMV: warps per block, one weight row per warp; at most this many activation rows.
+#define SLUICE_GEMV_WARPS 4
+#define SLUICE_GEMV_MAX_BATCH 8

@@ -7,7 +7,7 @@ use half::bf16;
 
 use super::{AttentionBuffers, Gpu, GpuError, In, RopeKvBuffers};
 use crate::cuda_twin::{self as twin, max_relative_error, AttentionShape, EmbeddingShape, KvLayout, NormShape};
-use crate::cuda_twin::{RopeKvShape, RowSampling, SampleShape, SiluMulShape};
+use crate::cuda_twin::{GemvShape, RopeKvShape, RowSampling, SampleShape, SiluMulShape};
 use crate::rope::{Rope, RopeStyle};
 
 /// A kernel's result passes when its error relative to the twin's output
@@ -38,7 +38,7 @@ pub fn run_on_device(ordinal: usize, seed: u64) -> Result<Vec<KernelCheck>, GpuE
 /// Every kernel once, on inputs drawn from `seed`.
 pub fn run_all(gpu: &Gpu, seed: u64) -> Vec<KernelCheck> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let checks: [(&'static str, CheckFn); 9] = [
+    let checks: [(&'static str, CheckFn); 10] = [
         ("embedding_gather", check_embedding),
         ("residual_add", check_residual_add),
         ("silu_mul", check_silu_mul),
@@ -48,6 +48,7 @@ pub fn run_all(gpu: &Gpu, seed: u64) -> Vec<KernelCheck> {
         ("rope_kv_write", check_rope_kv),
         ("paged_attention", check_attention),
         ("sample", check_sample),
+        ("gemv_q8_0", check_gemv),
     ];
     checks
         .into_iter()
@@ -356,6 +357,26 @@ fn check_sample(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
     Ok((format!("{shape:?}, greedy/temperature/top-k/top-p+min-p"), differ as f32 / shape.rows as f32))
 }
 
+fn check_gemv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
+    // Llama-3.1-8B's down projection at decode batch 8, random quants with sane scales.
+    let shape = GemvShape { rows: 4096, cols: 14336, batch: 8 };
+    let mut w = vec![0u8; shape.rows * shape.cols / 32 * 34];
+    for block in w.chunks_exact_mut(34) {
+        block[..2].copy_from_slice(&half::f16::from_f32(rng.uniform() * 0.01).to_le_bytes());
+        for q in &mut block[2..] {
+            *q = rng.next() as u8;
+        }
+    }
+    let x = rng.bf16s(shape.batch * shape.cols, 1.0);
+    let mut want = vec![bf16::ZERO; shape.batch * shape.rows];
+    twin::gemv_q8_0(&shape, &w, &x, &mut want).map_err(text)?;
+    let (d_w, d_x) = (up!(gpu, w), up!(gpu, x));
+    let mut d_out = gpu.stream().alloc_zeros::<bf16>(want.len()).map_err(text)?;
+    gpu.gemv_q8_0(&shape, &d_w, &d_x, &mut d_out).map_err(text)?;
+    let got: Vec<bf16> = down!(gpu, d_out);
+    Ok((format!("{shape:?}"), max_relative_error(&f32s(&got), &f32s(&want))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,7 +388,7 @@ mod tests {
         // SAFETY: only tries to dlopen the library.
         if unsafe { cudarc::driver::sys::is_culib_present() } {
             let checks = run_on_device(0, 1).expect("a GPU machine opens its device");
-            assert_eq!(checks.len(), 9);
+            assert_eq!(checks.len(), 10);
             assert!(checks.iter().all(|c| c.passed), "{checks:#?}");
             return;
         }

@@ -11,9 +11,9 @@ use half::bf16;
 
 use super::{driver, Gpu, GpuError};
 use crate::cuda_twin::{
-    AttentionLens, AttentionShape, EmbeddingShape, NormShape, RopeKvLens, RopeKvShape, RowSampling,
-    SampleShape, SiluMulShape, ATTN_WARPS, ELEMENTWISE_THREADS, NORM_THREADS, ROPE_THREADS,
-    SAMPLE_THREADS, WARP,
+    AttentionLens, AttentionShape, EmbeddingShape, GemvShape, NormShape, RopeKvLens, RopeKvShape,
+    RowSampling, SampleShape, SiluMulShape, ATTN_WARPS, ELEMENTWISE_THREADS, GEMV_WARPS, NORM_THREADS,
+    ROPE_THREADS, SAMPLE_THREADS, WARP,
 };
 use crate::KernelError;
 
@@ -384,6 +384,27 @@ impl Gpu {
         b.arg(&logits).arg(&params).arg(&out_ids).arg(&vocab);
         // SAFETY: the argument list matches the kernel's signature; lengths checked above.
         unsafe { b.launch(config(grid, SAMPLE_THREADS)) }.map_err(driver("launching sample"))?;
+        Ok(())
+    }
+
+    /// `out[t][r] = Σ_c W[r][c] · x[t][c]` with `W` in GGUF Q8_0 bytes as
+    /// stored, for decode batches of at most 8 rows (stretch goal: not yet
+    /// used by the executor). Twin: [`crate::cuda_twin::gemv_q8_0`].
+    pub fn gemv_q8_0(&self, shape: &GemvShape, w: In<'_, u8>, x: In<'_, bf16>, out: Out<'_, bf16>) -> Result<(), GpuError> {
+        shape.validate(w.len(), x.len(), out.len())?;
+        if shape.rows == 0 || shape.batch == 0 {
+            return Ok(());
+        }
+        let s = &self.stream;
+        let (w, _w) = w.device_ptr(s);
+        let (x, _x) = x.device_ptr(s);
+        let (out, _o) = out.device_ptr_mut(s);
+        let (rows, cols, batch) = (int("rows", shape.rows)?, int("cols", shape.cols)?, int("batch", shape.batch)?);
+        let grid = (blocks("row groups", shape.rows.div_ceil(GEMV_WARPS), i32::MAX as u32)?, 1, 1);
+        let mut b = s.launch_builder(&self.kernels.gemv_q8_0);
+        b.arg(&w).arg(&x).arg(&out).arg(&rows).arg(&cols).arg(&batch);
+        // SAFETY: the argument list matches the kernel's signature; lengths checked above.
+        unsafe { b.launch(config(grid, GEMV_WARPS * WARP)) }.map_err(driver("launching gemv_q8_0"))?;
         Ok(())
     }
 }

@@ -93,6 +93,7 @@ pub(crate) struct Kernels {
     pub(crate) rope_kv_write: CudaFunction,
     pub(crate) paged_attention: CudaFunction,
     pub(crate) sample: CudaFunction,
+    pub(crate) gemv_q8_0: CudaFunction,
 }
 
 /// One CUDA device with its context, a stream and the kernels loaded.
@@ -152,6 +153,7 @@ impl Gpu {
             rope_kv_write: function("rope_kv", "sluice_rope_kv_write")?,
             paged_attention: function("attention", "sluice_paged_attention")?,
             sample: function("sample", "sluice_sample")?,
+            gemv_q8_0: function("gemv_q8_0", "sluice_gemv_q8_0")?,
         };
         Ok(Self {
             ctx,
@@ -239,7 +241,7 @@ mod tests {
     #[test]
     fn every_kernel_file_is_embedded_with_both_images() {
         let names: Vec<&str> = MODULES.iter().map(|m| m.name).collect();
-        assert_eq!(names, ["attention", "elementwise", "norm", "rope_kv", "sample"]);
+        assert_eq!(names, ["attention", "elementwise", "gemv_q8_0", "norm", "rope_kv", "sample"]);
         for m in MODULES {
             // An ELF cubin, and PTX text for compute_90.
             assert_eq!(&m.cubin[..4], b"\x7fELF", "{}", m.name);

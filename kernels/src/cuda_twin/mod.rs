@@ -22,6 +22,7 @@
 
 mod attention;
 mod elementwise;
+mod gemv;
 mod norm;
 mod reduce;
 mod rope_kv;
@@ -29,6 +30,7 @@ mod sample;
 
 pub use attention::{paged_attention, AttentionBuffers};
 pub use elementwise::{embedding_gather, residual_add, silu_mul};
+pub use gemv::gemv_q8_0;
 pub use norm::{add_rms_norm, rms_norm};
 pub use rope_kv::{rope_kv_write, RopeKvBuffers};
 pub use sample::{sample, sample_reference, RowSampling, HOST_SAMPLES};
@@ -52,6 +54,10 @@ pub const ATTN_MAX_HEAD_DIM: usize = 256;
 pub const SAMPLE_THREADS: usize = 1024;
 /// Most candidates top-k / top-p keep on the device; beyond, the host samples.
 pub const SAMPLE_MAX_CANDIDATES: usize = 1024;
+/// Warps per block (one weight row per warp) of the Q8_0 GEMV.
+pub const GEMV_WARPS: usize = 4;
+/// Most activation rows one Q8_0 GEMV call takes.
+pub const GEMV_MAX_BATCH: usize = 8;
 
 /// Where K and V of one layer live: `[num_blocks][n_kv_heads][block_size][head_dim]`
 /// bf16 each (head-major inside a block, see `kernels/cuda/README.md`).
@@ -266,6 +272,29 @@ pub struct AttentionLens {
     pub context_lens: usize,
     pub query_starts: Option<usize>,
     pub out: usize,
+}
+
+/// `batch` activation rows of `cols` against a `rows x cols` Q8_0 matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemvShape {
+    pub rows: usize,
+    pub cols: usize,
+    pub batch: usize,
+}
+
+impl GemvShape {
+    /// Checks the weight bytes, `x` and `out`.
+    pub fn validate(&self, w: usize, x: usize, out: usize) -> Result<(), KernelError> {
+        if !self.cols.is_multiple_of(32) {
+            return Err(bad(format!("Q8_0 rows hold blocks of 32 values, not {}", self.cols)));
+        }
+        if self.batch > GEMV_MAX_BATCH {
+            return Err(bad(format!("the Q8_0 GEMV takes at most {GEMV_MAX_BATCH} rows, not {}", self.batch)));
+        }
+        expect_len("gemv weight bytes", self.rows * self.cols / 32 * 34, w)?;
+        expect_len("gemv x", self.batch * self.cols, x)?;
+        expect_len("gemv output", self.batch * self.rows, out)
+    }
 }
 
 /// Sampling of `rows` logits rows of `vocab` entries.

@@ -43,6 +43,8 @@ fn launch_constants_match_the_cuda_header() {
     assert_eq!(define("ATTN_MAX_HEAD_DIM"), ATTN_MAX_HEAD_DIM);
     assert_eq!(define("SAMPLE_THREADS"), SAMPLE_THREADS);
     assert_eq!(define("SAMPLE_MAX_CANDIDATES"), SAMPLE_MAX_CANDIDATES);
+    assert_eq!(define("GEMV_WARPS"), GEMV_WARPS);
+    assert_eq!(define("GEMV_MAX_BATCH"), GEMV_MAX_BATCH);
 }
 
 #[test]
@@ -471,4 +473,24 @@ fn top_k_above_the_device_limit_is_left_to_the_host() {
     let p = RowSampling { top_k: 1024, ..p };
     sample(&SampleShape { rows: 1, vocab }, &logits, &[p], &mut ids).unwrap();
     assert_eq!(Some(ids[0] as usize), sample_reference(&logits, &p));
+}
+
+/// Q8_0 GEMV against the CPU reference matmul on the same quantised
+/// matrix, for one row and a full batch, with more blocks than lanes.
+#[test]
+fn q8_0_gemv_matches_the_reference_matmul() {
+    use crate::{Matrix, WeightDType};
+    let mut rng = Rng::new(10);
+    for (rows, cols, batch) in [(37, 64, 1), (50, 32 * 70, 8), (8, 4096, 3)] {
+        let values: Vec<f32> = (0..rows * cols).map(|_| rng.uniform() * 0.1).collect();
+        let w = Matrix::quantize(WeightDType::Q8_0, rows, cols, &values).unwrap();
+        let x = bf16s(&mut rng, batch * cols, 2.0);
+        let mut want = vec![0.0; batch * rows];
+        crate::matmul::matmul_reference(&w, &to_f32(&x), batch, &mut want);
+        let mut out = vec![bf16::ZERO; batch * rows];
+        gemv_q8_0(&GemvShape { rows, cols, batch }, w.bytes(), &x, &mut out).unwrap();
+        assert_close(&format!("gemv {rows}x{cols} batch {batch}"), &to_f32(&out), &want, BF16_TOLERANCE);
+    }
+    let err = gemv_q8_0(&GemvShape { rows: 1, cols: 32, batch: 9 }, &[0; 34], &[bf16::ZERO; 288], &mut [bf16::ZERO; 9]).unwrap_err();
+    assert!(err.to_string().contains("at most 8 rows"), "{err}");
 }
