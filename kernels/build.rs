@@ -59,7 +59,12 @@ fn build_kernels() -> Result<(), String> {
             .ok_or_else(|| format!("odd file name {}", source.display()))?;
         let cubin = out_dir.join(format!("{stem}.sm_90a.cubin"));
         let ptx = out_dir.join(format!("{stem}.compute_90.ptx"));
-        let ptxas = nvcc_run(&nvcc, source, &["-arch=sm_90a", "-cubin", "-Xptxas", "-v"], &cubin)?;
+        let ptxas = nvcc_run(
+            &nvcc,
+            source,
+            &["-arch=sm_90a", "-cubin", "-Xptxas", "-v"],
+            &cubin,
+        )?;
         nvcc_run(&nvcc, source, &["-arch=compute_90", "-ptx"], &ptx)?;
         for line in ptxas.lines().filter(|l| {
             l.contains("Compiling entry")
@@ -69,7 +74,8 @@ fn build_kernels() -> Result<(), String> {
         }) {
             let line = line.trim();
             writeln!(report, "{line}").map_err(|e| e.to_string())?;
-            if spill_bytes(line, "bytes spill stores") + spill_bytes(line, "bytes spill loads") > 0 {
+            if spill_bytes(line, "bytes spill stores") + spill_bytes(line, "bytes spill loads") > 0
+            {
                 spills.push(format!("{stem}.cu: {line}"));
             }
         }
@@ -86,8 +92,11 @@ fn build_kernels() -> Result<(), String> {
             spills.join("\n")
         ));
     }
-    writeln!(generated, "/// ptxas's register, stack and spill report for every kernel (sm_90a).")
-        .map_err(|e| e.to_string())?;
+    writeln!(
+        generated,
+        "/// ptxas's register, stack and spill report for every kernel (sm_90a)."
+    )
+    .map_err(|e| e.to_string())?;
     writeln!(generated, "pub const PTXAS_REPORT: &str = {report:?};").map_err(|e| e.to_string())?;
     let target = out_dir.join("cuda_modules.rs");
     std::fs::write(&target, generated).map_err(|e| format!("{}: {e}", target.display()))?;

@@ -6,7 +6,9 @@
 use half::bf16;
 
 use super::{AttentionBuffers, Gpu, GpuError, In, RopeKvBuffers};
-use crate::cuda_twin::{self as twin, max_relative_error, AttentionShape, EmbeddingShape, KvLayout, NormShape};
+use crate::cuda_twin::{
+    self as twin, max_relative_error, AttentionShape, EmbeddingShape, KvLayout, NormShape,
+};
 use crate::cuda_twin::{GemvShape, RopeKvShape, RowSampling, SampleShape, SiluMulShape};
 use crate::rope::{Rope, RopeStyle};
 
@@ -95,7 +97,9 @@ impl Rng {
         (0..n).map(|_| self.uniform() * scale).collect()
     }
     fn bf16s(&mut self, n: usize, scale: f32) -> Vec<bf16> {
-        (0..n).map(|_| bf16::from_f32(self.uniform() * scale)).collect()
+        (0..n)
+            .map(|_| bf16::from_f32(self.uniform() * scale))
+            .collect()
     }
 }
 
@@ -120,14 +124,21 @@ macro_rules! down {
 }
 
 fn check_embedding(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
-    let shape = EmbeddingShape { tokens: 64, vocab: 1000, hidden: 4096 };
+    let shape = EmbeddingShape {
+        tokens: 64,
+        vocab: 1000,
+        hidden: 4096,
+    };
     let table = rng.bf16s(shape.vocab * shape.hidden, 1.0);
-    let ids: Vec<i32> = (0..shape.tokens).map(|_| rng.below(shape.vocab) as i32).collect();
+    let ids: Vec<i32> = (0..shape.tokens)
+        .map(|_| rng.below(shape.vocab) as i32)
+        .collect();
     let mut want = vec![0.0; shape.tokens * shape.hidden];
     twin::embedding_gather(&shape, &ids, &table, &mut want).map_err(text)?;
     let (d_ids, d_table) = (up!(gpu, ids), up!(gpu, table));
     let mut d_out = gpu.stream().alloc_zeros::<f32>(want.len()).map_err(text)?;
-    gpu.embedding_gather(&shape, &d_ids, &d_table, &mut d_out).map_err(text)?;
+    gpu.embedding_gather(&shape, &d_ids, &d_table, &mut d_out)
+        .map_err(text)?;
     let got: Vec<f32> = down!(gpu, d_out);
     Ok((format!("{shape:?}"), max_relative_error(&got, &want)))
 }
@@ -145,7 +156,10 @@ fn check_residual_add(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String>
 }
 
 fn check_silu_mul(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
-    let shape = SiluMulShape { rows: 64, ff: 14336 };
+    let shape = SiluMulShape {
+        rows: 64,
+        ff: 14336,
+    };
     let gate_up = rng.bf16s(shape.rows * 2 * shape.ff, 4.0);
     let mut want = vec![bf16::ZERO; shape.rows * shape.ff];
     twin::silu_mul(&shape, &gate_up, &mut want).map_err(text)?;
@@ -153,11 +167,18 @@ fn check_silu_mul(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
     let mut d_out = gpu.stream().alloc_zeros::<bf16>(want.len()).map_err(text)?;
     gpu.silu_mul(&shape, &d_gate_up, &mut d_out).map_err(text)?;
     let got: Vec<bf16> = down!(gpu, d_out);
-    Ok((format!("{shape:?}"), max_relative_error(&f32s(&got), &f32s(&want))))
+    Ok((
+        format!("{shape:?}"),
+        max_relative_error(&f32s(&got), &f32s(&want)),
+    ))
 }
 
 fn check_rms_norm(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
-    let shape = NormShape { rows: 64, dim: 4096, eps: 1e-5 };
+    let shape = NormShape {
+        rows: 64,
+        dim: 4096,
+        eps: 1e-5,
+    };
     let x = rng.f32s(shape.rows * shape.dim, 3.0);
     let weight = rng.bf16s(shape.dim, 1.0);
     let mut want = vec![bf16::ZERO; x.len()];
@@ -166,26 +187,41 @@ fn check_rms_norm(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
     let mut d_out = gpu.stream().alloc_zeros::<bf16>(want.len()).map_err(text)?;
     gpu.rms_norm(&shape, &d_x, &d_w, &mut d_out).map_err(text)?;
     let got: Vec<bf16> = down!(gpu, d_out);
-    Ok((format!("{shape:?}"), max_relative_error(&f32s(&got), &f32s(&want))))
+    Ok((
+        format!("{shape:?}"),
+        max_relative_error(&f32s(&got), &f32s(&want)),
+    ))
 }
 
 fn check_rms_norm_rows(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
     let (x_rows, dim) = (64, 4096);
     let ids: Vec<i32> = (0..8).map(|_| rng.below(x_rows) as i32).collect();
-    let shape = NormShape { rows: ids.len(), dim, eps: 1e-5 };
+    let shape = NormShape {
+        rows: ids.len(),
+        dim,
+        eps: 1e-5,
+    };
     let x = rng.f32s(x_rows * dim, 3.0);
     let weight = rng.bf16s(dim, 1.0);
     let mut want = vec![bf16::ZERO; ids.len() * dim];
     twin::rms_norm(&shape, &x, Some(&ids), &weight, &mut want).map_err(text)?;
     let (d_x, d_ids, d_w) = (up!(gpu, x), up!(gpu, ids), up!(gpu, weight));
     let mut d_out = gpu.stream().alloc_zeros::<bf16>(want.len()).map_err(text)?;
-    gpu.rms_norm_rows(&shape, &d_x, &d_ids, &d_w, &mut d_out).map_err(text)?;
+    gpu.rms_norm_rows(&shape, &d_x, &d_ids, &d_w, &mut d_out)
+        .map_err(text)?;
     let got: Vec<bf16> = down!(gpu, d_out);
-    Ok((format!("{shape:?} gathered from {x_rows} rows"), max_relative_error(&f32s(&got), &f32s(&want))))
+    Ok((
+        format!("{shape:?} gathered from {x_rows} rows"),
+        max_relative_error(&f32s(&got), &f32s(&want)),
+    ))
 }
 
 fn check_add_rms_norm(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
-    let shape = NormShape { rows: 64, dim: 4096, eps: 1e-5 };
+    let shape = NormShape {
+        rows: 64,
+        dim: 4096,
+        eps: 1e-5,
+    };
     let x = rng.f32s(shape.rows * shape.dim, 3.0);
     let delta = rng.bf16s(x.len(), 1.0);
     let weight = rng.bf16s(shape.dim, 1.0);
@@ -194,28 +230,46 @@ fn check_add_rms_norm(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String>
     twin::add_rms_norm(&shape, &mut want_res, &delta, &weight, &mut want).map_err(text)?;
     let (mut d_x, d_delta, d_w) = (up!(gpu, x), up!(gpu, delta), up!(gpu, weight));
     let mut d_out = gpu.stream().alloc_zeros::<bf16>(want.len()).map_err(text)?;
-    gpu.add_rms_norm(&shape, &mut d_x, &d_delta, &d_w, &mut d_out).map_err(text)?;
+    gpu.add_rms_norm(&shape, &mut d_x, &d_delta, &d_w, &mut d_out)
+        .map_err(text)?;
     let (got_res, got): (Vec<f32>, Vec<bf16>) = (down!(gpu, d_x), down!(gpu, d_out));
-    let err = max_relative_error(&got_res, &want_res).max(max_relative_error(&f32s(&got), &f32s(&want)));
+    let err =
+        max_relative_error(&got_res, &want_res).max(max_relative_error(&f32s(&got), &f32s(&want)));
     Ok((format!("{shape:?}"), err))
 }
 
 /// Llama-3.1-8B's attention shape, 16-token blocks.
 fn llama_kv(num_blocks: usize) -> KvLayout {
-    KvLayout { num_blocks, block_size: 16, n_kv_heads: 8, head_dim: 128 }
+    KvLayout {
+        num_blocks,
+        block_size: 16,
+        n_kv_heads: 8,
+        head_dim: 128,
+    }
 }
 
 fn check_rope_kv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
     let kv = llama_kv(64);
-    let shape = RopeKvShape { tokens: 64, n_heads: 32, kv, style: RopeStyle::HalfSplit };
+    let shape = RopeKvShape {
+        tokens: 64,
+        n_heads: 32,
+        kv,
+        style: RopeStyle::HalfSplit,
+    };
     let rope = Rope::new(128, 500_000.0, RopeStyle::HalfSplit, None);
     let qkv = rng.bf16s(shape.tokens * shape.qkv_width(), 2.0);
     let positions: Vec<i32> = (0..shape.tokens).map(|_| rng.below(8000) as i32).collect();
     // Distinct slots, one padding token.
-    let mut slots: Vec<i32> = (0..shape.tokens).map(|t| (t * 7 % (kv.num_blocks * kv.block_size)) as i32).collect();
+    let mut slots: Vec<i32> = (0..shape.tokens)
+        .map(|t| (t * 7 % (kv.num_blocks * kv.block_size)) as i32)
+        .collect();
     slots[5] = -1;
     let q_len = shape.tokens * shape.n_heads * kv.head_dim;
-    let (mut q, mut k, mut v) = (vec![bf16::ZERO; q_len], vec![bf16::ZERO; kv.layer_len()], vec![bf16::ZERO; kv.layer_len()]);
+    let (mut q, mut k, mut v) = (
+        vec![bf16::ZERO; q_len],
+        vec![bf16::ZERO; kv.layer_len()],
+        vec![bf16::ZERO; kv.layer_len()],
+    );
     twin::rope_kv_write(
         &shape,
         twin::RopeKvBuffers {
@@ -230,7 +284,12 @@ fn check_rope_kv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
         },
     )
     .map_err(text)?;
-    let (d_qkv, d_pos, d_slots, d_freq) = (up!(gpu, qkv), up!(gpu, positions), up!(gpu, slots), up!(gpu, rope.inv_freq().to_vec()));
+    let (d_qkv, d_pos, d_slots, d_freq) = (
+        up!(gpu, qkv),
+        up!(gpu, positions),
+        up!(gpu, slots),
+        up!(gpu, rope.inv_freq().to_vec()),
+    );
     let s = gpu.stream();
     let mut d_q = s.alloc_zeros::<bf16>(q_len).map_err(text)?;
     let mut d_k = s.alloc_zeros::<bf16>(kv.layer_len()).map_err(text)?;
@@ -249,11 +308,18 @@ fn check_rope_kv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
         },
     )
     .map_err(text)?;
-    let (gq, gk, gv): (Vec<bf16>, Vec<bf16>, Vec<bf16>) = (down!(gpu, d_q), down!(gpu, d_k), down!(gpu, d_v));
+    let (gq, gk, gv): (Vec<bf16>, Vec<bf16>, Vec<bf16>) =
+        (down!(gpu, d_q), down!(gpu, d_k), down!(gpu, d_v));
     let err = max_relative_error(&f32s(&gq), &f32s(&q))
         .max(max_relative_error(&f32s(&gk), &f32s(&k)))
         .max(max_relative_error(&f32s(&gv), &f32s(&v)));
-    Ok((format!("{} tokens, 32/8 heads x 128, positions < 8000", shape.tokens), err))
+    Ok((
+        format!(
+            "{} tokens, 32/8 heads x 128, positions < 8000",
+            shape.tokens
+        ),
+        err,
+    ))
 }
 
 /// Decode (8 sequences, one of them padding) and a prefill step (three
@@ -270,7 +336,10 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
     let prefill = [(0usize, 100usize), (300, 37), (999, 1)];
     for (lens, starts) in [
         (decode_lens.to_vec(), None),
-        (prefill.iter().map(|&(c, n)| c + n).collect::<Vec<_>>(), Some(prefill.iter().map(|&(_, n)| n).collect::<Vec<_>>())),
+        (
+            prefill.iter().map(|&(c, n)| c + n).collect::<Vec<_>>(),
+            Some(prefill.iter().map(|&(_, n)| n).collect::<Vec<_>>()),
+        ),
     ] {
         // Block tables: distinct random blocks per sequence.
         let mut tables = vec![0i32; lens.len() * max_blocks];
@@ -287,8 +356,17 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
             }
             qs
         });
-        let n_tokens = query_starts.as_ref().map_or(lens.len(), |qs| qs.last().copied().unwrap_or(0) as usize);
-        let shape = AttentionShape { n_seqs: lens.len(), n_tokens, n_heads, kv, max_blocks_per_seq: max_blocks, scale: 1.0 / (kv.head_dim as f32).sqrt() };
+        let n_tokens = query_starts
+            .as_ref()
+            .map_or(lens.len(), |qs| qs.last().copied().unwrap_or(0) as usize);
+        let shape = AttentionShape {
+            n_seqs: lens.len(),
+            n_tokens,
+            n_heads,
+            kv,
+            max_blocks_per_seq: max_blocks,
+            scale: 1.0 / (kv.head_dim as f32).sqrt(),
+        };
         let q = rng.bf16s(n_tokens * width, 1.0);
         let ctx: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
         let mut want = vec![bf16::ZERO; q.len()];
@@ -330,36 +408,77 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
         let got: Vec<bf16> = down!(gpu, d_out);
         worst = worst.max(max_relative_error(&f32s(&got), &f32s(&want)));
     }
-    Ok(("decode 8 seqs (len 0..1000) + prefill 3 chunks, 32/8 heads x 128, 16-token blocks".into(), worst))
+    Ok((
+        "decode 8 seqs (len 0..1000) + prefill 3 chunks, 32/8 heads x 128, 16-token blocks".into(),
+        worst,
+    ))
 }
 
 fn check_sample(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
-    let shape = SampleShape { rows: 16, vocab: 128_256 };
+    let shape = SampleShape {
+        rows: 16,
+        vocab: 128_256,
+    };
     let logits: Vec<f32> = (0..shape.rows * shape.vocab)
-        .map(|i| if i % 311 == 0 { 8.0 + rng.uniform() * 4.0 } else { rng.uniform() * 6.0 })
+        .map(|i| {
+            if i % 311 == 0 {
+                8.0 + rng.uniform() * 4.0
+            } else {
+                rng.uniform() * 6.0
+            }
+        })
         .collect();
     let settings = [
-        RowSampling { temperature: 0.0, top_p: 1.0, ..Default::default() },
-        RowSampling { temperature: 0.8, top_p: 1.0, ..Default::default() },
-        RowSampling { temperature: 0.7, top_p: 1.0, top_k: 50, ..Default::default() },
-        RowSampling { temperature: 1.0, top_p: 0.9, min_p: 0.05, ..Default::default() },
+        RowSampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            ..Default::default()
+        },
+        RowSampling {
+            temperature: 0.8,
+            top_p: 1.0,
+            ..Default::default()
+        },
+        RowSampling {
+            temperature: 0.7,
+            top_p: 1.0,
+            top_k: 50,
+            ..Default::default()
+        },
+        RowSampling {
+            temperature: 1.0,
+            top_p: 0.9,
+            min_p: 0.05,
+            ..Default::default()
+        },
     ];
     let params: Vec<RowSampling> = (0..shape.rows)
-        .map(|r| RowSampling { uniform: (rng.uniform() + 1.0) / 2.0, ..settings[r % settings.len()] })
+        .map(|r| RowSampling {
+            uniform: (rng.uniform() + 1.0) / 2.0,
+            ..settings[r % settings.len()]
+        })
         .collect();
     let mut want = vec![0i32; shape.rows];
     twin::sample(&shape, &logits, &params, &mut want).map_err(text)?;
     let (d_logits, d_params) = (up!(gpu, logits), up!(gpu, params));
     let mut d_out = gpu.stream().alloc_zeros::<i32>(shape.rows).map_err(text)?;
-    gpu.sample(&shape, &d_logits, &d_params, &mut d_out).map_err(text)?;
+    gpu.sample(&shape, &d_logits, &d_params, &mut d_out)
+        .map_err(text)?;
     let got: Vec<i32> = down!(gpu, d_out);
     let differ = got.iter().zip(&want).filter(|(g, w)| g != w).count();
-    Ok((format!("{shape:?}, greedy/temperature/top-k/top-p+min-p"), differ as f32 / shape.rows as f32))
+    Ok((
+        format!("{shape:?}, greedy/temperature/top-k/top-p+min-p"),
+        differ as f32 / shape.rows as f32,
+    ))
 }
 
 fn check_gemv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
     // Llama-3.1-8B's down projection at decode batch 8, random quants with sane scales.
-    let shape = GemvShape { rows: 4096, cols: 14336, batch: 8 };
+    let shape = GemvShape {
+        rows: 4096,
+        cols: 14336,
+        batch: 8,
+    };
     let mut w = vec![0u8; shape.rows * shape.cols / 32 * 34];
     for block in w.chunks_exact_mut(34) {
         block[..2].copy_from_slice(&half::f16::from_f32(rng.uniform() * 0.01).to_le_bytes());
@@ -372,9 +491,13 @@ fn check_gemv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
     twin::gemv_q8_0(&shape, &w, &x, &mut want).map_err(text)?;
     let (d_w, d_x) = (up!(gpu, w), up!(gpu, x));
     let mut d_out = gpu.stream().alloc_zeros::<bf16>(want.len()).map_err(text)?;
-    gpu.gemv_q8_0(&shape, &d_w, &d_x, &mut d_out).map_err(text)?;
+    gpu.gemv_q8_0(&shape, &d_w, &d_x, &mut d_out)
+        .map_err(text)?;
     let got: Vec<bf16> = down!(gpu, d_out);
-    Ok((format!("{shape:?}"), max_relative_error(&f32s(&got), &f32s(&want))))
+    Ok((
+        format!("{shape:?}"),
+        max_relative_error(&f32s(&got), &f32s(&want)),
+    ))
 }
 
 #[cfg(test)]

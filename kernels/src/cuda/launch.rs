@@ -6,14 +6,14 @@
 //! for the next operation on the same stream. Index contents (block ids,
 //! slots) are the caller's promise; the twins check them on the CPU.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::{driver, Gpu, GpuError};
 use crate::cuda_twin::{
     AttentionLens, AttentionShape, EmbeddingShape, GemvShape, NormShape, RopeKvLens, RopeKvShape,
-    RowSampling, SampleShape, SiluMulShape, ATTN_WARPS, ELEMENTWISE_THREADS, GEMV_WARPS, NORM_THREADS,
-    ROPE_THREADS, SAMPLE_THREADS, WARP,
+    RowSampling, SampleShape, SiluMulShape, ATTN_WARPS, ELEMENTWISE_THREADS, GEMV_WARPS,
+    NORM_THREADS, ROPE_THREADS, SAMPLE_THREADS, WARP,
 };
 use crate::KernelError;
 
@@ -65,7 +65,9 @@ const NULL: u64 = 0;
 
 /// A dimension as the kernels' `int`.
 fn int(what: &str, v: usize) -> Result<i32, GpuError> {
-    i32::try_from(v).map_err(|_| KernelError::BadShape(format!("{what} {v} does not fit a kernel's int")).into())
+    i32::try_from(v).map_err(|_| {
+        KernelError::BadShape(format!("{what} {v} does not fit a kernel's int")).into()
+    })
 }
 
 /// A grid dimension: at most `limit` blocks (65535 for y and z).
@@ -73,7 +75,9 @@ fn blocks(what: &str, v: usize, limit: u32) -> Result<u32, GpuError> {
     u32::try_from(v)
         .ok()
         .filter(|&b| b <= limit)
-        .ok_or_else(|| KernelError::BadShape(format!("{what} {v} exceeds the grid limit {limit}")).into())
+        .ok_or_else(|| {
+            KernelError::BadShape(format!("{what} {v} exceeds the grid limit {limit}")).into()
+        })
 }
 
 /// Blocks of a grid-stride loop over `n` elements: enough to fill the
@@ -114,15 +118,25 @@ impl Gpu {
         let mut b = s.launch_builder(&self.kernels.embedding_gather);
         b.arg(&ids).arg(&table).arg(&out).arg(&vocab).arg(&hidden);
         // SAFETY: the argument list matches the kernel's signature; lengths checked above.
-        unsafe { b.launch(config(grid, ELEMENTWISE_THREADS)) }.map_err(driver("launching embedding_gather"))?;
+        unsafe { b.launch(config(grid, ELEMENTWISE_THREADS)) }
+            .map_err(driver("launching embedding_gather"))?;
         Ok(())
     }
 
     /// `residual[i] += delta[i]`. Twin: [`crate::cuda_twin::residual_add`].
-    pub fn residual_add(&self, residual: Out<'_, f32>, delta: In<'_, bf16>) -> Result<(), GpuError> {
+    pub fn residual_add(
+        &self,
+        residual: Out<'_, f32>,
+        delta: In<'_, bf16>,
+    ) -> Result<(), GpuError> {
         let n = residual.len();
         if delta.len() != n {
-            return Err(KernelError::WrongLength { what: "residual_add delta", expected: n, got: delta.len() }.into());
+            return Err(KernelError::WrongLength {
+                what: "residual_add delta",
+                expected: n,
+                got: delta.len(),
+            }
+            .into());
         }
         if n == 0 {
             return Ok(());
@@ -140,7 +154,12 @@ impl Gpu {
     }
 
     /// `out = silu(gate) * up` of gate ‖ up rows. Twin: [`crate::cuda_twin::silu_mul`].
-    pub fn silu_mul(&self, shape: &SiluMulShape, gate_up: In<'_, bf16>, out: Out<'_, bf16>) -> Result<(), GpuError> {
+    pub fn silu_mul(
+        &self,
+        shape: &SiluMulShape,
+        gate_up: In<'_, bf16>,
+        out: Out<'_, bf16>,
+    ) -> Result<(), GpuError> {
         shape.validate(gate_up.len(), out.len())?;
         if shape.rows == 0 || shape.ff == 0 {
             return Ok(());
@@ -152,14 +171,25 @@ impl Gpu {
         let mut b = s.launch_builder(&self.kernels.silu_mul);
         b.arg(&gate_up).arg(&out).arg(&rows).arg(&ff);
         // SAFETY: the argument list matches the kernel's signature; lengths checked above.
-        unsafe { b.launch(config((stride_blocks(shape.rows * shape.ff), 1, 1), ELEMENTWISE_THREADS)) }
-            .map_err(driver("launching silu_mul"))?;
+        unsafe {
+            b.launch(config(
+                (stride_blocks(shape.rows * shape.ff), 1, 1),
+                ELEMENTWISE_THREADS,
+            ))
+        }
+        .map_err(driver("launching silu_mul"))?;
         Ok(())
     }
 
     /// `out[r] = rmsnorm(x[r]) * weight`, f32 in, bf16 out. Twin:
     /// [`crate::cuda_twin::rms_norm`] with `row_ids = None`.
-    pub fn rms_norm(&self, shape: &NormShape, x: In<'_, f32>, weight: In<'_, bf16>, out: Out<'_, bf16>) -> Result<(), GpuError> {
+    pub fn rms_norm(
+        &self,
+        shape: &NormShape,
+        x: In<'_, f32>,
+        weight: In<'_, bf16>,
+        out: Out<'_, bf16>,
+    ) -> Result<(), GpuError> {
         shape.validate(x.len(), shape.rows, weight.len(), out.len())?;
         self.launch_norm(shape, x, None, weight, out)
     }
@@ -174,10 +204,15 @@ impl Gpu {
         weight: In<'_, bf16>,
         out: Out<'_, bf16>,
     ) -> Result<(), GpuError> {
-        let x_rows = if shape.dim == 0 { 0 } else { x.len() / shape.dim };
+        let x_rows = x.len().checked_div(shape.dim).unwrap_or(0);
         shape.validate(x.len(), x_rows, weight.len(), out.len())?;
         if row_ids.len() != shape.rows {
-            return Err(KernelError::WrongLength { what: "norm row_ids", expected: shape.rows, got: row_ids.len() }.into());
+            return Err(KernelError::WrongLength {
+                what: "norm row_ids",
+                expected: shape.rows,
+                got: row_ids.len(),
+            }
+            .into());
         }
         self.launch_norm(shape, x, Some(row_ids), weight, out)
     }
@@ -207,7 +242,12 @@ impl Gpu {
         let dim = int("dim", shape.dim)?;
         let grid = (blocks("rows", shape.rows, i32::MAX as u32)?, 1, 1);
         let mut b = s.launch_builder(&self.kernels.rms_norm);
-        b.arg(&x).arg(&ids).arg(&weight).arg(&out).arg(&dim).arg(&shape.eps);
+        b.arg(&x)
+            .arg(&ids)
+            .arg(&weight)
+            .arg(&out)
+            .arg(&dim)
+            .arg(&shape.eps);
         // SAFETY: the argument list matches the kernel's signature; lengths checked by the callers.
         unsafe { b.launch(config(grid, NORM_THREADS)) }.map_err(driver("launching rms_norm"))?;
         Ok(())
@@ -225,7 +265,12 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         shape.validate(residual.len(), shape.rows, weight.len(), out.len())?;
         if delta.len() != residual.len() {
-            return Err(KernelError::WrongLength { what: "add_rms_norm delta", expected: residual.len(), got: delta.len() }.into());
+            return Err(KernelError::WrongLength {
+                what: "add_rms_norm delta",
+                expected: residual.len(),
+                got: delta.len(),
+            }
+            .into());
         }
         if shape.rows == 0 {
             return Ok(());
@@ -238,15 +283,25 @@ impl Gpu {
         let dim = int("dim", shape.dim)?;
         let grid = (blocks("rows", shape.rows, i32::MAX as u32)?, 1, 1);
         let mut b = s.launch_builder(&self.kernels.add_rms_norm);
-        b.arg(&residual).arg(&delta).arg(&weight).arg(&out).arg(&dim).arg(&shape.eps);
+        b.arg(&residual)
+            .arg(&delta)
+            .arg(&weight)
+            .arg(&out)
+            .arg(&dim)
+            .arg(&shape.eps);
         // SAFETY: the argument list matches the kernel's signature; lengths checked above.
-        unsafe { b.launch(config(grid, NORM_THREADS)) }.map_err(driver("launching add_rms_norm"))?;
+        unsafe { b.launch(config(grid, NORM_THREADS)) }
+            .map_err(driver("launching add_rms_norm"))?;
         Ok(())
     }
 
     /// RoPE on q and k of the new tokens, k and v into their cache slots.
     /// Twin: [`crate::cuda_twin::rope_kv_write`].
-    pub fn rope_kv_write(&self, shape: &RopeKvShape, mut buf: RopeKvBuffers<'_>) -> Result<(), GpuError> {
+    pub fn rope_kv_write(
+        &self,
+        shape: &RopeKvShape,
+        buf: RopeKvBuffers<'_>,
+    ) -> Result<(), GpuError> {
         shape.validate(&RopeKvLens {
             qkv: buf.qkv.len(),
             bias: buf.bias.map(|b| b.len()),
@@ -283,20 +338,35 @@ impl Gpu {
         let style = shape.style_code();
         let grid = (blocks("tokens", shape.tokens, i32::MAX as u32)?, 1, 1);
         let mut b = s.launch_builder(&self.kernels.rope_kv_write);
-        b.arg(&qkv).arg(&bias).arg(&positions).arg(&slots).arg(&inv_freq);
+        b.arg(&qkv)
+            .arg(&bias)
+            .arg(&positions)
+            .arg(&slots)
+            .arg(&inv_freq);
         b.arg(&q_out).arg(&k_cache).arg(&v_cache);
-        b.arg(&n_heads).arg(&n_kv).arg(&head_dim).arg(&block_size).arg(&style);
+        b.arg(&n_heads)
+            .arg(&n_kv)
+            .arg(&head_dim)
+            .arg(&block_size)
+            .arg(&style);
         // SAFETY: the argument list matches the kernel's signature; lengths checked above.
-        unsafe { b.launch(config(grid, ROPE_THREADS)) }.map_err(driver("launching rope_kv_write"))?;
+        unsafe { b.launch(config(grid, ROPE_THREADS)) }
+            .map_err(driver("launching rope_kv_write"))?;
         Ok(())
     }
 
     /// Decode attention: token `s` is sequence `s`'s one query, seeing
     /// `context_lens[s]` keys (0: a padding row, zeros out).
     /// `buf.query_starts` must be `None`. Twin: [`crate::cuda_twin::paged_attention`].
-    pub fn paged_attention_decode(&self, shape: &AttentionShape, buf: AttentionBuffers<'_>) -> Result<(), GpuError> {
+    pub fn paged_attention_decode(
+        &self,
+        shape: &AttentionShape,
+        buf: AttentionBuffers<'_>,
+    ) -> Result<(), GpuError> {
         if buf.query_starts.is_some() {
-            return Err(KernelError::BadShape("decode attention takes no query_starts".into()).into());
+            return Err(
+                KernelError::BadShape("decode attention takes no query_starts".into()).into(),
+            );
         }
         self.launch_attention(shape, buf)
     }
@@ -305,14 +375,24 @@ impl Gpu {
     /// `query_starts[s]..query_starts[s+1]`, the last of them at position
     /// `context_lens[s] - 1`, each seeing every key up to its own position.
     /// Twin: [`crate::cuda_twin::paged_attention`].
-    pub fn paged_attention_prefill(&self, shape: &AttentionShape, buf: AttentionBuffers<'_>) -> Result<(), GpuError> {
+    pub fn paged_attention_prefill(
+        &self,
+        shape: &AttentionShape,
+        buf: AttentionBuffers<'_>,
+    ) -> Result<(), GpuError> {
         if buf.query_starts.is_none() {
-            return Err(KernelError::BadShape("prefill attention needs query_starts".into()).into());
+            return Err(
+                KernelError::BadShape("prefill attention needs query_starts".into()).into(),
+            );
         }
         self.launch_attention(shape, buf)
     }
 
-    fn launch_attention(&self, shape: &AttentionShape, mut buf: AttentionBuffers<'_>) -> Result<(), GpuError> {
+    fn launch_attention(
+        &self,
+        shape: &AttentionShape,
+        buf: AttentionBuffers<'_>,
+    ) -> Result<(), GpuError> {
         shape.validate(&AttentionLens {
             q: buf.q.len(),
             k_cache: buf.k_cache.len(),
@@ -352,11 +432,22 @@ impl Gpu {
             1,
         );
         let mut b = s.launch_builder(&self.kernels.paged_attention);
-        b.arg(&q).arg(&k_cache).arg(&v_cache).arg(&tables).arg(&context_lens).arg(&query_starts);
-        b.arg(&out).arg(&n_seqs).arg(&n_heads).arg(&n_kv).arg(&head_dim).arg(&block_size);
+        b.arg(&q)
+            .arg(&k_cache)
+            .arg(&v_cache)
+            .arg(&tables)
+            .arg(&context_lens)
+            .arg(&query_starts);
+        b.arg(&out)
+            .arg(&n_seqs)
+            .arg(&n_heads)
+            .arg(&n_kv)
+            .arg(&head_dim)
+            .arg(&block_size);
         b.arg(&max_blocks).arg(&shape.scale);
         // SAFETY: the argument list matches the kernel's signature; lengths checked above.
-        unsafe { b.launch(config(grid, ATTN_WARPS * WARP)) }.map_err(driver("launching paged_attention"))?;
+        unsafe { b.launch(config(grid, ATTN_WARPS * WARP)) }
+            .map_err(driver("launching paged_attention"))?;
         Ok(())
     }
 
@@ -390,7 +481,13 @@ impl Gpu {
     /// `out[t][r] = Σ_c W[r][c] · x[t][c]` with `W` in GGUF Q8_0 bytes as
     /// stored, for decode batches of at most 8 rows (stretch goal: not yet
     /// used by the executor). Twin: [`crate::cuda_twin::gemv_q8_0`].
-    pub fn gemv_q8_0(&self, shape: &GemvShape, w: In<'_, u8>, x: In<'_, bf16>, out: Out<'_, bf16>) -> Result<(), GpuError> {
+    pub fn gemv_q8_0(
+        &self,
+        shape: &GemvShape,
+        w: In<'_, u8>,
+        x: In<'_, bf16>,
+        out: Out<'_, bf16>,
+    ) -> Result<(), GpuError> {
         shape.validate(w.len(), x.len(), out.len())?;
         if shape.rows == 0 || shape.batch == 0 {
             return Ok(());
@@ -399,12 +496,30 @@ impl Gpu {
         let (w, _w) = w.device_ptr(s);
         let (x, _x) = x.device_ptr(s);
         let (out, _o) = out.device_ptr_mut(s);
-        let (rows, cols, batch) = (int("rows", shape.rows)?, int("cols", shape.cols)?, int("batch", shape.batch)?);
-        let grid = (blocks("row groups", shape.rows.div_ceil(GEMV_WARPS), i32::MAX as u32)?, 1, 1);
+        let (rows, cols, batch) = (
+            int("rows", shape.rows)?,
+            int("cols", shape.cols)?,
+            int("batch", shape.batch)?,
+        );
+        let grid = (
+            blocks(
+                "row groups",
+                shape.rows.div_ceil(GEMV_WARPS),
+                i32::MAX as u32,
+            )?,
+            1,
+            1,
+        );
         let mut b = s.launch_builder(&self.kernels.gemv_q8_0);
-        b.arg(&w).arg(&x).arg(&out).arg(&rows).arg(&cols).arg(&batch);
+        b.arg(&w)
+            .arg(&x)
+            .arg(&out)
+            .arg(&rows)
+            .arg(&cols)
+            .arg(&batch);
         // SAFETY: the argument list matches the kernel's signature; lengths checked above.
-        unsafe { b.launch(config(grid, GEMV_WARPS * WARP)) }.map_err(driver("launching gemv_q8_0"))?;
+        unsafe { b.launch(config(grid, GEMV_WARPS * WARP)) }
+            .map_err(driver("launching gemv_q8_0"))?;
         Ok(())
     }
 }

@@ -54,7 +54,11 @@ pub enum GpuError {
         "{name} has compute capability {major}.{minor}; Sluice's kernels are built \
          for 9.0 (H100/H200) and newer"
     )]
-    TooOld { name: String, major: i32, minor: i32 },
+    TooOld {
+        name: String,
+        major: i32,
+        minor: i32,
+    },
     #[error("CUDA driver call failed while {what}: {source}")]
     Driver {
         what: &'static str,
@@ -136,14 +140,16 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         let (modules, image) = load_modules(&ctx, (major, minor))?;
-        let function = |module: &'static str, name: &'static str| -> Result<CudaFunction, GpuError> {
-            let m = modules
-                .iter()
-                .find(|(n, _)| *n == module)
-                .map(|(_, m)| m)
-                .ok_or(GpuError::MissingKernel(module))?;
-            m.load_function(name).map_err(driver("loading a kernel function"))
-        };
+        let function =
+            |module: &'static str, name: &'static str| -> Result<CudaFunction, GpuError> {
+                let m = modules
+                    .iter()
+                    .find(|(n, _)| *n == module)
+                    .map(|(_, m)| m)
+                    .ok_or(GpuError::MissingKernel(module))?;
+                m.load_function(name)
+                    .map_err(driver("loading a kernel function"))
+            };
         let kernels = Kernels {
             embedding_gather: function("elementwise", "sluice_embedding_gather")?,
             residual_add: function("elementwise", "sluice_residual_add")?,
@@ -190,12 +196,15 @@ impl Gpu {
     }
 }
 
+/// A loaded module and the `.cu` file it came from.
+type NamedModule = (&'static str, Arc<CudaModule>);
+
 /// Every embedded module, from its cubin on compute capability 9.0 (what it
 /// was built for), from PTX otherwise or when the cubin is refused.
 fn load_modules(
     ctx: &Arc<CudaContext>,
     capability: (i32, i32),
-) -> Result<(Vec<(&'static str, Arc<CudaModule>)>, KernelImage), GpuError> {
+) -> Result<(Vec<NamedModule>, KernelImage), GpuError> {
     if capability == (9, 0) {
         let cubins: Result<Vec<_>, DriverError> = MODULES
             .iter()
@@ -234,14 +243,27 @@ mod tests {
                 assert!(present);
                 assert!(!gpu.name().is_empty());
             }
-            Err(other) => assert!(present, "without libcuda the error must be NoDriver: {other}"),
+            Err(other) => assert!(
+                present,
+                "without libcuda the error must be NoDriver: {other}"
+            ),
         }
     }
 
     #[test]
     fn every_kernel_file_is_embedded_with_both_images() {
         let names: Vec<&str> = MODULES.iter().map(|m| m.name).collect();
-        assert_eq!(names, ["attention", "elementwise", "gemv_q8_0", "norm", "rope_kv", "sample"]);
+        assert_eq!(
+            names,
+            [
+                "attention",
+                "elementwise",
+                "gemv_q8_0",
+                "norm",
+                "rope_kv",
+                "sample"
+            ]
+        );
         for m in MODULES {
             // An ELF cubin, and PTX text for compute_90.
             assert_eq!(&m.cubin[..4], b"\x7fELF", "{}", m.name);

@@ -53,7 +53,9 @@ impl GpuTelemetry {
             memory_total_bytes: memory.total,
             utilization_percent: utilization.as_ref().map_or(0, |u| u.gpu),
             memory_utilization_percent: utilization.as_ref().map_or(0, |u| u.memory),
-            power_watts: device.power_usage().map_or(0.0, |mw| f64::from(mw) / 1000.0),
+            power_watts: device
+                .power_usage()
+                .map_or(0.0, |mw| f64::from(mw) / 1000.0),
             sm_clock_mhz: device.clock_info(Clock::SM).unwrap_or(0),
             memory_clock_mhz: device.clock_info(Clock::Memory).unwrap_or(0),
         })
@@ -82,6 +84,9 @@ mod tests {
                 assert!(t.memory_used_bytes <= t.memory_total_bytes);
             }
         }
-        assert!(GpuTelemetry::read(u32::MAX).is_none(), "no device has that index");
+        assert!(
+            GpuTelemetry::read(u32::MAX).is_none(),
+            "no device has that index"
+        );
     }
 }

@@ -27,7 +27,10 @@ pub struct AttentionBuffers<'a> {
 }
 
 /// Causal paged attention, decode or chunked prefill (see [`AttentionBuffers`]).
-pub fn paged_attention(shape: &AttentionShape, mut buf: AttentionBuffers<'_>) -> Result<(), KernelError> {
+pub fn paged_attention(
+    shape: &AttentionShape,
+    buf: AttentionBuffers<'_>,
+) -> Result<(), KernelError> {
     shape.validate(&AttentionLens {
         q: buf.q.len(),
         k_cache: buf.k_cache.len(),
@@ -41,20 +44,21 @@ pub fn paged_attention(shape: &AttentionShape, mut buf: AttentionBuffers<'_>) ->
     let hd = shape.kv.head_dim;
     let job = Job { shape, buf: &buf };
     let mut out = vec![bf16::ZERO; buf.out.len()];
-    out.par_chunks_exact_mut(hd)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (token, head) = (i / shape.n_heads, i % shape.n_heads);
-            let (seq, n_keys) = plan[token];
-            job.run(token, head, seq, n_keys, o);
-        });
+    out.par_chunks_exact_mut(hd).enumerate().for_each(|(i, o)| {
+        let (token, head) = (i / shape.n_heads, i % shape.n_heads);
+        let (seq, n_keys) = plan[token];
+        job.run(token, head, seq, n_keys, o);
+    });
     buf.out.copy_from_slice(&out);
     Ok(())
 }
 
 /// Each query token's sequence and key count, with every index it will
 /// follow checked (a device kernel would read out of bounds instead).
-fn queries(shape: &AttentionShape, buf: &AttentionBuffers<'_>) -> Result<Vec<(usize, usize)>, KernelError> {
+fn queries(
+    shape: &AttentionShape,
+    buf: &AttentionBuffers<'_>,
+) -> Result<Vec<(usize, usize)>, KernelError> {
     let kv = shape.kv;
     let bad = KernelError::BadShape;
     let mut plan = Vec::with_capacity(shape.n_tokens);
@@ -67,31 +71,58 @@ fn queries(shape: &AttentionShape, buf: &AttentionBuffers<'_>) -> Result<Vec<(us
                 let (a, b) = (qs[s], qs[s + 1]);
                 match (usize::try_from(a), usize::try_from(b)) {
                     (Ok(a), Ok(b)) if a <= b && b <= shape.n_tokens => (a, b),
-                    _ => return Err(bad(format!("query_starts[{s}..={}] = {a}..{b} is not a range of the tokens", s + 1))),
+                    _ => {
+                        return Err(bad(format!(
+                            "query_starts[{s}..={}] = {a}..{b} is not a range of the tokens",
+                            s + 1
+                        )))
+                    }
                 }
             }
         };
         if start != plan.len() {
-            return Err(bad(format!("query_starts[{s}] = {start} does not follow the previous sequence")));
+            return Err(bad(format!(
+                "query_starts[{s}] = {start} does not follow the previous sequence"
+            )));
         }
         let q_len = end - start;
         if ctx < q_len && !(buf.query_starts.is_none() && ctx == 0) {
-            return Err(bad(format!("sequence {s} has {q_len} queries but only {ctx} keys")));
+            return Err(bad(format!(
+                "sequence {s} has {q_len} queries but only {ctx} keys"
+            )));
         }
         if ctx.div_ceil(kv.block_size) > shape.max_blocks_per_seq {
-            return Err(bad(format!("sequence {s}'s {ctx} keys need more than {} blocks", shape.max_blocks_per_seq)));
+            return Err(bad(format!(
+                "sequence {s}'s {ctx} keys need more than {} blocks",
+                shape.max_blocks_per_seq
+            )));
         }
-        let table = &buf.block_tables[s * shape.max_blocks_per_seq..][..ctx.div_ceil(kv.block_size)];
-        if let Some(b) = table.iter().find(|&&b| usize::try_from(b).map_or(true, |b| b >= kv.num_blocks)) {
-            return Err(bad(format!("sequence {s}'s block table names block {b} of {}", kv.num_blocks)));
+        let table =
+            &buf.block_tables[s * shape.max_blocks_per_seq..][..ctx.div_ceil(kv.block_size)];
+        if let Some(b) = table
+            .iter()
+            .find(|&&b| usize::try_from(b).map_or(true, |b| b >= kv.num_blocks))
+        {
+            return Err(bad(format!(
+                "sequence {s}'s block table names block {b} of {}",
+                kv.num_blocks
+            )));
         }
         for i in 0..q_len {
-            let n_keys = if buf.query_starts.is_none() { ctx } else { ctx - q_len + i + 1 };
+            let n_keys = if buf.query_starts.is_none() {
+                ctx
+            } else {
+                ctx - q_len + i + 1
+            };
             plan.push((s, n_keys));
         }
     }
     if plan.len() != shape.n_tokens {
-        return Err(bad(format!("query_starts cover {} of {} tokens", plan.len(), shape.n_tokens)));
+        return Err(bad(format!(
+            "query_starts cover {} of {} tokens",
+            plan.len(),
+            shape.n_tokens
+        )));
     }
     Ok(plan)
 }
@@ -122,7 +153,11 @@ impl Job<'_, '_> {
             .collect();
         let states: Vec<WarpState> = (0..ATTN_WARPS)
             .map(|w| {
-                let mut st = WarpState { m: f32::NEG_INFINITY, l: 0.0, acc: vec![0.0; hd] };
+                let mut st = WarpState {
+                    m: f32::NEG_INFINITY,
+                    l: 0.0,
+                    acc: vec![0.0; hd],
+                };
                 for p in (w..n_keys).step_by(ATTN_WARPS) {
                     let block = table[p / kv.block_size] as usize;
                     let row = kv.offset(block, kvh, p % kv.block_size);
@@ -156,7 +191,11 @@ impl Job<'_, '_> {
             }
             let (mut num, mut den) = (0.0f32, 0.0f32);
             for st in &states {
-                let f = if st.m == f32::NEG_INFINITY { 0.0 } else { (st.m - m_all).exp() };
+                let f = if st.m == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (st.m - m_all).exp()
+                };
                 num += st.acc[d] * f;
                 den += st.l * f;
             }

@@ -48,7 +48,11 @@ pub fn residual_add(residual: &mut [f32], delta: &[bf16]) -> Result<(), KernelEr
 }
 
 /// `out[r][i] = silu(gate_up[r][i]) * gate_up[r][ff + i]`, rounded to bf16.
-pub fn silu_mul(shape: &SiluMulShape, gate_up: &[bf16], out: &mut [bf16]) -> Result<(), KernelError> {
+pub fn silu_mul(
+    shape: &SiluMulShape,
+    gate_up: &[bf16],
+    out: &mut [bf16],
+) -> Result<(), KernelError> {
     shape.validate(gate_up.len(), out.len())?;
     let ff = shape.ff;
     if ff == 0 {

@@ -13,7 +13,12 @@ const BLOCK_BYTES: usize = 34;
 
 /// `out[t][r] = Σ_c W[r][c] · x[t][c]`, `W` in GGUF Q8_0 bytes, `x` bf16,
 /// `out` bf16 `[batch][rows]`.
-pub fn gemv_q8_0(shape: &GemvShape, w: &[u8], x: &[bf16], out: &mut [bf16]) -> Result<(), KernelError> {
+pub fn gemv_q8_0(
+    shape: &GemvShape,
+    w: &[u8],
+    x: &[bf16],
+    out: &mut [bf16],
+) -> Result<(), KernelError> {
     shape.validate(w.len(), x.len(), out.len())?;
     let (rows, cols) = (shape.rows, shape.cols);
     let blocks = cols / 32;

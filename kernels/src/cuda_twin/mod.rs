@@ -101,7 +101,10 @@ impl KvLayout {
         if self.block_size == 0 || self.n_kv_heads == 0 {
             return Err(bad("block_size and n_kv_heads must be positive".into()));
         }
-        if self.head_dim == 0 || !self.head_dim.is_multiple_of(WARP) || self.head_dim > ATTN_MAX_HEAD_DIM {
+        if self.head_dim == 0
+            || !self.head_dim.is_multiple_of(WARP)
+            || self.head_dim > ATTN_MAX_HEAD_DIM
+        {
             return Err(bad(format!(
                 "head_dim {} must be a positive multiple of {WARP} up to {ATTN_MAX_HEAD_DIM}",
                 self.head_dim
@@ -138,7 +141,13 @@ pub struct NormShape {
 
 impl NormShape {
     /// Checks `x` (`x_rows` rows, more than `rows` when gathering), the weight and `out`.
-    pub fn validate(&self, x: usize, x_rows: usize, weight: usize, out: usize) -> Result<(), KernelError> {
+    pub fn validate(
+        &self,
+        x: usize,
+        x_rows: usize,
+        weight: usize,
+        out: usize,
+    ) -> Result<(), KernelError> {
         if self.dim == 0 {
             return Err(bad("norm dim must be positive".into()));
         }
@@ -256,7 +265,11 @@ impl AttentionShape {
         expect_len("attention q", self.n_tokens * width, lens.q)?;
         expect_len("k cache", self.kv.layer_len(), lens.k_cache)?;
         expect_len("v cache", self.kv.layer_len(), lens.v_cache)?;
-        expect_len("attention block_tables", self.n_seqs * self.max_blocks_per_seq, lens.block_tables)?;
+        expect_len(
+            "attention block_tables",
+            self.n_seqs * self.max_blocks_per_seq,
+            lens.block_tables,
+        )?;
         expect_len("attention context_lens", self.n_seqs, lens.context_lens)?;
         expect_len("attention output", self.n_tokens * width, lens.out)
     }
@@ -286,10 +299,16 @@ impl GemvShape {
     /// Checks the weight bytes, `x` and `out`.
     pub fn validate(&self, w: usize, x: usize, out: usize) -> Result<(), KernelError> {
         if !self.cols.is_multiple_of(32) {
-            return Err(bad(format!("Q8_0 rows hold blocks of 32 values, not {}", self.cols)));
+            return Err(bad(format!(
+                "Q8_0 rows hold blocks of 32 values, not {}",
+                self.cols
+            )));
         }
         if self.batch > GEMV_MAX_BATCH {
-            return Err(bad(format!("the Q8_0 GEMV takes at most {GEMV_MAX_BATCH} rows, not {}", self.batch)));
+            return Err(bad(format!(
+                "the Q8_0 GEMV takes at most {GEMV_MAX_BATCH} rows, not {}",
+                self.batch
+            )));
         }
         expect_len("gemv weight bytes", self.rows * self.cols / 32 * 34, w)?;
         expect_len("gemv x", self.batch * self.cols, x)?;
@@ -342,7 +361,11 @@ fn expect_len(what: &'static str, expected: usize, got: usize) -> Result<(), Ker
     if expected == got {
         Ok(())
     } else {
-        Err(KernelError::WrongLength { what, expected, got })
+        Err(KernelError::WrongLength {
+            what,
+            expected,
+            got,
+        })
     }
 }
 

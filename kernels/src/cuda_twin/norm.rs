@@ -18,7 +18,7 @@ pub fn rms_norm(
     out: &mut [bf16],
 ) -> Result<(), KernelError> {
     let dim = shape.dim;
-    let x_rows = if dim == 0 { 0 } else { x.len() / dim };
+    let x_rows = x.len().checked_div(dim).unwrap_or(0);
     let rows = row_ids.map_or(shape.rows, |_| x_rows);
     shape.validate(x.len(), rows, weight.len(), out.len())?;
     if let Some(ids) = row_ids {
@@ -36,7 +36,9 @@ pub fn rms_norm(
             Some(ids) => usize::try_from(ids[r])
                 .ok()
                 .filter(|&i| i < x_rows)
-                .ok_or_else(|| KernelError::BadShape(format!("norm row id {} outside {x_rows} rows", ids[r])))?,
+                .ok_or_else(|| {
+                    KernelError::BadShape(format!("norm row id {} outside {x_rows} rows", ids[r]))
+                })?,
         };
         norm_row(&x[src * dim..(src + 1) * dim], weight, shape.eps, o);
     }

@@ -26,7 +26,7 @@ pub struct RopeKvBuffers<'a> {
     pub v_cache: &'a mut [bf16],
 }
 
-pub fn rope_kv_write(shape: &RopeKvShape, mut buf: RopeKvBuffers<'_>) -> Result<(), KernelError> {
+pub fn rope_kv_write(shape: &RopeKvShape, buf: RopeKvBuffers<'_>) -> Result<(), KernelError> {
     shape.validate(&RopeKvLens {
         qkv: buf.qkv.len(),
         bias: buf.bias.map(<[bf16]>::len),

@@ -72,7 +72,11 @@ pub fn sample(
     out_ids: &mut [i32],
 ) -> Result<(), KernelError> {
     shape.validate(logits.len(), params.len(), out_ids.len())?;
-    for ((row, p), out) in logits.chunks_exact(shape.vocab).zip(params).zip(out_ids.iter_mut()) {
+    for ((row, p), out) in logits
+        .chunks_exact(shape.vocab)
+        .zip(params)
+        .zip(out_ids.iter_mut())
+    {
         *out = sample_row(row, p);
     }
     Ok(())
@@ -136,7 +140,11 @@ fn sample_row(lg: &[f32], p: &RowSampling) -> i32 {
     if top_k_on && p.top_k as usize > SAMPLE_MAX_CANDIDATES {
         return HOST_SAMPLES;
     }
-    let want = if top_k_on { p.top_k as usize } else { SAMPLE_MAX_CANDIDATES.min(vocab) };
+    let want = if top_k_on {
+        p.top_k as usize
+    } else {
+        SAMPLE_MAX_CANDIDATES.min(vocab)
+    };
     let mut order: Vec<usize> = (0..vocab).collect();
     let cmp = |a: &usize, b: &usize| better((clean(lg[*a]), *a), (clean(lg[*b]), *b));
     if want < vocab {
@@ -166,7 +174,12 @@ fn sample_row(lg: &[f32], p: &RowSampling) -> i32 {
         }
     }
     let kept = &order[..keep];
-    let total: f64 = kept.iter().map(|&i| weight(i)).filter(|&w| w >= min_p).map(f64::from).sum();
+    let total: f64 = kept
+        .iter()
+        .map(|&i| weight(i))
+        .filter(|&w| w >= min_p)
+        .map(f64::from)
+        .sum();
     if total.is_nan() || total <= 0.0 {
         return id(best);
     }
@@ -229,7 +242,8 @@ pub fn sample_reference(lg: &[f32], p: &RowSampling) -> Option<usize> {
                         cum >= p * total
                     })
                     .map_or(c.len(), |j| j + 1);
-                if top_k.is_none() && vocab > SAMPLE_MAX_CANDIDATES && keep >= SAMPLE_MAX_CANDIDATES {
+                if top_k.is_none() && vocab > SAMPLE_MAX_CANDIDATES && keep >= SAMPLE_MAX_CANDIDATES
+                {
                     return None;
                 }
                 c.truncate(keep);

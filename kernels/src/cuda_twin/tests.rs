@@ -13,7 +13,9 @@ use crate::test_util::Rng;
 const BF16_TOLERANCE: f32 = 1e-2;
 
 fn bf16s(rng: &mut Rng, n: usize, scale: f32) -> Vec<bf16> {
-    (0..n).map(|_| bf16::from_f32(rng.uniform() * scale)).collect()
+    (0..n)
+        .map(|_| bf16::from_f32(rng.uniform() * scale))
+        .collect()
 }
 
 fn to_f32(x: &[bf16]) -> Vec<f32> {
@@ -22,7 +24,10 @@ fn to_f32(x: &[bf16]) -> Vec<f32> {
 
 fn assert_close(what: &str, got: &[f32], want: &[f32], tolerance: f32) {
     let err = max_relative_error(got, want);
-    assert!(err < tolerance, "{what}: max relative error {err} (tolerance {tolerance})");
+    assert!(
+        err < tolerance,
+        "{what}: max relative error {err} (tolerance {tolerance})"
+    );
 }
 
 #[test]
@@ -50,7 +55,11 @@ fn launch_constants_match_the_cuda_header() {
 #[test]
 fn embedding_gather_copies_rows_and_zeroes_bad_ids() {
     let mut rng = Rng::new(1);
-    let shape = EmbeddingShape { tokens: 4, vocab: 10, hidden: 12 };
+    let shape = EmbeddingShape {
+        tokens: 4,
+        vocab: 10,
+        hidden: 12,
+    };
     let table = bf16s(&mut rng, 10 * 12, 1.0);
     let ids = [3, 0, 9, 10];
     let mut out = vec![f32::NAN; 4 * 12];
@@ -59,7 +68,10 @@ fn embedding_gather_copies_rows_and_zeroes_bad_ids() {
         let want = to_f32(&table[id as usize * 12..(id as usize + 1) * 12]);
         assert_eq!(&out[t * 12..(t + 1) * 12], &want[..]);
     }
-    assert!(out[36..].iter().all(|&v| v == 0.0), "id 10 is outside a vocabulary of 10");
+    assert!(
+        out[36..].iter().all(|&v| v == 0.0),
+        "id 10 is outside a vocabulary of 10"
+    );
 }
 
 #[test]
@@ -71,10 +83,19 @@ fn rms_norm_matches_the_cpu_kernel_including_gathered_rows() {
         let weight = bf16s(&mut rng, dim, 1.5);
         let mut want = vec![0.0; rows * dim];
         crate::ops::rms_norm(&x, &to_f32(&weight), 1e-5, &mut want);
-        let shape = NormShape { rows, dim, eps: 1e-5 };
+        let shape = NormShape {
+            rows,
+            dim,
+            eps: 1e-5,
+        };
         let mut out = vec![bf16::ZERO; rows * dim];
         rms_norm(&shape, &x, None, &weight, &mut out).unwrap();
-        assert_close(&format!("rms_norm dim {dim}"), &to_f32(&out), &want, BF16_TOLERANCE);
+        assert_close(
+            &format!("rms_norm dim {dim}"),
+            &to_f32(&out),
+            &want,
+            BF16_TOLERANCE,
+        );
 
         // Rows 2 and 0, in that order: the final norm of the wanted rows.
         let gathered = NormShape { rows: 2, ..shape };
@@ -92,7 +113,11 @@ fn add_rms_norm_equals_residual_add_then_norm() {
     let x = rng.activations(rows * dim);
     let delta = bf16s(&mut rng, rows * dim, 2.0);
     let weight = bf16s(&mut rng, dim, 1.0);
-    let shape = NormShape { rows, dim, eps: 1e-6 };
+    let shape = NormShape {
+        rows,
+        dim,
+        eps: 1e-6,
+    };
     let mut fused_res = x.clone();
     let mut fused = vec![bf16::ZERO; rows * dim];
     add_rms_norm(&shape, &mut fused_res, &delta, &weight, &mut fused).unwrap();
@@ -111,7 +136,11 @@ fn add_rms_norm_equals_residual_add_then_norm() {
 fn silu_mul_matches_the_cpu_kernel() {
     let mut rng = Rng::new(4);
     let (rows, ff) = (3, 200);
-    let gate_up: Vec<bf16> = rng.activations(rows * 2 * ff).into_iter().map(bf16::from_f32).collect();
+    let gate_up: Vec<bf16> = rng
+        .activations(rows * 2 * ff)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
     let mut want = Vec::new();
     for row in gate_up.chunks_exact(2 * ff) {
         let mut g = to_f32(&row[..ff]);
@@ -129,7 +158,10 @@ fn residual_add_adds_and_checks_lengths() {
     residual_add(&mut x, &[bf16::from_f32(0.5), bf16::from_f32(-2.0)]).unwrap();
     assert_eq!(x, [1.5, 0.0]);
     let err = residual_add(&mut x, &[bf16::ONE]).unwrap_err();
-    assert!(err.to_string().contains("expected 2 elements, got 1"), "{err}");
+    assert!(
+        err.to_string().contains("expected 2 elements, got 1"),
+        "{err}"
+    );
 }
 
 /// RoPE + KV write against `Rope::apply` for both styles, with a bias, GQA,
@@ -139,9 +171,19 @@ fn rope_kv_write_rotates_like_the_cpu_rope_and_fills_the_slots() {
     let mut rng = Rng::new(5);
     for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
         let (n_heads, n_kv, hd, bs) = (6, 2, 64, 4);
-        let kv = KvLayout { num_blocks: 5, block_size: bs, n_kv_heads: n_kv, head_dim: hd };
+        let kv = KvLayout {
+            num_blocks: 5,
+            block_size: bs,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+        };
         let tokens = 4;
-        let shape = RopeKvShape { tokens, n_heads, kv, style };
+        let shape = RopeKvShape {
+            tokens,
+            n_heads,
+            kv,
+            style,
+        };
         let width = shape.qkv_width();
         let qkv = bf16s(&mut rng, tokens * width, 1.0);
         let bias = bf16s(&mut rng, width, 0.5);
@@ -179,28 +221,63 @@ fn rope_kv_write_rotates_like_the_cpu_rope_and_fills_the_slots() {
             let (k, v) = rest.split_at_mut(kvd);
             rope.apply(q, positions[t] as usize);
             rope.apply(k, positions[t] as usize);
-            assert_close(&format!("{style:?} q of token {t}"), &to_f32(&q_out[t * qd..(t + 1) * qd]), q, BF16_TOLERANCE);
-            let Ok(slot) = usize::try_from(slots[t]) else { continue };
+            assert_close(
+                &format!("{style:?} q of token {t}"),
+                &to_f32(&q_out[t * qd..(t + 1) * qd]),
+                q,
+                BF16_TOLERANCE,
+            );
+            let Ok(slot) = usize::try_from(slots[t]) else {
+                continue;
+            };
             for h in 0..n_kv {
                 let at = kv.slot_offset(slot, h);
                 let kh = &k[h * hd..(h + 1) * hd];
                 let vh = &v[h * hd..(h + 1) * hd];
-                assert_close(&format!("{style:?} k of token {t} head {h}"), &to_f32(&k_cache[at..at + hd]), kh, BF16_TOLERANCE);
-                assert_close(&format!("{style:?} v of token {t} head {h}"), &to_f32(&v_cache[at..at + hd]), vh, BF16_TOLERANCE);
+                assert_close(
+                    &format!("{style:?} k of token {t} head {h}"),
+                    &to_f32(&k_cache[at..at + hd]),
+                    kh,
+                    BF16_TOLERANCE,
+                );
+                assert_close(
+                    &format!("{style:?} v of token {t} head {h}"),
+                    &to_f32(&v_cache[at..at + hd]),
+                    vh,
+                    BF16_TOLERANCE,
+                );
             }
         }
         // Three tokens wrote one K vector per KV head; the padding token none.
         let untouched = k_cache.iter().filter(|v| v.to_f32() == 7.0).count();
-        assert_eq!(untouched, kv.layer_len() - 3 * n_kv * hd, "the padding token wrote nothing");
+        assert_eq!(
+            untouched,
+            kv.layer_len() - 3 * n_kv * hd,
+            "the padding token wrote nothing"
+        );
     }
 }
 
 #[test]
 fn rope_kv_write_refuses_a_slot_outside_the_cache() {
-    let kv = KvLayout { num_blocks: 1, block_size: 4, n_kv_heads: 1, head_dim: 32 };
-    let shape = RopeKvShape { tokens: 1, n_heads: 1, kv, style: RopeStyle::HalfSplit };
+    let kv = KvLayout {
+        num_blocks: 1,
+        block_size: 4,
+        n_kv_heads: 1,
+        head_dim: 32,
+    };
+    let shape = RopeKvShape {
+        tokens: 1,
+        n_heads: 1,
+        kv,
+        style: RopeStyle::HalfSplit,
+    };
     let qkv = vec![bf16::ZERO; shape.qkv_width()];
-    let (mut q, mut k, mut v) = (vec![bf16::ZERO; 32], vec![bf16::ZERO; 128], vec![bf16::ZERO; 128]);
+    let (mut q, mut k, mut v) = (
+        vec![bf16::ZERO; 32],
+        vec![bf16::ZERO; 128],
+        vec![bf16::ZERO; 128],
+    );
     let err = rope_kv_write(
         &shape,
         RopeKvBuffers {
@@ -230,7 +307,10 @@ struct TwoCaches {
 
 impl TwoCaches {
     fn random(rng: &mut Rng, kv: KvLayout) -> Self {
-        let (k, v) = (bf16s(rng, kv.layer_len(), 1.0), bf16s(rng, kv.layer_len(), 1.0));
+        let (k, v) = (
+            bf16s(rng, kv.layer_len(), 1.0),
+            bf16s(rng, kv.layer_len(), 1.0),
+        );
         let (mut cpu_k, mut cpu_v) = (vec![0.0; kv.layer_len()], vec![0.0; kv.layer_len()]);
         for slot in 0..kv.num_blocks * kv.block_size {
             for h in 0..kv.n_kv_heads {
@@ -242,7 +322,13 @@ impl TwoCaches {
                 }
             }
         }
-        Self { kv, k, v, cpu_k, cpu_v }
+        Self {
+            kv,
+            k,
+            v,
+            cpu_k,
+            cpu_v,
+        }
     }
 
     fn cpu_view(&self) -> PagedKv<'_> {
@@ -257,7 +343,12 @@ impl TwoCaches {
 }
 
 /// Random distinct block ids per sequence, packed `[seqs][max_blocks]` (0-filled).
-fn block_tables(rng: &mut Rng, kv: &KvLayout, lens: &[usize], max_blocks: usize) -> (Vec<i32>, Vec<Vec<u32>>) {
+fn block_tables(
+    rng: &mut Rng,
+    kv: &KvLayout,
+    lens: &[usize],
+    max_blocks: usize,
+) -> (Vec<i32>, Vec<Vec<u32>>) {
     let mut free: Vec<u32> = (0..kv.num_blocks as u32).collect();
     let mut packed = vec![0i32; lens.len() * max_blocks];
     let mut tables = Vec::new();
@@ -278,8 +369,19 @@ fn block_tables(rng: &mut Rng, kv: &KvLayout, lens: &[usize], max_blocks: usize)
 #[test]
 fn decode_attention_matches_the_reference_over_gqa_ratios() {
     let mut rng = Rng::new(6);
-    for (n_heads, n_kv, hd) in [(4, 4, 32), (9, 3, 64), (8, 2, 128), (32, 8, 128), (8, 1, 256)] {
-        let kv = KvLayout { num_blocks: 40, block_size: 16, n_kv_heads: n_kv, head_dim: hd };
+    for (n_heads, n_kv, hd) in [
+        (4, 4, 32),
+        (9, 3, 64),
+        (8, 2, 128),
+        (32, 8, 128),
+        (8, 1, 256),
+    ] {
+        let kv = KvLayout {
+            num_blocks: 40,
+            block_size: 16,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+        };
         let caches = TwoCaches::random(&mut rng, kv);
         let lens = [37usize, 16, 1, 0, 130];
         let max_blocks = 10;
@@ -287,7 +389,14 @@ fn decode_attention_matches_the_reference_over_gqa_ratios() {
         let width = n_heads * hd;
         let q = bf16s(&mut rng, lens.len() * width, 1.0);
         let scale = 1.0 / (hd as f32).sqrt();
-        let shape = AttentionShape { n_seqs: lens.len(), n_tokens: lens.len(), n_heads, kv, max_blocks_per_seq: max_blocks, scale };
+        let shape = AttentionShape {
+            n_seqs: lens.len(),
+            n_tokens: lens.len(),
+            n_heads,
+            kv,
+            max_blocks_per_seq: max_blocks,
+            scale,
+        };
         let ctx: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
         let mut out = vec![bf16::from_f32(9.0); q.len()];
         paged_attention(
@@ -311,8 +420,21 @@ fn decode_attention_matches_the_reference_over_gqa_ratios() {
             }
             let mut want = vec![0.0; width];
             let qs = to_f32(&q[s * width..(s + 1) * width]);
-            paged_attention_reference(&qs, len - 1, n_heads, &caches.cpu_view(), &tables[s], scale, &mut want);
-            assert_close(&format!("{n_heads}/{n_kv}x{hd} seq {s} len {len}"), &got, &want, BF16_TOLERANCE);
+            paged_attention_reference(
+                &qs,
+                len - 1,
+                n_heads,
+                &caches.cpu_view(),
+                &tables[s],
+                scale,
+                &mut want,
+            );
+            assert_close(
+                &format!("{n_heads}/{n_kv}x{hd} seq {s} len {len}"),
+                &got,
+                &want,
+                BF16_TOLERANCE,
+            );
         }
     }
 }
@@ -324,7 +446,12 @@ fn decode_attention_matches_the_reference_over_gqa_ratios() {
 fn prefill_attention_matches_the_reference_across_chunk_boundaries() {
     let mut rng = Rng::new(7);
     for (n_heads, n_kv, hd) in [(9, 3, 64), (8, 2, 128)] {
-        let kv = KvLayout { num_blocks: 30, block_size: 8, n_kv_heads: n_kv, head_dim: hd };
+        let kv = KvLayout {
+            num_blocks: 30,
+            block_size: 8,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+        };
         let caches = TwoCaches::random(&mut rng, kv);
         // (cached before the chunk, chunk length)
         let seqs = [(0usize, 11usize), (21, 19), (44, 1)];
@@ -339,7 +466,14 @@ fn prefill_attention_matches_the_reference_across_chunk_boundaries() {
         let width = n_heads * hd;
         let q = bf16s(&mut rng, n_tokens * width, 1.0);
         let scale = 0.11;
-        let shape = AttentionShape { n_seqs: seqs.len(), n_tokens, n_heads, kv, max_blocks_per_seq: max_blocks, scale };
+        let shape = AttentionShape {
+            n_seqs: seqs.len(),
+            n_tokens,
+            n_heads,
+            kv,
+            max_blocks_per_seq: max_blocks,
+            scale,
+        };
         let ctx: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
         let mut out = vec![bf16::ZERO; q.len()];
         paged_attention(
@@ -358,16 +492,41 @@ fn prefill_attention_matches_the_reference_across_chunk_boundaries() {
         for (s, &(cached, n)) in seqs.iter().enumerate() {
             let rows = starts[s] as usize * width..starts[s + 1] as usize * width;
             let mut want = vec![0.0; n * width];
-            paged_attention_reference(&to_f32(&q[rows.clone()]), cached, n_heads, &caches.cpu_view(), &tables[s], scale, &mut want);
-            assert_close(&format!("{n_heads}/{n_kv} seq {s}"), &to_f32(&out[rows]), &want, BF16_TOLERANCE);
+            paged_attention_reference(
+                &to_f32(&q[rows.clone()]),
+                cached,
+                n_heads,
+                &caches.cpu_view(),
+                &tables[s],
+                scale,
+                &mut want,
+            );
+            assert_close(
+                &format!("{n_heads}/{n_kv} seq {s}"),
+                &to_f32(&out[rows]),
+                &want,
+                BF16_TOLERANCE,
+            );
         }
     }
 }
 
 #[test]
 fn attention_refuses_block_ids_outside_the_cache() {
-    let kv = KvLayout { num_blocks: 2, block_size: 4, n_kv_heads: 1, head_dim: 32 };
-    let shape = AttentionShape { n_seqs: 1, n_tokens: 1, n_heads: 1, kv, max_blocks_per_seq: 2, scale: 1.0 };
+    let kv = KvLayout {
+        num_blocks: 2,
+        block_size: 4,
+        n_kv_heads: 1,
+        head_dim: 32,
+    };
+    let shape = AttentionShape {
+        n_seqs: 1,
+        n_tokens: 1,
+        n_heads: 1,
+        kv,
+        max_blocks_per_seq: 2,
+        scale: 1.0,
+    };
     let cache = vec![bf16::ZERO; kv.layer_len()];
     let mut out = vec![bf16::ZERO; 32];
     let err = paged_attention(
@@ -388,10 +547,22 @@ fn attention_refuses_block_ids_outside_the_cache() {
 
 #[test]
 fn shapes_name_the_buffer_whose_length_is_wrong() {
-    let shape = EmbeddingShape { tokens: 2, vocab: 3, hidden: 4 };
+    let shape = EmbeddingShape {
+        tokens: 2,
+        vocab: 3,
+        hidden: 4,
+    };
     let err = embedding_gather(&shape, &[0, 1], &[bf16::ZERO; 12], &mut [0.0; 7]).unwrap_err();
-    assert_eq!(err.to_string(), "embedding output: expected 8 elements, got 7");
-    let kv = KvLayout { num_blocks: 1, block_size: 4, n_kv_heads: 1, head_dim: 48 };
+    assert_eq!(
+        err.to_string(),
+        "embedding output: expected 8 elements, got 7"
+    );
+    let kv = KvLayout {
+        num_blocks: 1,
+        block_size: 4,
+        n_kv_heads: 1,
+        head_dim: 48,
+    };
     let err = kv.validate().unwrap_err();
     assert!(err.to_string().contains("head_dim 48"), "{err}");
 }
@@ -414,22 +585,64 @@ fn logits_row(rng: &mut Rng, vocab: usize) -> Vec<f32> {
 fn sampling_twin_picks_what_the_cpu_rules_pick() {
     let mut rng = Rng::new(8);
     let settings = [
-        RowSampling { temperature: 0.0, top_p: 1.0, ..Default::default() },
-        RowSampling { temperature: 0.8, top_p: 1.0, ..Default::default() },
-        RowSampling { temperature: 1.0, top_p: 1.0, min_p: 0.05, ..Default::default() },
-        RowSampling { temperature: 0.7, top_p: 1.0, top_k: 40, ..Default::default() },
-        RowSampling { temperature: 1.3, top_p: 0.9, ..Default::default() },
-        RowSampling { temperature: 0.6, top_p: 0.5, top_k: 200, min_p: 0.02, ..Default::default() },
-        RowSampling { temperature: 2.0, top_p: 0.95, top_k: 1, ..Default::default() },
-        RowSampling { temperature: f32::NAN, top_p: 0.5, ..Default::default() },
+        RowSampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            ..Default::default()
+        },
+        RowSampling {
+            temperature: 0.8,
+            top_p: 1.0,
+            ..Default::default()
+        },
+        RowSampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            min_p: 0.05,
+            ..Default::default()
+        },
+        RowSampling {
+            temperature: 0.7,
+            top_p: 1.0,
+            top_k: 40,
+            ..Default::default()
+        },
+        RowSampling {
+            temperature: 1.3,
+            top_p: 0.9,
+            ..Default::default()
+        },
+        RowSampling {
+            temperature: 0.6,
+            top_p: 0.5,
+            top_k: 200,
+            min_p: 0.02,
+            ..Default::default()
+        },
+        RowSampling {
+            temperature: 2.0,
+            top_p: 0.95,
+            top_k: 1,
+            ..Default::default()
+        },
+        RowSampling {
+            temperature: f32::NAN,
+            top_p: 0.5,
+            ..Default::default()
+        },
     ];
     let mut host = 0;
     for vocab in [50, 1000, 5000, 70_001] {
         for setting in settings {
             let rows = 6;
-            let logits: Vec<f32> = (0..rows).flat_map(|_| logits_row(&mut rng, vocab)).collect();
+            let logits: Vec<f32> = (0..rows)
+                .flat_map(|_| logits_row(&mut rng, vocab))
+                .collect();
             let params: Vec<RowSampling> = (0..rows)
-                .map(|_| RowSampling { uniform: (rng.uniform() + 1.0) / 2.0, ..setting })
+                .map(|_| RowSampling {
+                    uniform: (rng.uniform() + 1.0) / 2.0,
+                    ..setting
+                })
                 .collect();
             let mut ids = vec![0; rows];
             sample(&SampleShape { rows, vocab }, &logits, &params, &mut ids).unwrap();
@@ -452,12 +665,28 @@ fn sampling_twin_picks_what_the_cpu_rules_pick() {
 #[test]
 fn greedy_sampling_takes_the_lowest_id_among_equal_best() {
     let logits = [1.0, f32::NAN, 5.0, 5.0, f32::INFINITY, 2.0];
-    let greedy = RowSampling { temperature: 0.0, top_p: 1.0, ..Default::default() };
+    let greedy = RowSampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        ..Default::default()
+    };
     let mut ids = [0];
-    sample(&SampleShape { rows: 1, vocab: 6 }, &logits, &[greedy], &mut ids).unwrap();
+    sample(
+        &SampleShape { rows: 1, vocab: 6 },
+        &logits,
+        &[greedy],
+        &mut ids,
+    )
+    .unwrap();
     assert_eq!(ids, [4], "+inf counts as the largest finite logit");
     let logits = [1.0, 5.0, 5.0];
-    sample(&SampleShape { rows: 1, vocab: 3 }, &logits, &[greedy], &mut ids).unwrap();
+    sample(
+        &SampleShape { rows: 1, vocab: 3 },
+        &logits,
+        &[greedy],
+        &mut ids,
+    )
+    .unwrap();
     assert_eq!(ids, [1]);
 }
 
@@ -466,7 +695,13 @@ fn top_k_above_the_device_limit_is_left_to_the_host() {
     let mut rng = Rng::new(9);
     let vocab = 4000;
     let logits = logits_row(&mut rng, vocab);
-    let p = RowSampling { temperature: 1.0, top_p: 1.0, top_k: 2000, uniform: 0.3, ..Default::default() };
+    let p = RowSampling {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 2000,
+        uniform: 0.3,
+        ..Default::default()
+    };
     let mut ids = [0];
     sample(&SampleShape { rows: 1, vocab }, &logits, &[p], &mut ids).unwrap();
     assert_eq!(ids, [HOST_SAMPLES]);
@@ -489,8 +724,23 @@ fn q8_0_gemv_matches_the_reference_matmul() {
         crate::matmul::matmul_reference(&w, &to_f32(&x), batch, &mut want);
         let mut out = vec![bf16::ZERO; batch * rows];
         gemv_q8_0(&GemvShape { rows, cols, batch }, w.bytes(), &x, &mut out).unwrap();
-        assert_close(&format!("gemv {rows}x{cols} batch {batch}"), &to_f32(&out), &want, BF16_TOLERANCE);
+        assert_close(
+            &format!("gemv {rows}x{cols} batch {batch}"),
+            &to_f32(&out),
+            &want,
+            BF16_TOLERANCE,
+        );
     }
-    let err = gemv_q8_0(&GemvShape { rows: 1, cols: 32, batch: 9 }, &[0; 34], &[bf16::ZERO; 288], &mut [bf16::ZERO; 9]).unwrap_err();
+    let err = gemv_q8_0(
+        &GemvShape {
+            rows: 1,
+            cols: 32,
+            batch: 9,
+        },
+        &[0; 34],
+        &[bf16::ZERO; 288],
+        &mut [bf16::ZERO; 9],
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("at most 8 rows"), "{err}");
 }
