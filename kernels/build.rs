@@ -31,6 +31,8 @@ fn build_kernels() -> Result<(), String> {
     let out_dir = PathBuf::from(env("OUT_DIR")?);
     let src_dir = manifest.join("cuda");
     let nvcc = find_nvcc()?;
+    // The folder too, so that a new .cu file is picked up.
+    println!("cargo:rerun-if-changed={}", src_dir.display());
 
     let mut sources = Vec::new();
     let entries = std::fs::read_dir(&src_dir).map_err(|e| format!("{}: {e}", src_dir.display()))?;

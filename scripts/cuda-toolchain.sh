@@ -48,7 +48,7 @@ echo "[cuda-toolchain] installing $want into $site (once; about 105 MB download,
 rm -rf "$prefix"
 mkdir -p "$site"
 # shellcheck disable=SC2086
-python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$site" $want >&2
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$site" $want >&2
 
 root="$(toolkit_root)" || { echo "[cuda-toolchain] nvcc not found under $site after install" >&2; exit 1; }
 # nvcc looks for cicc under ../nvvm/bin relative to itself; the nvvm wheel

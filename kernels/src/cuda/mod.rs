@@ -250,6 +250,13 @@ mod tests {
         }
     }
 
+    /// The executor keeps a `Gpu` in a struct shared across threads.
+    #[test]
+    fn a_gpu_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Gpu>();
+    }
+
     #[test]
     fn every_kernel_file_is_embedded_with_both_images() {
         let names: Vec<&str> = MODULES.iter().map(|m| m.name).collect();
