@@ -62,6 +62,7 @@ extern "C" __global__ void __launch_bounds__(T) sluice_sample(
     __shared__ int s_idx[32];
     __shared__ double s_sum[T];
     __shared__ unsigned long long s_keys[MAXC];
+    __shared__ float s_w[MAXC];
     __shared__ int s_hist[256];
     __shared__ unsigned long long s_prefix;
     __shared__ int s_remaining, s_count;
@@ -205,20 +206,25 @@ extern "C" __global__ void __launch_bounds__(T) sluice_sample(
             __syncthreads();
         }
     }
+    // Each candidate's weight once, in parallel: the walks below are one
+    // thread's (their order of additions is the CPU's), so they should
+    // read shared memory, not scattered logits.
+    for (int j = tid; j < want; j += T) s_w[j] = WEIGHT(clean(lg[key_id(s_keys[j])]));
+    __syncthreads();
     if (tid != 0) return;
 
     int keep = want;
     if (top_p_on) {
         double total = 0.0;
         if (top_k_on) {
-            for (int j = 0; j < want; j++) total += (double)WEIGHT(clean(lg[key_id(s_keys[j])]));
+            for (int j = 0; j < want; j++) total += (double)s_w[j];
         } else {
             for (int t = 0; t < T; t++) total += s_sum[t];
         }
         const double target = (double)p.top_p * total;
         double cum = 0.0;
         for (int j = 0; j < want; j++) {
-            cum += (double)WEIGHT(clean(lg[key_id(s_keys[j])]));
+            cum += (double)s_w[j];
             if (cum >= target) { keep = j + 1; break; }
         }
         // Not reached inside the best MAXC: the CPU would look further.
@@ -226,7 +232,7 @@ extern "C" __global__ void __launch_bounds__(T) sluice_sample(
     }
     double total = 0.0;
     for (int j = 0; j < keep; j++) {
-        const float w = WEIGHT(clean(lg[key_id(s_keys[j])]));
+        const float w = s_w[j];
         if (w >= min_p) total += (double)w;
     }
     if (isnan(total) || total <= 0.0) { out_ids[row] = best; return; }
@@ -235,7 +241,7 @@ extern "C" __global__ void __launch_bounds__(T) sluice_sample(
     int last = best;
     for (int j = 0; j < keep; j++) {
         const int id = key_id(s_keys[j]);
-        const float w = WEIGHT(clean(lg[id]));
+        const float w = s_w[j];
         if (w < min_p || w <= 0.0f) continue;
         cum += (double)w;
         last = id;
