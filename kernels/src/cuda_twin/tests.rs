@@ -744,3 +744,98 @@ fn q8_0_gemv_matches_the_reference_matmul() {
     .unwrap_err();
     assert!(err.to_string().contains("at most 8 rows"), "{err}");
 }
+
+/// `sort_key` of sample.cu: larger = better (logit in total order, then lower id).
+fn sort_key(l: f32, i: usize) -> u64 {
+    let bits = l.to_bits();
+    let ord = if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    };
+    (u64::from(ord) << 32) | u64::from(0xFFFF_FFFFu32 - i as u32)
+}
+
+/// sample.cu's candidate search replayed step by step (the twin sorts
+/// instead): the 8-pass radix select of the `want`-th largest key, the
+/// gather of every key at or above it, and the bitonic sort over
+/// SAMPLE_MAX_CANDIDATES slots with its compare-swap rule. Checks the
+/// kernel's algorithm, not its bits, on ties, -0/+0 and infinities.
+#[test]
+fn the_kernels_radix_select_and_bitonic_sort_find_the_best_candidates_in_order() {
+    let mut rng = Rng::new(11);
+    for (vocab, want) in [
+        (5000, 1024),
+        (70_001, 40),
+        (300, 300),
+        (2000, 1),
+        (1500, 777),
+    ] {
+        let logits: Vec<f32> = (0..vocab)
+            .map(|_| match rng.below(50) {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::NEG_INFINITY,
+                3 => 2.5,
+                _ => rng.uniform() * 10.0,
+            })
+            .collect();
+        let keys: Vec<u64> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| sort_key(l, i))
+            .collect();
+
+        let (mut prefix, mut remaining) = (0u64, want);
+        for pass in 0..8 {
+            let shift = 56 - 8 * pass;
+            let mut hist = [0usize; 256];
+            for &key in &keys {
+                if pass == 0 || (key ^ prefix) >> (shift + 8) == 0 {
+                    hist[((key >> shift) & 255) as usize] += 1;
+                }
+            }
+            for b in (0..256).rev() {
+                if hist[b] >= remaining {
+                    prefix |= (b as u64) << shift;
+                    break;
+                }
+                remaining -= hist[b];
+            }
+        }
+        let mut slots = vec![0u64; SAMPLE_MAX_CANDIDATES];
+        let gathered: Vec<u64> = keys.iter().copied().filter(|&k| k >= prefix).collect();
+        assert_eq!(
+            gathered.len(),
+            want,
+            "vocab {vocab}: exactly `want` keys at or above the k-th"
+        );
+        slots[..want].copy_from_slice(&gathered);
+        let n = SAMPLE_MAX_CANDIDATES;
+        let mut size = 2;
+        while size <= n {
+            let mut stride = size / 2;
+            while stride > 0 {
+                for j in 0..n {
+                    let partner = j ^ stride;
+                    if partner > j {
+                        let descending = j & size == 0;
+                        if (slots[j] < slots[partner]) == descending {
+                            slots.swap(j, partner);
+                        }
+                    }
+                }
+                stride /= 2;
+            }
+            size *= 2;
+        }
+
+        let mut order: Vec<usize> = (0..vocab).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let ids: Vec<usize> = slots[..want]
+            .iter()
+            .map(|&k| (0xFFFF_FFFFu32 - k as u32) as usize)
+            .collect();
+        assert_eq!(ids, order[..want], "vocab {vocab} want {want}");
+    }
+}
