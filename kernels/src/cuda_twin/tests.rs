@@ -839,3 +839,42 @@ fn the_kernels_radix_select_and_bitonic_sort_find_the_best_candidates_in_order()
         assert_eq!(ids, order[..want], "vocab {vocab} want {want}");
     }
 }
+
+/// attention.cu's search for a query token's sequence, replayed: the last
+/// sequence whose first query is at or before the token, so that empty
+/// chunks (sequences with no query this step) are skipped.
+#[test]
+fn the_attention_kernels_sequence_search_skips_empty_chunks() {
+    let mut rng = Rng::new(12);
+    for _ in 0..200 {
+        let n_seqs = 1 + rng.below(9);
+        let lens: Vec<usize> = (0..n_seqs)
+            .map(|_| {
+                if rng.below(3) == 0 {
+                    0
+                } else {
+                    1 + rng.below(5)
+                }
+            })
+            .collect();
+        let mut starts = vec![0usize];
+        for l in &lens {
+            starts.push(starts[starts.len() - 1] + l);
+        }
+        for token in 0..starts[n_seqs] {
+            let (mut lo, mut hi) = (0usize, n_seqs - 1);
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                if starts[mid] <= token {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            assert!(
+                starts[lo] <= token && token < starts[lo + 1],
+                "token {token} in {starts:?} went to {lo}"
+            );
+        }
+    }
+}
