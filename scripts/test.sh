@@ -37,6 +37,14 @@ trap 'rm -f "$log"' EXIT
 # pipefail (set above) keeps cargo's exit status through tee.
 cargo test --workspace 2>&1 | tee "$log"
 
+echo "== the cuda feature: kernels compiled by nvcc from NVIDIA's wheels, twins, no-GPU errors"
+# No GPU here: this builds the .cu kernels (failing on register spills),
+# lints the launch code and runs the twins and the "no GPU" tests.
+SLUICE_CUDA_HOME="$(scripts/cuda-toolchain.sh)"
+export SLUICE_CUDA_HOME
+cargo clippy -p sluice-kernels --features cuda --all-targets -- -D warnings
+cargo test -p sluice-kernels --features cuda
+
 # cargo prints one "test result" line per test binary, the last often a
 # doc-test run with 0 tests; close with the totals instead.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\n%d passed, %d failed\n", p, f }' "$log"

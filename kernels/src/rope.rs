@@ -82,6 +82,20 @@ impl Rope {
         self
     }
 
+    /// The inverse frequency of each rotated pair, scaling and frequency
+    /// factors applied: what the GPU's RoPE kernel takes as its table.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         let half = self.head_dim / 2;
         // cos/sin once per call, shared by all heads; on the stack for the
