@@ -37,6 +37,17 @@ trap 'rm -f "$log"' EXIT
 # pipefail (set above) keeps cargo's exit status through tee.
 cargo test --workspace 2>&1 | tee "$log"
 
+echo "== the CUDA executor (runtime --features cuda: host side and 'no GPU here' tests)"
+# Needs nvcc for the kernels crate's build.rs (scripts/cuda-toolchain.sh);
+# no GPU: the device step itself is tested with CPU ops in the main run.
+SLUICE_CUDA_HOME="${SLUICE_CUDA_HOME:-$(scripts/cuda-toolchain.sh)}"
+export SLUICE_CUDA_HOME
+cargo clippy -p sluice-runtime --features cuda --all-targets -- -D warnings
+# Only the tests whose outcome depends on the feature (the rest ran above).
+cargo test -p sluice-runtime --features cuda --lib -- \
+    device::tests::a_cuda_device device::tests::an_engine_on_a_gpu 2>&1 | tee -a "$log"
+cargo test -p sluice-runtime --features cuda --test gpucheck_no_gpu 2>&1 | tee -a "$log"
+
 # cargo prints one "test result" line per test binary, the last often a
 # doc-test run with 0 tests; close with the totals instead.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\n%d passed, %d failed\n", p, f }' "$log"

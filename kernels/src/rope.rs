@@ -82,6 +82,17 @@ impl Rope {
         self
     }
 
+    /// The inverse frequency of each rotated pair (`head_dim / 2`), scaling
+    /// and frequency factors applied: what a device kernel needs to rotate
+    /// exactly as [`Rope::apply`] does.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
+
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         let half = self.head_dim / 2;
         // cos/sin once per call, shared by all heads; on the stack for the
