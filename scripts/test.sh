@@ -37,13 +37,18 @@ trap 'rm -f "$log"' EXIT
 # pipefail (set above) keeps cargo's exit status through tee.
 cargo test --workspace 2>&1 | tee "$log"
 
-echo "== the CUDA executor (runtime --features cuda: host side and 'no GPU here' tests)"
-# Needs nvcc for the kernels crate's build.rs (scripts/cuda-toolchain.sh);
-# no GPU: the device step itself is tested with CPU ops in the main run.
-SLUICE_CUDA_HOME="${SLUICE_CUDA_HOME:-$(scripts/cuda-toolchain.sh)}"
+echo "== the cuda feature: kernels compiled by nvcc from NVIDIA's wheels, twins, no-GPU errors"
+# No GPU here: this builds the .cu kernels (failing on register spills),
+# lints the launch code and runs the twins and the "no GPU" tests.
+SLUICE_CUDA_HOME="$(scripts/cuda-toolchain.sh)"
 export SLUICE_CUDA_HOME
+cargo clippy -p sluice-kernels --features cuda --all-targets -- -D warnings
+cargo test -p sluice-kernels --features cuda
+
+echo "== the CUDA executor (runtime --features cuda: CudaOps, sluice-gpucheck, 'no GPU here')"
+# The device step itself is tested with CPU ops in the main run; here only
+# what the feature changes: it builds, and without a GPU it says so.
 cargo clippy -p sluice-runtime --features cuda --all-targets -- -D warnings
-# Only the tests whose outcome depends on the feature (the rest ran above).
 cargo test -p sluice-runtime --features cuda --lib -- \
     device::tests::a_cuda_device device::tests::an_engine_on_a_gpu 2>&1 | tee -a "$log"
 cargo test -p sluice-runtime --features cuda --test gpucheck_no_gpu 2>&1 | tee -a "$log"

@@ -30,11 +30,18 @@
 //! beside it ([`matmul::matmul_reference`],
 //! [`attention::paged_attention_reference`]) that the tests compare against.
 //! This crate knows nothing about models, requests or I/O; it must not
-//! depend on tokio or on any model code. GPU twins of these kernels belong
-//! behind the `cuda` feature.
+//! depend on tokio or on any model code.
+//!
+//! GPU kernels (`kernels/cuda/*.cu`, bf16 with f32 arithmetic) are compiled
+//! ahead of time and launched through [`cuda`] (behind the `cuda` feature);
+//! their CPU twins, which replay each kernel's index arithmetic and are
+//! tested on every build, are in [`cuda_twin`].
 
 pub mod attention;
 mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod cuda_twin;
 pub mod matmul;
 pub mod ops;
 pub mod quant;
@@ -72,4 +79,12 @@ pub enum KernelError {
     },
     #[error("cannot quantise to {0:?}")]
     UnsupportedTarget(WeightDType),
+    #[error("{what}: expected {expected} elements, got {got}")]
+    WrongLength {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{0}")]
+    BadShape(String),
 }

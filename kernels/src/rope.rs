@@ -82,15 +82,18 @@ impl Rope {
         self
     }
 
-    /// The inverse frequency of each rotated pair (`head_dim / 2`), scaling
-    /// and frequency factors applied: what a device kernel needs to rotate
-    /// exactly as [`Rope::apply`] does.
+    /// The inverse frequency of each rotated pair, scaling and frequency
+    /// factors applied: what the GPU's RoPE kernel takes as its table.
     pub fn inv_freq(&self) -> &[f32] {
         &self.inv_freq
     }
 
     pub fn style(&self) -> RopeStyle {
         self.style
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
     }
 
     pub fn apply(&self, x: &mut [f32], pos: usize) {
