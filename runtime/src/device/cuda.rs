@@ -52,11 +52,21 @@ struct Shared {
     ordinal: u32,
 }
 
+/// A captured decode graph, owned by one executor.
+struct OwnedGraph(CudaGraph);
+
+// SAFETY: CUDA graphs are not internally synchronised and must not be used
+// from two threads at once (cudarc leaves them !Send for that reason). An
+// `OwnedGraph` lives in one `CudaOps`, which one executor owns and only the
+// engine thread drives (`&mut self` on every use): it moves between threads
+// once, when the executor is handed to the engine, and is never shared.
+unsafe impl Send for OwnedGraph {}
+
 /// [`DeviceOps`] on one GPU. Cloning shares the device; each clone keeps
 /// its own graphs (they hold the addresses of one executor's buffers).
 pub struct CudaOps {
     shared: Arc<Shared>,
-    graphs: HashMap<usize, CudaGraph>,
+    graphs: HashMap<usize, OwnedGraph>,
     /// Set when a capture failed: later steps run without graphs.
     graphs_unavailable: bool,
 }
@@ -86,7 +96,7 @@ fn too_short(what: &str, need: usize, have: usize) -> ModelError {
 }
 
 /// The first `n` elements of `buf` as a view, or an error (never a panic).
-fn head<T>(buf: &CudaSlice<T>, n: usize, what: &str) -> Result<CudaView<'_, T>, ModelError> {
+fn head<'a, T>(buf: &'a CudaSlice<T>, n: usize, what: &str) -> Result<CudaView<'a, T>, ModelError> {
     buf.try_slice(..n)
         .ok_or_else(|| too_short(what, n, buf.len()))
 }
@@ -238,11 +248,11 @@ impl CudaOps {
 }
 
 /// A byte view of a typed buffer, for the one gemm entry point.
-fn bytes_mut<T>(
-    buf: &mut CudaSlice<T>,
+fn bytes_mut<'a, T>(
+    buf: &'a mut CudaSlice<T>,
     elems: usize,
     what: &str,
-) -> Result<driver::CudaViewMut<'_, u8>, ModelError> {
+) -> Result<driver::CudaViewMut<'a, u8>, ModelError> {
     let len = buf.len();
     if elems > len {
         return Err(too_short(what, elems, len));
@@ -584,7 +594,7 @@ impl DeviceOps for CudaOps {
         if self.graphs_unavailable {
             return body(self, state);
         }
-        if let Some(graph) = self.graphs.get(&bucket) {
+        if let Some(OwnedGraph(graph)) = self.graphs.get(&bucket) {
             return graph.launch().map_err(drv("replaying a decode graph"));
         }
         let stream = self.gpu().stream().clone();
@@ -598,7 +608,7 @@ impl DeviceOps for CudaOps {
         match (ran, captured) {
             (Ok(()), Ok(Some(graph))) => {
                 graph.launch().map_err(drv("launching a decode graph"))?;
-                self.graphs.insert(bucket, graph);
+                self.graphs.insert(bucket, OwnedGraph(graph));
                 Ok(())
             }
             (Err(e), _) => Err(e),
