@@ -92,7 +92,7 @@ EOF
 )"
     fi
     if [ -z "$found" ]; then
-        found="$(find / -xdev \( -path /proc -o -path /sys \) -prune -o -name 'libcublas.so.13' -print 2>/dev/null | head -1)"
+        found="$(timeout 30 find / -xdev \( -path /proc -o -path /sys \) -prune -o -name 'libcublas.so.13' -print 2>/dev/null | head -1)"
     fi
     echo "$found"
 }
