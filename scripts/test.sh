@@ -45,6 +45,14 @@ export SLUICE_CUDA_HOME
 cargo clippy -p sluice-kernels --features cuda --all-targets -- -D warnings
 cargo test -p sluice-kernels --features cuda
 
+echo "== the CUDA executor (runtime --features cuda: CudaOps, sluice-gpucheck, 'no GPU here')"
+# The device step itself is tested with CPU ops in the main run; here only
+# what the feature changes: it builds, and without a GPU it says so.
+cargo clippy -p sluice-runtime --features cuda --all-targets -- -D warnings
+cargo test -p sluice-runtime --features cuda --lib -- \
+    device::tests::a_cuda_device device::tests::an_engine_on_a_gpu 2>&1 | tee -a "$log"
+cargo test -p sluice-runtime --features cuda --test gpucheck_no_gpu 2>&1 | tee -a "$log"
+
 # cargo prints one "test result" line per test binary, the last often a
 # doc-test run with 0 tests; close with the totals instead.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\n%d passed, %d failed\n", p, f }' "$log"

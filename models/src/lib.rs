@@ -37,7 +37,7 @@ pub use encoder::{
 };
 pub use guard::{GuardHead, GuardHeadMeta};
 pub use kv_cache::KvCache;
-pub use llama::{Llama, LoadKnobs, SeqBatch, WeightSource};
+pub use llama::{LayerWeights, Llama, LoadKnobs, SeqBatch, WeightSource};
 pub use loader::{load_llm, LoadedLlm};
 pub use sluice_kernels::{ActivationPrecision, WeightDType};
 pub use tokenizer::Tokenizer;
@@ -64,6 +64,10 @@ pub enum ModelError {
     Template(String),
     #[error(transparent)]
     Kernel(#[from] sluice_kernels::KernelError),
+    /// A compute device (a GPU) failed or refused: out of memory, a failed
+    /// launch, a lost context.
+    #[error("device: {0}")]
+    Device(String),
 }
 
 impl ModelError {

@@ -58,6 +58,18 @@ pub struct Llama {
     activations: ActivationPrecision,
 }
 
+/// One layer's weights as [`Llama::layer_weights`] lends them: Q/K/V
+/// stacked by rows (`q_dim + 2 kv_dim` x `hidden`), gate/up stacked by rows.
+pub struct LayerWeights<'a> {
+    pub attn_norm: &'a [f32],
+    pub wqkv: &'a Matrix,
+    pub bqkv: Option<&'a [f32]>,
+    pub wo: &'a Matrix,
+    pub ffn_norm: &'a [f32],
+    pub w_gate_up: &'a Matrix,
+    pub w_down: &'a Matrix,
+}
+
 /// One sequence's share of a step.
 pub struct SeqBatch<'a> {
     /// Tokens to run, at positions `start_pos..start_pos + tokens.len()`.
@@ -201,6 +213,45 @@ impl Llama {
 
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
+    }
+
+    /// Read-only views of each layer's weights, in order, for executors that
+    /// keep their own copy of the weights (a GPU uploads them once).
+    pub fn layer_weights(&self) -> impl ExactSizeIterator<Item = LayerWeights<'_>> {
+        self.layers.iter().map(|l| LayerWeights {
+            attn_norm: &l.attn_norm,
+            wqkv: &l.wqkv,
+            bqkv: l.bqkv.as_deref(),
+            wo: &l.wo,
+            ffn_norm: &l.ffn_norm,
+            w_gate_up: &l.w_gate_up,
+            w_down: &l.w_down,
+        })
+    }
+
+    /// The token embedding (`vocab x hidden`).
+    pub fn embedding(&self) -> &Matrix {
+        &self.embed
+    }
+
+    /// The final norm's weight.
+    pub fn output_norm(&self) -> &[f32] {
+        &self.norm
+    }
+
+    /// The LM head (`vocab x hidden`): the embedding when tied.
+    pub fn lm_head(&self) -> &Matrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Whether the LM head is the embedding matrix itself.
+    pub fn head_is_tied(&self) -> bool {
+        self.lm_head.is_none()
+    }
+
+    /// The rotary embedding, with scaling and frequency factors applied.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
     }
 
     /// Bytes of weights held in memory.

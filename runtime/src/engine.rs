@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::block_manager::BlockManagerConfig;
 use crate::constraint::SeqConstraint;
+use crate::device::Device;
 use crate::executor::{CpuExecutor, Executor};
 use crate::load::{LoadCells, RateEwma};
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogprob, Usage};
@@ -63,6 +64,9 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Context cap; `None` means the model's own (bounded by the KV capacity).
     pub max_model_len: Option<usize>,
+    /// Where steps run. On a GPU the KV cache is sized from the free device
+    /// memory unless `num_kv_blocks` is set (`kv_cache_bytes` is the CPU's).
+    pub device: Device,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +81,7 @@ impl Default for EngineConfig {
             threads: None,
             enable_prefix_caching: true,
             max_model_len: None,
+            device: Device::Cpu,
         }
     }
 }
@@ -103,26 +108,14 @@ impl Engine {
                 "block_size, max_num_seqs and max_num_batched_tokens must be positive".into(),
             ));
         }
-        let per_block = sluice_models::KvCache::bytes_per_block(&model_cfg, cfg.block_size);
-        let num_blocks = cfg
-            .num_kv_blocks
-            .unwrap_or(cfg.kv_cache_bytes / per_block.max(1));
-        if num_blocks == 0 {
-            return Err(EngineError::Config(format!(
-                "kv_cache_bytes {} holds no block of {per_block} bytes; raise it",
-                cfg.kv_cache_bytes
-            )));
-        }
-        let threads = cfg
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        crate::device::check_supported(cfg.device).map_err(EngineError::Config)?;
+        let executor = build_executor(loaded.model, &cfg)?;
+        let num_blocks = executor.num_kv_blocks();
         let max_model_len = cfg
             .max_model_len
             .unwrap_or(model_cfg.max_position_embeddings)
             .min(model_cfg.max_position_embeddings)
             .min(num_blocks * cfg.block_size);
-        let executor = CpuExecutor::new(loaded.model, num_blocks, cfg.block_size, threads)
-            .map_err(EngineError::Config)?;
         let tokenizer = Arc::new(loaded.tokenizer);
         let info = ModelInfo {
             max_model_len,
@@ -156,7 +149,7 @@ impl Engine {
             },
         };
         let mut worker = Worker {
-            executor: wrap(Box::new(executor)),
+            executor: wrap(executor),
             scheduler: Scheduler::new(scheduler_config),
             scheduler_config,
             intake,
@@ -170,6 +163,49 @@ impl Engine {
             .spawn(move || worker.run())
             .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
         Ok(EngineHandle { shared, submit })
+    }
+}
+
+/// The executor for `cfg.device`, with its KV cache allocated.
+fn build_executor(
+    model: sluice_models::Llama,
+    cfg: &EngineConfig,
+) -> Result<Box<dyn Executor>, EngineError> {
+    match cfg.device {
+        Device::Cpu => {
+            let per_block = sluice_models::KvCache::bytes_per_block(model.config(), cfg.block_size);
+            let num_blocks = cfg
+                .num_kv_blocks
+                .unwrap_or(cfg.kv_cache_bytes / per_block.max(1));
+            if num_blocks == 0 {
+                return Err(EngineError::Config(format!(
+                    "kv_cache_bytes {} holds no block of {per_block} bytes; raise it",
+                    cfg.kv_cache_bytes
+                )));
+            }
+            let threads = cfg
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let executor = CpuExecutor::new(model, num_blocks, cfg.block_size, threads)
+                .map_err(EngineError::Config)?;
+            Ok(Box::new(executor))
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => crate::device::cuda::open_executor(&model, cfg, ordinal)
+            .map(|e| Box::new(e) as Box<dyn Executor>)
+            .map_err(|e| {
+                let why = match e {
+                    sluice_models::ModelError::Device(m) => m,
+                    other => other.to_string(),
+                };
+                EngineError::Config(format!("device = \"cuda:{ordinal}\": {why}"))
+            }),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(EngineError::Config(
+            crate::device::check_supported(cfg.device)
+                .err()
+                .unwrap_or_default(),
+        )),
     }
 }
 

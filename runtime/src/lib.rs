@@ -6,8 +6,8 @@
 //! each step which sequences run and how many of their tokens (continuous
 //! batching with chunked prefill and preemption, within a token budget);
 //! [`block_manager`] hands out fixed-size KV blocks and shares full blocks of
-//! identical prefixes; [`executor`] is the device seam that runs a step on the
-//! model (CPU today, CUDA later); [`sampler`] and [`stop`] turn logits into
+//! identical prefixes; [`executor`] is the seam that runs a step on the
+//! model, on the CPU or on a GPU through [`device`]; [`sampler`] and [`stop`] turn logits into
 //! tokens and decide when a sequence ends; [`constraint`] masks the tokens a
 //! grammar forbids (structured output); [`load`] publishes the signals the
 //! router reads; [`encoder_pool`] batches embedding and classification
@@ -20,6 +20,7 @@
 
 pub mod block_manager;
 pub mod constraint;
+pub mod device;
 pub mod encoder_pool;
 pub mod engine;
 pub mod executor;
@@ -31,6 +32,7 @@ pub mod scheduler;
 pub mod stop;
 
 pub use constraint::{with_layout as json_layout, ConstraintError, Grammar, GrammarSpec};
+pub use device::Device;
 pub use encoder_pool::{
     BatchEncoder, EncoderHandle, EncoderLoad, EncoderPool, EncoderPoolConfig, RuntimeError,
 };

@@ -181,3 +181,16 @@ fn closing_stdin_shuts_the_server_down_cleanly() {
     let server = Server::start_default();
     assert_eq!(server.stop(), Some(0));
 }
+
+#[test]
+fn a_cuda_device_in_a_build_without_cuda_is_refused_with_what_to_do() {
+    let f = config_file(
+        "[[models]]\nid = \"m\"\npath = \"x.gguf\"\n[models.engine]\ndevice = \"cuda:0\"\n",
+    );
+    let (code, _, err) = run_cli(&["check-config", f.path().to_str().unwrap()], &[]);
+    // The test binary is the default (CPU-only) build that scripts/test.sh makes.
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("models[0].engine.device"), "{err}");
+    assert!(err.contains("--features cuda"), "{err}");
+    assert!(err.contains("device = \"cpu\""), "{err}");
+}

@@ -132,6 +132,8 @@ pub struct EngineSection {
     pub threads: Option<usize>,
     pub enable_prefix_caching: Option<bool>,
     pub max_model_len: Option<usize>,
+    /// "cpu" (the default) or "cuda:N".
+    pub device: Option<String>,
 }
 
 /// A byte count written as an integer (`1048576`) or with a binary unit

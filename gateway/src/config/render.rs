@@ -96,6 +96,7 @@ impl Config {
                 if let Some(n) = e.max_model_len {
                     engine.insert("max_model_len".into(), int(n));
                 }
+                engine.insert("device".into(), Value::String(e.device.to_string()));
                 let mut t = Table::new();
                 t.insert("id".into(), Value::String(m.id.clone()));
                 t.insert("path".into(), Value::String(m.path.display().to_string()));

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sluice_runtime::EngineConfig;
+use sluice_runtime::{Device, EngineConfig};
 
 use super::defaults::DefaultsSection;
 use super::file::{EngineSection, FileConfig, KeySection, ModelSection};
@@ -506,6 +506,7 @@ fn resolve_engine(at: &str, e: EngineSection) -> Result<EngineConfig, ConfigErro
         threads,
         enable_prefix_caching,
         max_model_len,
+        device,
     } = e;
     let d = EngineConfig::default();
     let positive = |field: &str, v: Option<usize>, default: usize, max: usize| {
@@ -534,7 +535,21 @@ fn resolve_engine(at: &str, e: EngineSection) -> Result<EngineConfig, ConfigErro
             format!("{kv_cache_bytes} is less than 1MiB"),
         ));
     }
+    let device = match device {
+        None => d.device,
+        Some(text) => {
+            let device: Device = text
+                .parse()
+                .map_err(|m| invalid(format!("{at}.device"), m))?;
+            // Refused here, before any weights load, when this build cannot
+            // run on it at all.
+            sluice_runtime::device::check_supported(device)
+                .map_err(|m| invalid(format!("{at}.device"), m))?;
+            device
+        }
+    };
     Ok(EngineConfig {
+        device,
         block_size,
         kv_cache_bytes,
         num_kv_blocks: optional("num_kv_blocks", num_kv_blocks, 1 << 24)?,

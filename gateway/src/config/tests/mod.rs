@@ -570,3 +570,33 @@ fn capabilities_default_by_kind_and_a_deployment_list_replaces_them() {
     );
     assert!(err_of(&bad_dialect, &[]).contains("ollama"));
 }
+
+#[test]
+fn the_engine_device_is_cpu_by_default_and_parsed_by_name() {
+    let cfg = load_str("[[models]]\nid = \"m\"\npath = \"p\"\n", &[]).unwrap();
+    assert_eq!(cfg.models[0].engine.device, sluice_runtime::Device::Cpu);
+    let e = err_of(
+        "[[models]]\nid = \"m\"\npath = \"p\"\n[models.engine]\ndevice = \"gpu0\"\n",
+        &[],
+    );
+    assert!(e.starts_with("models[0].engine.device"), "{e}");
+    assert!(e.contains("\"cuda:N\""), "{e}");
+}
+
+#[test]
+fn a_cuda_device_is_refused_at_load_by_a_build_without_cuda() {
+    let text = "[[models]]\nid = \"m\"\npath = \"p\"\n[models.engine]\ndevice = \"cuda:0\"\n";
+    match load_str(text, &[]) {
+        Ok(cfg) => {
+            let supported =
+                sluice_runtime::device::check_supported(sluice_runtime::Device::Cuda(0));
+            assert!(supported.is_ok(), "a CPU-only build accepted cuda:0");
+            assert_eq!(cfg.models[0].engine.device, sluice_runtime::Device::Cuda(0));
+        }
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.starts_with("models[0].engine.device"), "{e}");
+            assert!(e.contains("--features cuda"), "{e}");
+        }
+    }
+}
