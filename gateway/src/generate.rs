@@ -143,6 +143,7 @@ fn plan(
         mut sampling,
         n,
         tools,
+        session,
         ..
     } = job;
     if let Some(tools) = &tools {
@@ -208,6 +209,7 @@ fn plan(
                 prompt_tokens: prompt.clone(),
                 params: sampling.to_params(max_tokens, choice),
                 constraint: constraint.clone(),
+                session: session.clone(),
             });
             plan.prompt_of.push(p);
         }

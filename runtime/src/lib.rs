@@ -37,7 +37,7 @@ pub use encoder_pool::{
 pub use engine::{Engine, EngineConfig, EngineHandle, EventStream, ModelInfo, StepFault};
 pub use load::LoadSnapshot;
 pub use request::{
-    EngineEvent, FinishReason, GenerateRequest, SamplingParams, TokenLogprob, Usage,
+    EngineEvent, FinishReason, GenerateRequest, SamplingParams, SessionKey, TokenLogprob, Usage,
 };
 
 /// Why the engine refused or failed a request.
