@@ -25,6 +25,7 @@ use sluice_models::{IncrementalDecoder, LoadedLlm, SeqBatch};
 use tokio::sync::mpsc;
 
 use crate::block_manager::BlockManagerConfig;
+use crate::clock::Clock;
 use crate::constraint::SeqConstraint;
 use crate::executor::{CpuExecutor, Executor};
 use crate::load::{LoadCells, RateEwma};
@@ -33,6 +34,7 @@ use crate::rng::SeqRng;
 use crate::sampler::sample;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
 use crate::stop::StopMatcher;
+use crate::warm_sessions::WarmConfig;
 use crate::EngineError;
 
 mod fault;
@@ -63,6 +65,15 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Context cap; `None` means the model's own (bounded by the KV capacity).
     pub max_model_len: Option<usize>,
+    /// How long a finished turn of a session keeps its KV blocks warm
+    /// (evicted after every other free block); zero turns it off. Needs
+    /// prefix caching.
+    pub session_keep_warm: Duration,
+    /// Blocks held warm over all sessions at most; `None` means half the
+    /// pool, so the prefix cache of other traffic keeps the other half.
+    pub session_warm_max_blocks: Option<usize>,
+    /// Where the engine reads the time (warm sessions expire by it).
+    pub clock: Clock,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +88,9 @@ impl Default for EngineConfig {
             threads: None,
             enable_prefix_caching: true,
             max_model_len: None,
+            session_keep_warm: Duration::from_secs(300),
+            session_warm_max_blocks: None,
+            clock: Clock::system(),
         }
     }
 }
@@ -154,6 +168,13 @@ impl Engine {
                 block_size: cfg.block_size,
                 enable_prefix_caching: cfg.enable_prefix_caching,
             },
+            warm: WarmConfig {
+                keep_warm: cfg.session_keep_warm,
+                max_blocks: cfg
+                    .session_warm_max_blocks
+                    .unwrap_or(num_blocks / 2)
+                    .min(num_blocks),
+            },
         };
         let mut worker = Worker {
             executor: wrap(Box::new(executor)),
@@ -164,6 +185,7 @@ impl Engine {
             shared: shared.clone(),
             tps: RateEwma::default(),
             decode_tps: RateEwma::default(),
+            clock: cfg.clock.clone(),
         };
         std::thread::Builder::new()
             .name("sluice-engine".into())
@@ -207,6 +229,7 @@ struct Worker {
     shared: Arc<Shared>,
     tps: RateEwma,
     decode_tps: RateEwma,
+    clock: Clock,
 }
 
 enum Outcome {
@@ -225,6 +248,7 @@ impl Worker {
                 return;
             }
             self.drop_cancelled();
+            self.scheduler.expire_warm(self.clock.now());
             if !self.scheduler.has_work() {
                 // Cancellations may have freed everything: say so.
                 self.publish_load(None);
@@ -520,7 +544,12 @@ impl Worker {
 
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
         let cached = self.scheduler.cached_prompt_tokens(id);
-        self.scheduler.finish(id);
+        match self.active.get(&id).and_then(|a| a.request.session.clone()) {
+            Some(session) => self
+                .scheduler
+                .finish_keeping_warm(id, session, self.clock.now()),
+            None => self.scheduler.finish(id),
+        }
         let tokenizer = self.shared.tokenizer.clone();
         if let Some(mut a) = self.active.remove(&id) {
             let mut text = String::new();
@@ -583,6 +612,9 @@ impl Worker {
         load.kv_used.store(bm.num_used_blocks(), Relaxed);
         load.kv_free.store(bm.num_free_blocks(), Relaxed);
         load.kv_total.store(bm.num_total_blocks(), Relaxed);
+        load.kv_warm.store(bm.num_warm_blocks(), Relaxed);
+        load.warm_sessions
+            .store(self.scheduler.num_warm_sessions(), Relaxed);
         load.tps_bits.store(tps.to_bits(), Relaxed);
         load.decode_tps_bits.store(dtps.to_bits(), Relaxed);
         load.preemptions

@@ -11,7 +11,8 @@
 //! tokens and decide when a sequence ends; [`constraint`] masks the tokens a
 //! grammar forbids (structured output); [`load`] publishes the signals the
 //! router reads; [`encoder_pool`] batches embedding and classification
-//! inputs on threads of its own.
+//! inputs on threads of its own. [`warm_sessions`] keeps a conversation's
+//! blocks evicted last between its turns, by the time of [`Clock`].
 //!
 //! Design choice: the scheduler and block manager are synchronous state
 //! machines with no clock, tensors or async inside, so they are tested exactly
@@ -19,6 +20,7 @@
 //! and builds [`GenerateRequest`]s; the runtime trusts them.
 
 pub mod block_manager;
+pub mod clock;
 pub mod constraint;
 pub mod encoder_pool;
 pub mod engine;
@@ -29,7 +31,9 @@ pub mod rng;
 pub mod sampler;
 pub mod scheduler;
 pub mod stop;
+pub mod warm_sessions;
 
+pub use clock::{Clock, ManualClock};
 pub use constraint::{with_layout as json_layout, ConstraintError, Grammar, GrammarSpec};
 pub use encoder_pool::{
     BatchEncoder, EncoderHandle, EncoderLoad, EncoderPool, EncoderPoolConfig, RuntimeError,

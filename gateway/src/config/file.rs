@@ -132,6 +132,10 @@ pub struct EngineSection {
     pub threads: Option<usize>,
     pub enable_prefix_caching: Option<bool>,
     pub max_model_len: Option<usize>,
+    /// Seconds a finished turn of a session keeps its KV blocks warm; 0: off.
+    pub session_keep_warm_secs: Option<u64>,
+    /// Blocks held warm over all sessions at most (default: half the pool).
+    pub session_warm_max_blocks: Option<usize>,
 }
 
 /// A byte count written as an integer (`1048576`) or with a binary unit
