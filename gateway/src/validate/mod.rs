@@ -24,6 +24,9 @@ pub use chat::chat;
 pub use completion::completion;
 use defaults::Omitted;
 pub use structured::Constraint;
+/// The chat API's `tools` / `tool_choice` / `parallel_tool_calls` reader,
+/// for the APIs that map their own tool shapes onto it (`/v1/messages`).
+pub(crate) use tools::tools as parse_tools;
 pub use tools::{FunctionSpec, ToolChoice, Tools};
 
 /// A wire API's request: it becomes the one internal [`ValidRequest`]
