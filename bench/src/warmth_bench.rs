@@ -185,7 +185,7 @@ pub fn run(args: WarmthArgs) -> Result<()> {
 /// Token ids of real text, cut into salted pieces.
 struct Texts {
     ids: Vec<u32>,
-    /// Ids of the salt prefix's digits, per salt (encoded on demand).
+    /// Encodes each piece's salt prefix.
     tokenizer: std::sync::Arc<sluice_models::Tokenizer>,
 }
 

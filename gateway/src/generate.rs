@@ -94,7 +94,8 @@ pub async fn count_prompt_tokens(model: &ReadyModel, job: Job) -> Result<usize, 
     tokio::task::spawn_blocking(move || {
         let Job { input, tools, .. } = job;
         let (prompts, _) = tokenize(&engine, input, tools.as_ref(), format)?;
-        Ok(prompts.iter().map(Vec::len).sum())
+        let total: usize = prompts.iter().map(Vec::len).sum();
+        Ok::<usize, ApiError>(total)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("tokenising failed: {e}")))?

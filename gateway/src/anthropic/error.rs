@@ -48,7 +48,7 @@ pub async fn anthropic_errors(request: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let (mut parts, body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     let bytes = match to_bytes(body, MAX_ERROR_BODY).await {
         Ok(bytes) => bytes,
         Err(_) => {
@@ -66,7 +66,6 @@ pub async fn anthropic_errors(request: Request, next: Next) -> Response {
         message
     };
     let (_, body) = error_body(status, &message);
-    parts.headers.remove(header::CONTENT_LENGTH);
     finish(parts, body)
 }
 

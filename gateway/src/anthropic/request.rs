@@ -1,7 +1,8 @@
 //! The Messages request as Anthropic defines it, and its mapping onto the
 //! one internal [`ValidRequest`]: `system` and the turns become chat
 //! messages (a `tool_use` block an assistant tool call, a `tool_result`
-//! block a `tool` turn), `tools`/`tool_choice` the chat API's [`Tools`],
+//! block a `tool` turn), `tools`/`tool_choice` the chat API's
+//! [`crate::validate::Tools`],
 //! the sampling fields the common validator's. What Sluice cannot honour
 //! (images, documents, extended thinking, server tools, a prefilled
 //! assistant turn) is a 400 that names it, never silently dropped.
@@ -13,7 +14,7 @@ use serde_json::{Map, Value};
 use sluice_models::{ChatMessage, ToolCall};
 
 use crate::error::ApiError;
-use crate::validate::{self, CommonWire, Input, Tools, ValidRequest, Validate};
+use crate::validate::{self, CommonWire, Input, ValidRequest, Validate};
 
 /// `POST /v1/messages` and `/v1/messages/count_tokens`, as sent. Loosely
 /// typed where Anthropic accepts several shapes (`system`, `content`), so
@@ -360,8 +361,12 @@ fn turn(
     let mut results = Vec::new();
     for (j, block) in blocks.into_iter().enumerate() {
         let at = format!("{at}.content.{j}");
-        let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
-        match (role.as_str(), kind) {
+        let kind = block
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        match (role.as_str(), kind.as_str()) {
             (_, "text") => texts.push(text_block(&at, block)?),
             ("assistant", "tool_use") => calls.push(tool_use(&at, block)?),
             ("user", "tool_result") => results.push(tool_result(&at, block)?),
