@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The Python the end-to-end tests drive Sluice with: the OpenAI SDK (a real
-# client: `chat.completions.parse` with a Pydantic model) and `jsonschema`
-# (the reference validator for structured output). A virtual environment
+# client: `chat.completions.parse` with a Pydantic model), Anthropic's SDK
+# (`messages.create` against `/v1/messages`) and `jsonschema` (the reference
+# validator for structured output). A virtual environment
 # under ~/.cache/sluice, made once; prints its python's path.
 set -euo pipefail
 root="${SLUICE_CACHE_DIR:-$HOME/.cache/sluice}/pyenv"
 python="$root/bin/python"
-want="openai==3.63.0 pydantic==2.13.4 jsonschema==4.26.0"
+want="openai==3.63.0 pydantic==2.13.4 jsonschema==4.26.0 anthropic==2.10.0"
 stamp="$root/.installed"
 if [ -x "$python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     echo "$python"

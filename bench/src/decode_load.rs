@@ -57,6 +57,7 @@ impl DecodeLoad {
                     ..SamplingParams::default()
                 },
                 constraint: None,
+                session: None,
             })?;
             let (stop, tokens) = (stop.clone(), tokens.clone());
             collectors.push(std::thread::spawn(move || {

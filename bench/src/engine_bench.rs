@@ -193,6 +193,7 @@ fn run_batch(
                 ..SamplingParams::default()
             },
             constraint: None,
+            session: None,
         };
         let submitted = Instant::now();
         let stream = handle

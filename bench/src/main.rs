@@ -6,7 +6,8 @@
 //! [`guard_bench`], `defence`, for the input defence's normalisation and
 //! rules, in [`defence_bench`], `pii`, for the PII scan, in [`pii_bench`],
 //! `structured`, what schema-constrained decoding costs, in
-//! [`structured_bench`]):
+//! [`structured_bench`], `warmth`, a conversation's turn-N TTFT with its KV
+//! blocks kept warm vs not, in [`warmth_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -41,6 +42,7 @@ mod report;
 mod sse;
 mod stats;
 mod structured_bench;
+mod warmth_bench;
 mod workload;
 
 use std::path::Path;
@@ -88,6 +90,8 @@ enum Cmd {
     Pii(pii_bench::PiiArgs),
     /// Schema compile time (cold, cached) and 8-sequence decode throughput with half constrained
     Structured(structured_bench::StructuredArgs),
+    /// A conversation's turn-N TTFT with its KV blocks kept warm between turns vs not
+    Warmth(warmth_bench::WarmthArgs),
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +131,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Defence(a) => defence_bench::run(a),
         Cmd::Pii(a) => pii_bench::run(a),
         Cmd::Structured(a) => structured_bench::run(a),
+        Cmd::Warmth(a) => warmth_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

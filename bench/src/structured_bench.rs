@@ -304,6 +304,7 @@ fn decode_run(
                 ..SamplingParams::default()
             },
             constraint: (i < constrained).then(|| grammar.clone()),
+            session: None,
         };
         streams.push(handle.submit(request).context("submitting a request")?);
     }

@@ -86,6 +86,21 @@ pub async fn start(
     Ok(ToolCalls::new(generation, tools.as_ref(), format))
 }
 
+/// The prompt tokens of `job` on `model`: its chat template's rendering
+/// (tools included) tokenised, exactly what the engine would be given.
+pub async fn count_prompt_tokens(model: &ReadyModel, job: Job) -> Result<usize, ApiError> {
+    let engine = model.engine.clone();
+    let format = tool_format(model);
+    tokio::task::spawn_blocking(move || {
+        let Job { input, tools, .. } = job;
+        let (prompts, _) = tokenize(&engine, input, tools.as_ref(), format)?;
+        let total: usize = prompts.iter().map(Vec::len).sum();
+        Ok::<usize, ApiError>(total)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("tokenising failed: {e}")))?
+}
+
 /// How the model writes tool calls: its config's `tool_parser`, else what
 /// its chat template shows.
 fn tool_format(model: &ReadyModel) -> ToolFormat {
@@ -143,6 +158,7 @@ fn plan(
         mut sampling,
         n,
         tools,
+        session,
         ..
     } = job;
     if let Some(tools) = &tools {
@@ -208,6 +224,7 @@ fn plan(
                 prompt_tokens: prompt.clone(),
                 params: sampling.to_params(max_tokens, choice),
                 constraint: constraint.clone(),
+                session: session.clone(),
             });
             plan.prompt_of.push(p);
         }

@@ -39,7 +39,9 @@
 //!   grammar). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
-//! - **3, HTTP and the command line**: [`openai`] (handlers), [`admin`]
+//! - **3, HTTP and the command line**: [`openai`] (handlers),
+//!   [`anthropic`] (the Messages API: its wire types, mapping, rendering
+//!   and error shape), [`admin`]
 //!   (the admin API), [`state`] (what handlers read, sliced per handler
 //!   with axum's `FromRef`),
 //!   [`server`] (the router, model loading, the one shutdown path), [`cli`].
@@ -51,6 +53,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod anthropic;
 pub mod audit;
 pub mod auth;
 pub mod budget;

@@ -274,6 +274,7 @@ mod tests {
                 ..SamplingParams::default()
             },
             constraint: None,
+            session: None,
         };
         let model = registry.ready("tiny").unwrap();
         let mut events = model.engine.submit(request()).unwrap();

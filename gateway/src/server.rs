@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::anthropic;
 use crate::auth::{self, Authenticator, KeyStore};
 use crate::cache::{self, Cache};
 use crate::chain::Chain;
@@ -88,6 +89,20 @@ pub fn router(state: AppState) -> Router {
             state.in_flight.clone(),
             crate::inflight::limit_in_flight,
         ));
+    // Anthropic's Messages API: the same layers, and every error reshaped
+    // as Anthropic's (the outermost layer, so auth's and limits' too).
+    let messages = Router::new()
+        .route("/v1/messages", post(anthropic::create))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route_layer(middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require_key,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.in_flight.clone(),
+            crate::inflight::limit_in_flight,
+        ))
+        .route_layer(middleware::from_fn(anthropic::error::anthropic_errors));
     let admin = match &state.admin_key {
         Some(_) => Router::new().route("/admin/cache", axum::routing::delete(cache::admin::purge)),
         None => Router::new(),
@@ -103,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .merge(metrics)
         .merge(v1)
+        .merge(messages)
         .merge(admin)
         .merge(crate::admin::routes())
         .fallback(unknown_url)

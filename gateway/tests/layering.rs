@@ -46,6 +46,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("chain", 2),
     // 3: HTTP and the command line.
     ("admin", 3),
+    ("anthropic", 3),
     ("cli", 3),
     ("openai", 3),
     ("server", 3),

@@ -19,6 +19,16 @@
 //!   (least recently freed is evicted first); freed blocks without a hash go
 //!   to the front, since nothing is lost by reusing them. A cached block that
 //!   a new prompt hits is unlinked in O(1).
+//! * **Warm sessions, evicted last.** A conversation's finished turn may
+//!   put a *warm hold* on its cached blocks ([`BlockManager::hold_warm`]): a
+//!   free block with a hold sits in a second free list, which `allocate`
+//!   empties only once the first one is, so the next turn of the
+//!   conversation finds its prefix even after other traffic cycled the pool.
+//!   Held blocks stay free (counted in `num_free_blocks`): a running or
+//!   waiting sequence can always take them, so warmth never starves work.
+//!   Each hold remembers the block's *epoch* (bumped whenever `allocate`
+//!   hands the block out), so a hold on a block evicted meanwhile is stale
+//!   and dropping it touches nothing.
 //! * **No fit, no preemption.** `allocate` answers `None` without side
 //!   effects when the pool is short; deciding whom to preempt is the
 //!   scheduler's job (STYLE habit 9).
@@ -38,6 +48,54 @@ pub type BlockId = u32;
 
 /// Marks "no neighbour" in the intrusive free list.
 const NIL: BlockId = BlockId::MAX;
+
+/// Warm holds taken on a sequence's cached blocks by
+/// [`BlockManager::hold_warm`]: give them back with
+/// [`BlockManager::release_warm`] (dropping it without does no harm to the
+/// pool's invariants, but keeps its blocks evicted last until they are).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WarmHold {
+    /// (block, its epoch when held), in block-table order.
+    blocks: Vec<(BlockId, u32)>,
+}
+
+impl WarmHold {
+    /// Blocks held (some may have been evicted since).
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+}
+
+/// One intrusive doubly-linked list of free blocks (links live in [`Block`]).
+#[derive(Debug, Clone, Copy)]
+struct FreeList {
+    /// Front = next to be handed out by `allocate`.
+    head: BlockId,
+    tail: BlockId,
+    len: usize,
+}
+
+impl FreeList {
+    const EMPTY: Self = Self {
+        head: NIL,
+        tail: NIL,
+        len: 0,
+    };
+}
+
+/// Which free list a free block sits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// Evicted first: uncached blocks at the front, cached ones in the
+    /// order they were freed.
+    Cold,
+    /// Cached blocks some warm session holds: evicted once `Cold` is empty.
+    Warm,
+}
 
 /// Size of the pool and whether full blocks are shared between prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +124,12 @@ struct Block {
     /// Free-list neighbours; meaningful only while `ref_cnt == 0`.
     prev: BlockId,
     next: BlockId,
+    /// Warm sessions holding this block; only a cached block is held. A free
+    /// block sits in the warm list exactly when this is positive.
+    warm_holds: u32,
+    /// Bumped each time `allocate` hands the block out: a [`WarmHold`] taken
+    /// before then no longer refers to this content.
+    epoch: u32,
 }
 
 /// The KV block pool. See the module docs.
@@ -74,10 +138,10 @@ pub struct BlockManager {
     block_size: usize,
     enable_prefix_caching: bool,
     blocks: Vec<Block>,
-    /// Front = next to be handed out by `allocate`.
-    free_head: BlockId,
-    free_tail: BlockId,
-    num_free: usize,
+    /// Free blocks nobody holds warm; `allocate` takes from here first.
+    cold: FreeList,
+    /// Free cached blocks held by warm sessions, least recently freed first.
+    warm: FreeList,
     /// Cached full blocks by chain hash.
     cached: HashMap<BlockHash, BlockId>,
     /// Two independently keyed SipHash builders: their outputs form the
@@ -104,19 +168,24 @@ impl BlockManager {
                 } else {
                     i as BlockId + 1
                 },
+                warm_holds: 0,
+                epoch: 0,
             })
             .collect();
+        let cold = match num_blocks {
+            0 => FreeList::EMPTY,
+            n => FreeList {
+                head: 0,
+                tail: n as BlockId - 1,
+                len: n,
+            },
+        };
         Self {
             block_size: cfg.block_size.max(1),
             enable_prefix_caching: cfg.enable_prefix_caching,
             blocks,
-            free_head: if num_blocks == 0 { NIL } else { 0 },
-            free_tail: if num_blocks == 0 {
-                NIL
-            } else {
-                num_blocks as BlockId - 1
-            },
-            num_free: num_blocks,
+            cold,
+            warm: FreeList::EMPTY,
             cached: HashMap::new(),
             hash_keys: (RandomState::new(), RandomState::new()),
             queries: 0,
@@ -189,18 +258,25 @@ impl BlockManager {
     }
 
     /// Takes `n` fresh blocks: never-cached free ones first, then cached free
-    /// ones least recently freed first (dropping their hash entries). `None`,
-    /// with nothing changed, when fewer than `n` are free.
+    /// ones least recently freed first (dropping their hash entries), then
+    /// blocks warm sessions hold, least recently freed first. `None`, with
+    /// nothing changed, when fewer than `n` are free.
     pub fn allocate(&mut self, n: usize) -> Option<Vec<BlockId>> {
-        if n > self.num_free {
+        if n > self.num_free_blocks() {
             return None;
         }
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let id = self.free_head;
+            let id = match self.cold.head {
+                NIL => self.warm.head,
+                id => id,
+            };
             self.unlink(id);
             let block = &mut self.blocks[id as usize];
             block.ref_cnt = 1;
+            // Evicting a warm block ends every hold on it (they go stale).
+            block.warm_holds = 0;
+            block.epoch = block.epoch.wrapping_add(1);
             if let Some(hash) = block.hash.take() {
                 if self.cached.get(&hash) == Some(&id) {
                     self.cached.remove(&hash);
@@ -297,14 +373,69 @@ impl BlockManager {
         self.debug_check();
     }
 
-    /// Free blocks, including cached ones nobody references.
+    /// Puts a warm hold on the cached blocks of `block_table` (the caller
+    /// still references them; uncached blocks cannot serve a later prompt
+    /// and are skipped). Taken before the sequence releases its blocks, they
+    /// go to the warm list when it does.
+    pub fn hold_warm(&mut self, block_table: &[BlockId]) -> WarmHold {
+        let mut hold = WarmHold::default();
+        for &id in block_table {
+            if !self.is_cached(id) {
+                continue;
+            }
+            let free = self.blocks[id as usize].ref_cnt == 0;
+            if free {
+                self.unlink(id);
+            }
+            let block = &mut self.blocks[id as usize];
+            block.warm_holds += 1;
+            hold.blocks.push((id, block.epoch));
+            if free {
+                self.push_back(id);
+            }
+        }
+        self.debug_check();
+        hold
+    }
+
+    /// Gives back a warm hold: a free block nobody holds any more returns to
+    /// the back of the cold list (still cached, evicted in the usual LRU
+    /// order). Holds on blocks evicted since are ignored.
+    pub fn release_warm(&mut self, hold: WarmHold) {
+        // Tail first, as `release`: the tail is evicted first.
+        for &(id, epoch) in hold.blocks.iter().rev() {
+            let Some(block) = self.blocks.get(id as usize) else {
+                continue;
+            };
+            if block.epoch != epoch || block.warm_holds == 0 {
+                continue;
+            }
+            let free = block.ref_cnt == 0;
+            if free {
+                self.unlink(id);
+            }
+            self.blocks[id as usize].warm_holds -= 1;
+            if free {
+                self.push_back(id);
+            }
+        }
+        self.debug_check();
+    }
+
+    /// Free blocks, including cached ones nobody references and the ones
+    /// warm sessions hold.
     pub fn num_free_blocks(&self) -> usize {
-        self.num_free
+        self.cold.len + self.warm.len
+    }
+
+    /// Free blocks held by warm sessions (the last ones `allocate` evicts).
+    pub fn num_warm_blocks(&self) -> usize {
+        self.warm.len
     }
 
     /// Blocks referenced by at least one sequence.
     pub fn num_used_blocks(&self) -> usize {
-        self.blocks.len() - self.num_free
+        self.blocks.len() - self.num_free_blocks()
     }
 
     pub fn num_total_blocks(&self) -> usize {
@@ -357,40 +488,56 @@ impl BlockManager {
         }
         let mut in_list = vec![false; total];
         let mut count = 0;
-        let mut prev = NIL;
-        let mut cur = self.free_head;
-        while cur != NIL {
-            let Some(block) = self.blocks.get(cur as usize) else {
-                return Err(format!("free list holds out-of-range id {cur}"));
-            };
-            if in_list[cur as usize] {
-                return Err(format!("free list visits block {cur} twice"));
+        for tier in [Tier::Cold, Tier::Warm] {
+            let list = *self.list(tier);
+            let mut listed = 0;
+            let mut prev = NIL;
+            let mut cur = list.head;
+            while cur != NIL {
+                let Some(block) = self.blocks.get(cur as usize) else {
+                    return Err(format!("free list holds out-of-range id {cur}"));
+                };
+                if in_list[cur as usize] {
+                    return Err(format!("free lists visit block {cur} twice"));
+                }
+                in_list[cur as usize] = true;
+                if block.ref_cnt != 0 {
+                    return Err(format!(
+                        "block {cur} is free-listed with refcount {}",
+                        block.ref_cnt
+                    ));
+                }
+                if self.tier_of(cur) != tier {
+                    return Err(format!(
+                        "block {cur} with {} warm holds is in the {tier:?} list",
+                        block.warm_holds
+                    ));
+                }
+                if block.prev != prev {
+                    return Err(format!("block {cur} has a stale prev link"));
+                }
+                listed += 1;
+                prev = cur;
+                cur = block.next;
             }
-            in_list[cur as usize] = true;
-            if block.ref_cnt != 0 {
+            if prev != list.tail {
                 return Err(format!(
-                    "block {cur} is free-listed with refcount {}",
-                    block.ref_cnt
+                    "{tier:?} tail is {} but the list ends at {prev}",
+                    list.tail
                 ));
             }
-            if block.prev != prev {
-                return Err(format!("block {cur} has a stale prev link"));
+            if listed != list.len {
+                return Err(format!(
+                    "{tier:?} list has {listed} blocks, counter says {}",
+                    list.len
+                ));
             }
-            count += 1;
-            prev = cur;
-            cur = block.next;
+            count += listed;
         }
-        if prev != self.free_tail {
-            return Err(format!(
-                "free tail is {} but the list ends at {prev}",
-                self.free_tail
-            ));
-        }
-        if count != self.num_free {
-            return Err(format!(
-                "free list has {count} blocks, counter says {}",
-                self.num_free
-            ));
+        for (id, block) in self.blocks.iter().enumerate() {
+            if block.warm_holds > 0 && !self.is_cached(id as BlockId) {
+                return Err(format!("block {id} is held warm but not cached"));
+            }
         }
         let used = self.blocks.iter().filter(|b| b.ref_cnt > 0).count();
         if used + count != total {
@@ -437,54 +584,91 @@ impl BlockManager {
         BlockHash(((a.finish() as u128) << 64) | b.finish() as u128)
     }
 
-    /// Removes free block `id` from the free list.
+    /// Whether `id` is the block a prefix lookup of its hash finds.
+    fn is_cached(&self, id: BlockId) -> bool {
+        self.blocks
+            .get(id as usize)
+            .and_then(|b| b.hash)
+            .is_some_and(|hash| self.cached.get(&hash) == Some(&id))
+    }
+
+    /// The list free block `id` belongs in (by its warm holds).
+    fn tier_of(&self, id: BlockId) -> Tier {
+        if self.blocks[id as usize].warm_holds > 0 {
+            Tier::Warm
+        } else {
+            Tier::Cold
+        }
+    }
+
+    fn list(&self, tier: Tier) -> &FreeList {
+        match tier {
+            Tier::Cold => &self.cold,
+            Tier::Warm => &self.warm,
+        }
+    }
+
+    fn list_mut(&mut self, tier: Tier) -> &mut FreeList {
+        match tier {
+            Tier::Cold => &mut self.cold,
+            Tier::Warm => &mut self.warm,
+        }
+    }
+
+    /// Removes free block `id` from its free list (the one its warm holds
+    /// say: change them only while the block is unlinked).
     fn unlink(&mut self, id: BlockId) {
+        let tier = self.tier_of(id);
         let (prev, next) = {
             let b = &self.blocks[id as usize];
             (b.prev, b.next)
         };
         match prev {
-            NIL => self.free_head = next,
+            NIL => self.list_mut(tier).head = next,
             p => self.blocks[p as usize].next = next,
         }
         match next {
-            NIL => self.free_tail = prev,
+            NIL => self.list_mut(tier).tail = prev,
             n => self.blocks[n as usize].prev = prev,
         }
         let b = &mut self.blocks[id as usize];
         b.prev = NIL;
         b.next = NIL;
-        self.num_free -= 1;
+        self.list_mut(tier).len -= 1;
     }
 
     fn push_back(&mut self, id: BlockId) {
-        let tail = self.free_tail;
+        let tier = self.tier_of(id);
+        let tail = self.list(tier).tail;
         {
             let b = &mut self.blocks[id as usize];
             b.prev = tail;
             b.next = NIL;
         }
         match tail {
-            NIL => self.free_head = id,
+            NIL => self.list_mut(tier).head = id,
             t => self.blocks[t as usize].next = id,
         }
-        self.free_tail = id;
-        self.num_free += 1;
+        let list = self.list_mut(tier);
+        list.tail = id;
+        list.len += 1;
     }
 
     fn push_front(&mut self, id: BlockId) {
-        let head = self.free_head;
+        let tier = self.tier_of(id);
+        let head = self.list(tier).head;
         {
             let b = &mut self.blocks[id as usize];
             b.prev = NIL;
             b.next = head;
         }
         match head {
-            NIL => self.free_tail = id,
+            NIL => self.list_mut(tier).tail = id,
             h => self.blocks[h as usize].prev = id,
         }
-        self.free_head = id;
-        self.num_free += 1;
+        let list = self.list_mut(tier);
+        list.head = id;
+        list.len += 1;
     }
 }
 

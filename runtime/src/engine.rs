@@ -25,6 +25,7 @@ use sluice_models::{IncrementalDecoder, LoadedLlm, SeqBatch};
 use tokio::sync::mpsc;
 
 use crate::block_manager::BlockManagerConfig;
+use crate::clock::Clock;
 use crate::constraint::SeqConstraint;
 use crate::device::Device;
 use crate::executor::{CpuExecutor, Executor};
@@ -34,6 +35,7 @@ use crate::rng::SeqRng;
 use crate::sampler::sample;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
 use crate::stop::StopMatcher;
+use crate::warm_sessions::WarmConfig;
 use crate::EngineError;
 
 mod fault;
@@ -67,6 +69,15 @@ pub struct EngineConfig {
     /// Where steps run. On a GPU the KV cache is sized from the free device
     /// memory unless `num_kv_blocks` is set (`kv_cache_bytes` is the CPU's).
     pub device: Device,
+    /// How long a finished turn of a session keeps its KV blocks warm
+    /// (evicted after every other free block); zero turns it off. Needs
+    /// prefix caching.
+    pub session_keep_warm: Duration,
+    /// Blocks held warm over all sessions at most; `None` means half the
+    /// pool, so the prefix cache of other traffic keeps the other half.
+    pub session_warm_max_blocks: Option<usize>,
+    /// Where the engine reads the time (warm sessions expire by it).
+    pub clock: Clock,
 }
 
 impl Default for EngineConfig {
@@ -82,6 +93,9 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             max_model_len: None,
             device: Device::Cpu,
+            session_keep_warm: Duration::from_secs(300),
+            session_warm_max_blocks: None,
+            clock: Clock::system(),
         }
     }
 }
@@ -147,6 +161,13 @@ impl Engine {
                 block_size: cfg.block_size,
                 enable_prefix_caching: cfg.enable_prefix_caching,
             },
+            warm: WarmConfig {
+                keep_warm: cfg.session_keep_warm,
+                max_blocks: cfg
+                    .session_warm_max_blocks
+                    .unwrap_or(num_blocks / 2)
+                    .min(num_blocks),
+            },
         };
         let mut worker = Worker {
             executor: wrap(executor),
@@ -157,6 +178,7 @@ impl Engine {
             shared: shared.clone(),
             tps: RateEwma::default(),
             decode_tps: RateEwma::default(),
+            clock: cfg.clock.clone(),
         };
         std::thread::Builder::new()
             .name("sluice-engine".into())
@@ -243,6 +265,7 @@ struct Worker {
     shared: Arc<Shared>,
     tps: RateEwma,
     decode_tps: RateEwma,
+    clock: Clock,
 }
 
 enum Outcome {
@@ -261,6 +284,7 @@ impl Worker {
                 return;
             }
             self.drop_cancelled();
+            self.scheduler.expire_warm(self.clock.now());
             if !self.scheduler.has_work() {
                 // Cancellations may have freed everything: say so.
                 self.publish_load(None);
@@ -556,7 +580,12 @@ impl Worker {
 
     fn finish(&mut self, id: SeqId, reason: FinishReason) {
         let cached = self.scheduler.cached_prompt_tokens(id);
-        self.scheduler.finish(id);
+        match self.active.get(&id).and_then(|a| a.request.session.clone()) {
+            Some(session) => self
+                .scheduler
+                .finish_keeping_warm(id, session, self.clock.now()),
+            None => self.scheduler.finish(id),
+        }
         let tokenizer = self.shared.tokenizer.clone();
         if let Some(mut a) = self.active.remove(&id) {
             let mut text = String::new();
@@ -619,6 +648,9 @@ impl Worker {
         load.kv_used.store(bm.num_used_blocks(), Relaxed);
         load.kv_free.store(bm.num_free_blocks(), Relaxed);
         load.kv_total.store(bm.num_total_blocks(), Relaxed);
+        load.kv_warm.store(bm.num_warm_blocks(), Relaxed);
+        load.warm_sessions
+            .store(self.scheduler.num_warm_sessions(), Relaxed);
         load.tps_bits.store(tps.to_bits(), Relaxed);
         load.decode_tps_bits.store(dtps.to_bits(), Relaxed);
         load.preemptions

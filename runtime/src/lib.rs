@@ -11,7 +11,8 @@
 //! tokens and decide when a sequence ends; [`constraint`] masks the tokens a
 //! grammar forbids (structured output); [`load`] publishes the signals the
 //! router reads; [`encoder_pool`] batches embedding and classification
-//! inputs on threads of its own.
+//! inputs on threads of its own. [`warm_sessions`] keeps a conversation's
+//! blocks evicted last between its turns, by the time of [`Clock`].
 //!
 //! Design choice: the scheduler and block manager are synchronous state
 //! machines with no clock, tensors or async inside, so they are tested exactly
@@ -19,6 +20,7 @@
 //! and builds [`GenerateRequest`]s; the runtime trusts them.
 
 pub mod block_manager;
+pub mod clock;
 pub mod constraint;
 pub mod device;
 pub mod encoder_pool;
@@ -30,7 +32,9 @@ pub mod rng;
 pub mod sampler;
 pub mod scheduler;
 pub mod stop;
+pub mod warm_sessions;
 
+pub use clock::{Clock, ManualClock};
 pub use constraint::{with_layout as json_layout, ConstraintError, Grammar, GrammarSpec};
 pub use device::Device;
 pub use encoder_pool::{
@@ -39,7 +43,7 @@ pub use encoder_pool::{
 pub use engine::{Engine, EngineConfig, EngineHandle, EventStream, ModelInfo, StepFault};
 pub use load::LoadSnapshot;
 pub use request::{
-    EngineEvent, FinishReason, GenerateRequest, SamplingParams, TokenLogprob, Usage,
+    EngineEvent, FinishReason, GenerateRequest, SamplingParams, SessionKey, TokenLogprob, Usage,
 };
 
 /// Why the engine refused or failed a request.

@@ -15,6 +15,11 @@ pub struct LoadSnapshot {
     pub kv_blocks_used: usize,
     pub kv_blocks_free: usize,
     pub kv_blocks_total: usize,
+    /// Free blocks that warm sessions hold (part of `kv_blocks_free`:
+    /// evicted last, but evictable).
+    pub kv_blocks_warm: usize,
+    /// Sessions whose last turn's blocks are held warm.
+    pub warm_sessions: usize,
     /// Tokens computed per second (prefill + decode), smoothed over recent steps.
     pub tokens_per_second: f64,
     /// Generated tokens per second, smoothed.
@@ -34,6 +39,8 @@ pub(crate) struct LoadCells {
     pub kv_used: AtomicUsize,
     pub kv_free: AtomicUsize,
     pub kv_total: AtomicUsize,
+    pub kv_warm: AtomicUsize,
+    pub warm_sessions: AtomicUsize,
     pub tps_bits: AtomicU64,
     pub decode_tps_bits: AtomicU64,
     pub wait_ms_bits: AtomicU64,
@@ -50,6 +57,8 @@ impl LoadCells {
             kv_blocks_used: self.kv_used.load(Relaxed),
             kv_blocks_free: self.kv_free.load(Relaxed),
             kv_blocks_total: self.kv_total.load(Relaxed),
+            kv_blocks_warm: self.kv_warm.load(Relaxed),
+            warm_sessions: self.warm_sessions.load(Relaxed),
             tokens_per_second: f64::from_bits(self.tps_bits.load(Relaxed)),
             decode_tokens_per_second: f64::from_bits(self.decode_tps_bits.load(Relaxed)),
             estimated_queue_wait_ms: f64::from_bits(self.wait_ms_bits.load(Relaxed)),

@@ -69,6 +69,26 @@ pub struct GenerateRequest {
     /// A grammar the output must match (from
     /// [`crate::EngineHandle::compile_grammar`]); `None` means free text.
     pub constraint: Option<Arc<Grammar>>,
+    /// The conversation this turn belongs to, if the caller said: once it
+    /// finishes, the engine keeps its prompt + answer blocks warm for a
+    /// while, so the next turn's prefix is still cached.
+    pub session: Option<SessionKey>,
+}
+
+/// Names one conversation to the engine: opaque, compared whole. The
+/// gateway scopes it (tenant, API and id) before it gets here, so two
+/// tenants' sessions never share a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey(Arc<str>);
+
+impl SessionKey {
+    pub fn new(key: impl Into<Arc<str>>) -> Self {
+        Self(key.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Why a sequence stopped.

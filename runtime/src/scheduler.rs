@@ -26,13 +26,21 @@
 //!    head of the queue that does not fit blocks those behind it (no
 //!    skipping, so a long prompt is not starved by short ones).
 //!
+//! A finished turn of a session may leave its blocks warm
+//! ([`Scheduler::finish_keeping_warm`], [`crate::warm_sessions`]): they stay
+//! free, evicted after every other free block, until they expire
+//! ([`Scheduler::expire_warm`], with the time passed in).
+//!
 //! A sequence that could never run — more blocks than the pool has, more
 //! positions than the model has, or nothing to compute — is removed and
 //! reported through [`Scheduler::take_unservable`] instead of waiting forever.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use crate::block_manager::{BlockId, BlockManager, BlockManagerConfig};
+use crate::request::SessionKey;
+use crate::warm_sessions::{WarmConfig, WarmSessions};
 
 /// The engine's handle on a sequence.
 pub type SeqId = u64;
@@ -47,6 +55,8 @@ pub struct SchedulerConfig {
     /// Positions the model supports: a sequence never grows past it.
     pub max_model_len: usize,
     pub block: BlockManagerConfig,
+    /// How long and how many blocks finished session turns stay warm.
+    pub warm: WarmConfig,
 }
 
 /// One sequence's work in a step.
@@ -100,6 +110,8 @@ struct Sequence {
 pub struct Scheduler {
     cfg: SchedulerConfig,
     blocks: BlockManager,
+    /// Sessions whose finished turns' blocks are evicted last.
+    warm: WarmSessions,
     seqs: HashMap<SeqId, Sequence>,
     /// Not admitted (new, or preempted: those go to the front).
     waiting: VecDeque<SeqId>,
@@ -115,6 +127,7 @@ impl Scheduler {
         Self {
             cfg,
             blocks: BlockManager::new(cfg.block),
+            warm: WarmSessions::new(cfg.warm),
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -155,6 +168,27 @@ impl Scheduler {
     /// blocks and forgets it.
     pub fn finish(&mut self, id: SeqId) {
         self.remove(id);
+    }
+
+    /// [`finish`](Self::finish) for a turn of `session`: its cached blocks
+    /// (the prompt and the computed answer) stay warm until
+    /// `now + keep_warm`, replacing the session's earlier turn.
+    pub fn finish_keeping_warm(&mut self, id: SeqId, session: SessionKey, now: Instant) {
+        if let Some(seq) = self.seqs.get(&id) {
+            self.warm
+                .keep(&mut self.blocks, session, &seq.block_table, now);
+        }
+        self.remove(id);
+    }
+
+    /// Lets go of the warm sessions that expired by `now`.
+    pub fn expire_warm(&mut self, now: Instant) {
+        self.warm.expire(&mut self.blocks, now);
+    }
+
+    /// Sessions whose blocks are held warm.
+    pub fn num_warm_sessions(&self) -> usize {
+        self.warm.num_sessions()
     }
 
     /// Plans one step. See the module docs for the policy.

@@ -41,6 +41,7 @@ fn submit(
             prompt_tokens,
             params,
             constraint,
+            session: None,
         })
         .unwrap()
 }

@@ -77,6 +77,7 @@ fn submit(engine: &EngineHandle, prompt_tokens: Vec<u32>, params: SamplingParams
             prompt_tokens,
             params,
             constraint: None,
+            session: None,
         })
         .unwrap()
 }
@@ -207,18 +208,21 @@ fn requests_that_cannot_fit_are_refused_at_once() {
         prompt_tokens: prompt(0, ctx - 5),
         params: greedy(10),
         constraint: None,
+        session: None,
     });
     assert!(matches!(too_long, Err(EngineError::ContextTooLong { .. })));
     let empty = engine.submit(GenerateRequest {
         prompt_tokens: vec![],
         params: greedy(1),
         constraint: None,
+        session: None,
     });
     assert!(matches!(empty, Err(EngineError::EmptyPrompt)));
     let bad_token = engine.submit(GenerateRequest {
         prompt_tokens: vec![TINY_VOCAB as u32],
         params: greedy(1),
         constraint: None,
+        session: None,
     });
     assert!(matches!(bad_token, Err(EngineError::InvalidToken { .. })));
 
@@ -228,6 +232,7 @@ fn requests_that_cannot_fit_are_refused_at_once() {
         prompt_tokens: prompt(3, 10),
         params: greedy(5),
         constraint: None,
+        session: None,
     });
     assert!(matches!(full, Err(EngineError::QueueFull { .. })));
     drop((a, b));

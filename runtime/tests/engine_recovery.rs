@@ -44,6 +44,7 @@ fn submit(engine: &EngineHandle, i: usize) -> EventStream {
                 ..SamplingParams::default()
             },
             constraint: None,
+            session: None,
         })
         .unwrap()
 }

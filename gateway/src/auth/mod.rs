@@ -1,4 +1,5 @@
-//! Who is calling: `Authorization: Bearer <key>` maps to a [`Principal`].
+//! Who is calling: `Authorization: Bearer <key>` (or, as Anthropic's
+//! clients send it, `x-api-key: <key>`) maps to a [`Principal`].
 //!
 //! With no key configured every request is the `anonymous` tenant (the
 //! config refuses a non-loopback listen address in that case unless told
@@ -108,6 +109,22 @@ impl KeyStore {
         let presented = bearer(value).ok_or(ApiError::Unauthorized(
             "The Authorization header must be `Bearer <key>`.",
         ))?;
+        self.authenticate_key(presented)
+    }
+
+    /// The tenant, policy and limits of a presented key (no header syntax);
+    /// with no key configured, anonymous whatever is presented.
+    fn authenticate_key(
+        &self,
+        presented: &[u8],
+    ) -> Result<(Tenant, TenantPolicy, CallerLimits), ApiError> {
+        if self.is_open() {
+            return Ok((
+                Tenant(Arc::from("anonymous")),
+                TenantPolicy::default(),
+                CallerLimits::default(),
+            ));
+        }
         let presented = KeyDigest::of(presented);
         // Every key is compared, even after a match, so timing tells
         // neither which key matched nor whether one did early in the list.
@@ -155,6 +172,20 @@ impl std::fmt::Debug for KeyDigest {
 /// keys ([`KeyStore`]) and the admin key ([`require_admin`]) alike.
 pub fn key_matches(expected: &[u8], presented: &[u8]) -> bool {
     KeyDigest::of(expected).matches(&KeyDigest::of(presented))
+}
+
+/// Anthropic's key header, accepted on every route as the key.
+const X_API_KEY: &str = "x-api-key";
+
+/// The key a request presents: `Authorization: Bearer <key>` first, else
+/// `x-api-key: <key>`; `None` when it sends neither.
+fn presented_key(headers: &HeaderMap) -> Option<Result<&[u8], ApiError>> {
+    if let Some(value) = headers.get(AUTHORIZATION) {
+        return Some(bearer(value.as_bytes()).ok_or(ApiError::Unauthorized(
+            "The Authorization header must be `Bearer <key>`.",
+        )));
+    }
+    headers.get(X_API_KEY).map(|v| Ok(v.as_bytes()))
 }
 
 /// The key in an `Authorization: Bearer <key>` header value.
@@ -267,8 +298,7 @@ impl Authenticator {
     /// token is checked even on an open server, so a virtual key's limits
     /// apply there too.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
-        let header = headers.get(AUTHORIZATION).map(|v| v.as_bytes());
-        let Some(value) = header else {
+        let Some(presented) = presented_key(headers) else {
             if self.is_open() {
                 let mut anonymous = Principal::anonymous();
                 self.apply_role_models(&mut anonymous);
@@ -278,22 +308,21 @@ impl Authenticator {
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
             ));
         };
-        let token = bearer(value)
-            .and_then(|t| std::str::from_utf8(t).ok())
-            .ok_or(ApiError::Unauthorized(
-                "The Authorization header must be `Bearer <key>`.",
-            ))?;
+        let presented = presented?;
+        let token = std::str::from_utf8(presented)
+            .map_err(|_| ApiError::Unauthorized("The API key must be text."))?;
         let result = match self.checks.iter().find(|c| c.claims(token)) {
             Some(check) => check.check(token).await,
             None if self.config_keys.is_open() && self.is_open() => Ok(Principal::anonymous()),
-            None => self.config_keys.authenticate_with_limits(Some(value)).map(
-                |(tenant, policy, limits)| {
+            None => self
+                .config_keys
+                .authenticate_key(presented)
+                .map(|(tenant, policy, limits)| {
                     let mut principal =
                         Principal::for_tenant(&tenant.0, Credential::ConfigKey, policy);
                     principal.limits = limits;
                     principal
-                },
-            ),
+                }),
         };
         let mut result = result;
         if let Ok(principal) = &mut result {

@@ -134,6 +134,10 @@ pub struct EngineSection {
     pub max_model_len: Option<usize>,
     /// "cpu" (the default) or "cuda:N".
     pub device: Option<String>,
+    /// Seconds a finished turn of a session keeps its KV blocks warm; 0: off.
+    pub session_keep_warm_secs: Option<u64>,
+    /// Blocks held warm over all sessions at most (default: half the pool).
+    pub session_warm_max_blocks: Option<usize>,
 }
 
 /// A byte count written as an integer (`1048576`) or with a binary unit

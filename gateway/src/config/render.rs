@@ -97,6 +97,13 @@ impl Config {
                     engine.insert("max_model_len".into(), int(n));
                 }
                 engine.insert("device".into(), Value::String(e.device.to_string()));
+                engine.insert(
+                    "session_keep_warm_secs".into(),
+                    int(e.session_keep_warm.as_secs() as usize),
+                );
+                if let Some(n) = e.session_warm_max_blocks {
+                    engine.insert("session_warm_max_blocks".into(), int(n));
+                }
                 let mut t = Table::new();
                 t.insert("id".into(), Value::String(m.id.clone()));
                 t.insert("path".into(), Value::String(m.path.display().to_string()));

@@ -507,6 +507,8 @@ fn resolve_engine(at: &str, e: EngineSection) -> Result<EngineConfig, ConfigErro
         enable_prefix_caching,
         max_model_len,
         device,
+        session_keep_warm_secs,
+        session_warm_max_blocks,
     } = e;
     let d = EngineConfig::default();
     let positive = |field: &str, v: Option<usize>, default: usize, max: usize| {
@@ -573,5 +575,21 @@ fn resolve_engine(at: &str, e: EngineSection) -> Result<EngineConfig, ConfigErro
         threads: optional("threads", threads, 1024)?,
         enable_prefix_caching: enable_prefix_caching.unwrap_or(d.enable_prefix_caching),
         max_model_len: optional("max_model_len", max_model_len, 1 << 24)?,
+        session_keep_warm: match session_keep_warm_secs {
+            Some(secs) if secs > 86_400 => {
+                return Err(invalid(
+                    format!("{at}.session_keep_warm_secs"),
+                    format!("{secs} is more than a day (86400)"),
+                ))
+            }
+            Some(secs) => std::time::Duration::from_secs(secs),
+            None => d.session_keep_warm,
+        },
+        session_warm_max_blocks: optional(
+            "session_warm_max_blocks",
+            session_warm_max_blocks,
+            1 << 24,
+        )?,
+        clock: d.clock,
     })
 }

@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 use sluice_models::ChatMessage;
-use sluice_runtime::SamplingParams;
+use sluice_runtime::{SamplingParams, SessionKey};
 
 use crate::error::ApiError;
 use crate::wire::StreamOptions;
@@ -24,6 +24,9 @@ pub use chat::chat;
 pub use completion::completion;
 use defaults::Omitted;
 pub use structured::Constraint;
+/// The chat API's `tools` / `tool_choice` / `parallel_tool_calls` reader,
+/// for the APIs that map their own tool shapes onto it (`/v1/messages`).
+pub(crate) use tools::tools as parse_tools;
 pub use tools::{FunctionSpec, ToolChoice, Tools};
 
 /// A wire API's request: it becomes the one internal [`ValidRequest`]
@@ -167,6 +170,12 @@ pub struct Job {
     pub n: usize,
     /// The functions the model may call (chat only).
     pub tools: Option<Tools>,
+    /// The conversation this request continues, when its API knows one
+    /// (`/v1/responses`, `/v1/conversations`, `/v1/messages` with a user):
+    /// the local engine keeps its KV blocks warm for the next turn. Set by
+    /// the wire API's adapter after validation ([`Job::set_session`]);
+    /// scoped there by tenant. Not part of the answer (not in the cache key).
+    pub session: Option<SessionKey>,
     /// The sampling fields the request left out, which a model's defaults
     /// may fill ([`Job::apply_defaults`]).
     omitted: Omitted,
@@ -183,6 +192,8 @@ impl Job {
             sampling,
             n,
             tools,
+            // Not part of the answer: only which KV blocks stay warm.
+            session: _,
             // Not part of the answer: what was left out holds either the
             // model's default (applied before the cache key) or the OpenAI
             // default, the same values a request spelling them out has.
@@ -190,6 +201,12 @@ impl Job {
             _sealed,
         } = self;
         (input, sampling, *n, tools.as_ref())
+    }
+
+    /// Names the conversation this turn continues, scoped by `tenant` (two
+    /// tenants' ids never meet in the engine) and by the API (`scope`).
+    pub fn set_session(&mut self, tenant: &str, scope: &str, id: &str) {
+        self.session = Some(SessionKey::new(format!("{tenant}\u{1f}{scope}\u{1f}{id}")));
     }
 }
 
@@ -367,6 +384,7 @@ pub(crate) fn common(
             sampling,
             n,
             tools: None,
+            session: None,
             omitted,
             _sealed: Sealed,
         },

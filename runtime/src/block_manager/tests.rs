@@ -230,8 +230,9 @@ fn double_release_is_reported_as_underflow() {
     assert!(matches!(outcome, Err(_) | Ok(Err(_))), "{outcome:?}");
 }
 
-/// Random alloc / share / register / release sequences; the invariants
-/// hold after every step and everything is free at the end.
+/// Random alloc / share / register / release / warm-hold sequences; the
+/// invariants hold after every step and everything is free and unheld at
+/// the end.
 #[test]
 fn random_operations_keep_invariants_and_end_all_free() {
     for seed in 0..40u64 {
@@ -245,8 +246,9 @@ fn random_operations_keep_invariants_and_end_all_free() {
             .collect();
         // Live "sequences": (tokens, block table).
         let mut live: Vec<(Vec<u32>, Vec<BlockId>)> = Vec::new();
+        let mut holds: Vec<WarmHold> = Vec::new();
         for _ in 0..300 {
-            match pick(4) {
+            match pick(6) {
                 0 | 1 => {
                     let fam = &families[pick(families.len())];
                     let mut tokens = fam[..pick(40)].to_vec();
@@ -274,6 +276,14 @@ fn random_operations_keep_invariants_and_end_all_free() {
                     let full = pick(tokens.len() / bs + 1);
                     bm.register_full_blocks(table, tokens, full);
                 }
+                3 if !live.is_empty() => {
+                    let (_, table) = &live[pick(live.len())];
+                    holds.push(bm.hold_warm(table));
+                }
+                4 if !holds.is_empty() => {
+                    let hold = holds.swap_remove(pick(holds.len()));
+                    bm.release_warm(hold);
+                }
                 _ if !live.is_empty() => {
                     let (_, table) = live.swap_remove(pick(live.len()));
                     bm.release(&table);
@@ -291,7 +301,11 @@ fn random_operations_keep_invariants_and_end_all_free() {
         for (_, table) in live.drain(..) {
             bm.release(&table);
         }
+        for hold in holds.drain(..) {
+            bm.release_warm(hold);
+        }
         bm.check_invariants().unwrap();
+        assert_eq!(bm.num_warm_blocks(), 0);
         assert_eq!(bm.num_used_blocks(), 0);
         assert_eq!(bm.num_free_blocks(), bm.num_total_blocks());
     }

@@ -17,6 +17,7 @@ fn config(
             block_size,
             enable_prefix_caching,
         },
+        warm: WarmConfig::OFF,
     }
 }
 

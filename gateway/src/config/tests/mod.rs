@@ -61,6 +61,8 @@ fn full_example_resolves() {
         kv_cache_bytes = "64MiB"
         max_num_seqs = 4
         max_waiting = 0
+        session_keep_warm_secs = 30
+        session_warm_max_blocks = 100
         "#,
         &[("TEAM_A_KEY", "sk-aaaa")],
     )
@@ -72,6 +74,11 @@ fn full_example_resolves() {
     assert_eq!(cfg.models[0].engine.kv_cache_bytes, 64 << 20);
     assert_eq!(cfg.models[0].engine.max_waiting, 0);
     assert_eq!(cfg.models[0].engine.max_num_batched_tokens, 512);
+    assert_eq!(
+        cfg.models[0].engine.session_keep_warm,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(cfg.models[0].engine.session_warm_max_blocks, Some(100));
 }
 
 #[test]
