@@ -6,7 +6,8 @@
 //! [`guard_bench`], `defence`, for the input defence's normalisation and
 //! rules, in [`defence_bench`], `pii`, for the PII scan, in [`pii_bench`],
 //! `structured`, what schema-constrained decoding costs, in
-//! [`structured_bench`]):
+//! [`structured_bench`], `sessions`, a session append's latency, in
+//! [`sessions_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -38,6 +39,7 @@ mod overhead;
 mod pii_bench;
 mod prompts;
 mod report;
+mod sessions_bench;
 mod sse;
 mod stats;
 mod structured_bench;
@@ -88,6 +90,8 @@ enum Cmd {
     Pii(pii_bench::PiiArgs),
     /// Schema compile time (cold, cached) and 8-sequence decode throughput with half constrained
     Structured(structured_bench::StructuredArgs),
+    /// One session append written through to SQLite or PostgreSQL (and Redis): p50/p99
+    Sessions(sessions_bench::SessionsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +131,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Defence(a) => defence_bench::run(a),
         Cmd::Pii(a) => pii_bench::run(a),
         Cmd::Structured(a) => structured_bench::run(a),
+        Cmd::Sessions(a) => sessions_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

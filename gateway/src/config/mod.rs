@@ -22,6 +22,7 @@ mod keys;
 mod limits;
 mod oidc;
 mod pii;
+mod sessions;
 mod providers;
 mod render;
 mod resolve;
@@ -54,6 +55,7 @@ pub use keys::{PepperSource, VirtualKeySettings};
 pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
 pub use pii::{PiiAction, PiiEntity, PiiSettings};
+pub use sessions::{HotSettings, SessionSettings};
 pub use providers::{OpenAiDialect, ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use roles::RoleModels;
@@ -222,6 +224,8 @@ pub struct Config {
     pub role_models: RoleModels,
     /// Personal data in requests and answers (`[pii]`).
     pub pii: PiiSettings,
+    /// Stored responses and conversations (`[sessions]`).
+    pub sessions: SessionSettings,
 }
 
 /// What the command line adds on top of the file and the environment.
