@@ -16,9 +16,7 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::json;
 use sluice_gateway::config::{Secret, StoreLocation, StoreSettings};
-use sluice_gateway::sessions::{
-    Durable, Hot, Kind, NewItem, NewSession, SessionStore, Sessions,
-};
+use sluice_gateway::sessions::{Durable, Hot, Kind, NewItem, NewSession, SessionStore, Sessions};
 use sluice_gateway::store::Store;
 
 use crate::stats::{cell, Summary};
@@ -78,7 +76,11 @@ async fn measure(args: SessionsArgs) -> Result<()> {
         })
         .transpose()?;
     let sessions = Sessions::new(Durable::new(store), hot, None);
-    let id = format!("conv_bench_{}_{}", std::process::id(), sluice_gateway::util::unix_now_ms());
+    let id = format!(
+        "conv_bench_{}_{}",
+        std::process::id(),
+        sluice_gateway::util::unix_now_ms()
+    );
     let tenant = "bench";
     let created = sessions
         .create(

@@ -82,7 +82,10 @@ pub fn router(state: AppState) -> Router {
             get(responses::retrieve).delete(responses::delete),
         )
         .route("/v1/responses/{id}/cancel", post(responses::cancel))
-        .route("/v1/responses/{id}/input_items", get(responses::input_items))
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route("/v1/conversations", post(conversations::create))
         .route(
             "/v1/conversations/{id}",

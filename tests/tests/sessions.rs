@@ -222,7 +222,10 @@ async fn a_streamed_response_is_stored_identical_replayed_and_chained_at_once() 
         "POST",
         "/v1/responses",
         KEY_A,
-        Some(turn(json!("Name a colour."), json!({"stream": true, "metadata": {"run": "1"}}))),
+        Some(turn(
+            json!("Name a colour."),
+            json!({"stream": true, "metadata": {"run": "1"}}),
+        )),
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -276,7 +279,10 @@ async fn a_streamed_response_is_stored_identical_replayed_and_chained_at_once() 
         "POST",
         "/v1/responses",
         KEY_A,
-        Some(turn(json!("And another?"), json!({"previous_response_id": id}))),
+        Some(turn(
+            json!("And another?"),
+            json!({"previous_response_id": id}),
+        )),
     )
     .await;
     assert_eq!(next.status, 200, "{}", next.body);
@@ -284,7 +290,14 @@ async fn a_streamed_response_is_stored_identical_replayed_and_chained_at_once() 
     assert_eq!(next["previous_response_id"], id.as_str());
     assert!(next["instructions"].is_null());
     // The chained turn saw the first one: more prompt tokens than alone.
-    let alone = send(s, "POST", "/v1/responses", KEY_A, Some(turn(json!("And another?"), json!({})))).await;
+    let alone = send(
+        s,
+        "POST",
+        "/v1/responses",
+        KEY_A,
+        Some(turn(json!("And another?"), json!({}))),
+    )
+    .await;
     assert!(
         next["usage"]["input_tokens"].as_u64().unwrap()
             > alone.json()["usage"]["input_tokens"].as_u64().unwrap()
@@ -353,9 +366,15 @@ async fn store_false_leaves_nothing_to_get_or_chain_and_bad_requests_are_400s() 
         (json!({"truncation": "sometimes"}), "truncation"),
         (json!({"frobnicate": 1}), "frobnicate"),
     ] {
-        let err = send(s, "POST", "/v1/responses", KEY_A, Some(turn(json!("x"), extra)))
-            .await
-            .expect_error(400);
+        let err = send(
+            s,
+            "POST",
+            "/v1/responses",
+            KEY_A,
+            Some(turn(json!("x"), extra)),
+        )
+        .await
+        .expect_error(400);
         assert_eq!(err["param"], param);
     }
     let err = send(
@@ -363,7 +382,10 @@ async fn store_false_leaves_nothing_to_get_or_chain_and_bad_requests_are_400s() 
         "POST",
         "/v1/responses",
         KEY_A,
-        Some(turn(json!([{"role": "user", "content": [{"type": "input_image"}]}]), json!({}))),
+        Some(turn(
+            json!([{"role": "user", "content": [{"type": "input_image"}]}]),
+            json!({}),
+        )),
     )
     .await
     .expect_error(400);
@@ -379,13 +401,23 @@ async fn input_items_page_with_a_cursor_and_function_calls_are_stored_and_replay
         {"type": "function_call_output", "call_id": "call_w1", "output": "Sunny, 20 C"},
         {"role": "user", "content": "Say it in one word."},
     ]);
-    let reply = send(s, "POST", "/v1/responses", KEY_A, Some(turn(input, json!({})))).await;
+    let reply = send(
+        s,
+        "POST",
+        "/v1/responses",
+        KEY_A,
+        Some(turn(input, json!({}))),
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let id = reply.json()["id"].as_str().unwrap().to_string();
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let cursor = after.as_ref().map(|a| format!("&after={a}")).unwrap_or_default();
+        let cursor = after
+            .as_ref()
+            .map(|a| format!("&after={a}"))
+            .unwrap_or_default();
         let page = send(
             s,
             "GET",
@@ -403,7 +435,15 @@ async fn input_items_page_with_a_cursor_and_function_calls_are_stored_and_replay
         after = Some(page["last_id"].as_str().unwrap().to_string());
     }
     let kinds: Vec<&str> = seen.iter().map(|i| i["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["message", "function_call", "function_call_output", "message"]);
+    assert_eq!(
+        kinds,
+        [
+            "message",
+            "function_call",
+            "function_call_output",
+            "message"
+        ]
+    );
     assert_eq!(seen[1]["call_id"], "call_w1");
     assert_eq!(seen[2]["output"], "Sunny, 20 C");
     // Chaining replays them: the model sees the call and its output again.
@@ -422,15 +462,39 @@ async fn input_items_page_with_a_cursor_and_function_calls_are_stored_and_replay
 async fn concurrent_conversation_appends_one_wins_and_a_retry_writes_one_row() {
     let shared = shared();
     let s = &shared.server;
-    let conv = send(s, "POST", "/v1/conversations", KEY_A, Some(json!({"metadata": {"k": "v"}}))).await;
+    let conv = send(
+        s,
+        "POST",
+        "/v1/conversations",
+        KEY_A,
+        Some(json!({"metadata": {"k": "v"}})),
+    )
+    .await;
     assert_eq!(conv.status, 200, "{}", conv.body);
-    let version = conv.headers["x-sluice-session-version"].to_str().unwrap().to_string();
+    let version = conv.headers["x-sluice-session-version"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let id = conv.json()["id"].as_str().unwrap().to_string();
     let path = format!("/v1/conversations/{id}/items");
     let body = |text: &str| Some(json!({"items": [{"role": "user", "content": text}]}));
     let (a, b) = tokio::join!(
-        send_with(s, "POST", &path, KEY_A, body("from a"), &[("if-match", &version)]),
-        send_with(s, "POST", &path, KEY_A, body("from b"), &[("if-match", &version)]),
+        send_with(
+            s,
+            "POST",
+            &path,
+            KEY_A,
+            body("from a"),
+            &[("if-match", &version)]
+        ),
+        send_with(
+            s,
+            "POST",
+            &path,
+            KEY_A,
+            body("from b"),
+            &[("if-match", &version)]
+        ),
     );
     let mut statuses = [a.status, b.status];
     statuses.sort();
@@ -440,7 +504,15 @@ async fn concurrent_conversation_appends_one_wins_and_a_retry_writes_one_row() {
 
     // A retried append (same Idempotency-Key) writes one row.
     for _ in 0..2 {
-        let r = send_with(s, "POST", &path, KEY_A, body("once"), &[("idempotency-key", "retry-1")]).await;
+        let r = send_with(
+            s,
+            "POST",
+            &path,
+            KEY_A,
+            body("once"),
+            &[("idempotency-key", "retry-1")],
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
     let rows = sqlite_count(
@@ -459,7 +531,9 @@ async fn concurrent_conversation_appends_one_wins_and_a_retry_writes_one_row() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let items = send(s, "GET", &format!("{path}?order=asc"), KEY_A, None).await.json();
+    let items = send(s, "GET", &format!("{path}?order=asc"), KEY_A, None)
+        .await
+        .json();
     let roles: Vec<&str> = items["data"]
         .as_array()
         .unwrap()
@@ -499,14 +573,32 @@ async fn erasing_a_user_leaves_nothing_in_the_store_or_redis_and_is_audited() {
         assert_eq!(r.status, 200, "{}", r.body);
         let id = r.json()["id"].as_str().unwrap().to_string();
         // Read once, so Redis holds a copy.
-        assert_eq!(send(s, "GET", &format!("/v1/responses/{id}"), KEY_A, None).await.status, 200);
+        assert_eq!(
+            send(s, "GET", &format!("/v1/responses/{id}"), KEY_A, None)
+                .await
+                .status,
+            200
+        );
         ids.push(id);
     }
     // Not an admin: refused.
-    send(s, "DELETE", &format!("/admin/users/{user}/data"), KEY_A, None)
-        .await
-        .expect_error(403);
-    let r = send(s, "DELETE", &format!("/admin/users/{user}/data?tenant=a"), ADMIN, None).await;
+    send(
+        s,
+        "DELETE",
+        &format!("/admin/users/{user}/data"),
+        KEY_A,
+        None,
+    )
+    .await
+    .expect_error(403);
+    let r = send(
+        s,
+        "DELETE",
+        &format!("/admin/users/{user}/data?tenant=a"),
+        ADMIN,
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["sessions_deleted"], 2);
     for id in &ids {
@@ -573,7 +665,14 @@ async fn two_servers_share_sessions_and_chaining_survives_a_restart() {
     );
     let a = Server::start(options(&extra));
     let b = Server::start(options(&extra));
-    let first = send(&a, "POST", "/v1/responses", KEY_A, Some(turn(json!("Hi"), json!({})))).await;
+    let first = send(
+        &a,
+        "POST",
+        "/v1/responses",
+        KEY_A,
+        Some(turn(json!("Hi"), json!({}))),
+    )
+    .await;
     assert_eq!(first.status, 200, "{}", first.body);
     let first = first.json()["id"].as_str().unwrap().to_string();
     // b chains a's response at once.
@@ -598,12 +697,17 @@ async fn two_servers_share_sessions_and_chaining_survives_a_restart() {
         "POST",
         "/v1/responses",
         KEY_A,
-        Some(turn(json!("Again"), json!({"previous_response_id": second}))),
+        Some(turn(
+            json!("Again"),
+            json!({"previous_response_id": second}),
+        )),
     )
     .await;
     assert_eq!(third.status, 200, "{}", third.body);
     assert_eq!(
-        send(&c, "GET", &format!("/v1/responses/{first}"), KEY_A, None).await.status,
+        send(&c, "GET", &format!("/v1/responses/{first}"), KEY_A, None)
+            .await
+            .status,
         200
     );
 }

@@ -103,10 +103,7 @@ fn erased(
         &state.audit,
         actions::DATA_ERASED,
         target,
-        &format!(
-            "sessions={}; cache_entries={cache_entries}",
-            removed.len()
-        ),
+        &format!("sessions={}; cache_entries={cache_entries}", removed.len()),
     );
     json!({
         "object": "erasure",

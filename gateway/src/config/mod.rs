@@ -22,12 +22,12 @@ mod keys;
 mod limits;
 mod oidc;
 mod pii;
-mod sessions;
 mod providers;
 mod render;
 mod resolve;
 mod roles;
 mod routes;
+mod sessions;
 mod spend;
 mod store;
 
@@ -55,7 +55,6 @@ pub use keys::{PepperSource, VirtualKeySettings};
 pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
 pub use pii::{PiiAction, PiiEntity, PiiSettings};
-pub use sessions::{HotSettings, SessionSettings};
 pub use providers::{OpenAiDialect, ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use roles::RoleModels;
@@ -63,6 +62,7 @@ pub use routes::{
     DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
     SaturationLimits, Strategy, TargetSpec,
 };
+pub use sessions::{HotSettings, SessionSettings};
 pub use spend::{ReferencePrice, SpendSettings};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
 

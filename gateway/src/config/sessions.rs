@@ -152,7 +152,8 @@ mod tests {
 
     #[test]
     fn zero_retention_keeps_sessions_and_the_environment_names_redis() {
-        let env = |k: &str| (k == "SLUICE_SESSIONS_REDIS_URL").then(|| "redis://r:6379".to_string());
+        let env =
+            |k: &str| (k == "SLUICE_SESSIONS_REDIS_URL").then(|| "redis://r:6379".to_string());
         let s = SessionsSection {
             retention_days: Some(0),
             ..Default::default()

@@ -159,7 +159,12 @@ pub async fn update(
     let metadata = valid::metadata(body.metadata)?;
     load(&api, &caller, &id).await?;
     api.sessions
-        .update(&caller.tenant.0, &id, expected, json!({"metadata": metadata}))
+        .update(
+            &caller.tenant.0,
+            &id,
+            expected,
+            json!({"metadata": metadata}),
+        )
         .await
         .map_err(|e| e.to_api("Conversation"))?;
     let snapshot = load(&api, &caller, &id).await?;

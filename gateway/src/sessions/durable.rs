@@ -14,8 +14,8 @@ use serde_json::Value;
 use sqlx::{AnyPool, Row};
 
 use super::{
-    Appended, Erase, Item, Kind, NewItem, NewSession, Removed, Session, SessionError,
-    SessionStore, Snapshot,
+    Appended, Erase, Item, Kind, NewItem, NewSession, Removed, Session, SessionError, SessionStore,
+    Snapshot,
 };
 use crate::store::Store;
 use crate::util::unix_now_ms;
@@ -377,7 +377,12 @@ impl SessionStore for Durable {
         }
     }
 
-    async fn delete_item(&self, tenant: &str, id: &str, item_id: &str) -> Result<i64, SessionError> {
+    async fn delete_item(
+        &self,
+        tenant: &str,
+        id: &str,
+        item_id: &str,
+    ) -> Result<i64, SessionError> {
         let mut tx = self.pool().begin().await?;
         let version: Option<i64> = sqlx::query_scalar(
             "UPDATE sessions SET version = version + 1, updated_at = $1 \
@@ -392,12 +397,13 @@ impl SessionStore for Durable {
             tx.rollback().await?;
             return Err(SessionError::NotFound(id.to_string()));
         };
-        let deleted = sqlx::query("DELETE FROM session_items WHERE session_id = $1 AND item_id = $2")
-            .bind(id)
-            .bind(item_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted =
+            sqlx::query("DELETE FROM session_items WHERE session_id = $1 AND item_id = $2")
+                .bind(id)
+                .bind(item_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         if deleted == 0 {
             tx.rollback().await?;
             return Err(SessionError::ItemNotFound(item_id.to_string()));
@@ -408,7 +414,10 @@ impl SessionStore for Durable {
 
     async fn delete(&self, tenant: &str, id: &str) -> Result<(), SessionError> {
         let ids = self
-            .delete_where("id = $1 AND tenant = $2", &[Bind::Text(id), Bind::Text(tenant)])
+            .delete_where(
+                "id = $1 AND tenant = $2",
+                &[Bind::Text(id), Bind::Text(tenant)],
+            )
             .await?;
         if ids.is_empty() {
             return Err(SessionError::NotFound(id.to_string()));
@@ -418,7 +427,10 @@ impl SessionStore for Durable {
 
     async fn erase(&self, scope: Erase<'_>) -> Result<Vec<Removed>, SessionError> {
         match scope {
-            Erase::Tenant(tenant) => self.delete_where("tenant = $1", &[Bind::Text(tenant)]).await,
+            Erase::Tenant(tenant) => {
+                self.delete_where("tenant = $1", &[Bind::Text(tenant)])
+                    .await
+            }
             Erase::User {
                 tenant: Some(tenant),
                 user,

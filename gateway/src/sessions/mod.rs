@@ -252,8 +252,11 @@ pub trait SessionStore: Send + Sync {
         id: &str,
         item_id: &str,
     ) -> impl Future<Output = Result<i64, SessionError>> + Send;
-    fn delete(&self, tenant: &str, id: &str)
-        -> impl Future<Output = Result<(), SessionError>> + Send;
+    fn delete(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<(), SessionError>> + Send;
     /// Removes every session of a tenant or a user.
     fn erase(
         &self,
@@ -300,7 +303,12 @@ impl Sessions {
         self.cipher.as_ref()
     }
 
-    fn seal_items(&self, tenant: &str, id: &str, items: &mut [NewItem]) -> Result<(), SessionError> {
+    fn seal_items(
+        &self,
+        tenant: &str,
+        id: &str,
+        items: &mut [NewItem],
+    ) -> Result<(), SessionError> {
         for item in items {
             if let Some(cipher) = self.sealer(item.seal) {
                 item.body = cipher.seal(tenant, &item_place(id, &item.key), &item.body)?;
@@ -435,7 +443,12 @@ impl SessionStore for Sessions {
         Ok(version)
     }
 
-    async fn delete_item(&self, tenant: &str, id: &str, item_id: &str) -> Result<i64, SessionError> {
+    async fn delete_item(
+        &self,
+        tenant: &str,
+        id: &str,
+        item_id: &str,
+    ) -> Result<i64, SessionError> {
         let version = self.durable.delete_item(tenant, id, item_id).await?;
         self.refresh(tenant, id).await;
         Ok(version)

@@ -73,7 +73,12 @@ async fn appends_are_read_back_in_order_from_redis_and_the_store(store: Store) {
         .unwrap();
     assert_eq!(created.session.version, 1);
     let appended = sessions
-        .append("t1", "conv_a", Some(1), vec![item("k2", "two"), item("k3", "three")])
+        .append(
+            "t1",
+            "conv_a",
+            Some(1),
+            vec![item("k2", "two"), item("k3", "three")],
+        )
         .await
         .unwrap();
     assert_eq!(appended.version, 2);
@@ -96,7 +101,9 @@ async fn appends_are_read_back_in_order_from_redis_and_the_store(store: Store) {
         Err(SessionError::NotFound(_))
     ));
     assert!(matches!(
-        sessions.append("t2", "conv_a", None, vec![item("k9", "x")]).await,
+        sessions
+            .append("t2", "conv_a", None, vec![item("k9", "x")])
+            .await,
         Err(SessionError::NotFound(_))
     ));
 }
@@ -174,8 +181,14 @@ async fn of_two_concurrent_appends_one_wins_and_the_other_is_stale(store: Store)
         let ka = format!("a{round}");
         let kb = format!("b{round}");
         let (ra, rb) = tokio::join!(
-            tokio::spawn(async move { a.append("t1", "conv_c", Some(version), vec![item(&ka, "a")]).await }),
-            tokio::spawn(async move { b.append("t1", "conv_c", Some(version), vec![item(&kb, "b")]).await }),
+            tokio::spawn(async move {
+                a.append("t1", "conv_c", Some(version), vec![item(&ka, "a")])
+                    .await
+            }),
+            tokio::spawn(async move {
+                b.append("t1", "conv_c", Some(version), vec![item(&kb, "b")])
+                    .await
+            }),
         );
         let results = [ra.unwrap(), rb.unwrap()];
         let won = results.iter().filter(|r| r.is_ok()).count();
@@ -194,7 +207,10 @@ async fn of_two_concurrent_appends_one_wins_and_the_other_is_stale(store: Store)
     assert_eq!(rows, 6);
     // Redis holds the winner's latest copy.
     let snapshot = sessions.load("t1", "conv_c").await.unwrap();
-    assert_eq!(snapshot, sessions.durable().load("t1", "conv_c").await.unwrap());
+    assert_eq!(
+        snapshot,
+        sessions.durable().load("t1", "conv_c").await.unwrap()
+    );
     assert_eq!(snapshot.session.version, 6);
 }
 both_backends!(
@@ -247,7 +263,14 @@ impl OwnRedis {
                 .port()
         });
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -377,8 +400,7 @@ async fn purge_and_erasure_leave_nothing_in_either_store(store: Store) {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let tombstone =
-            std::collections::HashMap::from([("v".to_string(), "gone".to_string())]);
+        let tombstone = std::collections::HashMap::from([("v".to_string(), "gone".to_string())]);
         assert_eq!(fields, tombstone, "{id}");
     }
 }

@@ -12,11 +12,7 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "governance",
         include_str!("migrations/0001_governance.sql"),
     ),
-    (
-        15,
-        "sessions",
-        include_str!("migrations/0015_sessions.sql"),
-    ),
+    (15, "sessions", include_str!("migrations/0015_sessions.sql")),
 ];
 
 /// Arbitrary, fixed: the advisory lock's key for migrations.

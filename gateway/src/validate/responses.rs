@@ -202,7 +202,10 @@ fn content_part(at: &str, part: &Value) -> Result<Value, ApiError> {
             format!("{at}.type"),
             format!("content parts of type '{other}' are not supported; only text is"),
         )),
-        None => Err(ApiError::invalid(format!("{at}.type"), "'type' is required")),
+        None => Err(ApiError::invalid(
+            format!("{at}.type"),
+            "'type' is required",
+        )),
     }
 }
 
@@ -269,7 +272,12 @@ pub fn metadata(value: Option<Value>) -> Result<Value, ApiError> {
     let map = match value {
         None | Some(Value::Null) => return Ok(Value::Object(Map::new())),
         Some(Value::Object(map)) => map,
-        Some(_) => return Err(ApiError::invalid("metadata", "'metadata' must be an object")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "metadata",
+                "'metadata' must be an object",
+            ))
+        }
     };
     if map.len() > MAX_METADATA_KEYS {
         return Err(ApiError::invalid(

@@ -37,8 +37,8 @@ use crate::state::AppState;
 use crate::validate::responses::{self as valid, ResponsesTurn, Truncation};
 use crate::wire::responses::{ListQuery, ResponseCreateRequest, RetrieveQuery};
 
-pub use events::Piece;
 use events::Events;
+pub use events::Piece;
 use object::{Outcome, Turn};
 
 /// Responses in one `previous_response_id` chain at most.
@@ -91,14 +91,20 @@ pub async fn create(
     let conversation = conversation_id(body.conversation.as_ref())?;
     let (history, root) = match (&body.previous_response_id, &conversation) {
         (Some(previous), _) => chain_history(&api.sessions, &tenant, previous).await?,
-        (None, Some(conv)) => (conversation_items(&api.sessions, &tenant, conv).await?, conv.clone()),
+        (None, Some(conv)) => (
+            conversation_items(&api.sessions, &tenant, conv).await?,
+            conv.clone(),
+        ),
         (None, None) => (Vec::new(), String::new()),
     };
     let turn = Turn {
         id: object::response_id(),
         created_at: crate::util::unix_now(),
         tenant: tenant.clone(),
-        user: user_of(&caller, body.user.as_deref().or(body.safety_identifier.as_deref())),
+        user: user_of(
+            &caller,
+            body.user.as_deref().or(body.safety_identifier.as_deref()),
+        ),
         store: body.store.unwrap_or(true),
         previous: body.previous_response_id.clone(),
         conversation,
@@ -108,7 +114,11 @@ pub async fn create(
         root: String::new(),
         seal: caller.sensitive,
     };
-    let root = if root.is_empty() { turn.id.clone() } else { root };
+    let root = if root.is_empty() {
+        turn.id.clone()
+    } else {
+        root
+    };
     let turn = Turn { root, ..turn };
     // `truncation: auto`: the oldest turns go, half at a time, until the
     // rest fits the model's context.
@@ -139,7 +149,13 @@ pub async fn create(
     } = answered;
     let Head { stream, .. } = head;
     if stream {
-        return Ok(stream_response(api.sessions.clone(), turn, skeleton, answer, stamp));
+        return Ok(stream_response(
+            api.sessions.clone(),
+            turn,
+            skeleton,
+            answer,
+            stamp,
+        ));
     }
     let mut answer = answer;
     let (pieces, outcome) = collect(&mut answer).await;
@@ -167,7 +183,10 @@ fn conversation_id(value: Option<&Value>) -> Result<Option<String>, ApiError> {
         Some(Value::String(id)) if !id.is_empty() => Ok(Some(id.clone())),
         Some(Value::Object(o)) => match o.get("id") {
             Some(Value::String(id)) if !id.is_empty() => Ok(Some(id.clone())),
-            _ => Err(ApiError::invalid("conversation.id", "'conversation.id' must be a string")),
+            _ => Err(ApiError::invalid(
+                "conversation.id",
+                "'conversation.id' must be a string",
+            )),
         },
         Some(_) => Err(ApiError::invalid(
             "conversation",
@@ -211,7 +230,12 @@ async fn chain_history(
         let snapshot = load_response(sessions, tenant, &id).await?;
         let mut items: Vec<Value> = snapshot.items.into_iter().map(|i| i.body).collect();
         let stored = object::Stored::read(&snapshot.session.body)?;
-        items.extend(stored.response["output"].as_array().cloned().unwrap_or_default());
+        items.extend(
+            stored.response["output"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
         turns.push(items);
         root = id;
         next = snapshot.session.parent;
@@ -420,7 +444,10 @@ impl Live {
 }
 
 fn sse_event(event: &Value) -> Event {
-    let kind = event.get("type").and_then(Value::as_str).unwrap_or("message");
+    let kind = event
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message");
     Event::default()
         .event(kind)
         .data(serde_json::to_string(event).unwrap_or_default())
@@ -501,7 +528,9 @@ pub async fn delete(
         .delete(&caller.tenant.0, &id)
         .await
         .map_err(|e| e.to_api("Response"))?;
-    Ok(Json(json!({"id": id, "object": "response", "deleted": true})))
+    Ok(Json(
+        json!({"id": id, "object": "response", "deleted": true}),
+    ))
 }
 
 /// `POST /v1/responses/{id}/cancel`: only background responses can be

@@ -32,7 +32,10 @@ pub fn page(mut items: Vec<Value>, q: &ListQuery) -> Result<Value, ApiError> {
     let id_of = |item: &Value| item.get("id").and_then(Value::as_str).map(String::from);
     let start = match &q.after {
         None => 0,
-        Some(after) => match items.iter().position(|i| id_of(i).as_deref() == Some(after.as_str())) {
+        Some(after) => match items
+            .iter()
+            .position(|i| id_of(i).as_deref() == Some(after.as_str()))
+        {
             Some(at) => at + 1,
             None => {
                 return Err(ApiError::invalid(
