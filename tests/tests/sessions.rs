@@ -478,23 +478,10 @@ async fn concurrent_conversation_appends_one_wins_and_a_retry_writes_one_row() {
     let id = conv.json()["id"].as_str().unwrap().to_string();
     let path = format!("/v1/conversations/{id}/items");
     let body = |text: &str| Some(json!({"items": [{"role": "user", "content": text}]}));
+    let if_match = [("if-match", version.as_str())];
     let (a, b) = tokio::join!(
-        send_with(
-            s,
-            "POST",
-            &path,
-            KEY_A,
-            body("from a"),
-            &[("if-match", &version)]
-        ),
-        send_with(
-            s,
-            "POST",
-            &path,
-            KEY_A,
-            body("from b"),
-            &[("if-match", &version)]
-        ),
+        send_with(s, "POST", &path, KEY_A, body("from a"), &if_match),
+        send_with(s, "POST", &path, KEY_A, body("from b"), &if_match),
     );
     let mut statuses = [a.status, b.status];
     statuses.sort();

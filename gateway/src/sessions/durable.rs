@@ -299,21 +299,6 @@ impl SessionStore for Durable {
             return Err(SessionError::Empty);
         }
         let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
-        let duplicate = |found: Vec<Item>| -> Result<Option<Appended>, SessionError> {
-            match found.len() {
-                0 => Ok(None),
-                n if n == keys.len() => Ok(Some(Appended {
-                    version: 0,
-                    items: found,
-                    duplicate: true,
-                })),
-                _ => Err(SessionError::PartialDuplicate),
-            }
-        };
-        // A retry of an append that was written: answer it as written.
-        if let Some(done) = duplicate(self.existing(tenant, id, &keys).await?)? {
-            return self.with_version(tenant, id, done).await;
-        }
         let n = i64::try_from(items.len()).unwrap_or(i64::MAX);
         let now = unix_now_ms();
         let mut tx = self.pool().begin().await?;
@@ -331,22 +316,30 @@ impl SessionStore for Durable {
         .await?;
         let Some((version, last_seq)) = bumped else {
             tx.rollback().await?;
-            return Err(self.refusal(tenant, id, expected).await);
+            // A retry of an append that was written moved the version
+            // itself: answer it as written.
+            return match self.duplicate(tenant, id, &keys).await? {
+                Some(done) => Ok(done),
+                None => Err(self.refusal(tenant, id, expected).await),
+            };
         };
         match insert_items(&mut tx, id, last_seq - n + 1, &items, now).await {
             Ok(stored) => {
                 tx.commit().await?;
                 Ok(Appended {
                     version,
+                    last_seq,
+                    updated_at: now,
                     items: stored,
                     duplicate: false,
                 })
             }
             Err(err) => {
                 tx.rollback().await?;
-                // The same items, appended by a concurrent retry?
-                match duplicate(self.existing(tenant, id, &keys).await?)? {
-                    Some(done) => self.with_version(tenant, id, done).await,
+                // The same items, written before (a retry without a
+                // version) or by a concurrent retry?
+                match self.duplicate(tenant, id, &keys).await? {
+                    Some(done) => Ok(done),
                     None => Err(err),
                 }
             }
@@ -454,20 +447,36 @@ impl SessionStore for Durable {
 }
 
 impl Durable {
-    /// A duplicate append's answer carries the session's current version.
-    async fn with_version(
+    /// The answer to a retried append whose items are all stored already
+    /// (with the session's current version); `None` when none is.
+    async fn duplicate(
         &self,
         tenant: &str,
         id: &str,
-        mut done: Appended,
-    ) -> Result<Appended, SessionError> {
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1 AND tenant = $2")
-                .bind(id)
-                .bind(tenant)
-                .fetch_optional(self.pool())
-                .await?;
-        done.version = version.ok_or_else(|| SessionError::NotFound(id.to_string()))?;
-        Ok(done)
+        keys: &[&str],
+    ) -> Result<Option<Appended>, SessionError> {
+        let found = self.existing(tenant, id, keys).await?;
+        if found.is_empty() {
+            return Ok(None);
+        }
+        if found.len() != keys.len() {
+            return Err(SessionError::PartialDuplicate);
+        }
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT version, last_seq, updated_at FROM sessions WHERE id = $1 AND tenant = $2",
+        )
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(self.pool())
+        .await?;
+        let (version, last_seq, updated_at) =
+            row.ok_or_else(|| SessionError::NotFound(id.to_string()))?;
+        Ok(Some(Appended {
+            version,
+            last_seq,
+            updated_at,
+            items: found,
+            duplicate: true,
+        }))
     }
 }

@@ -141,6 +141,10 @@ pub struct Snapshot {
 pub struct Appended {
     /// The session's version after it.
     pub version: i64,
+    /// Its last item's seq and its change time after it (what the hot
+    /// layer's in-place append needs).
+    pub last_seq: i64,
+    pub updated_at: i64,
     /// The items as stored (their seq numbers).
     pub items: Vec<Item>,
     /// Every item was already there (a retried append): nothing written.
@@ -424,8 +428,19 @@ impl SessionStore for Sessions {
     ) -> Result<Appended, SessionError> {
         self.seal_items(tenant, id, &mut items)?;
         let mut appended = self.durable.append(tenant, id, expected, items).await?;
-        if !appended.duplicate {
-            self.refresh(tenant, id).await;
+        if let (false, Some(hot)) = (appended.duplicate, &self.hot) {
+            let patched = hot
+                .append(
+                    id,
+                    appended.version,
+                    appended.last_seq,
+                    appended.updated_at,
+                    &appended.items,
+                )
+                .await;
+            if patched == hot::Patched::Stale {
+                self.refresh(tenant, id).await;
+            }
         }
         self.open_items(tenant, id, &mut appended.items)?;
         Ok(appended)

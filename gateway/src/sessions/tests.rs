@@ -238,6 +238,22 @@ async fn a_warm_never_overwrites_a_newer_copy_nor_a_tombstone() {
         Some(hot::Entry::Live(s)) => assert_eq!(s.session.version, 2),
         other => panic!("expected version 2 in redis, got {other:?}"),
     }
+    // An append to a session Redis does not hold leaves a version marker:
+    // a reader that loaded the row before the append cannot store it after.
+    hot.forget("conv_d").await;
+    let before = sessions.durable().load("t1", "conv_d").await.unwrap();
+    sessions
+        .append("t1", "conv_d", None, vec![item("k3", "three")])
+        .await
+        .unwrap();
+    hot.put(&before).await;
+    assert!(hot.get("conv_d").await.is_none(), "a stale copy was stored");
+    let read = sessions.load("t1", "conv_d").await.unwrap();
+    assert_eq!(read.items.len(), 3);
+    match hot.get("conv_d").await {
+        Some(hot::Entry::Live(s)) => assert_eq!((s.session.version, s.items.len()), (3, 3)),
+        other => panic!("expected version 3 in redis, got {other:?}"),
+    }
     sessions.delete("t1", "conv_d").await.unwrap();
     hot.put(&v1).await;
     assert!(matches!(hot.get("conv_d").await, Some(hot::Entry::Gone)));
@@ -455,11 +471,22 @@ async fn a_sensitive_callers_content_is_encrypted_in_the_store_and_in_redis() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let copy: String = redis::cmd("HGET")
-        .arg(sessions.hot().unwrap().key("conv_s"))
-        .arg("d")
+    let hot = sessions.hot().unwrap();
+    let meta: String = redis::cmd("HGET")
+        .arg(hot.key("conv_s"))
+        .arg("m")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(!copy.contains("private"), "{copy}");
+    let items: Vec<String> = redis::cmd("LRANGE")
+        .arg(hot.items_key("conv_s"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2);
+    for copy in items.iter().chain([&meta]) {
+        assert!(!copy.contains("private"), "{copy}");
+    }
 }
