@@ -6,8 +6,10 @@
 //! leaves nothing to GET or to chain; tenants never see each other's ids;
 //! concurrent appends to a conversation: one wins, the other gets 409; a
 //! retried append writes one row; erasure leaves nothing in the store or in
-//! Redis (queried directly) and is audited; the OpenAI Python SDK's
-//! `responses` and `conversations` work unchanged.
+//! Redis (queried directly) and is audited; `kill -9` of Redis (a
+//! `redis-server` of the test's own) right after acknowledged appends loses
+//! none of them; the OpenAI Python SDK's `responses` and `conversations`
+//! work unchanged.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -781,4 +783,109 @@ print("ok")
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A `redis-server` of the test's own on a free port, without persistence
+/// (the shared one on 6379 is never touched).
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is needed by this test");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { child, port };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn kill_9(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success());
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn killing_redis_after_an_acknowledged_append_loses_nothing() {
+    let mut redis = OwnRedis::start();
+    let s = Server::start(options(&format!(
+        "[sessions]\nredis_url = \"redis://127.0.0.1:{}\"\n",
+        redis.port
+    )));
+    let conv = send(&s, "POST", "/v1/conversations", KEY_A, Some(json!({}))).await;
+    assert_eq!(conv.status, 200, "{}", conv.body);
+    let id = conv.json()["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/conversations/{id}/items");
+    let mut acknowledged = Vec::new();
+    for text in ["one", "two", "three"] {
+        let r = send(
+            &s,
+            "POST",
+            &path,
+            KEY_A,
+            Some(json!({"items": [{"role": "user", "content": text}]})),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        acknowledged.push(r.json()["data"][0]["id"].as_str().unwrap().to_string());
+    }
+    // Read once, so the copy in Redis is the one being read...
+    assert_eq!(send(&s, "GET", &path, KEY_A, None).await.status, 200);
+    // ...and Redis dies right after the acknowledgements.
+    redis.kill_9();
+    let listed = send(&s, "GET", &format!("{path}?order=asc"), KEY_A, None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let ids: Vec<String> = listed.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, acknowledged);
+    // Writes go on without Redis, acknowledged only once durable.
+    let r = send(
+        &s,
+        "POST",
+        &path,
+        KEY_A,
+        Some(json!({"items": [{"role": "user", "content": "four"}]})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let listed = send(&s, "GET", &path, KEY_A, None).await.json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 4);
 }
