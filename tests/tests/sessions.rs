@@ -812,9 +812,11 @@ impl OwnRedis {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is needed by this test");
+        // Owned (and so killed and waited for on drop) before any panic.
+        let redis = Self { child, port };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { child, port };
+                return redis;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
