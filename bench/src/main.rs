@@ -7,7 +7,8 @@
 //! rules, in [`defence_bench`], `pii`, for the PII scan, in [`pii_bench`],
 //! `structured`, what schema-constrained decoding costs, in
 //! [`structured_bench`], `warmth`, a conversation's turn-N TTFT with its KV
-//! blocks kept warm vs not, in [`warmth_bench`]):
+//! blocks kept warm vs not, in [`warmth_bench`], `sessions`, a session
+//! append's latency, in [`sessions_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -39,6 +40,7 @@ mod overhead;
 mod pii_bench;
 mod prompts;
 mod report;
+mod sessions_bench;
 mod sse;
 mod stats;
 mod structured_bench;
@@ -92,6 +94,8 @@ enum Cmd {
     Structured(structured_bench::StructuredArgs),
     /// A conversation's turn-N TTFT with its KV blocks kept warm between turns vs not
     Warmth(warmth_bench::WarmthArgs),
+    /// One session append written through to SQLite or PostgreSQL (and Redis): p50/p99
+    Sessions(sessions_bench::SessionsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -132,6 +136,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Pii(a) => pii_bench::run(a),
         Cmd::Structured(a) => structured_bench::run(a),
         Cmd::Warmth(a) => warmth_bench::run(a),
+        Cmd::Sessions(a) => sessions_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

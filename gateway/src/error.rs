@@ -53,6 +53,14 @@ pub enum ApiError {
         /// `x-ratelimit-*` headers to send with the 429.
         headers: Vec<(&'static str, String)>,
     },
+    /// A stored object (a response, a conversation, an item) that does not
+    /// exist, or that belongs to another tenant (never told apart).
+    #[error("{what} with id '{id}' not found.")]
+    NotFound { what: &'static str, id: String },
+    /// A change made against a stale version of a session: someone else's
+    /// change came first; re-read and retry.
+    #[error("{0}")]
+    Conflict(String),
     /// A path the server does not serve.
     #[error("Invalid URL ({method} {path})")]
     UnknownUrl { method: String, path: String },
@@ -170,7 +178,10 @@ impl ApiError {
             Self::InvalidRequest { .. } | Self::ContentPolicy { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::ModelNotFound(_) | Self::UnknownUrl { .. } => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(_) | Self::UnknownUrl { .. } | Self::NotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::QueueFull { .. } | Self::InFlightLimit { .. } | Self::RateLimited { .. } => {
@@ -195,6 +206,8 @@ impl ApiError {
             Self::Forbidden { code, .. } => ("permission_error", Some(*code)),
             Self::RateLimited { code, .. } => ("rate_limit_error", Some(*code)),
             Self::UnknownUrl { .. } => ("invalid_request_error", Some("unknown_url")),
+            Self::NotFound { .. } => ("invalid_request_error", Some("not_found")),
+            Self::Conflict(_) => ("invalid_request_error", Some("conflict")),
             Self::MethodNotAllowed { .. } => ("invalid_request_error", Some("method_not_allowed")),
             Self::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
             Self::QueueFull { .. } => ("rate_limit_error", Some("queue_full")),

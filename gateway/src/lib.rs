@@ -12,7 +12,7 @@
 //! engine through [`generate`], or an upstream of [`providers`] with
 //! retries, timeouts and a circuit breaker); on the way back the recorders
 //! (the cache insert). Each wire API that generates ([`openai::chat`],
-//! [`openai::completions`]) is a thin adapter: its request implements
+//! [`openai::completions`], [`openai::responses`]) is a thin adapter: its request implements
 //! [`validate::Validate`], and [`openai::respond`] renders any
 //! [`answer::Answer`] (the engine's, an upstream's, a cached replay) as JSON
 //! or SSE. Beside it: `/v1/embeddings` over the [`encoders`],
@@ -36,7 +36,8 @@
 //!   [`store`] (the durable store), [`spend`] (the spend log and its
 //!   reports), [`audit`] (the audit log and its sinks), [`tool_calls`]
 //!   (the local engine's tool calls: parsed per model family, forced by a
-//!   grammar). They
+//!   grammar), [`sessions`] (stored responses and conversations: the
+//!   durable store with a Redis hot layer, write-through). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers),
@@ -77,6 +78,7 @@ pub mod registry;
 pub mod router;
 pub mod sensitivity;
 pub mod server;
+pub mod sessions;
 pub mod spend;
 pub mod state;
 pub mod store;

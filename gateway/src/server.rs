@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::encoders::EncoderRegistry;
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, InputGuardSettings};
-use crate::openai::{chat, completions, embeddings, models, moderations};
+use crate::openai::{chat, completions, conversations, embeddings, models, moderations, responses};
 use crate::registry::Registry;
 use crate::router::Router as ModelRouter;
 use crate::state::{AppState, BodyLimit};
@@ -77,6 +77,31 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/completions", post(completions::create))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
+        .route("/v1/responses/{id}/cancel", post(responses::cancel))
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
+        .route("/v1/conversations", post(conversations::create))
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::retrieve)
+                .post(conversations::update)
+                .delete(conversations::delete),
+        )
+        .route(
+            "/v1/conversations/{id}/items",
+            get(conversations::list_items).post(conversations::add_items),
+        )
+        .route(
+            "/v1/conversations/{id}/items/{item_id}",
+            get(conversations::get_item).delete(conversations::delete_item),
+        )
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/moderations", post(moderations::create))
         .route("/v1/models", get(models::list))
@@ -169,6 +194,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let keys = Arc::new(keys);
     let (budgets, budget_worker) = crate::budget::Budgets::start(&config.budgets, &store, &audit)
         .map_err(|e| ServeError::Load(format!("budgets: {e}")))?;
+    let sessions = Arc::new(open_sessions(&config.sessions, &store)?);
     let (spend_log, spend_writer) = crate::spend::SpendLog::new(&config.spend, audit.clone());
     let spend_writer = spend_writer.start(store.clone());
     let addr = config.server.listen;
@@ -218,6 +244,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         });
     }
     virtual_keys.spawn_upkeep(shutdown.clone());
+    if let Some(keep) = config.sessions.retention {
+        tasks.spawn(crate::sessions::retention::run(
+            sessions.clone(),
+            keep,
+            config.sessions.purge_interval,
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(watch_signals(shutdown.clone()));
     if options.shutdown_on_stdin_eof {
         tasks.spawn(watch_stdin(shutdown.clone()));
@@ -326,6 +360,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         shutdown: shutdown.clone(),
         in_flight: crate::inflight::InFlightLimit::new(config.server.max_in_flight),
         budgets,
+        sessions,
     };
     if let Some(redis) = state.cache.redis() {
         let search = redis.detect_search_module().await;
@@ -370,6 +405,36 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The session store on the durable store, with Redis in front when
+/// `[sessions] redis_url` names one.
+fn open_sessions(
+    settings: &crate::config::SessionSettings,
+    store: &crate::store::Store,
+) -> Result<crate::sessions::Sessions, ServeError> {
+    let hot = match &settings.redis {
+        Some(redis) => Some(
+            crate::sessions::Hot::new(&redis.url, &redis.prefix, redis.ttl)
+                .map_err(ServeError::Load)?,
+        ),
+        None => None,
+    };
+    tracing::info!(
+        redis = hot.is_some(),
+        retention_days = settings.retention.map(|d| d.as_secs() / 86_400),
+        encrypted = settings.encryption_key.is_some(),
+        "session store ready"
+    );
+    let cipher = settings
+        .encryption_key
+        .clone()
+        .map(crate::sessions::Cipher::new);
+    Ok(crate::sessions::Sessions::new(
+        crate::sessions::Durable::new(store.clone()),
+        hot,
+        cipher,
+    ))
 }
 
 async fn watch_signals(shutdown: CancellationToken) {

@@ -58,6 +58,8 @@ pub struct AppState {
     pub in_flight: crate::inflight::InFlightLimit,
     /// Budgets, for `/admin/budgets` (the chain holds the same).
     pub budgets: Arc<crate::budget::Budgets>,
+    /// Stored responses and conversations (the durable store, Redis in front).
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
 impl FromRef<AppState> for BodyLimit {

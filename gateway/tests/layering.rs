@@ -38,6 +38,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("registry", 1),
     ("router", 1),
     ("sensitivity", 1),
+    ("sessions", 1),
     ("spend", 1),
     ("store", 1),
     ("tool_calls", 1),

@@ -1,10 +1,12 @@
-//! The admin HTTP API: keys, teams, budgets, spend and savings reports.
+//! The admin HTTP API: keys, teams, budgets, spend and savings reports,
+//! and erasure of a user's or a tenant's stored data.
 //! Every route authenticates its caller ([`AdminCaller`]: the `[admin]`
 //! key, or a virtual key / OIDC token with an admin role) and checks the
 //! role against what it is about to do ([`crate::auth::authorize`]);
 //! every change is audited.
 
 mod budgets;
+mod erasure;
 mod keys;
 mod spend;
 mod teams;
@@ -29,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .merge(teams::routes())
         .merge(budgets::routes())
         .merge(spend::routes())
+        .merge(erasure::routes())
 }
 
 /// The authenticated caller of an admin route (roles not yet checked:

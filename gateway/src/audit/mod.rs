@@ -43,6 +43,8 @@ pub mod actions {
     pub const CONFIG_RELOADED: &str = "config.reloaded";
     pub const ADMIN_DENIED: &str = "admin.denied";
     pub const SPEND_QUEUE_FULL: &str = "spend.queue_full";
+    /// A user's or a tenant's stored sessions and cached answers erased.
+    pub const DATA_ERASED: &str = "data.erased";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

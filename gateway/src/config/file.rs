@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub audit: super::audit::AuditSection,
     #[serde(default)]
     pub pii: super::pii::PiiSection,
+    #[serde(default)]
+    pub sessions: super::sessions::SessionsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]

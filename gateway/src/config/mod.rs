@@ -27,6 +27,7 @@ mod render;
 mod resolve;
 mod roles;
 mod routes;
+mod sessions;
 mod spend;
 mod store;
 
@@ -61,6 +62,7 @@ pub use routes::{
     DeploymentSettings, DeploymentSpec, Price, Residency, RewardScales, RouteSpec,
     SaturationLimits, Strategy, TargetSpec,
 };
+pub use sessions::{HotSettings, SessionSettings};
 pub use spend::{ReferencePrice, SpendSettings};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
 
@@ -222,6 +224,8 @@ pub struct Config {
     pub role_models: RoleModels,
     /// Personal data in requests and answers (`[pii]`).
     pub pii: PiiSettings,
+    /// Stored responses and conversations (`[sessions]`).
+    pub sessions: SessionSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

@@ -50,6 +50,7 @@ pub(super) fn resolve(
         audit,
         budgets,
         pii,
+        sessions,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let limits = limits.resolve(env, &cache_settings)?;
@@ -247,6 +248,7 @@ pub(super) fn resolve(
         oidc,
         role_models,
         pii: pii.resolve(env)?,
+        sessions: sessions.resolve(env)?,
     })
 }
 

@@ -5,10 +5,12 @@
 
 pub mod chat;
 pub mod completions;
+pub mod conversations;
 pub mod embeddings;
 pub mod json;
 pub mod logprobs;
 pub mod models;
 pub mod moderations;
 pub mod respond;
+pub mod responses;
 pub mod sse;

@@ -6,11 +6,14 @@ use super::{Backend, Store, StoreError};
 
 /// (version, name, SQL). Append only: an applied migration never changes.
 /// Versions are spaced by feature so parallel work does not collide.
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "governance",
-    include_str!("migrations/0001_governance.sql"),
-)];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "governance",
+        include_str!("migrations/0001_governance.sql"),
+    ),
+    (15, "sessions", include_str!("migrations/0015_sessions.sql")),
+];
 
 /// Arbitrary, fixed: the advisory lock's key for migrations.
 const MIGRATION_LOCK: i64 = 0x5_11CE_0001;

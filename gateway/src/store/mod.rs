@@ -199,6 +199,8 @@ mod tests {
             "budgets",
             "keys",
             "schema_migrations",
+            "session_items",
+            "sessions",
             "spend",
             "teams",
         ] {

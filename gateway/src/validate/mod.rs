@@ -17,6 +17,7 @@ use crate::wire::StreamOptions;
 mod chat;
 mod completion;
 mod defaults;
+pub mod responses;
 mod structured;
 mod tools;
 

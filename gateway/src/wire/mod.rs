@@ -6,6 +6,8 @@
 //! validator can say which bound a value breaks; every field not listed lands
 //! in `other` and is refused by name.
 
+pub mod responses;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
