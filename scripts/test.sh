@@ -43,7 +43,7 @@ echo "== the cuda feature: kernels compiled by nvcc from NVIDIA's wheels, twins,
 SLUICE_CUDA_HOME="$(scripts/cuda-toolchain.sh)"
 export SLUICE_CUDA_HOME
 cargo clippy -p sluice-kernels --features cuda --all-targets -- -D warnings
-cargo test -p sluice-kernels --features cuda
+cargo test -p sluice-kernels --features cuda 2>&1 | tee -a "$log"
 
 echo "== the CUDA executor (runtime --features cuda: CudaOps, sluice-gpucheck, 'no GPU here')"
 # The device step itself is tested with CPU ops in the main run; here only
