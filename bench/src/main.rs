@@ -40,6 +40,7 @@ mod prompts;
 mod report;
 mod sse;
 mod stats;
+mod stream_bench;
 mod structured_bench;
 mod workload;
 
@@ -88,6 +89,8 @@ enum Cmd {
     Pii(pii_bench::PiiArgs),
     /// Schema compile time (cold, cached) and 8-sequence decode throughput with half constrained
     Structured(structured_bench::StructuredArgs),
+    /// Stream analysers: per-chunk p99, decode throughput with the chain on vs off, tokens saved by early stops
+    Stream(stream_bench::StreamArgs),
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +130,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Defence(a) => defence_bench::run(a),
         Cmd::Pii(a) => pii_bench::run(a),
         Cmd::Structured(a) => structured_bench::run(a),
+        Cmd::Stream(a) => stream_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

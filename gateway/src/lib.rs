@@ -50,6 +50,7 @@
 //! `models/` or `kernels/`: dependencies point from here down.
 
 pub mod admin;
+pub mod analyse;
 pub mod answer;
 pub mod audit;
 pub mod auth;

@@ -578,6 +578,9 @@ impl Worker {
         let bm = self.scheduler.block_manager();
         let load = &self.shared.load;
         use std::sync::atomic::Ordering::Relaxed;
+        if step.is_some() {
+            load.steps.fetch_add(1, Relaxed);
+        }
         load.waiting.store(self.scheduler.num_waiting(), Relaxed);
         load.running.store(self.scheduler.num_running(), Relaxed);
         load.kv_used.store(bm.num_used_blocks(), Relaxed);

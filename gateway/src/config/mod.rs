@@ -29,6 +29,7 @@ mod roles;
 mod routes;
 mod spend;
 mod store;
+mod stream;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -54,6 +55,7 @@ pub use keys::{PepperSource, VirtualKeySettings};
 pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
 pub use pii::{PiiAction, PiiEntity, PiiSettings};
+pub use stream::{StreamMode, StreamSettings};
 pub use providers::{OpenAiDialect, ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use roles::RoleModels;
@@ -146,6 +148,8 @@ pub struct ApiKey {
     pub sensitive: bool,
     /// What this key's flagged requests get, instead of `[guard] action`.
     pub guard: Option<GuardAction>,
+    /// How this key's answers are analysed, instead of `[stream]`'s mode.
+    pub stream: Option<StreamMode>,
     /// Requests/tokens per minute and in parallel for this key.
     pub limits: KeyLimits,
 }
@@ -222,6 +226,8 @@ pub struct Config {
     pub role_models: RoleModels,
     /// Personal data in requests and answers (`[pii]`).
     pub pii: PiiSettings,
+    /// The analysers on every answer stream (`[stream]`).
+    pub stream: StreamSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

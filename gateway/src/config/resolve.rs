@@ -50,6 +50,7 @@ pub(super) fn resolve(
         audit,
         budgets,
         pii,
+        stream,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let limits = limits.resolve(env, &cache_settings)?;
@@ -247,6 +248,7 @@ pub(super) fn resolve(
         oidc,
         role_models,
         pii: pii.resolve(env)?,
+        stream: stream.resolve()?,
     })
 }
 
@@ -312,6 +314,7 @@ fn resolve_key(
         key,
         sensitive,
         guard,
+        stream,
         rpm,
         tpm,
         max_parallel,
@@ -357,12 +360,16 @@ fn resolve_key(
     let guard = guard
         .map(|g| GuardAction::parse(&at("guard"), &g))
         .transpose()?;
+    let stream = stream
+        .map(|s| super::StreamMode::parse(&at("stream"), &s))
+        .transpose()?;
     Ok(ApiKey {
         tenant,
         source,
         secret: Secret::new(secret),
         sensitive: sensitive.unwrap_or(false),
         guard,
+        stream,
         limits: super::KeyLimits {
             rpm,
             tpm,
@@ -391,6 +398,7 @@ fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
             secret: Secret::new(secret.trim().to_string()),
             sensitive: false,
             guard: None,
+            stream: None,
             limits: super::KeyLimits::default(),
         });
     }

@@ -6,11 +6,18 @@ use super::{Backend, Store, StoreError};
 
 /// (version, name, SQL). Append only: an applied migration never changes.
 /// Versions are spaced by feature so parallel work does not collide.
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "governance",
-    include_str!("migrations/0001_governance.sql"),
-)];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "governance",
+        include_str!("migrations/0001_governance.sql"),
+    ),
+    (
+        14,
+        "stream_policy",
+        include_str!("migrations/0014_stream_policy.sql"),
+    ),
+];
 
 /// Arbitrary, fixed: the advisory lock's key for migrations.
 const MIGRATION_LOCK: i64 = 0x5_11CE_0001;
