@@ -218,7 +218,10 @@ fn per_chunk(args: &StreamArgs, kit: &Kit) -> Result<Summary> {
         }
     });
     if let Some(stop) = note.get() {
-        bail!("the prose was stopped by {}: the benchmark text trips an analyser", stop.reason);
+        bail!(
+            "the prose was stopped by {}: the benchmark text trips an analyser",
+            stop.reason
+        );
     }
     Ok(Summary::of(&samples))
 }
@@ -353,7 +356,12 @@ fn batch(
                     .into_iter()
                     .map(|a| Box::new(Observe(a, verdicts.clone())) as Box<dyn Analyser>)
                     .collect();
-                Analysed::wrap(raw, vec![analysers], settings(args.window), wrap_of(note.clone()))
+                Analysed::wrap(
+                    raw,
+                    vec![analysers],
+                    settings(args.window),
+                    wrap_of(note.clone()),
+                )
             }
             Chain::Acting => Analysed::wrap(
                 raw,
@@ -496,7 +504,8 @@ fn decode(args: &StreamArgs, kit: &Kit, report: &mut serde_json::Value) -> Resul
     drop(handle);
     let (off_tok_s, on_tok_s) = (median(&off), median(&on));
     let lower_pct = (1.0 - on_tok_s / off_tok_s) * 100.0;
-    let tokens = |runs: &[BatchRun]| median(&runs.iter().map(|r| r.tokens as f64).collect::<Vec<_>>());
+    let tokens =
+        |runs: &[BatchRun]| median(&runs.iter().map(|r| r.tokens as f64).collect::<Vec<_>>());
     let secs = |runs: &[BatchRun]| median(&runs.iter().map(|r| r.seconds).collect::<Vec<_>>());
     let (free_tokens, stop_tokens) = (tokens(&free_runs), tokens(&stop_runs));
     let (free_s, stop_s) = (secs(&free_runs), secs(&stop_runs));

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use sluice_gateway::analyse::degeneration::Detector;
 use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
 
-use common::{demo_tokenizer, get, post as post_json, sse_events};
+use common::{demo_tokenizer, get, post as post_json, post_raw, sse_events};
 
 /// What the fake answers, and what it saw.
 #[derive(Default)]
@@ -130,7 +130,10 @@ async fn chat(State(state): State<Arc<FakeState>>, body: Bytes) -> Response {
         let pieces = pieces.clone();
         async move {
             if i < pieces.len() {
-                return Some((Ok::<_, Infallible>(chunk(Some(&pieces[i]), None)), (guard, i + 1)));
+                return Some((
+                    Ok::<_, Infallible>(chunk(Some(&pieces[i]), None)),
+                    (guard, i + 1),
+                ));
             }
             if endless {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -205,7 +208,10 @@ async fn raw_post(server: &Server, path: &str, body: &Value) -> (String, String)
     .unwrap();
     let raw = String::from_utf8(raw).unwrap();
     let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return (head.to_string(), rest.to_string());
     }
     let mut body = String::new();
@@ -323,9 +329,8 @@ async fn stream_first_forwards_at_once_and_only_records_a_policy_hit() {
 
 /// A server with the demo model and `extra` config.
 async fn local_server(extra: String) -> Server {
-    let config = format!(
-        "[[models]]\nid = \"{DEMO_MODEL_ID}\"\npath = \"{{DEMO_MODEL}}\"\n\n{extra}"
-    );
+    let config =
+        format!("[[models]]\nid = \"{DEMO_MODEL_ID}\"\npath = \"{{DEMO_MODEL}}\"\n\n{extra}");
     tokio::task::spawn_blocking(move || {
         Server::start(ServerOptions {
             config: Some(config),
@@ -382,7 +387,11 @@ async fn a_policy_stop_of_a_local_stream_frees_its_blocks_within_one_engine_step
         .as_u64()
         .unwrap();
     let (text, finishes, done) = read_stream(&reply.body);
-    assert_eq!(finishes[0]["finish_reason"], "content_filter", "{}", reply.body);
+    assert_eq!(
+        finishes[0]["finish_reason"], "content_filter",
+        "{}",
+        reply.body
+    );
     assert_eq!(finishes[0]["sluice_stop_reason"], "rules");
     assert!(done);
     assert!(!text.contains("the the the the"), "released: {text:?}");
@@ -407,15 +416,41 @@ async fn a_policy_stop_of_a_local_stream_frees_its_blocks_within_one_engine_step
     );
 }
 
+const KEY_ANALYSED: &str = "sk-stream-analysed-0123456789";
+const KEY_PLAIN: &str = "sk-stream-plain-0123456789ab";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repetition_loop_on_completions_stops_with_length_and_is_charged_what_it_generated() {
-    let server = local_server("[stream]\nmode = \"hold_back\"\n".into()).await;
+    // `[stream]` is off for the route; one key turns it on for itself.
+    let config = format!(
+        "[[models]]\nid = \"{DEMO_MODEL_ID}\"\npath = \"{{DEMO_MODEL}}\"\n\n\
+         [[auth.keys]]\ntenant = \"analysed\"\nkey_env = \"KEY_ANALYSED\"\nstream = \"hold_back\"\n\n\
+         [[auth.keys]]\ntenant = \"plain\"\nkey_env = \"KEY_PLAIN\"\n"
+    );
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(ServerOptions {
+            config: Some(config),
+            env: vec![
+                ("KEY_ANALYSED".into(), KEY_ANALYSED.into()),
+                ("KEY_PLAIN".into(), KEY_PLAIN.into()),
+            ],
+            ..ServerOptions::default()
+        })
+    })
+    .await
+    .unwrap();
     let cat = one_token(" cat");
-    let reply = post_json(
+    let looping = |stream: bool| {
+        json!({"model": DEMO_MODEL_ID, "prompt": "Once upon a time", "max_tokens": 120,
+               "ignore_eos": true, "temperature": 0, "stream": stream,
+               "logit_bias": {cat.to_string(): 100}})
+        .to_string()
+    };
+    let reply = post_raw(
         &server,
         "/v1/completions",
-        &json!({"model": DEMO_MODEL_ID, "prompt": "Once upon a time", "max_tokens": 300,
-                "ignore_eos": true, "temperature": 0, "logit_bias": {cat.to_string(): 100}}),
+        looping(false),
+        Some(KEY_ANALYSED),
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -430,19 +465,23 @@ async fn a_repetition_loop_on_completions_stops_with_length_and_is_charged_what_
     assert_eq!(v["usage"]["completion_tokens"], 48, "{v}");
     let text = v["choices"][0]["text"].as_str().unwrap();
     assert!(text.matches("cat").count() < 48, "{text:?}");
-    // And streamed: the final chunk says why.
-    let reply = post_json(
+    // Streamed: the final chunk says why.
+    let reply = post_raw(
         &server,
         "/v1/completions",
-        &json!({"model": DEMO_MODEL_ID, "prompt": "Once upon a time", "max_tokens": 300,
-                "ignore_eos": true, "temperature": 0, "stream": true,
-                "logit_bias": {cat.to_string(): 100}}),
+        looping(true),
+        Some(KEY_ANALYSED),
     )
     .await;
     let (_, finishes, done) = read_stream(&reply.body);
     assert_eq!(finishes[0]["finish_reason"], "length", "{}", reply.body);
     assert_eq!(finishes[0]["sluice_stop_reason"], "degeneration");
     assert!(done);
+    // The other key's answers are not analysed: the loop runs to max_tokens.
+    let reply = post_raw(&server, "/v1/completions", looping(false), Some(KEY_PLAIN)).await;
+    let v = reply.json();
+    assert_eq!(v["usage"]["completion_tokens"], 120, "{v}");
+    assert!(reply.headers.get("x-sluice-stop-reason").is_none());
 }
 
 /// Deletes the test's Redis keys when it ends.
@@ -502,9 +541,13 @@ async fn an_answer_replayed_from_the_cache_passes_the_same_analysers() {
     streamed["stream"] = json!(true);
     let replay = post_json(&analysed, "/v1/chat/completions", &streamed).await;
     assert_eq!(replay.status, 200, "{}", replay.body);
-    assert_eq!(replay.headers.get("x-sluice-cache").unwrap(), "hit");
+    assert_eq!(replay.headers.get("x-sluice-cache").unwrap(), "exact");
     let (text, finishes, done) = read_stream(&replay.body);
-    assert_eq!(finishes[0]["finish_reason"], "content_filter", "{}", replay.body);
+    assert_eq!(
+        finishes[0]["finish_reason"], "content_filter",
+        "{}",
+        replay.body
+    );
     assert_eq!(finishes[0]["sluice_stop_reason"], "rules");
     assert!(done);
     assert!(!text.contains("ignore"), "released: {text:?}");

@@ -95,7 +95,9 @@ impl Detector {
         }
         self.history.push_back(unit);
         self.since_diversity += 1;
-        if found.is_none() && self.history.len() == WINDOW && self.since_diversity >= DIVERSITY_EVERY
+        if found.is_none()
+            && self.history.len() == WINDOW
+            && self.since_diversity >= DIVERSITY_EVERY
         {
             self.since_diversity = 0;
             if low_diversity(&self.history) {
@@ -237,7 +239,13 @@ mod tests {
     fn one_token_repeated_stops_at_48_tokens() {
         let (at, signal) = first_signal(std::iter::repeat_n(7, 100)).unwrap();
         assert_eq!(at, 48);
-        assert_eq!(signal, Signal::Cycle { period: 1, units: 48 });
+        assert_eq!(
+            signal,
+            Signal::Cycle {
+                period: 1,
+                units: 48
+            }
+        );
     }
 
     #[test]
@@ -284,7 +292,9 @@ mod tests {
         // A pseudo-random walk over a large vocabulary.
         let mut x: u64 = 12345;
         let stream = (0..5000).map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x >> 33) % 30000
         });
         assert_eq!(first_signal(stream), None);

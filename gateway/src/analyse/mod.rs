@@ -133,7 +133,10 @@ impl StreamAnalysers {
             analysers.push(Box::new(policy::PiiBlock::new(pii.clone())));
         }
         if let Some((rules, threshold)) = &self.rules {
-            analysers.push(Box::new(policy::OutputRules::new(rules.clone(), *threshold)));
+            analysers.push(Box::new(policy::OutputRules::new(
+                rules.clone(),
+                *threshold,
+            )));
         }
         if self.settings.degeneration {
             analysers.push(Box::new(degeneration::Degeneration::default()));

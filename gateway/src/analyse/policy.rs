@@ -58,7 +58,10 @@ impl Analyser for OutputRules {
         if scan.score < self.threshold {
             return None;
         }
-        let rule = scan.hits.first().map(|h| self.rules.rule(h.rule).id.clone());
+        let rule = scan
+            .hits
+            .first()
+            .map(|h| self.rules.rule(h.rule).id.clone());
         Some(Stop {
             analyser: "rules",
             kind: StopKind::Policy,

@@ -153,8 +153,8 @@ fn finish_of(steps: &[(Step, usize)]) -> Option<FinishReason> {
 /// Ordinary words, then a card number cut in two across steps (and across
 /// a window boundary), then more words that never come.
 const SPLIT_CARD: &[&str] = &[
-    "Your ", "order ", "is ", "ready. ", "Pay ", "with ", "4111 11", "11 1111 ", "1111 ",
-    "and ", "we ", "ship ", "it ", "today.",
+    "Your ", "order ", "is ", "ready. ", "Pay ", "with ", "4111 11", "11 1111 ", "1111 ", "and ",
+    "we ", "ship ", "it ", "today.",
 ];
 
 #[tokio::test]
@@ -167,7 +167,10 @@ async fn hold_back_never_releases_a_card_split_across_steps_and_stops_the_produc
     assert!(!text.contains("4111"), "released: {text:?}");
     assert!(!text.contains("1111"), "released: {text:?}");
     assert_eq!(finish_of(&steps), Some(FinishReason::ContentFilter));
-    assert!(dropped.load(Ordering::SeqCst), "the producer was not dropped");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the producer was not dropped"
+    );
     assert!(
         *read.lock().unwrap() < SPLIT_CARD.len(),
         "the producer was read to its end"
@@ -185,7 +188,10 @@ fn each_step_checked_alone_would_have_missed_the_split_card() {
     // tail is what catches it.
     let pii = blocking_cards();
     for piece in SPLIT_CARD {
-        assert!(PiiBlock::new(pii.clone()).on_window(piece).is_none(), "{piece}");
+        assert!(
+            PiiBlock::new(pii.clone()).on_window(piece).is_none(),
+            "{piece}"
+        );
     }
 }
 
@@ -274,7 +280,8 @@ async fn output_rules_stop_an_answer_that_relays_an_injection() {
 /// The held-out answers, fed as words (a provider's or a replay's text).
 #[test]
 fn ordinary_long_answers_never_trip_the_degeneration_detector_as_words() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/stream/ordinary");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/stream/ordinary");
     let mut read = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

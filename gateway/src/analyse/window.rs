@@ -176,7 +176,10 @@ impl Analysed {
             Step::Finished { .. } | Step::Failed(_) => "",
         };
         cs.tokens += 1;
-        let verdict = cs.analysers.iter_mut().find_map(|a| a.on_token(token, text));
+        let verdict = cs
+            .analysers
+            .iter_mut()
+            .find_map(|a| a.on_token(token, text));
         if let Some(stop) = verdict {
             self.stop(stop);
             return;

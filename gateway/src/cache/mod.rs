@@ -136,12 +136,9 @@ impl Decision {
     /// (a stream analyser, the budget's cap) is never stored.
     pub fn record_unless_stopped(&mut self, answer: BoxAnswer, stop: &StopNote) -> BoxAnswer {
         match (self.ticket.take(), &self.cache) {
-            (Some(ticket), Some(cache)) => Box::new(Recorder::new(
-                answer,
-                cache.clone(),
-                ticket,
-                stop.clone(),
-            )),
+            (Some(ticket), Some(cache)) => {
+                Box::new(Recorder::new(answer, cache.clone(), ticket, stop.clone()))
+            }
             _ => answer,
         }
     }

@@ -230,7 +230,8 @@ impl Chain {
                 };
                 // Analysed and redacted before the cache records it.
                 let analysed = self.analyse(caller, &model, max_tokens, &stop, answer);
-                let answer = decision.record_unless_stopped(self.redact_output(caller, analysed), &stop);
+                let answer =
+                    decision.record_unless_stopped(self.redact_output(caller, analysed), &stop);
                 (answer, Some(provenance), tokenizer)
             }
         };

@@ -55,7 +55,6 @@ pub use keys::{PepperSource, VirtualKeySettings};
 pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
 pub use pii::{PiiAction, PiiEntity, PiiSettings};
-pub use stream::{StreamMode, StreamSettings};
 pub use providers::{OpenAiDialect, ProviderConfig, ResilienceConfig};
 use resolve::resolve;
 pub use roles::RoleModels;
@@ -65,6 +64,7 @@ pub use routes::{
 };
 pub use spend::{ReferencePrice, SpendSettings};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
+pub use stream::{StreamMode, StreamSettings};
 
 /// The id under which the demo chat model is served.
 pub const DEMO_MODEL_ID: &str = "smollm2-135m-instruct";

@@ -162,7 +162,11 @@ impl StreamSection {
             Some(text) => StreamMode::parse("stream.mode", &text)?,
             None => defaults.mode,
         };
-        let window_tokens = window("stream.window_tokens", window_tokens, defaults.window_tokens)?;
+        let window_tokens = window(
+            "stream.window_tokens",
+            window_tokens,
+            defaults.window_tokens,
+        )?;
         let overlap_bytes = match overlap_bytes {
             None => defaults.overlap_bytes,
             Some(n) if (1..=MAX_OVERLAP_BYTES).contains(&n) => n,
