@@ -279,9 +279,9 @@ mod tests {
 
     #[test]
     fn a_short_loop_with_changing_words_is_caught_by_low_diversity() {
-        // "ha ha ha" with a different word every 16 units: no exact cycle
+        // "ha ha ha" with a different word every 24 units: no exact cycle
         // covers 48 units, but there are few distinct 4-grams.
-        let stream = (0..2000u64).map(|i| if i % 16 == 15 { 10_000 + i } else { i % 3 });
+        let stream = (0..2000u64).map(|i| if i % 24 == 23 { 10_000 + i } else { i % 3 });
         let (at, signal) = first_signal(stream).unwrap();
         assert_eq!(signal, Signal::LowDiversity);
         assert!(at <= WINDOW + DIVERSITY_EVERY, "caught at {at}");

@@ -161,7 +161,7 @@ const SPLIT_CARD: &[&str] = &[
 async fn hold_back_never_releases_a_card_split_across_steps_and_stops_the_producer() {
     let (inner, dropped, read) = script(SPLIT_CARD);
     let analysers: Vec<Box<dyn Analyser>> = vec![Box::new(PiiBlock::new(blocking_cards()))];
-    let (mut answer, note, stops) = wrap(inner, analysers, Framing::HoldBack, 7);
+    let (mut answer, note, stops) = wrap(inner, analysers, Framing::HoldBack, 4);
     let steps = drain(answer.as_mut(), &read).await;
     let text = text_of(&steps);
     assert!(!text.contains("4111"), "released: {text:?}");
