@@ -219,6 +219,9 @@ enum Outcome {
 impl Worker {
     fn run(&mut self) {
         tracing::info!("engine started");
+        // The block counts are right from the start (not only after the
+        // first request): an idle engine's free count is its baseline.
+        self.publish_load(None);
         loop {
             if !self.take_new_requests() {
                 tracing::info!("engine stopped: every handle is gone and no work is left");

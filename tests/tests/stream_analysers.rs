@@ -87,6 +87,12 @@ struct DisconnectGuard {
     finished: bool,
 }
 
+impl DisconnectGuard {
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
 impl Drop for DisconnectGuard {
     fn drop(&mut self) {
         if !self.finished {
@@ -145,7 +151,7 @@ async fn chat(State(state): State<Arc<FakeState>>, body: Bytes) -> Response {
                     (guard, i + 1),
                 ));
             }
-            guard.finished = true;
+            guard.finish();
             None
         }
     });
@@ -372,6 +378,7 @@ async fn a_policy_stop_of_a_local_stream_frees_its_blocks_within_one_engine_step
     let idle = engine_status(&server).await;
     assert_eq!(idle["running"], 0, "{idle}");
     let free_idle = idle["kv_blocks_free"].as_u64().unwrap();
+    assert_eq!(Some(free_idle), idle["kv_blocks_total"].as_u64(), "{idle}");
     // " the" forced at every step, for up to 400 tokens.
     let the = one_token(" the");
     let reply = post_json(
@@ -397,15 +404,17 @@ async fn a_policy_stop_of_a_local_stream_frees_its_blocks_within_one_engine_step
     assert!(!text.contains("the the the the"), "released: {text:?}");
     // Freed in the step after the stop at most: not after the 400 tokens.
     let mut freed_at = None;
+    let mut last = Value::Null;
     for _ in 0..600 {
-        let status = engine_status(&server).await;
-        if status["kv_blocks_free"].as_u64() == Some(free_idle) && status["running"] == 0 {
-            freed_at = status["engine_steps"].as_u64();
+        last = engine_status(&server).await;
+        if last["kv_blocks_free"].as_u64() == Some(free_idle) && last["running"] == 0 {
+            freed_at = last["engine_steps"].as_u64();
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let freed_at = freed_at.expect("the blocks were never freed");
+    let freed_at =
+        freed_at.unwrap_or_else(|| panic!("never freed ({free_idle} free when idle): {last}"));
     assert!(
         freed_at <= at_stop + 1,
         "freed at step {freed_at}, stopped at {at_stop}"
