@@ -137,11 +137,14 @@ fn wrap_of(note: StopNote) -> Wrap {
     }
 }
 
-/// Prose cut into 4-character pieces with made-up token ids; counts reads.
+/// Prose cut into 4-character pieces with made-up token ids. Each read
+/// notes how long the caller took since the previous read returned: the
+/// analysers' time on the previous step.
 struct Prose {
     pieces: Vec<String>,
     next: usize,
-    reads: Arc<AtomicUsize>,
+    returned: Option<Instant>,
+    samples: Vec<f64>,
 }
 
 impl Answer for Prose {
@@ -149,7 +152,9 @@ impl Answer for Prose {
         1
     }
     fn next(&mut self) -> BoxFuture<'_, Option<Step>> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(returned) = self.returned {
+            self.samples.push(returned.elapsed().as_secs_f64() * 1e6);
+        }
         let i = self.next;
         self.next += 1;
         let step = match self.pieces.get(i) {
@@ -167,12 +172,24 @@ impl Answer for Prose {
             }),
             None => None,
         };
+        self.returned = Some(Instant::now());
         Box::pin(async move { step })
     }
     fn usage(&self) -> Usage {
         Usage::default()
     }
 }
+
+impl Drop for Prose {
+    fn drop(&mut self) {
+        if let Ok(mut out) = SAMPLES.lock() {
+            out.append(&mut self.samples);
+        }
+    }
+}
+
+/// Where a dropped [`Prose`] leaves its samples.
+static SAMPLES: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
 
 /// Part 1: microseconds per inner step.
 fn per_chunk(args: &StreamArgs, kit: &Kit) -> Result<Summary> {
@@ -188,11 +205,11 @@ fn per_chunk(args: &StreamArgs, kit: &Kit) -> Result<Summary> {
         .take(args.chunk_tokens)
         .map(|c| c.iter().collect())
         .collect();
-    let reads = Arc::new(AtomicUsize::new(0));
     let inner = Prose {
         pieces,
         next: 0,
-        reads: reads.clone(),
+        returned: None,
+        samples: Vec::with_capacity(args.chunk_tokens + 1),
     };
     let note = StopNote::default();
     let mut answer = Analysed::wrap(
@@ -202,21 +219,10 @@ fn per_chunk(args: &StreamArgs, kit: &Kit) -> Result<Summary> {
         wrap_of(note.clone()),
     );
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let mut samples = Vec::with_capacity(args.chunk_tokens);
-    runtime.block_on(async {
-        loop {
-            let before = reads.load(Ordering::Relaxed);
-            let started = Instant::now();
-            let step = answer.next().await;
-            let micros = started.elapsed().as_secs_f64() * 1e6;
-            if reads.load(Ordering::Relaxed) != before {
-                samples.push(micros);
-            }
-            if step.is_none() {
-                break;
-            }
-        }
-    });
+    runtime.block_on(async { while answer.next().await.is_some() {} });
+    // The analysed answer let go of the prose at its end: its samples are in.
+    drop(answer);
+    let samples = std::mem::take(&mut *SAMPLES.lock().map_err(|_| anyhow!("poisoned"))?);
     if let Some(stop) = note.get() {
         bail!(
             "the prose was stopped by {}: the benchmark text trips an analyser",
