@@ -43,6 +43,7 @@ mod report;
 mod sessions_bench;
 mod sse;
 mod stats;
+mod stream_bench;
 mod structured_bench;
 mod warmth_bench;
 mod workload;
@@ -96,6 +97,8 @@ enum Cmd {
     Warmth(warmth_bench::WarmthArgs),
     /// One session append written through to SQLite or PostgreSQL (and Redis): p50/p99
     Sessions(sessions_bench::SessionsArgs),
+    /// Stream analysers: per-chunk p99, decode throughput with the chain on vs off, tokens saved by early stops
+    Stream(stream_bench::StreamArgs),
 }
 
 #[derive(Args, Debug)]
@@ -137,6 +140,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Structured(a) => structured_bench::run(a),
         Cmd::Warmth(a) => warmth_bench::run(a),
         Cmd::Sessions(a) => sessions_bench::run(a),
+        Cmd::Stream(a) => stream_bench::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,6 +3,8 @@
 //! replaying a stored answer. The handlers render any [`Answer`] as JSON or
 //! SSE the same way, so each producer only has to speak in [`Step`]s.
 
+use std::sync::{Arc, OnceLock};
+
 use futures_util::future::BoxFuture;
 use sluice_models::ToolCall;
 use sluice_runtime::{FinishReason, TokenLogprob, Usage};
@@ -16,6 +18,10 @@ pub enum Step {
         choice: usize,
         text: String,
         logprob: Option<TokenLogprob>,
+        /// The token's id, when the producer is the local engine (stream
+        /// analysers read ids, never re-tokenise); `None` for providers and
+        /// cache replays, whose pieces are text only.
+        token: Option<u32>,
     },
     Finished {
         choice: usize,
@@ -50,6 +56,35 @@ pub trait Answer: Send {
 }
 
 pub type BoxAnswer = Box<dyn Answer>;
+
+/// Why an answer was stopped before its producer finished it: a stream
+/// analyser's verdict or the budget's cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EarlyStop {
+    /// What the client's open choices finish with: `content_filter` for a
+    /// policy stop, `length` for a budget or a degeneration stop.
+    pub finish: FinishReason,
+    /// The reason's wire name (`x-sluice-stop-reason`,
+    /// `sluice_stop_reason`): `pii`, `rules`, `degeneration`, `budget`.
+    pub reason: &'static str,
+}
+
+/// Where the stage that stops an answer leaves its [`EarlyStop`], for the
+/// stages that render (the final chunk's field, the header) or record it
+/// (a stopped answer is never cached). Set at most once.
+#[derive(Debug, Clone, Default)]
+pub struct StopNote(Arc<OnceLock<EarlyStop>>);
+
+impl StopNote {
+    /// Records the stop; a later one is ignored (the first stop ended it).
+    pub fn set(&self, stop: EarlyStop) {
+        let _ = self.0.set(stop);
+    }
+
+    pub fn get(&self) -> Option<EarlyStop> {
+        self.0.get().copied()
+    }
+}
 
 /// One choice's whole answer, for a non-streamed response.
 #[derive(Debug, Default, Clone)]
@@ -95,6 +130,7 @@ pub async fn collect(answer: &mut dyn Answer) -> Result<Vec<ChoiceOutput>, ApiEr
                 choice,
                 text,
                 logprob,
+                ..
             } => {
                 if let Some(o) = out.get_mut(choice) {
                     o.text.push_str(&text);

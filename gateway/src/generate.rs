@@ -371,10 +371,11 @@ impl Generation {
             Err(_) => return Some(self.fail(ApiError::Timeout(self.timeout))),
         };
         Some(match event {
-            (choice, EngineEvent::Token { text, logprob, .. }) => Step::Token {
+            (choice, EngineEvent::Token { id, text, logprob }) => Step::Token {
                 choice,
                 text,
                 logprob,
+                token: Some(id),
             },
             (
                 choice,

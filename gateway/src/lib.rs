@@ -53,6 +53,7 @@
 //! `models/` or `kernels/`: dependencies point from here down.
 
 pub mod admin;
+pub mod analyse;
 pub mod answer;
 pub mod anthropic;
 pub mod audit;

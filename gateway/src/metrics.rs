@@ -43,6 +43,13 @@ pub const OVERHEAD_SECONDS: &str = "sluice_gateway_overhead_seconds";
 /// Time to first token, per deployment.
 pub const TTFT_SECONDS: &str = "sluice_ttft_seconds";
 
+/// The stream analysers' time per chunk (every step of an analysed answer).
+pub const STREAM_ANALYSIS_SECONDS: &str = "sluice_stream_analysis_seconds";
+
+const STREAM_ANALYSIS_BUCKETS: &[f64] = &[
+    0.000_001, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+    0.002_5, 0.005,
+];
 const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 ];
@@ -64,6 +71,12 @@ pub fn install() -> Option<PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Full(OVERHEAD_SECONDS.into()), OVERHEAD_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(TTFT_SECONDS.into()), TTFT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(STREAM_ANALYSIS_SECONDS.into()),
+                        STREAM_ANALYSIS_BUCKETS,
+                    )
                 });
             let builder = match builder {
                 Ok(b) => b,

@@ -63,6 +63,13 @@ pub struct ModelStatus {
     pub kv_blocks_used: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kv_blocks_total: Option<usize>,
+    /// Free KV blocks (cached ones nobody references included): back to
+    /// its idle value once a stopped or cancelled sequence is freed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_blocks_free: Option<usize>,
+    /// Model steps the engine has run (to count "within one step").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_steps: Option<u64>,
     /// Restarts after a panicked engine step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine_restarts: Option<usize>,
@@ -155,6 +162,8 @@ impl ModelSlot {
                     waiting: Some(load.waiting),
                     kv_blocks_used: Some(load.kv_blocks_used),
                     kv_blocks_total: Some(load.kv_blocks_total),
+                    kv_blocks_free: Some(load.kv_blocks_free),
+                    engine_steps: Some(load.steps),
                     engine_restarts: Some(engine.restarts()),
                 }
             }
@@ -168,6 +177,8 @@ impl ModelSlot {
                 waiting: None,
                 kv_blocks_used: None,
                 kv_blocks_total: None,
+                kv_blocks_free: None,
+                engine_steps: None,
                 engine_restarts: None,
             },
         }

@@ -14,7 +14,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
-use crate::config::GuardAction;
+use crate::config::{GuardAction, StreamMode};
 
 /// The header that marks one request as sensitive.
 pub const SENSITIVE_HEADER: &str = "x-sluice-sensitive";
@@ -27,6 +27,8 @@ pub struct TenantPolicy {
     pub sensitive: bool,
     /// What this key's flagged requests get; `None`: `[guard] action`.
     pub guard: Option<GuardAction>,
+    /// How this key's answers are analysed; `None`: the route's `[stream]` mode.
+    pub stream: Option<StreamMode>,
 }
 
 /// The request's sensitivity from its headers and its tenant's policy.
@@ -85,6 +87,7 @@ mod tests {
         let policy = TenantPolicy {
             sensitive: true,
             guard: None,
+            stream: None,
         };
         assert!(is_sensitive(&headers("false"), Some(&policy)));
         assert!(is_sensitive(&HeaderMap::new(), Some(&policy)));

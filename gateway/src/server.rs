@@ -304,9 +304,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     .map_err(ServeError::Limits)?;
     // Ends with the process (aborted with the other tasks).
     tasks.spawn(settle_limits.run());
+    let defence = crate::defence::InputDefence::from_config(&config.defence)
+        .map_err(|e| ServeError::Defence(e.to_string()))?;
+    let pii = crate::pii::Pii::new(&config.pii)
+        .map_err(|e| ServeError::Load(format!("the PII detector: {e}")))?
+        .map(Arc::new);
+    let stream = Arc::new(crate::analyse::StreamAnalysers::new(
+        &config.stream,
+        pii.clone(),
+        defence.as_ref(),
+    ));
     let chain = Arc::new(Chain {
-        defence: crate::defence::InputDefence::from_config(&config.defence)
-            .map_err(|e| ServeError::Defence(e.to_string()))?,
+        defence,
         guard: guard.clone().map(|guard| {
             // The cache's vector serves the guard only when both read the
             // same encoder (the head's is the default embedding encoder
@@ -337,9 +346,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         budgets: Some(budgets.clone()),
         audit: audit.clone(),
         spend: Some(spend_log),
-        pii: crate::pii::Pii::new(&config.pii)
-            .map_err(|e| ServeError::Load(format!("the PII detector: {e}")))?
-            .map(Arc::new),
+        pii,
+        stream: Some(stream),
     });
     let state = AppState {
         chain,

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("util", 0),
     ("wire", 0),
     // 1: the stages and what they run on.
+    ("analyse", 1),
     ("answer", 1),
     ("audit", 1),
     ("auth", 1),

@@ -278,6 +278,9 @@ enum Outcome {
 impl Worker {
     fn run(&mut self) {
         tracing::info!("engine started");
+        // The block counts are right from the start (not only after the
+        // first request): an idle engine's free count is its baseline.
+        self.publish_load(None);
         loop {
             if !self.take_new_requests() {
                 tracing::info!("engine stopped: every handle is gone and no work is left");
@@ -643,6 +646,9 @@ impl Worker {
         let bm = self.scheduler.block_manager();
         let load = &self.shared.load;
         use std::sync::atomic::Ordering::Relaxed;
+        if step.is_some() {
+            load.steps.fetch_add(1, Relaxed);
+        }
         load.waiting.store(self.scheduler.num_waiting(), Relaxed);
         load.running.store(self.scheduler.num_running(), Relaxed);
         load.kv_used.store(bm.num_used_blocks(), Relaxed);

@@ -29,6 +29,9 @@ pub struct LoadSnapshot {
     pub estimated_queue_wait_ms: f64,
     pub preemptions: u64,
     pub prefix_cache_hit_tokens: u64,
+    /// Model steps run since the engine started: what "freed within one
+    /// step" is counted in.
+    pub steps: u64,
 }
 
 /// The shared cells behind [`LoadSnapshot`]; f64s are stored as bits.
@@ -46,6 +49,7 @@ pub(crate) struct LoadCells {
     pub wait_ms_bits: AtomicU64,
     pub preemptions: AtomicU64,
     pub prefix_hits: AtomicU64,
+    pub steps: AtomicU64,
 }
 
 impl LoadCells {
@@ -64,6 +68,7 @@ impl LoadCells {
             estimated_queue_wait_ms: f64::from_bits(self.wait_ms_bits.load(Relaxed)),
             preemptions: self.preemptions.load(Relaxed),
             prefix_cache_hit_tokens: self.prefix_hits.load(Relaxed),
+            steps: self.steps.load(Relaxed),
         }
     }
 }

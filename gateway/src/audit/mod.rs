@@ -40,6 +40,8 @@ pub mod actions {
     pub const GUARD_DECISION: &str = "guard.decision";
     pub const DEFENCE_DECISION: &str = "defence.decision";
     pub const PII_DECISION: &str = "pii.decision";
+    /// A stream analyser (or the budget's cap) stopped an answer early.
+    pub const STREAM_STOP: &str = "stream.stop";
     pub const CONFIG_RELOADED: &str = "config.reloaded";
     pub const ADMIN_DENIED: &str = "admin.denied";
     pub const SPEND_QUEUE_FULL: &str = "spend.queue_full";

@@ -58,6 +58,7 @@ impl KeyStore {
                         TenantPolicy {
                             sensitive: k.sensitive,
                             guard: k.guard,
+                            stream: k.stream,
                         },
                         CallerLimits {
                             rpm: k.limits.rpm,
@@ -443,6 +444,7 @@ mod tests {
                 secret: Secret::new("key-a".into()),
                 sensitive: false,
                 guard: None,
+                stream: None,
                 limits: Default::default(),
             },
             ApiKey {
@@ -451,6 +453,7 @@ mod tests {
                 secret: Secret::new("key-b".into()),
                 sensitive: true,
                 guard: None,
+                stream: None,
                 limits: crate::config::KeyLimits {
                     rpm: Some(60),
                     tpm: None,

@@ -5,6 +5,11 @@
 //! Tokens are counted as the larger of the producer's own usage and the
 //! token steps seen (a provider's stream reports usage only at its end;
 //! each of its deltas is at least one token).
+//!
+//! It is an early stop like the stream analysers' (`analyse`): the
+//! producer is dropped at the cap (the engine frees the sequence, a
+//! provider's connection closes), and the stop is noted as `budget`
+//! (`x-sluice-stop-reason`, the final chunk's `sluice_stop_reason`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use sluice_runtime::{FinishReason, Usage};
 
-use crate::answer::{Answer, BoxAnswer, Step};
+use crate::answer::{Answer, BoxAnswer, EarlyStop, Step, StopNote};
 
 /// Output tokens seen so far, shared with the reservation's settle (which
 /// charges them when a provider's usage never came).
@@ -27,7 +32,11 @@ impl Seen {
 }
 
 pub struct Capped {
-    inner: BoxAnswer,
+    /// `None` once the cap is reached: dropped, so the producer stops.
+    inner: Option<BoxAnswer>,
+    /// The producer's usage when it was dropped.
+    frozen: Usage,
+    stop: StopNote,
     /// Output tokens, over every choice, the reservation covers.
     cap: u64,
     steps: u64,
@@ -38,10 +47,12 @@ pub struct Capped {
 }
 
 impl Capped {
-    pub fn wrap(inner: BoxAnswer, cap: u64, seen: Seen) -> BoxAnswer {
+    pub fn wrap(inner: BoxAnswer, cap: u64, seen: Seen, stop: StopNote) -> BoxAnswer {
         let choices = inner.num_choices();
         Box::new(Self {
-            inner,
+            inner: Some(inner),
+            frozen: Usage::default(),
+            stop,
             cap,
             steps: 0,
             seen,
@@ -51,7 +62,23 @@ impl Capped {
     }
 
     fn generated(&self) -> u64 {
-        (self.inner.usage().completion_tokens as u64).max(self.steps)
+        (self.usage().completion_tokens as u64).max(self.steps)
+    }
+
+    /// The cap is reached: the producer is dropped and the stop noted.
+    fn reach_cap(&mut self) {
+        self.stopped = true;
+        if let Some(inner) = self.inner.take() {
+            self.frozen = inner.usage();
+        }
+        self.frozen.completion_tokens = self.frozen.completion_tokens.max(self.steps as usize);
+        if self.finished.iter().any(|done| !done) {
+            self.stop.set(EarlyStop {
+                finish: FinishReason::Length,
+                reason: "budget",
+            });
+            metrics::counter!("sluice_stream_stops_total", "analyser" => "budget").increment(1);
+        }
     }
 
     /// The next choice to close after the cap, if any is still open.
@@ -73,16 +100,16 @@ impl Answer for Capped {
 
     fn next(&mut self) -> BoxFuture<'_, Option<Step>> {
         async move {
-            if self.stopped {
+            let Some(inner) = self.inner.as_mut().filter(|_| !self.stopped) else {
                 return self.close_next();
-            }
-            let step = self.inner.next().await;
+            };
+            let step = inner.next().await;
             match &step {
                 Some(Step::Token { .. } | Step::ToolCall { .. }) => {
                     self.steps += 1;
                     self.seen.0.store(self.generated(), Ordering::Relaxed);
                     if self.generated() >= self.cap {
-                        self.stopped = true;
+                        self.reach_cap();
                     }
                 }
                 Some(Step::Finished { choice, .. }) => {
@@ -98,7 +125,10 @@ impl Answer for Capped {
     }
 
     fn usage(&self) -> Usage {
-        self.inner.usage()
+        match &self.inner {
+            Some(inner) => inner.usage(),
+            None => self.frozen,
+        }
     }
 }
 
@@ -121,6 +151,7 @@ mod tests {
                     choice,
                     text: "x".into(),
                     logprob: None,
+                    token: None,
                 })
             }
             .boxed()
@@ -133,7 +164,13 @@ mod tests {
     #[tokio::test]
     async fn an_answer_stops_at_its_cap_with_length_on_every_open_choice() {
         let seen = Seen::default();
-        let mut answer = Capped::wrap(Box::new(Endless(Usage::default())), 5, seen.clone());
+        let stop = StopNote::default();
+        let mut answer = Capped::wrap(
+            Box::new(Endless(Usage::default())),
+            5,
+            seen.clone(),
+            stop.clone(),
+        );
         let mut tokens = 0;
         let mut finished = Vec::new();
         while let Some(step) = answer.next().await {
@@ -151,5 +188,7 @@ mod tests {
         assert_eq!(tokens, 5);
         assert_eq!(finished, [0, 1]);
         assert_eq!(seen.get(), 5);
+        assert_eq!(stop.get().map(|s| s.reason), Some("budget"));
+        assert_eq!(answer.usage().completion_tokens, 5);
     }
 }

@@ -38,7 +38,7 @@ use sluice_runtime::Usage;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::answer::BoxAnswer;
+use crate::answer::{BoxAnswer, StopNote};
 use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
 use crate::auth::{Credential, Principal};
 use crate::config::{BudgetSettings, Price};
@@ -503,12 +503,14 @@ impl Reservation {
         }
     }
 
-    /// The answer, stopped once it reaches the reserved output tokens.
-    pub fn cap(&self, answer: BoxAnswer) -> BoxAnswer {
+    /// The answer, stopped once it reaches the reserved output tokens
+    /// (noted in `stop` as a `budget` stop).
+    pub fn cap(&self, answer: BoxAnswer, stop: StopNote) -> BoxAnswer {
         cap::Capped::wrap(
             answer,
             self.tokens.saturating_mul(self.choices),
             self.seen.clone(),
+            stop,
         )
     }
 

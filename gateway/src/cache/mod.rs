@@ -36,7 +36,7 @@ use std::time::Instant;
 use axum::http::{HeaderMap, HeaderValue};
 use sluice_runtime::{FinishReason, Usage};
 
-use crate::answer::BoxAnswer;
+use crate::answer::{BoxAnswer, StopNote};
 pub use crate::config::{Backend, Bounds, CacheSettings};
 use crate::validate::Job;
 pub use embed::Embedder;
@@ -129,8 +129,16 @@ impl Decision {
     /// Wraps a generated answer so it is stored when complete (when the
     /// policy allows writing); otherwise returns it unchanged.
     pub fn record(&mut self, answer: BoxAnswer) -> BoxAnswer {
+        self.record_unless_stopped(answer, &StopNote::default())
+    }
+
+    /// [`Self::record`], except that an answer `stop` says was ended early
+    /// (a stream analyser, the budget's cap) is never stored.
+    pub fn record_unless_stopped(&mut self, answer: BoxAnswer, stop: &StopNote) -> BoxAnswer {
         match (self.ticket.take(), &self.cache) {
-            (Some(ticket), Some(cache)) => Box::new(Recorder::new(answer, cache.clone(), ticket)),
+            (Some(ticket), Some(cache)) => {
+                Box::new(Recorder::new(answer, cache.clone(), ticket, stop.clone()))
+            }
             _ => answer,
         }
     }

@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 use sluice_runtime::{FinishReason, Usage};
 
 use super::{Cache, StoredAnswer, StoredChoice, Ticket};
-use crate::answer::{Answer, BoxAnswer, Step};
+use crate::answer::{Answer, BoxAnswer, Step, StopNote};
 
 /// Characters per replayed chunk at most (cut at a char boundary).
 const REPLAY_CHUNK_CHARS: usize = 24;
@@ -41,6 +41,7 @@ impl Replay {
                     choice,
                     text: piece.to_string(),
                     logprob: None,
+                    token: None,
                 });
             }
             // OpenAI's framing: id and name first, then the arguments' text.
@@ -121,10 +122,12 @@ pub struct Recorder {
     ticket: Option<Ticket>,
     choices: Vec<StoredChoice>,
     finished: Vec<bool>,
+    /// An answer stopped early is cut short: never stored.
+    stop: StopNote,
 }
 
 impl Recorder {
-    pub fn new(inner: BoxAnswer, cache: Arc<Cache>, ticket: Ticket) -> Self {
+    pub fn new(inner: BoxAnswer, cache: Arc<Cache>, ticket: Ticket, stop: StopNote) -> Self {
         let n = inner.num_choices();
         Self {
             inner,
@@ -139,6 +142,7 @@ impl Recorder {
                 n
             ],
             finished: vec![false; n],
+            stop,
         }
     }
 
@@ -199,6 +203,9 @@ impl Recorder {
         let Some(ticket) = self.ticket.take() else {
             return;
         };
+        if self.stop.get().is_some() {
+            return;
+        }
         if self.finished.iter().all(|f| *f) {
             let answer = StoredAnswer {
                 choices: std::mem::take(&mut self.choices),

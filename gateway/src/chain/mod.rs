@@ -37,9 +37,15 @@
 //!    or upstream) and starts the answer.
 //!
 //! On the way back, the answer stream is wrapped, innermost first:
-//! 10. **recorders**: the cache insert ([`Decision::record`]), the budget's
-//!    cap.
-//! 11. **settles**: told once how the answer ended ([`settle`]), completed,
+//! 10. **stream analysers**: [`StreamAnalysers::wrap`] (`[stream]`) reads
+//!    every answer (generated or replayed from the cache) as it streams:
+//!    PII of a blocked kind, the output rules, repetition loops; it holds
+//!    text back until it passed and stops the producer early (the engine
+//!    frees the sequence, a provider's connection closes). Then PII
+//!    redaction of the answer ([`crate::pii::output`]).
+//! 11. **recorders**: the cache insert ([`Decision::record`]; never of an
+//!    answer stopped early), the budget's cap (itself an early stop).
+//! 12. **settles**: told once how the answer ended ([`settle`]), completed,
 //!    failed or abandoned by the client: the limits' refund, the budget's
 //!    charge, the spend log's row ([`spend`]).
 //!
@@ -69,7 +75,8 @@ use axum::http::HeaderMap;
 use sluice_models::Tokenizer;
 use sluice_runtime::Usage;
 
-use crate::answer::BoxAnswer;
+use crate::analyse::{Stop, StreamAnalysers, Wrap};
+use crate::answer::{BoxAnswer, StopNote};
 use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
 use crate::budget::{self, Budgets};
 use crate::cache::{self, Cache, Decision};
@@ -102,6 +109,8 @@ pub struct Chain {
     pub spend: Option<crate::spend::SpendLog>,
     /// Personal data found and redacted (`[pii]`); `None`: off.
     pub pii: Option<Arc<Pii>>,
+    /// The analysers on every answer stream (`[stream]`); `None`: off.
+    pub stream: Option<Arc<StreamAnalysers>>,
 }
 
 /// The request's answer and where it came from.
@@ -124,6 +133,8 @@ pub struct Stamp {
     provenance: Option<Provenance>,
     /// What the PII stage found.
     pii: PiiReport,
+    /// Set when the answer was stopped early (`x-sluice-stop-reason`).
+    pub stop: StopNote,
 }
 
 /// The request's fields the handlers still need once its job is dispatched.
@@ -164,6 +175,8 @@ impl Chain {
             .cache_lookup(caller, &req, &screening, pii.keeps_values())
             .await;
         let want_logprobs = req.job.sampling.logprobs.is_some();
+        let max_tokens = req.job.sampling.max_tokens;
+        let stop = StopNote::default();
         let ValidRequest {
             model,
             stream,
@@ -187,7 +200,10 @@ impl Chain {
             }));
         }
         let (answer, provenance, tokenizer) = match decision.take_hit() {
-            Some(hit) => (self.redact_output(caller, hit), None, None),
+            Some(hit) => {
+                let analysed = self.analyse(caller, &model, max_tokens, &stop, hit);
+                (self.redact_output(caller, analysed), None, None)
+            }
             None => {
                 let how = Dispatch {
                     stream,
@@ -212,14 +228,16 @@ impl Chain {
                         return Err(err);
                     }
                 };
-                // Redacted before the cache records it.
-                let answer = decision.record(self.redact_output(caller, answer));
+                // Analysed and redacted before the cache records it.
+                let analysed = self.analyse(caller, &model, max_tokens, &stop, answer);
+                let answer =
+                    decision.record_unless_stopped(self.redact_output(caller, analysed), &stop);
                 (answer, Some(provenance), tokenizer)
             }
         };
         let answer = match reservation {
             Some(r) => {
-                let capped = r.cap(answer);
+                let capped = r.cap(answer, stop.clone());
                 settles.push(Box::new(r));
                 capped
             }
@@ -241,6 +259,7 @@ impl Chain {
                 limits: admission.headers,
                 provenance,
                 pii,
+                stop,
             },
         };
         Ok((head, answered))
@@ -357,6 +376,45 @@ impl Chain {
         redacted
     }
 
+    /// The stream analysers over an answer, when `[stream]` is on for its
+    /// route; a stop is an audit record (the analyser and what it saw,
+    /// never the text).
+    fn analyse(
+        &self,
+        caller: &Caller,
+        model: &str,
+        max_tokens: Option<usize>,
+        stop: &StopNote,
+        answer: BoxAnswer,
+    ) -> BoxAnswer {
+        let Some(stream) = &self.stream else {
+            return answer;
+        };
+        let audit = self.audit.clone();
+        let actor = caller.principal.actor();
+        let tenant = caller.principal.tenant.clone();
+        let target = model.to_string();
+        let on_stop = Box::new(move |stop: &Stop| {
+            let event = AuditEvent::new(actions::STREAM_STOP, actor, AuditOutcome::Denied)
+                .tenant(&*tenant)
+                .target(target)
+                .detail(format!("{}: {}", stop.analyser, stop.detail));
+            if audit.record(event).is_err() {
+                tracing::error!("the audit log refused a stream stop record");
+            }
+        });
+        stream.wrap(
+            answer,
+            Wrap {
+                model: model.to_string(),
+                key_mode: caller.policy.stream,
+                max_tokens,
+                note: stop.clone(),
+                on_stop,
+            },
+        )
+    }
+
     /// Output redaction over an answer, when `[pii] output` is on.
     fn redact_output(&self, caller: &Caller, answer: BoxAnswer) -> BoxAnswer {
         match &self.pii {
@@ -422,6 +480,12 @@ impl Stamp {
         self.cache.set_headers(headers);
         self.limits.set_headers(headers);
         self.pii.set_headers(headers);
+        if let Some(stop) = self.stop.get() {
+            headers.insert(
+                crate::analyse::STOP_HEADER,
+                axum::http::HeaderValue::from_static(stop.reason),
+            );
+        }
         if let Some(provenance) = &self.provenance {
             provenance.stamp(headers, usage);
         }

@@ -201,6 +201,7 @@ mod tests {
             choice: 0,
             text: "x".into(),
             logprob: None,
+            token: None,
         }
     }
 

@@ -108,6 +108,7 @@ impl CreateArgs {
             blocked: None,
             sensitive: self.sensitive.then_some(true),
             guard: self.guard.clone().map(Some),
+            stream: None,
         }
     }
 }

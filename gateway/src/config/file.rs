@@ -49,6 +49,7 @@ pub struct FileConfig {
     pub pii: super::pii::PiiSection,
     #[serde(default)]
     pub sessions: super::sessions::SessionsSection,
+    pub stream: super::stream::StreamSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +93,9 @@ pub struct KeySection {
     /// What this key's flagged requests get ("flag", "block", "off"),
     /// instead of `[guard] action`.
     pub guard: Option<String>,
+    /// How this key's answers are analysed ("off", "hold_back",
+    /// "stream_first", "buffer_full"), instead of `[stream] mode`.
+    pub stream: Option<String>,
     /// Accepted only to refuse it with a clear message: secrets never sit
     /// in the config file, which gets copied, committed and printed.
     pub key: Option<toml::Value>,

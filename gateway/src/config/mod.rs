@@ -30,6 +30,7 @@ mod routes;
 mod sessions;
 mod spend;
 mod store;
+mod stream;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -65,6 +66,7 @@ pub use routes::{
 pub use sessions::{HotSettings, SessionSettings};
 pub use spend::{ReferencePrice, SpendSettings};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
+pub use stream::{StreamMode, StreamSettings};
 
 /// The id under which the demo chat model is served.
 pub const DEMO_MODEL_ID: &str = "smollm2-135m-instruct";
@@ -148,6 +150,8 @@ pub struct ApiKey {
     pub sensitive: bool,
     /// What this key's flagged requests get, instead of `[guard] action`.
     pub guard: Option<GuardAction>,
+    /// How this key's answers are analysed, instead of `[stream]`'s mode.
+    pub stream: Option<StreamMode>,
     /// Requests/tokens per minute and in parallel for this key.
     pub limits: KeyLimits,
 }
@@ -226,6 +230,8 @@ pub struct Config {
     pub pii: PiiSettings,
     /// Stored responses and conversations (`[sessions]`).
     pub sessions: SessionSettings,
+    /// The analysers on every answer stream (`[stream]`).
+    pub stream: StreamSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

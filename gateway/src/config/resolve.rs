@@ -51,6 +51,7 @@ pub(super) fn resolve(
         budgets,
         pii,
         sessions,
+        stream,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let limits = limits.resolve(env, &cache_settings)?;
@@ -249,6 +250,7 @@ pub(super) fn resolve(
         role_models,
         pii: pii.resolve(env)?,
         sessions: sessions.resolve(env)?,
+        stream: stream.resolve()?,
     })
 }
 
@@ -314,6 +316,7 @@ fn resolve_key(
         key,
         sensitive,
         guard,
+        stream,
         rpm,
         tpm,
         max_parallel,
@@ -359,12 +362,16 @@ fn resolve_key(
     let guard = guard
         .map(|g| GuardAction::parse(&at("guard"), &g))
         .transpose()?;
+    let stream = stream
+        .map(|s| super::StreamMode::parse(&at("stream"), &s))
+        .transpose()?;
     Ok(ApiKey {
         tenant,
         source,
         secret: Secret::new(secret),
         sensitive: sensitive.unwrap_or(false),
         guard,
+        stream,
         limits: super::KeyLimits {
             rpm,
             tpm,
@@ -393,6 +400,7 @@ fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
             secret: Secret::new(secret.trim().to_string()),
             sensitive: false,
             guard: None,
+            stream: None,
             limits: super::KeyLimits::default(),
         });
     }

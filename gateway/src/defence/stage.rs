@@ -157,6 +157,16 @@ impl InputDefence {
         }
     }
 
+    /// The rules, for the stream analysers that read answers with them.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// The score from which a text is refused in `block` mode.
+    pub fn block_threshold(&self) -> f32 {
+        self.block_threshold
+    }
+
     /// Scans the request's texts and decides; the caller refuses a
     /// [`Outcome::Blocked`] one with [`DefenceStamp::refusal`].
     pub async fn screen(&self, req: &ValidRequest) -> DefenceStamp {

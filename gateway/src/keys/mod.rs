@@ -330,6 +330,7 @@ impl VirtualKeys {
             max_parallel: None,
             sensitive: false,
             guard: None,
+            stream: None,
             expires_at: None,
             revoke_at: None,
             blocked: false,
@@ -507,6 +508,7 @@ pub fn principal(key: &KeyRecord, team: Option<&TeamRecord>) -> Principal {
         policy: TenantPolicy {
             sensitive: key.sensitive,
             guard: key.guard,
+            stream: key.stream,
         },
     }
 }

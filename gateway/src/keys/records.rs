@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::auth::Role;
-use crate::config::GuardAction;
+use crate::config::{GuardAction, StreamMode};
 use crate::store::Store;
 
 use super::KeysError;
@@ -30,6 +30,9 @@ pub struct KeyRecord {
     pub sensitive: bool,
     #[serde(serialize_with = "guard_name")]
     pub guard: Option<GuardAction>,
+    /// How this key's answers are analysed; `None`: the route's `[stream]` mode.
+    #[serde(serialize_with = "stream_name")]
+    pub stream: Option<StreamMode>,
     /// Milliseconds since the Unix epoch.
     pub expires_at: Option<i64>,
     /// Set by revoke (now) and rotate (now + grace).
@@ -59,6 +62,13 @@ fn role_names<S: serde::Serializer>(roles: &[Role], s: S) -> Result<S::Ok, S::Er
 fn guard_name<S: serde::Serializer>(guard: &Option<GuardAction>, s: S) -> Result<S::Ok, S::Error> {
     match guard {
         Some(g) => s.serialize_some(g.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+fn stream_name<S: serde::Serializer>(mode: &Option<StreamMode>, s: S) -> Result<S::Ok, S::Error> {
+    match mode {
+        Some(m) => s.serialize_some(m.as_str()),
         None => s.serialize_none(),
     }
 }
@@ -101,6 +111,10 @@ pub struct KeyChanges {
     /// `flag`, `block` or `off`; `null`: the server's `[guard] action`.
     #[serde(default, deserialize_with = "nullable")]
     pub guard: Option<Option<String>>,
+    /// `off`, `hold_back`, `stream_first` or `buffer_full`; `null`: the
+    /// route's `[stream]` mode.
+    #[serde(default, deserialize_with = "nullable")]
+    pub stream: Option<Option<String>>,
 }
 
 impl KeyChanges {
@@ -143,6 +157,7 @@ impl KeyChanges {
             blocked,
             sensitive,
             guard,
+            stream,
         } = self.clone();
         if let Some(roles) = self.parsed_roles()? {
             record.roles = if roles.is_empty() {
@@ -166,6 +181,18 @@ impl KeyChanges {
                     GuardAction::parse("guard", &g).map_err(|_| KeysError::Invalid {
                         field: "guard",
                         message: format!("`{g}` is not \"flag\", \"block\" or \"off\""),
+                    })
+                })
+                .transpose()?;
+        }
+        if let Some(stream) = stream {
+            record.stream = stream
+                .map(|m| {
+                    StreamMode::parse("stream", &m).map_err(|_| KeysError::Invalid {
+                        field: "stream",
+                        message: format!(
+                            "`{m}` is not \"off\", \"hold_back\", \"stream_first\" or \"buffer_full\""
+                        ),
                     })
                 })
                 .transpose()?;
@@ -231,7 +258,7 @@ fn set<T>(field: &mut Option<T>, change: Option<Option<T>>) {
 
 const KEY_COLUMNS: &str = "prefix, digest, name, tenant, team, user_id, roles, allowed_models, \
      rpm, tpm, max_parallel, sensitive, guard_policy, expires_at, revoke_at, blocked, \
-     rotated_from, created_at, updated_at";
+     rotated_from, created_at, updated_at, stream_policy";
 
 const TEAM_COLUMNS: &str =
     "id, tenant, allowed_models, rpm, tpm, max_parallel, created_at, updated_at";
@@ -271,6 +298,7 @@ fn key_from(row: &AnyRow) -> Result<(KeyRecord, String), KeysError> {
     let roles: Vec<String> =
         serde_json::from_str(&roles).map_err(|e| KeysError::Corrupt(format!("roles: {e}")))?;
     let guard: Option<String> = row.try_get("guard_policy")?;
+    let stream: Option<String> = row.try_get("stream_policy")?;
     let record = KeyRecord {
         prefix: row.try_get("prefix")?,
         name: row.try_get("name")?,
@@ -285,6 +313,7 @@ fn key_from(row: &AnyRow) -> Result<(KeyRecord, String), KeysError> {
         max_parallel: small(row.try_get("max_parallel")?, "max_parallel")?,
         sensitive: row.try_get::<i64, _>("sensitive")? != 0,
         guard: guard.and_then(|g| GuardAction::parse("guard_policy", &g).ok()),
+        stream: stream.and_then(|m| StreamMode::parse("stream_policy", &m).ok()),
         expires_at: row.try_get("expires_at")?,
         revoke_at: row.try_get("revoke_at")?,
         blocked: row.try_get::<i64, _>("blocked")? != 0,
@@ -320,7 +349,7 @@ pub async fn insert_key(
 ) -> Result<bool, KeysError> {
     let sql = format!(
         "INSERT INTO keys ({KEY_COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
     );
     let result = sqlx::query(&sql)
         .bind(key.prefix.clone())
@@ -342,6 +371,7 @@ pub async fn insert_key(
         .bind(key.rotated_from.clone())
         .bind(key.created_at)
         .bind(key.updated_at)
+        .bind(key.stream.map(|m| m.as_str().to_string()))
         .execute(store.pool())
         .await;
     match result {
@@ -356,8 +386,8 @@ pub async fn update_key(store: &Store, key: &KeyRecord) -> Result<bool, KeysErro
     let done = sqlx::query(
         "UPDATE keys SET name = $2, tenant = $3, team = $4, user_id = $5, roles = $6, \
          allowed_models = $7, rpm = $8, tpm = $9, max_parallel = $10, sensitive = $11, \
-         guard_policy = $12, expires_at = $13, revoke_at = $14, blocked = $15, updated_at = $16 \
-         WHERE prefix = $1",
+         guard_policy = $12, expires_at = $13, revoke_at = $14, blocked = $15, updated_at = $16, \
+         stream_policy = $17 WHERE prefix = $1",
     )
     .bind(key.prefix.clone())
     .bind(key.name.clone())
@@ -375,6 +405,7 @@ pub async fn update_key(store: &Store, key: &KeyRecord) -> Result<bool, KeysErro
     .bind(key.revoke_at)
     .bind(i64::from(key.blocked))
     .bind(key.updated_at)
+    .bind(key.stream.map(|m| m.as_str().to_string()))
     .execute(store.pool())
     .await?;
     Ok(done.rows_affected() > 0)

@@ -39,7 +39,8 @@ async fn round_trip(store: Store) {
     let (new, record) = keys
         .create(&changes(serde_json::json!({
             "name": "ci", "team": "red", "user": "ann", "allowed_models": ["b", "c"],
-            "rpm": 10, "tpm": 1000, "max_parallel": 2, "sensitive": true, "guard": "block"
+            "rpm": 10, "tpm": 1000, "max_parallel": 2, "sensitive": true, "guard": "block",
+            "stream": "hold_back"
         })))
         .await
         .unwrap();
@@ -62,12 +63,14 @@ async fn round_trip(store: Store) {
     assert_eq!(p.team_limits.rpm, Some(100));
     assert!(p.policy.sensitive);
     assert_eq!(p.policy.guard, Some(crate::config::GuardAction::Block));
+    assert_eq!(p.policy.stream, Some(crate::config::StreamMode::HoldBack));
 
     let updated = keys
         .update(
             &new.prefix,
             &changes(
-                serde_json::json!({"name": null, "rpm": 20, "roles": ["auditor"], "guard": null}),
+                serde_json::json!({"name": null, "rpm": 20, "roles": ["auditor"], "guard": null,
+                    "stream": "stream_first"}),
             ),
         )
         .await
@@ -80,6 +83,10 @@ async fn round_trip(store: Store) {
     assert_eq!(p.limits.rpm, Some(20), "an update is seen at once here");
     assert!(p.roles.contains(Role::Auditor));
     assert_eq!(p.policy.guard, None);
+    assert_eq!(
+        p.policy.stream,
+        Some(crate::config::StreamMode::StreamFirst)
+    );
 
     // Rotation: same fields, a new key; the old one until its revoke_at.
     let (fresh, fresh_record, old) = keys

@@ -63,7 +63,8 @@ pub async fn respond<R: Render>(
     };
     if stream {
         let framing = R::framing(identity, generation.num_choices());
-        let mut response = sse::respond(generation, framing, include_usage);
+        let mut response =
+            sse::respond_noted(generation, framing, include_usage, stamp.stop.clone());
         stamp.apply(response.headers_mut(), None);
         return Ok(response);
     }

@@ -4,6 +4,10 @@
 //! `choices: []` when asked, then `data: [DONE]`. A failure mid-stream sends
 //! one error object and ends the stream without `[DONE]`.
 //!
+//! A choice that a stream analyser (or the budget) stopped early ends with
+//! its `finish_reason` chunk carrying `sluice_stop_reason` (`pii`,
+//! `rules`, `degeneration`, `budget`): the headers have left by then.
+//!
 //! The stream owns the [`crate::answer::Answer`]: when the client
 //! disconnects, axum drops the stream, which drops the engine's event
 //! streams (cancelling the sequences) or the upstream connection.
@@ -17,7 +21,7 @@ use futures_util::stream;
 use sluice_runtime::{FinishReason, TokenLogprob, Usage};
 use tracing::Instrument;
 
-use crate::answer::{BoxAnswer, Step};
+use crate::answer::{BoxAnswer, Step, StopNote};
 use crate::wire::UsageWire;
 
 /// The chunks of one endpoint's stream, as JSON text.
@@ -64,10 +68,22 @@ struct Driver<F: Framing> {
     tokens: usize,
     /// The request's span: the stream outlives the handler that opened it.
     span: tracing::Span,
+    /// Set when the answer was stopped early.
+    stop: StopNote,
 }
 
 /// The SSE response for a started generation.
 pub fn respond<F: Framing>(generation: BoxAnswer, framing: F, include_usage: bool) -> Response {
+    respond_noted(generation, framing, include_usage, StopNote::default())
+}
+
+/// [`respond`], with the note an early stop leaves (see the module's doc).
+pub fn respond_noted<F: Framing>(
+    generation: BoxAnswer,
+    framing: F,
+    include_usage: bool,
+    stop: StopNote,
+) -> Response {
     let choices = generation.num_choices();
     let driver = Driver {
         generation,
@@ -79,6 +95,7 @@ pub fn respond<F: Framing>(generation: BoxAnswer, framing: F, include_usage: boo
         choices,
         tokens: 0,
         span: tracing::Span::current(),
+        stop,
     };
     let events = stream::unfold(driver, |mut d| async move {
         let span = d.span.clone();
@@ -124,6 +141,7 @@ impl<F: Framing> Driver<F> {
                 choice,
                 text,
                 logprob,
+                ..
             } => {
                 self.tokens += 1;
                 if let Some(pending) = self.pending_logprobs.get_mut(choice) {
@@ -145,7 +163,11 @@ impl<F: Framing> Driver<F> {
                 if !text.is_empty() || has_pending {
                     self.push_content(choice, &text);
                 }
-                self.queue.push_back(self.framing.finish(choice, reason));
+                let mut data = self.framing.finish(choice, reason);
+                if let Some(stop) = self.stop.get().filter(|s| s.finish == reason) {
+                    data = with_stop_reason(data, stop.reason);
+                }
+                self.queue.push_back(data);
             }
             Step::ToolCall {
                 choice,
@@ -193,6 +215,22 @@ impl<F: Framing> Driver<F> {
             Some(e) => tracing::warn!(prompt_tokens, completion_tokens, error = e, "stream failed"),
         }
     }
+}
+
+/// Adds `sluice_stop_reason` to every choice of a finish chunk.
+fn with_stop_reason(data: String, reason: &'static str) -> String {
+    let Ok(mut chunk) = serde_json::from_str::<serde_json::Value>(&data) else {
+        return data;
+    };
+    let Some(choices) = chunk.get_mut("choices").and_then(|c| c.as_array_mut()) else {
+        return data;
+    };
+    for choice in choices {
+        if let Some(choice) = choice.as_object_mut() {
+            choice.insert("sluice_stop_reason".into(), reason.into());
+        }
+    }
+    chunk.to_string()
 }
 
 impl<F: Framing> Drop for Driver<F> {

@@ -68,6 +68,7 @@ impl HeldAnswer {
                 choice,
                 text,
                 logprob,
+                token,
             } => {
                 let text = self.stream((choice, None)).push(&text);
                 // A held piece with nothing to show is skipped, unless it
@@ -77,6 +78,7 @@ impl HeldAnswer {
                         choice,
                         text,
                         logprob,
+                        token,
                     });
                 }
             }
@@ -161,6 +163,7 @@ impl HeldAnswer {
                     choice,
                     text,
                     logprob: None,
+                    token: None,
                 },
                 (choice, Some(index)) => Step::ToolCall {
                     choice,

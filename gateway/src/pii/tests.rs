@@ -521,6 +521,7 @@ impl Scripted {
                 choice: 0,
                 text: p.to_string(),
                 logprob: None,
+                token: None,
             })
             .collect();
         steps.push_back(Step::Finished {
@@ -559,6 +560,7 @@ fn held_answer_passes_failures_through() {
             choice: 0,
             text: "a <PII_".into(),
             logprob: None,
+            token: None,
         },
         Step::Failed(ApiError::Upstream("gone".into())),
     ];

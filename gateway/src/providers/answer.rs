@@ -106,6 +106,7 @@ impl Decoded {
                 choice,
                 text,
                 logprob: None,
+                token: None,
             });
         }
         Ok(())

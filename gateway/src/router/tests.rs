@@ -83,11 +83,13 @@ impl Provider for Scripted {
                     choice: 0,
                     text: "hel".into(),
                     logprob: None,
+                    token: None,
                 },
                 Step::Token {
                     choice: 0,
                     text: "lo".into(),
                     logprob: None,
+                    token: None,
                 },
                 Step::Finished {
                     choice: 0,

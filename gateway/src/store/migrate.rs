@@ -12,6 +12,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "governance",
         include_str!("migrations/0001_governance.sql"),
     ),
+    (
+        14,
+        "stream_policy",
+        include_str!("migrations/0014_stream_policy.sql"),
+    ),
     (15, "sessions", include_str!("migrations/0015_sessions.sql")),
 ];
 

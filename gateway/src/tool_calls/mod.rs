@@ -75,12 +75,14 @@ impl<A: Answer> ToolCalls<A> {
                     choice,
                     text,
                     logprob,
+                    token,
                 } => {
                     let Some(parser) = parsers.get_mut(choice) else {
                         return Some(Step::Token {
                             choice,
                             text,
                             logprob,
+                            token,
                         });
                     };
                     let mut logprob = logprob;
@@ -135,6 +137,7 @@ fn to_step(
             choice,
             text,
             logprob: logprob.take(),
+            token: None,
         },
         Piece::Call { index, name } => Step::ToolCall {
             choice,

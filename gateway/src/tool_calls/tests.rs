@@ -284,6 +284,7 @@ fn scripted(pieces: &[&str]) -> Scripted {
             choice: 0,
             text: t.to_string(),
             logprob: None,
+            token: None,
         })
         .collect();
     steps.push_back(Step::Finished {

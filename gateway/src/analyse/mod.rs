@@ -1,0 +1,173 @@
+//! Stream analysers: small checks that read every answer stream as it is
+//! made (the local engine's, a provider's, a cache replay's) and may stop
+//! it early, saving the tokens that would follow.
+//!
+//! Main types: [`Analyser`] (one check: per token, per window of text, or
+//! both), [`StreamAnalysers`] (built once at start from `[stream]`,
+//! `[pii]` and `[defence]`; it wraps each request's answer) and
+//! [`window::Analysed`] (the wrapped answer: it holds, releases and stops).
+//!
+//! The analysers: [`policy::PiiBlock`] and [`policy::OutputRules`] read
+//! windows of text and stop with `content_filter`;
+//! [`degeneration::Degeneration`] reads token ids (words where the producer
+//! has no ids) and stops a loop with `length`. The budget's cap (the
+//! `budget` module) stops at the tokens the caller's budget covers and
+//! reports into the same [`StopNote`](crate::answer::StopNote).
+//!
+//! Design decision: an early stop drops the wrapped answer at once. For the
+//! local engine that drops the sequence's event stream, which the engine
+//! notices before its next step and frees the sequence's KV blocks; for a
+//! provider it closes the upstream connection. The client's open choices
+//! end with a well-formed `Finished` (and `[DONE]`), never an error, and
+//! the answer's usage counts what was generated, which is what is charged.
+
+pub mod degeneration;
+pub mod policy;
+pub mod window;
+
+use std::sync::Arc;
+
+use sluice_runtime::FinishReason;
+
+use crate::answer::{BoxAnswer, StopNote};
+use crate::config::{StreamMode, StreamSettings};
+use crate::defence::InputDefence;
+use crate::pii::Pii;
+
+pub use window::{Analysed, Framing as WindowFraming};
+
+/// The response header of a non-streamed answer an analyser stopped; a
+/// streamed one carries `sluice_stop_reason` in its final chunk instead.
+pub const STOP_HEADER: &str = "x-sluice-stop-reason";
+
+/// What kind of stop an analyser asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopKind {
+    /// A policy violation: `content_filter`. In `stream_first` mode only
+    /// recorded, since the text has left already.
+    Policy,
+    /// The budget is spent: `length`.
+    Budget,
+    /// The answer loops: `length`.
+    Degenerate,
+}
+
+impl StopKind {
+    pub fn finish(self) -> FinishReason {
+        match self {
+            Self::Policy => FinishReason::ContentFilter,
+            Self::Budget | Self::Degenerate => FinishReason::Length,
+        }
+    }
+}
+
+/// An analyser's verdict to stop the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// The analyser's name: the stop reason on the wire and in metrics.
+    pub analyser: &'static str,
+    pub kind: StopKind,
+    /// For the audit log and the server's log; never the answer's text.
+    pub detail: String,
+}
+
+/// One check over one stream of an answer (a choice). Each stream gets
+/// its own instances, so an analyser keeps its state in plain fields.
+pub trait Analyser: Send {
+    /// One generated piece: the engine's token id when the producer has
+    /// one, and its text. Cheap checks only: this runs on every token.
+    fn on_token(&mut self, _token: Option<u32>, _text: &str) -> Option<Stop> {
+        None
+    }
+
+    /// A window of text about to be released: the tail of what was
+    /// already analysed, then what arrived since.
+    fn on_window(&mut self, _text: &str) -> Option<Stop> {
+        None
+    }
+}
+
+/// Told once when an answer is stopped (the chain writes the audit record).
+pub type OnStop = Box<dyn FnOnce(&Stop) + Send>;
+
+/// The analysers and their settings, built once at start.
+pub struct StreamAnalysers {
+    settings: StreamSettings,
+    pii: Option<Arc<Pii>>,
+    rules: Option<(Arc<crate::defence::rules::RuleSet>, f32)>,
+}
+
+/// One request's wrapping: where its answer goes and who is told.
+pub struct Wrap {
+    pub model: String,
+    /// The caller's key's mode, over the route's; `None`: the route's.
+    pub key_mode: Option<StreamMode>,
+    /// Tokens per choice the producer may generate at most (for the
+    /// tokens-saved metric); `None` when unknown.
+    pub max_tokens: Option<usize>,
+    pub note: StopNote,
+    pub on_stop: OnStop,
+}
+
+impl StreamAnalysers {
+    /// Built even when `[stream]` is off for every route: a key's own
+    /// policy may turn it on for that key's answers.
+    pub fn new(
+        settings: &StreamSettings,
+        pii: Option<Arc<Pii>>,
+        defence: Option<&InputDefence>,
+    ) -> Self {
+        Self {
+            settings: settings.clone(),
+            pii: pii.filter(|_| settings.pii),
+            rules: defence
+                .filter(|_| settings.rules)
+                .map(|d| (d.rules().clone(), d.block_threshold())),
+        }
+    }
+
+    /// The analysers of one stream.
+    fn make(&self) -> Vec<Box<dyn Analyser>> {
+        let mut analysers: Vec<Box<dyn Analyser>> = Vec::new();
+        if let Some(pii) = &self.pii {
+            analysers.push(Box::new(policy::PiiBlock::new(pii.clone())));
+        }
+        if let Some((rules, threshold)) = &self.rules {
+            analysers.push(Box::new(policy::OutputRules::new(
+                rules.clone(),
+                *threshold,
+            )));
+        }
+        if self.settings.degeneration {
+            analysers.push(Box::new(degeneration::Degeneration::default()));
+        }
+        analysers
+    }
+
+    /// `answer`, analysed as the caller's key or else the request's route
+    /// says (unchanged when the mode is `off`).
+    pub fn wrap(&self, answer: BoxAnswer, wrap: Wrap) -> BoxAnswer {
+        let (route_mode, window) = self.settings.for_model(&wrap.model);
+        let mode = wrap.key_mode.unwrap_or(route_mode);
+        let framing = match mode {
+            StreamMode::Off => return answer,
+            StreamMode::HoldBack => WindowFraming::HoldBack,
+            StreamMode::StreamFirst => WindowFraming::StreamFirst,
+            StreamMode::BufferFull => WindowFraming::BufferFull,
+        };
+        let streams = (0..answer.num_choices()).map(|_| self.make()).collect();
+        Analysed::wrap(
+            answer,
+            streams,
+            window::Settings {
+                framing,
+                window_tokens: window,
+                overlap_bytes: self.settings.overlap_bytes,
+            },
+            wrap,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;
