@@ -346,6 +346,7 @@ fn batch(
                 ..SamplingParams::default()
             },
             constraint: None,
+            session: None,
         };
         let events = handle.submit(request).context("submitting a request")?;
         let raw: BoxAnswer = Box::new(Events {
