@@ -49,6 +49,7 @@ pub struct FileConfig {
     pub pii: super::pii::PiiSection,
     #[serde(default)]
     pub sessions: super::sessions::SessionsSection,
+    #[serde(default)]
     pub stream: super::stream::StreamSection,
 }
 
