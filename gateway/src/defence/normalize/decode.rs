@@ -239,13 +239,13 @@ pub fn reads_as_text(s: &str) -> bool {
 
 /// ROT13 of the ASCII letters; other characters as they are.
 pub fn rot13(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            'a'..='z' => (((c as u8 - b'a') + 13) % 26 + b'a') as char,
-            'A'..='Z' => (((c as u8 - b'A') + 13) % 26 + b'A') as char,
-            _ => c,
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len());
+    out.extend(text.chars().map(|c| match c {
+        'a'..='z' => (((c as u8 - b'a') + 13) % 26 + b'a') as char,
+        'A'..='Z' => (((c as u8 - b'A') + 13) % 26 + b'A') as char,
+        _ => c,
+    }));
+    out
 }
 
 #[cfg(test)]

@@ -41,6 +41,24 @@ const LEET_LATIN: &str = "oiiieaassttbg";
 const LEET_CYRILLIC_FROM: &str = "03@46";
 const LEET_CYRILLIC: &str = "озачб";
 
+/// Which bytes are leetspeak characters: the scans test every byte, and a
+/// table lookup is several times cheaper than searching `LEET_FROM`.
+static IS_LEET_BYTE: [bool; 256] = byte_set(LEET_FROM.as_bytes());
+
+const fn byte_set(bytes: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        set[bytes[i] as usize] = true;
+        i += 1;
+    }
+    set
+}
+
+fn is_leet_byte(byte: u8) -> bool {
+    IS_LEET_BYTE[usize::from(byte)]
+}
+
 fn lookup(c: char, from: &str, to: &str) -> Option<char> {
     from.chars()
         .zip(to.chars())
@@ -117,7 +135,7 @@ fn has_leet_token(text: &str) -> bool {
         if c == '!' {
             // Ends a sentence unless a word goes on after it.
             leet |= chars.peek().is_some_and(|&n| super::is_word_char(n));
-        } else if c.is_ascii() && LEET_FROM.as_bytes().contains(&(c as u8)) {
+        } else if c.is_ascii() && is_leet_byte(c as u8) {
             leet = true;
         } else if super::is_word_char(c) {
             letter = true;
@@ -178,7 +196,7 @@ pub fn unleetspeak(text: &str) -> Option<String> {
     }
     fold_tokens(text, |token, out| {
         // Every leetspeak character is ASCII: most tokens have none.
-        if !token.bytes().any(|b| LEET_FROM.as_bytes().contains(&b)) {
+        if !token.bytes().any(is_leet_byte) {
             out.push_str(token);
             return false;
         }
@@ -245,6 +263,17 @@ mod tests {
             (LEET_CYRILLIC_FROM, LEET_CYRILLIC),
         ] {
             assert_eq!(from.chars().count(), to.chars().count(), "{from} / {to}");
+        }
+    }
+
+    #[test]
+    fn the_leet_byte_table_holds_exactly_the_leet_characters() {
+        for byte in 0..=u8::MAX {
+            assert_eq!(
+                is_leet_byte(byte),
+                LEET_FROM.as_bytes().contains(&byte),
+                "byte {byte}"
+            );
         }
     }
 

@@ -162,7 +162,7 @@ fn add_views(text: &str, kind: ViewKind, depth: u8, budget: &mut usize, out: &mu
         out.views.push(View {
             kind: ViewKind::Reversed,
             depth,
-            text: base.chars().rev().collect(),
+            text: reversed(&base),
         });
     }
     for (view_kind, view) in [(ViewKind::Skeleton, skeleton), (ViewKind::Leet, unleet)] {
@@ -243,7 +243,27 @@ pub fn is_word_char(c: char) -> bool {
 pub fn fold_case_space(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut space = false;
-    for c in text.chars() {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        // Runs of ASCII that stay as they are (most text) are copied whole.
+        let run = bytes[at..]
+            .iter()
+            .position(|&b| !b.is_ascii() || b.is_ascii_uppercase() || is_ascii_space(b))
+            .map_or(bytes.len(), |n| at + n);
+        if run > at {
+            if space {
+                out.push(' ');
+                space = false;
+            }
+            out.push_str(&text[at..run]);
+            at = run;
+            continue;
+        }
+        let Some(c) = text[at..].chars().next() else {
+            break;
+        };
+        at += c.len_utf8();
         if c.is_whitespace() {
             space = !out.is_empty();
             continue;
@@ -261,6 +281,18 @@ pub fn fold_case_space(text: &str) -> String {
             _ => out.extend(c.to_lowercase()),
         }
     }
+    out
+}
+
+/// The ASCII characters `char::is_whitespace` calls whitespace.
+fn is_ascii_space(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')
+}
+
+/// The text backwards, by character, allocated once.
+fn reversed(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    out.extend(text.chars().rev());
     out
 }
 

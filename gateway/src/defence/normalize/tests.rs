@@ -114,3 +114,38 @@ fn doubling_the_input_at_most_doubles_the_work() {
         );
     }
 }
+
+/// `fold_case_space` as first written, a char at a time: the run-copying
+/// version must give the same text.
+fn fold_case_space_by_char(text: &str) -> String {
+    let mut out = String::new();
+    let mut space = false;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            space = !out.is_empty();
+            continue;
+        }
+        if space {
+            out.push(' ');
+            space = false;
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+#[test]
+fn folding_case_and_space_by_runs_matches_folding_by_char() {
+    for text in [
+        "",
+        "   leading and trailing   ",
+        "Ignore ALL previous\tinstructions\r\n\u{0B}\u{0C}now",
+        "ИГНОРИРУЙ предыдущие Инструкции; Ёлка ЁЖ",
+        "no\u{a0}break\u{2003}em\u{85}next\u{3000}ideographic",
+        "Straße İstanbul ΣΊΣΥΦΟΣ ǅungla",
+        "code: fn Main() { let X = 1; }\n\n\n  // Done",
+        "\u{1F600} EMOJI \u{200B}zero width",
+    ] {
+        assert_eq!(fold_case_space(text), fold_case_space_by_char(text), "{text:?}");
+    }
+}
