@@ -62,7 +62,8 @@ fn rope_kv_write_stores_within<K: KvElem>(scales: KvScales, rel: f32, abs: f32) 
     let slots = [3, -1, 4, 15];
     let rope = Rope::new(hd, 10_000.0, style, None);
     let mut q_out = vec![bf16::ZERO; tokens * n_heads * hd];
-    let sentinel = K::store(1.5, scales.k);
+    // Far outside what the rotation writes (|x| < 50), even in fp8.
+    let sentinel = K::store(-400.0 * scales.k, scales.k);
     let mut k_cache = vec![sentinel; kv.layer_len()];
     let mut v_cache = vec![sentinel; kv.layer_len()];
     rope_kv_write(

@@ -498,7 +498,7 @@ impl DeviceOps for CudaOps {
         qkv: &Self::Buf,
         bias: Option<&Self::Buf>,
         rope: &RopeTable<Self::Floats>,
-        kv: &mut LayerKv<Self::Buf>,
+        kv: &mut LayerKv<Self::Kv>,
         step: StepCtx<'_, Self::Ids>,
         q_out: &mut Self::Buf,
     ) -> Result<(), ModelError> {
@@ -537,7 +537,7 @@ impl DeviceOps for CudaOps {
     fn attention(
         &mut self,
         q: &Self::Buf,
-        kv: &LayerKv<Self::Buf>,
+        kv: &LayerKv<Self::Kv>,
         step: StepCtx<'_, Self::Ids>,
         out: &mut Self::Buf,
     ) -> Result<(), ModelError> {

@@ -391,17 +391,24 @@ fn the_kernel_rules_with_the_peeked_draw_pick_what_sample_picks() {
             ..params()
         },
     ];
-    let mut handed_back = 0;
+    let (mut handed_back, mut compared) = (0, 0);
     for vocab in [1000, 32_000, 151_936] {
         for (s, p) in settings.iter().enumerate() {
             let mut host_rng = SeqRng::seeded(vocab as u64 + s as u64);
             let mut device_rng = host_rng.clone();
             for row in 0..6u64 {
-                // Peaked logits, like a model's: a few strong tokens.
+                // Peaked logits, like a model's: a few strong tokens; the
+                // last two rows only mildly, so that the tail is drawn from
+                // and a wide nucleus is handed back.
                 let mut logits = big_logits(vocab, row * 7 + s as u64);
                 for (i, l) in logits.iter_mut().enumerate().take(8) {
-                    *l += 10.0 - i as f32;
+                    *l = if row < 4 {
+                        20.0 - i as f32
+                    } else {
+                        *l + 10.0 - i as f32
+                    };
                 }
+                compared += 1;
                 let want = run(&logits, p, &mut host_rng).id;
                 let rules = off_host_rules(p, &device_rng).unwrap();
                 let mut id = [0i32];
@@ -420,5 +427,10 @@ fn the_kernel_rules_with_the_peeked_draw_pick_what_sample_picks() {
             }
         }
     }
-    assert!(handed_back <= 3, "{handed_back} rows handed back");
+    // Only top-p without top-k over a wide nucleus: the mild rows of one
+    // setting, on the two vocabularies above the candidate limit.
+    assert!(
+        handed_back <= 4,
+        "{handed_back} of {compared} rows handed back"
+    );
 }

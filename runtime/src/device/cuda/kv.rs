@@ -4,6 +4,8 @@
 //! Scales are 1.0 (vLLM's default without calibrated scales; see
 //! `sluice_kernels::cuda_twin::KvScales`).
 
+use std::sync::Arc;
+
 use half::{bf16, f16};
 use sluice_kernels::cuda::cudarc::driver::{CudaSlice, CudaStream};
 use sluice_kernels::cuda::{AttentionBuffers, DeviceKv, Gpu, In, RopeKvBuffers};
@@ -21,7 +23,7 @@ pub enum CudaKv {
 
 impl CudaKv {
     /// `len` zeroed elements of `dtype`.
-    pub fn alloc(stream: &CudaStream, dtype: KvDType, len: usize) -> Result<Self, ModelError> {
+    pub fn alloc(stream: &Arc<CudaStream>, dtype: KvDType, len: usize) -> Result<Self, ModelError> {
         let what = drv("allocating the KV cache");
         Ok(match dtype {
             KvDType::Bf16 => Self::Bf16(stream.alloc_zeros(len).map_err(what)?),
@@ -50,7 +52,7 @@ impl CudaKv {
         }
     }
 
-    pub fn zero(&mut self, stream: &CudaStream) -> Result<(), ModelError> {
+    pub fn zero(&mut self, stream: &Arc<CudaStream>) -> Result<(), ModelError> {
         let what = drv("zeroing the KV cache");
         match self {
             Self::Bf16(s) => stream.memset_zeros(s).map_err(what),
