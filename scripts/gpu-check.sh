@@ -15,14 +15,19 @@
 #   call 1: carry [".gpucheck/bin", ".gpucheck/demo.part-a"]
 #           command: bash scripts/gpu-check.sh run
 #     -> everything but the demo model: card, driver, libraries, copy
-#        bandwidth, cuBLAS bf16 TFLOP/s, kernel parity, tiny random model CPU
-#        vs CUDA, dummy Llama-3.1-8B decode at batch 1/8/64 (ctx 512) with and
-#        without graphs; JSON in $OUT/gpucheck.json, log in $OUT/gpucheck.log.
+#        bandwidth, cuBLAS bf16 TFLOP/s, kernel parity (bf16, f16 and fp8 KV
+#        variants included), tiny random model CPU vs CUDA, on-device
+#        sampling (ids equal to the host sampler's from the same logits and
+#        draws: greedy, seeded top-p, top-k + min-p), f16/fp8 KV vs bf16 KV
+#        (logit difference, top-1), dummy Llama-3.1-8B decode at batch
+#        1/8/64 (ctx 512) without and with graphs and with ids sampled on
+#        the device; JSON in $OUT/gpucheck.json, log in $OUT/gpucheck.log.
 #   call 2: carry [".gpucheck/demo.part-b"]
 #           command: bash scripts/gpu-check.sh run --only demo
 #     -> reassembles the demo GGUF from both parts (checked by sha256) and
 #        runs the demo model through the CPU and CUDA executors (5 prompts x
-#        32 greedy tokens); JSON in $OUT/gpucheck-demo.json.
+#        32 greedy tokens), then with f16 and fp8 KV against bf16 KV; JSON in
+#        $OUT/gpucheck-demo.json.
 #   Each call ends in < 300 s (the binary stops itself at 280 s).
 #   If call 2 finds no part-a (the machine went cold), it says so and stops.
 #

@@ -50,7 +50,8 @@ echo "== the CUDA executor (runtime --features cuda: CudaOps, sluice-gpucheck, '
 # what the feature changes: it builds, and without a GPU it says so.
 cargo clippy -p sluice-runtime --features cuda --all-targets -- -D warnings
 cargo test -p sluice-runtime --features cuda --lib -- \
-    device::tests::a_cuda_device device::tests::an_engine_on_a_gpu 2>&1 | tee -a "$log"
+    device::tests::a_cuda_device device::tests::an_engine_on_a_gpu \
+    gpu_telemetry 2>&1 | tee -a "$log"
 cargo test -p sluice-runtime --features cuda --test gpucheck_no_gpu 2>&1 | tee -a "$log"
 
 # cargo prints one "test result" line per test binary, the last often a

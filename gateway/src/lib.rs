@@ -32,7 +32,8 @@
 //!   data found and redacted, in and out), [`sensitivity`],
 //!   [`validate`], [`defence`] (input normalisation and rules),
 //!   [`guard`], [`cache`], [`router`], [`providers`],
-//!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`],
+//!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`] (and
+//!   [`gpu_metrics`], the cards' gauges),
 //!   [`store`] (the durable store), [`spend`] (the spend log and its
 //!   reports), [`audit`] (the audit log and its sinks), [`tool_calls`]
 //!   (the local engine's tool calls: parsed per model family, forced by a
@@ -67,6 +68,7 @@ pub mod defence;
 pub mod encoders;
 pub mod error;
 pub mod generate;
+pub mod gpu_metrics;
 pub mod guard;
 pub mod inflight;
 pub mod keys;

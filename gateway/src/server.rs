@@ -259,6 +259,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     if let Some(handle) = metrics.clone() {
         tasks.spawn(crate::metrics::upkeep(handle, shutdown.clone()));
     }
+    // GPU gauges only where this build can read cards and a card is present.
+    if let (Some(_), Some(cards)) = (&metrics, crate::gpu_metrics::detect()) {
+        tasks.spawn(crate::gpu_metrics::poll(
+            cards,
+            crate::gpu_metrics::POLL_EVERY,
+            shutdown.clone(),
+        ));
+    }
     let metrics_exposure = crate::metrics::Exposure::decide(
         config.server.metrics_listen,
         config.admin_key.is_some(),

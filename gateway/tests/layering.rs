@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("defence", 1),
     ("encoders", 1),
     ("generate", 1),
+    ("gpu_metrics", 1),
     ("guard", 1),
     ("inflight", 1),
     ("keys", 1),

@@ -9,21 +9,25 @@
 // acc (dpl = head_dim / 32), so a warp reads each key/value row as one
 // contiguous 2*head_dim-byte load. The warps' states are merged in warp order
 // at the end. Memory is O(1) in the context length.
+// One variant per KV element type (kv.cuh): `sluice_paged_attention` (bf16),
+// `_f16`, `_fp8_e4m3`; K and V are widened to f32 as they are used.
 // Twin: `cuda_twin::attention`. KV layout: kernels/cuda/README.md.
 #include "common.cuh"
+#include "kv.cuh"
 
 #define MAX_DPL (SLUICE_ATTN_MAX_HEAD_DIM / SLUICE_WARP)
 
-extern "C" __global__ void __launch_bounds__(SLUICE_ATTN_WARPS * SLUICE_WARP) sluice_paged_attention(
+template <typename Kv>
+__device__ __forceinline__ void paged_attention(
     const __nv_bfloat16* __restrict__ q,          // [tokens][n_heads * head_dim]
-    const __nv_bfloat16* __restrict__ k_cache,    // [blocks][kv_heads][block_size][head_dim]
-    const __nv_bfloat16* __restrict__ v_cache,
+    const typename Kv::T* __restrict__ k_cache,   // [blocks][kv_heads][block_size][head_dim]
+    const typename Kv::T* __restrict__ v_cache,
     const int32_t* __restrict__ block_tables,     // [seqs][max_blocks_per_seq]
     const int32_t* __restrict__ context_lens,     // [seqs]: KV length after this step's tokens
     const int32_t* __restrict__ query_starts,     // [seqs + 1], or null: one query per sequence
     __nv_bfloat16* __restrict__ out,              // [tokens][n_heads * head_dim]
     int n_seqs, int n_heads, int n_kv_heads, int head_dim, int block_size,
-    int max_blocks_per_seq, float scale) {
+    int max_blocks_per_seq, float scale, float k_scale, float v_scale) {
     __shared__ float m_w[SLUICE_ATTN_WARPS], l_w[SLUICE_ATTN_WARPS];
     __shared__ float acc_w[SLUICE_ATTN_WARPS][SLUICE_ATTN_MAX_HEAD_DIM];
     const int head = blockIdx.x, token = blockIdx.y;
@@ -64,7 +68,7 @@ extern "C" __global__ void __launch_bounds__(SLUICE_ATTN_WARPS * SLUICE_WARP) sl
     // K/V of the warp's next key are loaded while the current one is used:
     // a decode step is bound by these loads' latency, not by arithmetic.
     // The arithmetic, and so the twin, is that of one key at a time.
-    __nv_bfloat16 k_cur[MAX_DPL], v_cur[MAX_DPL], k_next[MAX_DPL], v_next[MAX_DPL];
+    typename Kv::T k_cur[MAX_DPL], v_cur[MAX_DPL], k_next[MAX_DPL], v_next[MAX_DPL];
     if (warp < n_keys) {
         const long long row = row_of(warp);
 #pragma unroll
@@ -83,7 +87,7 @@ extern "C" __global__ void __launch_bounds__(SLUICE_ATTN_WARPS * SLUICE_WARP) sl
         float partial = 0.0f;
 #pragma unroll
         for (int d = 0; d < MAX_DPL; d++)
-            if (d < dpl) partial += qr[d] * __bfloat162float(k_cur[d]);
+            if (d < dpl) partial += qr[d] * Kv::load(k_cur[d], k_scale);
         const float s = warp_sum(partial) * scale;
         const float m_new = fmaxf(m, s);
         const float alpha = expf(m - m_new);
@@ -91,7 +95,7 @@ extern "C" __global__ void __launch_bounds__(SLUICE_ATTN_WARPS * SLUICE_WARP) sl
         l = l * alpha + e;
 #pragma unroll
         for (int d = 0; d < MAX_DPL; d++)
-            if (d < dpl) acc[d] = acc[d] * alpha + e * __bfloat162float(v_cur[d]);
+            if (d < dpl) acc[d] = acc[d] * alpha + e * Kv::load(v_cur[d], v_scale);
         m = m_new;
 #pragma unroll
         for (int d = 0; d < MAX_DPL; d++) { k_cur[d] = k_next[d]; v_cur[d] = v_next[d]; }
@@ -123,3 +127,19 @@ extern "C" __global__ void __launch_bounds__(SLUICE_ATTN_WARPS * SLUICE_WARP) sl
         o[d] = to_bf16(num / den);
     }
 }
+
+#define SLUICE_ATTENTION_VARIANT(NAME, KV)                                                        \
+    extern "C" __global__ void __launch_bounds__(SLUICE_ATTN_WARPS * SLUICE_WARP) NAME(           \
+        const __nv_bfloat16* __restrict__ q, const KV::T* __restrict__ k_cache,                  \
+        const KV::T* __restrict__ v_cache, const int32_t* __restrict__ block_tables,             \
+        const int32_t* __restrict__ context_lens, const int32_t* __restrict__ query_starts,      \
+        __nv_bfloat16* __restrict__ out, int n_seqs, int n_heads, int n_kv_heads, int head_dim,  \
+        int block_size, int max_blocks_per_seq, float scale, float k_scale, float v_scale) {     \
+        paged_attention<KV>(q, k_cache, v_cache, block_tables, context_lens, query_starts, out,  \
+                            n_seqs, n_heads, n_kv_heads, head_dim, block_size,                   \
+                            max_blocks_per_seq, scale, k_scale, v_scale);                        \
+    }
+
+SLUICE_ATTENTION_VARIANT(sluice_paged_attention, KvBf16)
+SLUICE_ATTENTION_VARIANT(sluice_paged_attention_f16, KvF16)
+SLUICE_ATTENTION_VARIANT(sluice_paged_attention_fp8_e4m3, KvFp8E4m3)

@@ -1,8 +1,10 @@
 // RoPE on the new tokens' q and k, fused with the paged KV write: reads the
 // fused QKV GEMM output once, writes rotated q to its own buffer and rotated
 // k plus v into their cache slots. One block of SLUICE_ROPE_THREADS per token.
-// Twin: `cuda_twin::rope_kv`. KV layout: kernels/cuda/README.md.
+// One variant per KV element type (kv.cuh): `sluice_rope_kv_write` (bf16),
+// `_f16`, `_fp8_e4m3`. Twin: `cuda_twin::rope_kv`. KV layout: kernels/cuda/README.md.
 #include "common.cuh"
+#include "kv.cuh"
 
 // Style 0: pairs (2i, 2i+1) (GGUF llama); style 1: pairs (i, i + d/2) (HF rotate_half).
 __device__ __forceinline__ void pair_dims(int style, int i, int half, int* a, int* b) {
@@ -10,16 +12,18 @@ __device__ __forceinline__ void pair_dims(int style, int i, int half, int* a, in
     else { *a = i; *b = i + half; }
 }
 
-extern "C" __global__ void sluice_rope_kv_write(
+template <typename Kv>
+__device__ __forceinline__ void rope_kv_write(
     const __nv_bfloat16* __restrict__ qkv,      // [tokens][q_dim + 2 * kv_dim]
     const __nv_bfloat16* __restrict__ bias,     // [q_dim + 2 * kv_dim] or null
     const int32_t* __restrict__ positions,      // [tokens]
     const int32_t* __restrict__ slots,          // [tokens]: block * block_size + offset, < 0 = write nothing
     const float* __restrict__ inv_freq,         // [head_dim / 2], scaling applied
     __nv_bfloat16* __restrict__ q_out,          // [tokens][q_dim]
-    __nv_bfloat16* __restrict__ k_cache,        // [blocks][kv_heads][block_size][head_dim]
-    __nv_bfloat16* __restrict__ v_cache,
-    int n_heads, int n_kv_heads, int head_dim, int block_size, int style) {
+    typename Kv::T* __restrict__ k_cache,       // [blocks][kv_heads][block_size][head_dim]
+    typename Kv::T* __restrict__ v_cache,
+    int n_heads, int n_kv_heads, int head_dim, int block_size, int style,
+    float k_scale, float v_scale) {
     __shared__ float cos_t[SLUICE_ATTN_MAX_HEAD_DIM / 2];
     __shared__ float sin_t[SLUICE_ATTN_MAX_HEAD_DIM / 2];
     const int t = blockIdx.x;
@@ -60,14 +64,30 @@ extern "C" __global__ void sluice_rope_kv_write(
             q[b] = to_bf16(y1);
         } else if (cache_base >= 0) {
             const int kvh = head - n_heads;
-            __nv_bfloat16* k = k_cache + cache_base + (long long)kvh * block_size * head_dim;
-            k[a] = to_bf16(y0);
-            k[b] = to_bf16(y1);
+            typename Kv::T* k = k_cache + cache_base + (long long)kvh * block_size * head_dim;
+            k[a] = Kv::store(y0, k_scale);
+            k[b] = Kv::store(y1, k_scale);
         }
     }
     if (cache_base < 0) return;
     for (int j = threadIdx.x; j < kv_dim; j += blockDim.x) {
         const int kvh = j / head_dim, d = j % head_dim;
-        v_cache[cache_base + (long long)kvh * block_size * head_dim + d] = to_bf16(at(q_dim + kv_dim + j));
+        v_cache[cache_base + (long long)kvh * block_size * head_dim + d] =
+            Kv::store(at(q_dim + kv_dim + j), v_scale);
     }
 }
+
+#define SLUICE_ROPE_KV_VARIANT(NAME, KV)                                                          \
+    extern "C" __global__ void NAME(                                                              \
+        const __nv_bfloat16* __restrict__ qkv, const __nv_bfloat16* __restrict__ bias,           \
+        const int32_t* __restrict__ positions, const int32_t* __restrict__ slots,                \
+        const float* __restrict__ inv_freq, __nv_bfloat16* __restrict__ q_out,                   \
+        KV::T* __restrict__ k_cache, KV::T* __restrict__ v_cache, int n_heads, int n_kv_heads,   \
+        int head_dim, int block_size, int style, float k_scale, float v_scale) {                 \
+        rope_kv_write<KV>(qkv, bias, positions, slots, inv_freq, q_out, k_cache, v_cache,        \
+                          n_heads, n_kv_heads, head_dim, block_size, style, k_scale, v_scale);   \
+    }
+
+SLUICE_ROPE_KV_VARIANT(sluice_rope_kv_write, KvBf16)
+SLUICE_ROPE_KV_VARIANT(sluice_rope_kv_write_f16, KvF16)
+SLUICE_ROPE_KV_VARIANT(sluice_rope_kv_write_fp8_e4m3, KvFp8E4m3)

@@ -22,8 +22,12 @@ pub mod cuda;
 mod executor;
 #[cfg(feature = "cuda")]
 pub mod gpucheck;
+#[cfg(test)]
+mod kv_dtype_tests;
 pub mod ops;
 pub mod plan;
+#[cfg(test)]
+mod sampling_tests;
 pub mod sizing;
 #[cfg(test)]
 mod tests;
@@ -33,6 +37,19 @@ use std::str::FromStr;
 
 pub use cpu_ops::CpuOps;
 pub use executor::{DeviceExecutor, DeviceExecutorConfig, DeviceLayer, DeviceModel};
+
+/// Whether `device` can keep its KV cache as `kv_dtype`: a GPU takes any;
+/// the CPU engine keeps f32 and takes only the default (which names the
+/// GPU's), so a configured f16/fp8 cache is refused rather than ignored.
+pub fn check_kv_dtype(device: Device, kv_dtype: sizing::KvDType) -> Result<(), String> {
+    match device {
+        Device::Cpu if kv_dtype != sizing::KvDType::default() => Err(format!(
+            "kv_dtype = \"{}\" needs device = \"cuda:N\": the CPU engine keeps its KV cache in f32",
+            kv_dtype.as_str()
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Where a model's steps run: `"cpu"` or `"cuda:N"` in the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -27,12 +27,13 @@ use tokio::sync::mpsc;
 use crate::block_manager::BlockManagerConfig;
 use crate::clock::Clock;
 use crate::constraint::SeqConstraint;
+use crate::device::sizing::KvDType;
 use crate::device::Device;
-use crate::executor::{CpuExecutor, Executor};
+use crate::executor::{CpuExecutor, Executor, RowOut, RowWant};
 use crate::load::{LoadCells, RateEwma};
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogprob, Usage};
 use crate::rng::SeqRng;
-use crate::sampler::sample;
+use crate::sampler::{is_greedy, off_host_rules, sample};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
 use crate::stop::StopMatcher;
 use crate::warm_sessions::WarmConfig;
@@ -69,6 +70,10 @@ pub struct EngineConfig {
     /// Where steps run. On a GPU the KV cache is sized from the free device
     /// memory unless `num_kv_blocks` is set (`kv_cache_bytes` is the CPU's).
     pub device: Device,
+    /// How a GPU's KV cache stores K and V: bf16 (the default), f16, or
+    /// fp8 e4m3 (half the memory, so twice the blocks). The CPU engine keeps
+    /// its cache in f32 and refuses anything but the default.
+    pub kv_dtype: KvDType,
     /// How long a finished turn of a session keeps its KV blocks warm
     /// (evicted after every other free block); zero turns it off. Needs
     /// prefix caching.
@@ -93,6 +98,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             max_model_len: None,
             device: Device::Cpu,
+            kv_dtype: KvDType::Bf16,
             session_keep_warm: Duration::from_secs(300),
             session_warm_max_blocks: None,
             clock: Clock::system(),
@@ -107,6 +113,18 @@ impl Engine {
     /// Starts the engine thread for a loaded model on the CPU.
     pub fn start(loaded: LoadedLlm, cfg: EngineConfig) -> Result<EngineHandle, EngineError> {
         Self::start_wrapped(loaded, cfg, |executor| executor)
+    }
+
+    /// `start`, with the loop driving `executor` instead of the one
+    /// `cfg.device` names (tests of executors the engine cannot pick by
+    /// config, such as the device step on CPU operations).
+    #[cfg(test)]
+    pub(crate) fn start_with_executor(
+        loaded: LoadedLlm,
+        cfg: EngineConfig,
+        executor: Box<dyn Executor>,
+    ) -> Result<EngineHandle, EngineError> {
+        Self::start_wrapped(loaded, cfg, |_configured| executor)
     }
 
     /// `start`, with the loop driving what `wrap` makes of the executor.
@@ -194,6 +212,11 @@ fn build_executor(
     cfg: &EngineConfig,
 ) -> Result<Box<dyn Executor>, EngineError> {
     match cfg.device {
+        Device::Cpu if cfg.kv_dtype != KvDType::default() => Err(EngineError::Config(
+            crate::device::check_kv_dtype(cfg.device, cfg.kv_dtype)
+                .err()
+                .unwrap_or_default(),
+        )),
         Device::Cpu => {
             let per_block = sluice_models::KvCache::bytes_per_block(model.config(), cfg.block_size);
             let num_blocks = cfg
@@ -246,6 +269,17 @@ struct Active {
     stopped_by_string: bool,
     /// Its grammar, when the output is constrained.
     constraint: Option<SeqConstraint>,
+}
+
+impl Active {
+    /// What this sequence's next step wants back: only a token when the
+    /// executor may pick it (no grammar, nothing host-only in its params).
+    fn row_want(&self) -> RowWant {
+        if self.constraint.is_some() {
+            return RowWant::Logits;
+        }
+        off_host_rules(&self.request.params, &self.rng).map_or(RowWant::Logits, RowWant::Token)
+    }
 }
 
 /// What sampling one step produced.
@@ -465,6 +499,18 @@ impl Worker {
                 want_logits: s.sample,
             })
             .collect();
+        // Rows that need only a token may be sampled by the executor where
+        // the logits are (on a GPU, only the ids leave the device).
+        let wants: Vec<RowWant> = output
+            .seqs
+            .iter()
+            .filter(|s| s.sample)
+            .map(|s| {
+                self.active
+                    .get(&s.id)
+                    .map_or(RowWant::Logits, Active::row_want)
+            })
+            .collect();
         // The grammar masks of this step's constrained sequences are computed
         // on a second thread while the forward pass runs, so they cost the
         // step nothing unless they take longer than the model; unconstrained
@@ -482,8 +528,8 @@ impl Worker {
             .filter_map(|(_, a)| a.constraint.as_mut())
             .collect();
         let executor = &mut self.executor;
-        let logits = if constrained.is_empty() {
-            executor.execute(&batch)?
+        let rows = if constrained.is_empty() {
+            executor.execute_rows(&batch, &wants)?
         } else {
             std::thread::scope(|scope| {
                 scope.spawn(|| {
@@ -492,16 +538,36 @@ impl Worker {
                         let _ = c.compute_mask();
                     }
                 });
-                executor.execute(&batch)
+                executor.execute_rows(&batch, &wants)
             })?
         };
         let mut sampled = Sampled {
-            tokens: Vec::with_capacity(logits.len()),
+            tokens: Vec::with_capacity(rows.len()),
             failed: Vec::new(),
         };
-        for (seq, mut row) in output.seqs.iter().filter(|s| s.sample).zip(logits) {
+        let sampled_seqs = output.seqs.iter().filter(|s| s.sample).zip(&wants);
+        for ((seq, want), row) in sampled_seqs.zip(rows) {
             let Some(active) = self.active.get_mut(&seq.id) else {
                 continue;
+            };
+            let mut row = match (row, want) {
+                (RowOut::Logits(row), _) => row,
+                (RowOut::Token(id), RowWant::Token(_)) => {
+                    // The executor used the uniform that `row_want` peeked:
+                    // take it from the stream, as `sample` would have.
+                    if !is_greedy(&active.request.params) {
+                        active.rng.next_f32();
+                    }
+                    sampled.tokens.push((seq.id, id));
+                    continue;
+                }
+                (RowOut::Token(_), RowWant::Logits) => {
+                    sampled.failed.push((
+                        seq.id,
+                        "the executor returned a token for a row that needs its logits".into(),
+                    ));
+                    continue;
+                }
             };
             if let Some(c) = active.constraint.as_mut() {
                 if let Err(e) = c.apply(&mut row) {

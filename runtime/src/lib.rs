@@ -10,7 +10,8 @@
 //! model, on the CPU or on a GPU through [`device`]; [`sampler`] and [`stop`] turn logits into
 //! tokens and decide when a sequence ends; [`constraint`] masks the tokens a
 //! grammar forbids (structured output); [`load`] publishes the signals the
-//! router reads; [`encoder_pool`] batches embedding and classification
+//! router reads; [`gpu_telemetry`] reads the GPUs for whoever exports
+//! their metrics; [`encoder_pool`] batches embedding and classification
 //! inputs on threads of its own. [`warm_sessions`] keeps a conversation's
 //! blocks evicted last between its turns, by the time of [`Clock`].
 //!
@@ -26,6 +27,7 @@ pub mod device;
 pub mod encoder_pool;
 pub mod engine;
 pub mod executor;
+pub mod gpu_telemetry;
 pub mod load;
 pub mod request;
 pub mod rng;

@@ -18,6 +18,8 @@
 
 use std::cmp::Ordering;
 
+use sluice_kernels::cuda_twin::RowSampling;
+
 use crate::request::SamplingParams;
 use crate::rng::SeqRng;
 
@@ -85,7 +87,7 @@ pub fn sample(
     } else {
         f32::NAN
     };
-    let greedy = params.temperature.is_nan() || params.temperature < GREEDY_BELOW;
+    let greedy = is_greedy(params);
     let id = if greedy {
         best
     } else {
@@ -112,6 +114,40 @@ pub fn sample(
         logprob: logprob_of(logits[id]),
         top,
     }
+}
+
+/// Whether `sample` picks the argmax without drawing from the generator.
+pub fn is_greedy(params: &SamplingParams) -> bool {
+    params.temperature.is_nan() || params.temperature < GREEDY_BELOW
+}
+
+/// `params` as rules an executor can apply where the logits are (step 3 of
+/// the module docs only), or `None` when the row needs steps 1–2, which
+/// only the host does: a penalty, a `logit_bias`, log-probabilities. A
+/// grammar is the caller's to check. `rng` is not advanced: the uniform in
+/// the rules is the draw `sample` would take next, peeked from a copy, so
+/// the caller advances `rng` once only if the executor used it.
+pub fn off_host_rules(params: &SamplingParams, rng: &SeqRng) -> Option<RowSampling> {
+    let rp = params.repetition_penalty;
+    let penalised = (rp != 1.0 && rp > 0.0)
+        || params.frequency_penalty != 0.0
+        || params.presence_penalty != 0.0;
+    if penalised || !params.logit_bias.is_empty() || params.logprobs.is_some() {
+        return None;
+    }
+    let uniform = if is_greedy(params) {
+        0.0
+    } else {
+        rng.clone().next_f32()
+    };
+    Some(RowSampling {
+        temperature: params.temperature,
+        top_p: params.top_p,
+        min_p: params.min_p,
+        uniform,
+        // Beyond the kernel's candidate limit the device hands the row back.
+        top_k: i32::try_from(params.top_k).unwrap_or(i32::MAX),
+    })
 }
 
 fn apply_penalties(logits: &mut [f32], params: &SamplingParams, prompt: &[u32], output: &[u32]) {

@@ -141,6 +141,8 @@ pub struct EngineSection {
     pub max_model_len: Option<usize>,
     /// "cpu" (the default) or "cuda:N".
     pub device: Option<String>,
+    /// A GPU's KV cache element type: "bf16" (the default), "f16", "fp8_e4m3".
+    pub kv_dtype: Option<String>,
     /// Seconds a finished turn of a session keeps its KV blocks warm; 0: off.
     pub session_keep_warm_secs: Option<u64>,
     /// Blocks held warm over all sessions at most (default: half the pool).

@@ -97,6 +97,9 @@ impl Config {
                     engine.insert("max_model_len".into(), int(n));
                 }
                 engine.insert("device".into(), Value::String(e.device.to_string()));
+                if e.kv_dtype != Default::default() {
+                    engine.insert("kv_dtype".into(), Value::String(e.kv_dtype.as_str().into()));
+                }
                 engine.insert(
                     "session_keep_warm_secs".into(),
                     int(e.session_keep_warm.as_secs() as usize),

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sluice_runtime::device::sizing::KvDType;
 use sluice_runtime::{Device, EngineConfig};
 
 use super::defaults::DefaultsSection;
@@ -517,6 +518,7 @@ fn resolve_engine(at: &str, e: EngineSection) -> Result<EngineConfig, ConfigErro
         enable_prefix_caching,
         max_model_len,
         device,
+        kv_dtype,
         session_keep_warm_secs,
         session_warm_max_blocks,
     } = e;
@@ -560,8 +562,23 @@ fn resolve_engine(at: &str, e: EngineSection) -> Result<EngineConfig, ConfigErro
             device
         }
     };
+    let kv_dtype = match kv_dtype {
+        None => d.kv_dtype,
+        Some(text) => {
+            let dtype = KvDType::parse(&text).ok_or_else(|| {
+                invalid(
+                    format!("{at}.kv_dtype"),
+                    format!("\"{text}\" is not one of \"bf16\", \"f16\", \"fp8_e4m3\""),
+                )
+            })?;
+            sluice_runtime::device::check_kv_dtype(device, dtype)
+                .map_err(|m| invalid(format!("{at}.kv_dtype"), m))?;
+            dtype
+        }
+    };
     Ok(EngineConfig {
         device,
+        kv_dtype,
         block_size,
         kv_cache_bytes,
         num_kv_blocks: optional("num_kv_blocks", num_kv_blocks, 1 << 24)?,

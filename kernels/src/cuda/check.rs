@@ -5,16 +5,28 @@
 
 use half::bf16;
 
-use super::{AttentionBuffers, Gpu, GpuError, In, RopeKvBuffers};
+use half::f16;
+
+use super::{AttentionBuffers, DeviceKv, Gpu, GpuError, In, RopeKvBuffers};
 use crate::cuda_twin::{
     self as twin, max_relative_error, AttentionShape, EmbeddingShape, KvLayout, NormShape,
 };
-use crate::cuda_twin::{GemvShape, RopeKvShape, RowSampling, SampleShape, SiluMulShape};
+use crate::cuda_twin::{
+    Fp8E4m3, GemvShape, KvScales, RopeKvShape, RowSampling, SampleShape, SiluMulShape,
+};
 use crate::rope::{Rope, RopeStyle};
 
 /// A kernel's result passes when its error relative to the twin's output
 /// scale is below this (one bf16 rounding is 2^-9).
 pub const TOLERANCE: f32 = 1e-2;
+
+/// fp8 KV writes: the device's f32 rotation differs from the twin's in the
+/// last bits (fused multiply-adds), which can move a value across an e4m3
+/// rounding midpoint: one e4m3 step, 2^-4 of the value, is allowed.
+pub const FP8_WRITE_TOLERANCE: f32 = 0.07;
+
+/// fp8 scales the checks use, so that a kernel ignoring them fails.
+const FP8_SCALES: KvScales = KvScales { k: 2.0, v: 0.5 };
 
 /// One kernel's comparison with its twin.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,26 +52,34 @@ pub fn run_on_device(ordinal: usize, seed: u64) -> Result<Vec<KernelCheck>, GpuE
 /// Every kernel once, on inputs drawn from `seed`.
 pub fn run_all(gpu: &Gpu, seed: u64) -> Vec<KernelCheck> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let checks: [(&'static str, CheckFn); 10] = [
-        ("embedding_gather", check_embedding),
-        ("residual_add", check_residual_add),
-        ("silu_mul", check_silu_mul),
-        ("rms_norm", check_rms_norm),
-        ("rms_norm_rows", check_rms_norm_rows),
-        ("add_rms_norm", check_add_rms_norm),
-        ("rope_kv_write", check_rope_kv),
-        ("paged_attention", check_attention),
-        ("sample", check_sample),
-        ("gemv_q8_0", check_gemv),
+    let checks: [(&'static str, CheckFn, f32); 14] = [
+        ("embedding_gather", check_embedding, TOLERANCE),
+        ("residual_add", check_residual_add, TOLERANCE),
+        ("silu_mul", check_silu_mul, TOLERANCE),
+        ("rms_norm", check_rms_norm, TOLERANCE),
+        ("rms_norm_rows", check_rms_norm_rows, TOLERANCE),
+        ("add_rms_norm", check_add_rms_norm, TOLERANCE),
+        ("rope_kv_write", check_rope_kv, TOLERANCE),
+        ("rope_kv_write_f16", check_rope_kv_f16, TOLERANCE),
+        (
+            "rope_kv_write_fp8_e4m3",
+            check_rope_kv_fp8,
+            FP8_WRITE_TOLERANCE,
+        ),
+        ("paged_attention", check_attention, TOLERANCE),
+        ("paged_attention_f16", check_attention_f16, TOLERANCE),
+        ("paged_attention_fp8_e4m3", check_attention_fp8, TOLERANCE),
+        ("sample", check_sample, TOLERANCE),
+        ("gemv_q8_0", check_gemv, TOLERANCE),
     ];
     checks
         .into_iter()
-        .map(|(name, check)| match check(gpu, &mut rng) {
+        .map(|(name, check, tolerance)| match check(gpu, &mut rng) {
             Ok((shape, err)) => KernelCheck {
                 name,
                 shape,
                 max_rel_error: err,
-                passed: err < TOLERANCE,
+                passed: err < tolerance,
                 error: None,
             },
             Err(e) => KernelCheck {
@@ -249,6 +269,28 @@ fn llama_kv(num_blocks: usize) -> KvLayout {
 }
 
 fn check_rope_kv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
+    rope_kv_of::<bf16>(gpu, rng, KvScales::ONE)
+}
+
+fn check_rope_kv_f16(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
+    rope_kv_of::<f16>(gpu, rng, KvScales::ONE)
+}
+
+fn check_rope_kv_fp8(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
+    rope_kv_of::<Fp8E4m3>(gpu, rng, FP8_SCALES)
+}
+
+/// Widens a cache read back from the device (or the twin's) to f32.
+fn kv_f32<K: DeviceKv>(x: &[K], scale: f32) -> Vec<f32> {
+    x.iter().map(|v| v.load(scale)).collect()
+}
+
+/// The `K` variant of RoPE + KV write against its twin.
+fn rope_kv_of<K: DeviceKv>(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    scales: KvScales,
+) -> Result<(String, f32), String> {
     let kv = llama_kv(64);
     let shape = RopeKvShape {
         tokens: 64,
@@ -267,8 +309,8 @@ fn check_rope_kv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
     let q_len = shape.tokens * shape.n_heads * kv.head_dim;
     let (mut q, mut k, mut v) = (
         vec![bf16::ZERO; q_len],
-        vec![bf16::ZERO; kv.layer_len()],
-        vec![bf16::ZERO; kv.layer_len()],
+        vec![K::default(); kv.layer_len()],
+        vec![K::default(); kv.layer_len()],
     );
     twin::rope_kv_write(
         &shape,
@@ -281,6 +323,7 @@ fn check_rope_kv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
             q_out: &mut q,
             k_cache: &mut k,
             v_cache: &mut v,
+            kv_scales: scales,
         },
     )
     .map_err(text)?;
@@ -292,8 +335,8 @@ fn check_rope_kv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
     );
     let s = gpu.stream();
     let mut d_q = s.alloc_zeros::<bf16>(q_len).map_err(text)?;
-    let mut d_k = s.alloc_zeros::<bf16>(kv.layer_len()).map_err(text)?;
-    let mut d_v = s.alloc_zeros::<bf16>(kv.layer_len()).map_err(text)?;
+    let mut d_k = s.alloc_zeros::<K>(kv.layer_len()).map_err(text)?;
+    let mut d_v = s.alloc_zeros::<K>(kv.layer_len()).map_err(text)?;
     gpu.rope_kv_write(
         &shape,
         RopeKvBuffers {
@@ -305,18 +348,26 @@ fn check_rope_kv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
             q_out: &mut d_q,
             k_cache: &mut d_k,
             v_cache: &mut d_v,
+            kv_scales: scales,
         },
     )
     .map_err(text)?;
-    let (gq, gk, gv): (Vec<bf16>, Vec<bf16>, Vec<bf16>) =
+    let (gq, gk, gv): (Vec<bf16>, Vec<K>, Vec<K>) =
         (down!(gpu, d_q), down!(gpu, d_k), down!(gpu, d_v));
     let err = max_relative_error(&f32s(&gq), &f32s(&q))
-        .max(max_relative_error(&f32s(&gk), &f32s(&k)))
-        .max(max_relative_error(&f32s(&gv), &f32s(&v)));
+        .max(max_relative_error(
+            &kv_f32(&gk, scales.k),
+            &kv_f32(&k, scales.k),
+        ))
+        .max(max_relative_error(
+            &kv_f32(&gv, scales.v),
+            &kv_f32(&v, scales.v),
+        ));
     Ok((
         format!(
-            "{} tokens, 32/8 heads x 128, positions < 8000",
-            shape.tokens
+            "{} tokens, 32/8 heads x 128, positions < 8000, {} cache {scales:?}",
+            shape.tokens,
+            K::DTYPE.as_str()
         ),
         err,
     ))
@@ -325,10 +376,32 @@ fn check_rope_kv(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
 /// Decode (8 sequences, one of them padding) and a prefill step (three
 /// chunks, one after cached tokens), both against the twin.
 fn check_attention(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
+    attention_of::<bf16>(gpu, rng, KvScales::ONE)
+}
+
+fn check_attention_f16(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
+    attention_of::<f16>(gpu, rng, KvScales::ONE)
+}
+
+fn check_attention_fp8(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
+    attention_of::<Fp8E4m3>(gpu, rng, FP8_SCALES)
+}
+
+/// The `K` variant of paged attention against its twin, both reading the
+/// same cache bits.
+fn attention_of<K: DeviceKv>(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    scales: KvScales,
+) -> Result<(String, f32), String> {
     let kv = llama_kv(512);
     let (n_heads, max_blocks) = (32, 64);
-    let k = rng.bf16s(kv.layer_len(), 1.0);
-    let v = rng.bf16s(kv.layer_len(), 1.0);
+    let k: Vec<K> = (0..kv.layer_len())
+        .map(|_| K::store(rng.uniform(), scales.k))
+        .collect();
+    let v: Vec<K> = (0..kv.layer_len())
+        .map(|_| K::store(rng.uniform(), scales.v))
+        .collect();
     let (d_k, d_v) = (up!(gpu, k), up!(gpu, v));
     let width = n_heads * kv.head_dim;
     let mut worst = 0.0f32;
@@ -376,6 +449,7 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
                 q: &q,
                 k_cache: &k,
                 v_cache: &v,
+                kv_scales: scales,
                 block_tables: &tables,
                 context_lens: &ctx,
                 query_starts: query_starts.as_deref(),
@@ -394,6 +468,7 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
             q: &d_q,
             k_cache: &d_k,
             v_cache: &d_v,
+            kv_scales: scales,
             block_tables: &d_tables,
             context_lens: &d_ctx,
             query_starts: d_qs.as_ref().map(|q| q as In<'_, i32>),
@@ -409,7 +484,10 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng) -> Result<(String, f32), String> {
         worst = worst.max(max_relative_error(&f32s(&got), &f32s(&want)));
     }
     Ok((
-        "decode 8 seqs (len 0..1000) + prefill 3 chunks, 32/8 heads x 128, 16-token blocks".into(),
+        format!(
+            "decode 8 seqs (len 0..1000) + prefill 3 chunks, 32/8 heads x 128, 16-token blocks, {} cache {scales:?}",
+            K::DTYPE.as_str()
+        ),
         worst,
     ))
 }

@@ -6,14 +6,16 @@
 //! for the next operation on the same stream. Index contents (block ids,
 //! slots) are the caller's promise; the twins check them on the CPU.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 use half::bf16;
 
 use super::{driver, Gpu, GpuError};
 use crate::cuda_twin::{
-    AttentionLens, AttentionShape, EmbeddingShape, GemvShape, NormShape, RopeKvLens, RopeKvShape,
-    RowSampling, SampleShape, SiluMulShape, ATTN_WARPS, ELEMENTWISE_THREADS, GEMV_WARPS,
-    NORM_THREADS, ROPE_THREADS, SAMPLE_THREADS, WARP,
+    AttentionLens, AttentionShape, EmbeddingShape, Fp8E4m3, GemvShape, KvElem, KvScales, NormShape,
+    RopeKvLens, RopeKvShape, RowSampling, SampleShape, SiluMulShape, ATTN_WARPS,
+    ELEMENTWISE_THREADS, GEMV_WARPS, NORM_THREADS, ROPE_THREADS, SAMPLE_THREADS, WARP,
 };
 use crate::KernelError;
 
@@ -25,9 +27,16 @@ pub type Out<'a, T> = &'a mut dyn DevicePtrMut<T>;
 // SAFETY: `#[repr(C)]` plain old data (four f32 and an i32), the layout of
 // the kernel's `RowSampling`.
 unsafe impl DeviceRepr for RowSampling {}
+// SAFETY: one byte, the layout of CUDA's `__nv_fp8_e4m3`; all-zero bits are +0.
+unsafe impl DeviceRepr for Fp8E4m3 {}
+unsafe impl ValidAsZeroBits for Fp8E4m3 {}
+
+/// A KV cache element the kernels have a variant for (bf16, f16, fp8 e4m3).
+pub trait DeviceKv: KvElem + DeviceRepr + ValidAsZeroBits {}
+impl<K: KvElem + DeviceRepr + ValidAsZeroBits> DeviceKv for K {}
 
 /// The device buffers of [`Gpu::rope_kv_write`] (see `kernels/cuda/README.md`).
-pub struct RopeKvBuffers<'a> {
+pub struct RopeKvBuffers<'a, K: DeviceKv = bf16> {
     /// `[tokens][(n_heads + 2 * n_kv_heads) * head_dim]`: q ‖ k ‖ v.
     pub qkv: In<'a, bf16>,
     /// One QKV row's bias (Qwen2), or `None`.
@@ -40,16 +49,18 @@ pub struct RopeKvBuffers<'a> {
     /// `[tokens][n_heads * head_dim]`: rotated q.
     pub q_out: Out<'a, bf16>,
     /// This layer's K and V tensors.
-    pub k_cache: Out<'a, bf16>,
-    pub v_cache: Out<'a, bf16>,
+    pub k_cache: Out<'a, K>,
+    pub v_cache: Out<'a, K>,
+    /// What K and V are divided by when stored (fp8 only).
+    pub kv_scales: KvScales,
 }
 
 /// The device buffers of [`Gpu::paged_attention_decode`] and [`Gpu::paged_attention_prefill`].
-pub struct AttentionBuffers<'a> {
+pub struct AttentionBuffers<'a, K: DeviceKv = bf16> {
     /// `[tokens][n_heads * head_dim]`, rotated.
     pub q: In<'a, bf16>,
-    pub k_cache: In<'a, bf16>,
-    pub v_cache: In<'a, bf16>,
+    pub k_cache: In<'a, K>,
+    pub v_cache: In<'a, K>,
     /// `[seqs][max_blocks_per_seq]`.
     pub block_tables: In<'a, i32>,
     /// KV length per sequence after this step; 0 = padding row.
@@ -58,6 +69,8 @@ pub struct AttentionBuffers<'a> {
     pub query_starts: Option<In<'a, i32>>,
     /// `[tokens][n_heads * head_dim]`.
     pub out: Out<'a, bf16>,
+    /// What K and V are multiplied by when read (fp8 only).
+    pub kv_scales: KvScales,
 }
 
 /// A null device pointer for an absent optional buffer.
@@ -297,10 +310,10 @@ impl Gpu {
 
     /// RoPE on q and k of the new tokens, k and v into their cache slots.
     /// Twin: [`crate::cuda_twin::rope_kv_write`].
-    pub fn rope_kv_write(
+    pub fn rope_kv_write<K: DeviceKv>(
         &self,
         shape: &RopeKvShape,
-        buf: RopeKvBuffers<'_>,
+        buf: RopeKvBuffers<'_, K>,
     ) -> Result<(), GpuError> {
         shape.validate(&RopeKvLens {
             qkv: buf.qkv.len(),
@@ -337,7 +350,8 @@ impl Gpu {
         let block_size = int("block_size", kv.block_size)?;
         let style = shape.style_code();
         let grid = (blocks("tokens", shape.tokens, i32::MAX as u32)?, 1, 1);
-        let mut b = s.launch_builder(&self.kernels.rope_kv_write);
+        let (k_scale, v_scale) = (buf.kv_scales.k, buf.kv_scales.v);
+        let mut b = s.launch_builder(self.kernels.rope_kv_write.get(K::DTYPE));
         b.arg(&qkv)
             .arg(&bias)
             .arg(&positions)
@@ -349,6 +363,7 @@ impl Gpu {
             .arg(&head_dim)
             .arg(&block_size)
             .arg(&style);
+        b.arg(&k_scale).arg(&v_scale);
         // SAFETY: the argument list matches the kernel's signature; lengths checked above.
         unsafe { b.launch(config(grid, ROPE_THREADS)) }
             .map_err(driver("launching rope_kv_write"))?;
@@ -358,10 +373,10 @@ impl Gpu {
     /// Decode attention: token `s` is sequence `s`'s one query, seeing
     /// `context_lens[s]` keys (0: a padding row, zeros out).
     /// `buf.query_starts` must be `None`. Twin: [`crate::cuda_twin::paged_attention`].
-    pub fn paged_attention_decode(
+    pub fn paged_attention_decode<K: DeviceKv>(
         &self,
         shape: &AttentionShape,
-        buf: AttentionBuffers<'_>,
+        buf: AttentionBuffers<'_, K>,
     ) -> Result<(), GpuError> {
         if buf.query_starts.is_some() {
             return Err(
@@ -375,10 +390,10 @@ impl Gpu {
     /// `query_starts[s]..query_starts[s+1]`, the last of them at position
     /// `context_lens[s] - 1`, each seeing every key up to its own position.
     /// Twin: [`crate::cuda_twin::paged_attention`].
-    pub fn paged_attention_prefill(
+    pub fn paged_attention_prefill<K: DeviceKv>(
         &self,
         shape: &AttentionShape,
-        buf: AttentionBuffers<'_>,
+        buf: AttentionBuffers<'_, K>,
     ) -> Result<(), GpuError> {
         if buf.query_starts.is_none() {
             return Err(
@@ -388,10 +403,10 @@ impl Gpu {
         self.launch_attention(shape, buf)
     }
 
-    fn launch_attention(
+    fn launch_attention<K: DeviceKv>(
         &self,
         shape: &AttentionShape,
-        buf: AttentionBuffers<'_>,
+        buf: AttentionBuffers<'_, K>,
     ) -> Result<(), GpuError> {
         shape.validate(&AttentionLens {
             q: buf.q.len(),
@@ -431,7 +446,8 @@ impl Gpu {
             blocks("query tokens", shape.n_tokens, 65_535)?,
             1,
         );
-        let mut b = s.launch_builder(&self.kernels.paged_attention);
+        let (k_scale, v_scale) = (buf.kv_scales.k, buf.kv_scales.v);
+        let mut b = s.launch_builder(self.kernels.paged_attention.get(K::DTYPE));
         b.arg(&q)
             .arg(&k_cache)
             .arg(&v_cache)
@@ -445,6 +461,7 @@ impl Gpu {
             .arg(&head_dim)
             .arg(&block_size);
         b.arg(&max_blocks).arg(&shape.scale);
+        b.arg(&k_scale).arg(&v_scale);
         // SAFETY: the argument list matches the kernel's signature; lengths checked above.
         unsafe { b.launch(config(grid, ATTN_WARPS * WARP)) }
             .map_err(driver("launching paged_attention"))?;

@@ -26,9 +26,10 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverEr
 use cudarc::nvrtc::Ptx;
 
 pub use cudarc;
-pub use launch::{AttentionBuffers, In, Out, RopeKvBuffers};
+pub use launch::{AttentionBuffers, DeviceKv, In, Out, RopeKvBuffers};
 pub use telemetry::GpuTelemetry;
 
+use crate::cuda_twin::KvDType;
 use crate::KernelError;
 
 include!(concat!(env!("OUT_DIR"), "/cuda_modules.rs"));
@@ -94,10 +95,27 @@ pub(crate) struct Kernels {
     pub(crate) silu_mul: CudaFunction,
     pub(crate) rms_norm: CudaFunction,
     pub(crate) add_rms_norm: CudaFunction,
-    pub(crate) rope_kv_write: CudaFunction,
-    pub(crate) paged_attention: CudaFunction,
+    pub(crate) rope_kv_write: KvVariants,
+    pub(crate) paged_attention: KvVariants,
     pub(crate) sample: CudaFunction,
     pub(crate) gemv_q8_0: CudaFunction,
+}
+
+/// One kernel's variants, one per KV cache element type.
+pub(crate) struct KvVariants {
+    bf16: CudaFunction,
+    f16: CudaFunction,
+    fp8_e4m3: CudaFunction,
+}
+
+impl KvVariants {
+    pub(crate) fn get(&self, dtype: KvDType) -> &CudaFunction {
+        match dtype {
+            KvDType::Bf16 => &self.bf16,
+            KvDType::F16 => &self.f16,
+            KvDType::Fp8E4m3 => &self.fp8_e4m3,
+        }
+    }
 }
 
 /// One CUDA device with its context, a stream and the kernels loaded.
@@ -156,8 +174,16 @@ impl Gpu {
             silu_mul: function("elementwise", "sluice_silu_mul")?,
             rms_norm: function("norm", "sluice_rms_norm")?,
             add_rms_norm: function("norm", "sluice_add_rms_norm")?,
-            rope_kv_write: function("rope_kv", "sluice_rope_kv_write")?,
-            paged_attention: function("attention", "sluice_paged_attention")?,
+            rope_kv_write: KvVariants {
+                bf16: function("rope_kv", "sluice_rope_kv_write")?,
+                f16: function("rope_kv", "sluice_rope_kv_write_f16")?,
+                fp8_e4m3: function("rope_kv", "sluice_rope_kv_write_fp8_e4m3")?,
+            },
+            paged_attention: KvVariants {
+                bf16: function("attention", "sluice_paged_attention")?,
+                f16: function("attention", "sluice_paged_attention_f16")?,
+                fp8_e4m3: function("attention", "sluice_paged_attention_fp8_e4m3")?,
+            },
             sample: function("sample", "sluice_sample")?,
             gemv_q8_0: function("gemv_q8_0", "sluice_gemv_q8_0")?,
         };

@@ -12,6 +12,9 @@ use nvml_wrapper::Nvml;
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuTelemetry {
     pub name: String,
+    /// NVML's stable identity of the card (`GPU-…`), which survives
+    /// reordering by `CUDA_VISIBLE_DEVICES`; empty when NVML does not say.
+    pub uuid: String,
     pub memory_used_bytes: u64,
     pub memory_total_bytes: u64,
     /// Percent of the last sample period a kernel was running.
@@ -49,6 +52,7 @@ impl GpuTelemetry {
         let utilization = device.utilization_rates().ok();
         Some(Self {
             name: device.name().unwrap_or_default(),
+            uuid: device.uuid().unwrap_or_default(),
             memory_used_bytes: memory.used,
             memory_total_bytes: memory.total,
             utilization_percent: utilization.as_ref().map_or(0, |u| u.gpu),

@@ -1,21 +1,22 @@
 //! Twin of `kernels/cuda/attention.cu`: one block per (query token, query
 //! head); warp `w` walks keys `w, w + 4, ...` with its own online softmax,
 //! lane `l` owning dims `l*dpl .. (l+1)*dpl`; the warps merge in order.
+//! The cache element type is `K` ([`KvElem`]), widened to f32 as it is read.
 
 use half::bf16;
 use rayon::prelude::*;
 
 use super::reduce::warp_sum;
-use super::{AttentionLens, AttentionShape, ATTN_WARPS, WARP};
+use super::{AttentionLens, AttentionShape, KvElem, KvScales, ATTN_WARPS, WARP};
 use crate::KernelError;
 
 /// The host buffers of one attention call (see `kernels/cuda/README.md`).
-pub struct AttentionBuffers<'a> {
+pub struct AttentionBuffers<'a, K: KvElem = bf16> {
     /// `[tokens][n_heads * head_dim]`, rotated.
     pub q: &'a [bf16],
     /// This layer's K and V in [`super::KvLayout`].
-    pub k_cache: &'a [bf16],
-    pub v_cache: &'a [bf16],
+    pub k_cache: &'a [K],
+    pub v_cache: &'a [K],
     /// `[seqs][max_blocks_per_seq]` block ids.
     pub block_tables: &'a [i32],
     /// KV length of each sequence after this step's tokens; 0 = padding row.
@@ -24,12 +25,14 @@ pub struct AttentionBuffers<'a> {
     pub query_starts: Option<&'a [i32]>,
     /// `[tokens][n_heads * head_dim]`.
     pub out: &'a mut [bf16],
+    /// What K and V are multiplied by when read (fp8 only).
+    pub kv_scales: KvScales,
 }
 
 /// Causal paged attention, decode or chunked prefill (see [`AttentionBuffers`]).
-pub fn paged_attention(
+pub fn paged_attention<K: KvElem>(
     shape: &AttentionShape,
-    buf: AttentionBuffers<'_>,
+    buf: AttentionBuffers<'_, K>,
 ) -> Result<(), KernelError> {
     shape.validate(&AttentionLens {
         q: buf.q.len(),
@@ -55,9 +58,9 @@ pub fn paged_attention(
 
 /// Each query token's sequence and key count, with every index it will
 /// follow checked (a device kernel would read out of bounds instead).
-fn queries(
+fn queries<K: KvElem>(
     shape: &AttentionShape,
-    buf: &AttentionBuffers<'_>,
+    buf: &AttentionBuffers<'_, K>,
 ) -> Result<Vec<(usize, usize)>, KernelError> {
     let kv = shape.kv;
     let bad = KernelError::BadShape;
@@ -127,9 +130,9 @@ fn queries(
     Ok(plan)
 }
 
-struct Job<'a, 'b> {
+struct Job<'a, 'b, K: KvElem> {
     shape: &'a AttentionShape,
-    buf: &'a AttentionBuffers<'b>,
+    buf: &'a AttentionBuffers<'b, K>,
 }
 
 /// One warp's online softmax state.
@@ -139,10 +142,10 @@ struct WarpState {
     acc: Vec<f32>,
 }
 
-impl Job<'_, '_> {
+impl<K: KvElem> Job<'_, '_, K> {
     fn run(&self, token: usize, head: usize, seq: usize, n_keys: usize, out: &mut [bf16]) {
         let (shape, buf) = (self.shape, self.buf);
-        let kv = shape.kv;
+        let (kv, scales) = (shape.kv, buf.kv_scales);
         let hd = kv.head_dim;
         let dpl = hd / WARP;
         let kvh = head / (shape.n_heads / kv.n_kv_heads);
@@ -166,7 +169,7 @@ impl Job<'_, '_> {
                     let partial: [f32; WARP] = std::array::from_fn(|lane| {
                         let mut s = 0.0f32;
                         for d in lane * dpl..(lane + 1) * dpl {
-                            s += q[d] * k[d].to_f32();
+                            s += q[d] * k[d].load(scales.k);
                         }
                         s
                     });
@@ -176,7 +179,7 @@ impl Job<'_, '_> {
                     let e = (s - m_new).exp();
                     st.l = st.l * alpha + e;
                     for (a, v) in st.acc.iter_mut().zip(v) {
-                        *a = *a * alpha + e * v.to_f32();
+                        *a = *a * alpha + e * v.load(scales.v);
                     }
                     st.m = m_new;
                 }

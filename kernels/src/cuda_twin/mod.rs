@@ -23,6 +23,9 @@
 mod attention;
 mod elementwise;
 mod gemv;
+#[cfg(test)]
+mod kv_dtype_tests;
+mod kv_elem;
 mod norm;
 mod reduce;
 mod rope_kv;
@@ -31,6 +34,7 @@ mod sample;
 pub use attention::{paged_attention, AttentionBuffers};
 pub use elementwise::{embedding_gather, residual_add, silu_mul};
 pub use gemv::gemv_q8_0;
+pub use kv_elem::{Fp8E4m3, KvDType, KvElem, KvScales};
 pub use norm::{add_rms_norm, rms_norm};
 pub use rope_kv::{rope_kv_write, RopeKvBuffers};
 pub use sample::{sample, sample_reference, RowSampling, HOST_SAMPLES};
@@ -60,7 +64,8 @@ pub const GEMV_WARPS: usize = 4;
 pub const GEMV_MAX_BATCH: usize = 8;
 
 /// Where K and V of one layer live: `[num_blocks][n_kv_heads][block_size][head_dim]`
-/// bf16 each (head-major inside a block, see `kernels/cuda/README.md`).
+/// elements each (head-major inside a block, see `kernels/cuda/README.md`),
+/// of the cache's [`KvDType`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {
     pub num_blocks: usize,

@@ -1,15 +1,16 @@
 //! Twin of `kernels/cuda/rope_kv.cu`: per token, the cos/sin table of its
 //! position, then every q and k pair rotated (q into `q_out`, k into its
-//! cache slot) and v copied to its slot; bias added in f32 first.
+//! cache slot) and v copied to its slot; bias added in f32 first. The cache
+//! element type is `K` ([`KvElem`]: bf16, f16, fp8 e4m3 with its scales).
 
 use half::bf16;
 
-use super::{KvLayout, RopeKvLens, RopeKvShape};
+use super::{KvElem, KvLayout, KvScales, RopeKvLens, RopeKvShape};
 use crate::rope::RopeStyle;
 use crate::KernelError;
 
 /// The host buffers of one RoPE + KV write (see `kernels/cuda/README.md`).
-pub struct RopeKvBuffers<'a> {
+pub struct RopeKvBuffers<'a, K: KvElem = bf16> {
     /// `[tokens][(n_heads + 2 * n_kv_heads) * head_dim]`: q ‖ k ‖ v.
     pub qkv: &'a [bf16],
     /// One QKV row's bias (Qwen2), or `None`.
@@ -22,11 +23,16 @@ pub struct RopeKvBuffers<'a> {
     /// `[tokens][n_heads * head_dim]`: rotated q.
     pub q_out: &'a mut [bf16],
     /// This layer's K and V tensors in [`KvLayout`].
-    pub k_cache: &'a mut [bf16],
-    pub v_cache: &'a mut [bf16],
+    pub k_cache: &'a mut [K],
+    pub v_cache: &'a mut [K],
+    /// What K and V are divided by when stored (fp8 only).
+    pub kv_scales: KvScales,
 }
 
-pub fn rope_kv_write(shape: &RopeKvShape, buf: RopeKvBuffers<'_>) -> Result<(), KernelError> {
+pub fn rope_kv_write<K: KvElem>(
+    shape: &RopeKvShape,
+    buf: RopeKvBuffers<'_, K>,
+) -> Result<(), KernelError> {
     shape.validate(&RopeKvLens {
         qkv: buf.qkv.len(),
         bias: buf.bias.map(<[bf16]>::len),
@@ -76,15 +82,15 @@ pub fn rope_kv_write(shape: &RopeKvShape, buf: RopeKvBuffers<'_>) -> Result<(), 
                     q[b] = bf16::from_f32(y1);
                 } else if let Some(slot) = slot {
                     let k_at = kv.slot_offset(slot, head - shape.n_heads);
-                    buf.k_cache[k_at + a] = bf16::from_f32(y0);
-                    buf.k_cache[k_at + b] = bf16::from_f32(y1);
+                    buf.k_cache[k_at + a] = K::store(y0, buf.kv_scales.k);
+                    buf.k_cache[k_at + b] = K::store(y1, buf.kv_scales.k);
                 }
             }
         }
         if let Some(slot) = slot {
             for j in 0..kv_dim {
                 let at_cache = kv.slot_offset(slot, j / hd) + j % hd;
-                buf.v_cache[at_cache] = bf16::from_f32(at(q_dim + kv_dim + j));
+                buf.v_cache[at_cache] = K::store(at(q_dim + kv_dim + j), buf.kv_scales.v);
             }
         }
     }

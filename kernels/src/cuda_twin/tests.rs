@@ -205,6 +205,7 @@ fn rope_kv_write_rotates_like_the_cpu_rope_and_fills_the_slots() {
                 q_out: &mut q_out,
                 k_cache: &mut k_cache,
                 v_cache: &mut v_cache,
+                kv_scales: KvScales::ONE,
             },
         )
         .unwrap();
@@ -289,6 +290,7 @@ fn rope_kv_write_refuses_a_slot_outside_the_cache() {
             q_out: &mut q,
             k_cache: &mut k,
             v_cache: &mut v,
+            kv_scales: KvScales::ONE,
         },
     )
     .unwrap_err();
@@ -405,6 +407,7 @@ fn decode_attention_matches_the_reference_over_gqa_ratios() {
                 q: &q,
                 k_cache: &caches.k,
                 v_cache: &caches.v,
+                kv_scales: KvScales::ONE,
                 block_tables: &packed,
                 context_lens: &ctx,
                 query_starts: None,
@@ -482,6 +485,7 @@ fn prefill_attention_matches_the_reference_across_chunk_boundaries() {
                 q: &q,
                 k_cache: &caches.k,
                 v_cache: &caches.v,
+                kv_scales: KvScales::ONE,
                 block_tables: &packed,
                 context_lens: &ctx,
                 query_starts: Some(&starts),
@@ -535,6 +539,7 @@ fn attention_refuses_block_ids_outside_the_cache() {
             q: &[bf16::ZERO; 32],
             k_cache: &cache,
             v_cache: &cache,
+            kv_scales: KvScales::ONE,
             block_tables: &[0, 2],
             context_lens: &[6],
             query_starts: None,

@@ -6,9 +6,13 @@
 //! (device-to-device copy bandwidth, cuBLAS bf16 TFLOP/s); each kernel
 //! against its CPU twin; a tiny random model and the demo model through the
 //! CPU and CUDA executors in this process (logits difference, top-1
-//! agreement, greedy text of 5 prompts x 32 tokens); a dummy-weight
-//! Llama-3.1-8B decoding at batch 1, 8 and 64 (context 512) with and
-//! without CUDA graphs, timed with CUDA events, against the bandwidth
+//! agreement, greedy text of 5 prompts x 32 tokens); on-device sampling
+//! (ids picked by the `sample` kernel on the request path equal to the host
+//! sampler's from the same logits and draws); f16 and fp8 KV caches against
+//! bf16 (logits difference, top-1); a dummy-weight
+//! Llama-3.1-8B decoding at batch 1, 8 and 64 (context 512) without and
+//! with CUDA graphs, and with ids sampled on the device, timed with CUDA
+//! events, against the bandwidth
 //! roofline. Writes JSON, prints a table last, stops starting sections at
 //! the deadline. Without a GPU it says so and exits 3.
 
@@ -52,7 +56,7 @@ fn parse_args() -> Result<Args, String> {
             "--ordinal" => args.ordinal = value()?.parse().map_err(|e| format!("--ordinal: {e}"))?,
             "-h" | "--help" => {
                 return Err("usage: sluice-gpucheck [--json PATH] [--deadline-s S] \
-                            [--only env|ceilings|kernels|tiny|demo|decode] [--demo GGUF] [--ordinal N]"
+                            [--only env|ceilings|kernels|tiny|sampling|kv|demo|decode] [--demo GGUF] [--ordinal N]"
                     .into())
             }
             other => return Err(format!("unknown argument {other}")),
@@ -104,9 +108,22 @@ fn main() -> ExitCode {
     if wants("tiny") {
         report.run("tiny", time_left(), || gpucheck::tiny_model(&mut ops));
     }
+    if wants("sampling") {
+        report.run("sampling", time_left(), || {
+            gpucheck::device_sampling(&mut ops)
+        });
+    }
+    if wants("kv") {
+        report.run("kv", time_left(), || gpucheck::kv_dtypes(&mut ops, None));
+    }
     if wants("demo") {
         match &args.demo {
-            Some(path) => report.run("demo", time_left(), || gpucheck::demo_model(&mut ops, path)),
+            Some(path) => {
+                report.run("demo", time_left(), || gpucheck::demo_model(&mut ops, path));
+                report.run("kv_demo", time_left(), || {
+                    gpucheck::kv_dtypes(&mut ops, Some(path))
+                });
+            }
             None if args.only.is_some() => report.section(
                 "demo",
                 json!({ "skipped": "no --demo GGUF given (scripts/gpu-check.sh run --only demo)" }),

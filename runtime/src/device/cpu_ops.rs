@@ -7,7 +7,12 @@
 //! first rounded to bf16, as a GPU stores them: the test that runs this way
 //! predicts how far the GPU's tokens may drift from the CPU engine's.
 
+use std::ops::Range;
+
 use sluice_kernels::attention::{paged_attention, PagedKv};
+use sluice_kernels::cuda_twin::{
+    self as twin, Fp8E4m3, KvDType, KvElem, KvScales, RowSampling, SampleShape,
+};
 use sluice_kernels::ops::{rms_norm, silu_mul};
 use sluice_kernels::rope::RopeStyle;
 use sluice_kernels::{matmul, Matrix};
@@ -19,6 +24,11 @@ use super::ops::{DeviceOps, LayerKv, NormArgs, RopeTable, StepCtx};
 pub struct CpuOps {
     /// Round every weight to bf16 on upload, as the GPU holds them.
     pub round_weights_to_bf16: bool,
+    /// `None`: K and V kept in f32, exactly as the CPU engine keeps them.
+    /// `Some(dtype)`: each K and V value rounded as a GPU cache of that type
+    /// stores it (scale 1, as the CUDA executor uses), so a test sees what
+    /// f16 or fp8 KV does to a model's logits.
+    pub kv_storage: Option<KvDType>,
 }
 
 fn to_bf16_and_back(values: &mut [f32]) {
@@ -57,12 +67,20 @@ impl DeviceOps for CpuOps {
     type Mat = Matrix;
     type Ids = Vec<i32>;
     type Floats = Vec<f32>;
+    type Kv = Vec<f32>;
 
     fn name(&self) -> String {
+        let mut notes = Vec::new();
         if self.round_weights_to_bf16 {
-            "cpu (bf16 weights)".into()
-        } else {
+            notes.push("bf16 weights".to_string());
+        }
+        if let Some(dtype) = self.kv_storage {
+            notes.push(format!("{} KV", dtype.as_str()));
+        }
+        if notes.is_empty() {
             "cpu".into()
+        } else {
+            format!("cpu ({})", notes.join(", "))
         }
     }
 
@@ -113,8 +131,12 @@ impl DeviceOps for CpuOps {
         Ok(())
     }
 
-    fn zero(&mut self, buf: &mut Vec<f32>) -> Result<(), ModelError> {
-        buf.fill(0.0);
+    fn alloc_kv(&mut self, len: usize) -> Result<Vec<f32>, ModelError> {
+        Ok(vec![0.0; len])
+    }
+
+    fn zero(&mut self, kv: &mut Vec<f32>) -> Result<(), ModelError> {
+        kv.fill(0.0);
         Ok(())
     }
 
@@ -249,12 +271,10 @@ impl DeviceOps for CpuOps {
             }
             let at = index(slot, "slot")? * kvd;
             let outside = || bad(format!("rope_kv_write: slot {slot} is outside the cache"));
-            kv.k.get_mut(at..at + kvd)
-                .ok_or_else(outside)?
-                .copy_from_slice(k);
-            kv.v.get_mut(at..at + kvd)
-                .ok_or_else(outside)?
-                .copy_from_slice(v);
+            let k_dst = kv.k.get_mut(at..at + kvd).ok_or_else(outside)?;
+            store_kv(k_dst, k, self.kv_storage);
+            let v_dst = kv.v.get_mut(at..at + kvd).ok_or_else(outside)?;
+            store_kv(v_dst, v, self.kv_storage);
         }
         Ok(())
     }
@@ -326,8 +346,44 @@ impl DeviceOps for CpuOps {
         Ok(())
     }
 
-    fn read_logits(&mut self, src: &Vec<f32>, len: usize) -> Result<Vec<f32>, ModelError> {
-        Ok(head(src, len, "logits")?.to_vec())
+    fn read_logits(&mut self, src: &Vec<f32>, range: Range<usize>) -> Result<Vec<f32>, ModelError> {
+        let len = src.len();
+        src.get(range.clone())
+            .map(<[f32]>::to_vec)
+            .ok_or_else(|| bad(format!("logits {range:?} asked of a buffer of {len}")))
+    }
+
+    /// The CUDA kernel's twin: what the device computes, on the host.
+    fn sample(
+        &mut self,
+        logits: &Vec<f32>,
+        vocab: usize,
+        params: &[RowSampling],
+    ) -> Result<Vec<i32>, ModelError> {
+        let shape = SampleShape {
+            rows: params.len(),
+            vocab,
+        };
+        let logits = head(logits, shape.rows * vocab, "sample logits")?;
+        let mut ids = vec![0; shape.rows];
+        twin::sample(&shape, logits, params, &mut ids).map_err(|e| bad(e.to_string()))?;
+        Ok(ids)
+    }
+}
+
+/// `src` into `dst`, each value as a cache of `dtype` would read it back.
+fn store_kv(dst: &mut [f32], src: &[f32], dtype: Option<KvDType>) {
+    fn round<K: KvElem>(dst: &mut [f32], src: &[f32]) {
+        let scale = KvScales::ONE.k;
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = K::store(s, scale).load(scale);
+        }
+    }
+    match dtype {
+        None => dst.copy_from_slice(src),
+        Some(KvDType::Bf16) => round::<half::bf16>(dst, src),
+        Some(KvDType::F16) => round::<half::f16>(dst, src),
+        Some(KvDType::Fp8E4m3) => round::<Fp8E4m3>(dst, src),
     }
 }
 

@@ -9,9 +9,14 @@
 //! kernels check them), cut from buffers allocated once for the largest
 //! step, so a captured graph's addresses stay valid.
 
+mod kv;
 pub mod probe;
 
+pub use kv::CudaKv;
+pub use probe::{environment, kernel_checks};
+
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use half::bf16;
@@ -19,10 +24,10 @@ use sluice_kernels::cuda::cudarc::cublas::{result as blas, sys as blas_sys, Cuda
 use sluice_kernels::cuda::cudarc::driver::{
     self, sys as driver_sys, CudaGraph, CudaSlice, CudaView, DevicePtr, DevicePtrMut,
 };
-use sluice_kernels::cuda::{AttentionBuffers, Gpu, GpuError, RopeKvBuffers};
+use sluice_kernels::cuda::{Gpu, GpuError};
 use sluice_kernels::cuda_twin::{
     AttentionShape as KernelAttention, EmbeddingShape, KvLayout, NormShape, RopeKvShape,
-    SiluMulShape,
+    RowSampling, SampleShape, SiluMulShape,
 };
 use sluice_models::{Llama, ModelError};
 
@@ -69,6 +74,8 @@ pub struct CudaOps {
     graphs: HashMap<usize, OwnedGraph>,
     /// Set when a capture failed: later steps run without graphs.
     graphs_unavailable: bool,
+    /// The element type of KV caches this allocates.
+    kv_dtype: KvDType,
 }
 
 impl Clone for CudaOps {
@@ -77,6 +84,7 @@ impl Clone for CudaOps {
             shared: self.shared.clone(),
             graphs: HashMap::new(),
             graphs_unavailable: self.graphs_unavailable,
+            kv_dtype: self.kv_dtype,
         }
     }
 }
@@ -146,7 +154,18 @@ impl CudaOps {
             }),
             graphs: HashMap::new(),
             graphs_unavailable: false,
+            kv_dtype: KvDType::Bf16,
         })
+    }
+
+    /// These ops, allocating KV caches of `dtype` from now on.
+    pub fn with_kv_dtype(mut self, dtype: KvDType) -> Self {
+        self.kv_dtype = dtype;
+        self
+    }
+
+    pub fn kv_dtype(&self) -> KvDType {
+        self.kv_dtype
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -235,7 +254,7 @@ impl CudaOps {
         .map_err(|e| ModelError::Device(format!("cuBLAS gemm {rows}x{n}x{k}: {e}")))
     }
 
-    fn kv_layout(kv: &LayerKv<CudaSlice<bf16>>, step: &StepCtx<'_, CudaSlice<i32>>) -> KvLayout {
+    fn kv_layout(kv: &LayerKv<CudaKv>, step: &StepCtx<'_, CudaSlice<i32>>) -> KvLayout {
         let a = step.attn;
         let block_len = a.kv_heads * a.block_size * a.head_dim;
         KvLayout {
@@ -267,6 +286,7 @@ impl DeviceOps for CudaOps {
     type Mat = CudaMatrix;
     type Ids = CudaSlice<i32>;
     type Floats = CudaSlice<f32>;
+    type Kv = CudaKv;
 
     fn name(&self) -> String {
         format!("cuda:{} ({})", self.shared.ordinal, self.gpu().name())
@@ -366,11 +386,12 @@ impl DeviceOps for CudaOps {
             .map_err(drv("writing step ids"))
     }
 
-    fn zero(&mut self, buf: &mut Self::Buf) -> Result<(), ModelError> {
-        self.gpu()
-            .stream()
-            .memset_zeros(buf)
-            .map_err(drv("zeroing"))
+    fn alloc_kv(&mut self, len: usize) -> Result<Self::Kv, ModelError> {
+        CudaKv::alloc(self.gpu().stream(), self.kv_dtype, len)
+    }
+
+    fn zero(&mut self, kv: &mut Self::Kv) -> Result<(), ModelError> {
+        kv.zero(self.gpu().stream())
     }
 
     fn embedding(
@@ -477,7 +498,7 @@ impl DeviceOps for CudaOps {
         qkv: &Self::Buf,
         bias: Option<&Self::Buf>,
         rope: &RopeTable<Self::Floats>,
-        kv: &mut LayerKv<Self::Buf>,
+        kv: &mut LayerKv<Self::Kv>,
         step: StepCtx<'_, Self::Ids>,
         q_out: &mut Self::Buf,
     ) -> Result<(), ModelError> {
@@ -491,34 +512,32 @@ impl DeviceOps for CudaOps {
             kv: layout,
             style: rope.style,
         };
-        let layer_len = layout.layer_len();
         let qkv = head(qkv, rows * width, "qkv")?;
         let bias = bias.map(|b| head(b, width, "qkv bias")).transpose()?;
         let positions = head(&ids.positions, rows, "positions")?;
         let slots = head(&ids.slot_mapping, rows, "slots")?;
-        let mut q_out = head_mut(q_out, rows * attn.q_dim(), "q")?;
-        let LayerKv { k, v } = kv;
-        let mut k = head_mut(k, layer_len, "k cache")?;
-        let mut v = head_mut(v, layer_len, "v cache")?;
-        let buffers = RopeKvBuffers {
+        let inputs = kv::RopeKvInputs {
             qkv: &qkv,
             bias: bias.as_ref().map(|b| b as &dyn DevicePtr<bf16>),
             positions: &positions,
             slots: &slots,
             inv_freq: &rope.inv_freq,
-            q_out: &mut q_out,
-            k_cache: &mut k,
-            v_cache: &mut v,
         };
-        self.gpu()
-            .rope_kv_write(&kernel_shape, buffers)
-            .map_err(gpu_err)
+        let LayerKv { k, v } = kv;
+        kv::rope_kv_write(
+            self.gpu(),
+            &kernel_shape,
+            inputs,
+            q_out,
+            rows * attn.q_dim(),
+            (k, v),
+        )
     }
 
     fn attention(
         &mut self,
         q: &Self::Buf,
-        kv: &LayerKv<Self::Buf>,
+        kv: &LayerKv<Self::Kv>,
         step: StepCtx<'_, Self::Ids>,
         out: &mut Self::Buf,
     ) -> Result<(), ModelError> {
@@ -532,10 +551,7 @@ impl DeviceOps for CudaOps {
             max_blocks_per_seq: shape.max_blocks_per_seq,
             scale: attn.scale,
         };
-        let layer_len = layout.layer_len();
         let q = head(q, shape.rows * attn.q_dim(), "attention q")?;
-        let k = head(&kv.k, layer_len, "k cache")?;
-        let v = head(&kv.v, layer_len, "v cache")?;
         let tables = head(
             &ids.block_tables,
             shape.seqs * shape.max_blocks_per_seq,
@@ -543,23 +559,22 @@ impl DeviceOps for CudaOps {
         )?;
         let lens = head(&ids.seq_lens, shape.seqs, "context lens")?;
         let starts = head(&ids.query_start, shape.seqs + 1, "query starts")?;
-        let mut out = head_mut(out, shape.rows * attn.q_dim(), "attention output")?;
         let decode = shape.max_query_len <= 1 && shape.rows == shape.seqs;
-        let buffers = AttentionBuffers {
+        let inputs = kv::AttentionInputs {
             q: &q,
-            k_cache: &k,
-            v_cache: &v,
             block_tables: &tables,
             context_lens: &lens,
             query_starts: if decode { None } else { Some(&starts) },
-            out: &mut out,
         };
-        if decode {
-            self.gpu().paged_attention_decode(&kernel_shape, buffers)
-        } else {
-            self.gpu().paged_attention_prefill(&kernel_shape, buffers)
-        }
-        .map_err(gpu_err)
+        let out_len = shape.rows * attn.q_dim();
+        kv::attention(
+            self.gpu(),
+            &kernel_shape,
+            inputs,
+            (&kv.k, &kv.v),
+            out,
+            out_len,
+        )
     }
 
     fn silu_mul(
@@ -576,13 +591,49 @@ impl DeviceOps for CudaOps {
             .map_err(gpu_err)
     }
 
-    fn read_logits(&mut self, src: &Self::Floats, len: usize) -> Result<Vec<f32>, ModelError> {
-        let view = head(src, len, "logits")?;
+    fn read_logits(
+        &mut self,
+        src: &Self::Floats,
+        range: Range<usize>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let len = src.len();
+        let view = src
+            .try_slice(range.clone())
+            .ok_or_else(|| too_short("logits", range.end, len))?;
         // Waits for the step: the copy is queued behind it on the one stream.
         self.gpu()
             .stream()
             .clone_dtoh(&view)
             .map_err(drv("reading logits"))
+    }
+
+    fn sample(
+        &mut self,
+        logits: &Self::Floats,
+        vocab: usize,
+        params: &[RowSampling],
+    ) -> Result<Vec<i32>, ModelError> {
+        let shape = SampleShape {
+            rows: params.len(),
+            vocab,
+        };
+        let logits = head(logits, shape.rows * vocab, "sample logits")?;
+        // Sampling runs after the step's graph, outside it, so these small
+        // per-step buffers need no fixed addresses.
+        let stream = self.gpu().stream().clone();
+        let d_params = stream
+            .clone_htod(params)
+            .map_err(drv("uploading sampling parameters"))?;
+        let mut d_ids = stream
+            .alloc_zeros::<i32>(shape.rows)
+            .map_err(drv("allocating sampled ids"))?;
+        self.gpu()
+            .sample(&shape, &logits, &d_params, &mut d_ids)
+            .map_err(gpu_err)?;
+        // Waits for the kernel: the copy is queued behind it on the one stream.
+        stream
+            .clone_dtoh(&d_ids)
+            .map_err(drv("reading sampled ids"))
     }
 
     fn run_as_graph<S>(
@@ -634,7 +685,7 @@ pub fn open_executor(
     cfg: &EngineConfig,
     ordinal: u32,
 ) -> Result<DeviceExecutor<CudaOps>, ModelError> {
-    let mut ops = CudaOps::open(ordinal)?;
+    let mut ops = CudaOps::open(ordinal)?.with_kv_dtype(cfg.kv_dtype);
     let mc = model.config();
     let shape = ModelShape::of(mc);
     let max_len = cfg
@@ -652,7 +703,7 @@ pub fn open_executor(
     let sized = plan_memory(
         &shape,
         &limits,
-        KvDType::Bf16,
+        cfg.kv_dtype,
         &MemoryBudget::for_card(free, total),
     )
     .map_err(|e| ModelError::Device(e.to_string()))?;
@@ -661,6 +712,7 @@ pub fn open_executor(
         device = %ops.name(),
         weights_gib = sized.weight_bytes as f64 / (1u64 << 30) as f64,
         kv_blocks = limits.num_blocks,
+        kv_dtype = cfg.kv_dtype.as_str(),
         "uploading the model to the GPU"
     );
     let weights = DeviceModel::upload(&mut ops, model)?;
@@ -672,42 +724,4 @@ pub fn open_executor(
             graphs: true,
         },
     )
-}
-
-/// The card, driver and libraries, for the device check's first section.
-pub fn environment(ops: &CudaOps) -> serde_json::Value {
-    let mut driver_version = 0i32;
-    // SAFETY: writes one int; the driver is loaded (a context exists).
-    let _ = unsafe { driver_sys::cuDriverGetVersion(&mut driver_version) };
-    let (free, total) = ops.memory().unwrap_or((0, 0));
-    let telemetry = sluice_kernels::cuda::GpuTelemetry::read(ops.ordinal());
-    serde_json::json!({
-        "card": ops.gpu().name(),
-        "compute_capability": format!("{}.{}", ops.gpu().compute_capability().0, ops.gpu().compute_capability().1),
-        "kernel_image": format!("{:?}", ops.gpu().kernel_image()),
-        "cuda": format!("{}.{}", driver_version / 1000, (driver_version % 1000) / 10),
-        "driver": format!("CUDA driver API {driver_version}"),
-        "memory_free_bytes": free,
-        "memory_total_bytes": total,
-        "libcublas": std::env::var("SLUICE_CUBLAS").unwrap_or_default(),
-        "ld_library_path": std::env::var("LD_LIBRARY_PATH").unwrap_or_default(),
-        "telemetry": telemetry.map(|t| serde_json::json!({
-            "power_watts": t.power_watts, "sm_clock_mhz": t.sm_clock_mhz,
-            "memory_clock_mhz": t.memory_clock_mhz, "memory_used_bytes": t.memory_used_bytes,
-        })),
-    })
-}
-
-/// Every kernel against its CPU twin (the kernels crate's check), as JSON.
-pub fn kernel_checks(ops: &CudaOps, seed: u64) -> Result<Vec<serde_json::Value>, ModelError> {
-    let checks = sluice_kernels::cuda::check::run_all(ops.gpu(), seed);
-    Ok(checks
-        .into_iter()
-        .map(|c| {
-            serde_json::json!({
-                "name": c.name, "shape": c.shape, "max_rel_err": c.max_rel_error,
-                "pass": c.passed, "error": c.error,
-            })
-        })
-        .collect())
 }

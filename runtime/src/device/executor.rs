@@ -4,13 +4,14 @@
 //! the index arrays ([`StepPlan`]), writes them, runs the layers and brings
 //! back only the logits rows the engine asked for.
 
+use sluice_kernels::cuda_twin::RowSampling;
 use sluice_models::{Llama, LlamaConfig, ModelError, SeqBatch};
 
 use super::ops::{
     AttentionShape, DeviceOps, LayerKv, NormArgs, RopeTable, StepCtx, StepIds, StepShape,
 };
 use super::plan::{PlanLimits, StepPlan};
-use crate::executor::Executor;
+use crate::executor::{Executor, RowOut, RowWant};
 use crate::rng::SeqRng;
 
 /// One layer's weights on the device.
@@ -197,7 +198,7 @@ impl<O: DeviceOps> StepBuffers<O> {
 /// Everything a step reads and writes on the device, apart from the ops.
 struct DeviceState<O: DeviceOps> {
     model: DeviceModel<O>,
-    kv: Vec<LayerKv<O::Buf>>,
+    kv: Vec<LayerKv<O::Kv>>,
     bufs: StepBuffers<O>,
     attn: AttentionShape,
     /// The shape of the step being run (set before each step).
@@ -233,8 +234,8 @@ impl<O: DeviceOps> DeviceExecutor<O> {
         let mut kv = Vec::with_capacity(mc.num_layers);
         for _ in 0..mc.num_layers {
             kv.push(LayerKv {
-                k: ops.alloc(kv_len)?,
-                v: ops.alloc(kv_len)?,
+                k: ops.alloc_kv(kv_len)?,
+                v: ops.alloc_kv(kv_len)?,
             });
         }
         let bufs = StepBuffers::alloc(&mut ops, mc, &limits)?;
@@ -282,6 +283,68 @@ impl<O: DeviceOps> DeviceExecutor<O> {
 
     /// Packs `seqs`, runs the step, returns the wanted logits rows.
     fn step(&mut self, seqs: &[SeqBatch<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let wanted = self.run(seqs)?;
+        if wanted == 0 {
+            return Ok(Vec::new());
+        }
+        let vocab = self.state.model.cfg.vocab_size;
+        let logits = self
+            .ops
+            .read_logits(&self.state.bufs.logits, 0..wanted * vocab)?;
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// [`Self::step`], with the rows that want only a token sampled on the
+    /// device: only their ids come back, and the logits of the rest (rows
+    /// needing the host, rows the device hands back).
+    fn step_rows(
+        &mut self,
+        seqs: &[SeqBatch<'_>],
+        wants: &[RowWant],
+    ) -> Result<Vec<RowOut>, ModelError> {
+        if wants.iter().all(|w| *w == RowWant::Logits) {
+            return Ok(self.step(seqs)?.into_iter().map(RowOut::Logits).collect());
+        }
+        let wanted = self.run(seqs)?;
+        if wanted != wants.len() {
+            return Err(ModelError::Format(format!(
+                "{} rows asked for, {wanted} sequences want logits",
+                wants.len()
+            )));
+        }
+        let vocab = self.state.model.cfg.vocab_size;
+        // Rows wanting logits are sampled greedily too (an argmax, cheap
+        // beside the LM head) so that one launch covers the step.
+        let params: Vec<RowSampling> = wants
+            .iter()
+            .map(|w| match w {
+                RowWant::Token(rules) => *rules,
+                RowWant::Logits => RowSampling {
+                    top_p: 1.0,
+                    ..RowSampling::default()
+                },
+            })
+            .collect();
+        let Self { ops, state, .. } = self;
+        let logits = &state.bufs.logits;
+        let ids = ops.sample(logits, vocab, &params)?;
+        wants
+            .iter()
+            .zip(ids)
+            .enumerate()
+            .map(|(r, (want, id))| match (want, u32::try_from(id)) {
+                (RowWant::Token(_), Ok(id)) => Ok(RowOut::Token(id)),
+                // HOST_SAMPLES (or a row that needs the host anyway).
+                _ => ops
+                    .read_logits(logits, r * vocab..(r + 1) * vocab)
+                    .map(RowOut::Logits),
+            })
+            .collect()
+    }
+
+    /// Packs `seqs` and runs the step; returns how many logits rows it
+    /// computed (the wanted ones, first in the logits buffer).
+    fn run(&mut self, seqs: &[SeqBatch<'_>]) -> Result<usize, ModelError> {
         let vocab = self.state.model.cfg.vocab_size;
         for s in seqs {
             if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
@@ -293,7 +356,7 @@ impl<O: DeviceOps> DeviceExecutor<O> {
         let plan = StepPlan::pack(seqs, &self.cfg.limits, self.cfg.graphs)
             .map_err(|e| ModelError::Format(e.to_string()))?;
         if plan.real_tokens == 0 {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let wanted = plan.logits_rows.len();
         // A graph computes a fixed number of logits rows: the bucket's, the
@@ -323,11 +386,7 @@ impl<O: DeviceOps> DeviceExecutor<O> {
             Some(bucket) => ops.run_as_graph(bucket, state, &mut run_step::<O>)?,
             None => run_step(ops, state)?,
         }
-        if wanted == 0 {
-            return Ok(Vec::new());
-        }
-        let logits = ops.read_logits(&state.bufs.logits, wanted * vocab)?;
-        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        Ok(wanted)
     }
 }
 
@@ -417,9 +476,18 @@ where
     O::Mat: Send,
     O::Ids: Send,
     O::Floats: Send,
+    O::Kv: Send,
 {
     fn execute(&mut self, seqs: &[SeqBatch<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         self.step(seqs)
+    }
+
+    fn execute_rows(
+        &mut self,
+        seqs: &[SeqBatch<'_>],
+        wants: &[RowWant],
+    ) -> Result<Vec<RowOut>, ModelError> {
+        self.step_rows(seqs, wants)
     }
 
     fn reset(&mut self) -> Result<(), ModelError> {

@@ -10,6 +10,9 @@
 //! memory (and a captured graph's addresses). Buffers are device handles:
 //! the host never reads them except through [`DeviceOps::read_logits`].
 
+use std::ops::Range;
+
+use sluice_kernels::cuda_twin::RowSampling;
 use sluice_kernels::rope::RopeStyle;
 use sluice_models::ModelError;
 
@@ -92,7 +95,7 @@ pub struct RopeTable<F> {
     pub style: RopeStyle,
 }
 
-/// One layer's K and V cache.
+/// One layer's K and V cache (each in the ops' `Kv` type).
 pub struct LayerKv<B> {
     pub k: B,
     pub v: B,
@@ -103,12 +106,15 @@ pub struct LayerKv<B> {
 /// `Floats` f32 values: the residual stream (a bf16 residual would round
 /// away the small sublayer outputs added to it), logits, RoPE frequencies
 /// (which bf16 would put 1% off). `Mat` is a weight matrix
-/// (`n` output rows x `k` inputs), `Ids` i32 indices.
+/// (`n` output rows x `k` inputs), `Ids` i32 indices, `Kv` one layer's K
+/// or V cache in the element type the ops were opened with
+/// (`sluice_kernels::cuda_twin::KvDType`).
 pub trait DeviceOps {
     type Buf;
     type Mat;
     type Ids;
     type Floats;
+    type Kv;
 
     /// A short name for logs and errors ("cpu", "cuda:0 (NVIDIA H100)").
     fn name(&self) -> String;
@@ -133,8 +139,10 @@ pub trait DeviceOps {
     fn clone_matrix(&mut self, m: &Self::Mat) -> Result<Self::Mat, ModelError>;
     /// Overwrites the first `values.len()` entries of `dst`.
     fn write_ids(&mut self, dst: &mut Self::Ids, values: &[i32]) -> Result<(), ModelError>;
-    /// Zeroes a buffer (KV memory on reset).
-    fn zero(&mut self, buf: &mut Self::Buf) -> Result<(), ModelError>;
+    /// One layer's K (or V) cache of `len` elements, zeroed.
+    fn alloc_kv(&mut self, len: usize) -> Result<Self::Kv, ModelError>;
+    /// Zeroes a cache tensor (KV memory on reset).
+    fn zero(&mut self, kv: &mut Self::Kv) -> Result<(), ModelError>;
 
     /// `out[r] = table[tokens[r]]` (the residual stream, f32) for `rows` rows.
     fn embedding(
@@ -199,7 +207,7 @@ pub trait DeviceOps {
         qkv: &Self::Buf,
         bias: Option<&Self::Buf>,
         rope: &RopeTable<Self::Floats>,
-        kv: &mut LayerKv<Self::Buf>,
+        kv: &mut LayerKv<Self::Kv>,
         step: StepCtx<'_, Self::Ids>,
         q_out: &mut Self::Buf,
     ) -> Result<(), ModelError>;
@@ -209,7 +217,7 @@ pub trait DeviceOps {
     fn attention(
         &mut self,
         q: &Self::Buf,
-        kv: &LayerKv<Self::Buf>,
+        kv: &LayerKv<Self::Kv>,
         step: StepCtx<'_, Self::Ids>,
         out: &mut Self::Buf,
     ) -> Result<(), ModelError>;
@@ -221,8 +229,23 @@ pub trait DeviceOps {
         ff: usize,
         out: &mut Self::Buf,
     ) -> Result<(), ModelError>;
-    /// The first `len` logits, on the host. Waits for the step to finish.
-    fn read_logits(&mut self, src: &Self::Floats, len: usize) -> Result<Vec<f32>, ModelError>;
+    /// Logits `range` (row-major `[rows][vocab]`), on the host. Waits for
+    /// the step to finish.
+    fn read_logits(
+        &mut self,
+        src: &Self::Floats,
+        range: Range<usize>,
+    ) -> Result<Vec<f32>, ModelError>;
+    /// Samples the first `params.len()` rows of `logits` (`vocab` wide)
+    /// where they are, with the rules of `sluice_kernels::cuda_twin::sample`;
+    /// brings back one id per row, or `HOST_SAMPLES` where the host must
+    /// sample that row from its logits. Waits for the step to finish.
+    fn sample(
+        &mut self,
+        logits: &Self::Floats,
+        vocab: usize,
+        params: &[RowSampling],
+    ) -> Result<Vec<i32>, ModelError>;
 
     /// Runs `body` (a decode step of `bucket` rows, its ids already written)
     /// as a replay of a graph captured the first time, where the device has

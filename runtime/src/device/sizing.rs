@@ -6,25 +6,9 @@ use sluice_models::LlamaConfig;
 
 use super::plan::PlanLimits;
 
-/// Bytes of one element as the device stores it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KvDType {
-    /// The default: what the kernels read without conversion.
-    #[default]
-    Bf16,
-    F16,
-    /// fp8 (e4m3): half the memory, a scale per tensor.
-    F8,
-}
-
-impl KvDType {
-    pub fn bytes(self) -> usize {
-        match self {
-            KvDType::Bf16 | KvDType::F16 => 2,
-            KvDType::F8 => 1,
-        }
-    }
-}
+/// How the KV cache stores an element (`[models.engine] kv_dtype`): the
+/// kernels crate's type, so sizing and the kernels agree on bytes.
+pub use sluice_kernels::cuda_twin::KvDType;
 
 /// The shape facts sizing needs, named (no positional tuples).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -216,7 +216,7 @@ fn llama31_8b_has_eight_billion_weights_and_128_kib_of_kv_per_token() {
     assert_eq!(s.params(), 8_030_261_248);
     assert_eq!(s.params_read_per_step(), 7_504_658_432);
     assert_eq!(s.kv_bytes_per_token(KvDType::Bf16), 128 << 10);
-    assert_eq!(s.kv_bytes_per_token(KvDType::F8), 64 << 10);
+    assert_eq!(s.kv_bytes_per_token(KvDType::Fp8E4m3), 64 << 10);
     assert_eq!(kv_block_bytes(&s, 16, KvDType::Bf16), 2 << 20);
 }
 
@@ -283,7 +283,7 @@ fn memory_others_hold_counts_against_the_utilisation_cap() {
     let f8 = plan_memory(
         &s,
         &l,
-        KvDType::F8,
+        KvDType::Fp8E4m3,
         &MemoryBudget::for_card(80 * GIB, 80 * GIB),
     );
     assert_eq!(f8.unwrap().num_blocks / 2, alone.num_blocks);
@@ -504,6 +504,7 @@ fn the_device_step_matches_the_cpu_engine_on_the_demo_model() {
     let mut exact = device_executor(&model, CpuOps::default(), 40, 16, true);
     let bf16 = CpuOps {
         round_weights_to_bf16: true,
+        ..CpuOps::default()
     };
     let mut rounded = device_executor(&model, bf16, 40, 16, true);
     let mut cpu = CpuExecutor::new(model, 40, 16, 2).unwrap();

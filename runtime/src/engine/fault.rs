@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 use sluice_models::{LoadedLlm, ModelError, SeqBatch};
 
 use super::{Engine, EngineConfig, EngineHandle};
-use crate::executor::Executor;
+use crate::executor::{Executor, RowOut, RowWant};
 use crate::EngineError;
 
 /// Where the injected executor fails.
@@ -52,9 +52,10 @@ impl Engine {
     }
 }
 
-impl Executor for FaultyExecutor {
+impl FaultyExecutor {
+    /// Holds the first step when asked, and panics on the step the fault names.
     #[allow(clippy::panic, reason = "the injected fault is a panic")]
-    fn execute(&mut self, seqs: &[SeqBatch<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn before_step(&mut self, seqs: &[SeqBatch<'_>]) {
         let step = self.steps;
         self.steps += 1;
         if step == 0 {
@@ -67,7 +68,22 @@ impl Executor for FaultyExecutor {
             self.fired = true;
             panic!("injected fault at step {step} ({} sequences)", seqs.len());
         }
+    }
+}
+
+impl Executor for FaultyExecutor {
+    fn execute(&mut self, seqs: &[SeqBatch<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.before_step(seqs);
         self.inner.execute(seqs)
+    }
+
+    fn execute_rows(
+        &mut self,
+        seqs: &[SeqBatch<'_>],
+        wants: &[RowWant],
+    ) -> Result<Vec<RowOut>, ModelError> {
+        self.before_step(seqs);
+        self.inner.execute_rows(seqs, wants)
     }
 
     fn reset(&mut self) -> Result<(), ModelError> {

@@ -315,3 +315,122 @@ fn nan_and_empty_logits_do_not_fail() {
     let t = run(&[f32::NEG_INFINITY; 3], &p, &mut SeqRng::seeded(0));
     assert_eq!(t.id, 0);
 }
+
+#[test]
+fn only_rows_without_penalties_bias_or_logprobs_may_be_sampled_off_the_host() {
+    let rng = SeqRng::seeded(1);
+    assert!(off_host_rules(&params(), &rng).is_some());
+    let host_only = [
+        SamplingParams {
+            repetition_penalty: 1.1,
+            ..params()
+        },
+        SamplingParams {
+            presence_penalty: 0.5,
+            ..params()
+        },
+        SamplingParams {
+            frequency_penalty: -0.5,
+            ..params()
+        },
+        SamplingParams {
+            logit_bias: vec![(3, -100.0)],
+            ..params()
+        },
+        SamplingParams {
+            logprobs: Some(0),
+            ..params()
+        },
+    ];
+    for p in host_only {
+        assert_eq!(off_host_rules(&p, &rng), None, "{p:?}");
+    }
+    // Greedy rules carry no draw; sampled ones the generator's next one,
+    // without advancing it.
+    let mut copy = rng.clone();
+    let hot = SamplingParams {
+        temperature: 0.7,
+        top_k: 5000,
+        ..params()
+    };
+    let rules = off_host_rules(&hot, &rng).unwrap();
+    assert_eq!(rules.uniform, copy.next_f32());
+    assert_eq!(rules.top_k, 5000);
+    assert_eq!(off_host_rules(&params(), &rng).unwrap().uniform, 0.0);
+    assert_eq!(rng, SeqRng::seeded(1));
+}
+
+/// The device's rules (the CUDA kernel's twin), fed the draw the host would
+/// take, pick the host sampler's token on real-sized vocabularies, row
+/// after row of one seeded stream; rows the device hands back are the only
+/// exceptions, and they are few.
+#[test]
+fn the_kernel_rules_with_the_peeked_draw_pick_what_sample_picks() {
+    use sluice_kernels::cuda_twin::{sample as twin_sample, SampleShape, HOST_SAMPLES};
+    let settings = [
+        SamplingParams::default(),
+        SamplingParams {
+            temperature: 1.0,
+            ..params()
+        },
+        SamplingParams {
+            temperature: 0.8,
+            top_p: 0.9,
+            ..params()
+        },
+        SamplingParams {
+            temperature: 1.2,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.02,
+            ..params()
+        },
+        SamplingParams {
+            temperature: 0.5,
+            min_p: 0.1,
+            ..params()
+        },
+    ];
+    let (mut handed_back, mut compared) = (0, 0);
+    for vocab in [1000, 32_000, 151_936] {
+        for (s, p) in settings.iter().enumerate() {
+            let mut host_rng = SeqRng::seeded(vocab as u64 + s as u64);
+            let mut device_rng = host_rng.clone();
+            for row in 0..6u64 {
+                // Peaked logits, like a model's: a few strong tokens; the
+                // last two rows only mildly, so that the tail is drawn from
+                // and a wide nucleus is handed back.
+                let mut logits = big_logits(vocab, row * 7 + s as u64);
+                for (i, l) in logits.iter_mut().enumerate().take(8) {
+                    *l = if row < 4 {
+                        20.0 - i as f32
+                    } else {
+                        *l + 10.0 - i as f32
+                    };
+                }
+                compared += 1;
+                let want = run(&logits, p, &mut host_rng).id;
+                let rules = off_host_rules(p, &device_rng).unwrap();
+                let mut id = [0i32];
+                let shape = SampleShape { rows: 1, vocab };
+                twin_sample(&shape, &logits, &[rules], &mut id).unwrap();
+                if id[0] == HOST_SAMPLES {
+                    handed_back += 1;
+                    run(&logits, p, &mut device_rng);
+                    continue;
+                }
+                if !is_greedy(p) {
+                    device_rng.next_f32();
+                }
+                assert_eq!(id[0] as u32, want, "vocab {vocab}, {p:?}, row {row}");
+                assert_eq!(device_rng, host_rng);
+            }
+        }
+    }
+    // Only top-p without top-k over a wide nucleus: the mild rows of one
+    // setting, on the two vocabularies above the candidate limit.
+    assert!(
+        handed_back <= 4,
+        "{handed_back} of {compared} rows handed back"
+    );
+}

@@ -607,3 +607,29 @@ fn a_cuda_device_is_refused_at_load_by_a_build_without_cuda() {
         }
     }
 }
+
+#[test]
+fn the_kv_dtype_is_parsed_by_name_and_refused_for_the_cpu_engine() {
+    let engine =
+        |body: &str| format!("[[models]]\nid = \"m\"\npath = \"p\"\n[models.engine]\n{body}\n");
+    let cfg = load_str(&engine(""), &[]).unwrap();
+    assert_eq!(
+        cfg.models[0].engine.kv_dtype,
+        sluice_runtime::device::sizing::KvDType::Bf16
+    );
+    let e = err_of(&engine("device = \"cpu\"\nkv_dtype = \"fp8\""), &[]);
+    assert!(e.starts_with("models[0].engine.kv_dtype"), "{e}");
+    assert!(e.contains("\"fp8_e4m3\""), "{e}");
+    // Not silently ignored: the CPU engine's cache is f32.
+    let e = err_of(&engine("kv_dtype = \"fp8_e4m3\""), &[]);
+    assert!(e.starts_with("models[0].engine.kv_dtype"), "{e}");
+    assert!(e.contains("needs device = \"cuda:N\""), "{e}");
+    match load_str(&engine("device = \"cuda:0\"\nkv_dtype = \"f16\""), &[]) {
+        Ok(cfg) => assert_eq!(
+            cfg.models[0].engine.kv_dtype,
+            sluice_runtime::device::sizing::KvDType::F16
+        ),
+        // A build without `cuda` refuses the device first.
+        Err(e) => assert!(e.to_string().contains("--features cuda"), "{e}"),
+    }
+}

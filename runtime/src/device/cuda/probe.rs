@@ -83,3 +83,41 @@ pub fn gemm_tflops(ops: &mut CudaOps, n: usize, iters: usize) -> Result<f64, Mod
     let ms = timer.stop_ms(ops)?;
     Ok(2.0 * (n as f64).powi(3) * iters as f64 / (ms / 1e3) / 1e12)
 }
+
+/// The card, driver and libraries, for the device check's first section.
+pub fn environment(ops: &CudaOps) -> serde_json::Value {
+    let mut driver_version = 0i32;
+    // SAFETY: writes one int; the driver is loaded (a context exists).
+    let _ = unsafe { driver_sys::cuDriverGetVersion(&mut driver_version) };
+    let (free, total) = ops.memory().unwrap_or((0, 0));
+    let telemetry = sluice_kernels::cuda::GpuTelemetry::read(ops.ordinal());
+    serde_json::json!({
+        "card": ops.gpu().name(),
+        "compute_capability": format!("{}.{}", ops.gpu().compute_capability().0, ops.gpu().compute_capability().1),
+        "kernel_image": format!("{:?}", ops.gpu().kernel_image()),
+        "cuda": format!("{}.{}", driver_version / 1000, (driver_version % 1000) / 10),
+        "driver": format!("CUDA driver API {driver_version}"),
+        "memory_free_bytes": free,
+        "memory_total_bytes": total,
+        "libcublas": std::env::var("SLUICE_CUBLAS").unwrap_or_default(),
+        "ld_library_path": std::env::var("LD_LIBRARY_PATH").unwrap_or_default(),
+        "telemetry": telemetry.map(|t| serde_json::json!({
+            "power_watts": t.power_watts, "sm_clock_mhz": t.sm_clock_mhz,
+            "memory_clock_mhz": t.memory_clock_mhz, "memory_used_bytes": t.memory_used_bytes,
+        })),
+    })
+}
+
+/// Every kernel against its CPU twin (the kernels crate's check), as JSON.
+pub fn kernel_checks(ops: &CudaOps, seed: u64) -> Result<Vec<serde_json::Value>, ModelError> {
+    let checks = sluice_kernels::cuda::check::run_all(ops.gpu(), seed);
+    Ok(checks
+        .into_iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name, "shape": c.shape, "max_rel_err": c.max_rel_error,
+                "pass": c.passed, "error": c.error,
+            })
+        })
+        .collect())
+}
