@@ -21,6 +21,7 @@
 #   BIN_DIR=path/to/release  (default $CARGO_TARGET_DIR/release; no build
 #   is made, so an older commit's binary can be profiled the same way)
 #   OUT=dir                  where the profiles go (default bench/results/profile)
+#   PREGROW_SPEND=N          start with N spend rows in the store (below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 row="${1:?row: sluice | sluice-gov | sluice-gov-redis}"
@@ -68,18 +69,12 @@ price=""
 case "$row" in
 sluice) ;;
 sluice-gov)
-    governance="[store]
-path = \"$work/store.db\"
-
-[limits]"
+    governance="[limits]"
     price='price_input_per_1k = 0.01
 price_output_per_1k = 0.02' ;;
 sluice-gov-redis)
     redis_prefix="profile-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
-    governance="[store]
-path = \"$work/store.db\"
-
-[limits]
+    governance="[limits]
 redis_url = \"redis://127.0.0.1:$redis_port\"
 redis_prefix = \"$redis_prefix:limits\"
 
@@ -129,8 +124,24 @@ $price
 [guard]
 enabled = false
 
+# Every row its own store (the plain row used to write to the default
+# data dir's, which grew run after run).
+[store]
+path = "$work/store.db"
+
 $governance
 TOML
+
+# PREGROW_SPEND=N: the spend table starts with N rows of random ids (as
+# builds before time-ordered ids wrote them), as a server that has run for
+# a while has: the store's work per row depends on the table's size.
+if [ -n "${PREGROW_SPEND:-}" ]; then
+    sqlite3 "$work/store.db" <gateway/src/store/migrations/0001_governance.sql
+    sqlite3 "$work/store.db" "PRAGMA journal_mode = WAL;
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $PREGROW_SPEND)
+INSERT INTO spend SELECT 'spend-' || lower(hex(randomblob(12))), 1765000000000 + i / 8, 'pregrown',
+  'bench', NULL, NULL, 'mock-model', 'mock', 12, 7, 0, 0.00026, 0.0058, 0, 0, 1, 'completed' FROM n;" >/dev/null
+fi
 
 export SLUICE_BENCH_KEY="$key" SLUICE_BENCH_ADMIN_KEY="admin-$key" SLUICE_KEY_PEPPER="pepper-$key" SLUICE_LOG=warn
 client_key="$key"

@@ -516,7 +516,7 @@ fn request_context(request: &Request) -> crate::audit::RequestContext {
     let source = request
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip().to_string());
+        .map(|info| info.0.ip());
     crate::audit::RequestContext { id, source }
 }
 

@@ -99,7 +99,9 @@ pub struct AuditEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestContext {
     pub id: String,
-    pub source: Option<String>,
+    /// The client's address; written out only when an event is made (most
+    /// requests make none).
+    pub source: Option<std::net::IpAddr>,
 }
 
 tokio::task_local! {
@@ -122,7 +124,7 @@ impl AuditEvent {
     /// An event; inside a request it carries that request's id and source.
     pub fn new(action: &'static str, actor: impl Into<String>, outcome: AuditOutcome) -> Self {
         let (request_id, source) = match RequestContext::current() {
-            Some(RequestContext { id, source }) => (Some(id), source),
+            Some(RequestContext { id, source }) => (Some(id), source.map(|ip| ip.to_string())),
             None => (None, None),
         };
         Self {

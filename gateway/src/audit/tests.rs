@@ -275,7 +275,7 @@ async fn an_event_inside_a_request_carries_its_id_and_source() {
     assert_eq!((outside.request_id, outside.source), (None, None));
     let context = RequestContext {
         id: "req-1".into(),
-        source: Some("10.0.0.7".into()),
+        source: Some(std::net::IpAddr::from([10, 0, 0, 7])),
     };
     let inside = context
         .scope(async { AuditEvent::new(actions::LOGIN, "a", AuditOutcome::Success) })

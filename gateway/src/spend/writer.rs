@@ -138,15 +138,17 @@ pub async fn insert(store: &Store, rows: &[SpendRow]) -> Result<(), StoreError> 
         let sql = statement(chunk.len(), positional);
         let mut query = sqlx::query(&sql);
         for r in chunk {
+            // Borrowed: the rows outlive the statement (and are kept for a
+            // retry), so no text is copied here.
             query = query
-                .bind(r.request_id.clone())
+                .bind(r.request_id.as_str())
                 .bind(r.at_ms)
-                .bind(r.key_prefix.clone())
-                .bind(r.tenant.clone())
-                .bind(r.team.clone())
-                .bind(r.user.clone())
-                .bind(r.model.clone())
-                .bind(r.deployment.clone())
+                .bind(r.key_prefix.as_deref())
+                .bind(r.tenant.as_str())
+                .bind(r.team.as_deref())
+                .bind(r.user.as_deref())
+                .bind(r.model.as_str())
+                .bind(r.deployment.as_deref())
                 .bind(r.tokens_in)
                 .bind(r.tokens_out)
                 .bind(r.cached_tokens)
@@ -155,7 +157,7 @@ pub async fn insert(store: &Store, rows: &[SpendRow]) -> Result<(), StoreError> 
                 .bind(i64::from(r.cache_hit))
                 .bind(i64::from(r.local))
                 .bind(r.latency_ms)
-                .bind(r.status.clone());
+                .bind(r.status.as_str());
         }
         query.execute(&mut *tx).await?;
     }

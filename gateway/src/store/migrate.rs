@@ -18,6 +18,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/0014_stream_policy.sql"),
     ),
     (15, "sessions", include_str!("migrations/0015_sessions.sql")),
+    (
+        18,
+        "spend_indexes",
+        include_str!("migrations/0018_spend_indexes.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock's key for migrations.
