@@ -567,8 +567,11 @@ upstream_model = "up-model"
     assert_eq!(m["stop_sequence"], "nice", "{m}");
     stopped["stream"] = json!(true);
     let reply = messages(&server, &stopped).await;
-    let events = events(&reply.body);
-    let delta = events.iter().find(|(n, _)| n == "message_delta").unwrap();
+    let stopped_events = events(&reply.body);
+    let delta = stopped_events
+        .iter()
+        .find(|(n, _)| n == "message_delta")
+        .unwrap();
     assert_eq!(
         delta.1["delta"]["stop_reason"], "stop_sequence",
         "{}",
