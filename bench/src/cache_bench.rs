@@ -133,6 +133,7 @@ fn generated() -> BoxAnswer {
         choices: vec![StoredChoice {
             text,
             finish_reason: FinishReason::Stop,
+            stop_sequence: None,
             tool_calls: Vec::new(),
         }],
         usage: Usage {

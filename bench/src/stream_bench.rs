@@ -169,6 +169,7 @@ impl Answer for Prose {
                 choice: 0,
                 reason: FinishReason::Stop,
                 text: String::new(),
+                stop_sequence: None,
             }),
             None => None,
         };
@@ -264,6 +265,7 @@ impl Answer for Events {
                         choice: 0,
                         reason,
                         text,
+                        stop_sequence: None,
                     }
                 }
                 Some(EngineEvent::Error(e)) => {

@@ -28,6 +28,10 @@ pub enum Step {
         reason: FinishReason,
         /// Held-back text released at the end; append it.
         text: String,
+        /// The stop string that ended the choice, when the producer knows
+        /// it (the local engine; an upstream that reports it, as vLLM does
+        /// in `stop_reason`; a cache replay of either).
+        stop_sequence: Option<String>,
     },
     /// A piece of a tool call, framed as OpenAI streams them: the first
     /// piece of call `index` carries its `id` and function `name`, later
@@ -91,6 +95,8 @@ impl StopNote {
 pub struct ChoiceOutput {
     pub text: String,
     pub finish_reason: Option<FinishReason>,
+    /// The stop string that ended it, when known ([`Step::Finished`]).
+    pub stop_sequence: Option<String>,
     pub logprobs: Vec<TokenLogprob>,
     /// Whole tool calls, reassembled from their [`Step::ToolCall`] pieces.
     pub tool_calls: Vec<ToolCall>,
@@ -141,10 +147,12 @@ pub async fn collect(answer: &mut dyn Answer) -> Result<Vec<ChoiceOutput>, ApiEr
                 choice,
                 reason,
                 text,
+                stop_sequence,
             } => {
                 if let Some(o) = out.get_mut(choice) {
                     o.text.push_str(&text);
                     o.finish_reason = Some(reason);
+                    o.stop_sequence = stop_sequence;
                 }
             }
             Step::ToolCall {

@@ -383,6 +383,7 @@ impl Generation {
                     reason,
                     text,
                     usage,
+                    stop_sequence,
                 },
             ) => {
                 if let Some(slot) = self.usage.get_mut(choice) {
@@ -392,6 +393,7 @@ impl Generation {
                     choice,
                     reason,
                     text,
+                    stop_sequence,
                 }
             }
             (_, EngineEvent::Error(message)) => self.fail(ApiError::Internal(message)),

@@ -195,6 +195,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let (budgets, budget_worker) = crate::budget::Budgets::start(&config.budgets, &store, &audit)
         .map_err(|e| ServeError::Load(format!("budgets: {e}")))?;
     let sessions = Arc::new(open_sessions(&config.sessions, &store)?);
+    // Background responses outlive their requests: stopped after them.
+    let background_runs = sessions.runs().clone();
     let (spend_log, spend_writer) = crate::spend::SpendLog::new(&config.spend, audit.clone());
     let spend_writer = spend_writer.start(store.clone());
     let addr = config.server.listen;
@@ -403,6 +405,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         result = std::future::IntoFuture::into_future(serve) => result?,
         () = deadline => tracing::warn!("shutdown grace elapsed; dropping the requests still in flight"),
     }
+    // Before the budget worker's last settle: a run's answer holds budget
+    // and spend senders. Each stores itself as failed and drops its answer.
+    background_runs
+        .shut_down(std::time::Duration::from_secs(10))
+        .await;
     // The requests are gone, and with them every budget sender: the
     // worker settles what they left and ends.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), budget_worker).await;

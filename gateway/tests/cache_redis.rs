@@ -99,6 +99,7 @@ fn generated(text: &str) -> BoxAnswer {
         choices: vec![StoredChoice {
             text: text.into(),
             finish_reason: FinishReason::Stop,
+            stop_sequence: None,
             tool_calls: Vec::new(),
         }],
         usage: Usage {
@@ -349,6 +350,7 @@ async fn tool_calls_survive_the_redis_record_and_replay_from_another_instance() 
         choices: vec![StoredChoice {
             text: String::new(),
             finish_reason: FinishReason::ToolCalls,
+            stop_sequence: None,
             tool_calls: calls.clone(),
         }],
         usage: Usage {

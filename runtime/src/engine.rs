@@ -658,16 +658,22 @@ impl Worker {
         let tokenizer = self.shared.tokenizer.clone();
         if let Some(mut a) = self.active.remove(&id) {
             let mut text = String::new();
+            let mut reason = reason;
             if !a.stopped_by_string {
                 // Text held back for a partial character or a possible stop
                 // string is real output once nothing can follow it.
                 let tail = a.decoder.finish(&tokenizer).unwrap_or_default();
                 let (mut emit, matched) = a.stop.push(&tail);
-                if !matched {
+                if matched {
+                    // The tail completed a stop string: that, not the
+                    // length or EOS, is what ended the text the client gets.
+                    reason = FinishReason::Stop;
+                } else {
                     emit.push_str(&a.stop.flush());
                 }
                 text = emit;
             }
+            let stop_sequence = a.stop.matched_string().map(str::to_owned);
             let usage = Usage {
                 prompt_tokens: a.request.prompt_tokens.len(),
                 completion_tokens: a.output.len(),
@@ -677,6 +683,7 @@ impl Worker {
                 reason,
                 text,
                 usage,
+                stop_sequence,
             });
             self.shared.pending.fetch_sub(1, Ordering::SeqCst);
         }

@@ -152,6 +152,10 @@ pub enum EngineEvent {
         /// Held-back text released at the end (never part of a stop string).
         text: String,
         usage: Usage,
+        /// The stop string that ended generation (`reason` is then
+        /// [`FinishReason::Stop`]); `None` for EOS, a stop token id, a
+        /// finished grammar or a length stop.
+        stop_sequence: Option<String>,
     },
     /// The engine failed this request; no more events follow.
     Error(String),

@@ -19,8 +19,10 @@ pub struct StopMatcher {
     stops: Vec<String>,
     /// Text received but not yet emitted: a possible stop-string prefix.
     held: String,
-    /// Set once a stop string matched; later input is discarded.
-    matched: bool,
+    /// Index into `stops` of the string that matched, once one has; later
+    /// input is discarded. Kept so the caller can say which one ended the
+    /// answer (Anthropic's `stop_sequence`, vLLM's `stop_reason`).
+    matched: Option<usize>,
 }
 
 impl StopMatcher {
@@ -32,20 +34,27 @@ impl StopMatcher {
                 .cloned()
                 .collect(),
             held: String::new(),
-            matched: false,
+            matched: None,
         }
     }
 
     /// Whether a stop string has matched.
     pub fn matched(&self) -> bool {
+        self.matched.is_some()
+    }
+
+    /// The stop string that ended generation, once one has matched.
+    pub fn matched_string(&self) -> Option<&str> {
         self.matched
+            .and_then(|i| self.stops.get(i))
+            .map(String::as_str)
     }
 
     /// Feeds newly decoded text. Returns the text that is safe to emit now and
     /// whether a stop string matched. On a match the returned text is what
     /// precedes the stop string; after a match every call returns `("", true)`.
     pub fn push(&mut self, text: &str) -> (String, bool) {
-        if self.matched {
+        if self.matched.is_some() {
             return (String::new(), true);
         }
         if self.stops.is_empty() {
@@ -55,13 +64,16 @@ impl StopMatcher {
 
         // Earliest start wins: with stops ["abc", "b"] on "abc", nothing of
         // "abc" may be emitted, since generation ended inside it either way.
+        // Two matches at the same start: the shorter one, which a stream cut
+        // finer (one character per push) would have completed first.
         let first_match = self
             .stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
+            .enumerate()
+            .filter_map(|(i, s)| self.held.find(s.as_str()).map(|pos| (pos, s.len(), i)))
             .min();
-        if let Some(pos) = first_match {
-            self.matched = true;
+        if let Some((pos, _, index)) = first_match {
+            self.matched = Some(index);
             let mut out = std::mem::take(&mut self.held);
             out.truncate(pos);
             return (out, true);
@@ -185,6 +197,37 @@ mod tests {
         // "\nU" cannot start "\n\n" any more, but "Us" may start "User:".
         assert_eq!(m.push("\nUs"), ("\n".to_string(), false));
         assert_eq!(m.push("er: hi"), (String::new(), true));
+    }
+
+    #[test]
+    fn the_matched_string_is_reported_even_when_split_across_pushes() {
+        let mut m = matcher(&["END", "STOP"]);
+        assert_eq!(m.matched_string(), None);
+        assert_eq!(m.push("Hel"), ("Hel".to_string(), false));
+        assert_eq!(m.push("lo ST"), ("lo ".to_string(), false));
+        assert_eq!(m.matched_string(), None);
+        assert_eq!(m.push("OP and END"), (String::new(), true));
+        assert_eq!(m.matched_string(), Some("STOP"));
+        // Later input changes nothing.
+        assert_eq!(m.push("END"), (String::new(), true));
+        assert_eq!(m.matched_string(), Some("STOP"));
+    }
+
+    #[test]
+    fn the_reported_string_is_the_earliest_then_the_shortest() {
+        let mut m = matcher(&["world", "lo w"]);
+        assert_eq!(m.push("hello world"), ("hel".to_string(), true));
+        assert_eq!(m.matched_string(), Some("lo w"));
+
+        let mut m = matcher(&["abc", "ab"]);
+        assert_eq!(m.push("xabc"), ("x".to_string(), true));
+        assert_eq!(m.matched_string(), Some("ab"));
+
+        // An empty stop string is dropped, so the indices still name the
+        // right one.
+        let mut m = matcher(&["", "\n\n"]);
+        assert_eq!(m.push("a\n\nb"), ("a".to_string(), true));
+        assert_eq!(m.matched_string(), Some("\n\n"));
     }
 
     #[test]

@@ -263,6 +263,60 @@ fn max_tokens_and_stop_strings_end_generation() {
     );
 }
 
+/// Each token's text, then the finish event's reason and stop string.
+fn collect_pieces(mut stream: EventStream) -> (Vec<String>, FinishReason, Option<String>) {
+    let mut pieces = Vec::new();
+    while let Some(ev) = stream.blocking_recv() {
+        match ev {
+            EngineEvent::Token { text, .. } => pieces.push(text),
+            EngineEvent::Finished {
+                reason,
+                text,
+                stop_sequence,
+                ..
+            } => {
+                pieces.push(text);
+                return (pieces, reason, stop_sequence);
+            }
+            EngineEvent::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+    panic!("stream ended without Finished");
+}
+
+#[test]
+fn the_finish_event_names_the_stop_string_that_matched_across_tokens() {
+    let (_d, engine) = tiny_engine(EngineConfig::default());
+    let (pieces, reason, stop_sequence) =
+        collect_pieces(submit(&engine, prompt(6, 12), greedy(30)));
+    assert_eq!((reason, stop_sequence), (FinishReason::Length, None));
+
+    // A stop string made of the last character of one token's text and the
+    // first of a later one's, so no single token holds it.
+    let text: String = pieces.concat();
+    let (k, _) = pieces
+        .iter()
+        .enumerate()
+        .skip(2)
+        .find(|(k, p)| !p.is_empty() && pieces[k + 1..].iter().any(|q| !q.is_empty()))
+        .expect("the tiny model makes text in several tokens");
+    let next = pieces[k + 1..].iter().find(|q| !q.is_empty()).unwrap();
+    let stop: String = [
+        pieces[k].chars().last().unwrap(),
+        next.chars().next().unwrap(),
+    ]
+    .iter()
+    .collect();
+    let expected = &text[..text.find(&stop).unwrap()];
+    let mut params = greedy(30);
+    // The first one never occurs: the report must name the one that did.
+    params.stop_strings = vec!["\u{1}never".into(), stop.clone()];
+    let (got, reason, stop_sequence) = collect_pieces(submit(&engine, prompt(6, 12), params));
+    assert_eq!(got.concat(), expected);
+    assert_eq!(reason, FinishReason::Stop);
+    assert_eq!(stop_sequence.as_deref(), Some(stop.as_str()));
+}
+
 #[test]
 fn seeded_sampling_is_reproducible_whatever_shares_the_batch() {
     let (_d, engine) = tiny_engine(EngineConfig::default());

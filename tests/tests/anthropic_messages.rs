@@ -386,6 +386,65 @@ print(json.dumps({"text": m.content[0].text, "prompt": prompt, "count": counted.
     assert_eq!(out["prompt"], out["count"]);
 }
 
+/// A stop sequence cut from the model's own greedy answer ends the answer
+/// there, and the SDK sees `stop_reason == "stop_sequence"` and the string
+/// (whole, streamed through the helper, and in the raw `message_delta`).
+#[tokio::test]
+async fn a_stop_sequence_from_the_greedy_answer_is_reported_streamed_and_not() {
+    let script = r#"
+import json, sys
+import anthropic
+
+base, key, model = sys.argv[1:4]
+client = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+greedy = {"temperature": 0}
+system = "You are a concise assistant."
+question = [{"role": "user", "content": "Tell me about Paris, the capital of France."}]
+
+full = client.messages.create(model=model, max_tokens=40, system=system, messages=question,
+                              extra_body=greedy)
+text = full.content[0].text
+assert len(text) > 20, full
+# Four characters from the middle of the answer: most likely spread over
+# more than one token, and not at its start.
+at = len(text) // 2
+stop = text[at:at + 4]
+expected = text[:text.find(stop)]
+sequences = ["\u0001never", stop]
+
+m = client.messages.create(model=model, max_tokens=40, system=system, messages=question,
+                           stop_sequences=sequences, extra_body=greedy)
+assert m.stop_reason == "stop_sequence", m
+assert m.stop_sequence == stop, (m.stop_sequence, stop)
+got = m.content[0].text if m.content else ""
+assert got == expected, (got, expected)
+
+with client.messages.stream(model=model, max_tokens=40, system=system, messages=question,
+                            stop_sequences=sequences, extra_body=greedy) as s:
+    streamed = "".join(s.text_stream)
+    final = s.get_final_message()
+assert streamed == expected, (streamed, expected)
+assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop, final
+
+deltas = [e for e in client.messages.create(model=model, max_tokens=40, system=system,
+                                             messages=question, stop_sequences=sequences,
+                                             stream=True, extra_body=greedy)
+          if e.type == "message_delta"]
+assert len(deltas) == 1, deltas
+assert deltas[0].delta.stop_reason == "stop_sequence", deltas
+assert deltas[0].delta.stop_sequence == stop, deltas
+
+# Without stop sequences the same answer ends as before, with no string.
+assert full.stop_sequence is None and full.stop_reason in ("end_turn", "max_tokens"), full
+print(json.dumps({"stop": stop, "text": got, "reason": m.stop_reason}))
+"#;
+    let base = server().base_url();
+    let out = tokio::task::spawn_blocking(move || run_python(script, base, DEMO_MODEL_ID))
+        .await
+        .unwrap();
+    assert_eq!(out["reason"], "stop_sequence", "{out}");
+}
+
 #[tokio::test]
 async fn the_sdk_does_a_tool_use_round_trip_streamed_and_not() {
     let script = r#"
@@ -492,6 +551,33 @@ upstream_model = "up-model"
         .map(|(_, d)| d["delta"]["text"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(text, DEFAULT_REPLY);
+
+    // An upstream that names the stop string that matched (vLLM's
+    // `stop_reason`, as the fake does) gives `stop_sequence` and the string.
+    let mut stopped = body.clone();
+    stopped["stop_sequences"] = json!(["END", "nice"]);
+    let reply = messages(&server, &stopped).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let m = reply.json();
+    assert_eq!(
+        m["content"][0]["text"], "Hello from the fake upstream, ",
+        "{m}"
+    );
+    assert_eq!(m["stop_reason"], "stop_sequence", "{m}");
+    assert_eq!(m["stop_sequence"], "nice", "{m}");
+    stopped["stream"] = json!(true);
+    let reply = messages(&server, &stopped).await;
+    let stopped_events = events(&reply.body);
+    let delta = stopped_events
+        .iter()
+        .find(|(n, _)| n == "message_delta")
+        .unwrap();
+    assert_eq!(
+        delta.1["delta"]["stop_reason"], "stop_sequence",
+        "{}",
+        reply.body
+    );
+    assert_eq!(delta.1["delta"]["stop_sequence"], "nice", "{}", reply.body);
 
     // The upstream's tool calls come back as tool_use blocks, streamed as
     // input_json_delta pieces that add up to the arguments.

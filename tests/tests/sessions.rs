@@ -364,7 +364,7 @@ async fn store_false_leaves_nothing_to_get_or_chain_and_bad_requests_are_400s() 
     .expect_error(400);
     assert_eq!(err["param"], "conversation");
     for (extra, param) in [
-        (json!({"background": true}), "background"),
+        (json!({"background": true, "store": false}), "background"),
         (json!({"truncation": "sometimes"}), "truncation"),
         (json!({"frobnicate": 1}), "frobnicate"),
     ] {

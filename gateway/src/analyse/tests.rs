@@ -67,6 +67,7 @@ fn script(pieces: &[&str]) -> (Script, Arc<AtomicBool>, Arc<Mutex<usize>>) {
         choice: 0,
         reason: FinishReason::Stop,
         text: String::new(),
+        stop_sequence: None,
     });
     let dropped = Arc::new(AtomicBool::new(false));
     let read = Arc::new(Mutex::new(0));

@@ -128,12 +128,14 @@ impl Analysed {
                 choice,
                 reason,
                 text,
+                stop_sequence,
             } => {
                 let Some(cs) = self.choices.get_mut(choice) else {
                     self.out.push_back(Step::Finished {
                         choice,
                         reason,
                         text,
+                        stop_sequence,
                     });
                     return;
                 };
@@ -150,6 +152,7 @@ impl Analysed {
                     choice,
                     reason,
                     text,
+                    stop_sequence,
                 });
             }
             Step::Failed(err) => {
@@ -282,6 +285,7 @@ impl Analysed {
                 choice,
                 reason: finish,
                 text: String::new(),
+                stop_sequence: None,
             });
         }
         metrics::counter!("sluice_stream_stops_total", "analyser" => stop.analyser).increment(1);

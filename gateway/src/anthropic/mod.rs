@@ -72,8 +72,14 @@ pub async fn create(
     }
     let outputs = answer::collect(generation.as_mut()).await?;
     let usage = generation.usage();
-    let output = outputs.into_iter().next().unwrap_or_default();
-    let reason = output.finish_reason.map(stop_reason);
+    let mut output = outputs.into_iter().next().unwrap_or_default();
+    let (reason, stop_sequence) = match output.finish_reason {
+        Some(finish) => {
+            let (reason, sequence) = stop_reason(finish, output.stop_sequence.take());
+            (Some(reason), sequence)
+        }
+        None => (None, None),
+    };
     let message = Message {
         id: &id,
         kind: "message",
@@ -81,7 +87,7 @@ pub async fn create(
         model: &model,
         content: blocks(output),
         stop_reason: reason,
-        stop_sequence: None,
+        stop_sequence,
         usage: UsageWire::from(usage),
     };
     let mut response = Json(message).into_response();

@@ -62,14 +62,21 @@ impl From<Usage> for UsageWire {
     }
 }
 
-/// Anthropic's name for why the answer ended. The engine does not say
-/// which stop string matched, so a stop is `end_turn` (see the notes).
-pub fn stop_reason(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Stop => "end_turn",
-        FinishReason::Length => "max_tokens",
-        FinishReason::ToolCalls => "tool_use",
-        FinishReason::ContentFilter => "refusal",
+/// Anthropic's `stop_reason` and `stop_sequence` for why the answer ended.
+/// A stop whose string is known (the engine's match, an upstream's vLLM
+/// `stop_reason`, a replay of either) is `stop_sequence` with that
+/// string; a stop without one (EOS, or an upstream that did not say which
+/// string matched) is `end_turn`, as Anthropic reports a natural end.
+pub fn stop_reason(
+    reason: FinishReason,
+    stop_sequence: Option<String>,
+) -> (&'static str, Option<String>) {
+    match (reason, stop_sequence) {
+        (FinishReason::Stop, Some(s)) => ("stop_sequence", Some(s)),
+        (FinishReason::Stop, None) => ("end_turn", None),
+        (FinishReason::Length, _) => ("max_tokens", None),
+        (FinishReason::ToolCalls, _) => ("tool_use", None),
+        (FinishReason::ContentFilter, _) => ("refusal", None),
     }
 }
 
@@ -110,4 +117,31 @@ pub fn blocks(output: ChoiceOutput) -> Vec<Block> {
         }
     }));
     blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_stop_string_is_a_stop_sequence_and_an_unknown_one_an_end_turn() {
+        assert_eq!(
+            stop_reason(FinishReason::Stop, Some("END".into())),
+            ("stop_sequence", Some("END".to_string()))
+        );
+        assert_eq!(stop_reason(FinishReason::Stop, None), ("end_turn", None));
+        // Only a stop names its string.
+        assert_eq!(
+            stop_reason(FinishReason::Length, Some("END".into())),
+            ("max_tokens", None)
+        );
+        assert_eq!(
+            stop_reason(FinishReason::ToolCalls, None),
+            ("tool_use", None)
+        );
+        assert_eq!(
+            stop_reason(FinishReason::ContentFilter, None),
+            ("refusal", None)
+        );
+    }
 }

@@ -44,6 +44,8 @@ struct Driver {
     /// Why the answer ended, once its `Finished` step came; the stream ends
     /// when the answer does (so the chain's settles see it complete).
     stop_reason: Option<&'static str>,
+    /// The stop string that ended it, for a `stop_sequence` stop.
+    stop_sequence: Option<String>,
     span: tracing::Span,
 }
 
@@ -59,6 +61,7 @@ pub fn respond(answer: BoxAnswer, id: String, model: String) -> Response {
         open: Open::None,
         index: 0,
         stop_reason: None,
+        stop_sequence: None,
         span: tracing::Span::current(),
     };
     let events = stream::unfold(driver, |mut d| async move {
@@ -149,9 +152,16 @@ impl Driver {
                     );
                 }
             }
-            Step::Finished { reason, text, .. } => {
+            Step::Finished {
+                reason,
+                text,
+                stop_sequence,
+                ..
+            } => {
                 self.text(&text);
-                self.stop_reason = Some(stop_reason(reason));
+                let (reason, sequence) = stop_reason(reason, stop_sequence);
+                self.stop_reason = Some(reason);
+                self.stop_sequence = sequence;
             }
             Step::Failed(err) => {
                 self.close_block();
@@ -209,7 +219,7 @@ impl Driver {
             "message_delta",
             json!({
                 "type": "message_delta",
-                "delta": {"stop_reason": reason, "stop_sequence": null},
+                "delta": {"stop_reason": reason, "stop_sequence": self.stop_sequence},
                 "usage": usage,
             }),
         );

@@ -89,6 +89,7 @@ impl Capped {
             choice,
             reason: FinishReason::Length,
             text: String::new(),
+            stop_sequence: None,
         })
     }
 }

@@ -59,6 +59,8 @@ pub struct StoredAnswer {
 pub struct StoredChoice {
     pub text: String,
     pub finish_reason: FinishReason,
+    /// The stop string that ended the choice, when its producer said.
+    pub stop_sequence: Option<String>,
     /// Whole calls, replayed as [`crate::answer::Step::ToolCall`] pieces.
     pub tool_calls: Vec<sluice_models::ToolCall>,
 }

@@ -42,6 +42,10 @@ struct Wire {
 struct WireChoice {
     text: String,
     finish: String,
+    /// Absent in records written before it existed (and when no stop
+    /// string ended the choice): an optional field, so no version bump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stop: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<WireCall>,
 }
@@ -73,6 +77,7 @@ pub fn encode(meta: &EntryMeta, answer: &StoredAnswer) -> Vec<u8> {
             .map(|c| WireChoice {
                 text: c.text.clone(),
                 finish: c.finish_reason.as_str().into(),
+                stop: c.stop_sequence.clone(),
                 tool_calls: c
                     .tool_calls
                     .iter()
@@ -152,6 +157,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Corrupt> {
             Ok(StoredChoice {
                 text: c.text,
                 finish_reason,
+                stop_sequence: c.stop,
                 tool_calls: c
                     .tool_calls
                     .into_iter()

@@ -67,6 +67,7 @@ impl Replay {
                 choice,
                 reason: c.finish_reason,
                 text: String::new(),
+                stop_sequence: c.stop_sequence.clone(),
             });
         }
         Self {
@@ -137,6 +138,7 @@ impl Recorder {
                 StoredChoice {
                     text: String::new(),
                     finish_reason: FinishReason::Stop,
+                    stop_sequence: None,
                     tool_calls: Vec::new(),
                 };
                 n
@@ -157,6 +159,7 @@ impl Recorder {
                 choice,
                 reason,
                 text,
+                stop_sequence,
             } => {
                 if let (Some(c), Some(f)) = (
                     self.choices.get_mut(*choice),
@@ -164,6 +167,7 @@ impl Recorder {
                 ) {
                     c.text.push_str(text);
                     c.finish_reason = *reason;
+                    c.stop_sequence.clone_from(stop_sequence);
                     *f = true;
                 }
                 // A filtered answer depends on the upstream's policy of the

@@ -222,6 +222,7 @@ mod tests {
             choice: 0,
             reason: FinishReason::Stop,
             text: String::new(),
+            stop_sequence: None,
         };
         let (mut answer, seen) = wrapped(vec![token(), token(), finished]);
         while answer.next().await.is_some() {}

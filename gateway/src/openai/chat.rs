@@ -35,6 +35,10 @@ struct Choice {
     message: AssistantMessage,
     logprobs: Option<ChatLogprobs>,
     finish_reason: Option<&'static str>,
+    /// vLLM's extension: the stop string that ended the choice. Absent
+    /// otherwise, so the object stays OpenAI's own shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_reason: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,6 +104,10 @@ struct ChunkChoice<'a> {
     delta: Delta<'a>,
     logprobs: Option<ChatLogprobs>,
     finish_reason: Option<&'static str>,
+    /// vLLM's extension: the stop string that ended the choice. Absent
+    /// otherwise, so the object stays OpenAI's own shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_reason: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -146,6 +154,7 @@ impl Render for Chat {
                 let ChoiceOutput {
                     text,
                     finish_reason,
+                    stop_sequence,
                     logprobs: lps,
                     tool_calls,
                 } = out;
@@ -171,6 +180,7 @@ impl Render for Chat {
                     },
                     logprobs: tokenizer.map(|t| logprobs::chat(t, &lps)),
                     finish_reason: finish_reason.map(FinishReason::as_str),
+                    stop_reason: stop_sequence,
                 }
             })
             .collect();
@@ -219,6 +229,7 @@ impl Framing for ChatFraming {
                 },
                 logprobs: None,
                 finish_reason: None,
+                stop_reason: None,
             }],
             None,
         ))
@@ -240,12 +251,13 @@ impl Framing for ChatFraming {
                 },
                 logprobs,
                 finish_reason: None,
+                stop_reason: None,
             }],
             None,
         )
     }
 
-    fn finish(&self, choice: usize, reason: FinishReason) -> String {
+    fn finish(&self, choice: usize, reason: FinishReason, stop_sequence: Option<&str>) -> String {
         self.chunk(
             vec![ChunkChoice {
                 index: choice,
@@ -256,6 +268,7 @@ impl Framing for ChatFraming {
                 },
                 logprobs: None,
                 finish_reason: Some(reason.as_str()),
+                stop_reason: stop_sequence,
             }],
             None,
         )
@@ -284,6 +297,7 @@ impl Framing for ChatFraming {
                 },
                 logprobs: None,
                 finish_reason: None,
+                stop_reason: None,
             }],
             None,
         ))

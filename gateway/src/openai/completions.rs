@@ -40,6 +40,10 @@ struct Choice {
     text: String,
     logprobs: Option<CompletionLogprobs>,
     finish_reason: Option<&'static str>,
+    /// vLLM's extension: the stop string that ended the choice. Absent
+    /// otherwise, so the object stays OpenAI's own shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_reason: Option<String>,
 }
 
 /// `POST /v1/completions`. Text completions go to local deployments only
@@ -81,6 +85,7 @@ impl Render for TextCompletion {
                 let ChoiceOutput {
                     text,
                     finish_reason,
+                    stop_sequence,
                     logprobs: lps,
                     // Completions offer no tools.
                     tool_calls: _,
@@ -90,6 +95,7 @@ impl Render for TextCompletion {
                     text,
                     logprobs: tokenizer.map(|t| logprobs::completion(t, &lps, 0)),
                     finish_reason: finish_reason.map(FinishReason::as_str),
+                    stop_reason: stop_sequence,
                 }
             })
             .collect();
@@ -149,18 +155,20 @@ impl Framing for CompletionFraming {
                 text: text.to_string(),
                 logprobs,
                 finish_reason: None,
+                stop_reason: None,
             }],
             None,
         )
     }
 
-    fn finish(&self, choice: usize, reason: FinishReason) -> String {
+    fn finish(&self, choice: usize, reason: FinishReason, stop_sequence: Option<&str>) -> String {
         self.chunk(
             vec![Choice {
                 index: choice,
                 text: String::new(),
                 logprobs: None,
                 finish_reason: Some(reason.as_str()),
+                stop_reason: stop_sequence.map(str::to_owned),
             }],
             None,
         )

@@ -31,7 +31,9 @@ pub trait Framing: Send + 'static {
     /// New text for a choice, with the log-probabilities of its tokens.
     /// `logprobs` is empty unless the request asked for them.
     fn content(&mut self, choice: usize, text: &str, logprobs: &[TokenLogprob]) -> String;
-    fn finish(&self, choice: usize, reason: FinishReason) -> String;
+    /// The choice's last chunk; `stop_sequence` is the stop string that
+    /// ended it, when known (vLLM's `stop_reason`).
+    fn finish(&self, choice: usize, reason: FinishReason, stop_sequence: Option<&str>) -> String;
     /// A piece of a tool call (see [`Step::ToolCall`]); `None` where the
     /// endpoint has no tool calls to show (completions never ask for them).
     fn tool_call(
@@ -155,6 +157,7 @@ impl<F: Framing> Driver<F> {
                 choice,
                 reason,
                 text,
+                stop_sequence,
             } => {
                 let has_pending = self
                     .pending_logprobs
@@ -163,7 +166,9 @@ impl<F: Framing> Driver<F> {
                 if !text.is_empty() || has_pending {
                     self.push_content(choice, &text);
                 }
-                let mut data = self.framing.finish(choice, reason);
+                let mut data = self
+                    .framing
+                    .finish(choice, reason, stop_sequence.as_deref());
                 if let Some(stop) = self.stop.get().filter(|s| s.finish == reason) {
                     data = with_stop_reason(data, stop.reason);
                 }

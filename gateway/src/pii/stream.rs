@@ -104,6 +104,7 @@ impl HeldAnswer {
                 choice,
                 reason,
                 text,
+                stop_sequence,
             } => {
                 let mut calls: Vec<usize> = self
                     .streams
@@ -136,6 +137,7 @@ impl HeldAnswer {
                     choice,
                     reason,
                     text: released,
+                    stop_sequence,
                 });
             }
             failed @ Step::Failed(_) => {

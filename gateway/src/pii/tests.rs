@@ -467,6 +467,7 @@ fn output_redaction_covers_tool_call_arguments_split_across_steps() {
             choice: 0,
             reason: FinishReason::ToolCalls,
             text: String::new(),
+            stop_sequence: None,
         },
     ];
     let mut answer = output::redact_answer(
@@ -528,6 +529,7 @@ impl Scripted {
             choice: 0,
             reason: FinishReason::Stop,
             text: String::new(),
+            stop_sequence: None,
         });
         Box::new(Self { steps })
     }

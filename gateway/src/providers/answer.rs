@@ -116,11 +116,22 @@ impl Decoded {
     /// even where the upstream said `stop` (Ollama and older vLLM do):
     /// clients look at the reason to know they must run the calls.
     pub fn finish(&mut self, choice: usize, reason: FinishReason) -> Result<(), ProviderError> {
+        self.finish_with_stop(choice, reason, None)
+    }
+
+    /// Ends `choice`, naming the stop string that ended it when the
+    /// upstream said (vLLM's `stop_reason`); it is kept only for a `stop`.
+    pub fn finish_with_stop(
+        &mut self,
+        choice: usize,
+        reason: FinishReason,
+        stop_sequence: Option<String>,
+    ) -> Result<(), ProviderError> {
         self.check_choice(choice)?;
-        let reason = if reason == FinishReason::Stop && self.called(choice) {
-            FinishReason::ToolCalls
-        } else {
-            reason
+        let (reason, stop_sequence) = match reason {
+            FinishReason::Stop if self.called(choice) => (FinishReason::ToolCalls, None),
+            FinishReason::Stop => (reason, stop_sequence),
+            other => (other, None),
         };
         if let Some(done) = self.finished.get_mut(choice) {
             if !*done {
@@ -129,6 +140,7 @@ impl Decoded {
                     choice,
                     reason,
                     text: String::new(),
+                    stop_sequence,
                 });
             }
         }

@@ -67,6 +67,18 @@ struct CompletionChoice {
     index: usize,
     message: WireMessageOut,
     finish_reason: Option<String>,
+    /// vLLM: the stop string that matched (a string), or the stop token id
+    /// (a number), or null. Only a string names a stop sequence.
+    #[serde(default)]
+    stop_reason: Option<Value>,
+}
+
+/// The stop string an upstream named in `stop_reason`, if it named one.
+fn stop_string(stop_reason: Option<Value>) -> Option<String> {
+    match stop_reason {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    }
 }
 
 /// A message (whole) or a delta (streamed): the same fields.
@@ -162,7 +174,11 @@ pub(super) fn decode_completion(
     for choice in completion.choices {
         choice.message.decode_into(choice.index, &mut decoded)?;
         let reason = choice.finish_reason.as_deref().unwrap_or("stop");
-        decoded.finish(choice.index, finish(reason))?;
+        decoded.finish_with_stop(
+            choice.index,
+            finish(reason),
+            stop_string(choice.stop_reason),
+        )?;
     }
     if let Some(u) = completion.usage {
         u.apply(&mut decoded.usage);
@@ -186,6 +202,8 @@ struct ChunkChoice {
     #[serde(default)]
     delta: Option<WireMessageOut>,
     finish_reason: Option<String>,
+    #[serde(default)]
+    stop_reason: Option<Value>,
 }
 
 /// `chat.completion.chunk` events, ended by `[DONE]`.
@@ -215,7 +233,11 @@ impl EventDecoder for ChunkDecoder {
                 delta.decode_into(choice.index, out)?;
             }
             if let Some(reason) = choice.finish_reason {
-                out.finish(choice.index, (self.finish)(&reason))?;
+                out.finish_with_stop(
+                    choice.index,
+                    (self.finish)(&reason),
+                    stop_string(choice.stop_reason),
+                )?;
             }
         }
         if let Some(u) = chunk.usage {
@@ -292,6 +314,55 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    #[tokio::test]
+    async fn a_vllm_stop_reason_string_names_the_stop_sequence_whole_and_streamed() {
+        let body = br#"{"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
+            "finish_reason": "stop", "stop_reason": "END"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}"#;
+        let mut answer = decode_completion(body, 1, finish_reason).unwrap();
+        let choices = collect(answer.as_mut()).await.unwrap();
+        assert_eq!(choices[0].finish_reason, Some(FinishReason::Stop));
+        assert_eq!(choices[0].stop_sequence.as_deref(), Some("END"));
+
+        // A stop token id (a number) or no field names no string.
+        let body = completion("stop", r#"{"prompt_tokens": 3, "completion_tokens": 1}"#);
+        let mut answer = decode_completion(&body, 1, finish_reason).unwrap();
+        assert_eq!(
+            collect(answer.as_mut()).await.unwrap()[0].stop_sequence,
+            None
+        );
+
+        let mut decoder = ChunkDecoder {
+            finish: finish_reason,
+        };
+        let mut out = Decoded::new(1);
+        decoder
+            .decode(
+                r#"{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": 128009}]}"#,
+                &mut out,
+            )
+            .unwrap();
+        assert!(matches!(
+            out.steps.back(),
+            Some(Step::Finished {
+                stop_sequence: None,
+                ..
+            })
+        ));
+        let mut out = Decoded::new(1);
+        decoder
+            .decode(
+                r#"{"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop", "stop_reason": "\n\n"}]}"#,
+                &mut out,
+            )
+            .unwrap();
+        match out.steps.back() {
+            Some(Step::Finished { stop_sequence, .. }) => {
+                assert_eq!(stop_sequence.as_deref(), Some("\n\n"))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -95,6 +95,7 @@ impl Provider for Scripted {
                     choice: 0,
                     reason: FinishReason::Stop,
                     text: String::new(),
+                    stop_sequence: None,
                 },
             ]);
             Ok(Box::new(Fixed { steps }) as BoxAnswer)

@@ -31,12 +31,14 @@ mod cipher;
 mod durable;
 mod hot;
 pub mod retention;
+pub mod runs;
 
 #[cfg(test)]
 mod tests;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -281,6 +283,9 @@ pub struct Sessions {
     cipher: Option<Cipher>,
     /// Sealing was asked for without a key: said once in the log.
     unsealed_warned: AtomicBool,
+    /// Background responses running on this instance (their stored state
+    /// is in the store like any response's).
+    runs: Arc<runs::Runs>,
 }
 
 impl Sessions {
@@ -290,7 +295,29 @@ impl Sessions {
             hot,
             cipher,
             unsealed_warned: AtomicBool::new(false),
+            runs: Arc::default(),
         }
+    }
+
+    /// This instance's background responses.
+    pub fn runs(&self) -> &Arc<runs::Runs> {
+        &self.runs
+    }
+
+    /// Replaces a session's body as [`SessionStore::update`] does, sealing
+    /// it first when `seal` (a sensitive caller's response object).
+    pub async fn update_sealed(
+        &self,
+        tenant: &str,
+        id: &str,
+        expected: Option<i64>,
+        mut body: Value,
+        seal: bool,
+    ) -> Result<i64, SessionError> {
+        if let Some(cipher) = self.sealer(seal) {
+            body = cipher.seal(tenant, id, &body)?;
+        }
+        self.update(tenant, id, expected, body).await
     }
 
     /// The cipher when `seal` is asked for (`None`: store plain, said once).

@@ -94,12 +94,14 @@ impl<A: Answer> ToolCalls<A> {
                     choice,
                     reason,
                     text,
+                    stop_sequence,
                 } => {
                     let Some(parser) = parsers.get_mut(choice) else {
                         return Some(Step::Finished {
                             choice,
                             reason,
                             text,
+                            stop_sequence,
                         });
                     };
                     let mut pieces = parser.feed(&text);
@@ -109,14 +111,15 @@ impl<A: Answer> ToolCalls<A> {
                         self.ready.push_back(to_step(choice, piece, &mut none));
                     }
                     // A cut-off answer stays `length` even with whole calls in it.
-                    let reason = match reason {
-                        FinishReason::Stop if parser.calls() > 0 => FinishReason::ToolCalls,
-                        other => other,
+                    let (reason, stop_sequence) = match reason {
+                        FinishReason::Stop if parser.calls() > 0 => (FinishReason::ToolCalls, None),
+                        other => (other, stop_sequence),
                     };
                     self.ready.push_back(Step::Finished {
                         choice,
                         reason,
                         text: String::new(),
+                        stop_sequence,
                     });
                 }
                 other => return Some(other),

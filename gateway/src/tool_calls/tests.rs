@@ -291,6 +291,7 @@ fn scripted(pieces: &[&str]) -> Scripted {
         choice: 0,
         reason: FinishReason::Stop,
         text: String::new(),
+        stop_sequence: None,
     });
     Scripted(steps)
 }

@@ -339,10 +339,11 @@ pub fn check_create(req: &ResponseCreateRequest) -> Result<(), ApiError> {
             "give 'previous_response_id' or 'conversation', not both",
         ));
     }
-    if req.background == Some(true) {
-        return Err(ApiError::unsupported(
+    if req.background == Some(true) && req.store == Some(false) {
+        return Err(ApiError::invalid(
             "background",
-            "'background': true is not supported; stream the response instead",
+            "'background': true requires 'store': true (a background response is read back \
+             by its id)",
         ));
     }
     if req.reasoning.as_ref().is_some_and(|r| !r.is_null()) {

@@ -108,7 +108,14 @@ pub(super) async fn openai_like_chat(
     let n = body["n"].as_u64().unwrap_or(1) as usize;
     let stream = body["stream"].as_bool().unwrap_or(false);
     let include_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
-    let mut chunks = word_chunks(&control.reply());
+    let reply = control.reply();
+    // Stop strings end the reply where one first occurs, unsent, as OpenAI
+    // and vLLM do; vLLM also names the one that matched (`stop_reason`).
+    let stopped = match flavour {
+        Flavour::OpenAi => first_stop(&reply, &body["stop"]),
+        Flavour::GigaChat => None,
+    };
+    let mut chunks = word_chunks(stopped.as_ref().map_or(&reply[..], |(at, _)| &reply[..*at]));
     let mut finish = "stop";
     if fault == Some(Fault::ContentFilter) {
         match flavour {
@@ -128,6 +135,10 @@ pub(super) async fn openai_like_chat(
             finish = "length";
         }
     }
+    let stop_reason = match (finish, stopped) {
+        ("stop", Some((_, stop))) => Value::String(stop),
+        _ => Value::Null,
+    };
     let usage = json!({
         "prompt_tokens": prompt_tokens(&messages, "content"),
         "completion_tokens": chunks.len(),
@@ -147,7 +158,7 @@ pub(super) async fn openai_like_chat(
         }
         let text: String = chunks.concat();
         let choices: Vec<Value> = (0..n)
-            .map(|i| json!({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}))
+            .map(|i| json!({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish, "stop_reason": stop_reason}))
             .collect();
         let mut object = json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": created,
@@ -234,7 +245,7 @@ pub(super) async fn openai_like_chat(
     for i in 0..n {
         let last = flavour == Flavour::GigaChat && i + 1 == n;
         frames.push(chunk(
-            json!([{"index": i, "delta": {"content": ""}, "logprobs": null, "finish_reason": finish}]),
+            json!([{"index": i, "delta": {"content": ""}, "logprobs": null, "finish_reason": finish, "stop_reason": stop_reason}]),
             last.then_some(&usage),
         ));
     }
@@ -247,6 +258,21 @@ pub(super) async fn openai_like_chat(
         _ => None,
     };
     stream_body(frames, every, "text/event-stream")
+}
+
+/// Where the earliest of the request's stop strings (`stop`: a string or
+/// a list) starts in `reply`, and which one it is.
+fn first_stop(reply: &str, stop: &Value) -> Option<(usize, String)> {
+    let stops: Vec<&str> = match stop {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    stops
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| reply.find(s).map(|at| (at, s.to_string())))
+        .min_by_key(|(at, _)| *at)
 }
 
 /// What the real APIs refuse in a conversation with tools: OpenAI, a `tool`

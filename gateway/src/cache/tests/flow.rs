@@ -107,11 +107,13 @@ async fn an_answer_with_any_choice_ended_by_a_content_filter_is_not_stored() {
             StoredChoice {
                 text: "Paris.".into(),
                 finish_reason: FinishReason::Stop,
+                stop_sequence: None,
                 tool_calls: Vec::new(),
             },
             StoredChoice {
                 text: "I cannot talk about that.".into(),
                 finish_reason: FinishReason::ContentFilter,
+                stop_sequence: None,
                 tool_calls: Vec::new(),
             },
         ],
@@ -205,11 +207,13 @@ fn replay_keeps_every_choice_whole() {
             StoredChoice {
                 text: "Ünïcödé текст with many words in it, enough for chunks".into(),
                 finish_reason: FinishReason::Length,
+                stop_sequence: None,
                 tool_calls: Vec::new(),
             },
             StoredChoice {
                 text: String::new(),
                 finish_reason: FinishReason::Stop,
+                stop_sequence: Some("END".into()),
                 tool_calls: Vec::new(),
             },
         ],
@@ -222,6 +226,8 @@ fn replay_keeps_every_choice_whole() {
     assert_eq!(out[0].text, stored.choices[0].text);
     assert_eq!(out[0].finish_reason, Some(FinishReason::Length));
     assert_eq!(out[1].text, "");
+    assert_eq!(out[0].stop_sequence, None);
+    assert_eq!(out[1].stop_sequence.as_deref(), Some("END"));
 }
 
 #[test]
@@ -234,10 +240,12 @@ fn records_round_trip_and_any_flipped_byte_is_rejected() {
         embedding: Some(HashedEmbedder::new(16).embed_now("x y")),
         embedder: Some(Arc::from("test@1")),
     };
-    let stored = answer("Paris.");
+    let mut stored = (*answer("Paris.")).clone();
+    // The stop string that ended it is served again with the answer.
+    stored.choices[0].stop_sequence = Some("\n\nUser:".into());
     let bytes = record::encode(&meta, &stored);
     let d = record::decode(&bytes).unwrap();
-    assert_eq!(d.answer, *stored);
+    assert_eq!(d.answer, stored);
     assert_eq!(d.meta.scope, meta.scope);
     assert_eq!(d.meta.text, meta.text);
     assert_eq!(d.meta.embedding, meta.embedding);

@@ -424,6 +424,7 @@ fn answer(text: &str) -> Arc<StoredAnswer> {
         choices: vec![StoredChoice {
             text: text.into(),
             finish_reason: FinishReason::Stop,
+            stop_sequence: None,
             tool_calls: Vec::new(),
         }],
         usage: Usage {

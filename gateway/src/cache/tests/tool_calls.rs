@@ -33,6 +33,7 @@ fn calls_answer() -> StoredAnswer {
         choices: vec![StoredChoice {
             text: "Let me look.".into(),
             finish_reason: FinishReason::ToolCalls,
+            stop_sequence: None,
             tool_calls: vec![
                 ToolCall {
                     id: "call_0123456789abcdefghijklmn".into(),

@@ -266,7 +266,12 @@ pub fn replay(skeleton: &Value, response: &Value, pieces: &[Piece]) -> Vec<Value
         all.extend(events.piece(piece));
     }
     all.extend(events.close());
-    all.push(events.terminal(response));
+    // A cancelled (or still unfinished) background response has no
+    // terminal event: the stream just ends.
+    let status = response.get("status").and_then(Value::as_str);
+    if matches!(status, Some("completed" | "incomplete" | "failed")) {
+        all.push(events.terminal(response));
+    }
     all
 }
 

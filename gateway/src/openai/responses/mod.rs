@@ -13,6 +13,7 @@
 //! Ids are scoped to the caller's tenant: another tenant's id is a 404,
 //! exactly like an id that never existed.
 
+mod background;
 mod events;
 mod object;
 pub mod paging;
@@ -39,7 +40,7 @@ use crate::wire::responses::{ListQuery, ResponseCreateRequest, RetrieveQuery};
 
 use events::Events;
 pub use events::Piece;
-use object::{Outcome, Turn};
+use object::{Outcome, Stored, Turn};
 
 /// Responses in one `previous_response_id` chain at most.
 const MAX_CHAIN: usize = 1000;
@@ -113,6 +114,7 @@ pub async fn create(
         input,
         root: String::new(),
         seal: caller.sensitive,
+        background: body.background == Some(true),
     };
     let root = if root.is_empty() {
         turn.id.clone()
@@ -148,6 +150,9 @@ pub async fn create(
         stamp,
     } = answered;
     let Head { stream, .. } = head;
+    if turn.background {
+        return background::start(&api, turn, skeleton, answer, stream, stamp).await;
+    }
     if stream {
         return Ok(stream_response(
             api.sessions.clone(),
@@ -229,7 +234,7 @@ async fn chain_history(
         }
         let snapshot = load_response(sessions, tenant, &id).await?;
         let mut items: Vec<Value> = snapshot.items.into_iter().map(|i| i.body).collect();
-        let stored = object::Stored::read(&snapshot.session.body)?;
+        let stored = Stored::read(&snapshot.session.body)?;
         items.extend(
             stored.response["output"]
                 .as_array()
@@ -318,41 +323,62 @@ async fn persist(
     pieces: &[Piece],
 ) -> Result<(), ApiError> {
     if turn.store {
-        let items = turn
-            .input
-            .iter()
-            .map(|item| {
-                let id = item["id"].as_str().unwrap_or_default().to_string();
-                NewItem {
-                    key: id.clone(),
-                    id,
-                    body: item.clone(),
-                    seal: turn.seal,
-                }
-            })
-            .collect();
-        let body = object::Stored {
-            response: response.clone(),
-            pieces: pieces.to_vec(),
-        }
-        .write();
-        sessions
-            .create(
-                NewSession {
-                    id: turn.id.clone(),
-                    tenant: turn.tenant.clone(),
-                    user: turn.user.clone(),
-                    kind: Kind::Response,
-                    parent: turn.previous.clone(),
-                    conversation: turn.conversation.clone(),
-                    body,
-                    seal: turn.seal,
-                },
-                items,
-            )
-            .await
-            .map_err(|e| e.to_api("Response"))?;
+        store_response(sessions, turn, response, pieces).await?;
     }
+    add_to_conversation(sessions, turn, response).await
+}
+
+/// Stores the response with the turn's input items (version 1).
+async fn store_response(
+    sessions: &Sessions,
+    turn: &Turn,
+    response: &Value,
+    pieces: &[Piece],
+) -> Result<(), ApiError> {
+    let items = turn
+        .input
+        .iter()
+        .map(|item| {
+            let id = item["id"].as_str().unwrap_or_default().to_string();
+            NewItem {
+                key: id.clone(),
+                id,
+                body: item.clone(),
+                seal: turn.seal,
+            }
+        })
+        .collect();
+    let body = Stored {
+        response: response.clone(),
+        pieces: pieces.to_vec(),
+        seal: turn.seal,
+    }
+    .write();
+    sessions
+        .create(
+            NewSession {
+                id: turn.id.clone(),
+                tenant: turn.tenant.clone(),
+                user: turn.user.clone(),
+                kind: Kind::Response,
+                parent: turn.previous.clone(),
+                conversation: turn.conversation.clone(),
+                body,
+                seal: turn.seal,
+            },
+            items,
+        )
+        .await
+        .map_err(|e| e.to_api("Response"))?;
+    Ok(())
+}
+
+/// Adds the turn's input and output items to its conversation, if any.
+async fn add_to_conversation(
+    sessions: &Sessions,
+    turn: &Turn,
+    response: &Value,
+) -> Result<(), ApiError> {
     if let Some(conversation) = &turn.conversation {
         let output = response["output"].as_array().cloned().unwrap_or_default();
         let items: Vec<NewItem> = turn
@@ -495,8 +521,9 @@ pub async fn retrieve(
     q: Result<Query<RetrieveQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let snapshot = load_response(&api.sessions, &caller.tenant.0, &id).await?;
-    let stored = object::Stored::read(&snapshot.session.body)?;
+    let tenant = &caller.tenant.0;
+    let snapshot = load_response(&api.sessions, tenant, &id).await?;
+    let stored = Stored::read(&snapshot.session.body)?;
     if q.stream != Some(true) {
         if q.starting_after.is_some() {
             return Err(ApiError::invalid(
@@ -507,14 +534,34 @@ pub async fn retrieve(
         return Ok(Json(stored.response).into_response());
     }
     let after = q.starting_after.unwrap_or(-1);
-    let skeleton = object::skeleton_of(&stored.response);
-    let events: Vec<Result<Event, std::convert::Infallible>> =
-        events::replay(&skeleton, &stored.response, &stored.pieces)
-            .iter()
-            .filter(|e| e["sequence_number"].as_i64().unwrap_or(-1) > after)
-            .map(|e| Ok(sse_event(e)))
-            .collect();
+    let status = stored.response["status"].as_str().unwrap_or_default();
+    if !background::is_final(status) {
+        // A background run: followed live here, or (run by another
+        // instance) replayed once the store shows its end.
+        if let Some(run) = api.sessions.runs().get(&id) {
+            return Ok(background::follow_response(run, after));
+        }
+        return Ok(background::replay_when_final(
+            api.sessions.clone(),
+            tenant.to_string(),
+            id,
+            after,
+        ));
+    }
+    let events: Vec<Result<Event, std::convert::Infallible>> = replayed(&stored, after)
+        .iter()
+        .map(|e| Ok(sse_event(e)))
+        .collect();
     Ok(Sse::new(stream::iter(events)).into_response())
+}
+
+/// A stored response's events after `starting_after`.
+fn replayed(stored: &Stored, starting_after: i64) -> Vec<Value> {
+    let skeleton = object::skeleton_of(&stored.response);
+    events::replay(&skeleton, &stored.response, &stored.pieces)
+        .into_iter()
+        .filter(|e| e["sequence_number"].as_i64().unwrap_or(-1) > starting_after)
+        .collect()
 }
 
 /// `DELETE /v1/responses/{id}`.
@@ -528,24 +575,25 @@ pub async fn delete(
         .delete(&caller.tenant.0, &id)
         .await
         .map_err(|e| e.to_api("Response"))?;
+    // A background run of it stops: nothing would be left to store its end.
+    if let Some(run) = api.sessions.runs().get(&id) {
+        run.cancel_token().cancel();
+    }
     Ok(Json(
         json!({"id": id, "object": "response", "deleted": true}),
     ))
 }
 
-/// `POST /v1/responses/{id}/cancel`: only background responses can be
-/// cancelled, and this server runs none (`background: true` is refused),
-/// so a stored response is always already finished.
+/// `POST /v1/responses/{id}/cancel`: a queued or in-progress background
+/// response becomes `cancelled` and its run stops (see [`background`]).
 pub async fn cancel(
     State(api): State<SessionApi>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    load_response(&api.sessions, &caller.tenant.0, &id).await?;
-    Err(ApiError::invalid(
-        "response_id",
-        "Only responses created with background=true can be cancelled; this one has finished",
-    ))
+    background::cancel(&api.sessions, &caller.tenant.0, &id)
+        .await
+        .map(Json)
 }
 
 /// `GET /v1/responses/{id}/input_items`.

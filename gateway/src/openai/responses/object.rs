@@ -30,6 +30,8 @@ pub struct Turn {
     pub root: String,
     /// A sensitive caller's turn: its content is encrypted at rest.
     pub seal: bool,
+    /// `background: true`: run by a task of its own, stored `queued` first.
+    pub background: bool,
 }
 
 /// How an answer ended.
@@ -59,7 +61,7 @@ pub fn skeleton(turn: &Turn, req: &ResponseCreateRequest, model: &str) -> Value 
         "object": "response",
         "created_at": turn.created_at,
         "status": "in_progress",
-        "background": false,
+        "background": turn.background,
         "error": null,
         "incomplete_details": null,
         "instructions": req.instructions,
@@ -141,6 +143,10 @@ pub struct Stored {
     pub response: Value,
     #[serde(default)]
     pub pieces: Vec<Piece>,
+    /// Whether it is stored sealed (a sensitive caller's): a later change
+    /// (a background run's end, a cancel) seals it too, whoever makes it.
+    #[serde(default)]
+    pub seal: bool,
 }
 
 impl Stored {
@@ -150,6 +156,10 @@ impl Stored {
     }
 
     pub fn write(self) -> Value {
-        json!({"response": self.response, "pieces": self.pieces})
+        let mut body = json!({"response": self.response, "pieces": self.pieces});
+        if self.seal {
+            body["seal"] = json!(true);
+        }
+        body
     }
 }
