@@ -18,6 +18,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/0014_stream_policy.sql"),
     ),
     (15, "sessions", include_str!("migrations/0015_sessions.sql")),
+    (
+        19,
+        "stream_guard",
+        include_str!("migrations/0019_stream_guard.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock's key for migrations.
