@@ -79,6 +79,11 @@ struct ChoiceStream {
     finished: bool,
     /// Its `Finished` step went out: nothing more is sent for it.
     closed: bool,
+    /// `stream_first`: the guard's hit was recorded. Once per choice: its
+    /// windows overlap, so one value would otherwise be recorded twice (its
+    /// verdicts come after the next window was formed, too late to drop
+    /// the tail as the inline analysers do).
+    guard_observed: bool,
     /// Steps put into `held` and taken out of it since the start: a
     /// window's release point is a count of steps, stable while later
     /// steps are added behind it.
@@ -98,6 +103,7 @@ impl ChoiceStream {
             tokens: 0,
             finished: false,
             closed: false,
+            guard_observed: false,
             pushed: 0,
             released: 0,
         }
@@ -372,7 +378,15 @@ impl Analysed {
             stop,
         } = checked;
         match stop {
-            Some(stop) if self.settings.framing == Framing::StreamFirst => self.observe(&stop),
+            Some(stop) if self.settings.framing == Framing::StreamFirst => {
+                let first = self
+                    .choices
+                    .get_mut(choice)
+                    .is_some_and(|cs| !std::mem::replace(&mut cs.guard_observed, true));
+                if first {
+                    self.observe(&stop);
+                }
+            }
             Some(stop) => self.stop(stop),
             None => {
                 if let (Some(to), Some(cs)) = (release_to, self.choices.get_mut(choice)) {
