@@ -24,10 +24,11 @@ mod common;
 mod stream_support;
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sluice_gateway::analyse::degeneration::Detector;
-use sluice_tests::{Server, DEMO_MODEL_ID};
+use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
 
 use common::{demo_tokenizer, get, post as post_json, post_raw};
 use stream_support::{fake, local_server, provider_server, raw_post, read_stream, wait_for};
