@@ -20,6 +20,13 @@
 //!    their sequences are dropped (the engine frees them before its next
 //!    step), without they run to `--max-tokens`. Tokens generated and wall
 //!    time per run, interleaved too.
+//!
+//! With `--guard`, the guard on answer windows too (the built-in head over
+//! the demo MiniLM, `sluice serve`'s pool settings): part 1 also times one
+//! guard verdict per window of the prose (window + overlap bytes, one at a
+//! time: the latency a `hold_back` window waits), and part 2 adds a third
+//! kind of run, "guard", where every window of every sequence also goes to
+//! the guard (verdicts counted, not acted on), interleaved with the others.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,18 +38,24 @@ use clap::Args;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 use sluice_gateway::analyse::degeneration::Degeneration;
+use sluice_gateway::analyse::guard::{AsyncAnalyser, OutputGuard};
 use sluice_gateway::analyse::policy::{OutputRules, PiiBlock};
 use sluice_gateway::analyse::window::{Analysed, Framing, Settings};
 use sluice_gateway::analyse::{Analyser, Stop, Wrap};
 use sluice_gateway::answer::{Answer, BoxAnswer, Step, StopNote};
-use sluice_gateway::config::PiiSettings;
+use sluice_gateway::config::{
+    EncoderConfig, EncoderKind, GuardConfig, PiiSettings, DEMO_EMBEDDING_ID,
+};
 use sluice_gateway::defence::rules::RuleSet;
+use sluice_gateway::encoders::EncoderRegistry;
 use sluice_gateway::error::ApiError;
+use sluice_gateway::guard::registry::serving_guard;
+use sluice_gateway::guard::GuardEncoders;
 use sluice_gateway::pii::Pii;
 use sluice_models::{load_llm, LoadKnobs};
 use sluice_runtime::{
-    Engine, EngineConfig, EngineEvent, EngineHandle, EventStream, FinishReason, GenerateRequest,
-    SamplingParams, Usage,
+    EncoderPoolConfig, Engine, EngineConfig, EngineEvent, EngineHandle, EventStream, FinishReason,
+    GenerateRequest, SamplingParams, Usage,
 };
 
 use crate::stats::{cell, Summary};
@@ -76,6 +89,12 @@ pub struct StreamArgs {
     /// Skip parts 2 and 3 (no model needed)
     #[arg(long)]
     chunks_only: bool,
+    /// Also measure the guard on windows (needs the demo MiniLM)
+    #[arg(long)]
+    guard: bool,
+    /// Guard verdicts timed in part 1 (with `--guard`)
+    #[arg(long, default_value_t = 200)]
+    guard_windows: usize,
     /// Also write the results as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
@@ -93,6 +112,8 @@ const PROSE: &[&str] = &[
 struct Kit {
     pii: Arc<Pii>,
     rules: Arc<RuleSet>,
+    /// The guard over windows, with `--guard`.
+    guard: Option<Arc<dyn AsyncAnalyser>>,
 }
 
 impl Kit {
@@ -107,7 +128,29 @@ impl Kit {
         Ok(Self {
             pii: Arc::new(pii),
             rules: Arc::new(rules),
+            guard: None,
         })
+    }
+
+    /// The served guard: the built-in head over the demo MiniLM, with the
+    /// default pool (what `sluice serve` builds), failing open.
+    fn with_guard(mut self) -> Result<Self> {
+        let encoder = EncoderConfig {
+            id: DEMO_EMBEDDING_ID.into(),
+            kind: EncoderKind::Embedding,
+            path: sluice_models::demo_embedding_model_dir(),
+            pool: EncoderPoolConfig::default(),
+        };
+        let guard = serving_guard(&GuardConfig::default(), std::slice::from_ref(&encoder))
+            .map_err(|e| anyhow!("guard: {e}"))?
+            .context("the guard is off in its default config")?;
+        let registry = Arc::new(EncoderRegistry::new(std::slice::from_ref(&encoder)));
+        for slot in registry.slots() {
+            slot.load_blocking().map_err(|e| anyhow!(e))?;
+        }
+        let encoders: Arc<dyn GuardEncoders> = registry;
+        self.guard = Some(Arc::new(OutputGuard::new(guard, encoders, false)));
+        Ok(self)
     }
 
     fn analysers(&self) -> Vec<Box<dyn Analyser>> {
@@ -124,6 +167,7 @@ fn settings(window: usize) -> Settings {
         framing: Framing::HoldBack,
         window_tokens: window,
         overlap_bytes: 128,
+        guard_in_flight: 2,
     }
 }
 
@@ -131,9 +175,12 @@ fn wrap_of(note: StopNote) -> Wrap {
     Wrap {
         model: "bench".into(),
         key_mode: None,
+        key_guard: None,
+        guard_action: None,
         max_tokens: None,
         note,
         on_stop: Box::new(|_: &Stop| {}),
+        on_observe: Box::new(|_: &Stop| {}),
     }
 }
 
@@ -217,6 +264,7 @@ fn per_chunk(args: &StreamArgs, kit: &Kit) -> Result<Summary> {
         Box::new(inner),
         vec![kit.analysers()],
         settings(args.window),
+        None,
         wrap_of(note.clone()),
     );
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
@@ -231,6 +279,56 @@ fn per_chunk(args: &StreamArgs, kit: &Kit) -> Result<Summary> {
         );
     }
     Ok(Summary::of(&samples))
+}
+
+/// Part 1 with `--guard`: milliseconds per guard verdict on windows of the
+/// prose as `hold_back` forms them (the overlap, then `window` pieces).
+fn per_guard_window(args: &StreamArgs, guard: &dyn AsyncAnalyser) -> Result<(Summary, usize)> {
+    let text: String = PROSE.concat().repeat(4);
+    let chars: Vec<char> = text.chars().collect();
+    let pieces: Vec<String> = chars.chunks(4).map(|c| c.iter().collect()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut samples = Vec::with_capacity(args.guard_windows);
+    let mut flagged = 0;
+    let mut tail = String::new();
+    for w in 0..args.guard_windows + 5 {
+        let start = (w * args.window) % pieces.len().saturating_sub(args.window).max(1);
+        let mut window = std::mem::take(&mut tail);
+        for piece in pieces.iter().skip(start).take(args.window) {
+            window.push_str(piece);
+        }
+        let mut keep = window.len().saturating_sub(128);
+        while !window.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        tail = window[keep..].to_string();
+        let started = Instant::now();
+        let verdict = runtime.block_on(guard.check(window));
+        // The first few warm the pool and the allocator.
+        if w >= 5 {
+            samples.push(started.elapsed().as_secs_f64() * 1e3);
+            flagged += usize::from(verdict.is_some());
+        }
+    }
+    Ok((Summary::of(&samples), flagged))
+}
+
+/// Counts the guard's verdicts and lets everything through.
+struct ObserveGuard(Arc<dyn AsyncAnalyser>, Arc<AtomicUsize>);
+
+impl AsyncAnalyser for ObserveGuard {
+    fn check(&self, text: String) -> BoxFuture<'static, Option<Stop>> {
+        let check = self.0.check(text);
+        let verdicts = self.1.clone();
+        Box::pin(async move {
+            if check.await.is_some() {
+                verdicts.fetch_add(1, Ordering::Relaxed);
+            }
+            None
+        })
+    }
 }
 
 /// An engine sequence as the gateway's answer (token ids included).
@@ -307,7 +405,20 @@ impl Analyser for Observe {
 enum Chain {
     Off,
     Observing,
+    /// Observing, the guard on windows included.
+    Guarded,
     Acting,
+}
+
+impl Chain {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Observing => "on",
+            Self::Guarded => "guard",
+            Self::Acting => "acting",
+        }
+    }
 }
 
 struct BatchRun {
@@ -359,16 +470,22 @@ fn batch(
         let note = StopNote::default();
         let answer = match chain {
             Chain::Off => raw,
-            Chain::Observing => {
+            Chain::Observing | Chain::Guarded => {
                 let analysers = kit
                     .analysers()
                     .into_iter()
                     .map(|a| Box::new(Observe(a, verdicts.clone())) as Box<dyn Analyser>)
                     .collect();
+                let guard = kit
+                    .guard
+                    .clone()
+                    .filter(|_| chain == Chain::Guarded)
+                    .map(|g| Arc::new(ObserveGuard(g, verdicts.clone())) as Arc<dyn AsyncAnalyser>);
                 Analysed::wrap(
                     raw,
                     vec![analysers],
                     settings(args.window),
+                    guard,
                     wrap_of(note.clone()),
                 )
             }
@@ -376,6 +493,7 @@ fn batch(
                 raw,
                 vec![kit.analysers()],
                 settings(args.window),
+                None,
                 wrap_of(note.clone()),
             ),
         };
@@ -386,7 +504,10 @@ fn batch(
             .into_iter()
             .map(|(mut answer, note)| {
                 scope.spawn(move || -> Result<bool> {
-                    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+                    // Timers on: the guard bounds each verdict by its timeout.
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
                     runtime.block_on(async {
                         while let Some(step) = answer.next().await {
                             if let Step::Failed(e) = step {
@@ -421,7 +542,11 @@ fn median(values: &[f64]) -> f64 {
 }
 
 pub fn run(args: StreamArgs) -> Result<()> {
-    let kit = Kit::new()?;
+    let kit = if args.guard {
+        Kit::new()?.with_guard()?
+    } else {
+        Kit::new()?
+    };
     let chunks = per_chunk(&args, &kit)?;
     println!(
         "per-chunk analysis, hold_back window {} with PII + rules + degeneration, {} steps: \
@@ -437,6 +562,20 @@ pub fn run(args: StreamArgs) -> Result<()> {
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "per_chunk_micros": {"p50": chunks.p50, "p99": chunks.p99, "max": chunks.max, "count": chunks.count},
     });
+    if let Some(guard) = &kit.guard {
+        let (windows, flagged) = per_guard_window(&args, guard.as_ref())?;
+        println!(
+            "guard per window ({} pieces + 128 bytes overlap), {} windows one at a time: \
+             p50 {} ms, p99 {} ms, max {} ms; {flagged} flagged",
+            args.window,
+            windows.count,
+            cell(windows.p50, 2),
+            cell(windows.p99, 2),
+            cell(windows.max, 1),
+        );
+        report["guard_window_ms"] = json!({"p50": windows.p50, "p99": windows.p99,
+            "max": windows.max, "count": windows.count, "flagged": flagged});
+    }
     if !args.chunks_only {
         decode(&args, &kit, &mut report)?;
     }
@@ -474,22 +613,28 @@ fn decode(args: &StreamArgs, kit: &Kit, report: &mut serde_json::Value) -> Resul
         _ => bail!("\" the\" is not one token of this model"),
     };
     batch(&handle, kit, args, &prompt, 0, loop_token, Chain::Off)?;
-    let (mut off, mut on, mut verdicts) = (Vec::new(), Vec::new(), 0);
+    let (mut off, mut on, mut guarded, mut verdicts) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let (mut free_runs, mut stop_runs) = (Vec::new(), Vec::new());
+    let kinds: &[Chain] = if kit.guard.is_some() {
+        &[Chain::Off, Chain::Observing, Chain::Guarded]
+    } else {
+        &[Chain::Off, Chain::Observing]
+    };
     for r in 0..args.repeats {
-        for chain in [Chain::Off, Chain::Observing] {
+        for &chain in kinds {
             let run = batch(&handle, kit, args, &prompt, 0, loop_token, chain)?;
             let tok_s = run.tokens as f64 / run.seconds;
             eprintln!(
                 "[stream] run {} chain {}: {tok_s:.1} tok/s ({} tokens, {:.2} s)",
                 r + 1,
-                if chain == Chain::Off { "off" } else { "on" },
+                chain.name(),
                 run.tokens,
                 run.seconds
             );
             verdicts += run.verdicts;
             match chain {
                 Chain::Off => off.push(tok_s),
+                Chain::Guarded => guarded.push(tok_s),
                 _ => on.push(tok_s),
             }
         }
@@ -499,7 +644,7 @@ fn decode(args: &StreamArgs, kit: &Kit, report: &mut serde_json::Value) -> Resul
                 "[stream] run {} with {} looping, chain {}: {} tokens in {:.2} s, {} stopped",
                 r + 1,
                 args.looping,
-                if chain == Chain::Off { "off" } else { "acting" },
+                chain.name(),
                 run.tokens,
                 run.seconds,
                 run.stopped
@@ -535,7 +680,17 @@ fn decode(args: &StreamArgs, kit: &Kit, report: &mut serde_json::Value) -> Resul
         r = args.repeats,
         l = args.looping,
     );
-    report["decode_tok_s"] = json!({"chain_off": off, "chain_on": on, "lower_pct": lower_pct});
+    if !guarded.is_empty() {
+        let guard_tok_s = median(&guarded);
+        println!(
+            "| decode, {n} streams, chain on + guard, observing (median of {r}) | {guard_tok_s:.1} tok/s |\n\
+             | throughput lower with the guard on (vs chain off) | {:.1}% |",
+            (1.0 - guard_tok_s / off_tok_s) * 100.0,
+            n = args.sequences,
+            r = args.repeats,
+        );
+    }
+    report["decode_tok_s"] = json!({"chain_off": off, "chain_on": on, "chain_on_guard": guarded, "lower_pct": lower_pct});
     report["early_stop"] = json!({
         "looping": args.looping,
         "sequences": args.sequences,

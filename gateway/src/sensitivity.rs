@@ -29,6 +29,9 @@ pub struct TenantPolicy {
     pub guard: Option<GuardAction>,
     /// How this key's answers are analysed; `None`: the route's `[stream]` mode.
     pub stream: Option<StreamMode>,
+    /// Whether the guard scores this key's answer windows; `None`: the
+    /// route's `[stream] guard`.
+    pub stream_guard: Option<bool>,
 }
 
 /// The request's sensitivity from its headers and its tenant's policy.
@@ -88,6 +91,7 @@ mod tests {
             sensitive: true,
             guard: None,
             stream: None,
+            stream_guard: None,
         };
         assert!(is_sensitive(&headers("false"), Some(&policy)));
         assert!(is_sensitive(&HeaderMap::new(), Some(&policy)));

@@ -323,6 +323,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         &config.stream,
         pii.clone(),
         defence.as_ref(),
+        guard.clone().map(|guard| crate::analyse::StreamGuard {
+            guard,
+            encoders: encoders.clone(),
+            action: config.guard.action,
+        }),
     ));
     let chain = Arc::new(Chain {
         defence,

@@ -10,7 +10,9 @@
 //! The analysers: [`policy::PiiBlock`] and [`policy::OutputRules`] read
 //! windows of text and stop with `content_filter`;
 //! [`degeneration::Degeneration`] reads token ids (words where the producer
-//! has no ids) and stops a loop with `length`. The budget's cap (the
+//! has no ids) and stops a loop with `length`; [`guard::OutputGuard`] (an
+//! [`guard::AsyncAnalyser`]: an encoder pass) scores whole windows with the
+//! input side's `[guard]` and stops with `content_filter`. The budget's cap (the
 //! `budget` module) stops at the tokens the caller's budget covers and
 //! reports into the same [`StopNote`](crate::answer::StopNote).
 //!
@@ -22,6 +24,7 @@
 //! the answer's usage counts what was generated, which is what is charged.
 
 pub mod degeneration;
+pub mod guard;
 pub mod policy;
 pub mod window;
 
@@ -30,8 +33,9 @@ use std::sync::Arc;
 use sluice_runtime::FinishReason;
 
 use crate::answer::{BoxAnswer, StopNote};
-use crate::config::{StreamMode, StreamSettings};
+use crate::config::{GuardAction, StreamMode, StreamSettings};
 use crate::defence::InputDefence;
+use crate::guard::{Guard, GuardEncoders};
 use crate::pii::Pii;
 
 pub use window::{Analysed, Framing as WindowFraming};
@@ -90,11 +94,28 @@ pub trait Analyser: Send {
 /// Told once when an answer is stopped (the chain writes the audit record).
 pub type OnStop = Box<dyn FnOnce(&Stop) + Send>;
 
+/// Told of each policy hit on text already sent (`stream_first`): the
+/// chain writes an audit record.
+pub type OnObserve = Box<dyn Fn(&Stop) + Send>;
+
+/// The serving guard, for the windows of the answers it applies to.
+pub struct StreamGuard {
+    pub guard: Arc<Guard>,
+    pub encoders: Arc<dyn GuardEncoders>,
+    /// `[guard] action`: what a key that names none gets (`off`: no guard
+    /// on its answers; `block`: a guard that cannot score stops them).
+    pub action: GuardAction,
+}
+
 /// The analysers and their settings, built once at start.
 pub struct StreamAnalysers {
     settings: StreamSettings,
     pii: Option<Arc<Pii>>,
     rules: Option<(Arc<crate::defence::rules::RuleSet>, f32)>,
+    /// The guard over windows, fail-open and fail-closed; `None` when no
+    /// guard serves.
+    guard: Option<[Arc<dyn guard::AsyncAnalyser>; 2]>,
+    guard_action: GuardAction,
 }
 
 /// One request's wrapping: where its answer goes and who is told.
@@ -102,11 +123,17 @@ pub struct Wrap {
     pub model: String,
     /// The caller's key's mode, over the route's; `None`: the route's.
     pub key_mode: Option<StreamMode>,
+    /// The caller's key's guard-on-windows switch, over the route's.
+    pub key_guard: Option<bool>,
+    /// The caller's key's guard action (`off` turns the guard off for its
+    /// answers too); `None`: `[guard] action`.
+    pub guard_action: Option<GuardAction>,
     /// Tokens per choice the producer may generate at most (for the
     /// tokens-saved metric); `None` when unknown.
     pub max_tokens: Option<usize>,
     pub note: StopNote,
     pub on_stop: OnStop,
+    pub on_observe: OnObserve,
 }
 
 impl StreamAnalysers {
@@ -116,13 +143,41 @@ impl StreamAnalysers {
         settings: &StreamSettings,
         pii: Option<Arc<Pii>>,
         defence: Option<&InputDefence>,
+        guard: Option<StreamGuard>,
     ) -> Self {
+        let guard_action = guard.as_ref().map_or(GuardAction::Off, |g| g.action);
         Self {
             settings: settings.clone(),
             pii: pii.filter(|_| settings.pii),
             rules: defence
                 .filter(|_| settings.rules)
                 .map(|d| (d.rules().clone(), d.block_threshold())),
+            guard: guard.map(|g| {
+                let open: Arc<dyn guard::AsyncAnalyser> = Arc::new(guard::OutputGuard::new(
+                    g.guard.clone(),
+                    g.encoders.clone(),
+                    false,
+                ));
+                let closed: Arc<dyn guard::AsyncAnalyser> =
+                    Arc::new(guard::OutputGuard::new(g.guard, g.encoders, true));
+                [open, closed]
+            }),
+            guard_action,
+        }
+    }
+
+    /// The guard over this answer's windows, if it applies: on for the
+    /// route or the key, and the key's guard action is not `off`.
+    fn guard_for(
+        &self,
+        on: bool,
+        action: Option<GuardAction>,
+    ) -> Option<Arc<dyn guard::AsyncAnalyser>> {
+        let [open, closed] = self.guard.as_ref().filter(|_| on)?;
+        match action.unwrap_or(self.guard_action) {
+            GuardAction::Off => None,
+            GuardAction::Flag => Some(open.clone()),
+            GuardAction::Block => Some(closed.clone()),
         }
     }
 
@@ -147,8 +202,8 @@ impl StreamAnalysers {
     /// `answer`, analysed as the caller's key or else the request's route
     /// says (unchanged when the mode is `off`).
     pub fn wrap(&self, answer: BoxAnswer, wrap: Wrap) -> BoxAnswer {
-        let (route_mode, window) = self.settings.for_model(&wrap.model);
-        let mode = wrap.key_mode.unwrap_or(route_mode);
+        let route = self.settings.for_model(&wrap.model);
+        let mode = wrap.key_mode.unwrap_or(route.mode);
         let framing = match mode {
             StreamMode::Off => return answer,
             StreamMode::HoldBack => WindowFraming::HoldBack,
@@ -156,14 +211,17 @@ impl StreamAnalysers {
             StreamMode::BufferFull => WindowFraming::BufferFull,
         };
         let streams = (0..answer.num_choices()).map(|_| self.make()).collect();
+        let guard = self.guard_for(wrap.key_guard.unwrap_or(route.guard), wrap.guard_action);
         Analysed::wrap(
             answer,
             streams,
             window::Settings {
                 framing,
-                window_tokens: window,
+                window_tokens: route.window_tokens,
                 overlap_bytes: self.settings.overlap_bytes,
+                guard_in_flight: self.settings.guard_in_flight,
             },
+            guard,
             wrap,
         )
     }

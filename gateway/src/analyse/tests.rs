@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 use sluice_runtime::{FinishReason, Usage};
 
 use super::degeneration::Degeneration;
+use super::guard::AsyncAnalyser;
 use super::policy::{OutputRules, PiiBlock};
 use super::window::{Analysed, Framing, Settings};
 use super::{Analyser, Stop, Wrap};
@@ -102,9 +103,26 @@ fn wrap(
     framing: Framing,
     window_tokens: usize,
 ) -> (BoxAnswer, StopNote, Arc<Mutex<Vec<Stop>>>) {
+    let (answer, note, stops, _) = wrap_guarded(inner, analysers, framing, window_tokens, None);
+    (answer, note, stops)
+}
+
+type Told = Arc<Mutex<Vec<Stop>>>;
+
+/// As [`wrap`], with an async analyser over each window; also what was
+/// observed (`stream_first`).
+fn wrap_guarded(
+    inner: Script,
+    analysers: Vec<Box<dyn Analyser>>,
+    framing: Framing,
+    window_tokens: usize,
+    guard: Option<Arc<dyn AsyncAnalyser>>,
+) -> (BoxAnswer, StopNote, Told, Told) {
     let note = StopNote::default();
     let stops = Arc::new(Mutex::new(Vec::new()));
+    let observed = Arc::new(Mutex::new(Vec::new()));
     let told = stops.clone();
+    let seen = observed.clone();
     let answer = Analysed::wrap(
         Box::new(inner),
         vec![analysers],
@@ -112,16 +130,21 @@ fn wrap(
             framing,
             window_tokens,
             overlap_bytes: 32,
+            guard_in_flight: 2,
         },
+        guard,
         Wrap {
             model: "m".into(),
             key_mode: None,
+            key_guard: None,
+            guard_action: None,
             max_tokens: Some(100),
             note: note.clone(),
             on_stop: Box::new(move |stop: &Stop| told.lock().unwrap().push(stop.clone())),
+            on_observe: Box::new(move |stop: &Stop| seen.lock().unwrap().push(stop.clone())),
         },
     );
-    (answer, note, stops)
+    (answer, note, stops, observed)
 }
 
 /// Every step of `answer`, with how many inner reads had happened when each

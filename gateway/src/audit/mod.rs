@@ -42,6 +42,9 @@ pub mod actions {
     pub const PII_DECISION: &str = "pii.decision";
     /// A stream analyser (or the budget's cap) stopped an answer early.
     pub const STREAM_STOP: &str = "stream.stop";
+    /// A policy analyser (the guard too) found something in text already
+    /// sent (`stream_first`): recorded, not stopped.
+    pub const STREAM_OBSERVED: &str = "stream.observed";
     pub const CONFIG_RELOADED: &str = "config.reloaded";
     pub const ADMIN_DENIED: &str = "admin.denied";
     pub const SPEND_QUEUE_FULL: &str = "spend.queue_full";

@@ -59,6 +59,7 @@ impl KeyStore {
                             sensitive: k.sensitive,
                             guard: k.guard,
                             stream: k.stream,
+                            stream_guard: k.stream_guard,
                         },
                         CallerLimits {
                             rpm: k.limits.rpm,
@@ -445,6 +446,7 @@ mod tests {
                 sensitive: false,
                 guard: None,
                 stream: None,
+                stream_guard: None,
                 limits: Default::default(),
             },
             ApiKey {
@@ -454,6 +456,7 @@ mod tests {
                 sensitive: true,
                 guard: None,
                 stream: None,
+                stream_guard: None,
                 limits: crate::config::KeyLimits {
                     rpm: Some(60),
                     tpm: None,

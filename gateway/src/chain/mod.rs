@@ -44,7 +44,8 @@
 //!    frees the sequence, a provider's connection closes). Then PII
 //!    redaction of the answer ([`crate::pii::output`]).
 //! 11. **recorders**: the cache insert ([`Decision::record`]; never of an
-//!    answer stopped early), the budget's cap (itself an early stop).
+//!    answer stopped early), the request's `max_cost` and the budget's cap
+//!    (early stops too: the lower one ends the answer).
 //! 12. **settles**: told once how the answer ended ([`settle`]), completed,
 //!    failed or abandoned by the client: the limits' refund, the budget's
 //!    charge, the spend log's row ([`spend`]).
@@ -176,6 +177,7 @@ impl Chain {
             .await;
         let want_logprobs = req.job.sampling.logprobs.is_some();
         let max_tokens = req.job.sampling.max_tokens;
+        let prompt_estimate = budget::estimate_prompt_tokens(&req.job.input);
         let stop = StopNote::default();
         let ValidRequest {
             model,
@@ -183,6 +185,7 @@ impl Chain {
             include_usage,
             user: _,
             mut job,
+            max_cost,
         } = req;
         // Stages that reserved something before the model, or record what it
         // cost, settle here once the answer ends.
@@ -232,6 +235,20 @@ impl Chain {
                 let analysed = self.analyse(caller, &model, max_tokens, &stop, answer);
                 let answer =
                     decision.record_unless_stopped(self.redact_output(caller, analysed), &stop);
+                // The request's own cap, at the price of the deployment
+                // that serves it (a cache hit is free: nothing to cap).
+                let answer = match max_cost {
+                    Some(amount) => budget::cap::Capped::at_cost(
+                        answer,
+                        budget::cap::MaxCost {
+                            amount,
+                            price: provenance.deployment.settings.price,
+                            prompt_estimate,
+                        },
+                        stop.clone(),
+                    ),
+                    None => answer,
+                };
                 (answer, Some(provenance), tokenizer)
             }
         };
@@ -390,27 +407,32 @@ impl Chain {
         let Some(stream) = &self.stream else {
             return answer;
         };
-        let audit = self.audit.clone();
-        let actor = caller.principal.actor();
-        let tenant = caller.principal.tenant.clone();
-        let target = model.to_string();
-        let on_stop = Box::new(move |stop: &Stop| {
-            let event = AuditEvent::new(actions::STREAM_STOP, actor, AuditOutcome::Denied)
-                .tenant(&*tenant)
-                .target(target)
-                .detail(format!("{}: {}", stop.analyser, stop.detail));
-            if audit.record(event).is_err() {
-                tracing::error!("the audit log refused a stream stop record");
+        let record = |action: &'static str, outcome: AuditOutcome| {
+            let audit = self.audit.clone();
+            let actor = caller.principal.actor();
+            let tenant = caller.principal.tenant.clone();
+            let target = model.to_string();
+            move |stop: &Stop| {
+                let event = AuditEvent::new(action, actor.clone(), outcome)
+                    .tenant(&*tenant)
+                    .target(target.clone())
+                    .detail(format!("{}: {}", stop.analyser, stop.detail));
+                if audit.record(event).is_err() {
+                    tracing::error!(action, "the audit log refused a stream analyser record");
+                }
             }
-        });
+        };
         stream.wrap(
             answer,
             Wrap {
                 model: model.to_string(),
                 key_mode: caller.policy.stream,
+                key_guard: caller.policy.stream_guard,
+                guard_action: caller.policy.guard,
                 max_tokens,
                 note: stop.clone(),
-                on_stop,
+                on_stop: Box::new(record(actions::STREAM_STOP, AuditOutcome::Denied)),
+                on_observe: Box::new(record(actions::STREAM_OBSERVED, AuditOutcome::Success)),
             },
         )
     }

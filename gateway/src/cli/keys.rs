@@ -85,6 +85,14 @@ pub(super) struct CreateArgs {
     /// What the guard does with this key's flagged requests: flag, block or off.
     #[arg(long)]
     guard: Option<String>,
+    /// How this key's answers are analysed: off, hold_back, stream_first or
+    /// buffer_full (default: the route's `[stream] mode`).
+    #[arg(long)]
+    stream: Option<String>,
+    /// The guard scores this key's answer windows (`true`/`false`; default:
+    /// the route's `[stream] guard`).
+    #[arg(long)]
+    stream_guard: Option<bool>,
 }
 
 impl CreateArgs {
@@ -108,7 +116,8 @@ impl CreateArgs {
             blocked: None,
             sensitive: self.sensitive.then_some(true),
             guard: self.guard.clone().map(Some),
-            stream: None,
+            stream: self.stream.clone().map(Some),
+            stream_guard: self.stream_guard.map(Some),
         }
     }
 }

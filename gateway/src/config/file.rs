@@ -97,6 +97,9 @@ pub struct KeySection {
     /// How this key's answers are analysed ("off", "hold_back",
     /// "stream_first", "buffer_full"), instead of `[stream] mode`.
     pub stream: Option<String>,
+    /// Whether the guard scores this key's answer windows, instead of
+    /// `[stream] guard`.
+    pub stream_guard: Option<bool>,
     /// Accepted only to refuse it with a clear message: secrets never sit
     /// in the config file, which gets copied, committed and printed.
     pub key: Option<toml::Value>,

@@ -66,7 +66,7 @@ pub use routes::{
 pub use sessions::{HotSettings, SessionSettings};
 pub use spend::{ReferencePrice, SpendSettings};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
-pub use stream::{StreamMode, StreamSettings};
+pub use stream::{RouteStream, StreamMode, StreamSettings};
 
 /// The id under which the demo chat model is served.
 pub const DEMO_MODEL_ID: &str = "smollm2-135m-instruct";
@@ -152,6 +152,9 @@ pub struct ApiKey {
     pub guard: Option<GuardAction>,
     /// How this key's answers are analysed, instead of `[stream]`'s mode.
     pub stream: Option<StreamMode>,
+    /// Whether the guard scores this key's answer windows, instead of
+    /// `[stream] guard`.
+    pub stream_guard: Option<bool>,
     /// Requests/tokens per minute and in parallel for this key.
     pub limits: KeyLimits,
 }

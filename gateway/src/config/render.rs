@@ -48,6 +48,12 @@ impl Config {
                 if let Some(g) = k.guard {
                     t.insert("guard".into(), Value::String(g.as_str().into()));
                 }
+                if let Some(s) = k.stream {
+                    t.insert("stream".into(), Value::String(s.as_str().into()));
+                }
+                if let Some(g) = k.stream_guard {
+                    t.insert("stream_guard".into(), Value::Boolean(g));
+                }
                 Value::Table(t)
             })
             .collect();
@@ -153,6 +159,7 @@ impl Config {
         root.insert("encoders".into(), Value::Array(encoders));
         root.insert("guard".into(), Value::Table(self.guard_table()));
         root.insert("defence".into(), Value::Table(self.defence.table()));
+        root.insert("stream".into(), Value::Table(self.stream.table()));
         root.insert("cache".into(), Value::Table(self.cache_table()));
         root.insert(
             "providers".into(),

@@ -318,6 +318,7 @@ fn resolve_key(
         sensitive,
         guard,
         stream,
+        stream_guard,
         rpm,
         tpm,
         max_parallel,
@@ -373,6 +374,7 @@ fn resolve_key(
         sensitive: sensitive.unwrap_or(false),
         guard,
         stream,
+        stream_guard,
         limits: super::KeyLimits {
             rpm,
             tpm,
@@ -402,6 +404,7 @@ fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
             sensitive: false,
             guard: None,
             stream: None,
+            stream_guard: None,
             limits: super::KeyLimits::default(),
         });
     }

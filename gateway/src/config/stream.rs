@@ -10,18 +10,24 @@
 //! pii = true              # a PII kind set to "block" in [pii] stops the answer
 //! rules = true            # the [defence] rules over the answer's windows
 //! degeneration = true     # repetition loops stop the answer
+//! guard = false           # the [guard] scores each window (an encoder pass per window)
+//! guard_in_flight = 2     # windows awaiting the guard before the producer is read no further
 //!
 //! [stream.models."my-model"]  # per route (the request's model)
 //! mode = "stream_first"
+//! guard = true
 //! ```
 //!
 //! Design decision: off by default. `hold_back` changes how an answer
 //! streams (text arrives a window at a time) and a loop detector that
 //! stops answers changes what clients get; both are the operator's call.
+//! The guard is off even when the mode is on: it costs an encoder pass per
+//! window, where the other analysers cost microseconds.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
+use toml::{Table, Value};
 
 use super::{invalid, ConfigError};
 
@@ -31,6 +37,10 @@ const DEFAULT_OVERLAP_BYTES: usize = 128;
 const MAX_WINDOW_TOKENS: usize = 4096;
 /// Longer than any value a detector looks for (keys, cards, IBANs).
 const MAX_OVERLAP_BYTES: usize = 64 << 10;
+/// Two windows in flight: the guard scores one while the next fills.
+const DEFAULT_GUARD_IN_FLIGHT: usize = 2;
+/// Each window in flight is text held back from the client.
+const MAX_GUARD_IN_FLIGHT: usize = 64;
 
 /// How an answer's text is released while it is analysed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +92,8 @@ pub struct StreamSection {
     pub pii: Option<bool>,
     pub rules: Option<bool>,
     pub degeneration: Option<bool>,
+    pub guard: Option<bool>,
+    pub guard_in_flight: Option<usize>,
     #[serde(default)]
     pub models: HashMap<String, StreamRouteSection>,
 }
@@ -91,6 +103,16 @@ pub struct StreamSection {
 pub struct StreamRouteSection {
     pub mode: Option<String>,
     pub window_tokens: Option<usize>,
+    pub guard: Option<bool>,
+}
+
+/// How one route's answers are analysed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteStream {
+    pub mode: StreamMode,
+    pub window_tokens: usize,
+    /// Whether the guard scores each window.
+    pub guard: bool,
 }
 
 /// The resolved `[stream]`.
@@ -102,8 +124,13 @@ pub struct StreamSettings {
     pub pii: bool,
     pub rules: bool,
     pub degeneration: bool,
-    /// Per route (model id): mode and window.
-    pub models: HashMap<String, (StreamMode, usize)>,
+    /// The `[guard]` over each window (unless a key says otherwise).
+    pub guard: bool,
+    /// Windows of one answer awaiting the guard at most; past it the
+    /// producer is not read (the text it makes waits in its own queue).
+    pub guard_in_flight: usize,
+    /// Per route (model id).
+    pub models: HashMap<String, RouteStream>,
 }
 
 impl Default for StreamSettings {
@@ -115,23 +142,55 @@ impl Default for StreamSettings {
             pii: true,
             rules: true,
             degeneration: true,
+            guard: false,
+            guard_in_flight: DEFAULT_GUARD_IN_FLIGHT,
             models: HashMap::new(),
         }
     }
 }
 
 impl StreamSettings {
-    /// The mode and window for a request to `model`.
-    pub fn for_model(&self, model: &str) -> (StreamMode, usize) {
-        self.models
-            .get(model)
-            .copied()
-            .unwrap_or((self.mode, self.window_tokens))
+    /// The mode, window and guard for a request to `model`.
+    pub fn for_model(&self, model: &str) -> RouteStream {
+        self.models.get(model).copied().unwrap_or(RouteStream {
+            mode: self.mode,
+            window_tokens: self.window_tokens,
+            guard: self.guard,
+        })
+    }
+
+    /// As `check-config` shows it: every setting, defaults included.
+    pub fn table(&self) -> Table {
+        let int = |n: usize| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+        let mut t = Table::new();
+        t.insert("mode".into(), Value::String(self.mode.as_str().into()));
+        t.insert("window_tokens".into(), int(self.window_tokens));
+        t.insert("overlap_bytes".into(), int(self.overlap_bytes));
+        t.insert("pii".into(), Value::Boolean(self.pii));
+        t.insert("rules".into(), Value::Boolean(self.rules));
+        t.insert("degeneration".into(), Value::Boolean(self.degeneration));
+        t.insert("guard".into(), Value::Boolean(self.guard));
+        t.insert("guard_in_flight".into(), int(self.guard_in_flight));
+        if !self.models.is_empty() {
+            let models = self
+                .models
+                .iter()
+                .map(|(model, r)| {
+                    let mut route = Table::new();
+                    route.insert("mode".into(), Value::String(r.mode.as_str().into()));
+                    route.insert("window_tokens".into(), int(r.window_tokens));
+                    route.insert("guard".into(), Value::Boolean(r.guard));
+                    (model.clone(), Value::Table(route))
+                })
+                .collect();
+            t.insert("models".into(), Value::Table(models));
+        }
+        t
     }
 
     /// Whether any route has analysers on.
     pub fn any_on(&self) -> bool {
-        self.mode != StreamMode::Off || self.models.values().any(|(m, _)| *m != StreamMode::Off)
+        self.mode != StreamMode::Off || self.models.values().any(|r| r.mode != StreamMode::Off)
     }
 }
 
@@ -155,6 +214,8 @@ impl StreamSection {
             pii,
             rules,
             degeneration,
+            guard,
+            guard_in_flight,
             models,
         } = self;
         let defaults = StreamSettings::default();
@@ -177,11 +238,23 @@ impl StreamSection {
                 ))
             }
         };
+        let guard = guard.unwrap_or(defaults.guard);
+        let guard_in_flight = match guard_in_flight {
+            None => defaults.guard_in_flight,
+            Some(n) if (1..=MAX_GUARD_IN_FLIGHT).contains(&n) => n,
+            Some(n) => {
+                return Err(invalid(
+                    "stream.guard_in_flight",
+                    format!("{n} is outside 1..={MAX_GUARD_IN_FLIGHT} windows"),
+                ))
+            }
+        };
         let mut resolved = HashMap::with_capacity(models.len());
         for (model, section) in models {
             let StreamRouteSection {
                 mode: route_mode,
                 window_tokens: route_window,
+                guard: route_guard,
             } = section;
             let route_mode = match route_mode {
                 Some(text) => StreamMode::parse(&format!("stream.models.{model}.mode"), &text)?,
@@ -192,7 +265,14 @@ impl StreamSection {
                 route_window,
                 window_tokens,
             )?;
-            resolved.insert(model, (route_mode, route_window));
+            resolved.insert(
+                model,
+                RouteStream {
+                    mode: route_mode,
+                    window_tokens: route_window,
+                    guard: route_guard.unwrap_or(guard),
+                },
+            );
         }
         Ok(StreamSettings {
             mode,
@@ -201,6 +281,8 @@ impl StreamSection {
             pii: pii.unwrap_or(defaults.pii),
             rules: rules.unwrap_or(defaults.rules),
             degeneration: degeneration.unwrap_or(defaults.degeneration),
+            guard,
+            guard_in_flight,
             models: resolved,
         })
     }
@@ -228,8 +310,36 @@ mod tests {
             "mode = \"hold_back\"\nwindow_tokens = 8\n[models.demo]\nmode = \"stream_first\"\n",
         )
         .unwrap();
-        assert_eq!(s.for_model("demo"), (StreamMode::StreamFirst, 8));
-        assert_eq!(s.for_model("other"), (StreamMode::HoldBack, 8));
+        let demo = s.for_model("demo");
+        assert_eq!(
+            (demo.mode, demo.window_tokens),
+            (StreamMode::StreamFirst, 8)
+        );
+        let other = s.for_model("other");
+        assert_eq!((other.mode, other.window_tokens), (StreamMode::HoldBack, 8));
+    }
+
+    #[test]
+    fn the_table_reads_back_as_the_same_settings() {
+        let s =
+            parse("mode = \"hold_back\"\nguard = true\n[models.demo]\nmode = \"stream_first\"\n")
+                .unwrap();
+        let text = toml::to_string(&s.table()).unwrap();
+        assert_eq!(parse(&text).unwrap(), s, "{text}");
+    }
+
+    #[test]
+    fn the_guard_is_off_unless_asked_and_a_route_may_turn_it_on() {
+        let s = parse("mode = \"hold_back\"\n[models.demo]\nguard = true\n").unwrap();
+        assert!(!s.guard);
+        assert!(!s.for_model("other").guard);
+        assert!(s.for_model("demo").guard);
+        assert_eq!(s.guard_in_flight, DEFAULT_GUARD_IN_FLIGHT);
+        let s = parse("guard = true\n[models.demo]\nguard = false\n").unwrap();
+        assert!(s.for_model("other").guard);
+        assert!(!s.for_model("demo").guard);
+        let err = parse("guard_in_flight = 0").unwrap_err().to_string();
+        assert!(err.contains("stream.guard_in_flight"), "{err}");
     }
 
     #[test]

@@ -331,6 +331,7 @@ impl VirtualKeys {
             sensitive: false,
             guard: None,
             stream: None,
+            stream_guard: None,
             expires_at: None,
             revoke_at: None,
             blocked: false,
@@ -509,6 +510,7 @@ pub fn principal(key: &KeyRecord, team: Option<&TeamRecord>) -> Principal {
             sensitive: key.sensitive,
             guard: key.guard,
             stream: key.stream,
+            stream_guard: key.stream_guard,
         },
     }
 }

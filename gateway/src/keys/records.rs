@@ -33,6 +33,9 @@ pub struct KeyRecord {
     /// How this key's answers are analysed; `None`: the route's `[stream]` mode.
     #[serde(serialize_with = "stream_name")]
     pub stream: Option<StreamMode>,
+    /// Whether the guard scores this key's answer windows; `None`: the
+    /// route's `[stream] guard`.
+    pub stream_guard: Option<bool>,
     /// Milliseconds since the Unix epoch.
     pub expires_at: Option<i64>,
     /// Set by revoke (now) and rotate (now + grace).
@@ -115,6 +118,10 @@ pub struct KeyChanges {
     /// route's `[stream]` mode.
     #[serde(default, deserialize_with = "nullable")]
     pub stream: Option<Option<String>>,
+    /// The guard over this key's answer windows; `null`: the route's
+    /// `[stream] guard`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub stream_guard: Option<Option<bool>>,
 }
 
 impl KeyChanges {
@@ -158,6 +165,7 @@ impl KeyChanges {
             sensitive,
             guard,
             stream,
+            stream_guard,
         } = self.clone();
         if let Some(roles) = self.parsed_roles()? {
             record.roles = if roles.is_empty() {
@@ -205,6 +213,7 @@ impl KeyChanges {
         set(&mut record.tpm, tpm);
         set(&mut record.max_parallel, max_parallel);
         set(&mut record.expires_at, expires_at);
+        set(&mut record.stream_guard, stream_guard);
         if let Some(blocked) = blocked {
             record.blocked = blocked;
         }
@@ -258,7 +267,7 @@ fn set<T>(field: &mut Option<T>, change: Option<Option<T>>) {
 
 const KEY_COLUMNS: &str = "prefix, digest, name, tenant, team, user_id, roles, allowed_models, \
      rpm, tpm, max_parallel, sensitive, guard_policy, expires_at, revoke_at, blocked, \
-     rotated_from, created_at, updated_at, stream_policy";
+     rotated_from, created_at, updated_at, stream_policy, stream_guard";
 
 const TEAM_COLUMNS: &str =
     "id, tenant, allowed_models, rpm, tpm, max_parallel, created_at, updated_at";
@@ -314,6 +323,9 @@ fn key_from(row: &AnyRow) -> Result<(KeyRecord, String), KeysError> {
         sensitive: row.try_get::<i64, _>("sensitive")? != 0,
         guard: guard.and_then(|g| GuardAction::parse("guard_policy", &g).ok()),
         stream: stream.and_then(|m| StreamMode::parse("stream_policy", &m).ok()),
+        stream_guard: row
+            .try_get::<Option<i64>, _>("stream_guard")?
+            .map(|g| g != 0),
         expires_at: row.try_get("expires_at")?,
         revoke_at: row.try_get("revoke_at")?,
         blocked: row.try_get::<i64, _>("blocked")? != 0,
@@ -349,7 +361,7 @@ pub async fn insert_key(
 ) -> Result<bool, KeysError> {
     let sql = format!(
         "INSERT INTO keys ({KEY_COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
     );
     let result = sqlx::query(&sql)
         .bind(key.prefix.clone())
@@ -372,6 +384,7 @@ pub async fn insert_key(
         .bind(key.created_at)
         .bind(key.updated_at)
         .bind(key.stream.map(|m| m.as_str().to_string()))
+        .bind(key.stream_guard.map(i64::from))
         .execute(store.pool())
         .await;
     match result {
@@ -387,7 +400,7 @@ pub async fn update_key(store: &Store, key: &KeyRecord) -> Result<bool, KeysErro
         "UPDATE keys SET name = $2, tenant = $3, team = $4, user_id = $5, roles = $6, \
          allowed_models = $7, rpm = $8, tpm = $9, max_parallel = $10, sensitive = $11, \
          guard_policy = $12, expires_at = $13, revoke_at = $14, blocked = $15, updated_at = $16, \
-         stream_policy = $17 WHERE prefix = $1",
+         stream_policy = $17, stream_guard = $18 WHERE prefix = $1",
     )
     .bind(key.prefix.clone())
     .bind(key.name.clone())
@@ -406,6 +419,7 @@ pub async fn update_key(store: &Store, key: &KeyRecord) -> Result<bool, KeysErro
     .bind(i64::from(key.blocked))
     .bind(key.updated_at)
     .bind(key.stream.map(|m| m.as_str().to_string()))
+    .bind(key.stream_guard.map(i64::from))
     .execute(store.pool())
     .await?;
     Ok(done.rows_affected() > 0)

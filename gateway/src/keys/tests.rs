@@ -40,7 +40,7 @@ async fn round_trip(store: Store) {
         .create(&changes(serde_json::json!({
             "name": "ci", "team": "red", "user": "ann", "allowed_models": ["b", "c"],
             "rpm": 10, "tpm": 1000, "max_parallel": 2, "sensitive": true, "guard": "block",
-            "stream": "hold_back"
+            "stream": "hold_back", "stream_guard": true
         })))
         .await
         .unwrap();
@@ -64,13 +64,14 @@ async fn round_trip(store: Store) {
     assert!(p.policy.sensitive);
     assert_eq!(p.policy.guard, Some(crate::config::GuardAction::Block));
     assert_eq!(p.policy.stream, Some(crate::config::StreamMode::HoldBack));
+    assert_eq!(p.policy.stream_guard, Some(true));
 
     let updated = keys
         .update(
             &new.prefix,
             &changes(
                 serde_json::json!({"name": null, "rpm": 20, "roles": ["auditor"], "guard": null,
-                    "stream": "stream_first"}),
+                    "stream": "stream_first", "stream_guard": false}),
             ),
         )
         .await
@@ -87,6 +88,7 @@ async fn round_trip(store: Store) {
         p.policy.stream,
         Some(crate::config::StreamMode::StreamFirst)
     );
+    assert_eq!(p.policy.stream_guard, Some(false));
 
     // Rotation: same fields, a new key; the old one until its revoke_at.
     let (fresh, fresh_record, old) = keys

@@ -23,6 +23,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "spend_indexes",
         include_str!("migrations/0018_spend_indexes.sql"),
     ),
+    (
+        19,
+        "stream_guard",
+        include_str!("migrations/0019_stream_guard.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock's key for migrations.

@@ -48,8 +48,9 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
         prediction,
         web_search_options,
         reasoning_effort,
-        other,
+        mut other,
     } = req;
+    let max_cost = super::max_cost(other.remove(super::MAX_COST).as_ref())?;
     reject_unknown(other.keys())?;
     for (name, value) in [("functions", &functions), ("function_call", &function_call)] {
         if value.is_some() {
@@ -160,6 +161,7 @@ pub fn chat(req: ChatCompletionRequest) -> Result<ValidRequest, ApiError> {
         Input::Chat(messages),
     )?;
     req.job.tools = tools;
+    req.max_cost = max_cost;
     Ok(req)
 }
 

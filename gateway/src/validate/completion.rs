@@ -39,8 +39,9 @@ pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
         guided_json,
         guided_regex,
         guided_grammar,
-        other,
+        mut other,
     } = req;
+    let max_cost = super::max_cost(other.remove(super::MAX_COST).as_ref())?;
     reject_unknown(other.keys())?;
     let constraint = structured::guided(
         guided_json,
@@ -72,7 +73,7 @@ pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
         return Err(ApiError::invalid("prompt", "'prompt' is required"));
     };
     let input = prompt_input(prompt)?;
-    common(
+    let mut req = common(
         CommonWire {
             model,
             max_tokens,
@@ -97,7 +98,9 @@ pub fn completion(req: CompletionRequest) -> Result<ValidRequest, ApiError> {
         },
         "max_tokens",
         input,
-    )
+    )?;
+    req.max_cost = max_cost;
+    Ok(req)
 }
 
 /// `prompt`: a string, strings, token ids, or arrays of token ids.

@@ -160,6 +160,34 @@ pub struct ValidRequest {
     pub user: Option<String>,
     /// What to generate; handed whole to [`crate::generate`].
     pub job: Job,
+    /// The most the answer may cost (`max_cost`), in the currency prices
+    /// are configured in; stopped before it would cost more.
+    pub max_cost: Option<f64>,
+}
+
+/// The extra body field (`extra_body={"max_cost": 0.01}` in the OpenAI
+/// SDKs) that caps what one answer may cost.
+pub(crate) const MAX_COST: &str = "max_cost";
+
+/// `max_cost`: a positive number; absent or `null`: no cap of its own.
+pub(crate) fn max_cost(value: Option<&Value>) -> Result<Option<f64>, ApiError> {
+    let bad = |got: String| {
+        ApiError::invalid(
+            MAX_COST,
+            format!(
+                "'max_cost' is {got}; it must be a positive number (the most this answer may \
+                 cost, in the currency prices are configured in)"
+            ),
+        )
+    };
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+            _ => Err(bad(n.to_string())),
+        },
+        Some(other) => Err(bad(other.to_string())),
+    }
 }
 
 /// The generation part of a [`ValidRequest`].
@@ -389,6 +417,7 @@ pub(crate) fn common(
             omitted,
             _sealed: Sealed,
         },
+        max_cost: None,
     })
 }
 

@@ -332,7 +332,8 @@ impl Truncation {
 /// Checks the fields of a create request that are not its items, before
 /// any history is read (a bad request costs no store read).
 pub fn check_create(req: &ResponseCreateRequest) -> Result<(), ApiError> {
-    reject_unknown(req.other.keys())?;
+    reject_unknown(req.other.keys().filter(|k| *k != super::MAX_COST))?;
+    super::max_cost(req.other.get(super::MAX_COST))?;
     if req.previous_response_id.is_some() && req.conversation.is_some() {
         return Err(ApiError::invalid(
             "conversation",
@@ -490,6 +491,7 @@ impl super::Validate for ResponsesTurn {
             Input::Chat(messages),
         )?;
         req.job.tools = tools;
+        req.max_cost = super::max_cost(request.other.get(super::MAX_COST))?;
         if let Some((tenant, id)) = session {
             req.job.set_session(&tenant, "responses", &id);
         }
@@ -540,6 +542,28 @@ mod tests {
             err,
             ApiError::InvalidRequest { param: Some(ref p), .. } if p == "input[0].content[0].type"
         ));
+    }
+
+    #[test]
+    fn max_cost_is_checked_on_create_and_carried_to_the_turn() {
+        let req = |max_cost: Value| -> ResponseCreateRequest {
+            serde_json::from_value(json!({"model": "m", "input": "hi", "max_cost": max_cost}))
+                .unwrap()
+        };
+        assert!(check_create(&req(json!(0.5))).is_ok());
+        assert!(matches!(
+            check_create(&req(json!(-1))),
+            Err(ApiError::InvalidRequest { param: Some(ref p), .. }) if p == "max_cost"
+        ));
+        let turn = ResponsesTurn {
+            request: req(json!(0.5)),
+            messages: vec![ChatMessage::text("user", "hi")],
+            session: None,
+        };
+        assert_eq!(
+            super::super::Validate::validate(turn).unwrap().max_cost,
+            Some(0.5)
+        );
     }
 
     #[test]

@@ -474,3 +474,35 @@ fn logit_bias_is_parsed_sorted_and_bounded() {
         .to_params(10, 0);
     assert_eq!(params.logit_bias, vec![(3, 2.5)]);
 }
+
+#[test]
+fn max_cost_is_a_positive_number_on_chat_and_completions() {
+    assert_eq!(chat_of(base()).unwrap().max_cost, None);
+    assert_eq!(
+        chat_of(with(json!({"max_cost": 0.25}))).unwrap().max_cost,
+        Some(0.25)
+    );
+    assert_eq!(
+        chat_of(with(json!({"max_cost": null}))).unwrap().max_cost,
+        None
+    );
+    let prompt = json!({"model": "m", "prompt": "hi", "max_cost": 2});
+    assert_eq!(completion_of(prompt).unwrap().max_cost, Some(2.0));
+    for bad in [
+        json!(-0.01),
+        json!(0),
+        json!("0.5"),
+        json!("NaN"),
+        json!([1]),
+    ] {
+        assert_eq!(
+            param(chat_of(with(json!({"max_cost": bad.clone()})))),
+            "max_cost",
+            "{bad}"
+        );
+        let prompt = json!({"model": "m", "prompt": "hi", "max_cost": bad.clone()});
+        assert_eq!(param(completion_of(prompt)), "max_cost", "{bad}");
+    }
+    // Still unknown: a misspelling is refused by name.
+    assert_eq!(param(chat_of(with(json!({"max_costs": 1})))), "max_costs");
+}

@@ -114,3 +114,25 @@ fn check_config_shows_every_section_and_no_secret() {
         assert!(!shown.contains(value), "`{value}` printed:\n{shown}");
     }
 }
+
+#[test]
+fn check_config_shows_the_stream_analysers_and_a_keys_stream_policy() {
+    let text = r#"
+        [stream]
+        mode = "hold_back"
+        guard = true
+        [[auth.keys]]
+        tenant = "team-a"
+        key_env = "TEAM_A_KEY"
+        stream = "stream_first"
+        stream_guard = false
+    "#;
+    let cfg = load_str(text, &[("TEAM_A_KEY", "sk-team-a-secret")]).unwrap();
+    let shown = cfg.to_redacted_toml();
+    assert!(shown.contains("[stream]"), "{shown}");
+    assert!(shown.contains("mode = \"hold_back\""), "{shown}");
+    assert!(shown.contains("guard_in_flight = 2"), "{shown}");
+    assert!(shown.contains("stream = \"stream_first\""), "{shown}");
+    assert!(shown.contains("stream_guard = false"), "{shown}");
+    assert!(!shown.contains("sk-team-a-secret"), "{shown}");
+}
