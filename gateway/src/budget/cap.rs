@@ -77,7 +77,8 @@ impl Capped {
                 finish: FinishReason::Length,
                 reason: "budget",
             });
-            metrics::counter!("sluice_stream_stops_total", "analyser" => "budget").increment(1);
+            metrics::counter!(crate::metrics::catalog::STREAM_STOPS, "analyser" => "budget")
+                .increment(1);
         }
     }
 
