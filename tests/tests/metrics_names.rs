@@ -61,6 +61,8 @@ async fn distinct_chat(server: &Server, model: &str, n: usize, stream: bool) -> 
         "messages": [{"role": "user", "content": format!("Request zq7-{n}: name a colour.")}],
         "max_tokens": 2,
         "stream": stream,
+        // Deterministic, so the cache may serve and store it.
+        "temperature": 0,
         "user": format!("user-zq7-{n}"),
     });
     let resp = http_client()

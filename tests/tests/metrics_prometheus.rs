@@ -237,6 +237,8 @@ async fn load(server: &Server, rounds: usize) {
                 "messages": [{"role": "user", "content": format!("Round {}: name a fruit.", n / 2)}],
                 "max_tokens": 4,
                 "stream": stream,
+                // Deterministic, so the cache may serve and store it.
+                "temperature": 0,
             });
             let url = format!("{}/v1/chat/completions", server.base_url());
             pending.push(async move {
