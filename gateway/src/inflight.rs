@@ -44,7 +44,7 @@ impl InFlightLimit {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
-            refused: metrics::counter!("sluice_rejected_total", "reason" => "server_in_flight"),
+            refused: metrics::counter!(crate::metrics::catalog::REJECTED, "reason" => "server_in_flight"),
         }
     }
 

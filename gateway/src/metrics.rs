@@ -12,12 +12,21 @@
 //! exposed than the API. With API keys and no admin key it is not served
 //! at all: tenant keys must not read every tenant's traffic.
 //!
+//! What is exported is listed in [`catalog`] (names, types, help, labels,
+//! buckets; the engine's under vLLM's names) and documented for operators
+//! in `deploy/METRICS.md`; [`engine`] records a local engine's figures.
+//! Gauges of state that changes without an event (a circuit breaker's
+//! cool-down ending) are refreshed when `/metrics` is read ([`Refresh`]).
+//!
 //! Design choice: histograms get explicit buckets rather than the
 //! exporter's default summaries: buckets aggregate across replicas in
 //! Prometheus, and the gateway-overhead buckets start at 50 µs because the
 //! figures that matter (the benchmark's added latency) are well under a
 //! millisecond. The recorder is installed once per process (a second
 //! `serve` in the same process, as in tests, reuses the first's handle).
+
+pub mod catalog;
+pub mod engine;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -38,24 +47,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Secret;
 use crate::error::ApiError;
 
-/// Gateway's own time per request: total minus the time spent waiting on the deployment.
-pub const OVERHEAD_SECONDS: &str = "sluice_gateway_overhead_seconds";
-/// Time to first token, per deployment.
-pub const TTFT_SECONDS: &str = "sluice_ttft_seconds";
+pub use catalog::{OVERHEAD_SECONDS, STREAM_ANALYSIS_SECONDS};
 
-/// The stream analysers' time per chunk (every step of an analysed answer).
-pub const STREAM_ANALYSIS_SECONDS: &str = "sluice_stream_analysis_seconds";
-
-const STREAM_ANALYSIS_BUCKETS: &[f64] = &[
-    0.000_001, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
-    0.002_5, 0.005,
-];
-const OVERHEAD_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-];
-const TTFT_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
 /// How often histogram samples are folded into their buckets (bounding the
 /// memory they hold between scrapes).
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -67,16 +60,11 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(OVERHEAD_SECONDS.into()), OVERHEAD_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(TTFT_SECONDS.into()), TTFT_BUCKETS)
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(STREAM_ANALYSIS_SECONDS.into()),
-                        STREAM_ANALYSIS_BUCKETS,
-                    )
+            let builder = catalog::ALL
+                .iter()
+                .filter(|m| !m.buckets.is_empty())
+                .try_fold(PrometheusBuilder::new(), |b, m| {
+                    b.set_buckets_for_metric(Matcher::Full(m.name.into()), m.buckets)
                 });
             let builder = match builder {
                 Ok(b) => b,
@@ -88,7 +76,11 @@ pub fn install() -> Option<PrometheusHandle> {
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             match metrics::set_global_recorder(recorder) {
-                Ok(()) => Some(handle),
+                Ok(()) => {
+                    catalog::describe_all();
+                    catalog::register_known_series();
+                    Some(handle)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "a metrics recorder was already installed; /metrics is empty");
                     None
@@ -97,6 +89,9 @@ pub fn install() -> Option<PrometheusHandle> {
         })
         .clone()
 }
+
+/// Brings state gauges up to date just before `/metrics` renders.
+pub type Refresh = Arc<dyn Fn() + Send + Sync>;
 
 /// Folds histogram samples into buckets until shutdown.
 pub async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
@@ -144,6 +139,7 @@ pub struct Endpoint {
     handle: Option<PrometheusHandle>,
     /// `Some`: requests must carry this key.
     admin_key: Option<Arc<Secret>>,
+    refresh: Option<Refresh>,
 }
 
 /// The `/metrics` route for the API listener, or `None` when this
@@ -152,18 +148,21 @@ pub fn api_route<S>(
     exposure: &Exposure,
     handle: Option<PrometheusHandle>,
     admin_key: Option<Arc<Secret>>,
+    refresh: Option<Refresh>,
 ) -> Option<Router<S>> {
     let endpoint = match exposure {
         Exposure::OwnListener(_) | Exposure::Hidden => return None,
         Exposure::Open => Endpoint {
             handle,
             admin_key: None,
+            refresh,
         },
         // `decide` only picks `AdminKey` when there is one; without it the
         // route stays unmounted rather than open.
         Exposure::AdminKey => Endpoint {
             handle,
             admin_key: Some(admin_key?),
+            refresh,
         },
     };
     Some(
@@ -179,6 +178,7 @@ pub fn api_route<S>(
 pub async fn serve_own_listener(
     listener: TcpListener,
     handle: Option<PrometheusHandle>,
+    refresh: Option<Refresh>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -186,6 +186,7 @@ pub async fn serve_own_listener(
         .with_state(Endpoint {
             handle,
             admin_key: None,
+            refresh,
         });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -199,6 +200,9 @@ async fn render(
 ) -> Result<Response, ApiError> {
     if let Some(admin) = &endpoint.admin_key {
         crate::auth::require_admin(admin, &headers)?;
+    }
+    if let Some(refresh) = &endpoint.refresh {
+        refresh();
     }
     let body = endpoint
         .handle
@@ -237,7 +241,8 @@ mod tests {
     fn the_api_listener_mounts_metrics_only_where_decided() {
         let key = Some(Arc::new(Secret::new("admin-key-0123456789".into())));
         let addr: SocketAddr = "127.0.0.1:9100".parse().unwrap();
-        let mounted = |e: Exposure, k: Option<Arc<Secret>>| api_route::<()>(&e, None, k).is_some();
+        let mounted =
+            |e: Exposure, k: Option<Arc<Secret>>| api_route::<()>(&e, None, k, None).is_some();
         assert!(!mounted(Exposure::OwnListener(addr), key.clone()));
         assert!(!mounted(Exposure::Hidden, key.clone()));
         assert!(mounted(Exposure::AdminKey, key.clone()));

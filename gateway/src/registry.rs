@@ -211,6 +211,10 @@ impl ModelSlot {
         .map_err(|e| format!("model `{}` ({}): {e}", cfg.id, cfg.path.display()))?;
         let engine = Engine::start(loaded, cfg.engine.clone())
             .map_err(|e| format!("model `{}`: {e}", cfg.id))?;
+        // Before any request can reach it, so every figure is counted.
+        engine.observe(Arc::new(crate::metrics::engine::EngineMetrics::new(
+            &cfg.id,
+        )));
         let info = engine.info();
         tracing::info!(
             model = %cfg.id,

@@ -136,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         &state.metrics_exposure,
         state.metrics.clone(),
         state.admin_key.clone(),
+        Some(refresh_gauges(state.router.clone())),
     )
     .unwrap_or_default();
     Router::new()
@@ -151,6 +152,12 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.body_limit.0))
         .layer(middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+/// What `/metrics` runs before it renders: the state gauges that change
+/// without an event.
+fn refresh_gauges(router: Arc<ModelRouter>) -> crate::metrics::Refresh {
+    Arc::new(move || router.refresh_gauges())
 }
 
 /// Binds, loads the models in the background, serves until shutdown.
@@ -285,8 +292,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
                 listener.local_addr()?
             );
             let (handle, shutdown) = (metrics.clone(), shutdown.clone());
+            let refresh = refresh_gauges(model_router.clone());
             tasks.spawn(async move {
-                if let Err(e) = crate::metrics::serve_own_listener(listener, handle, shutdown).await
+                if let Err(e) =
+                    crate::metrics::serve_own_listener(listener, handle, Some(refresh), shutdown)
+                        .await
                 {
                     tracing::error!(error = %e, "the metrics listener failed");
                 }

@@ -30,11 +30,12 @@ use crate::constraint::SeqConstraint;
 use crate::device::sizing::KvDType;
 use crate::device::Device;
 use crate::executor::{CpuExecutor, Executor, RowOut, RowWant};
-use crate::load::{LoadCells, RateEwma};
+use crate::load::{LoadCells, LoadSnapshot, RateEwma};
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogprob, Usage};
 use crate::rng::SeqRng;
 use crate::sampler::{is_greedy, off_host_rules, sample};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
+use crate::stats::{FinishedReason, RequestTimes, StatsCollector};
 use crate::stop::StopMatcher;
 use crate::warm_sessions::WarmConfig;
 use crate::EngineError;
@@ -167,6 +168,7 @@ impl Engine {
             serving: AtomicBool::new(true),
             restarts: AtomicUsize::new(0),
             grammars: std::sync::OnceLock::new(),
+            observer: std::sync::OnceLock::new(),
         });
         // The channel only carries requests between steps; `pending` is the real bound.
         let (submit, intake) = sync_channel(cfg.max_num_seqs + cfg.max_waiting);
@@ -197,6 +199,7 @@ impl Engine {
             tps: RateEwma::default(),
             decode_tps: RateEwma::default(),
             clock: cfg.clock.clone(),
+            stats: StatsCollector::default(),
         };
         std::thread::Builder::new()
             .name("sluice-engine".into())
@@ -269,6 +272,19 @@ struct Active {
     stopped_by_string: bool,
     /// Its grammar, when the output is constrained.
     constraint: Option<SeqConstraint>,
+    /// Its phases' timestamps, for the stats observer.
+    times: RequestTimes,
+}
+
+impl Active {
+    /// (prompt, generated, `max_tokens`): what the stats record of it.
+    fn token_counts(&self) -> (usize, usize, usize) {
+        (
+            self.request.prompt_tokens.len(),
+            self.output.len(),
+            self.request.params.max_tokens,
+        )
+    }
 }
 
 impl Active {
@@ -300,6 +316,8 @@ struct Worker {
     tps: RateEwma,
     decode_tps: RateEwma,
     clock: Clock,
+    /// Figures for the stats observer, handed over in `publish_load`.
+    stats: StatsCollector,
 }
 
 enum Outcome {
@@ -351,6 +369,11 @@ impl Worker {
             self.publish_load(None);
             return;
         }
+        for seq in &output.seqs {
+            if let Some(a) = self.active.get_mut(&seq.id) {
+                self.stats.scheduled(&mut a.times, started);
+            }
+        }
         let Sampled {
             tokens: sampled,
             failed,
@@ -370,7 +393,14 @@ impl Worker {
             self.fail(id, message);
         }
         self.scheduler.update(&output, &sampled);
+        self.stats.step(output.num_batched_tokens);
+        // One time for the whole step: its tokens reach the clients together.
+        let now = Instant::now();
         for &(id, token) in &sampled {
+            if let Some(a) = self.active.get_mut(&id) {
+                self.stats
+                    .token(&mut a.times, a.request.prompt_tokens.len(), now);
+            }
             match self.on_token(id, token) {
                 Outcome::Continue => {}
                 Outcome::Finished(reason) => self.finish(id, reason),
@@ -396,7 +426,10 @@ impl Worker {
             "engine step panicked; failing its requests and restarting the engine"
         );
         self.scheduler = Scheduler::new(self.scheduler_config);
+        let now = Instant::now();
         for (_, a) in self.active.drain() {
+            self.stats
+                .finished(&a.times, FinishedReason::Error, a.token_counts(), now);
             let _ = a.events.try_send(EngineEvent::Error(
                 "the engine failed while running this request and was restarted".into(),
             ));
@@ -446,6 +479,7 @@ impl Worker {
             id,
             request,
             events,
+            arrived,
         } = sub;
         let mut stop_ids: HashSet<u32> = request.params.stop_token_ids.iter().copied().collect();
         if !request.params.ignore_eos {
@@ -469,6 +503,7 @@ impl Worker {
                 last_logprob: None,
                 stopped_by_string: false,
                 constraint: request.constraint.as_ref().map(|g| g.start()),
+                times: RequestTimes::arrived_at(arrived),
                 request,
             },
         );
@@ -484,7 +519,7 @@ impl Worker {
         for id in gone {
             tracing::debug!(id, "client went away; freeing its blocks");
             self.scheduler.abort(id);
-            self.release(id);
+            self.release(id, FinishedReason::Abort);
         }
     }
 
@@ -679,6 +714,15 @@ impl Worker {
                 completion_tokens: a.output.len(),
                 cached_prompt_tokens: cached,
             };
+            let finished = match reason {
+                FinishReason::Length => FinishedReason::Length,
+                // The engine makes only `Stop` and `Length`.
+                FinishReason::Stop | FinishReason::ContentFilter | FinishReason::ToolCalls => {
+                    FinishedReason::Stop
+                }
+            };
+            self.stats
+                .finished(&a.times, finished, a.token_counts(), Instant::now());
             let _ = a.events.try_send(EngineEvent::Finished {
                 reason,
                 text,
@@ -694,11 +738,14 @@ impl Worker {
         if let Some(a) = self.active.get(&id) {
             let _ = a.events.try_send(EngineEvent::Error(message));
         }
-        self.release(id);
+        self.release(id, FinishedReason::Error);
     }
 
-    fn release(&mut self, id: SeqId) {
-        if self.active.remove(&id).is_some() {
+    /// Forgets a request that did not finish normally.
+    fn release(&mut self, id: SeqId, why: FinishedReason) {
+        if let Some(a) = self.active.remove(&id) {
+            self.stats
+                .finished(&a.times, why, a.token_counts(), Instant::now());
             self.shared.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -753,6 +800,17 @@ impl Worker {
             0.0
         };
         load.wait_ms_bits.store(wait_ms.to_bits(), Relaxed);
+        self.stats.totals(
+            self.scheduler.num_preemptions(),
+            bm.prefix_cache_query_tokens(),
+            bm.prefix_cache_hit_tokens(),
+        );
+        let snapshot = LoadSnapshot {
+            in_flight: self.shared.pending.load(Ordering::SeqCst),
+            ..load.snapshot()
+        };
+        self.stats
+            .flush(self.shared.observer.get().map(|o| o.as_ref()), &snapshot);
     }
 }
 

@@ -10,8 +10,9 @@
 //! model, on the CPU or on a GPU through [`device`]; [`sampler`] and [`stop`] turn logits into
 //! tokens and decide when a sequence ends; [`constraint`] masks the tokens a
 //! grammar forbids (structured output); [`load`] publishes the signals the
-//! router reads; [`gpu_telemetry`] reads the GPUs for whoever exports
-//! their metrics; [`encoder_pool`] batches embedding and classification
+//! router reads; [`stats`] the figures a metrics observer records (vLLM's,
+//! the gateway names them); [`gpu_telemetry`] reads the GPUs for whoever
+//! exports their metrics; [`encoder_pool`] batches embedding and classification
 //! inputs on threads of its own. [`warm_sessions`] keeps a conversation's
 //! blocks evicted last between its turns, by the time of [`Clock`].
 //!
@@ -33,6 +34,7 @@ pub mod request;
 pub mod rng;
 pub mod sampler;
 pub mod scheduler;
+pub mod stats;
 pub mod stop;
 pub mod warm_sessions;
 
@@ -47,6 +49,7 @@ pub use load::LoadSnapshot;
 pub use request::{
     EngineEvent, FinishReason, GenerateRequest, SamplingParams, SessionKey, TokenLogprob, Usage,
 };
+pub use stats::{FinishedReason, FinishedRequest, IterationStats, StatsObserver};
 
 /// Why the engine refused or failed a request.
 #[derive(Debug, thiserror::Error)]

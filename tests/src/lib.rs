@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fakes;
+pub mod prom;
 pub mod slow_link;
 
 use std::io::{BufRead, BufReader, Read, Write};

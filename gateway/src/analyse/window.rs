@@ -475,7 +475,8 @@ impl Analysed {
                 stop_sequence: None,
             });
         }
-        metrics::counter!("sluice_stream_stops_total", "analyser" => stop.analyser).increment(1);
+        metrics::counter!(crate::metrics::catalog::STREAM_STOPS, "analyser" => stop.analyser)
+            .increment(1);
         metrics::counter!("sluice_stream_tokens_saved_total", "reason" => stop.analyser)
             .increment(saved as u64);
         tracing::info!(

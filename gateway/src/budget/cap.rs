@@ -156,7 +156,8 @@ impl Capped {
                 finish: FinishReason::Length,
                 reason: self.reason,
             });
-            metrics::counter!("sluice_stream_stops_total", "analyser" => self.reason).increment(1);
+            metrics::counter!(crate::metrics::catalog::STREAM_STOPS, "analyser" => self.reason)
+                .increment(1);
         }
     }
 

@@ -308,6 +308,14 @@ impl Budgets {
         } else {
             Duration::from_millis(u64::try_from(h.window.end_ms - now).unwrap_or(0).max(1000))
         };
+        // Scope and period only: the target (a key, team or tenant) is
+        // unbounded and lives in the audit record instead.
+        metrics::counter!(
+            crate::metrics::catalog::BUDGET_REFUSALS,
+            "scope" => h.budget.scope.as_str(),
+            "period" => h.budget.period.as_str(),
+        )
+        .increment(1);
         let _ = self.shared.audit.record(
             AuditEvent::new(
                 actions::BUDGET_REFUSED,

@@ -272,7 +272,8 @@ impl Cache {
             if let Some(answer) = found {
                 decision.outcome = Outcome::Exact;
                 decision.hit = Some(Box::new(Replay::new(&answer)));
-                metrics::counter!("sluice_cache_requests_total", "outcome" => "exact").increment(1);
+                metrics::counter!(crate::metrics::catalog::CACHE_REQUESTS, "outcome" => "exact")
+                    .increment(1);
                 return decision;
             }
         }
@@ -308,7 +309,7 @@ impl Cache {
                                 similarity: c.similarity,
                             };
                             decision.hit = Some(Box::new(Replay::new(&c.answer)));
-                            metrics::counter!("sluice_cache_requests_total", "outcome" => "semantic")
+                            metrics::counter!(crate::metrics::catalog::CACHE_REQUESTS, "outcome" => "semantic")
                                 .increment(1);
                             return decision;
                         }
@@ -325,7 +326,8 @@ impl Cache {
                 }
             }
         }
-        metrics::counter!("sluice_cache_requests_total", "outcome" => "miss").increment(1);
+        metrics::counter!(crate::metrics::catalog::CACHE_REQUESTS, "outcome" => "miss")
+            .increment(1);
         if access.write {
             decision.ticket = Some(Ticket {
                 exact: keys.exact,

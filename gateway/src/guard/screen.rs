@@ -189,7 +189,8 @@ impl InputGuard {
         let (verdicts, embedding) = match scored {
             Ok(scored) => scored,
             Err(e) => {
-                metrics::counter!("sluice_guard_requests_total", "outcome" => "error").increment(1);
+                metrics::counter!(crate::metrics::catalog::GUARD_REQUESTS, "outcome" => "error")
+                    .increment(1);
                 if action == GuardAction::Block {
                     return Err(e);
                 }
@@ -219,7 +220,7 @@ impl InputGuard {
             .collect();
         match worst {
             GuardOutcome::Clean | GuardOutcome::Uncertain => {
-                metrics::counter!("sluice_guard_requests_total", "outcome" => worst.as_str())
+                metrics::counter!(crate::metrics::catalog::GUARD_REQUESTS, "outcome" => worst.as_str())
                     .increment(1);
                 return Ok(Screening {
                     outcome: Some(worst),
@@ -231,7 +232,8 @@ impl InputGuard {
         }
         let param = params.first().cloned().unwrap_or_default();
         if action == GuardAction::Block {
-            metrics::counter!("sluice_guard_requests_total", "outcome" => "blocked").increment(1);
+            metrics::counter!(crate::metrics::catalog::GUARD_REQUESTS, "outcome" => "blocked")
+                .increment(1);
             tracing::info!(model = %req.model, param = %param, "guard blocked the request");
             return Err(ApiError::InvalidRequest {
                 message: format!(
@@ -242,7 +244,8 @@ impl InputGuard {
                 code: Some("content_policy_violation"),
             });
         }
-        metrics::counter!("sluice_guard_requests_total", "outcome" => "flagged").increment(1);
+        metrics::counter!(crate::metrics::catalog::GUARD_REQUESTS, "outcome" => "flagged")
+            .increment(1);
         tracing::warn!(model = %req.model, param = %param, "guard flagged the request");
         Ok(Screening {
             outcome: Some(GuardOutcome::Flagged),

@@ -237,7 +237,7 @@ impl Limits {
 
     fn refuse(&self, principal: &Principal, check: &Check, retry_us: u64) -> ApiError {
         let (scope, dimension) = (check.kind.as_str(), check.dimension.as_str());
-        metrics::counter!("sluice_limit_refusals_total", "scope" => scope, "dimension" => dimension)
+        metrics::counter!(crate::metrics::catalog::LIMIT_REFUSALS, "scope" => scope, "dimension" => dimension)
             .increment(1);
         // A refusal is refused either way: an audit that cannot be written
         // (fail_closed) changes nothing here.

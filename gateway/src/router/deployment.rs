@@ -78,10 +78,14 @@ pub struct DeploymentMetrics {
     pub saturated: Counter,
     pub ttft: Histogram,
     pub cost_usd: Gauge,
+    /// The circuit breaker's state (0 closed, 1 half-open, 2 open), set
+    /// when `/metrics` is read; a local deployment has no breaker and no
+    /// series.
+    circuit: Option<Gauge>,
 }
 
 impl DeploymentMetrics {
-    fn new(route: &str, deployment: &str) -> Self {
+    fn new(route: &str, deployment: &str, has_breaker: bool) -> Self {
         let outcome = |outcome: &'static str| {
             metrics::counter!("sluice_requests_total",
                 "model" => route.to_string(), "deployment" => deployment.to_string(), "outcome" => outcome)
@@ -98,6 +102,10 @@ impl DeploymentMetrics {
                 "model" => route.to_string(), "deployment" => deployment.to_string()),
             cost_usd: metrics::gauge!("sluice_cost_usd",
                 "model" => route.to_string(), "deployment" => deployment.to_string()),
+            circuit: has_breaker.then(|| {
+                metrics::gauge!(crate::metrics::catalog::CIRCUIT_STATE,
+                    "model" => route.to_string(), "deployment" => deployment.to_string())
+            }),
         }
     }
 }
@@ -119,7 +127,11 @@ impl Deployment {
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-name"));
         Self {
             name: Arc::from(settings.name.as_str()),
-            metrics: DeploymentMetrics::new(route, &settings.name),
+            metrics: DeploymentMetrics::new(
+                route,
+                &settings.name,
+                matches!(target, Target::Provider { .. }),
+            ),
             header,
             in_flight: AtomicUsize::new(0),
             settings,
@@ -154,6 +166,21 @@ impl Deployment {
 
     pub fn is_local(&self) -> bool {
         matches!(self.target, Target::Local { .. })
+    }
+
+    /// Sets the circuit-state gauge from the breaker as it is now (a
+    /// cool-down ends without an event, so this runs when `/metrics` is read).
+    pub fn refresh_circuit_gauge(&self) {
+        let (Some(gauge), Target::Provider { resilience, .. }) =
+            (&self.metrics.circuit, &self.target)
+        else {
+            return;
+        };
+        gauge.set(match resilience.breaker().state() {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        });
     }
 
     pub fn header(&self) -> &HeaderValue {

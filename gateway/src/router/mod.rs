@@ -250,9 +250,16 @@ impl Router {
             registry,
             outcomes,
             request_timeout,
-            overhead: metrics::histogram!("sluice_gateway_overhead_seconds"),
+            overhead: metrics::histogram!(crate::metrics::OVERHEAD_SECONDS),
             defaults,
         })
+    }
+
+    /// Brings the deployments' state gauges up to date (before `/metrics` renders).
+    pub fn refresh_gauges(&self) {
+        for d in self.routes.values().flat_map(|r| &r.deployments) {
+            d.refresh_circuit_gauge();
+        }
     }
 
     /// Public names of the configured routes that are not local model ids

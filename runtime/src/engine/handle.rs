@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use sluice_models::{ChatTemplate, Tokenizer};
 use tokio::sync::mpsc;
@@ -13,6 +14,7 @@ use crate::constraint::{ConstraintError, Grammar, GrammarSpec, Grammars};
 use crate::load::{LoadCells, LoadSnapshot};
 use crate::request::{EngineEvent, GenerateRequest};
 use crate::scheduler::SeqId;
+use crate::stats::StatsObserver;
 use crate::EngineError;
 
 /// What clients may know about the served model.
@@ -30,6 +32,9 @@ pub(super) struct Submission {
     pub(super) id: SeqId,
     pub(super) request: GenerateRequest,
     pub(super) events: mpsc::Sender<EngineEvent>,
+    /// When the handle accepted it: where its queue time and end-to-end
+    /// latency start.
+    pub(super) arrived: Instant,
 }
 
 /// What the handles and the loop share.
@@ -50,6 +55,8 @@ pub(super) struct Shared {
     /// The grammar compiler, built on the first constrained request (the
     /// vocabulary's byte trie is not free, and most models never need it).
     pub(super) grammars: OnceLock<Result<Grammars, ConstraintError>>,
+    /// Who receives the engine's figures (set once, by the gateway).
+    pub(super) observer: OnceLock<Arc<dyn StatsObserver>>,
 }
 
 /// A cloneable handle to a running engine. The engine stops when the last
@@ -119,6 +126,7 @@ impl EngineHandle {
             id,
             request,
             events: tx,
+            arrived: Instant::now(),
         };
         match self.submit.try_send(sub) {
             Ok(()) => Ok(EventStream { rx }),
@@ -141,6 +149,13 @@ impl EngineHandle {
     }
     pub fn info(&self) -> &ModelInfo {
         &self.shared.info
+    }
+
+    /// Hands the engine's figures to `observer` from now on (once per
+    /// loop turn, on the engine thread). An engine has one observer: a
+    /// second call is refused (false) and the first stays.
+    pub fn observe(&self, observer: Arc<dyn StatsObserver>) -> bool {
+        self.shared.observer.set(observer).is_ok()
     }
 
     /// Compiles `spec` for this model's vocabulary (cached per spec). CPU
