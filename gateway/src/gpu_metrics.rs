@@ -1,11 +1,11 @@
 //! GPU telemetry as Prometheus gauges, named after NVIDIA DCGM's exporter
 //! (memory, utilisation, power, clocks) in base units and labelled by card:
-//! `sluice:gpu_memory_used_bytes{gpu="0",uuid="GPU-…",name="NVIDIA H100 …"}`.
+//! `sluice_gpu_memory_used_bytes{gpu="0",uuid="GPU-…",name="NVIDIA H100 …"}`.
 //!
 //! The runtime reads the cards ([`GpuTelemetrySource`]); this module polls
 //! it every [`POLL_EVERY`] and records the readings, so the runtime never
 //! depends on the exporter. Without a GPU (or a build without `cuda`) no
-//! poller runs and no `sluice:gpu_` series exist.
+//! poller runs and no `sluice_gpu_` series exist.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +13,13 @@ use std::time::Duration;
 use sluice_runtime::gpu_telemetry::{GpuReading, GpuTelemetrySource, Nvml};
 use tokio_util::sync::CancellationToken;
 
-pub const MEMORY_USED_BYTES: &str = "sluice:gpu_memory_used_bytes";
-pub const MEMORY_TOTAL_BYTES: &str = "sluice:gpu_memory_total_bytes";
-pub const UTILIZATION_RATIO: &str = "sluice:gpu_utilization_ratio";
-pub const MEMORY_UTILIZATION_RATIO: &str = "sluice:gpu_memory_utilization_ratio";
-pub const POWER_WATTS: &str = "sluice:gpu_power_watts";
-pub const SM_CLOCK_HZ: &str = "sluice:gpu_sm_clock_hz";
-pub const MEMORY_CLOCK_HZ: &str = "sluice:gpu_memory_clock_hz";
+pub const MEMORY_USED_BYTES: &str = "sluice_gpu_memory_used_bytes";
+pub const MEMORY_TOTAL_BYTES: &str = "sluice_gpu_memory_total_bytes";
+pub const UTILIZATION_RATIO: &str = "sluice_gpu_utilization_ratio";
+pub const MEMORY_UTILIZATION_RATIO: &str = "sluice_gpu_memory_utilization_ratio";
+pub const POWER_WATTS: &str = "sluice_gpu_power_watts";
+pub const SM_CLOCK_HZ: &str = "sluice_gpu_sm_clock_hz";
+pub const MEMORY_CLOCK_HZ: &str = "sluice_gpu_memory_clock_hz";
 
 /// NVML's utilisation is averaged over its own sample period (about a
 /// second); polling faster would only repeat it. Prometheus scrapes every
@@ -150,19 +150,19 @@ mod tests {
         // The exporter keeps the colon (`sluice:`), as vLLM's names do.
         assert!(
             text.contains(
-                "sluice:gpu_power_watts{gpu=\"1\",uuid=\"GPU-00000001-aaaa-bbbb-cccc-dddddddddddd\",name=\"NVIDIA H100 80GB HBM3\"} 412.5"
+                "sluice_gpu_power_watts{gpu=\"1\",uuid=\"GPU-00000001-aaaa-bbbb-cccc-dddddddddddd\",name=\"NVIDIA H100 80GB HBM3\"} 412.5"
             ),
             "{text}"
         );
         assert!(
-            text.contains("# HELP sluice:gpu_memory_used_bytes"),
+            text.contains("# HELP sluice_gpu_memory_used_bytes"),
             "{text}"
         );
     }
 
     #[test]
     fn without_a_gpu_there_are_no_gpu_series() {
-        assert!(!rendered(&[]).contains("sluice:gpu_"));
+        assert!(!rendered(&[]).contains("sluice_gpu_"));
         // This machine's own cards: none here (or a build without `cuda`),
         // so nothing is polled.
         if !cfg!(feature = "cuda") {

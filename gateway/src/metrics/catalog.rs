@@ -462,6 +462,41 @@ pub const ALL: &[Metric] = &[
         "sluice_sessions_purged_total",
         &[],
         "Sessions deleted by the retention policy.",
+    ),    // GPUs, polled from NVML every 5 s (gpu_metrics.rs).
+    gauge(
+        "sluice_gpu_memory_used_bytes",
+        &["gpu", "uuid", "name"],
+        "GPU memory in use, in bytes (NVML; only with a GPU).",
+    ),
+    gauge(
+        "sluice_gpu_memory_total_bytes",
+        &["gpu", "uuid", "name"],
+        "GPU memory in total, in bytes (NVML; only with a GPU).",
+    ),
+    gauge(
+        "sluice_gpu_utilization_ratio",
+        &["gpu", "uuid", "name"],
+        "Share of the last sample period a kernel ran on the GPU (NVML).",
+    ),
+    gauge(
+        "sluice_gpu_memory_utilization_ratio",
+        &["gpu", "uuid", "name"],
+        "Share of the last sample period GPU memory was read or written (NVML).",
+    ),
+    gauge(
+        "sluice_gpu_power_watts",
+        &["gpu", "uuid", "name"],
+        "GPU power draw in watts (NVML).",
+    ),
+    gauge(
+        "sluice_gpu_sm_clock_hz",
+        &["gpu", "uuid", "name"],
+        "GPU streaming multiprocessor clock in hertz (NVML).",
+    ),
+    gauge(
+        "sluice_gpu_memory_clock_hz",
+        &["gpu", "uuid", "name"],
+        "GPU memory clock in hertz (NVML).",
     ),
 ];
 
