@@ -139,7 +139,13 @@ def main():
     chart_dir, out_dir = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
     out_dir.mkdir(parents=True, exist_ok=True)
     chart, templates, defaults = load_chart(chart_dir)
-    cases = {"defaults": {"secrets": {"keyPepper": "pepper-for-the-test", "adminKey": "admin-for-the-test"}}}
+    cases = {"defaults": {
+        "secrets": {
+            "keyPepper": "pepper-for-the-test",
+            "adminKey": "admin-for-the-test",
+            "apiKey": "client-key-for-the-test",
+        }
+    }}
     for path in sorted(pathlib.Path(__file__).parent.glob("values-*.yaml")):
         cases[path.stem] = yaml.safe_load(path.read_text())
     failed = False

@@ -81,6 +81,7 @@ fn every_config_the_chart_writes_passes_check_config() {
         std::fs::write(&path, with_demo_model(&config)).unwrap();
         let env = [
             ("SLUICE_ADMIN_KEY", "admin-key-for-the-packaging-test"),
+            ("SLUICE_API_KEY", "client-key-for-the-packaging-test"),
             ("SLUICE_LIMITS_REDIS_URL", "redis://127.0.0.1:6379"),
         ];
         let (code, out, err) = run_cli(&["check-config", path.to_str().unwrap()], &env);
@@ -113,10 +114,16 @@ fn the_charts_default_config_serves_probes_and_metrics_and_drains_on_sigterm() {
     assert!(config.contains(&format!("127.0.0.1:{metrics_port}")));
     let mut server = Server::start(ServerOptions {
         config: Some(config),
-        env: vec![(
-            "SLUICE_ADMIN_KEY".into(),
-            "admin-key-for-the-packaging-test".into(),
-        )],
+        env: vec![
+            (
+                "SLUICE_ADMIN_KEY".into(),
+                "admin-key-for-the-packaging-test".into(),
+            ),
+            (
+                "SLUICE_API_KEY".into(),
+                "client-key-for-the-packaging-test".into(),
+            ),
+        ],
         ..Default::default()
     });
     assert_eq!(get_status(server.addr, "/health"), Some(200));
