@@ -10,6 +10,7 @@
 //! loses nothing and `record` never waits.
 
 pub mod chain;
+pub mod query;
 mod log;
 mod record;
 mod sinks;
