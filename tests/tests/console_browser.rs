@@ -113,6 +113,17 @@ async fn a_person_logs_in_creates_a_key_streams_a_chat_and_sees_the_spend() {
     assert!(refused.contains("not valid"), "{refused}");
     assert!(browser.cookies().await.is_empty());
     shot(&browser, "login-refused").await;
+    // The browser logs the refusal's 401 as an error: expected here, and
+    // the only one allowed (the log is read, and emptied, now).
+    for entry in browser.console_log().await {
+        if entry["level"] == "SEVERE" {
+            let message = entry["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("/ui/login") && message.contains("401"),
+                "{entry}"
+            );
+        }
+    }
 
     // The admin key: a session cookie the page's script cannot read.
     browser.type_into("#credential", ADMIN).await;

@@ -17,7 +17,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 /// The key W3C WebDriver names an element reference by.
-const ELEMENT: &str = "element-6066-11e4-a5e6-4a04e6d4d8a6";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// The browser and driver binaries, from `scripts/chromium.sh` (which
 /// installs them when missing). A failed install fails the test, with the
@@ -177,6 +177,7 @@ impl Browser {
     /// The element `css` selects, waiting up to 20 s for it to exist.
     pub async fn find(&self, css: &str) -> String {
         let started = Instant::now();
+        let mut last = Value::Null;
         loop {
             let url = format!("{}{}", self.base, self.at("/element"));
             let resp = self
@@ -189,11 +190,16 @@ impl Browser {
                 .unwrap();
             if resp.status().is_success() {
                 let v: Value = resp.json().await.unwrap();
-                return v["value"][ELEMENT].as_str().unwrap().to_string();
+                if let Some(id) = v["value"][ELEMENT].as_str() {
+                    return id.to_string();
+                }
+                last = v;
+                // Some drivers answer 200 with an error object while the
+                // page is still loading: try again.
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
-                "no element `{css}` at {}",
+                "no element `{css}` at {} (last answer: {last})",
                 self.url().await
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
