@@ -16,7 +16,7 @@ export async function render(main) {
     const decisions = stats.decisions_today;
     clear(body,
       h('div', { class: 'cards' },
-        card('Cache', c.enabled ? 'on' : 'off', `${c.semantic ? 'exact + semantic' : 'exact'} · ${c.backend}`, 'cache-mode'),
+        card('Cache', c.enabled ? 'on' : 'off', c.enabled ? `${c.semantic ? 'exact + semantic' : 'exact'} · ${c.backend}` : 'enable it in [cache]', 'cache-mode'),
         card('Hit rate today', fmt.pct(today.cache_hit_rate), `${fmt.int(today.cache_hits)} of ${fmt.int(today.requests)} requests`, 'cache-rate'),
         card('Cached prompt tokens', fmt.int(today.cached_tokens), 'prefix reuse reported by engines'),
         card('Entries in process', fmt.int(c.entries_in_process), `${fmt.num(c.bytes_in_process / 1024)} KiB`),

@@ -56,10 +56,13 @@ export function errorBox(err) {
 const integer = new Intl.NumberFormat('en', { maximumFractionDigits: 0 });
 const decimal = new Intl.NumberFormat('en', { maximumFractionDigits: 2 });
 const money = new Intl.NumberFormat('en', { minimumFractionDigits: 2, maximumFractionDigits: 4 });
+const small = new Intl.NumberFormat('en', { maximumSignificantDigits: 2 });
 
 export const fmt = {
   int: (n) => integer.format(n || 0),
   num: (n) => decimal.format(n || 0),
+  // A rate below 1 keeps two significant digits (1 request in 5 min is 0.0033/s, not 0).
+  rate: (n) => (n > 0 && n < 1 ? small.format(n) : decimal.format(n || 0)),
   money: (n) => money.format(n || 0),
   pct: (x) => `${decimal.format((x || 0) * 100)}%`,
   ms: (n) => (n === null || n === undefined ? '—' : `${integer.format(n)} ms`),

@@ -42,7 +42,7 @@ export async function render(main) {
           ], stats.encoders)),
         h('div', { class: 'panel' },
           h('h2', {}, 'Last minute'),
-          h('p', {}, `${fmt.int(stats.recent.requests)} requests · ${fmt.num(stats.recent.per_second)} req/s · p50 ${fmt.ms(stats.recent.latency_ms && stats.recent.latency_ms.p50)}`)));
+          h('p', {}, `${fmt.int(stats.recent.requests)} requests · ${fmt.rate(stats.recent.per_second)} req/s · p50 ${fmt.ms(stats.recent.latency_ms && stats.recent.latency_ms.p50)}`)));
     } catch (err) {
       clear(body, errorBox(err));
     }

@@ -37,7 +37,7 @@ function draw(body, stats) {
   const minutes = fillBuckets(stats.per_minute, now - 3600 * 1000, now, 60000);
   clear(body,
     h('div', { class: 'cards' },
-      card('Requests / s', fmt.num(r.per_second), `${fmt.int(r.requests)} in the last 5 min`, 'card-rps'),
+      card('Requests / s', fmt.rate(r.per_second), `${fmt.int(r.requests)} in the last 5 min`, 'card-rps'),
       card('Latency p50', fmt.ms(lat && lat.p50), lat ? `p90 ${fmt.ms(lat.p90)} · p99 ${fmt.ms(lat.p99)}` : 'no requests', 'card-latency'),
       card('Cache hit rate', fmt.pct(r.cache_hit_rate), `${fmt.int(r.cache_hits)} hits in 5 min`, 'card-cache'),
       card('Guard blocks today', stats.decisions_today ? fmt.int(blocks) : '—',
