@@ -98,7 +98,10 @@ impl FromRequestParts<AppState> for AdminCaller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         // The console's session cookie stands in for a missing
         // `Authorization` header (a header, when sent, always wins).
-        if !parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+        if !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
             let console = crate::console::ConsoleState::from_ref(state);
             if let Some(caller) = console.caller(&parts.method, &parts.headers).await {
                 return caller.map(AdminCaller);

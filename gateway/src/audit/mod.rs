@@ -10,8 +10,8 @@
 //! loses nothing and `record` never waits.
 
 pub mod chain;
-pub mod query;
 mod log;
+pub mod query;
 mod record;
 mod sinks;
 pub mod spool;
