@@ -44,7 +44,8 @@
 //! - **3, HTTP and the command line**: [`openai`] (handlers),
 //!   [`anthropic`] (the Messages API: its wire types, mapping, rendering
 //!   and error shape), [`admin`]
-//!   (the admin API), [`state`] (what handlers read, sliced per handler
+//!   (the admin API), [`console`] (the admin console at `/ui`: embedded
+//!   pages, login and its session cookie), [`state`] (what handlers read, sliced per handler
 //!   with axum's `FromRef`),
 //!   [`server`] (the router, model loading, the one shutdown path), [`cli`].
 //!
@@ -64,6 +65,7 @@ pub mod cache;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod defence;
 pub mod encoders;
 pub mod error;

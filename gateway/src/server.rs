@@ -147,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .merge(messages)
         .merge(admin)
         .merge(crate::admin::routes())
+        .merge(crate::console::routes())
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit.0))
@@ -374,6 +375,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         pii,
         stream: Some(stream),
     });
+    // Derived from the pepper: every instance sharing it accepts the others' sessions.
+    let console = crate::console::SessionKeys::new(
+        &virtual_keys.derived_secret(crate::console::session::KEY_LABEL),
+    )
+    .ok_or_else(|| ServeError::Load("the console's session key".into()))?;
     let state = AppState {
         chain,
         registry,
@@ -394,6 +400,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         in_flight: crate::inflight::InFlightLimit::new(config.server.max_in_flight),
         budgets,
         sessions,
+        console,
     };
     if let Some(redis) = state.cache.redis() {
         let search = redis.detect_search_module().await;

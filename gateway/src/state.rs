@@ -60,6 +60,8 @@ pub struct AppState {
     pub budgets: Arc<crate::budget::Budgets>,
     /// Stored responses and conversations (the durable store, Redis in front).
     pub sessions: Arc<crate::sessions::Sessions>,
+    /// Signs and checks the admin console's session cookies.
+    pub console: crate::console::SessionKeys,
 }
 
 impl FromRef<AppState> for BodyLimit {
@@ -71,6 +73,17 @@ impl FromRef<AppState> for BodyLimit {
 impl FromRef<AppState> for Arc<Chain> {
     fn from_ref(state: &AppState) -> Self {
         state.chain.clone()
+    }
+}
+
+impl FromRef<AppState> for crate::console::ConsoleState {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            sessions: state.console.clone(),
+            auth: state.auth.clone(),
+            keys: state.keys.clone(),
+            audit: state.audit.clone(),
+        }
     }
 }
 

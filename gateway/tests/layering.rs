@@ -51,6 +51,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("admin", 3),
     ("anthropic", 3),
     ("cli", 3),
+    ("console", 3),
     ("openai", 3),
     ("server", 3),
     ("state", 3),

@@ -264,3 +264,76 @@ upstream_model = "up-chat"
     let logs = server.logs();
     assert!(!logs.contains(&token), "a token is never logged");
 }
+
+/// `POST /ui/login` with `token`, redirects not followed: (status, Set-Cookie).
+async fn console_login(server: &Server, token: &str) -> (u16, Option<String>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = client
+        .post(format!("{}/ui/login", server.base_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        // A JWT is base64url and dots: nothing to escape in a form.
+        .body(format!("credential={token}"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string());
+    (resp.status().as_u16(), cookie)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_token_opens_the_console_and_a_user_token_does_not() {
+    let key = EcKey::new("ec-console");
+    let idp = idp(vec![key.jwk()]).await;
+    let server = start(format!(
+        r#"
+[auth.oidc]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks_url = "{}"
+tenant_claim = "org"
+roles_claim = "roles"
+"#,
+        idp.url
+    ))
+    .await;
+    let auditor = key.sign(&with(claims(), "roles", json!(["auditor"])));
+    // The key set is read in the background at start.
+    let mut answer = console_login(&server, &auditor).await;
+    for _ in 0..100 {
+        if answer.0 != 401 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        answer = console_login(&server, &auditor).await;
+    }
+    assert_eq!(answer.0, 303, "{}", server.logs());
+    let cookie = answer.1.unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let info: Value = reqwest::Client::new()
+        .get(format!("{}/ui/session", server.base_url()))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["actor"], "sub:user-1", "{info}");
+    assert_eq!(info["roles"], json!(["auditor"]), "{info}");
+    assert_eq!(info["can_change_keys"], false, "{info}");
+
+    // A valid token without an admin role: 403; a stale one: 401.
+    let user = key.sign(&claims());
+    assert_eq!(console_login(&server, &user).await, (403, None));
+    let expired = key.sign(&with(claims(), "exp", json!(now() - 3600)));
+    assert_eq!(console_login(&server, &expired).await, (401, None));
+}

@@ -9,9 +9,10 @@ mod budgets;
 mod erasure;
 mod keys;
 mod spend;
+mod stats;
 mod teams;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -32,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .merge(budgets::routes())
         .merge(spend::routes())
         .merge(erasure::routes())
+        .merge(stats::routes())
 }
 
 /// The authenticated caller of an admin route (roles not yet checked:
@@ -94,6 +96,17 @@ impl FromRequestParts<AppState> for AdminCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The console's session cookie stands in for a missing
+        // `Authorization` header (a header, when sent, always wins).
+        if !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            let console = crate::console::ConsoleState::from_ref(state);
+            if let Some(caller) = console.caller(&parts.method, &parts.headers).await {
+                return caller.map(AdminCaller);
+            }
+        }
         state
             .auth
             .authenticate_admin(&parts.headers)

@@ -24,9 +24,10 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/spend", get(spend))
         .route("/admin/spend/savings", get(savings))
+        .route("/admin/spend/series", get(series))
 }
 
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(super) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 async fn spend(
     caller: AdminCaller,
@@ -76,7 +77,49 @@ async fn savings(
     Ok(Json(body))
 }
 
-fn query(params: Params) -> Result<HashMap<String, String>, ApiError> {
+/// `/admin/spend/series?bucket=minute|hour|day&from=&to=`: requests,
+/// tokens, cost and reference cost per bucket (the console's charts).
+async fn series(
+    caller: AdminCaller,
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    let params = query(params)?;
+    let bucket = params.get("bucket").map_or("day", String::as_str);
+    let bucket_ms = match bucket {
+        "minute" => 60_000,
+        "hour" => 3_600_000,
+        "day" => 86_400_000,
+        other => {
+            return Err(ApiError::invalid(
+                "bucket",
+                format!("`{other}` is not a bucket: use minute, hour or day"),
+            ))
+        }
+    };
+    let scope = scope(&caller, &params)?;
+    // Bounded: at most 1,000 buckets (a year of days, 41 days of hours).
+    if (scope.to_ms - scope.from_ms) / bucket_ms > 1_000 {
+        return Err(ApiError::invalid(
+            "bucket",
+            format!("the range holds more than 1,000 buckets of a {bucket}: narrow it or use a larger bucket"),
+        ));
+    }
+    let data = crate::spend::stats::series(&state.store, &scope, bucket_ms)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({
+        "object": "list",
+        "bucket": bucket,
+        "bucket_ms": bucket_ms,
+        "from": scope.from_ms,
+        "to": scope.to_ms,
+        "team": scope.team,
+        "data": data,
+    })))
+}
+
+pub(super) fn query(params: Params) -> Result<HashMap<String, String>, ApiError> {
     params
         .map(|Query(q)| q)
         .map_err(|e| ApiError::invalid_body(format!("The query string is malformed: {e}")))
@@ -84,7 +127,10 @@ fn query(params: Params) -> Result<HashMap<String, String>, ApiError> {
 
 /// The range and team a caller may read: `team` as asked, or, for a team
 /// admin who reads nothing else, its own team.
-fn scope(caller: &AdminCaller, params: &HashMap<String, String>) -> Result<Scope, ApiError> {
+pub(super) fn scope(
+    caller: &AdminCaller,
+    params: &HashMap<String, String>,
+) -> Result<Scope, ApiError> {
     let now = crate::util::unix_now_ms();
     let to_ms = match params.get("to") {
         Some(t) => parse_time("to", t)?,
@@ -115,7 +161,7 @@ fn scope(caller: &AdminCaller, params: &HashMap<String, String>) -> Result<Scope
 }
 
 /// Milliseconds since the epoch, or RFC 3339.
-fn parse_time(param: &str, text: &str) -> Result<i64, ApiError> {
+pub(super) fn parse_time(param: &str, text: &str) -> Result<i64, ApiError> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
@@ -132,8 +178,8 @@ fn parse_time(param: &str, text: &str) -> Result<i64, ApiError> {
         })
 }
 
-fn store_error(e: crate::store::StoreError) -> ApiError {
-    tracing::error!(error = %e, "a spend report failed");
+pub(super) fn store_error(e: crate::store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "an admin report failed");
     ApiError::StoreUnavailable("The store")
 }
 

@@ -11,6 +11,7 @@
 
 pub mod chain;
 mod log;
+pub mod query;
 mod record;
 mod sinks;
 pub mod spool;

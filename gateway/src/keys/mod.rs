@@ -236,6 +236,30 @@ impl VirtualKeys {
         Ok(found.principal.clone())
     }
 
+    /// The caller a key stands for now, if it still works (exists, not
+    /// blocked, expired or revoked), through the same cache as
+    /// [`VirtualKeys::verify`]: the console re-checks a session made with
+    /// a key on every request, so revoking the key ends the session.
+    pub async fn current(&self, prefix: &str) -> Result<Option<Principal>, ApiError> {
+        let entry = self.entry(prefix).await?;
+        let now = unix_now_ms();
+        Ok(entry
+            .found
+            .as_ref()
+            .filter(|f| {
+                !f.blocked
+                    && !f.expires_at.is_some_and(|at| at <= now)
+                    && !f.revoke_at.is_some_and(|at| at <= now)
+            })
+            .map(|f| f.principal.clone()))
+    }
+
+    /// A secret for another purpose derived from the pepper (HMAC of
+    /// `label`), so every instance that shares the pepper derives the same.
+    pub fn derived_secret(&self, label: &str) -> [u8; 32] {
+        self.pepper.digest(label)
+    }
+
     async fn entry(&self, prefix: &str) -> Result<Arc<Entry>, ApiError> {
         let cached = self
             .cache

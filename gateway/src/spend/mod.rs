@@ -11,6 +11,7 @@
 //! number of rows lost since the last report.
 
 pub mod report;
+pub mod stats;
 pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
