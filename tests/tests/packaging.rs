@@ -20,7 +20,10 @@ use std::time::Duration;
 use sluice_tests::{demo_model_path, get_status, run_cli, Server, ServerOptions};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn python() -> String {
@@ -36,13 +39,18 @@ fn render_chart() -> Vec<(String, String)> {
         .arg(root.join("deploy/helm/sluice"))
         .arg(out.path())
         .output()
-        .expect("a Python with kubernetes-validate is needed (scripts/python-env.sh; SLUICE_PYTHON)");
+        .expect(
+            "a Python with kubernetes-validate is needed (scripts/python-env.sh; SLUICE_PYTHON)",
+        );
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    assert!(run.status.success(), "the chart failed its checks:\n{report}");
+    assert!(
+        run.status.success(),
+        "the chart failed its checks:\n{report}"
+    );
     let mut configs: Vec<(String, String)> = std::fs::read_dir(out.path())
         .unwrap()
         .map(|entry| {
@@ -86,7 +94,10 @@ fn every_config_the_chart_writes_passes_check_config() {
         ];
         let (code, out, err) = run_cli(&["check-config", path.to_str().unwrap()], &env);
         assert_eq!(code, 0, "{case}: check-config refused:\n{out}\n{err}");
-        assert!(out.contains("0.0.0.0:8080"), "{case}: listen not as the chart set it:\n{out}");
+        assert!(
+            out.contains("0.0.0.0:8080"),
+            "{case}: listen not as the chart set it:\n{out}"
+        );
     }
 }
 
@@ -193,7 +204,12 @@ fn the_dockerfile_builds_in_one_stage_and_runs_non_root_in_another() {
         .lines()
         .find_map(|l| l.trim().strip_prefix("USER "))
         .expect("the final stage sets USER");
-    let uid: u32 = user.split(':').next().unwrap().parse().expect("a numeric uid");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a numeric uid");
     assert_ne!(uid, 0, "the final stage must not run as root");
     assert!(last_stage.contains("ENTRYPOINT [\"/usr/local/bin/sluice\"]"));
     assert!(last_stage.contains("SLUICE_DATA_DIR=/var/lib/sluice"));

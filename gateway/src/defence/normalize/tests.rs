@@ -146,6 +146,10 @@ fn folding_case_and_space_by_runs_matches_folding_by_char() {
         "code: fn Main() { let X = 1; }\n\n\n  // Done",
         "\u{1F600} EMOJI \u{200B}zero width",
     ] {
-        assert_eq!(fold_case_space(text), fold_case_space_by_char(text), "{text:?}");
+        assert_eq!(
+            fold_case_space(text),
+            fold_case_space_by_char(text),
+            "{text:?}"
+        );
     }
 }
