@@ -196,7 +196,7 @@ async fn a_wrong_key_is_refused_and_sets_no_cookie() {
     // Shaped like virtual keys, or empty. (A token of no known shape on a
     // server with virtual keys but no config keys passes as the
     // `anonymous` config tenant with the user role, which the console
-    // refuses with 403: see NOTES-console.md.)
+    // refuses with 403: see NOTES.md, branch `console`.)
     for wrong in ["sk-sl-abc_def", "sk-sl-wrongprefix_0123456789", ""] {
         let r = login(wrong).await;
         assert_eq!(r.status, 401, "{wrong:?}: {}", r.body);
