@@ -86,13 +86,13 @@ pub struct Capped {
 impl Capped {
     /// Stops `inner` after `cap` output tokens over every choice (a budget's).
     pub fn wrap(inner: BoxAnswer, cap: u64, seen: Seen, stop: StopNote) -> BoxAnswer {
-        Self::new(inner, Limit::Tokens(cap), BUDGET, seen, stop)
+        Self::boxed(inner, Limit::Tokens(cap), BUDGET, seen, stop)
     }
 
     /// Stops `inner` before the token that would make it cost more than
     /// `max_cost` allows.
     pub fn at_cost(inner: BoxAnswer, max_cost: MaxCost, stop: StopNote) -> BoxAnswer {
-        Self::new(
+        Self::boxed(
             inner,
             Limit::Cost(max_cost),
             MAX_COST,
@@ -101,7 +101,7 @@ impl Capped {
         )
     }
 
-    fn new(
+    fn boxed(
         inner: BoxAnswer,
         limit: Limit,
         reason: &'static str,

@@ -13,6 +13,8 @@ use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
 use crate::config::{process_env, Config, Overrides};
 use crate::keys::{KeyChanges, KeyRecord, VirtualKeys};
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(super) enum KeysCommand {
     /// Create a key and print it (the only time it is shown).

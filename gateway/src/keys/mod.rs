@@ -248,8 +248,8 @@ impl VirtualKeys {
             .as_ref()
             .filter(|f| {
                 !f.blocked
-                    && !f.expires_at.is_some_and(|at| at <= now)
-                    && !f.revoke_at.is_some_and(|at| at <= now)
+                    && f.expires_at.is_none_or(|at| at > now)
+                    && f.revoke_at.is_none_or(|at| at > now)
             })
             .map(|f| f.principal.clone()))
     }

@@ -105,6 +105,7 @@ fn run(pieces: &[&str], framing: Framing, flag: &'static str, permits: usize) ->
         choice: 0,
         reason: FinishReason::Stop,
         text: String::new(),
+        stop_sequence: None,
     });
     let read = Arc::new(AtomicUsize::new(0));
     let dropped = Arc::new(AtomicBool::new(false));
