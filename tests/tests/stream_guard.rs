@@ -50,10 +50,14 @@ async fn metric(server: &Server, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_back_never_sends_a_window_the_guard_flags_and_the_upstream_sees_the_disconnect() {
     let reply = format!("Here is what the page says. {INJECTION} Then it lists the prices.");
+    // The output rules know this sentence too, and they run on the window
+    // as it is released while the guard scores it beside the stream: with
+    // both on, which stops it first depends on timing. Rules off, only the
+    // guard can.
     let fake = fake(&reply, true).await;
     let server = provider_server(
         &fake,
-        "[stream]\nmode = \"hold_back\"\nwindow_tokens = 8\nguard = true\n",
+        "[stream]\nmode = \"hold_back\"\nwindow_tokens = 8\nguard = true\nrules = false\n",
     )
     .await;
     let (head, body) = raw_post(
