@@ -5,34 +5,14 @@
 // Test helpers outside #[test] fns are not covered by clippy.toml's allow-*-in-tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod smollm2;
+
+use smollm2::{smollm2, smollm2_template};
+
 use std::path::Path;
-use std::sync::OnceLock;
 
 use serde_json::Value as Json;
-use sluice_models::gguf::GgufFile;
-use sluice_models::{demo_chat_model_path, ChatMessage, ChatTemplate, ModelError, Tokenizer};
-
-fn smollm2() -> &'static Tokenizer {
-    static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
-    TOKENIZER.get_or_init(|| {
-        let path = demo_chat_model_path();
-        assert!(
-            path.is_file(),
-            "the demo model is missing at {}: run scripts/fetch-models.sh first",
-            path.display()
-        );
-        let gguf = GgufFile::open(&path).expect("open the SmolLM2 GGUF");
-        Tokenizer::from_gguf(&gguf).expect("build the tokenizer from GGUF metadata")
-    })
-}
-
-fn smollm2_template() -> ChatTemplate {
-    let tok = smollm2();
-    let source = tok
-        .chat_template_source()
-        .expect("the GGUF carries a chat template");
-    ChatTemplate::new(source, tok.bos_token(), tok.eos_token()).expect("compile")
-}
+use sluice_models::{ChatMessage, ChatTemplate, ModelError};
 
 fn greedy_cases() -> Vec<Json> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/greedy.jsonl");

@@ -21,7 +21,7 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_models::{IncrementalDecoder, LoadedLlm, SeqBatch};
+use sluice_models::{IncrementalDecoder, LoadedLlm};
 use tokio::sync::mpsc;
 
 use crate::block_manager::BlockManagerConfig;
@@ -29,12 +29,11 @@ use crate::clock::Clock;
 use crate::constraint::SeqConstraint;
 use crate::device::sizing::KvDType;
 use crate::device::Device;
-use crate::executor::{CpuExecutor, Executor, RowOut, RowWant};
+use crate::executor::{CpuExecutor, Executor};
 use crate::load::{LoadCells, LoadSnapshot, RateEwma};
-use crate::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogprob, Usage};
+use crate::request::{EngineEvent, GenerateRequest, TokenLogprob};
 use crate::rng::SeqRng;
-use crate::sampler::{is_greedy, off_host_rules, sample};
-use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
+use crate::scheduler::{Scheduler, SchedulerConfig, SeqId};
 use crate::stats::{FinishedReason, RequestTimes, StatsCollector};
 use crate::stop::StopMatcher;
 use crate::warm_sessions::WarmConfig;
@@ -42,10 +41,14 @@ use crate::EngineError;
 
 mod fault;
 mod handle;
+mod outcome;
+mod step;
 
 pub use fault::StepFault;
 pub use handle::{EngineHandle, EventStream, ModelInfo};
 use handle::{Shared, Submission};
+use outcome::Outcome;
+use step::Sampled;
 
 /// Knobs for ML engineers; every field has a sensible default.
 #[derive(Debug, Clone, PartialEq)]
@@ -287,24 +290,6 @@ impl Active {
     }
 }
 
-impl Active {
-    /// What this sequence's next step wants back: only a token when the
-    /// executor may pick it (no grammar, nothing host-only in its params).
-    fn row_want(&self) -> RowWant {
-        if self.constraint.is_some() {
-            return RowWant::Logits;
-        }
-        off_host_rules(&self.request.params, &self.rng).map_or(RowWant::Logits, RowWant::Token)
-    }
-}
-
-/// What sampling one step produced.
-struct Sampled {
-    tokens: Vec<(SeqId, u32)>,
-    /// Sequences whose grammar failed; they get an error, not a token.
-    failed: Vec<(SeqId, String)>,
-}
-
 struct Worker {
     executor: Box<dyn Executor>,
     scheduler: Scheduler,
@@ -318,13 +303,6 @@ struct Worker {
     clock: Clock,
     /// Figures for the stats observer, handed over in `publish_load`.
     stats: StatsCollector,
-}
-
-enum Outcome {
-    Continue,
-    Finished(FinishReason),
-    /// The request cannot go on (its grammar failed).
-    Failed(String),
 }
 
 impl Worker {
@@ -520,233 +498,6 @@ impl Worker {
             tracing::debug!(id, "client went away; freeing its blocks");
             self.scheduler.abort(id);
             self.release(id, FinishedReason::Abort);
-        }
-    }
-
-    fn run_step(&mut self, output: &SchedulerOutput) -> Result<Sampled, EngineError> {
-        let batch: Vec<SeqBatch<'_>> = output
-            .seqs
-            .iter()
-            .map(|s| SeqBatch {
-                tokens: &s.tokens,
-                start_pos: s.start_pos,
-                block_table: &s.block_table,
-                want_logits: s.sample,
-            })
-            .collect();
-        // Rows that need only a token may be sampled by the executor where
-        // the logits are (on a GPU, only the ids leave the device).
-        let wants: Vec<RowWant> = output
-            .seqs
-            .iter()
-            .filter(|s| s.sample)
-            .map(|s| {
-                self.active
-                    .get(&s.id)
-                    .map_or(RowWant::Logits, Active::row_want)
-            })
-            .collect();
-        // The grammar masks of this step's constrained sequences are computed
-        // on a second thread while the forward pass runs, so they cost the
-        // step nothing unless they take longer than the model; unconstrained
-        // sequences never wait for them.
-        let sampling: HashSet<SeqId> = output
-            .seqs
-            .iter()
-            .filter(|s| s.sample)
-            .map(|s| s.id)
-            .collect();
-        let mut constrained: Vec<&mut SeqConstraint> = self
-            .active
-            .iter_mut()
-            .filter(|(id, _)| sampling.contains(id))
-            .filter_map(|(_, a)| a.constraint.as_mut())
-            .collect();
-        let executor = &mut self.executor;
-        let rows = if constrained.is_empty() {
-            executor.execute_rows(&batch, &wants)?
-        } else {
-            std::thread::scope(|scope| {
-                scope.spawn(|| {
-                    for c in constrained.iter_mut() {
-                        // A failure is reported when the mask is applied.
-                        let _ = c.compute_mask();
-                    }
-                });
-                executor.execute_rows(&batch, &wants)
-            })?
-        };
-        let mut sampled = Sampled {
-            tokens: Vec::with_capacity(rows.len()),
-            failed: Vec::new(),
-        };
-        let sampled_seqs = output.seqs.iter().filter(|s| s.sample).zip(&wants);
-        for ((seq, want), row) in sampled_seqs.zip(rows) {
-            let Some(active) = self.active.get_mut(&seq.id) else {
-                continue;
-            };
-            let mut row = match (row, want) {
-                (RowOut::Logits(row), _) => row,
-                (RowOut::Token(id), RowWant::Token(_)) => {
-                    // The executor used the uniform that `row_want` peeked:
-                    // take it from the stream, as `sample` would have.
-                    if !is_greedy(&active.request.params) {
-                        active.rng.next_f32();
-                    }
-                    sampled.tokens.push((seq.id, id));
-                    continue;
-                }
-                (RowOut::Token(_), RowWant::Logits) => {
-                    sampled.failed.push((
-                        seq.id,
-                        "the executor returned a token for a row that needs its logits".into(),
-                    ));
-                    continue;
-                }
-            };
-            if let Some(c) = active.constraint.as_mut() {
-                if let Err(e) = c.apply(&mut row) {
-                    sampled.failed.push((seq.id, e.to_string()));
-                    continue;
-                }
-            }
-            let picked = sample(
-                &mut row,
-                &active.request.params,
-                &active.request.prompt_tokens,
-                &active.output,
-                &mut active.rng,
-            );
-            if active.request.params.logprobs.is_some() {
-                active.last_logprob = Some(TokenLogprob {
-                    token: picked.id,
-                    logprob: picked.logprob,
-                    top: picked.top,
-                });
-            }
-            sampled.tokens.push((seq.id, picked.id));
-        }
-        Ok(sampled)
-    }
-
-    /// Handles one generated token: stop ids, text, stop strings, length.
-    fn on_token(&mut self, id: SeqId, token: u32) -> Outcome {
-        let max_model_len = self.shared.info.max_model_len;
-        let tokenizer = self.shared.tokenizer.clone();
-        let Some(a) = self.active.get_mut(&id) else {
-            return Outcome::Continue;
-        };
-        a.output.push(token);
-        let logprob = a.last_logprob.take();
-        if a.stop_ids.contains(&token) {
-            return Outcome::Finished(FinishReason::Stop);
-        }
-        // A grammar that is complete ends the sequence after this token.
-        let mut grammar_done = false;
-        if let Some(c) = a.constraint.as_mut() {
-            if let Err(e) = c.consume(token) {
-                return Outcome::Failed(e.to_string());
-            }
-            grammar_done = c.is_finished();
-        }
-        let text = match a.decoder.push(&tokenizer, token) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, token, "cannot detokenise");
-                String::new()
-            }
-        };
-        let (emit, matched) = a.stop.push(&text);
-        if a.events
-            .try_send(EngineEvent::Token {
-                id: token,
-                text: emit,
-                logprob,
-            })
-            .is_err()
-        {
-            // Receiver gone: drop_cancelled frees it before the next step.
-            return Outcome::Continue;
-        }
-        if matched {
-            a.stopped_by_string = true;
-            return Outcome::Finished(FinishReason::Stop);
-        }
-        if grammar_done {
-            return Outcome::Finished(FinishReason::Stop);
-        }
-        let total = a.request.prompt_tokens.len() + a.output.len();
-        if a.output.len() >= a.request.params.max_tokens || total >= max_model_len {
-            return Outcome::Finished(FinishReason::Length);
-        }
-        Outcome::Continue
-    }
-
-    fn finish(&mut self, id: SeqId, reason: FinishReason) {
-        let cached = self.scheduler.cached_prompt_tokens(id);
-        match self.active.get(&id).and_then(|a| a.request.session.clone()) {
-            Some(session) => self
-                .scheduler
-                .finish_keeping_warm(id, session, self.clock.now()),
-            None => self.scheduler.finish(id),
-        }
-        let tokenizer = self.shared.tokenizer.clone();
-        if let Some(mut a) = self.active.remove(&id) {
-            let mut text = String::new();
-            let mut reason = reason;
-            if !a.stopped_by_string {
-                // Text held back for a partial character or a possible stop
-                // string is real output once nothing can follow it.
-                let tail = a.decoder.finish(&tokenizer).unwrap_or_default();
-                let (mut emit, matched) = a.stop.push(&tail);
-                if matched {
-                    // The tail completed a stop string: that, not the
-                    // length or EOS, is what ended the text the client gets.
-                    reason = FinishReason::Stop;
-                } else {
-                    emit.push_str(&a.stop.flush());
-                }
-                text = emit;
-            }
-            let stop_sequence = a.stop.matched_string().map(str::to_owned);
-            let usage = Usage {
-                prompt_tokens: a.request.prompt_tokens.len(),
-                completion_tokens: a.output.len(),
-                cached_prompt_tokens: cached,
-            };
-            let finished = match reason {
-                FinishReason::Length => FinishedReason::Length,
-                // The engine makes only `Stop` and `Length`.
-                FinishReason::Stop | FinishReason::ContentFilter | FinishReason::ToolCalls => {
-                    FinishedReason::Stop
-                }
-            };
-            self.stats
-                .finished(&a.times, finished, a.token_counts(), Instant::now());
-            let _ = a.events.try_send(EngineEvent::Finished {
-                reason,
-                text,
-                usage,
-                stop_sequence,
-            });
-            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    fn fail(&mut self, id: SeqId, message: String) {
-        self.scheduler.abort(id);
-        if let Some(a) = self.active.get(&id) {
-            let _ = a.events.try_send(EngineEvent::Error(message));
-        }
-        self.release(id, FinishedReason::Error);
-    }
-
-    /// Forgets a request that did not finish normally.
-    fn release(&mut self, id: SeqId, why: FinishedReason) {
-        if let Some(a) = self.active.remove(&id) {
-            self.stats
-                .finished(&a.times, why, a.token_counts(), Instant::now());
-            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
 

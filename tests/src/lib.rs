@@ -16,6 +16,7 @@
 
 pub mod fakes;
 pub mod prom;
+pub mod services;
 pub mod slow_link;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -111,7 +112,68 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     )
 }
 
+/// `extra` config followed by one OpenAI-compatible provider `up` at
+/// `base_url` serving the route `chat` (as `upstream-model`): the cloud
+/// route the e2e files put in front of their fake upstreams.
+pub fn cloud_route_config(extra: &str, base_url: &str) -> String {
+    format!(
+        r#"
+{extra}
+
+[[providers]]
+kind = "openai"
+name = "up"
+base_url = "{base_url}"
+
+[[routes]]
+model = "chat"
+[[routes.deployments]]
+name = "cloud"
+provider = "up"
+upstream_model = "upstream-model"
+"#
+    )
+}
+
+/// The demo model beside a priced cloud route `cloud` (provider `up` at
+/// `base_url`, an OpenAI-compatible fake), the cache on, after `head`
+/// (e.g. a `[server]` section): local and cloud answers, hits and misses,
+/// for the tests that count what `/metrics` exports.
+pub fn local_and_cloud_config(head: &str, base_url: &str) -> String {
+    format!(
+        r#"
+encoders = []
+{head}
+[cache]
+enabled = true
+[[models]]
+id = "{DEMO_MODEL_ID}"
+path = "{{DEMO_MODEL}}"
+[[providers]]
+kind = "openai"
+name = "up"
+base_url = "{base_url}/v1"
+[[routes]]
+model = "cloud"
+[[routes.deployments]]
+name = "up"
+provider = "up"
+upstream_model = "up-model"
+price_input_per_1k = 0.5
+price_output_per_1k = 1.5
+"#
+    )
+}
+
 impl Server {
+    /// [`Server::start`] from async code: starting blocks (the model
+    /// loads), so it runs off the async workers.
+    pub async fn spawn(options: ServerOptions) -> Self {
+        tokio::task::spawn_blocking(move || Self::start(options))
+            .await
+            .expect("the server's start panicked")
+    }
+
     /// Starts the demo model with default settings.
     pub fn start_default() -> Self {
         Self::start(ServerOptions::default())

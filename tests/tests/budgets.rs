@@ -18,6 +18,7 @@ use axum::Json;
 use common::{get, http_client, post_raw};
 use serde_json::{json, Value};
 use sluice_tests::fakes::{self, FakeServer};
+use sluice_tests::services::fresh_postgres_schema;
 use sluice_tests::{Server, ServerOptions};
 
 const KEY: &str = "sk-test-budget-acme";
@@ -26,37 +27,6 @@ const ADMIN: &str = "sk-test-budget-admin";
 /// reservation (max_tokens = 5) is exactly its actual cost: 0.005.
 const PER_REQUEST: f64 = 0.005;
 const BUDGET: f64 = 10.0 * PER_REQUEST;
-
-/// A fresh PostgreSQL schema, as a store URL.
-fn fresh_schema() -> String {
-    let schema = format!(
-        "e2e_budget_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let out = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-c",
-            &format!("CREATE SCHEMA {schema}"),
-        ])
-        .output()
-        .expect("psql (PostgreSQL at 127.0.0.1:5432 is needed)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format!("postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}")
-}
 
 /// Collects the webhook's bodies.
 async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
@@ -144,7 +114,7 @@ fn chat() -> String {
 async fn two_instances_hold_one_budget_and_alert_once_per_threshold() {
     let upstream = fakes::openai::start(None).await;
     let (hook, alerts) = webhook().await;
-    let store_url = fresh_schema();
+    let store_url = fresh_postgres_schema("e2e_budget");
     let prefix = format!(
         "e2e:budget:{}:{}",
         std::process::id(),
@@ -273,7 +243,13 @@ async fn a_client_that_disconnects_mid_stream_releases_its_reservation() {
             .unwrap()
             .as_nanos()
     );
-    let server = start(config(&fresh_schema(), &prefix, &hook, &upstream)).await;
+    let server = start(config(
+        &fresh_postgres_schema("e2e_budget"),
+        &prefix,
+        &hook,
+        &upstream,
+    ))
+    .await;
     let created = http_client()
         .post(format!("{}/admin/budgets", server.base_url()))
         .bearer_auth(ADMIN)

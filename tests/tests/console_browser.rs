@@ -56,9 +56,26 @@ async fn open(browser: &Browser, server: &Server, page: &str) {
     browser
         .goto(&format!("{}/ui#{page}", server.base_url()))
         .await;
+    wait_for_page(browser, page, &format!("the {page} page")).await;
+}
+
+/// Moves to another page of the loaded console by its hash (the page's
+/// memory survives, where a new key waits for the playground).
+async fn switch_to(browser: &Browser, page: &str) {
+    browser
+        .eval(
+            &format!("location.hash = '#{page}'; return true;"),
+            json!([]),
+        )
+        .await;
+    wait_for_page(browser, page, &format!("the {page} page")).await;
+}
+
+/// Waits until `page` is the one shown and it has drawn.
+async fn wait_for_page(browser: &Browser, page: &str, what: &str) {
     browser
         .wait_for(
-            &format!("the {page} page"),
+            what,
             &format!(
                 "const m = document.getElementById('main'); \
                  return !!m && m.dataset.page === '{page}' && m.dataset.ready === 'true';"
@@ -128,14 +145,7 @@ async fn a_person_logs_in_creates_a_key_streams_a_chat_and_sees_the_spend() {
     // The admin key: a session cookie the page's script cannot read.
     browser.type_into("#credential", ADMIN).await;
     browser.click("#login-button").await;
-    browser
-        .wait_for(
-            "the overview after login",
-            "const m = document.getElementById('main'); \
-             return !!m && m.dataset.page === 'overview' && m.dataset.ready === 'true';",
-            WAIT,
-        )
-        .await;
+    wait_for_page(&browser, "overview", "the overview after login").await;
     let cookies = browser.cookies().await;
     let session = cookies
         .iter()
@@ -186,31 +196,11 @@ async fn a_person_logs_in_creates_a_key_streams_a_chat_and_sees_the_spend() {
 
     // Spend before the chat (navigating by hash keeps the page's memory,
     // where the new key waits for the playground).
-    browser
-        .eval("location.hash = '#spend'; return true;", json!([]))
-        .await;
-    browser
-        .wait_for(
-            "the spend page",
-            "const m = document.getElementById('main'); \
-             return m.dataset.page === 'spend' && m.dataset.ready === 'true';",
-            WAIT,
-        )
-        .await;
+    switch_to(&browser, "spend").await;
     let before = card_number(&browser, "#spend-requests").await;
 
     // Playground: the new key is offered; the answer streams in.
-    browser
-        .eval("location.hash = '#playground'; return true;", json!([]))
-        .await;
-    browser
-        .wait_for(
-            "the playground",
-            "const m = document.getElementById('main'); \
-             return m.dataset.page === 'playground' && m.dataset.ready === 'true';",
-            WAIT,
-        )
-        .await;
+    switch_to(&browser, "playground").await;
     let offered = browser
         .eval("return document.getElementById('pg-key').value", json!([]))
         .await;
@@ -263,17 +253,7 @@ async fn a_person_logs_in_creates_a_key_streams_a_chat_and_sees_the_spend() {
 
     // The spend report counts the chat (written off the request path:
     // refresh until it lands), and lists it under the new key.
-    browser
-        .eval("location.hash = '#spend'; return true;", json!([]))
-        .await;
-    browser
-        .wait_for(
-            "the spend page",
-            "const m = document.getElementById('main'); \
-             return m.dataset.page === 'spend' && m.dataset.ready === 'true';",
-            WAIT,
-        )
-        .await;
+    switch_to(&browser, "spend").await;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let after = card_number(&browser, "#spend-requests").await;

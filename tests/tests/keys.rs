@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{get, http_client, post_raw, Reply};
 use serde_json::{json, Value};
+use sluice_tests::services::fresh_postgres_schema;
 use sluice_tests::{run_cli, Server, ServerOptions, DEMO_MODEL_ID};
 
 const ADMIN_KEY: &str = "admin-key-0123456789";
@@ -372,27 +373,9 @@ async fn a_role_allowlist_narrows_its_keys_models() {
     assert_eq!(chat(&s, &both).await.status, 200);
 }
 
-/// A fresh schema in the test PostgreSQL; the store URL pointing at it.
-async fn fresh_postgres_schema() -> String {
-    use sqlx::Connection;
-    let base = std::env::var("SLUICE_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!("e2e_keys_{}", std::process::id());
-    let mut conn = sqlx::PgConnection::connect(&base)
-        .await
-        .expect("PostgreSQL at 127.0.0.1:5432 (database `test`) is needed by this test");
-    sqlx::raw_sql(&format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-    ))
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    format!("{base}?options=-c%20search_path%3D{schema}")
-}
-
 #[tokio::test]
 async fn a_revoke_on_one_server_reaches_another_through_redis() {
-    let url = fresh_postgres_schema().await;
+    let url = fresh_postgres_schema("e2e_keys");
     let start = || {
         Server::start(ServerOptions {
             config: Some(config(&format!(

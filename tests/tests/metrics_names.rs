@@ -17,40 +17,14 @@ use serde_json::json;
 use sluice_gateway::metrics::catalog::{self, Kind};
 use sluice_tests::fakes::{self, FakeServer};
 use sluice_tests::prom::Scrape;
-use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
+use sluice_tests::{local_and_cloud_config, Server, ServerOptions, DEMO_MODEL_ID};
 
 async fn start(upstream: &FakeServer) -> Server {
-    let config = format!(
-        r#"
-encoders = []
-[cache]
-enabled = true
-[[models]]
-id = "{DEMO_MODEL_ID}"
-path = "{{DEMO_MODEL}}"
-[[providers]]
-kind = "openai"
-name = "up"
-base_url = "{}/v1"
-[[routes]]
-model = "cloud"
-[[routes.deployments]]
-name = "up"
-provider = "up"
-upstream_model = "up-model"
-price_input_per_1k = 0.5
-price_output_per_1k = 1.5
-"#,
-        upstream.base_url()
-    );
-    tokio::task::spawn_blocking(move || {
-        Server::start(ServerOptions {
-            config: Some(config),
-            ..ServerOptions::default()
-        })
+    Server::spawn(ServerOptions {
+        config: Some(local_and_cloud_config("", &upstream.base_url())),
+        ..ServerOptions::default()
     })
     .await
-    .unwrap()
 }
 
 /// A chat request that no other request repeats: its own prompt, user

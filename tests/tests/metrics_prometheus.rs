@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::{get, http_client};
 use serde_json::{json, Value};
 use sluice_tests::fakes::{self, FakeServer};
-use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
+use sluice_tests::{local_and_cloud_config, Server, ServerOptions, DEMO_MODEL_ID};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -186,39 +186,14 @@ fn signal_of(expr: &str) -> &str {
 }
 
 async fn start_sluice(upstream: &FakeServer, metrics_port: u16) -> Server {
-    let config = format!(
-        r#"
-encoders = []
-[server]
-metrics_listen = "127.0.0.1:{metrics_port}"
-[cache]
-enabled = true
-[[models]]
-id = "{DEMO_MODEL_ID}"
-path = "{{DEMO_MODEL}}"
-[[providers]]
-kind = "openai"
-name = "up"
-base_url = "{}/v1"
-[[routes]]
-model = "cloud"
-[[routes.deployments]]
-name = "up"
-provider = "up"
-upstream_model = "up-model"
-price_input_per_1k = 0.5
-price_output_per_1k = 1.5
-"#,
-        upstream.base_url()
-    );
-    tokio::task::spawn_blocking(move || {
-        Server::start(ServerOptions {
-            config: Some(config),
-            ..ServerOptions::default()
-        })
+    Server::spawn(ServerOptions {
+        config: Some(local_and_cloud_config(
+            &format!("[server]\nmetrics_listen = \"127.0.0.1:{metrics_port}\""),
+            &upstream.base_url(),
+        )),
+        ..ServerOptions::default()
     })
     .await
-    .unwrap()
 }
 
 /// Local and cloud answers, whole and streamed, some repeated (cache hits).

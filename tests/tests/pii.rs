@@ -22,7 +22,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{json, Value};
-use sluice_tests::{Server, ServerOptions};
+use sluice_tests::{cloud_route_config, Server, ServerOptions};
 
 use common::{post as post_json, sse_events, Reply};
 
@@ -102,8 +102,7 @@ async fn echo(State(seen): State<Arc<Seen>>, body: Bytes) -> Response {
 }
 
 async fn start(fake: &EchoFake) -> Server {
-    let config = format!(
-        r#"
+    let extra = r#"
 [cache]
 enabled = true
 
@@ -117,30 +116,13 @@ email = "pseudonymize"
 phone = "pseudonymize"
 card = "mask"
 snils = "block"
-
-[[providers]]
-kind = "openai"
-name = "up"
-base_url = "{}"
-
-[[routes]]
-model = "chat"
-[[routes.deployments]]
-name = "cloud"
-provider = "up"
-upstream_model = "upstream-model"
-"#,
-        fake.base_url
-    );
-    tokio::task::spawn_blocking(move || {
-        Server::start(ServerOptions {
-            config: Some(config),
-            env: vec![("ADMIN_KEY".into(), ADMIN.into())],
-            ..ServerOptions::default()
-        })
+"#;
+    Server::spawn(ServerOptions {
+        config: Some(cloud_route_config(extra, &fake.base_url)),
+        env: vec![("ADMIN_KEY".into(), ADMIN.into())],
+        ..ServerOptions::default()
     })
     .await
-    .unwrap()
 }
 
 fn body(content: &str, stream: bool) -> Value {

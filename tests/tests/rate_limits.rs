@@ -9,48 +9,19 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{http_client, post_raw, Reply};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sluice_tests::fakes::{self, FakeServer, Fault};
+use sluice_tests::services::{fresh_postgres_schema, unique, OwnRedis};
 use sluice_tests::{Server, ServerOptions};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// The `[limits] burst` the configs below set.
 const BURST: usize = 3;
-
-fn unique(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{test}_{}_{nanos}", std::process::id())
-}
-
-/// A fresh PostgreSQL schema, as the store tests make them, and the store
-/// URL that uses it.
-fn postgres_store(test: &str) -> String {
-    let schema = unique(test);
-    let status = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-qc",
-            &format!("CREATE SCHEMA {schema}"),
-        ])
-        .status()
-        .expect("run psql");
-    assert!(status.success(), "cannot create schema {schema}");
-    format!("postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}")
-}
 
 /// Keys (tenant, limits line) → the `[[auth.keys]]` entries and their env.
 fn keys(keys: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
@@ -158,7 +129,7 @@ fn error_code(reply: &Reply) -> Value {
 async fn two_instances_grant_a_60_rpm_key_at_most_limit_plus_burst() {
     let fake = fakes::openai::start(None).await;
     let prefix = unique("sluice-test:limits:rpm");
-    let store = postgres_store("limits_rpm");
+    let store = fresh_postgres_schema("limits_rpm");
     let limited = [("busy", "rpm = 60")];
     let setup = || Setup {
         fake: &fake,
@@ -313,61 +284,10 @@ async fn tokens_a_request_did_not_use_are_refunded() {
     assert!(too_big.body.contains("max_tokens"), "{}", too_big.body);
 }
 
-/// A `redis-server` of this test's own, on a port of its own.
-struct OwnRedis {
-    port: u16,
-    child: Child,
-}
-
-impl OwnRedis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { port, child }
-    }
-
-    fn kill(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_outage_gives_the_configured_mode_and_limits_are_shared_again_after() {
     let fake = fakes::openai::start(None).await;
-    let redis = OwnRedis::start(free_port());
+    let redis = OwnRedis::start();
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let prefix = unique("sluice-test:limits:outage");
     // "tight" keys: one request a minute (and the burst above it).
@@ -393,7 +313,7 @@ async fn a_redis_outage_gives_the_configured_mode_and_limits_are_shared_again_af
         assert_eq!(ask(server, "load", 1).await.status, 200);
     }
 
-    let port = redis.kill();
+    let port = redis.stop();
     // Mid-load: a few requests to each while Redis is away.
     for _ in 0..5 {
         let served = ask(&open, "load", 1).await;
@@ -404,7 +324,7 @@ async fn a_redis_outage_gives_the_configured_mode_and_limits_are_shared_again_af
         assert!(header(&refused, "retry-after").is_some());
     }
 
-    let _redis = OwnRedis::start(port);
+    let _redis = OwnRedis::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(15);
     while ask(&closed, "load", 1).await.status != 200 {
         assert!(Instant::now() < deadline, "closed mode never recovered");

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures_util::stream;
 use serde_json::{json, Value};
-use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
+use sluice_tests::{cloud_route_config, Server, ServerOptions, DEMO_MODEL_ID};
 
 use super::common::sse_events;
 
@@ -148,32 +148,11 @@ async fn chat(State(state): State<Arc<FakeState>>, body: Bytes) -> Response {
 
 /// A server in front of `fake` (model `chat`), with `extra` config.
 pub async fn provider_server(fake: &Fake, extra: &str) -> Server {
-    let config = format!(
-        r#"
-{extra}
-
-[[providers]]
-kind = "openai"
-name = "up"
-base_url = "{}"
-
-[[routes]]
-model = "chat"
-[[routes.deployments]]
-name = "cloud"
-provider = "up"
-upstream_model = "upstream-model"
-"#,
-        fake.base_url
-    );
-    tokio::task::spawn_blocking(move || {
-        Server::start(ServerOptions {
-            config: Some(config),
-            ..ServerOptions::default()
-        })
+    Server::spawn(ServerOptions {
+        config: Some(cloud_route_config(extra, &fake.base_url)),
+        ..ServerOptions::default()
     })
     .await
-    .unwrap()
 }
 
 /// The response to `body` as the bytes a raw socket reads (HTTP/1.1,
