@@ -157,6 +157,8 @@ async fn once(cache: &Arc<Cache>, q: &str) -> Result<(Outcome, f64)> {
                 job: &r.job,
                 headers: &h,
                 sensitive: false,
+                regulated: false,
+                may_carry_pii: false,
             },
             None,
         )

@@ -86,6 +86,10 @@ pub enum ApiError {
     },
     #[error("The model `{0}` is still loading; retry shortly")]
     ModelLoading(String),
+    /// A sensitive (or regulated) request whose `on_prem` deployments all
+    /// failed or are down: it is never sent to a cloud deployment instead.
+    #[error("No on-premises deployment of `{0}` can serve this request now, and a sensitive or regulated request is never sent to a cloud deployment; retry shortly")]
+    OnPremUnavailable(String),
     #[error("The request did not finish within {:.1} s", .0.as_secs_f64())]
     Timeout(Duration),
     /// An upstream provider failed (no deployment was left to fail over
@@ -187,7 +191,9 @@ impl ApiError {
             Self::QueueFull { .. } | Self::InFlightLimit { .. } | Self::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::ModelLoading(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ModelLoading(_) | Self::StoreUnavailable(_) | Self::OnPremUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -213,6 +219,7 @@ impl ApiError {
             Self::QueueFull { .. } => ("rate_limit_error", Some("queue_full")),
             Self::InFlightLimit { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
             Self::ModelLoading(_) => ("server_error", Some("model_loading")),
+            Self::OnPremUnavailable(_) => ("server_error", Some("on_prem_unavailable")),
             Self::StoreUnavailable(_) => ("server_error", Some("store_unavailable")),
             Self::Timeout(_) => ("timeout", Some("request_timeout")),
             Self::Upstream(_) => ("server_error", Some("upstream_error")),
@@ -226,7 +233,9 @@ impl ApiError {
             Self::QueueFull { retry_after, .. }
             | Self::InFlightLimit { retry_after, .. }
             | Self::RateLimited { retry_after, .. } => Some(*retry_after),
-            Self::ModelLoading(_) | Self::StoreUnavailable(_) => Some(Duration::from_secs(5)),
+            Self::ModelLoading(_) | Self::StoreUnavailable(_) | Self::OnPremUnavailable(_) => {
+                Some(Duration::from_secs(5))
+            }
             _ => None,
         }
     }

@@ -38,7 +38,8 @@
 //!   reports), [`audit`] (the audit log and its sinks), [`tool_calls`]
 //!   (the local engine's tool calls: parsed per model family, forced by a
 //!   grammar), [`sessions`] (stored responses and conversations: the
-//!   durable store with a Redis hot layer, write-through). They
+//!   durable store with a Redis hot layer, write-through), [`sealing`]
+//!   (encryption at rest: a data key per tenant wrapped by a master key). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers),
@@ -81,6 +82,7 @@ pub mod pii;
 pub mod providers;
 pub mod registry;
 pub mod router;
+pub mod sealing;
 pub mod sensitivity;
 pub mod server;
 pub mod sessions;

@@ -6,7 +6,16 @@
 //! `x-sluice-sensitive: true` (or `1`). Design choice: the header can only
 //! raise sensitivity, never lower it: a key marked sensitive stays sensitive
 //! whatever a client sends, so a compromised or careless client cannot move
-//! a tenant's data to the cloud. (The PII detector will raise it too, later.)
+//! a tenant's data to the cloud.
+//!
+//! A *regulated* caller (`regulated = true` on its key, its tenant or team
+//! in `[regulated]`) is always sensitive too: [`TenantPolicy::regulate`]
+//! sets both, and [`is_sensitive`] reads either, so every stage that skips
+//! or confines sensitive requests (the router's residency filter, external
+//! moderation) treats regulated ones the same without knowing the word.
+//! Regulated adds what only the chain knows how to do: no cache for a
+//! prompt that carries PII, encryption at rest of what it stores, and a
+//! fail-closed audit.
 
 use std::convert::Infallible;
 
@@ -25,6 +34,8 @@ pub const SENSITIVE_HEADER: &str = "x-sluice-sensitive";
 pub struct TenantPolicy {
     /// Every request of this tenant is sensitive.
     pub sensitive: bool,
+    /// Every request of this tenant is regulated (and so sensitive).
+    pub regulated: bool,
     /// What this key's flagged requests get; `None`: `[guard] action`.
     pub guard: Option<GuardAction>,
     /// How this key's answers are analysed; `None`: the route's `[stream]` mode.
@@ -34,9 +45,17 @@ pub struct TenantPolicy {
     pub stream_guard: Option<bool>,
 }
 
+impl TenantPolicy {
+    /// Marks the caller regulated, which makes it sensitive as well.
+    pub fn regulate(&mut self) {
+        self.regulated = true;
+        self.sensitive = true;
+    }
+}
+
 /// The request's sensitivity from its headers and its tenant's policy.
 pub fn is_sensitive(headers: &HeaderMap, policy: Option<&TenantPolicy>) -> bool {
-    if policy.is_some_and(|p| p.sensitive) {
+    if policy.is_some_and(|p| p.sensitive || p.regulated) {
         return true;
     }
     headers.get_all(SENSITIVE_HEADER).iter().any(|v| {
@@ -89,6 +108,7 @@ mod tests {
     fn a_sensitive_key_cannot_be_lowered_by_the_header() {
         let policy = TenantPolicy {
             sensitive: true,
+            regulated: false,
             guard: None,
             stream: None,
             stream_guard: None,
@@ -99,5 +119,19 @@ mod tests {
             &HeaderMap::new(),
             Some(&TenantPolicy::default())
         ));
+    }
+
+    #[test]
+    fn a_regulated_caller_is_sensitive_whatever_the_header_says() {
+        let mut policy = TenantPolicy::default();
+        policy.regulate();
+        assert!(policy.sensitive && policy.regulated);
+        assert!(is_sensitive(&headers("false"), Some(&policy)));
+        // Even a policy built by hand with only `regulated` set.
+        let by_hand = TenantPolicy {
+            regulated: true,
+            ..TenantPolicy::default()
+        };
+        assert!(is_sensitive(&HeaderMap::new(), Some(&by_hand)));
     }
 }

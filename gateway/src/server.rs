@@ -192,7 +192,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         audit.clone(),
     )
     .with_check(virtual_keys.clone())
-    .with_role_models(&config.role_models);
+    .with_role_models(&config.role_models)
+    .with_regulated(&config.regulated);
     if let Some(oidc) = &config.oidc {
         let client = auth::oidc_http_client().map_err(ServeError::Load)?;
         let verifier = auth::JwtVerifier::new(oidc.clone(), client, audit.clone());
@@ -202,7 +203,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let keys = Arc::new(keys);
     let (budgets, budget_worker) = crate::budget::Budgets::start(&config.budgets, &store, &audit)
         .map_err(|e| ServeError::Load(format!("budgets: {e}")))?;
-    let sessions = Arc::new(open_sessions(&config.sessions, &store)?);
+    let cipher = open_cipher(&config, &store)?;
+    let sessions = Arc::new(open_sessions(&config.sessions, &store, cipher.clone())?);
     // Background responses outlive their requests: stopped after them.
     let background_runs = sessions.runs().clone();
     let (spend_log, spend_writer) = crate::spend::SpendLog::new(&config.spend, audit.clone());
@@ -310,7 +312,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         crate::metrics::Exposure::AdminKey | crate::metrics::Exposure::Open => {}
     }
 
-    let cache = Cache::new(config.cache.clone(), embedder.clone()).map_err(ServeError::Cache)?;
+    let cache = Cache::with_cipher(config.cache.clone(), embedder.clone(), cipher)
+        .map_err(ServeError::Cache)?;
     let (limits, settle_limits) = crate::limits::Limits::new(crate::limits::LimitsSetup {
         settings: config.limits.clone(),
         // A lease outlives a crashed instance by at most its longest request.
@@ -452,11 +455,28 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     Ok(())
 }
 
+/// Encryption at rest (`[regulated]`'s master key, else `[sessions]
+/// encryption_key_env`): the tenants' data keys live wrapped in the store.
+fn open_cipher(
+    config: &Config,
+    store: &crate::store::Store,
+) -> Result<Option<crate::sealing::Cipher>, ServeError> {
+    // The config refuses regulated keys, tenants and teams without one; a
+    // virtual key marked regulated then gets no cache (`cache::policy`).
+    let Some((_, master)) = &config.regulated.master_key else {
+        return Ok(None);
+    };
+    let keys = crate::sealing::DataKeys::new(master.clone(), store.clone())
+        .map_err(|e| ServeError::Load(format!("regulated.master_key: {e}")))?;
+    Ok(Some(crate::sealing::Cipher::new(Arc::new(keys))))
+}
+
 /// The session store on the durable store, with Redis in front when
 /// `[sessions] redis_url` names one.
 fn open_sessions(
     settings: &crate::config::SessionSettings,
     store: &crate::store::Store,
+    cipher: Option<crate::sealing::Cipher>,
 ) -> Result<crate::sessions::Sessions, ServeError> {
     let hot = match &settings.redis {
         Some(redis) => Some(
@@ -468,13 +488,9 @@ fn open_sessions(
     tracing::info!(
         redis = hot.is_some(),
         retention_days = settings.retention.map(|d| d.as_secs() / 86_400),
-        encrypted = settings.encryption_key.is_some(),
+        encrypted = cipher.is_some(),
         "session store ready"
     );
-    let cipher = settings
-        .encryption_key
-        .clone()
-        .map(crate::sessions::Cipher::new);
     Ok(crate::sessions::Sessions::new(
         crate::sessions::Durable::new(store.clone()),
         hot,

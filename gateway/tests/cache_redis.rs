@@ -88,6 +88,8 @@ async fn lookup(cache: &Arc<Cache>, tenant: &str, q: &str) -> Decision {
                 job: &r.job,
                 headers: &h,
                 sensitive: false,
+                regulated: false,
+                may_carry_pii: false,
             },
             None,
         )

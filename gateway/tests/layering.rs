@@ -39,6 +39,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("providers", 1),
     ("registry", 1),
     ("router", 1),
+    ("sealing", 1),
     ("sensitivity", 1),
     ("sessions", 1),
     ("spend", 1),

@@ -438,6 +438,7 @@ async fn the_cli_manages_keys_in_the_store_a_server_reads() {
             "5",
             "--allowed-model",
             DEMO_MODEL_ID,
+            "--regulated",
         ],
         &[],
     );
@@ -470,6 +471,9 @@ async fn the_cli_manages_keys_in_the_store_a_server_reads() {
         .json();
     assert_eq!(shown["rpm"], 5);
     assert_eq!(shown["allowed_models"], json!([DEMO_MODEL_ID]));
+    // `--regulated` reached the store's column (migration 0020); the local
+    // demo model is on_prem, so the regulated key is served.
+    assert_eq!(shown["regulated"], true);
 
     let (code, out, err) = run_cli(
         &[

@@ -40,7 +40,7 @@ fn shown(record: &KeyRecord, new: Option<&NewKey>) -> Value {
     value
 }
 
-/// Only an admin grants the admin or auditor role.
+/// Only an admin grants the admin or auditor role, or lifts regulated mode.
 fn may_grant(
     caller: &AdminCaller,
     state: &AppState,
@@ -53,6 +53,17 @@ fn may_grant(
             .any(|r| matches!(r, Role::Admin | Role::Auditor))
     {
         let message = "Only an admin may grant the admin or auditor role.";
+        caller.denied(&state.audit, "key", message);
+        return Err(ApiError::Forbidden {
+            message: message.into(),
+            code: "permission_denied",
+        }
+        .into());
+    }
+    // Regulated mode is a compliance control: a team admin may turn it on
+    // for a key of its team, never off.
+    if !caller.is_admin() && changes.regulated == Some(false) {
+        let message = "Only an admin may turn regulated mode off for a key.";
         caller.denied(&state.audit, "key", message);
         return Err(ApiError::Forbidden {
             message: message.into(),

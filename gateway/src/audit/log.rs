@@ -157,6 +157,10 @@ impl AuditSink for AuditLog {
     fn available(&self) -> bool {
         self.mode == AuditMode::FailOpen || self.healthy()
     }
+
+    fn writable(&self) -> bool {
+        self.healthy()
+    }
 }
 
 /// One sink's writer: owns its spool and the records not yet delivered.

@@ -51,6 +51,9 @@ pub mod actions {
     pub const SPEND_QUEUE_FULL: &str = "spend.queue_full";
     /// A user's or a tenant's stored sessions and cached answers erased.
     pub const DATA_ERASED: &str = "data.erased";
+    /// A regulated caller's request, recorded before it is served (its
+    /// model, the cache's outcome, whether PII was found; never text).
+    pub const REGULATED_REQUEST: &str = "regulated.request";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +183,12 @@ pub trait AuditSink: Send + Sync {
     fn available(&self) -> bool {
         true
     }
+
+    /// `false` while records cannot be written, whatever the mode: a
+    /// regulated request is refused then even under `fail_open`.
+    fn writable(&self) -> bool {
+        true
+    }
 }
 
 /// The handle stages hold; cheap to clone. [`Audit::off`] drops records.
@@ -221,5 +230,21 @@ impl Audit {
             Some(sink) if !sink.available() => Err(AuditUnavailable),
             _ => Ok(()),
         }
+    }
+
+    /// [`Audit::check`], fail-closed for a regulated request whatever the
+    /// configured mode.
+    pub fn check_for(&self, regulated: bool) -> Result<(), AuditUnavailable> {
+        match &self.sink {
+            Some(sink) if regulated && !sink.writable() => Err(AuditUnavailable),
+            _ => self.check(),
+        }
+    }
+
+    /// [`Audit::record`], fail-closed for a regulated request whatever the
+    /// configured mode.
+    pub fn record_for(&self, regulated: bool, event: AuditEvent) -> Result<(), AuditUnavailable> {
+        self.check_for(regulated)?;
+        self.record(event)
     }
 }

@@ -283,3 +283,31 @@ async fn an_event_inside_a_request_carries_its_id_and_source() {
     assert_eq!(inside.request_id.as_deref(), Some("req-1"));
     assert_eq!(inside.source.as_deref(), Some("10.0.0.7"));
 }
+
+/// A fail-open log whose sink is down: records would wait in a spool.
+struct DownButOpen;
+
+impl AuditSink for DownButOpen {
+    fn submit(&self, _event: AuditEvent) -> Result<(), AuditUnavailable> {
+        Ok(())
+    }
+    fn available(&self) -> bool {
+        true
+    }
+    fn writable(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_regulated_request_is_refused_while_the_log_is_down_even_in_fail_open_mode() {
+    let audit = Audit::new(std::sync::Arc::new(DownButOpen));
+    assert!(audit.check().is_ok(), "fail-open serves other requests");
+    assert!(audit.check_for(false).is_ok());
+    assert!(audit.check_for(true).is_err(), "regulated: fail-closed");
+    let event = || AuditEvent::new(actions::REGULATED_REQUEST, "k", AuditOutcome::Success);
+    assert!(audit.record_for(false, event()).is_ok());
+    assert!(audit.record_for(true, event()).is_err());
+    // Audit off: nothing to be closed about.
+    assert!(Audit::off().check_for(true).is_ok());
+}

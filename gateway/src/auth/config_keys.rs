@@ -34,7 +34,9 @@ impl KeyStore {
                         Arc::from(k.tenant.as_str()),
                         KeyDigest::of(k.secret.expose().as_bytes()),
                         TenantPolicy {
-                            sensitive: k.sensitive,
+                            // Regulated implies sensitive: on-prem only.
+                            sensitive: k.sensitive || k.regulated,
+                            regulated: k.regulated,
                             guard: k.guard,
                             stream: k.stream,
                             stream_guard: k.stream_guard,
@@ -166,6 +168,7 @@ pub(super) mod tests {
                 source: KeySource::KeysVariable,
                 secret: Secret::new("key-a".into()),
                 sensitive: false,
+                regulated: false,
                 guard: None,
                 stream: None,
                 stream_guard: None,
@@ -176,6 +179,7 @@ pub(super) mod tests {
                 source: KeySource::KeysVariable,
                 secret: Secret::new("key-b".into()),
                 sensitive: true,
+                regulated: false,
                 guard: None,
                 stream: None,
                 stream_guard: None,

@@ -92,6 +92,9 @@ pub struct Authenticator {
     /// Each role's model allowlist (`[auth.role_models]`); a role absent
     /// here may use every model.
     role_models: Vec<(Role, Vec<String>)>,
+    /// Tenants and teams whose every caller is regulated (`[regulated]`).
+    regulated_tenants: std::collections::BTreeSet<String>,
+    regulated_teams: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -111,6 +114,25 @@ impl Authenticator {
             admin_key,
             audit,
             role_models: Vec::new(),
+            regulated_tenants: Default::default(),
+            regulated_teams: Default::default(),
+        }
+    }
+
+    /// Every caller of these tenants or teams is regulated, whatever its
+    /// key says (a key can add regulated mode, never lift it).
+    pub fn with_regulated(mut self, settings: &crate::config::RegulatedSettings) -> Self {
+        self.regulated_tenants = settings.tenants.clone();
+        self.regulated_teams = settings.teams.clone();
+        self
+    }
+
+    fn apply_regulated(&self, principal: &mut Principal) {
+        let team = principal.team.as_deref();
+        if self.regulated_tenants.contains(&*principal.tenant)
+            || team.is_some_and(|t| self.regulated_teams.contains(t))
+        {
+            principal.policy.regulate();
         }
     }
 
@@ -160,6 +182,7 @@ impl Authenticator {
             if self.is_open() {
                 let mut anonymous = Principal::anonymous();
                 self.apply_role_models(&mut anonymous);
+                self.apply_regulated(&mut anonymous);
                 return Ok(anonymous);
             }
             return Err(ApiError::Unauthorized(
@@ -190,6 +213,7 @@ impl Authenticator {
         let mut result = result;
         if let Ok(principal) = &mut result {
             self.apply_role_models(principal);
+            self.apply_regulated(principal);
         }
         if let Err(err) = &result {
             // The attempt, never the token: a virtual key's public prefix at most.
@@ -389,6 +413,24 @@ mod tests {
         // A config key's limits travel with its principal.
         assert_eq!(p.limits.rpm, Some(60));
         assert_eq!(p.limits.max_parallel, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_regulated_tenant_makes_every_one_of_its_callers_regulated_and_sensitive() {
+        let settings = crate::config::RegulatedSettings {
+            tenants: ["alpha".to_string()].into(),
+            ..Default::default()
+        };
+        let auth = Authenticator::new(store(), None, Audit::off()).with_regulated(&settings);
+        let bearer = |key: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+            h
+        };
+        let alpha = auth.authenticate(&bearer("key-a")).await.unwrap();
+        assert!(alpha.policy.regulated && alpha.policy.sensitive);
+        let beta = auth.authenticate(&bearer("key-b")).await.unwrap();
+        assert!(!beta.policy.regulated, "beta's tenant is not listed");
     }
 
     /// Claims `sk-sl-` tokens and accepts any of them: a stand-in for the

@@ -126,6 +126,8 @@ mod tests {
                 job: &req.job,
                 headers: &headers,
                 sensitive: false,
+                regulated: false,
+                may_carry_pii: false,
             },
             None,
         );

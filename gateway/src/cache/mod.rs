@@ -94,6 +94,11 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     /// From [`crate::sensitivity::is_sensitive`].
     pub sensitive: bool,
+    /// A regulated caller's request: cached only sealed (see [`policy`]).
+    pub regulated: bool,
+    /// The prompt carries personal data, or nobody looked (no PII stage):
+    /// a regulated request is then never cached.
+    pub may_carry_pii: bool,
 }
 
 /// What to store once the answer is complete.
@@ -101,6 +106,8 @@ pub struct Request<'a> {
 pub struct Ticket {
     exact: Key,
     meta: EntryMeta,
+    /// Stored sealed under the tenant's data key (a regulated request).
+    seal: bool,
 }
 
 /// What the lookup found.
@@ -175,6 +182,8 @@ pub struct Cache {
     settings: CacheSettings,
     store: Store,
     embedder: Option<Arc<dyn Embedder>>,
+    /// Seals regulated requests' entries; `None`: they are never cached.
+    sealing: bool,
 }
 
 impl Cache {
@@ -184,16 +193,29 @@ impl Cache {
         settings: CacheSettings,
         embedder: Option<Arc<dyn Embedder>>,
     ) -> Result<Arc<Self>, String> {
+        Self::with_cipher(settings, embedder, None)
+    }
+
+    /// [`Cache::new`] that also caches regulated requests' answers, sealed
+    /// with `cipher` in Redis (in process memory, which is not at rest,
+    /// they are kept as any entry).
+    pub fn with_cipher(
+        settings: CacheSettings,
+        embedder: Option<Arc<dyn Embedder>>,
+        cipher: Option<crate::sealing::Cipher>,
+    ) -> Result<Arc<Self>, String> {
+        let sealing = cipher.is_some();
         let store = match &settings.backend {
             Backend::Memory => Store::Memory(MemoryStore::new(settings.bounds)),
-            Backend::Redis { url, prefix } => {
-                Store::Redis(redis::RedisStore::new(url, prefix, settings.bounds)?)
-            }
+            Backend::Redis { url, prefix } => Store::Redis(
+                redis::RedisStore::new(url, prefix, settings.bounds)?.with_cipher(cipher),
+            ),
         };
         Ok(Arc::new(Self {
             store,
             settings,
             embedder,
+            sealing,
         }))
     }
 
@@ -207,6 +229,7 @@ impl Cache {
             store: Store::Memory(MemoryStore::new(settings.bounds)),
             settings,
             embedder,
+            sealing: false,
         })
     }
 
@@ -242,6 +265,9 @@ impl Cache {
             PolicyInput {
                 headers: req.headers,
                 sensitive: req.sensitive,
+                regulated: req.regulated,
+                may_carry_pii: req.may_carry_pii,
+                sealing: self.sealing,
                 cache_nondeterministic: self.settings.cache_nondeterministic,
             },
             sampling,
@@ -344,6 +370,7 @@ impl Cache {
                         _ => None,
                     },
                 },
+                seal: req.regulated,
             });
         }
         decision
@@ -353,7 +380,7 @@ impl Cache {
     /// pipelined round trip under a short timeout; a failure is logged by
     /// the store and the answer is simply not cached.
     pub async fn insert(&self, ticket: Ticket, answer: StoredAnswer) {
-        let Ticket { exact, meta } = ticket;
+        let Ticket { exact, meta, seal } = ticket;
         match &self.store {
             Store::Memory(m) => m.insert(
                 exact,
@@ -362,7 +389,9 @@ impl Cache {
                 Instant::now() + self.settings.ttl,
             ),
             Store::Redis(r) => {
-                let _ = r.insert(&exact, &meta, &answer, self.settings.ttl).await;
+                let _ = r
+                    .insert(&exact, &meta, &answer, self.settings.ttl, seal)
+                    .await;
             }
         }
     }

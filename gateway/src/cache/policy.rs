@@ -5,6 +5,10 @@
 //! behaviour change, so the client (`x-sluice-cache: on`) or the operator
 //! (`cache_nondeterministic`) must ask for it, and even then `n > 1`
 //! unseeded sampling is never cached (its choices are meant to differ).
+//!
+//! A sensitive request is never cached; a regulated one (which is
+//! sensitive too) is, when its entry can be sealed and its prompt carries
+//! no personal data: the PII stage found none, and that stage ran.
 
 use axum::http::header::CACHE_CONTROL;
 use axum::http::HeaderMap;
@@ -37,6 +41,11 @@ impl Access {
 pub struct PolicyInput<'a> {
     pub headers: &'a HeaderMap,
     pub sensitive: bool,
+    pub regulated: bool,
+    /// The PII stage found personal data in the prompt, or did not run.
+    pub may_carry_pii: bool,
+    /// The cache can seal entries (a master key is configured).
+    pub sealing: bool,
     pub cache_nondeterministic: bool,
 }
 
@@ -44,9 +53,19 @@ pub fn decide(input: PolicyInput<'_>, sampling: &Sampling, n: usize) -> Access {
     let PolicyInput {
         headers,
         sensitive,
+        regulated,
+        may_carry_pii,
+        sealing,
         cache_nondeterministic,
     } = input;
-    if sensitive {
+    if regulated {
+        if may_carry_pii {
+            return Access::none("regulated: the prompt may carry personal data");
+        }
+        if !sealing {
+            return Access::none("regulated: no master key to seal the entry");
+        }
+    } else if sensitive {
         return Access::none("sensitive");
     }
     let opt = headers

@@ -18,6 +18,11 @@
 //! `MODULE LIST` is read once to note whether RediSearch is present; the
 //! KNN path through `FT.SEARCH` is a documented follow-up, the in-process
 //! ranking is always used.
+//!
+//! A regulated request's entry is written sealed ([`record::encode_sealed`])
+//! under its tenant's data key; reading opens it with the asking tenant's
+//! key only, so another tenant's sealed entry is never opened, let alone
+//! served (the entry ids are tenant-scoped hashes as well).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +37,7 @@ use super::key::Key;
 use super::memory::{Candidate, EntryMeta};
 use super::record;
 use super::{Bounds, StoredAnswer};
+use crate::sealing::{Cipher, TenantKey};
 
 /// How long one Redis command may take before the request goes on without it.
 const OP_TIMEOUT: Duration = Duration::from_millis(250);
@@ -56,6 +62,16 @@ pub struct RedisStore {
     /// semantic search ranks from here and fetches only the winners'
     /// records (each still verified and checksummed) instead of the scope's.
     memo: Mutex<HashMap<String, EntryMeta>>,
+    /// Seals regulated entries and opens them; `None`: none are written.
+    cipher: Option<Cipher>,
+}
+
+/// One record as this store reads it for a tenant.
+enum Read {
+    Entry(record::Decoded),
+    /// Sealed for another tenant, or no key to open it: skipped, kept.
+    Unreadable,
+    Corrupt(record::Corrupt),
 }
 
 impl RedisStore {
@@ -78,7 +94,51 @@ impl RedisStore {
             down: AtomicBool::new(false),
             search_module: AtomicBool::new(false),
             memo: Mutex::new(HashMap::new()),
+            cipher: None,
         })
+    }
+
+    /// Seals regulated entries with `cipher` (and opens them).
+    pub fn with_cipher(mut self, cipher: Option<Cipher>) -> Self {
+        self.cipher = cipher;
+        self
+    }
+
+    /// A record decoded; a sealed one opened with `tenant`'s key (kept in
+    /// `key` for the other records of the same call).
+    async fn read(
+        &self,
+        id: &str,
+        tenant: &str,
+        bytes: &[u8],
+        key: &mut Option<TenantKey>,
+    ) -> Read {
+        let sealed = match record::decode_any(bytes) {
+            Err(why) => return Read::Corrupt(why),
+            Ok(record::Record::Plain(d)) => return Read::Entry(d),
+            Ok(record::Record::Sealed(s)) => s,
+        };
+        // Another tenant's entry is not this request's to open.
+        if sealed.tenant != tenant {
+            return Read::Unreadable;
+        }
+        let Some(cipher) = &self.cipher else {
+            return Read::Unreadable;
+        };
+        if key.is_none() {
+            match cipher.tenant(tenant).await {
+                Ok(k) => *key = Some(k),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a sealed cache entry cannot be opened; not served");
+                    return Read::Unreadable;
+                }
+            }
+        }
+        match key.as_ref().map(|k| sealed.open(k, id)) {
+            Some(Ok(d)) => Read::Entry(d),
+            Some(Err(why)) => Read::Corrupt(why),
+            None => Read::Unreadable,
+        }
     }
 
     fn k(&self, kind: &str, id: &str) -> String {
@@ -153,13 +213,13 @@ impl RedisStore {
         let Some(bytes) = bytes else {
             return Ok(None);
         };
-        match record::decode(&bytes) {
+        match self.read(&id, tenant, &bytes, &mut None).await {
             // The tenant is in the key already; checking it again costs
             // nothing and makes a cross-tenant answer impossible even if
             // a record were written under the wrong key.
-            Ok(d) if &*d.meta.tenant == tenant => Ok(Some(Arc::new(d.answer))),
-            Ok(_) => Ok(None),
-            Err(why) => {
+            Read::Entry(d) if &*d.meta.tenant == tenant => Ok(Some(Arc::new(d.answer))),
+            Read::Entry(_) | Read::Unreadable => Ok(None),
+            Read::Corrupt(why) => {
                 self.drop_corrupt(&id, None, why).await;
                 Ok(None)
             }
@@ -209,6 +269,7 @@ impl RedisStore {
                 .collect()
         };
         let mut stale = Vec::new();
+        let mut tenant_key = None;
         if !unknown.is_empty() {
             let keys: Vec<String> = unknown.iter().map(|id| self.k("e", id)).collect();
             let records: Vec<Option<Vec<u8>>> = self.run(c.mget(&keys)).await?;
@@ -217,9 +278,10 @@ impl RedisStore {
                     stale.push(id.clone());
                     continue;
                 };
-                match record::decode(&bytes) {
-                    Ok(d) => self.remember(id, &d.meta),
-                    Err(why) => self.drop_corrupt(id, Some(&scope_id), why).await,
+                match self.read(id, tenant, &bytes, &mut tenant_key).await {
+                    Read::Entry(d) => self.remember(id, &d.meta),
+                    Read::Unreadable => {}
+                    Read::Corrupt(why) => self.drop_corrupt(id, Some(&scope_id), why).await,
                 }
             }
         }
@@ -252,8 +314,8 @@ impl RedisStore {
                     stale.push(id);
                     continue;
                 };
-                match record::decode(&bytes) {
-                    Ok(d)
+                match self.read(&id, tenant, &bytes, &mut tenant_key).await {
+                    Read::Entry(d)
                         if &*d.meta.tenant == tenant
                             && d.meta.scope == Some(*scope)
                             && d.meta.embedder.as_deref() == Some(embedder) =>
@@ -264,8 +326,8 @@ impl RedisStore {
                             answer: Arc::new(d.answer),
                         })
                     }
-                    Ok(_) => self.forget(&id),
-                    Err(why) => {
+                    Read::Entry(_) | Read::Unreadable => self.forget(&id),
+                    Read::Corrupt(why) => {
                         self.forget(&id);
                         self.drop_corrupt(&id, Some(&scope_id), why).await;
                     }
@@ -299,22 +361,44 @@ impl RedisStore {
         self.memo().remove(id);
     }
 
+    /// Stores an entry; `seal`: a regulated request's, sealed under its
+    /// tenant's data key (not stored at all when it cannot be sealed).
     pub async fn insert(
         &self,
         key: &Key,
         meta: &EntryMeta,
         answer: &StoredAnswer,
         ttl: Duration,
+        seal: bool,
     ) -> Result<(), Unavailable> {
         let id = key.hex();
+        let value = if seal {
+            let sealed = match &self.cipher {
+                Some(cipher) => match cipher.tenant(&meta.tenant).await {
+                    Ok(k) => record::encode_sealed(meta, answer, &k, &id),
+                    Err(e) => Err(e),
+                },
+                None => Err(crate::sealing::SealError::Master(
+                    "no master key configured".into(),
+                )),
+            };
+            match sealed {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a regulated answer could not be sealed; not cached");
+                    return Ok(());
+                }
+            }
+        } else {
+            record::encode(meta, answer)
+        };
         let ttl_s = ttl.as_secs().max(1);
         let score = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.set_ex(self.k("e", &id), record::encode(meta, answer), ttl_s)
-            .ignore();
+        pipe.set_ex(self.k("e", &id), value, ttl_s).ignore();
         if let Some(scope) = meta.scope {
             let s = self.k("s", &scope.hex());
             pipe.zadd(&s, &id, score).ignore();

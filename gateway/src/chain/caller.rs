@@ -21,6 +21,9 @@ pub struct Caller {
     pub headers: HeaderMap,
     /// Its data must stay on `on_prem` deployments and out of the cache.
     pub sensitive: bool,
+    /// Regulated (and so sensitive): cached only sealed and without PII,
+    /// the audit fail-closed ([`crate::sensitivity`]).
+    pub regulated: bool,
     /// When the handler started (for the gateway-overhead metric).
     pub started: Instant,
 }
@@ -48,6 +51,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         Ok(Self {
             principal,
             sensitive: is_sensitive(&parts.headers, Some(&policy)),
+            regulated: policy.regulated,
             tenant,
             policy,
             headers: parts.headers.clone(),

@@ -52,7 +52,9 @@
 //!
 //! Defence and guard decisions (flagged, blocked) go to the audit log; in
 //! `fail_closed` mode an audit log that cannot be written refuses the
-//! request (503) before any stage runs.
+//! request (503) before any stage runs. A regulated caller's request is
+//! audited fail-closed whatever the mode, and is itself an audit record
+//! (`regulated.request`, after the cache lookup: no text).
 //!
 //! Adding a stage is one line in [`Chain::answer`] plus its module; a stage
 //! gets only what it needs (never the server's state) and returns a typed
@@ -153,7 +155,7 @@ impl Chain {
         request: impl Validate,
     ) -> Result<(Head, Answered), ApiError> {
         self.audit
-            .check()
+            .check_for(caller.regulated)
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
         let mut req = self.for_known_model(request.validate()?)?;
         crate::keys::allow_model(&caller.principal, &req.model)?;
@@ -172,9 +174,10 @@ impl Chain {
             }
             None => Screening::default(),
         };
-        let mut decision = self
-            .cache_lookup(caller, &req, &screening, pii.keeps_values())
-            .await;
+        let mut decision = self.cache_lookup(caller, &req, &screening, &pii).await;
+        if caller.regulated {
+            self.audit_regulated(caller, &req.model, &decision, &pii)?;
+        }
         let want_logprobs = req.job.sampling.logprobs.is_some();
         let max_tokens = req.job.sampling.max_tokens;
         let prompt_estimate = budget::estimate_prompt_tokens(&req.job.input);
@@ -330,7 +333,7 @@ impl Chain {
                 d.score
             ));
             self.audit
-                .record(event)
+                .record_for(caller.regulated, event)
                 .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
         }
         match stamp.refusal() {
@@ -364,7 +367,7 @@ impl Chain {
             .target(model)
             .detail(detail);
         self.audit
-            .record(event)
+            .record_for(caller.regulated, event)
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))
     }
 
@@ -388,7 +391,7 @@ impl Chain {
             .target(&req.model)
             .detail(detail);
         self.audit
-            .record(event)
+            .record_for(caller.regulated, event)
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
         redacted
     }
@@ -470,7 +473,7 @@ impl Chain {
         caller: &Caller,
         req: &ValidRequest,
         screening: &Screening,
-        keeps_pii: bool,
+        pii: &PiiReport,
     ) -> Decision {
         let request = cache::Request {
             tenant: &caller.tenant.0,
@@ -479,11 +482,41 @@ impl Chain {
             headers: &caller.headers,
             // Values kept for the local engine must not reach a cache key,
             // nor a restored answer another client.
-            sensitive: caller.sensitive || keeps_pii,
+            sensitive: caller.sensitive || pii.keeps_values(),
+            regulated: caller.regulated,
+            // Without the PII stage nobody looked: a regulated prompt
+            // counts as carrying personal data.
+            may_carry_pii: self.pii.is_none() || pii.found_any(),
         };
         self.cache
             .lookup(request, screening.embedding().cloned())
             .await
+    }
+
+    /// A regulated caller's request is an audit record before it is
+    /// served (fail-closed: no record, no answer).
+    fn audit_regulated(
+        &self,
+        caller: &Caller,
+        model: &str,
+        decision: &Decision,
+        pii: &PiiReport,
+    ) -> Result<(), ApiError> {
+        let event = AuditEvent::new(
+            actions::REGULATED_REQUEST,
+            caller.principal.actor(),
+            AuditOutcome::Success,
+        )
+        .tenant(&*caller.principal.tenant)
+        .target(model)
+        .detail(format!(
+            "cache={}; pii={}; on_prem only",
+            decision.outcome.as_str(),
+            pii.found_any()
+        ));
+        self.audit
+            .record_for(true, event)
+            .map_err(|_| ApiError::StoreUnavailable("The audit log"))
     }
 }
 

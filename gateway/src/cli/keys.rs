@@ -84,6 +84,11 @@ pub(super) struct CreateArgs {
     /// Every request of this key is sensitive.
     #[arg(long)]
     sensitive: bool,
+    /// Every request of this key is regulated: sensitive (on-prem only),
+    /// never cached when its prompt carries PII, what it stores encrypted,
+    /// the audit fail-closed.
+    #[arg(long)]
+    regulated: bool,
     /// What the guard does with this key's flagged requests: flag, block or off.
     #[arg(long)]
     guard: Option<String>,
@@ -117,6 +122,7 @@ impl CreateArgs {
             expires_at,
             blocked: None,
             sensitive: self.sensitive.then_some(true),
+            regulated: self.regulated.then_some(true),
             guard: self.guard.clone().map(Some),
             stream: self.stream.clone().map(Some),
             stream_guard: self.stream_guard.map(Some),

@@ -51,6 +51,8 @@ pub struct FileConfig {
     pub sessions: super::sessions::SessionsSection,
     #[serde(default)]
     pub stream: super::stream::StreamSection,
+    #[serde(default)]
+    pub regulated: super::regulated::RegulatedSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +93,9 @@ pub struct KeySection {
     pub key_file: Option<PathBuf>,
     /// This tenant's requests are sensitive: never cached, never sent out.
     pub sensitive: Option<bool>,
+    /// This key's requests are regulated: sensitive, PII never cached,
+    /// what they store encrypted, the audit fail-closed.
+    pub regulated: Option<bool>,
     /// What this key's flagged requests get ("flag", "block", "off"),
     /// instead of `[guard] action`.
     pub guard: Option<String>,

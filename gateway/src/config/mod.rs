@@ -23,6 +23,7 @@ mod limits;
 mod oidc;
 mod pii;
 mod providers;
+mod regulated;
 mod render;
 mod resolve;
 mod roles;
@@ -57,6 +58,7 @@ pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
 pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
 pub use pii::{PiiAction, PiiEntity, PiiSettings};
 pub use providers::{OpenAiDialect, ProviderConfig, ResilienceConfig};
+pub use regulated::{MasterKeySource, RegulatedSettings, MIN_MASTER_BYTES};
 use resolve::resolve;
 pub use roles::RoleModels;
 pub use routes::{
@@ -148,6 +150,9 @@ pub struct ApiKey {
     pub secret: Secret,
     /// Every request of this tenant is sensitive ([`crate::sensitivity`]).
     pub sensitive: bool,
+    /// Every request of this key is regulated (and so sensitive): see
+    /// [`crate::sensitivity`].
+    pub regulated: bool,
     /// What this key's flagged requests get, instead of `[guard] action`.
     pub guard: Option<GuardAction>,
     /// How this key's answers are analysed, instead of `[stream]`'s mode.
@@ -235,6 +240,8 @@ pub struct Config {
     pub sessions: SessionSettings,
     /// The analysers on every answer stream (`[stream]`).
     pub stream: StreamSettings,
+    /// Regulated tenants and teams, and the master key (`[regulated]`).
+    pub regulated: RegulatedSettings,
 }
 
 /// What the command line adds on top of the file and the environment.

@@ -47,6 +47,9 @@ impl Config {
                 if k.sensitive {
                     t.insert("sensitive".into(), Value::Boolean(true));
                 }
+                if k.regulated {
+                    t.insert("regulated".into(), Value::Boolean(true));
+                }
                 if let Some(g) = k.guard {
                     t.insert("guard".into(), Value::String(g.as_str().into()));
                 }
@@ -162,6 +165,7 @@ impl Config {
         root.insert("guard".into(), Value::Table(self.guard_table()));
         root.insert("defence".into(), Value::Table(self.defence.table()));
         root.insert("stream".into(), Value::Table(self.stream.table()));
+        root.insert("regulated".into(), Value::Table(self.regulated.table()));
         root.insert("cache".into(), Value::Table(self.cache_table()));
         root.insert(
             "providers".into(),

@@ -53,8 +53,12 @@ pub(super) fn resolve(
         pii,
         sessions,
         stream,
+        regulated,
     } = file;
     let cache_settings = cache.resolve(env)?;
+    let sessions_settings = sessions.resolve(env)?;
+    let regulated_settings =
+        regulated.resolve(base_dir, env, sessions_settings.encryption_key.as_ref())?;
     let limits = limits.resolve(env, &cache_settings)?;
     let cache_redis = match &cache_settings.backend {
         super::Backend::Redis { url, .. } => Some(url.as_str()),
@@ -154,6 +158,21 @@ pub(super) fn resolve(
             ));
         }
     }
+    // Regulated mode promises encryption at rest: no master key, no start.
+    let regulated_key = keys.iter().position(|k| k.regulated);
+    let regulated_lists =
+        !regulated_settings.tenants.is_empty() || !regulated_settings.teams.is_empty();
+    if regulated_settings.master_key.is_none() && (regulated_key.is_some() || regulated_lists) {
+        let at = regulated_key.map_or_else(
+            || "regulated".to_string(),
+            |i| format!("auth.keys[{i}].regulated"),
+        );
+        return Err(invalid(
+            at,
+            "regulated callers need a master key to encrypt what they store: set \
+             [regulated] master_key_env or master_key_file (at least 32 bytes)",
+        ));
+    }
     if keys.is_empty() && oidc.is_none() && !listen.ip().is_loopback() && !allow_unauthenticated {
         return Err(invalid(
             listen_key,
@@ -250,8 +269,9 @@ pub(super) fn resolve(
         oidc,
         role_models,
         pii: pii.resolve(env)?,
-        sessions: sessions.resolve(env)?,
+        sessions: sessions_settings,
         stream: stream.resolve()?,
+        regulated: regulated_settings,
     })
 }
 
@@ -316,6 +336,7 @@ fn resolve_key(
         key_file,
         key,
         sensitive,
+        regulated,
         guard,
         stream,
         stream_guard,
@@ -372,6 +393,7 @@ fn resolve_key(
         source,
         secret: Secret::new(secret),
         sensitive: sensitive.unwrap_or(false),
+        regulated: regulated.unwrap_or(false),
         guard,
         stream,
         stream_guard,
@@ -402,6 +424,7 @@ fn parse_keys_variable(list: &str) -> Result<Vec<ApiKey>, ConfigError> {
             source: KeySource::KeysVariable,
             secret: Secret::new(secret.trim().to_string()),
             sensitive: false,
+            regulated: false,
             guard: None,
             stream: None,
             stream_guard: None,

@@ -353,6 +353,7 @@ impl VirtualKeys {
             tpm: None,
             max_parallel: None,
             sensitive: false,
+            regulated: false,
             guard: None,
             stream: None,
             stream_guard: None,
@@ -531,7 +532,9 @@ pub fn principal(key: &KeyRecord, team: Option<&TeamRecord>) -> Principal {
             max_parallel: t.max_parallel,
         }),
         policy: TenantPolicy {
-            sensitive: key.sensitive,
+            // Regulated implies sensitive: on-prem only.
+            sensitive: key.sensitive || key.regulated,
+            regulated: key.regulated,
             guard: key.guard,
             stream: key.stream,
             stream_guard: key.stream_guard,

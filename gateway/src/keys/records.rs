@@ -28,6 +28,8 @@ pub struct KeyRecord {
     pub tpm: Option<u64>,
     pub max_parallel: Option<u32>,
     pub sensitive: bool,
+    /// Regulated (and so sensitive): see [`crate::sensitivity`].
+    pub regulated: bool,
     #[serde(serialize_with = "guard_name")]
     pub guard: Option<GuardAction>,
     /// How this key's answers are analysed; `None`: the route's `[stream]` mode.
@@ -111,6 +113,9 @@ pub struct KeyChanges {
     pub expires_at: Option<Option<i64>>,
     pub blocked: Option<bool>,
     pub sensitive: Option<bool>,
+    /// Regulated: sensitive, PII never cached, stored content encrypted,
+    /// the audit fail-closed.
+    pub regulated: Option<bool>,
     /// `flag`, `block` or `off`; `null`: the server's `[guard] action`.
     #[serde(default, deserialize_with = "nullable")]
     pub guard: Option<Option<String>>,
@@ -163,6 +168,7 @@ impl KeyChanges {
             expires_at,
             blocked,
             sensitive,
+            regulated,
             guard,
             stream,
             stream_guard,
@@ -220,6 +226,9 @@ impl KeyChanges {
         if let Some(sensitive) = sensitive {
             record.sensitive = sensitive;
         }
+        if let Some(regulated) = regulated {
+            record.regulated = regulated;
+        }
         Ok(())
     }
 }
@@ -267,7 +276,7 @@ fn set<T>(field: &mut Option<T>, change: Option<Option<T>>) {
 
 const KEY_COLUMNS: &str = "prefix, digest, name, tenant, team, user_id, roles, allowed_models, \
      rpm, tpm, max_parallel, sensitive, guard_policy, expires_at, revoke_at, blocked, \
-     rotated_from, created_at, updated_at, stream_policy, stream_guard";
+     rotated_from, created_at, updated_at, stream_policy, stream_guard, regulated";
 
 const TEAM_COLUMNS: &str =
     "id, tenant, allowed_models, rpm, tpm, max_parallel, created_at, updated_at";
@@ -321,6 +330,7 @@ fn key_from(row: &AnyRow) -> Result<(KeyRecord, String), KeysError> {
         tpm: large(row.try_get("tpm")?, "tpm")?,
         max_parallel: small(row.try_get("max_parallel")?, "max_parallel")?,
         sensitive: row.try_get::<i64, _>("sensitive")? != 0,
+        regulated: row.try_get::<i64, _>("regulated")? != 0,
         guard: guard.and_then(|g| GuardAction::parse("guard_policy", &g).ok()),
         stream: stream.and_then(|m| StreamMode::parse("stream_policy", &m).ok()),
         stream_guard: row
@@ -361,7 +371,7 @@ pub async fn insert_key(
 ) -> Result<bool, KeysError> {
     let sql = format!(
         "INSERT INTO keys ({KEY_COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     );
     let result = sqlx::query(&sql)
         .bind(key.prefix.clone())
@@ -385,6 +395,7 @@ pub async fn insert_key(
         .bind(key.updated_at)
         .bind(key.stream.map(|m| m.as_str().to_string()))
         .bind(key.stream_guard.map(i64::from))
+        .bind(i64::from(key.regulated))
         .execute(store.pool())
         .await;
     match result {
@@ -400,7 +411,7 @@ pub async fn update_key(store: &Store, key: &KeyRecord) -> Result<bool, KeysErro
         "UPDATE keys SET name = $2, tenant = $3, team = $4, user_id = $5, roles = $6, \
          allowed_models = $7, rpm = $8, tpm = $9, max_parallel = $10, sensitive = $11, \
          guard_policy = $12, expires_at = $13, revoke_at = $14, blocked = $15, updated_at = $16, \
-         stream_policy = $17, stream_guard = $18 WHERE prefix = $1",
+         stream_policy = $17, stream_guard = $18, regulated = $19 WHERE prefix = $1",
     )
     .bind(key.prefix.clone())
     .bind(key.name.clone())
@@ -420,6 +431,7 @@ pub async fn update_key(store: &Store, key: &KeyRecord) -> Result<bool, KeysErro
     .bind(key.updated_at)
     .bind(key.stream.map(|m| m.as_str().to_string()))
     .bind(key.stream_guard.map(i64::from))
+    .bind(i64::from(key.regulated))
     .execute(store.pool())
     .await?;
     Ok(done.rows_affected() > 0)

@@ -40,7 +40,7 @@ async fn round_trip(store: Store) {
         .create(&changes(serde_json::json!({
             "name": "ci", "team": "red", "user": "ann", "allowed_models": ["b", "c"],
             "rpm": 10, "tpm": 1000, "max_parallel": 2, "sensitive": true, "guard": "block",
-            "stream": "hold_back", "stream_guard": true
+            "stream": "hold_back", "stream_guard": true, "regulated": true
         })))
         .await
         .unwrap();
@@ -62,6 +62,8 @@ async fn round_trip(store: Store) {
     assert_eq!(p.limits.rpm, Some(10));
     assert_eq!(p.team_limits.rpm, Some(100));
     assert!(p.policy.sensitive);
+    assert!(p.policy.regulated, "the regulated column reads back");
+    assert!(record.regulated);
     assert_eq!(p.policy.guard, Some(crate::config::GuardAction::Block));
     assert_eq!(p.policy.stream, Some(crate::config::StreamMode::HoldBack));
     assert_eq!(p.policy.stream_guard, Some(true));
@@ -71,7 +73,7 @@ async fn round_trip(store: Store) {
             &new.prefix,
             &changes(
                 serde_json::json!({"name": null, "rpm": 20, "roles": ["auditor"], "guard": null,
-                    "stream": "stream_first", "stream_guard": false}),
+                    "stream": "stream_first", "stream_guard": false, "regulated": false}),
             ),
         )
         .await
@@ -89,6 +91,8 @@ async fn round_trip(store: Store) {
         Some(crate::config::StreamMode::StreamFirst)
     );
     assert_eq!(p.policy.stream_guard, Some(false));
+    assert!(!updated.regulated && !p.policy.regulated);
+    assert!(p.policy.sensitive, "the key's own sensitive flag stays");
 
     // Rotation: same fields, a new key; the old one until its revoke_at.
     let (fresh, fresh_record, old) = keys

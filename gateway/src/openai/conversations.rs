@@ -158,12 +158,14 @@ pub async fn update(
     let expected = expected_version(&headers)?;
     let metadata = valid::metadata(body.metadata)?;
     load(&api, &caller, &id).await?;
+    // A sensitive (or regulated) caller's metadata is sealed like its items.
     api.sessions
-        .update(
+        .update_sealed(
             &caller.tenant.0,
             &id,
             expected,
             json!({"metadata": metadata}),
+            caller.sensitive,
         )
         .await
         .map_err(|e| e.to_api("Conversation"))?;

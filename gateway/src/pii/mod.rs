@@ -84,6 +84,13 @@ impl PiiReport {
         self.counts.keys().any(|(a, _)| *a != PiiAction::Allow)
     }
 
+    /// Personal data of any kind was found, `allow`ed kinds included
+    /// (what regulated mode reads: such a prompt is never cached, even
+    /// masked, since what surrounds a value is personal too).
+    pub fn found_any(&self) -> bool {
+        !self.counts.is_empty()
+    }
+
     /// Values of `pseudonymize` kinds stay in the request's text (for the
     /// local engine; a cloud deployment gets placeholders).
     pub fn keeps_values(&self) -> bool {

@@ -21,7 +21,8 @@
 //!
 //! Design choice: a sensitive request whose `on_prem` deployments are all
 //! saturated waits (polling, up to the route's `sensitive_wait_ms`) and then
-//! gets 429 with `Retry-After`; it is never offered to a cloud deployment,
+//! gets 429 with `Retry-After`; when they are down or failing it gets 503
+//! `on_prem_unavailable`. It is never offered to a cloud deployment,
 //! because the residency filter runs before anything else looks at the
 //! deployments.
 
@@ -358,12 +359,22 @@ impl Router {
                         limit: ex.at_cap,
                         retry_after: ex.retry_after,
                     });
-                    return Err(ex.error.or(ex.engine_full).or(at_cap).unwrap_or(
-                        ApiError::QueueFull {
-                            pending: 0,
-                            retry_after: ex.retry_after,
-                        },
-                    ));
+                    let err =
+                        ex.error
+                            .or(ex.engine_full)
+                            .or(at_cap)
+                            .unwrap_or(ApiError::QueueFull {
+                                pending: 0,
+                                retry_after: ex.retry_after,
+                            });
+                    // A sensitive request's on_prem deployments are down or
+                    // failed: say so plainly (503), since the cloud that
+                    // would otherwise take over is not an option for it.
+                    if how.sensitive && err.status().is_server_error() {
+                        tracing::warn!(%model, error = %err, "no on_prem deployment could serve a sensitive request");
+                        return Err(ApiError::OnPremUnavailable(model.to_string()));
+                    }
+                    return Err(err);
                 }
             }
         }

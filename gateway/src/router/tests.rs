@@ -261,6 +261,34 @@ async fn a_sensitive_request_never_reaches_a_cloud_deployment() {
 }
 
 #[tokio::test]
+async fn a_sensitive_request_whose_on_prem_deployment_is_down_gets_503_not_the_cloud() {
+    let (cloud, onprem) = (Scripted::new(false), Scripted::new(true));
+    let spec = route(
+        Strategy::Fallback,
+        vec![
+            deployment("vllm", "onprem", 0, Residency::OnPrem, None),
+            deployment("cloud", "cloud", 1, Residency::Cloud, None),
+        ],
+    );
+    let r = router(
+        spec,
+        &[("cloud", cloud.clone()), ("onprem", onprem.clone())],
+    );
+    let err = r
+        .dispatch("pub", chat_job(), how(true))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ApiError::OnPremUnavailable(_)), "{err:?}");
+    assert_eq!(err.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(onprem.calls() >= 1, "the on-prem deployment was tried");
+    assert_eq!(cloud.calls(), 0);
+    // Not sensitive: the same failure fails over to the cloud.
+    let routed = r.dispatch("pub", chat_job(), how(false)).await.unwrap();
+    assert_eq!(&*routed.provenance.deployment.name, "cloud");
+}
+
+#[tokio::test]
 async fn a_sensitive_request_to_a_cloud_only_model_is_refused_naming_the_model() {
     let cloud = Scripted::new(false);
     let spec = route(

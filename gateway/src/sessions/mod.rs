@@ -27,7 +27,6 @@
 //! so a reader that loaded the row just before the delete cannot put it
 //! back into Redis afterwards.
 
-mod cipher;
 mod durable;
 mod hot;
 pub mod retention;
@@ -45,7 +44,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
-pub use cipher::Cipher;
+pub use crate::sealing::Cipher;
 pub use durable::Durable;
 pub use hot::Hot;
 
@@ -193,6 +192,12 @@ pub enum SessionError {
     Corrupt(String),
 }
 
+impl From<crate::sealing::SealError> for SessionError {
+    fn from(e: crate::sealing::SealError) -> Self {
+        Self::Corrupt(e.to_string())
+    }
+}
+
 impl SessionError {
     /// The client's error; `what` names the object (`Response`, `Conversation`).
     pub fn to_api(&self, what: &'static str) -> ApiError {
@@ -315,7 +320,7 @@ impl Sessions {
         seal: bool,
     ) -> Result<i64, SessionError> {
         if let Some(cipher) = self.sealer(seal) {
-            body = cipher.seal(tenant, id, &body)?;
+            body = cipher.seal(tenant, id, &body).await?;
         }
         self.update(tenant, id, expected, body).await
     }
@@ -334,7 +339,7 @@ impl Sessions {
         self.cipher.as_ref()
     }
 
-    fn seal_items(
+    async fn seal_items(
         &self,
         tenant: &str,
         id: &str,
@@ -342,33 +347,44 @@ impl Sessions {
     ) -> Result<(), SessionError> {
         for item in items {
             if let Some(cipher) = self.sealer(item.seal) {
-                item.body = cipher.seal(tenant, &item_place(id, &item.key), &item.body)?;
+                item.body = cipher
+                    .seal(tenant, &item_place(id, &item.key), &item.body)
+                    .await?;
             }
         }
         Ok(())
     }
 
     /// Opens what was sealed (a plain value passes).
-    fn open(&self, mut snapshot: Snapshot) -> Result<Snapshot, SessionError> {
+    async fn open(&self, mut snapshot: Snapshot) -> Result<Snapshot, SessionError> {
         let Some(cipher) = &self.cipher else {
             return Ok(snapshot);
         };
         let id = snapshot.session.id.clone();
         let tenant = snapshot.session.tenant.clone();
         let body = std::mem::take(&mut snapshot.session.body);
-        snapshot.session.body = cipher.open(&tenant, &id, body)?;
+        snapshot.session.body = cipher.open(&tenant, &id, body).await?;
         for item in &mut snapshot.items {
             let body = std::mem::take(&mut item.body);
-            item.body = cipher.open(&tenant, &item_place(&id, &item.key), body)?;
+            item.body = cipher
+                .open(&tenant, &item_place(&id, &item.key), body)
+                .await?;
         }
         Ok(snapshot)
     }
 
-    fn open_items(&self, tenant: &str, id: &str, items: &mut [Item]) -> Result<(), SessionError> {
+    async fn open_items(
+        &self,
+        tenant: &str,
+        id: &str,
+        items: &mut [Item],
+    ) -> Result<(), SessionError> {
         if let Some(cipher) = &self.cipher {
             for item in items {
                 let body = std::mem::take(&mut item.body);
-                item.body = cipher.open(tenant, &item_place(id, &item.key), body)?;
+                item.body = cipher
+                    .open(tenant, &item_place(id, &item.key), body)
+                    .await?;
             }
         }
         Ok(())
@@ -414,21 +430,21 @@ impl SessionStore for Sessions {
         mut items: Vec<NewItem>,
     ) -> Result<Snapshot, SessionError> {
         if let Some(cipher) = self.sealer(new.seal) {
-            new.body = cipher.seal(&new.tenant, &new.id, &new.body)?;
+            new.body = cipher.seal(&new.tenant, &new.id, &new.body).await?;
         }
-        self.seal_items(&new.tenant, &new.id, &mut items)?;
+        self.seal_items(&new.tenant, &new.id, &mut items).await?;
         let snapshot = self.durable.create(new, items).await?;
         if let Some(hot) = &self.hot {
             hot.put(&snapshot).await;
         }
-        self.open(snapshot)
+        self.open(snapshot).await
     }
 
     async fn load(&self, tenant: &str, id: &str) -> Result<Snapshot, SessionError> {
         if let Some(hot) = &self.hot {
             match hot.get(id).await {
                 Some(hot::Entry::Live(snapshot)) if snapshot.session.tenant == tenant => {
-                    return self.open(*snapshot)
+                    return self.open(*snapshot).await
                 }
                 // Another tenant's id, or a deleted one: the store would
                 // say the same.
@@ -443,7 +459,7 @@ impl SessionStore for Sessions {
         if let Some(hot) = &self.hot {
             hot.put(&snapshot).await;
         }
-        self.open(snapshot)
+        self.open(snapshot).await
     }
 
     async fn append(
@@ -453,7 +469,7 @@ impl SessionStore for Sessions {
         expected: Option<i64>,
         mut items: Vec<NewItem>,
     ) -> Result<Appended, SessionError> {
-        self.seal_items(tenant, id, &mut items)?;
+        self.seal_items(tenant, id, &mut items).await?;
         let mut appended = self.durable.append(tenant, id, expected, items).await?;
         if let (false, Some(hot)) = (appended.duplicate, &self.hot) {
             let patched = hot
@@ -469,7 +485,7 @@ impl SessionStore for Sessions {
                 self.refresh(tenant, id).await;
             }
         }
-        self.open_items(tenant, id, &mut appended.items)?;
+        self.open_items(tenant, id, &mut appended.items).await?;
         Ok(appended)
     }
 

@@ -429,8 +429,12 @@ both_backends!(
 #[tokio::test]
 async fn a_sensitive_callers_content_is_encrypted_in_the_store_and_in_redis() {
     let store = testing::postgres().await;
-    let cipher = Cipher::new(crate::config::Secret::new(
-        "a-test-secret-of-at-least-32-bytes!!".into(),
+    let cipher = Cipher::new(std::sync::Arc::new(
+        crate::sealing::DataKeys::new(
+            crate::config::Secret::new("a-test-secret-of-at-least-32-bytes!!".into()),
+            store.clone(),
+        )
+        .unwrap(),
     ));
     let sessions = Sessions::new(
         Durable::new(store.clone()),

@@ -28,6 +28,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "stream_guard",
         include_str!("migrations/0019_stream_guard.sql"),
     ),
+    (
+        20,
+        "regulated",
+        include_str!("migrations/0020_regulated.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock's key for migrations.

@@ -203,6 +203,7 @@ mod tests {
             "sessions",
             "spend",
             "teams",
+            "tenant_data_keys",
         ] {
             assert!(names.iter().any(|n| n == t), "{t} missing from {names:?}");
         }

@@ -70,7 +70,7 @@ async fn the_cache_stores_its_embedders_id_with_each_entry() {
 }
 
 /// Deletes the test's Redis keys however the test ends.
-struct RedisKeys(String);
+pub(super) struct RedisKeys(pub(super) String);
 impl Drop for RedisKeys {
     fn drop(&mut self) {
         let Ok(client) = ::redis::Client::open("redis://127.0.0.1:6379") else {

@@ -23,6 +23,8 @@ pub(super) async fn lookup(cache: &Arc<Cache>, tenant: &str, body: Value) -> Dec
                 job: &r.job,
                 headers: &h,
                 sensitive: false,
+                regulated: false,
+                may_carry_pii: false,
             },
             None,
         )

@@ -3,6 +3,7 @@
 
 mod embedders;
 mod flow;
+mod sealed;
 mod tool_calls;
 
 use std::sync::Arc;
@@ -142,6 +143,9 @@ fn access(body: Value, h: &HeaderMap, sensitive: bool, nondet: bool) -> (bool, b
         PolicyInput {
             headers: h,
             sensitive,
+            regulated: false,
+            may_carry_pii: false,
+            sealing: false,
             cache_nondeterministic: nondet,
         },
         s,
@@ -168,6 +172,36 @@ fn policy_caches_deterministic_requests_and_opt_ins_only() {
         access(n2, &on, false, true),
         (false, false),
         "n > 1 unseeded"
+    );
+}
+
+#[test]
+fn a_regulated_request_is_cached_only_sealed_and_without_personal_data() {
+    let r = chat(base());
+    let (_, s, n, _) = r.job.parts();
+    let none = HeaderMap::new();
+    let regulated = |may_carry_pii: bool, sealing: bool| {
+        let a = decide(
+            PolicyInput {
+                headers: &none,
+                // Regulated callers are always sensitive as well.
+                sensitive: true,
+                regulated: true,
+                may_carry_pii,
+                sealing,
+                cache_nondeterministic: false,
+            },
+            s,
+            n,
+        );
+        (a.read, a.write)
+    };
+    assert_eq!(regulated(false, true), (true, true));
+    assert_eq!(regulated(true, true), (false, false), "PII: never cached");
+    assert_eq!(
+        regulated(false, false),
+        (false, false),
+        "nothing to seal with"
     );
 }
 

@@ -438,6 +438,31 @@ fn a_key_can_mark_its_tenant_sensitive() {
 }
 
 #[test]
+fn a_regulated_key_needs_a_master_key() {
+    let key = "[[auth.keys]]\ntenant = \"bank\"\nkey_env = \"K\"\nregulated = true\n";
+    let err = load_str(key, &[("K", "secret-1")]).unwrap_err().to_string();
+    assert!(err.starts_with("auth.keys[0].regulated"), "{err}");
+    assert!(err.contains("master_key_env"), "{err}");
+    let lists = "[regulated]\nteams = [\"risk\"]\n";
+    let err = load_str(lists, &[]).unwrap_err().to_string();
+    assert!(err.starts_with("regulated"), "{err}");
+
+    let text = format!("{key}[regulated]\ntenants = [\"clinic\"]\nmaster_key_env = \"M\"\n");
+    let master = "m".repeat(32);
+    let cfg = load_str(&text, &[("K", "secret-1"), ("M", master.as_str())]).unwrap();
+    assert!(cfg.keys[0].regulated && !cfg.keys[0].sensitive);
+    assert!(cfg.regulated.covers("clinic", None));
+    assert_eq!(
+        cfg.regulated.master_key.as_ref().map(|(_, s)| s.expose()),
+        Some(master.as_str())
+    );
+    let shown = cfg.to_redacted_toml();
+    assert!(shown.contains("regulated = true"), "{shown}");
+    assert!(shown.contains("<redacted: env M>"), "{shown}");
+    assert!(!shown.contains(&master), "the master key printed: {shown}");
+}
+
+#[test]
 fn a_gateway_only_config_loads_no_local_model() {
     let text = r#"
 [[providers]]
