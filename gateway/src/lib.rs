@@ -31,7 +31,8 @@
 //!   [`limits`] (rate limits), [`budget`] (spend caps), [`pii`] (personal
 //!   data found and redacted, in and out), [`sensitivity`],
 //!   [`validate`], [`defence`] (input normalisation and rules),
-//!   [`guard`], [`cache`], [`router`], [`providers`],
+//!   [`guard`], [`moderation`] (the external service asked about the
+//!   guard's uncertain band), [`cache`], [`router`], [`providers`],
 //!   [`generate`], [`registry`], [`encoders`], [`answer`], [`metrics`] (and
 //!   [`gpu_metrics`], the cards' gauges),
 //!   [`store`] (the durable store), [`spend`] (the spend log and its
@@ -77,6 +78,7 @@ pub mod inflight;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod moderation;
 pub mod openai;
 pub mod pii;
 pub mod providers;

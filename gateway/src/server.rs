@@ -330,6 +330,24 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     tasks.spawn(settle_limits.run());
     let defence = crate::defence::InputDefence::from_config(&config.defence)
         .map_err(|e| ServeError::Defence(e.to_string()))?;
+    // L3 reads what the guard calls uncertain: without a guard there is
+    // no band, and the section is only warned about.
+    let moderation = match (&config.moderation, &guard) {
+        (Some(m), Some(_)) => {
+            let moderation = crate::moderation::Moderation::new(m).map_err(ServeError::Load)?;
+            moderation.register_series();
+            tracing::info!(
+                provider = moderation.provider(),
+                "external moderation reviews the guard's uncertain band"
+            );
+            Some(moderation)
+        }
+        (Some(_), None) => {
+            tracing::warn!("[moderation] is set but the guard is off: no request is uncertain");
+            None
+        }
+        (None, _) => None,
+    };
     let pii = crate::pii::Pii::new(&config.pii)
         .map_err(|e| ServeError::Load(format!("the PII detector: {e}")))?
         .map(Arc::new);
@@ -369,6 +387,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
                 },
             )
         }),
+        moderation,
         cache: cache.clone(),
         router: model_router.clone(),
         limits: Arc::new(limits),

@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("keys", 1),
     ("limits", 1),
     ("metrics", 1),
+    ("moderation", 1),
     ("pii", 1),
     ("providers", 1),
     ("registry", 1),

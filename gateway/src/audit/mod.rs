@@ -40,6 +40,9 @@ pub mod actions {
     pub const LIMIT_REFUSED: &str = "limit.refused";
     pub const GUARD_DECISION: &str = "guard.decision";
     pub const DEFENCE_DECISION: &str = "defence.decision";
+    /// The external moderation service's verdict on an uncertain request
+    /// (or why it gave none, or why it was not asked).
+    pub const MODERATION_DECISION: &str = "moderation.decision";
     pub const PII_DECISION: &str = "pii.decision";
     /// A stream analyser (or the budget's cap) stopped an answer early.
     pub const STREAM_STOP: &str = "stream.stop";

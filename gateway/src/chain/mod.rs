@@ -30,7 +30,11 @@
 //!    such a request bypasses the cache. Answers are redacted on the way
 //!    back ([`crate::pii::output`]).
 //! 7. **input guard**: [`InputGuard::screen`] scores every message's text;
-//!    a flagged request is refused, or answered and marked.
+//!    a flagged request is refused, or answered and marked. Then
+//!    **external moderation**: [`Moderation::review`] asks the
+//!    `[moderation]` service about a request the guard called uncertain
+//!    (only such a one, and never a sensitive one unless the service is
+//!    `on_prem`); its verdict decides as the guard's would have.
 //! 8. **cache lookup**: [`Cache::lookup`], with the embedding the guard
 //!    already computed, so the shared encoder runs once.
 //! 9. **router**: [`Router::dispatch`] picks the deployment (local engine
@@ -83,10 +87,12 @@ use crate::answer::{BoxAnswer, StopNote};
 use crate::audit::{actions, Audit, AuditEvent, AuditOutcome};
 use crate::budget::{self, Budgets};
 use crate::cache::{self, Cache, Decision};
+use crate::config::GuardAction;
 use crate::defence::{DefenceStamp, InputDefence, Outcome};
 use crate::error::ApiError;
 use crate::guard::screen::{InputGuard, Screening};
 use crate::limits::{Limits, RateHeaders};
+use crate::moderation::{Moderation, ModerationStamp};
 use crate::pii::{Pii, PiiReport};
 use crate::router::{Dispatch, Provenance, Routed, Router};
 use crate::validate::{ValidRequest, Validate};
@@ -99,6 +105,9 @@ pub struct Chain {
     pub defence: Option<InputDefence>,
     /// `None` when the guard is disabled (or has no encoder to read).
     pub guard: Option<InputGuard>,
+    /// The external service for the guard's uncertain band; `None`: no
+    /// `[moderation]` section.
+    pub moderation: Option<Moderation>,
     pub cache: Arc<Cache>,
     pub router: Arc<Router>,
     /// Requests/tokens per minute and in parallel, per key, team and model.
@@ -129,6 +138,9 @@ pub struct Answered {
 pub struct Stamp {
     defence: DefenceStamp,
     guard: Screening,
+    /// Set when the moderation stage reviewed the request; its header
+    /// replaces the guard's.
+    moderation: ModerationStamp,
     cache: Decision,
     /// `x-ratelimit-*` of the tightest scopes.
     limits: RateHeaders,
@@ -174,6 +186,7 @@ impl Chain {
             }
             None => Screening::default(),
         };
+        let moderation = self.moderate(caller, &req, &screening).await?;
         let mut decision = self.cache_lookup(caller, &req, &screening, &pii).await;
         if caller.regulated {
             self.audit_regulated(caller, &req.model, &decision, &pii)?;
@@ -275,6 +288,7 @@ impl Chain {
             stamp: Stamp {
                 defence,
                 guard: screening,
+                moderation,
                 cache: decision,
                 limits: admission.headers,
                 provenance,
@@ -369,6 +383,46 @@ impl Chain {
         self.audit
             .record_for(caller.regulated, event)
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))
+    }
+
+    /// The moderation stage: every review is an audit record (outcome,
+    /// provider, parameters; never text); a flagged one is refused when
+    /// the caller's guard action is `block`.
+    async fn moderate(
+        &self,
+        caller: &Caller,
+        req: &ValidRequest,
+        screening: &Screening,
+    ) -> Result<ModerationStamp, ApiError> {
+        let (Some(moderation), Some(guard)) = (&self.moderation, &self.guard) else {
+            return Ok(ModerationStamp::default());
+        };
+        let stamp = moderation.review(req, screening, caller.sensitive).await;
+        if !stamp.reviewed() {
+            return Ok(stamp);
+        }
+        let refuse = stamp.flagged() && guard.action_for(&caller.policy) == GuardAction::Block;
+        let outcome = if refuse {
+            AuditOutcome::Denied
+        } else {
+            AuditOutcome::Success
+        };
+        let event = AuditEvent::new(
+            actions::MODERATION_DECISION,
+            caller.principal.actor(),
+            outcome,
+        )
+        .tenant(&*caller.principal.tenant)
+        .target(&req.model)
+        .detail(stamp.audit_detail());
+        self.audit
+            .record(event)
+            .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
+        if refuse {
+            tracing::info!(model = %req.model, detail = %stamp.audit_detail(), "moderation refused the request");
+            return Err(stamp.refusal());
+        }
+        Ok(stamp)
     }
 
     /// The PII stage; the decision (kinds and counts, never a value) is an
@@ -532,6 +586,7 @@ impl Stamp {
     pub fn apply(&self, headers: &mut HeaderMap, usage: Option<&Usage>) {
         self.defence.set_headers(headers);
         self.guard.set_headers(headers);
+        self.moderation.set_headers(headers);
         self.cache.set_headers(headers);
         self.limits.set_headers(headers);
         self.pii.set_headers(headers);

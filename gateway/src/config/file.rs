@@ -35,6 +35,7 @@ pub struct FileConfig {
     pub guard: Option<super::guard::GuardSection>,
     #[serde(default)]
     pub defence: super::defence::DefenceSection,
+    pub moderation: Option<super::moderation::ModerationSection>,
     #[serde(default)]
     pub store: super::store::StoreSection,
     #[serde(default)]

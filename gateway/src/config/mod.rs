@@ -20,6 +20,7 @@ mod file;
 mod guard;
 mod keys;
 mod limits;
+mod moderation;
 mod oidc;
 mod pii;
 mod providers;
@@ -55,6 +56,10 @@ pub use guard::{
 };
 pub use keys::{PepperSource, VirtualKeySettings};
 pub use limits::{KeyLimits, LimitsSettings, ModelLimit, OnStoreDown};
+pub use moderation::{
+    ModerationApi, ModerationConfig, OnModerationError, AZURE_CATEGORIES,
+    DEFAULT_MODERATION_TIMEOUT_MS,
+};
 pub use oidc::{is_tenant_name, JwksSource, OidcSettings, TenantSource, ASYMMETRIC_ALGORITHMS};
 pub use pii::{PiiAction, PiiEntity, PiiSettings};
 pub use providers::{OpenAiDialect, ProviderConfig, ResilienceConfig};
@@ -218,6 +223,9 @@ pub struct Config {
     pub guard: GuardConfig,
     /// The input defence's normalisation and rules (`[defence]`).
     pub defence: DefenceConfig,
+    /// External moderation of the guard's uncertain band (`[moderation]`);
+    /// `None`: no L3.
+    pub moderation: Option<ModerationConfig>,
     /// The durable store (`[store]`): keys, spend, audit.
     pub store: StoreSettings,
     /// Virtual keys' pepper and invalidation Redis (`[auth]`).

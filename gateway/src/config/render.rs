@@ -164,6 +164,9 @@ impl Config {
         root.insert("encoders".into(), Value::Array(encoders));
         root.insert("guard".into(), Value::Table(self.guard_table()));
         root.insert("defence".into(), Value::Table(self.defence.table()));
+        if let Some(moderation) = &self.moderation {
+            root.insert("moderation".into(), Value::Table(moderation.table()));
+        }
         root.insert("stream".into(), Value::Table(self.stream.table()));
         root.insert("regulated".into(), Value::Table(self.regulated.table()));
         root.insert("cache".into(), Value::Table(self.cache_table()));
@@ -370,7 +373,7 @@ fn int(n: usize) -> Value {
 /// `redis://user:secret@host` → `redis://user:<redacted>@host`: a Redis
 /// (or provider) URL may carry its password, which must not be printed;
 /// nor may a query string, where some APIs take their key (`?key=...`).
-fn redact_url(url: &str) -> String {
+pub(super) fn redact_url(url: &str) -> String {
     let (url, query) = match url.split_once('?') {
         Some((base, _)) => (base, "?<redacted>"),
         None => (url, ""),

@@ -125,9 +125,11 @@ pub struct InputGuardSettings {
 }
 
 /// One piece of text to score and the parameter it came from.
-struct Piece<'a> {
-    text: &'a str,
-    param: String,
+pub(crate) struct Piece<'a> {
+    pub(crate) text: &'a str,
+    pub(crate) param: String,
+    /// The chat role (`user`, `tool`...); `None` for a completion prompt.
+    pub(crate) role: Option<&'a str>,
     /// The cache's semantic text (the last user message).
     last_user: bool,
 }
@@ -154,13 +156,19 @@ impl InputGuard {
         }
     }
 
+    /// What a flagged request of this caller gets: its key's action, else
+    /// `[guard] action`.
+    pub fn action_for(&self, policy: &TenantPolicy) -> GuardAction {
+        policy.guard.unwrap_or(self.action)
+    }
+
     /// Scores the request's texts and applies the key's action.
     pub async fn screen(
         &self,
         policy: &TenantPolicy,
         req: &ValidRequest,
     ) -> Result<Screening, ApiError> {
-        let action = policy.guard.unwrap_or(self.action);
+        let action = self.action_for(policy);
         let scoring = self
             .route_scoring
             .get(&req.model)
@@ -258,7 +266,7 @@ impl InputGuard {
 /// Every text the request carries, with the parameter that holds it.
 /// Prompts given as token ids carry no text before a model's tokenizer
 /// reads them, so they are not scored here.
-fn pieces(input: &Input) -> Vec<Piece<'_>> {
+pub(crate) fn pieces(input: &Input) -> Vec<Piece<'_>> {
     match input {
         Input::Chat(messages) => {
             let last_user = messages.iter().rposition(|m| m.role == "user");
@@ -269,6 +277,7 @@ fn pieces(input: &Input) -> Vec<Piece<'_>> {
                 .map(|(i, m)| Piece {
                     text: &m.content,
                     param: format!("messages[{i}].content"),
+                    role: Some(m.role.as_str()),
                     last_user: Some(i) == last_user,
                 })
                 .collect()
@@ -284,6 +293,7 @@ fn pieces(input: &Input) -> Vec<Piece<'_>> {
                 } else {
                     format!("prompt[{i}]")
                 },
+                role: None,
                 last_user: false,
             })
             .collect(),

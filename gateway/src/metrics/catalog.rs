@@ -118,6 +118,9 @@ pub const LIMIT_REFUSALS: &str = "sluice_limit_refusals_total";
 pub const REJECTED: &str = "sluice_rejected_total";
 pub const CACHE_REQUESTS: &str = "sluice_cache_requests_total";
 pub const GUARD_REQUESTS: &str = "sluice_guard_requests_total";
+pub const MODERATION_REQUESTS: &str = "sluice_moderation_requests_total";
+pub const MODERATION_ERRORS: &str = "sluice_moderation_errors_total";
+pub const MODERATION_SECONDS: &str = "sluice_moderation_seconds";
 pub const STREAM_STOPS: &str = "sluice_stream_stops_total";
 
 /// vLLM's labels on every engine metric.
@@ -370,6 +373,24 @@ pub const ALL: &[Metric] = &[
         &[],
         SCREEN_BUCKETS,
         "Time the guard took per screened request, in seconds.",
+    ),
+    counter(
+        MODERATION_REQUESTS,
+        &["provider", "outcome"],
+        "External moderation of the guard's uncertain band: clean, flagged, error_allowed, \
+         error_blocked or skipped_sensitive.",
+    ),
+    counter(
+        MODERATION_ERRORS,
+        &["provider", "error"],
+        "External moderation calls with no verdict: timeout, status, malformed, transport or \
+         too_long.",
+    ),
+    histogram(
+        MODERATION_SECONDS,
+        &["provider"],
+        SCREEN_BUCKETS,
+        "Time the external moderation service took per reviewed request, in seconds.",
     ),
     counter(
         "sluice_defence_requests_total",

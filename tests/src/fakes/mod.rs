@@ -13,6 +13,7 @@
 //! test's speed is the loopback's.
 
 pub mod gigachat;
+pub mod moderation;
 pub mod openai;
 pub mod yandex;
 

@@ -67,8 +67,13 @@ fn check_config_shows_every_section_and_no_secret() {
         enabled = true
         backend = "redis"
         redis_url = "redis://:redis-password@127.0.0.1:6379"
+        [moderation]
+        provider = "azure-prompt-shields"
+        endpoint = "https://cs:pw-in-moderation-url@cs.example.com"
+        api_key_env = "CS_KEY"
     "#;
     let secrets = [
+        ("CS_KEY", "content-safety-key-value"),
         ("TEAM_A_KEY", "tenant-key-value"),
         ("ADMIN_KEY", "admin-key-value-0123"),
         ("OPENAI_API_KEY", "openai-key-value"),
@@ -88,6 +93,7 @@ fn check_config_shows_every_section_and_no_secret() {
         "cache",
         "encoders",
         "guard",
+        "moderation",
     ] {
         assert!(parsed.contains_key(section), "no `{section}` in:\n{shown}");
     }
@@ -110,6 +116,7 @@ fn check_config_shows_every_section_and_no_secret() {
         "key-in-query",
         "key-in-header",
         "redis-password",
+        "pw-in-moderation-url",
     ] {
         assert!(!shown.contains(value), "`{value}` printed:\n{shown}");
     }
