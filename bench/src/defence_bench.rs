@@ -9,12 +9,6 @@
 //! decoders probe and reject). Each sample is one full scan of one text
 //! (normalise, then every view through the automaton and the regex set),
 //! with the built-in rules, as the chain stage runs it.
-//!
-//! Each sample also records the scanning thread's own CPU time
-//! (`/proc/thread-self/schedstat`): on a machine shared with other work a
-//! scan that is preempted waits a whole scheduler slice (4 ms here), which
-//! the wall-clock p99 shows and the CPU-time p99 does not. The second says
-//! what the scanner costs; the first what a request saw on that machine.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -81,24 +75,17 @@ pub fn run(args: DefenceArgs) -> Result<()> {
         rules.rules().len(),
         args.iterations
     );
-    println!(
-        "kind          p50 µs   p99 µs   max µs   score  views   CPU: p50 µs   p99 µs   max µs"
-    );
+    println!("kind          p50 µs   p99 µs   max µs   score  views");
     for (kind, text) in texts(args.bytes) {
         for _ in 0..args.warmup {
             std::hint::black_box(rules.scan(&text, Role::User));
         }
         let mut samples = Vec::with_capacity(args.iterations);
-        let mut cpu_samples = Vec::with_capacity(args.iterations);
         let mut score = 0.0;
         for _ in 0..args.iterations {
-            let cpu_before = thread_cpu_ns();
             let started = Instant::now();
             let scan = rules.scan(std::hint::black_box(&text), Role::User);
             samples.push(started.elapsed().as_secs_f64() * 1e6);
-            if let (Some(a), Some(b)) = (cpu_before, thread_cpu_ns()) {
-                cpu_samples.push(b.saturating_sub(a) as f64 / 1e3);
-            }
             score = scan.score;
         }
         let views = rules
@@ -106,15 +93,11 @@ pub fn run(args: DefenceArgs) -> Result<()> {
             .normalized
             .map_or(0, |n| n.views.len());
         let summary = Summary::of(&samples);
-        let cpu = Summary::of(&cpu_samples);
         println!(
-            "{kind:<12} {:>8} {:>8} {:>8}   {score:.2}  {views:>5}   {:>8} {:>8} {:>8}",
+            "{kind:<12} {:>8} {:>8} {:>8}   {score:.2}  {views}",
             cell(summary.p50, 1),
             cell(summary.p99, 1),
-            cell(summary.max, 1),
-            cell(cpu.p50, 1),
-            cell(cpu.p99, 1),
-            cell(cpu.max, 1)
+            cell(summary.max, 1)
         );
         rows.push(serde_json::json!({
             "kind": kind,
@@ -122,7 +105,6 @@ pub fn run(args: DefenceArgs) -> Result<()> {
             "score": score,
             "views": views,
             "micros": summary,
-            "cpu_micros": cpu,
         }));
     }
     if let Some(path) = &args.json {
@@ -136,11 +118,4 @@ pub fn run(args: DefenceArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(())
-}
-
-/// This thread's time on a CPU so far, in nanoseconds (the first field of
-/// `/proc/thread-self/schedstat`); `None` where the kernel does not keep it.
-fn thread_cpu_ns() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    stat.split_whitespace().next()?.parse().ok()
 }
