@@ -8,7 +8,9 @@
 //! `structured`, what schema-constrained decoding costs, in
 //! [`structured_bench`], `warmth`, a conversation's turn-N TTFT with its KV
 //! blocks kept warm vs not, in [`warmth_bench`], `sessions`, a session
-//! append's latency, in [`sessions_bench`]):
+//! append's latency, in [`sessions_bench`], `stream` and `guard-answers`, the
+//! stream analysers' cost and the stream guard's flags on ordinary answers,
+//! in [`stream_bench`] and [`stream_guard_bench`]):
 //! - `engine`: the Sluice engine in this process, no HTTP: prefill tokens/s on
 //!   a long prompt, decode tokens/s and TTFT at several concurrencies, for one
 //!   or more weight formats;
@@ -44,6 +46,7 @@ mod sessions_bench;
 mod sse;
 mod stats;
 mod stream_bench;
+mod stream_guard_bench;
 mod structured_bench;
 mod warmth_bench;
 mod workload;
@@ -99,6 +102,8 @@ enum Cmd {
     Sessions(sessions_bench::SessionsArgs),
     /// Stream analysers: per-chunk p99, decode throughput with the chain on vs off, tokens saved by early stops
     Stream(stream_bench::StreamArgs),
+    /// The stream guard's flags on held-out ordinary answers: windows and answers it would stop
+    GuardAnswers(stream_guard_bench::GuardAnswersArgs),
 }
 
 #[derive(Args, Debug)]
@@ -141,6 +146,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Warmth(a) => warmth_bench::run(a),
         Cmd::Sessions(a) => sessions_bench::run(a),
         Cmd::Stream(a) => stream_bench::run(a),
+        Cmd::GuardAnswers(a) => stream_guard_bench::run_answers(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

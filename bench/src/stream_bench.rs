@@ -24,14 +24,18 @@
 //! With `--guard`, the guard on answer windows too (the built-in head over
 //! the demo MiniLM, `sluice serve`'s pool settings): part 1 also times one
 //! guard verdict per window of the prose (window + overlap bytes, one at a
-//! time: the latency a `hold_back` window waits), and part 2 adds a third
-//! kind of run, "guard", where every window of every sequence also goes to
-//! the guard (verdicts counted, not acted on), interleaved with the others.
+//! time: the latency a `hold_back` window waits), and the per-chunk run
+//! again with the guard scoring every window, the pieces arriving at a
+//! decoding sequence's pace (`--pace-ms`): a step that has to wait for a
+//! verdict (the `guard_in_flight` bound reached) shows in its p99. Part 2
+//! adds a third kind of run, "guard", where every window of every sequence
+//! also goes to the guard (verdicts counted, not acted on), interleaved
+//! with the others. The guard's pieces live in [`crate::stream_guard_bench`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -43,22 +47,18 @@ use sluice_gateway::analyse::policy::{OutputRules, PiiBlock};
 use sluice_gateway::analyse::window::{Analysed, Framing, Settings};
 use sluice_gateway::analyse::{Analyser, Stop, Wrap};
 use sluice_gateway::answer::{Answer, BoxAnswer, Step, StopNote};
-use sluice_gateway::config::{
-    EncoderConfig, EncoderKind, GuardConfig, PiiSettings, DEMO_EMBEDDING_ID,
-};
+use sluice_gateway::config::PiiSettings;
 use sluice_gateway::defence::rules::RuleSet;
-use sluice_gateway::encoders::EncoderRegistry;
 use sluice_gateway::error::ApiError;
-use sluice_gateway::guard::registry::serving_guard;
-use sluice_gateway::guard::GuardEncoders;
 use sluice_gateway::pii::Pii;
 use sluice_models::{load_llm, LoadKnobs};
 use sluice_runtime::{
-    EncoderPoolConfig, Engine, EngineConfig, EngineEvent, EngineHandle, EventStream, FinishReason,
-    GenerateRequest, SamplingParams, Usage,
+    Engine, EngineConfig, EngineEvent, EngineHandle, EventStream, FinishReason, GenerateRequest,
+    SamplingParams, Usage,
 };
 
 use crate::stats::{cell, Summary};
+use crate::stream_guard_bench::{per_guard_window, served_guard, ObserveGuard, ServedGuard};
 
 #[derive(Args, Debug)]
 pub struct StreamArgs {
@@ -95,6 +95,13 @@ pub struct StreamArgs {
     /// Guard verdicts timed in part 1 (with `--guard`)
     #[arg(long, default_value_t = 200)]
     guard_windows: usize,
+    /// Steps of the per-chunk run with the guard on (with `--guard`)
+    #[arg(long, default_value_t = 2_000)]
+    guard_chunk_tokens: usize,
+    /// Milliseconds between pieces in that run: one sequence's decode pace
+    /// (8 streams at ~540 tok/s is ~15 ms a token each)
+    #[arg(long, default_value_t = 15.0)]
+    pace_ms: f64,
     /// Also write the results as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
@@ -132,23 +139,9 @@ impl Kit {
         })
     }
 
-    /// The served guard: the built-in head over the demo MiniLM, with the
-    /// default pool (what `sluice serve` builds), failing open.
+    /// The served guard (`sluice serve`'s default), failing open.
     fn with_guard(mut self) -> Result<Self> {
-        let encoder = EncoderConfig {
-            id: DEMO_EMBEDDING_ID.into(),
-            kind: EncoderKind::Embedding,
-            path: sluice_models::demo_embedding_model_dir(),
-            pool: EncoderPoolConfig::default(),
-        };
-        let guard = serving_guard(&GuardConfig::default(), std::slice::from_ref(&encoder))
-            .map_err(|e| anyhow!("guard: {e}"))?
-            .context("the guard is off in its default config")?;
-        let registry = Arc::new(EncoderRegistry::new(std::slice::from_ref(&encoder)));
-        for slot in registry.slots() {
-            slot.load_blocking().map_err(|e| anyhow!(e))?;
-        }
-        let encoders: Arc<dyn GuardEncoders> = registry;
+        let ServedGuard { guard, encoders } = served_guard()?;
         self.guard = Some(Arc::new(OutputGuard::new(guard, encoders, false)));
         Ok(self)
     }
@@ -162,7 +155,7 @@ impl Kit {
     }
 }
 
-fn settings(window: usize) -> Settings {
+pub(crate) fn settings(window: usize) -> Settings {
     Settings {
         framing: Framing::HoldBack,
         window_tokens: window,
@@ -171,7 +164,7 @@ fn settings(window: usize) -> Settings {
     }
 }
 
-fn wrap_of(note: StopNote) -> Wrap {
+pub(crate) fn wrap_of(note: StopNote) -> Wrap {
     Wrap {
         model: "bench".into(),
         key_mode: None,
@@ -192,6 +185,10 @@ struct Prose {
     next: usize,
     returned: Option<Instant>,
     samples: Vec<f64>,
+    /// Piece `i` is due `i × pace` after `started` (a decoding sequence's
+    /// pace); `None`: every piece at once.
+    pace: Option<Duration>,
+    started: Instant,
 }
 
 impl Answer for Prose {
@@ -199,7 +196,7 @@ impl Answer for Prose {
         1
     }
     fn next(&mut self) -> BoxFuture<'_, Option<Step>> {
-        if let Some(returned) = self.returned {
+        if let Some(returned) = self.returned.take() {
             self.samples.push(returned.elapsed().as_secs_f64() * 1e6);
         }
         let i = self.next;
@@ -220,8 +217,17 @@ impl Answer for Prose {
             }),
             None => None,
         };
-        self.returned = Some(Instant::now());
-        Box::pin(async move { step })
+        let due = self
+            .pace
+            .map(|pace| self.started + pace.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX)));
+        Box::pin(async move {
+            if let Some(due) = due {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            // The caller's time starts when the piece is handed over.
+            self.returned = Some(Instant::now());
+            step
+        })
     }
     fn usage(&self) -> Usage {
         Usage::default()
@@ -239,35 +245,48 @@ impl Drop for Prose {
 /// Where a dropped [`Prose`] leaves its samples.
 static SAMPLES: std::sync::Mutex<Vec<f64>> = std::sync::Mutex::new(Vec::new());
 
-/// Part 1: microseconds per inner step.
-fn per_chunk(args: &StreamArgs, kit: &Kit) -> Result<Summary> {
+/// Part 1: microseconds per inner step of `steps` pieces; with `guard`,
+/// the guard scores every window too (verdicts counted, not acted on) and
+/// the pieces come at `pace`, as a decoding sequence's do.
+fn per_chunk(
+    args: &StreamArgs,
+    kit: &Kit,
+    steps: usize,
+    guard: Option<Arc<dyn AsyncAnalyser>>,
+    pace: Option<Duration>,
+) -> Result<Summary> {
     let mut text = String::new();
     let mut i = 0;
-    while text.chars().count() < args.chunk_tokens * 4 {
+    while text.chars().count() < steps * 4 {
         text.push_str(PROSE[i % PROSE.len()]);
         i += 1;
     }
     let chars: Vec<char> = text.chars().collect();
     let pieces: Vec<String> = chars
         .chunks(4)
-        .take(args.chunk_tokens)
+        .take(steps)
         .map(|c| c.iter().collect())
         .collect();
     let inner = Prose {
         pieces,
         next: 0,
         returned: None,
-        samples: Vec::with_capacity(args.chunk_tokens + 1),
+        samples: Vec::with_capacity(steps + 1),
+        pace,
+        started: Instant::now(),
     };
     let note = StopNote::default();
     let mut answer = Analysed::wrap(
         Box::new(inner),
         vec![kit.analysers()],
         settings(args.window),
-        None,
+        guard,
         wrap_of(note.clone()),
     );
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    // Timers on: the pace, and the guard bounds each verdict by its timeout.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async { while answer.next().await.is_some() {} });
     // The analysed answer let go of the prose at its end: its samples are in.
     drop(answer);
@@ -279,56 +298,6 @@ fn per_chunk(args: &StreamArgs, kit: &Kit) -> Result<Summary> {
         );
     }
     Ok(Summary::of(&samples))
-}
-
-/// Part 1 with `--guard`: milliseconds per guard verdict on windows of the
-/// prose as `hold_back` forms them (the overlap, then `window` pieces).
-fn per_guard_window(args: &StreamArgs, guard: &dyn AsyncAnalyser) -> Result<(Summary, usize)> {
-    let text: String = PROSE.concat().repeat(4);
-    let chars: Vec<char> = text.chars().collect();
-    let pieces: Vec<String> = chars.chunks(4).map(|c| c.iter().collect()).collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut samples = Vec::with_capacity(args.guard_windows);
-    let mut flagged = 0;
-    let mut tail = String::new();
-    for w in 0..args.guard_windows + 5 {
-        let start = (w * args.window) % pieces.len().saturating_sub(args.window).max(1);
-        let mut window = std::mem::take(&mut tail);
-        for piece in pieces.iter().skip(start).take(args.window) {
-            window.push_str(piece);
-        }
-        let mut keep = window.len().saturating_sub(128);
-        while !window.is_char_boundary(keep) {
-            keep -= 1;
-        }
-        tail = window[keep..].to_string();
-        let started = Instant::now();
-        let verdict = runtime.block_on(guard.check(window));
-        // The first few warm the pool and the allocator.
-        if w >= 5 {
-            samples.push(started.elapsed().as_secs_f64() * 1e3);
-            flagged += usize::from(verdict.is_some());
-        }
-    }
-    Ok((Summary::of(&samples), flagged))
-}
-
-/// Counts the guard's verdicts and lets everything through.
-struct ObserveGuard(Arc<dyn AsyncAnalyser>, Arc<AtomicUsize>);
-
-impl AsyncAnalyser for ObserveGuard {
-    fn check(&self, text: String) -> BoxFuture<'static, Option<Stop>> {
-        let check = self.0.check(text);
-        let verdicts = self.1.clone();
-        Box::pin(async move {
-            if check.await.is_some() {
-                verdicts.fetch_add(1, Ordering::Relaxed);
-            }
-            None
-        })
-    }
 }
 
 /// An engine sequence as the gateway's answer (token ids included).
@@ -547,7 +516,7 @@ pub fn run(args: StreamArgs) -> Result<()> {
     } else {
         Kit::new()?
     };
-    let chunks = per_chunk(&args, &kit)?;
+    let chunks = per_chunk(&args, &kit, args.chunk_tokens, None, None)?;
     println!(
         "per-chunk analysis, hold_back window {} with PII + rules + degeneration, {} steps: \
          p50 {} µs, p99 {} µs, max {} µs",
@@ -563,7 +532,12 @@ pub fn run(args: StreamArgs) -> Result<()> {
         "per_chunk_micros": {"p50": chunks.p50, "p99": chunks.p99, "max": chunks.max, "count": chunks.count},
     });
     if let Some(guard) = &kit.guard {
-        let (windows, flagged) = per_guard_window(&args, guard.as_ref())?;
+        let (windows, flagged) = per_guard_window(
+            &PROSE.concat().repeat(4),
+            args.window,
+            args.guard_windows,
+            guard.as_ref(),
+        )?;
         println!(
             "guard per window ({} pieces + 128 bytes overlap), {} windows one at a time: \
              p50 {} ms, p99 {} ms, max {} ms; {flagged} flagged",
@@ -575,6 +549,30 @@ pub fn run(args: StreamArgs) -> Result<()> {
         );
         report["guard_window_ms"] = json!({"p50": windows.p50, "p99": windows.p99,
             "max": windows.max, "count": windows.count, "flagged": flagged});
+        let verdicts = Arc::new(AtomicUsize::new(0));
+        let observed: Arc<dyn AsyncAnalyser> =
+            Arc::new(ObserveGuard(guard.clone(), verdicts.clone()));
+        let pace = Duration::from_secs_f64(args.pace_ms / 1e3);
+        let guarded = per_chunk(
+            &args,
+            &kit,
+            args.guard_chunk_tokens,
+            Some(observed),
+            Some(pace),
+        )?;
+        let flagged = verdicts.load(Ordering::Relaxed);
+        println!(
+            "per-chunk analysis with the guard on windows too, pieces every {} ms, {} steps: \
+             p50 {} µs, p99 {} µs, max {} µs; {flagged} windows flagged",
+            args.pace_ms,
+            guarded.count,
+            cell(guarded.p50, 2),
+            cell(guarded.p99, 2),
+            cell(guarded.max, 1),
+        );
+        report["per_chunk_guarded_micros"] = json!({"p50": guarded.p50, "p99": guarded.p99,
+            "max": guarded.max, "count": guarded.count, "pace_ms": args.pace_ms,
+            "flagged": flagged});
     }
     if !args.chunks_only {
         decode(&args, &kit, &mut report)?;

@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::http_client;
+use common::{anthropic_events, http_client};
 use serde_json::{json, Value};
 use sluice_tests::fakes::{self, DEFAULT_REPLY};
 use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
@@ -138,30 +138,6 @@ async fn messages(server: &Server, body: &Value) -> Raw {
     .await
 }
 
-/// (event name, data) of each SSE event, checking Anthropic's framing: an
-/// `event:` line, one `data:` line whose `type` is the event's name.
-fn events(body: &str) -> Vec<(String, Value)> {
-    assert!(body.ends_with("\n\n"), "{body:?}");
-    body.trim_end_matches("\n\n")
-        .split("\n\n")
-        .map(|event| {
-            let mut lines = event.lines();
-            let name = lines
-                .next()
-                .and_then(|l| l.strip_prefix("event: "))
-                .unwrap_or_else(|| panic!("no event line: {event:?}"));
-            let data = lines
-                .next()
-                .and_then(|l| l.strip_prefix("data: "))
-                .unwrap_or_else(|| panic!("no data line: {event:?}"));
-            assert!(lines.next().is_none(), "one data line: {event:?}");
-            let data: Value = serde_json::from_str(data).unwrap();
-            assert_eq!(data["type"], name, "{event}");
-            (name.to_string(), data)
-        })
-        .collect()
-}
-
 fn ask(max_tokens: u32, stream: bool) -> Value {
     json!({
         "model": DEMO_MODEL_ID,
@@ -200,7 +176,7 @@ async fn a_message_streamed_and_not_says_the_same_in_anthropic_shapes() {
     let streamed = messages(server(), &ask(12, true)).await;
     assert_eq!(streamed.status, 200, "{}", streamed.body);
     assert!(streamed.content_type.starts_with("text/event-stream"));
-    let events = events(&streamed.body);
+    let events = anthropic_events(&streamed.body);
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names[..2], ["message_start", "ping"], "{names:?}");
     assert_eq!(names[2], "content_block_start");
@@ -545,7 +521,7 @@ upstream_model = "up-model"
     streamed["stream"] = json!(true);
     let reply = messages(&server, &streamed).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let text: String = events(&reply.body)
+    let text: String = anthropic_events(&reply.body)
         .iter()
         .filter(|(n, _)| n == "content_block_delta")
         .map(|(_, d)| d["delta"]["text"].as_str().unwrap().to_string())
@@ -567,7 +543,7 @@ upstream_model = "up-model"
     assert_eq!(m["stop_sequence"], "nice", "{m}");
     stopped["stream"] = json!(true);
     let reply = messages(&server, &stopped).await;
-    let stopped_events = events(&reply.body);
+    let stopped_events = anthropic_events(&reply.body);
     let delta = stopped_events
         .iter()
         .find(|(n, _)| n == "message_delta")
@@ -603,7 +579,7 @@ upstream_model = "up-model"
 
     with_tools["stream"] = json!(true);
     let reply = messages(&server, &with_tools).await;
-    let events = events(&reply.body);
+    let events = anthropic_events(&reply.body);
     let start = events
         .iter()
         .find(|(n, d)| n == "content_block_start" && d["content_block"]["type"] == "tool_use")

@@ -3,14 +3,16 @@
 //! tokens at the serving deployment's price: the answer stops early with
 //! `finish_reason: "length"` and the stop reason `max_cost` (the header of
 //! a whole answer, the final chunk's field of a stream), and the spend
-//! recorded for it stays within the cap. A bad `max_cost` is a 400.
+//! recorded for it stays within the cap. A bad `max_cost` is a 400. The
+//! same on Anthropic's `/v1/messages`: `stop_reason: "max_tokens"`, the
+//! header, and the stream's `message_delta` naming `max_cost`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{get, post_raw, sse_events, Reply};
+use common::{anthropic_events, get, post_raw, sse_events, Reply};
 use serde_json::{json, Value};
 use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
 
@@ -156,4 +158,89 @@ async fn a_negative_or_non_numeric_max_cost_is_an_openai_style_400() {
     )
     .await;
     assert_eq!(reply.expect_error(400)["param"], "max_cost");
+}
+
+/// A Messages request to the priced route (no `ignore_eos` on this API: the
+/// greedy story runs past ten tokens, which the uncapped call checks).
+async fn message(server: &Server, extra: Value) -> Reply {
+    let mut body = json!({"model": "priced", "max_tokens": 30, "temperature": 0,
+        "messages": [{"role": "user", "content": "Tell me a long story about a cat."}]});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    post_raw(server, "/v1/messages", body.to_string(), None).await
+}
+
+/// The streamed message's `message_delta` (the last event is `message_stop`).
+fn message_delta(reply: &Reply) -> Value {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let events = anthropic_events(&reply.body);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names[names.len() - 2..],
+        ["message_delta", "message_stop"],
+        "{names:?}"
+    );
+    events[events.len() - 2].1.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_cost_stops_an_anthropic_message_streamed_and_not_and_names_itself() {
+    let server = server().await;
+
+    // Uncapped, the answer runs to its 30 tokens: the cap below is what
+    // stops it at ten, not the model's end of turn.
+    let uncapped = message(&server, json!({})).await;
+    assert_eq!(uncapped.status, 200, "{}", uncapped.body);
+    let m = uncapped.json();
+    assert_eq!(m["usage"]["output_tokens"], 30, "{m}");
+    assert_eq!(m["stop_reason"], "max_tokens", "{m}");
+    assert!(header(&uncapped, "x-sluice-stop-reason").is_none());
+    let delta = message_delta(&message(&server, json!({"stream": true})).await);
+    assert_eq!(delta["delta"]["stop_reason"], "max_tokens", "{delta}");
+    assert!(
+        delta["delta"].get("sluice_stop_reason").is_none(),
+        "{delta}"
+    );
+
+    let whole = message(&server, json!({"max_cost": MAX_COST})).await;
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let m = whole.json();
+    assert_eq!(m["stop_reason"], "max_tokens", "{m}");
+    assert_eq!(m["usage"]["output_tokens"], 10, "{m}");
+    assert_eq!(header(&whole, "x-sluice-stop-reason"), Some("max_cost"));
+    let cost: f64 = header(&whole, "x-sluice-cost").unwrap().parse().unwrap();
+    assert!(cost > 0.0 && cost <= MAX_COST, "charged {cost}");
+
+    let streamed = message(&server, json!({"max_cost": MAX_COST, "stream": true})).await;
+    let delta = message_delta(&streamed);
+    assert_eq!(delta["delta"]["stop_reason"], "max_tokens", "{delta}");
+    assert_eq!(delta["delta"]["sluice_stop_reason"], "max_cost", "{delta}");
+    assert_eq!(delta["usage"]["output_tokens"], 10, "{delta}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_max_cost_on_messages_is_an_anthropic_400_naming_it() {
+    let server = server().await;
+    for bad in [json!(-0.5), json!("cheap"), json!(0)] {
+        let reply = message(&server, json!({"max_cost": bad})).await;
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        let v = reply.json();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        let text = v["error"]["message"].as_str().unwrap();
+        assert!(text.contains("max_cost"), "{v}");
+    }
+    // Counting tokens generates nothing: a cap there is refused.
+    let reply = post_raw(
+        &server,
+        "/v1/messages/count_tokens",
+        json!({"model": "priced", "max_cost": 0.1,
+               "messages": [{"role": "user", "content": "x"}]})
+        .to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("max_cost"), "{}", reply.body);
 }

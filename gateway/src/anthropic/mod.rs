@@ -66,7 +66,7 @@ pub async fn create(
     } = answered;
     let id = message_id();
     if stream {
-        let mut response = stream::respond(generation, id, model);
+        let mut response = stream::respond(generation, id, model, stamp.stop.clone());
         stamp.apply(response.headers_mut(), None);
         return Ok(response);
     }

@@ -40,6 +40,9 @@ pub struct MessagesRequest {
     /// Automatic prompt caching: the engine's prefix cache always is, so
     /// this is accepted and changes nothing.
     pub cache_control: Option<Value>,
+    /// Sluice's own cap on what the answer may cost (as on the OpenAI
+    /// APIs; the SDK sends it with `extra_body={"max_cost": 0.01}`).
+    pub max_cost: Option<Value>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
 }
@@ -86,6 +89,7 @@ impl Validate for MessagesCall {
             thinking,
             service_tier: _,
             cache_control: _,
+            max_cost,
             other,
         } = request;
         if let Some(name) = other.keys().next() {
@@ -119,6 +123,16 @@ impl Validate for MessagesCall {
                 ))
             }
             (_, v) => v,
+        };
+        // A cap on what generating costs: counting tokens generates nothing.
+        let max_cost = match (endpoint, max_cost) {
+            (Endpoint::CountTokens, Some(v)) if !v.is_null() => {
+                return Err(ApiError::invalid(
+                    validate::MAX_COST,
+                    "max_cost: Extra inputs are not permitted",
+                ))
+            }
+            (_, v) => validate::max_cost(v.as_ref())?,
         };
         if temperature.is_some_and(|t| t > MAX_TEMPERATURE) {
             return Err(ApiError::invalid(
@@ -182,6 +196,7 @@ impl Validate for MessagesCall {
         )
         .map_err(rename_stop)?;
         req.job.tools = tools;
+        req.max_cost = max_cost;
         // The session: one end user's conversation under one system prompt
         // (an agent's turns share both), so its KV blocks stay warm for the
         // next turn. Without a user id there is nothing to tell two

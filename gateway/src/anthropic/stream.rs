@@ -4,7 +4,10 @@
 //! `content_block_delta`s (`text_delta`, `input_json_delta`),
 //! `content_block_stop`, and at the end `message_delta` (the `stop_reason`
 //! and the usage) and `message_stop`. A failure mid-stream is one `error`
-//! event, and the stream ends.
+//! event, and the stream ends. An answer a Sluice stage stopped early
+//! (`max_cost`, a budget, an output analyser) says which in the
+//! `message_delta`'s `delta.sluice_stop_reason`, as the OpenAI streams' final
+//! chunk does (`x-sluice-stop-reason` is sent before the stop is known).
 //!
 //! The stream owns the answer: a client that goes away drops it, which
 //! cancels the engine's sequence or the upstream request.
@@ -20,7 +23,7 @@ use tracing::Instrument;
 
 use super::error::error_body;
 use super::response::{stop_reason, UsageWire};
-use crate::answer::{BoxAnswer, Step};
+use crate::answer::{BoxAnswer, Step, StopNote};
 
 /// The open content block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +49,16 @@ struct Driver {
     stop_reason: Option<&'static str>,
     /// The stop string that ended it, for a `stop_sequence` stop.
     stop_sequence: Option<String>,
+    /// Where the chain's stages note an early stop of theirs.
+    stop: StopNote,
+    /// The noted stop's name, when it is what ended the answer.
+    sluice_stop_reason: Option<&'static str>,
     span: tracing::Span,
 }
 
-/// The SSE response of a started answer (one choice).
-pub fn respond(answer: BoxAnswer, id: String, model: String) -> Response {
+/// The SSE response of a started answer (one choice); `stop` is the chain's
+/// note of an early stop.
+pub fn respond(answer: BoxAnswer, id: String, model: String, stop: StopNote) -> Response {
     let driver = Driver {
         answer,
         id,
@@ -62,6 +70,8 @@ pub fn respond(answer: BoxAnswer, id: String, model: String) -> Response {
         index: 0,
         stop_reason: None,
         stop_sequence: None,
+        stop,
+        sluice_stop_reason: None,
         span: tracing::Span::current(),
     };
     let events = stream::unfold(driver, |mut d| async move {
@@ -159,6 +169,11 @@ impl Driver {
                 ..
             } => {
                 self.text(&text);
+                self.sluice_stop_reason = self
+                    .stop
+                    .get()
+                    .filter(|s| s.finish == reason)
+                    .map(|s| s.reason);
                 let (reason, sequence) = stop_reason(reason, stop_sequence);
                 self.stop_reason = Some(reason);
                 self.stop_sequence = sequence;
@@ -215,13 +230,13 @@ impl Driver {
         self.close_block();
         let reason = self.stop_reason;
         let usage = UsageWire::from(self.answer.usage());
+        let mut delta = json!({"stop_reason": reason, "stop_sequence": self.stop_sequence});
+        if let Some(stopped_by) = self.sluice_stop_reason {
+            delta["sluice_stop_reason"] = stopped_by.into();
+        }
         self.push(
             "message_delta",
-            json!({
-                "type": "message_delta",
-                "delta": {"stop_reason": reason, "stop_sequence": self.stop_sequence},
-                "usage": usage,
-            }),
+            json!({"type": "message_delta", "delta": delta, "usage": usage}),
         );
         self.push("message_stop", json!({"type": "message_stop"}));
         self.ended = true;

@@ -166,3 +166,27 @@ pub fn demo_tokenizer() -> sluice_models::Tokenizer {
     let gguf = sluice_models::gguf::GgufFile::open(&sluice_tests::demo_model_path()).unwrap();
     sluice_models::Tokenizer::from_gguf(&gguf).unwrap()
 }
+
+/// (event name, data) of each SSE event, checking Anthropic's framing: an
+/// `event:` line, one `data:` line whose `type` is the event's name.
+pub fn anthropic_events(body: &str) -> Vec<(String, Value)> {
+    assert!(body.ends_with("\n\n"), "{body:?}");
+    body.trim_end_matches("\n\n")
+        .split("\n\n")
+        .map(|event| {
+            let mut lines = event.lines();
+            let name = lines
+                .next()
+                .and_then(|l| l.strip_prefix("event: "))
+                .unwrap_or_else(|| panic!("no event line: {event:?}"));
+            let data = lines
+                .next()
+                .and_then(|l| l.strip_prefix("data: "))
+                .unwrap_or_else(|| panic!("no data line: {event:?}"));
+            assert!(lines.next().is_none(), "one data line: {event:?}");
+            let data: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(data["type"], name, "{event}");
+            (name.to_string(), data)
+        })
+        .collect()
+}

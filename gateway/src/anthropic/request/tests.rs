@@ -231,6 +231,27 @@ fn count_tokens_takes_no_max_tokens() {
 }
 
 #[test]
+fn max_cost_is_a_positive_number_carried_to_the_request_and_refused_by_count_tokens() {
+    let body = |max_cost: Value| {
+        json!({"model": "m", "max_tokens": 8, "max_cost": max_cost,
+               "messages": [{"role": "user", "content": "x"}]})
+    };
+    assert_eq!(create(body(json!(0.25))).unwrap().max_cost, Some(0.25));
+    assert_eq!(create(body(Value::Null)).unwrap().max_cost, None);
+    for bad in [json!(-1), json!(0), json!("0.1"), json!([0.1])] {
+        let err = create(body(bad.clone())).unwrap_err();
+        assert!(
+            matches!(&err, ApiError::InvalidRequest { param: Some(p), .. } if p == "max_cost"),
+            "{bad}: {err:?}"
+        );
+    }
+    let mut counting = body(json!(0.25));
+    counting.as_object_mut().unwrap().remove("max_tokens");
+    let err = call(counting, Endpoint::CountTokens).unwrap_err();
+    assert!(message_of(err).contains("max_cost"));
+}
+
+#[test]
 fn a_user_id_names_a_session_per_tenant_user_and_system_prompt() {
     let session = |user: &str, system: &str, tenant: &str| {
         let request: MessagesRequest = serde_json::from_value(json!({
