@@ -31,7 +31,7 @@ use crate::device::sizing::KvDType;
 use crate::device::Device;
 use crate::executor::{CpuExecutor, Executor, RowOut, RowWant};
 use crate::load::{LoadCells, LoadSnapshot, RateEwma};
-use crate::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogprob, Usage};
+use crate::request::{EngineEvent, FinishReason, GenerateRequest, StageTimes, TokenLogprob, Usage};
 use crate::rng::SeqRng;
 use crate::sampler::{is_greedy, off_host_rules, sample};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};
@@ -721,13 +721,16 @@ impl Worker {
                     FinishedReason::Stop
                 }
             };
+            let now = Instant::now();
             self.stats
-                .finished(&a.times, finished, a.token_counts(), Instant::now());
+                .finished(&a.times, finished, a.token_counts(), now);
+            let times = a.times.stage_times(now);
             let _ = a.events.try_send(EngineEvent::Finished {
                 reason,
                 text,
                 usage,
                 stop_sequence,
+                times,
             });
             self.shared.pending.fetch_sub(1, Ordering::SeqCst);
         }

@@ -51,6 +51,8 @@ pub struct FileConfig {
     pub sessions: super::sessions::SessionsSection,
     #[serde(default)]
     pub stream: super::stream::StreamSection,
+    #[serde(default)]
+    pub telemetry: super::telemetry::TelemetrySection,
 }
 
 #[derive(Debug, Default, Deserialize)]

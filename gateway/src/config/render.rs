@@ -160,6 +160,7 @@ impl Config {
         root.insert("guard".into(), Value::Table(self.guard_table()));
         root.insert("defence".into(), Value::Table(self.defence.table()));
         root.insert("stream".into(), Value::Table(self.stream.table()));
+        root.insert("telemetry".into(), Value::Table(self.telemetry.table()));
         root.insert("cache".into(), Value::Table(self.cache_table()));
         root.insert(
             "providers".into(),

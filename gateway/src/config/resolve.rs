@@ -53,6 +53,7 @@ pub(super) fn resolve(
         pii,
         sessions,
         stream,
+        telemetry,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let limits = limits.resolve(env, &cache_settings)?;
@@ -252,6 +253,7 @@ pub(super) fn resolve(
         pii: pii.resolve(env)?,
         sessions: sessions.resolve(env)?,
         stream: stream.resolve()?,
+        telemetry: telemetry.resolve(env)?,
     })
 }
 

@@ -119,6 +119,8 @@ pub const REJECTED: &str = "sluice_rejected_total";
 pub const CACHE_REQUESTS: &str = "sluice_cache_requests_total";
 pub const GUARD_REQUESTS: &str = "sluice_guard_requests_total";
 pub const STREAM_STOPS: &str = "sluice_stream_stops_total";
+pub const TELEMETRY_SPANS_EXPORTED: &str = "sluice_telemetry_spans_exported_total";
+pub const TELEMETRY_SPANS_DROPPED: &str = "sluice_telemetry_spans_dropped_total";
 
 /// vLLM's labels on every engine metric.
 const ENGINE: &[&str] = &["model_name", "engine"];
@@ -462,7 +464,18 @@ pub const ALL: &[Metric] = &[
         "sluice_sessions_purged_total",
         &[],
         "Sessions deleted by the retention policy.",
-    ),    // GPUs, polled from NVML every 5 s (gpu_metrics.rs).
+    ),    // Traces (telemetry/export.rs), while `[telemetry] endpoint` is set.
+    counter(
+        TELEMETRY_SPANS_EXPORTED,
+        &[],
+        "Spans the OTLP collector acknowledged.",
+    ),
+    counter(
+        TELEMETRY_SPANS_DROPPED,
+        &["reason"],
+        "Spans not exported: queue_full (the collector is slow or down; requests never wait) or export_failed.",
+    ),
+    // GPUs, polled from NVML every 5 s (gpu_metrics.rs).
     gauge(
         "sluice_gpu_memory_used_bytes",
         &["gpu", "uuid", "name"],
