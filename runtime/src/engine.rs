@@ -31,7 +31,7 @@ use crate::device::sizing::KvDType;
 use crate::device::Device;
 use crate::executor::{CpuExecutor, Executor, RowOut, RowWant};
 use crate::load::{LoadCells, LoadSnapshot, RateEwma};
-use crate::request::{EngineEvent, FinishReason, GenerateRequest, StageTimes, TokenLogprob, Usage};
+use crate::request::{EngineEvent, FinishReason, GenerateRequest, TokenLogprob, Usage};
 use crate::rng::SeqRng;
 use crate::sampler::{is_greedy, off_host_rules, sample};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput, SeqId};

@@ -316,7 +316,12 @@ mod tests {
         c.token(&mut times, 3, at(60));
         let stages = times.stage_times(at(61));
         assert_eq!(
-            (stages.arrived, stages.scheduled, stages.first_token, stages.finished),
+            (
+                stages.arrived,
+                stages.scheduled,
+                stages.first_token,
+                stages.finished
+            ),
             (t0, at(10), at(40), at(61)),
             "first scheduling and first token, not the last ones"
         );

@@ -150,7 +150,10 @@ fn check_config_shows_telemetry_with_header_names_but_not_their_values() {
     let shown = cfg.to_redacted_toml();
     let parsed: toml::Table = toml::from_str(&shown).unwrap();
     let telemetry = parsed["telemetry"].as_table().expect("a [telemetry] table");
-    assert_eq!(telemetry["endpoint"].as_str(), Some("http://127.0.0.1:4317"));
+    assert_eq!(
+        telemetry["endpoint"].as_str(),
+        Some("http://127.0.0.1:4317")
+    );
     assert_eq!(telemetry["sampling_ratio"].as_float(), Some(0.5));
     assert_eq!(telemetry["record_content"].as_bool(), Some(false));
     let mut names: Vec<&String> = telemetry["headers"].as_table().unwrap().keys().collect();
