@@ -22,7 +22,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::OtlpSettings;
-use crate::metrics::catalog;
 
 /// A failed export is logged at most this often (a down collector fails
 /// every batch).
@@ -39,9 +38,11 @@ struct Counters {
 impl Counters {
     fn new() -> Self {
         Self {
-            exported: metrics::counter!(catalog::TELEMETRY_SPANS_EXPORTED),
-            queue_full: metrics::counter!(catalog::TELEMETRY_SPANS_DROPPED, "reason" => "queue_full"),
-            export_failed: metrics::counter!(catalog::TELEMETRY_SPANS_DROPPED, "reason" => "export_failed"),
+            // Named as in `metrics::catalog` (not imported from there:
+            // `metrics` imports `auth`, which opens a span here).
+            exported: metrics::counter!("sluice_telemetry_spans_exported_total"),
+            queue_full: metrics::counter!("sluice_telemetry_spans_dropped_total", "reason" => "queue_full"),
+            export_failed: metrics::counter!("sluice_telemetry_spans_dropped_total", "reason" => "export_failed"),
         }
     }
 }
