@@ -54,6 +54,7 @@ pub struct FileConfig {
     pub stream: super::stream::StreamSection,
     #[serde(default)]
     pub regulated: super::regulated::RegulatedSection,
+    pub telemetry: super::telemetry::TelemetrySection,
 }
 
 #[derive(Debug, Default, Deserialize)]
