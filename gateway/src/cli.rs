@@ -430,6 +430,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
+    crate::telemetry::logs::set_format(config.telemetry.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.http_threads)
         .enable_all()

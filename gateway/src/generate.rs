@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::answer::{Answer, Step};
 use crate::error::ApiError;
 use crate::registry::ReadyModel;
+use crate::telemetry::Trace;
 use crate::tool_calls::{call_grammar, ToolCalls};
 use crate::validate::{Constraint, Input, Job, ToolChoice, Tools};
 
@@ -39,6 +40,9 @@ pub struct Generation {
     prompt_tokens: Vec<usize>,
     usage: Vec<Option<Usage>>,
     failed: bool,
+    /// The call's inference span: the engine's stages of each choice hang
+    /// under it once the choice finishes.
+    trace: Trace,
 }
 
 /// Tokenises `job` for `model` and submits every choice. A refusal (queue
@@ -47,6 +51,7 @@ pub async fn start(
     model: &ReadyModel,
     job: Job,
     timeout: Duration,
+    trace: Trace,
 ) -> Result<ToolCalls<Generation>, ApiError> {
     let engine = model.engine.clone();
     let default_max_tokens = model.slot.config.default_max_tokens;
@@ -82,6 +87,7 @@ pub async fn start(
         prompt_tokens: plan.prompt_tokens,
         usage,
         failed: false,
+        trace,
     };
     Ok(ToolCalls::new(generation, tools.as_ref(), format))
 }
@@ -384,11 +390,13 @@ impl Generation {
                     text,
                     usage,
                     stop_sequence,
+                    times,
                 },
             ) => {
                 if let Some(slot) = self.usage.get_mut(choice) {
                     *slot = Some(usage);
                 }
+                crate::telemetry::genai::engine_stages(&self.trace, choice, &times);
                 Step::Finished {
                     choice,
                     reason,

@@ -40,7 +40,9 @@
 //!   (the local engine's tool calls: parsed per model family, forced by a
 //!   grammar), [`sessions`] (stored responses and conversations: the
 //!   durable store with a Redis hot layer, write-through), [`sealing`]
-//!   (encryption at rest: a data key per tenant wrapped by a master key). They
+//!   (encryption at rest: a data key per tenant wrapped by a master key),
+//!   [`telemetry`] (OpenTelemetry spans of every stage, OTLP export, JSON
+//!   logs). They
 //!   may import each other without a cycle; none sees the server's state.
 //! - **2, the chain**: [`chain`], which runs the stages in order.
 //! - **3, HTTP and the command line**: [`openai`] (handlers),
@@ -91,6 +93,7 @@ pub mod sessions;
 pub mod spend;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod tool_calls;
 pub mod util;
 pub mod validate;

@@ -35,6 +35,7 @@ use crate::openai::{chat, completions, conversations, embeddings, models, modera
 use crate::registry::Registry;
 use crate::router::Router as ModelRouter;
 use crate::state::{AppState, BodyLimit};
+use crate::telemetry::{self, Telemetry, Trace};
 
 /// How `serve` failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,8 @@ pub enum ServeError {
     Audit(String),
     #[error("defence: {0}")]
     Defence(String),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
 }
 
 /// Knobs of `serve` that are not configuration.
@@ -151,7 +154,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit.0))
-        .layer(middleware::from_fn(trace_request))
+        .layer(middleware::from_fn_with_state(
+            state.telemetry.clone(),
+            trace_request,
+        ))
         .with_state(state)
 }
 
@@ -167,6 +173,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let registry = Arc::new(Registry::new(&config.models));
     // Before the router: it registers its metric handles as it is built.
     let metrics = crate::metrics::install();
+    // After the recorder (its drop counters are metrics).
+    let (telemetry, span_exporter) =
+        Telemetry::start(&config.telemetry).map_err(ServeError::Telemetry)?;
     let model_router = Arc::new(ModelRouter::new(
         &config.routes,
         &config.providers,
@@ -423,6 +432,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         budgets,
         sessions,
         console,
+        telemetry: telemetry.clone(),
     };
     if let Some(redis) = state.cache.redis() {
         let search = redis.detect_search_module().await;
@@ -464,6 +474,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     audit_writers
         .finish(std::time::Duration::from_secs(10))
         .await;
+    // Last: the spans of the requests that just ended.
+    if let Some(exporter) = span_exporter {
+        exporter.finish(std::time::Duration::from_secs(5)).await;
+    }
     // Model loads still running are blocking threads that cannot be
     // aborted; the caller's runtime shutdown stops waiting for them.
     tasks.abort_all();
@@ -584,13 +598,30 @@ fn request_context(request: &Request) -> crate::audit::RequestContext {
     crate::audit::RequestContext { id, source }
 }
 
-async fn trace_request(request: Request, next: Next) -> Response {
+async fn trace_request(
+    State(telemetry): State<Telemetry>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
         tenant = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
+    // The OpenTelemetry root span: API requests only (not probes, scrapes).
+    let trace = if telemetry.is_on() && telemetry::http::is_traced(request.uri().path()) {
+        let trace = telemetry::http::open(&telemetry, &mut request);
+        if let Some((trace_id, span_id)) = trace.ids() {
+            span.record(telemetry::logs::TRACE_ID_FIELD, trace_id);
+            span.record(telemetry::logs::SPAN_ID_FIELD, span_id);
+        }
+        trace
+    } else {
+        Trace::default()
+    };
     let started = Instant::now();
     let context = request_context(&request);
     let id_header = HeaderValue::from_str(&context.id).ok();
@@ -608,7 +639,7 @@ async fn trace_request(request: Request, next: Next) -> Response {
             "answered"
         )
     });
-    response
+    telemetry::http::close(trace, response)
 }
 
 /// 200 while the process is up.

@@ -62,6 +62,8 @@ pub struct AppState {
     pub sessions: Arc<crate::sessions::Sessions>,
     /// Signs and checks the admin console's session cookies.
     pub console: crate::console::SessionKeys,
+    /// Traces (`[telemetry]`); off by default.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl FromRef<AppState> for BodyLimit {

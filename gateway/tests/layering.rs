@@ -45,6 +45,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("sessions", 1),
     ("spend", 1),
     ("store", 1),
+    ("telemetry", 1),
     ("tool_calls", 1),
     ("validate", 1),
     // 2: the request path, in order.

@@ -47,7 +47,8 @@ pub use encoder_pool::{
 pub use engine::{Engine, EngineConfig, EngineHandle, EventStream, ModelInfo, StepFault};
 pub use load::LoadSnapshot;
 pub use request::{
-    EngineEvent, FinishReason, GenerateRequest, SamplingParams, SessionKey, TokenLogprob, Usage,
+    EngineEvent, FinishReason, GenerateRequest, SamplingParams, SessionKey, StageTimes,
+    TokenLogprob, Usage,
 };
 pub use stats::{FinishedReason, FinishedRequest, IterationStats, StatsObserver};
 

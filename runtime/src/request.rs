@@ -1,6 +1,7 @@
 //! What goes into the engine and what comes out of it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::constraint::Grammar;
 
@@ -127,6 +128,22 @@ pub struct Usage {
     pub cached_prompt_tokens: usize,
 }
 
+/// When a request passed the engine's stages, in monotonic time: queued
+/// from `arrived` to `scheduled`, prefilled until `first_token`, decoded
+/// until `finished`. A stage the request skipped (no token generated)
+/// takes no time: its bounds are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageTimes {
+    /// Submitted to the engine (its queue wait starts).
+    pub arrived: Instant,
+    /// First scheduled: its prefill started.
+    pub scheduled: Instant,
+    /// Its first token was sampled: prefill done, decode starts.
+    pub first_token: Instant,
+    /// It left the engine (its last token was sampled and handled).
+    pub finished: Instant,
+}
+
 /// Log-probabilities of one generated token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
@@ -156,6 +173,9 @@ pub enum EngineEvent {
         /// [`FinishReason::Stop`]); `None` for EOS, a stop token id, a
         /// finished grammar or a length stop.
         stop_sequence: Option<String>,
+        /// When it passed the engine's stages (the gateway's traces read
+        /// them; the engine knows no exporter).
+        times: StageTimes,
     },
     /// The engine failed this request; no more events follow.
     Error(String),

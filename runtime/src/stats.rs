@@ -25,6 +25,7 @@
 use std::time::Instant;
 
 use crate::load::LoadSnapshot;
+use crate::request::StageTimes;
 
 /// Why the engine let go of a request, as vLLM's `finished_reason` label
 /// names it.
@@ -136,6 +137,20 @@ impl RequestTimes {
             scheduled: None,
             first_token: None,
             last_token: None,
+        }
+    }
+
+    /// The stage bounds a trace shows for a request that finished at
+    /// `finished`. A stage it never reached takes no time: with no token
+    /// the first token is the finish, and a request never scheduled (none
+    /// finishes that way today) is scheduled at its first token.
+    pub fn stage_times(&self, finished: Instant) -> StageTimes {
+        let first_token = self.first_token.unwrap_or(finished);
+        StageTimes {
+            arrived: self.arrived,
+            scheduled: self.scheduled.unwrap_or(first_token),
+            first_token,
+            finished,
         }
     }
 }
@@ -287,6 +302,37 @@ mod tests {
         assert_eq!(f.decode_seconds, Some(0.15));
         assert_eq!(f.inference_seconds, Some(0.35));
         assert_eq!(f.time_per_output_token_seconds, Some(0.075));
+    }
+
+    #[test]
+    fn stage_times_are_the_recorded_phases_and_a_skipped_one_takes_no_time() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut c = StatsCollector::default();
+        let mut times = RequestTimes::arrived_at(t0);
+        c.scheduled(&mut times, at(10));
+        c.scheduled(&mut times, at(15));
+        c.token(&mut times, 3, at(40));
+        c.token(&mut times, 3, at(60));
+        let stages = times.stage_times(at(61));
+        assert_eq!(
+            (
+                stages.arrived,
+                stages.scheduled,
+                stages.first_token,
+                stages.finished
+            ),
+            (t0, at(10), at(40), at(61)),
+            "first scheduling and first token, not the last ones"
+        );
+        // Scheduled but failed before any token: no decode stage.
+        let mut times = RequestTimes::arrived_at(t0);
+        c.scheduled(&mut times, at(5));
+        let stages = times.stage_times(at(9));
+        assert_eq!((stages.scheduled, stages.first_token), (at(5), at(9)));
+        // Never scheduled: every stage after the queue is empty.
+        let stages = RequestTimes::arrived_at(t0).stage_times(at(7));
+        assert_eq!((stages.scheduled, stages.first_token), (at(7), at(7)));
     }
 
     #[test]

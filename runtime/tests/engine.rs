@@ -372,3 +372,35 @@ fn demo_model_answers_paris_through_the_runtime() {
     let (answer, _) = collect_text(submit(&engine, ids, params));
     assert!(answer.contains("Paris"), "answer: {answer:?}");
 }
+
+#[test]
+fn a_finished_request_reports_its_stage_times_in_order() {
+    let (_dir, engine) = tiny_engine(EngineConfig::default());
+    // Two at once, so one may wait for the other's step.
+    let streams: Vec<EventStream> = (0..2)
+        .map(|i| submit(&engine, prompt(i, 12), greedy(5)))
+        .collect();
+    for mut stream in streams {
+        let mut first_token_seen = None;
+        let times = loop {
+            match stream.blocking_recv().expect("a Finished event") {
+                EngineEvent::Token { .. } => {
+                    first_token_seen.get_or_insert_with(std::time::Instant::now);
+                }
+                EngineEvent::Finished { times, usage, .. } => {
+                    assert_eq!(usage.completion_tokens, 5);
+                    break times;
+                }
+                EngineEvent::Error(e) => panic!("engine error: {e}"),
+            }
+        };
+        assert!(times.arrived <= times.scheduled, "{times:?}");
+        assert!(times.scheduled <= times.first_token, "{times:?}");
+        assert!(
+            times.first_token < times.finished,
+            "five tokens take steps: {times:?}"
+        );
+        // The engine stamps the first token before it sends it.
+        assert!(times.first_token <= first_token_seen.unwrap());
+    }
+}

@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fakes;
+pub mod otlp;
 pub mod prom;
 pub mod services;
 pub mod slow_link;
@@ -230,7 +231,12 @@ impl Server {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     if let Some(rest) = line.split("listening on http://").nth(1) {
-                        if let Ok(addr) = rest.trim().parse::<SocketAddr>() {
+                        // The address ends where the line's text does (or
+                        // at the closing quote of a JSON log line).
+                        let end = rest
+                            .find(|c: char| !(c.is_ascii_hexdigit() || "[].:".contains(c)))
+                            .unwrap_or(rest.len());
+                        if let Ok(addr) = rest[..end].parse::<SocketAddr>() {
                             let _ = addr_tx.send(addr);
                         }
                     }

@@ -199,6 +199,12 @@ impl StreamAnalysers {
         analysers
     }
 
+    /// Whether an answer of `model` is analysed, as the caller's key
+    /// (`key_mode`) or else the route says: what [`Self::wrap`] decides.
+    pub fn is_on_for(&self, model: &str, key_mode: Option<StreamMode>) -> bool {
+        key_mode.unwrap_or(self.settings.for_model(model).mode) != StreamMode::Off
+    }
+
     /// `answer`, analysed as the caller's key or else the request's route
     /// says (unchanged when the mode is `off`).
     pub fn wrap(&self, answer: BoxAnswer, wrap: Wrap) -> BoxAnswer {

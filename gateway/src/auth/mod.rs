@@ -307,8 +307,22 @@ pub async fn require_key(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let principal = auth.authenticate(request.headers()).await?;
+    let trace = request
+        .extensions()
+        .get::<crate::telemetry::Trace>()
+        .cloned()
+        .unwrap_or_default();
+    let stage = trace.stage(crate::telemetry::semconv::stage::AUTH);
+    let authenticated = auth.authenticate(request.headers()).await;
+    stage.end_with(&authenticated);
+    let principal = authenticated?;
     tracing::Span::current().record("tenant", &*principal.tenant);
+    if trace.is_on() {
+        trace.set(crate::telemetry::Attribute::new(
+            crate::telemetry::semconv::SLUICE_TENANT,
+            principal.tenant.to_string(),
+        ));
+    }
     request
         .extensions_mut()
         .insert(Tenant(principal.tenant.clone()));

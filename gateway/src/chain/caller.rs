@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::auth::{Principal, Tenant};
 use crate::error::ApiError;
 use crate::sensitivity::{is_sensitive, TenantPolicy};
+use crate::telemetry::Trace;
 
 /// Who is calling, and how the request must be treated.
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct Caller {
     pub regulated: bool,
     /// When the handler started (for the gateway-overhead metric).
     pub started: Instant,
+    /// The request's trace (off unless `[telemetry]` turns it on): the
+    /// stages' spans hang under it.
+    pub trace: Trace,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -56,6 +60,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             policy,
             headers: parts.headers.clone(),
             started,
+            trace: parts.extensions.get::<Trace>().cloned().unwrap_or_default(),
         })
     }
 }

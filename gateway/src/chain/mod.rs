@@ -75,6 +75,7 @@
 mod caller;
 pub mod settle;
 mod spend;
+mod traced;
 
 use std::sync::Arc;
 
@@ -95,6 +96,7 @@ use crate::limits::{Limits, RateHeaders};
 use crate::moderation::{Moderation, ModerationStamp};
 use crate::pii::{Pii, PiiReport};
 use crate::router::{Dispatch, Provenance, Routed, Router};
+use crate::telemetry::{genai, semconv, Attribute, Stage, Trace};
 use crate::validate::{ValidRequest, Validate};
 
 pub use caller::Caller;
@@ -170,24 +172,62 @@ impl Chain {
             .check_for(caller.regulated)
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))?;
         let mut req = self.for_known_model(request.validate()?)?;
+        let trace = &caller.trace;
+        if trace.is_on() {
+            trace.set_all(vec![
+                Attribute::new(semconv::GEN_AI_OPERATION_NAME, genai::operation(&req.job)),
+                Attribute::new(semconv::GEN_AI_REQUEST_MODEL, req.model.clone()),
+            ]);
+        }
         crate::keys::allow_model(&caller.principal, &req.model)?;
+        let stage = trace.stage(semconv::stage::LIMITS);
         let admission = self
             .limits
             .admit(&caller.principal, &req.model, &req.job)
-            .await?;
-        let reservation = self.reserve_budget(caller, &req).await?;
-        let defence = self.defend(caller, &req).await?;
-        let pii = self.redact_pii(caller, &mut req)?;
+            .await;
+        stage.end_with(&admission);
+        let admission = admission?;
+        let stage = stage_if(trace, self.budgets.is_some(), semconv::stage::BUDGET);
+        let reservation = self.reserve_budget(caller, &req).await;
+        stage.end_with(&reservation);
+        let reservation = reservation?;
+        let stage = stage_if(trace, self.defence.is_some(), semconv::stage::DEFENCE);
+        let defence = self.defend(caller, &req).await;
+        stage.end_with(&defence);
+        let defence = defence?;
+        let stage = stage_if(trace, self.pii.is_some(), semconv::stage::PII);
+        let pii = self.redact_pii(caller, &mut req);
+        stage.end_with(&pii);
+        let pii = pii?;
         let screening = match &self.guard {
             Some(guard) => {
+                let mut stage = trace.stage(semconv::stage::GUARD);
                 let screened = guard.screen(&caller.policy, &req).await;
-                self.audit_guard(caller, &req.model, &screened)?;
+                let screened = self
+                    .audit_guard(caller, &req.model, &screened)
+                    .and(screened);
+                if let Ok(s) = &screened {
+                    stage.set(Attribute::new(
+                        semconv::SLUICE_GUARD_FLAGGED,
+                        s.flagged() == Some(true),
+                    ));
+                }
+                stage.end_with(&screened);
                 screened?
             }
             None => Screening::default(),
         };
-        let moderation = self.moderate(caller, &req, &screening).await?;
+        let stage = stage_if(trace, self.moderation.is_some(), semconv::stage::MODERATION);
+        let moderation = self.moderate(caller, &req, &screening).await;
+        stage.end_with(&moderation);
+        let moderation = moderation?;
+        let mut stage = trace.stage(semconv::stage::CACHE);
         let mut decision = self.cache_lookup(caller, &req, &screening, &pii).await;
+        stage.set(Attribute::new(
+            semconv::SLUICE_CACHE_RESULT,
+            decision.outcome.as_str(),
+        ));
+        drop(stage);
         if caller.regulated {
             self.audit_regulated(caller, &req.model, &decision, &pii)?;
         }
@@ -229,11 +269,20 @@ impl Chain {
                     sensitive: caller.sensitive,
                     started: caller.started,
                     pseudonymize: self.pii.clone().filter(|_| pii.keeps_values()),
+                    trace: trace.clone(),
                 };
                 if let Some(r) = &reservation {
                     r.bound(&mut job);
                 }
+                let mut stage = trace.stage(semconv::stage::ROUTER);
                 let routed = self.router.dispatch(&model, job, how).await;
+                if let (true, Ok(r)) = (stage.is_on(), &routed) {
+                    stage.set(Attribute::new(
+                        semconv::SLUICE_DEPLOYMENT,
+                        r.provenance.deployment.name.to_string(),
+                    ));
+                }
+                stage.end_with(&routed);
                 let Routed {
                     answer,
                     provenance,
@@ -276,7 +325,13 @@ impl Chain {
             }
             None => answer,
         };
-        let answer = settle::Settled::wrap(answer, settles, provenance.clone(), caller.started);
+        let answer = settle::Settled::wrap(
+            answer,
+            settles,
+            provenance.clone(),
+            caller.started,
+            trace.clone(),
+        );
         let head = Head {
             model,
             stream,
@@ -464,6 +519,13 @@ impl Chain {
         let Some(stream) = &self.stream else {
             return answer;
         };
+        // A span only where the analysers read this answer (`off` leaves it
+        // as it is: no stage ran).
+        let span = stage_if(
+            &caller.trace,
+            stream.is_on_for(model, caller.policy.stream),
+            semconv::stage::STREAM_ANALYSERS,
+        );
         let record = |action: &'static str, outcome: AuditOutcome| {
             let audit = self.audit.clone();
             let actor = caller.principal.actor();
@@ -479,7 +541,7 @@ impl Chain {
                 }
             }
         };
-        stream.wrap(
+        let analysed = stream.wrap(
             answer,
             Wrap {
                 model: model.to_string(),
@@ -491,7 +553,8 @@ impl Chain {
                 on_stop: Box::new(record(actions::STREAM_STOP, AuditOutcome::Denied)),
                 on_observe: Box::new(record(actions::STREAM_OBSERVED, AuditOutcome::Success)),
             },
-        )
+        );
+        traced::StageAnswer::wrap(analysed, span, stop.clone())
     }
 
     /// Output redaction over an answer, when `[pii] output` is on.
@@ -571,6 +634,16 @@ impl Chain {
         self.audit
             .record_for(true, event)
             .map_err(|_| ApiError::StoreUnavailable("The audit log"))
+    }
+}
+
+/// A stage's span when the stage is on; nothing when it is off (a stage
+/// that does not run is absent from the trace, not an empty span).
+fn stage_if(trace: &Trace, on: bool, name: &'static str) -> Stage {
+    if on {
+        trace.stage(name)
+    } else {
+        Stage::default()
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::answer::{Answer, BoxAnswer, Step};
 use crate::router::Provenance;
+use crate::telemetry::{semconv, Attribute, Trace};
 
 /// How an answer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,16 @@ pub enum Ending {
     Failed(u16),
     /// The client disconnected (or the response was dropped) first.
     Disconnected,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed(_) => "failed",
+            Self::Disconnected => "disconnected",
+        }
+    }
 }
 
 /// What a settling stage is told.
@@ -73,6 +84,8 @@ pub struct Settled {
     settles: Vec<Box<dyn Settle>>,
     provenance: Option<Provenance>,
     started: Instant,
+    /// The recorders' span hangs under it.
+    trace: Trace,
 }
 
 impl Settled {
@@ -81,6 +94,7 @@ impl Settled {
         settles: Vec<Box<dyn Settle>>,
         provenance: Option<Provenance>,
         started: Instant,
+        trace: Trace,
     ) -> BoxAnswer {
         if settles.is_empty() {
             return inner;
@@ -90,6 +104,7 @@ impl Settled {
             settles,
             provenance,
             started,
+            trace,
         })
     }
 
@@ -97,6 +112,8 @@ impl Settled {
         if self.settles.is_empty() {
             return;
         }
+        let mut span = self.trace.stage(semconv::stage::RECORDERS);
+        span.set(Attribute::new(semconv::SLUICE_ENDING, ending.as_str()));
         let usage = self.inner.usage();
         let cost = self.provenance.as_ref().map_or(0.0, |p| p.cost(&usage));
         let settlement = Settlement {
@@ -212,6 +229,7 @@ mod tests {
             vec![Box::new(Record(seen.clone()))],
             None,
             Instant::now(),
+            Trace::default(),
         );
         (answer, seen)
     }

@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub stream: super::stream::StreamSection,
     #[serde(default)]
     pub regulated: super::regulated::RegulatedSection,
+    #[serde(default)]
+    pub telemetry: super::telemetry::TelemetrySection,
 }
 
 #[derive(Debug, Default, Deserialize)]

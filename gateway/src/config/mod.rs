@@ -33,6 +33,7 @@ mod sessions;
 mod spend;
 mod store;
 mod stream;
+mod telemetry;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -74,6 +75,7 @@ pub use sessions::{HotSettings, SessionSettings};
 pub use spend::{ReferencePrice, SpendSettings};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
 pub use stream::{RouteStream, StreamMode, StreamSettings};
+pub use telemetry::{LogFormat, OtlpSettings, TelemetrySettings};
 
 /// The id under which the demo chat model is served.
 pub const DEMO_MODEL_ID: &str = "smollm2-135m-instruct";
@@ -250,6 +252,8 @@ pub struct Config {
     pub stream: StreamSettings,
     /// Regulated tenants and teams, and the master key (`[regulated]`).
     pub regulated: RegulatedSettings,
+    /// Traces and the log format (`[telemetry]`).
+    pub telemetry: TelemetrySettings,
 }
 
 /// What the command line adds on top of the file and the environment.

@@ -169,6 +169,7 @@ impl Config {
         }
         root.insert("stream".into(), Value::Table(self.stream.table()));
         root.insert("regulated".into(), Value::Table(self.regulated.table()));
+        root.insert("telemetry".into(), Value::Table(self.telemetry.table()));
         root.insert("cache".into(), Value::Table(self.cache_table()));
         root.insert(
             "providers".into(),

@@ -55,6 +55,7 @@ pub(super) fn resolve(
         sessions,
         stream,
         regulated,
+        telemetry,
     } = file;
     let cache_settings = cache.resolve(env)?;
     let sessions_settings = sessions.resolve(env)?;
@@ -274,6 +275,7 @@ pub(super) fn resolve(
         sessions: sessions_settings,
         stream: stream.resolve()?,
         regulated: regulated_settings,
+        telemetry: telemetry.resolve(env)?,
     })
 }
 

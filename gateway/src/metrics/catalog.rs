@@ -122,6 +122,8 @@ pub const MODERATION_REQUESTS: &str = "sluice_moderation_requests_total";
 pub const MODERATION_ERRORS: &str = "sluice_moderation_errors_total";
 pub const MODERATION_SECONDS: &str = "sluice_moderation_seconds";
 pub const STREAM_STOPS: &str = "sluice_stream_stops_total";
+pub const TELEMETRY_SPANS_EXPORTED: &str = "sluice_telemetry_spans_exported_total";
+pub const TELEMETRY_SPANS_DROPPED: &str = "sluice_telemetry_spans_dropped_total";
 
 /// vLLM's labels on every engine metric.
 const ENGINE: &[&str] = &["model_name", "engine"];
@@ -483,7 +485,18 @@ pub const ALL: &[Metric] = &[
         "sluice_sessions_purged_total",
         &[],
         "Sessions deleted by the retention policy.",
-    ),    // GPUs, polled from NVML every 5 s (gpu_metrics.rs).
+    ),    // Traces (telemetry/export.rs), while `[telemetry] endpoint` is set.
+    counter(
+        TELEMETRY_SPANS_EXPORTED,
+        &[],
+        "Spans the OTLP collector acknowledged.",
+    ),
+    counter(
+        TELEMETRY_SPANS_DROPPED,
+        &["reason"],
+        "Spans not exported: queue_full (the collector is slow or down; requests never wait) or export_failed.",
+    ),
+    // GPUs, polled from NVML every 5 s (gpu_metrics.rs).
     gauge(
         "sluice_gpu_memory_used_bytes",
         &["gpu", "uuid", "name"],

@@ -199,9 +199,7 @@ impl GigaChat {
         // expired earlier than it said.
         for pass in 0..2 {
             let token = self.token().await?;
-            let response = self
-                .client
-                .post(&self.chat_url)
+            let response = super::with_trace(self.client.post(&self.chat_url), req)
                 .bearer_auth(token.value.expose())
                 .header(
                     reqwest::header::ACCEPT,
@@ -489,6 +487,7 @@ mod tests {
                 choice,
                 parallel: true,
             }),
+            traceparent: None,
         }
     }
 

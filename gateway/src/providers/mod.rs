@@ -61,6 +61,9 @@ pub struct ProviderRequest {
     pub stream: bool,
     /// The functions the model may call, passed on in the upstream's terms.
     pub tools: Option<Tools>,
+    /// The W3C `traceparent` of this call's span, sent upstream so its own
+    /// spans join the request's trace; `None` when traces are off.
+    pub traceparent: Option<String>,
 }
 
 /// An upstream that answers chat requests.
@@ -278,6 +281,14 @@ async fn read_body(
             }
             Ok(body.into())
         }
+    }
+}
+
+/// `req`'s `traceparent` on an upstream call, when traces are on.
+fn with_trace(builder: reqwest::RequestBuilder, req: &ProviderRequest) -> reqwest::RequestBuilder {
+    match &req.traceparent {
+        Some(value) => builder.header("traceparent", value),
+        None => builder,
     }
 }
 

@@ -109,9 +109,7 @@ impl OpenAiCompat {
 
     async fn chat_inner(&self, req: &ProviderRequest) -> Result<BoxAnswer, ProviderError> {
         let body = ChatBody::new(req, self.dialect)?;
-        let response = self
-            .client
-            .post(&self.url)
+        let response = super::with_trace(self.client.post(&self.url), req)
             .json(&body)
             .send()
             .await
@@ -431,6 +429,7 @@ mod tests {
             n: 1,
             stream: false,
             tools,
+            traceparent: None,
         }
     }
 

@@ -157,9 +157,7 @@ impl Yandex {
 
     async fn chat_inner(&self, req: &ProviderRequest) -> Result<BoxAnswer, ProviderError> {
         let body = CompletionBody::new(req, self.model_uri(&req.upstream_model))?;
-        let response = self
-            .client
-            .post(&self.url)
+        let response = super::with_trace(self.client.post(&self.url), req)
             .json(&body)
             .send()
             .await

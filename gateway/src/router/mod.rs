@@ -51,6 +51,7 @@ use crate::providers::{
     self, Provider, ProviderConfig, ProviderRequest, Resilience, ResilienceConfig,
 };
 use crate::registry::Registry;
+use crate::telemetry::{genai, Trace};
 use crate::validate::{Input, Job};
 
 pub use crate::config::{
@@ -62,6 +63,9 @@ pub use outcomes::{DeploymentStats, InMemoryOutcomes, Outcome, OutcomeStore};
 
 use measured::{Measure, MeasuredAnswer};
 use strategy::Candidate;
+
+/// `gen_ai.provider.name` of the local engine.
+const LOCAL_PROVIDER: &str = "sluice";
 
 /// How often a waiting sensitive request looks again at its `on_prem` deployments.
 const SENSITIVE_POLL: Duration = Duration::from_millis(20);
@@ -88,6 +92,8 @@ pub struct Dispatch {
     /// placeholders (the `pseudonymize` kinds of `[pii]`); the local
     /// engine gets them as written.
     pub pseudonymize: Option<Arc<crate::pii::Pii>>,
+    /// The request's trace: each attempt's inference span hangs under it.
+    pub trace: Trace,
 }
 
 /// The chosen deployment's answer.
@@ -344,7 +350,7 @@ impl Router {
         let usable = route.usable(model, &job, how.sensitive)?;
         let wait_until = Instant::now() + route.sensitive_wait;
         loop {
-            match self.try_once(route, &usable, &job, &how).await {
+            match self.try_once(model, route, &usable, &job, &how).await {
                 Ok(routed) => return Ok(routed),
                 Err(ex) => {
                     if how.sensitive && ex.only_saturated && Instant::now() < wait_until {
@@ -383,6 +389,7 @@ impl Router {
     /// One pass over the usable deployments in the strategy's order.
     async fn try_once(
         &self,
+        route_model: &str,
         route: &Route,
         usable: &[Arc<Deployment>],
         job: &Job,
@@ -418,6 +425,8 @@ impl Router {
                 continue;
             };
             let attempt_started = Instant::now();
+            // This attempt's inference span (set by the arm that calls out).
+            let call: Trace;
             let started = match &d.target {
                 Target::Local { model, saturation } => {
                     let ready = match self.registry.ready(model) {
@@ -435,13 +444,28 @@ impl Router {
                             ex.retry_after.max(wait_hint(load.estimated_queue_wait_ms));
                         continue;
                     }
-                    match generate::start(&ready, job.clone(), self.request_timeout).await {
+                    call = genai::start_call(
+                        &how.trace,
+                        job,
+                        &genai::Serving {
+                            provider: LOCAL_PROVIDER,
+                            request_model: route_model,
+                            response_model: model,
+                            deployment: &d.name,
+                            remote: false,
+                        },
+                    );
+                    match generate::start(&ready, job.clone(), self.request_timeout, call.clone())
+                        .await
+                    {
                         Ok(g) => Ok((
                             Box::new(g) as BoxAnswer,
                             Some(ready.engine.tokenizer().clone()),
                         )),
                         Err(full @ ApiError::QueueFull { .. }) => {
                             // The engine's own queue is full: saturated too.
+                            call.fail("429", "the engine's queue is full");
+                            call.end();
                             d.metrics.saturated.increment(1);
                             ex.engine_full = Some(full);
                             continue;
@@ -462,6 +486,17 @@ impl Router {
                         Some(pii) => pii.pseudonymize(messages),
                         None => (messages.clone(), Default::default()),
                     };
+                    call = genai::start_call(
+                        &how.trace,
+                        job,
+                        &genai::Serving {
+                            provider: provider.kind(),
+                            request_model: route_model,
+                            response_model: upstream_model,
+                            deployment: &d.name,
+                            remote: true,
+                        },
+                    );
                     let req = ProviderRequest {
                         upstream_model: upstream_model.clone(),
                         messages,
@@ -469,6 +504,7 @@ impl Router {
                         n: job.n,
                         stream: how.stream,
                         tools: job.tools.clone(),
+                        traceparent: call.traceparent(),
                     };
                     match resilience.chat(provider.as_ref(), &req).await {
                         Ok(answer) => {
@@ -506,7 +542,7 @@ impl Router {
                             .record(total.saturating_sub(upstream).as_secs_f64());
                     }
                     let measured = MeasuredAnswer::new(
-                        answer,
+                        genai::InferenceAnswer::wrap(answer, call),
                         Measure {
                             deployment: d.clone(),
                             outcomes: self.outcomes.clone(),
@@ -528,6 +564,10 @@ impl Router {
                     });
                 }
                 Err(e) => {
+                    if call.is_on() {
+                        call.fail(e.status().as_str(), e.to_string());
+                        call.end();
+                    }
                     d.metrics.failover.increment(1);
                     ex.only_saturated = false;
                     ex.remember(e);

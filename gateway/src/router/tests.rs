@@ -185,6 +185,7 @@ fn how(sensitive: bool) -> Dispatch {
         sensitive,
         started: Instant::now(),
         pseudonymize: None,
+        trace: crate::telemetry::Trace::default(),
     }
 }
 

@@ -110,13 +110,16 @@ impl Worker {
                     FinishedReason::Stop
                 }
             };
+            let now = Instant::now();
             self.stats
-                .finished(&a.times, finished, a.token_counts(), Instant::now());
+                .finished(&a.times, finished, a.token_counts(), now);
+            let times = a.times.stage_times(now);
             let _ = a.events.try_send(EngineEvent::Finished {
                 reason,
                 text,
                 usage,
                 stop_sequence,
+                times,
             });
             self.shared.pending.fetch_sub(1, Ordering::SeqCst);
         }

@@ -69,6 +69,7 @@ fn request(model: &str, stream: bool) -> ProviderRequest {
         n: 1,
         stream,
         tools: None,
+        traceparent: None,
     }
 }
 

@@ -143,3 +143,30 @@ fn check_config_shows_the_stream_analysers_and_a_keys_stream_policy() {
     assert!(shown.contains("stream_guard = false"), "{shown}");
     assert!(!shown.contains("sk-team-a-secret"), "{shown}");
 }
+
+#[test]
+fn check_config_shows_telemetry_with_header_names_but_not_their_values() {
+    let text = r#"
+        [telemetry]
+        endpoint = "http://127.0.0.1:4317"
+        headers = { "x-team" = "ops-header-value" }
+        headers_env = "OTLP_HEADERS"
+        sampling_ratio = 0.5
+    "#;
+    let cfg = load_str(text, &[("OTLP_HEADERS", "authorization=Bearer otlp-token")]).unwrap();
+    let shown = cfg.to_redacted_toml();
+    let parsed: toml::Table = toml::from_str(&shown).unwrap();
+    let telemetry = parsed["telemetry"].as_table().expect("a [telemetry] table");
+    assert_eq!(
+        telemetry["endpoint"].as_str(),
+        Some("http://127.0.0.1:4317")
+    );
+    assert_eq!(telemetry["sampling_ratio"].as_float(), Some(0.5));
+    assert_eq!(telemetry["record_content"].as_bool(), Some(false));
+    let mut names: Vec<&String> = telemetry["headers"].as_table().unwrap().keys().collect();
+    names.sort();
+    assert_eq!(names, ["authorization", "x-team"], "{shown}");
+    for value in ["ops-header-value", "otlp-token"] {
+        assert!(!shown.contains(value), "`{value}` printed:\n{shown}");
+    }
+}

@@ -168,6 +168,7 @@ fn tools_and_tool_turns_take_yandex_shapes() {
             choice: ToolChoice::Required,
             parallel: false,
         }),
+        traceparent: None,
     };
     let body =
         serde_json::to_value(CompletionBody::new(&req, "gpt://f/yandexgpt/latest".into()).unwrap())
