@@ -186,6 +186,17 @@ async fn post(server: &Server, path: &str, key: &str, body: &Value) -> Reply {
     }
 }
 
+/// A chat request as `key`: `question` to `model`.
+async fn chat(server: &Server, key: &str, model: &str, question: &str, stream: bool) -> Reply {
+    post(
+        server,
+        "/v1/chat/completions",
+        key,
+        &ask(model, question, stream),
+    )
+    .await
+}
+
 fn ask(model: &str, question: &str, stream: bool) -> Value {
     json!({
         "model": model,
@@ -333,13 +344,7 @@ async fn a_regulated_key_whose_local_model_is_down_gets_503_and_the_cloud_sees_n
     );
     // The control: an unregulated key's same request does fail over to
     // the cloud, so the cloud was there to take it.
-    let reply = post(
-        &s.server,
-        "/v1/chat/completions",
-        KEY_SHOP,
-        &ask("chat-down", "Hi", false),
-    )
-    .await;
+    let reply = chat(&s.server, KEY_SHOP, "chat-down", "Hi", false).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(s.cloud.control.requests(), 1);
 }
@@ -350,22 +355,10 @@ async fn redis_and_the_store_hold_no_plaintext_of_a_regulated_request() {
     let _cleanup = RedisKeys(s.prefix.clone());
 
     // Cached (sealed), served again from the cache.
-    let first = post(
-        &s.server,
-        "/v1/chat/completions",
-        KEY_BANK,
-        &ask("chat", QUESTION, false),
-    )
-    .await;
+    let first = chat(&s.server, KEY_BANK, "chat", QUESTION, false).await;
     assert_eq!(content(&first), ANSWER);
     assert_eq!(cache_of(&first), "miss");
-    let again = post(
-        &s.server,
-        "/v1/chat/completions",
-        KEY_BANK,
-        &ask("chat", QUESTION, false),
-    )
-    .await;
+    let again = chat(&s.server, KEY_BANK, "chat", QUESTION, false).await;
     assert_eq!(cache_of(&again), "exact", "{}", again.body);
     assert_eq!(content(&again), ANSWER);
     assert_eq!(
@@ -374,13 +367,7 @@ async fn redis_and_the_store_hold_no_plaintext_of_a_regulated_request() {
         "the hit did not reach the model"
     );
     // Streamed too (a replay of the sealed entry).
-    let streamed = post(
-        &s.server,
-        "/v1/chat/completions",
-        KEY_BANK,
-        &ask("chat", QUESTION, true),
-    )
-    .await;
+    let streamed = chat(&s.server, KEY_BANK, "chat", QUESTION, true).await;
     assert_eq!(streamed.status, 200, "{}", streamed.body);
     assert_eq!(cache_of(&streamed), "exact");
     let mut text = String::new();
@@ -428,11 +415,12 @@ async fn redis_and_the_store_hold_no_plaintext_of_a_regulated_request() {
     s.onprem
         .control
         .set_reply("A plain answer about marble-otter.");
-    let plain = post(
+    let plain = chat(
         &s.server,
-        "/v1/chat/completions",
         KEY_SHOP,
-        &ask("chat", "Tell me of marble-otter-12", false),
+        "chat",
+        "Tell me of marble-otter-12",
+        false,
     )
     .await;
     assert_eq!(cache_of(&plain), "miss", "{}", plain.body);
@@ -446,60 +434,28 @@ async fn redis_and_the_store_hold_no_plaintext_of_a_regulated_request() {
 async fn a_regulated_entry_is_not_served_to_another_tenant_and_pii_is_never_cached() {
     let s = start().await;
     let _cleanup = RedisKeys(s.prefix.clone());
-    let first = post(
-        &s.server,
-        "/v1/chat/completions",
-        KEY_BANK,
-        &ask("chat", QUESTION, false),
-    )
-    .await;
+    let first = chat(&s.server, KEY_BANK, "chat", QUESTION, false).await;
     assert_eq!(cache_of(&first), "miss", "{}", first.body);
     assert_eq!(
-        cache_of(
-            &post(
-                &s.server,
-                "/v1/chat/completions",
-                KEY_BANK,
-                &ask("chat", QUESTION, false)
-            )
-            .await
-        ),
+        cache_of(&chat(&s.server, KEY_BANK, "chat", QUESTION, false).await),
         "exact"
     );
     // Another regulated tenant (by `[regulated] tenants`) asking the same.
-    let other = post(
-        &s.server,
-        "/v1/chat/completions",
-        KEY_CLINIC,
-        &ask("chat", QUESTION, false),
-    )
-    .await;
+    let other = chat(&s.server, KEY_CLINIC, "chat", QUESTION, false).await;
     assert_eq!(cache_of(&other), "miss", "{}", other.body);
     assert_eq!(s.onprem.control.requests(), 2);
 
     // A prompt with personal data: neither read nor written, each time.
     let pii = "Write to ivan.petrov@example.com about the contract";
     for _ in 0..2 {
-        let reply = post(
-            &s.server,
-            "/v1/chat/completions",
-            KEY_BANK,
-            &ask("chat", pii, false),
-        )
-        .await;
+        let reply = chat(&s.server, KEY_BANK, "chat", pii, false).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(cache_of(&reply), "bypass");
     }
     assert_eq!(s.onprem.control.requests(), 4);
     // The control: an unregulated tenant's masked prompt is cached as before.
     for expected in ["miss", "exact"] {
-        let reply = post(
-            &s.server,
-            "/v1/chat/completions",
-            KEY_SHOP,
-            &ask("chat", pii, false),
-        )
-        .await;
+        let reply = chat(&s.server, KEY_SHOP, "chat", pii, false).await;
         assert_eq!(cache_of(&reply), expected, "{}", reply.body);
     }
 }
