@@ -112,3 +112,39 @@ pub fn fresh_postgres_schema(test: &str) -> String {
     );
     format!("{base}?options=-c%20search_path%3D{schema}")
 }
+
+/// Deletes the shared Redis's keys that match a pattern when dropped, so
+/// a test leaves none behind however it ends.
+pub struct RedisKeys {
+    pattern: String,
+}
+
+impl RedisKeys {
+    /// The keys under `prefix:`.
+    pub fn under(prefix: &str) -> Self {
+        Self::matching(format!("{prefix}:*"))
+    }
+
+    /// The keys a `SCAN` pattern matches.
+    pub fn matching(pattern: String) -> Self {
+        Self { pattern }
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let Ok(out) = Command::new("redis-cli")
+            .args(["--scan", "--pattern", &self.pattern])
+            .output()
+        else {
+            return;
+        };
+        let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if !keys.is_empty() {
+            let _ = Command::new("redis-cli").arg("del").args(keys).output();
+        }
+    }
+}

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
+use sluice_tests::services::RedisKeys;
 use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
 
 const KEY_A: &str = "key-a-0123456789";
@@ -312,26 +311,6 @@ async fn in_process_cache_through_http() {
     assert_eq!(chat(&server, KEY_B, &[], &body).await.cache(), "exact");
 }
 
-/// Deletes the test's Redis keys however the test ends.
-struct RedisKeys(String);
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(out) = Command::new("redis-cli")
-            .args(["--scan", "--pattern", &format!("{}:*", self.0)])
-            .output()
-        else {
-            return;
-        };
-        let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        if !keys.is_empty() {
-            let _ = Command::new("redis-cli").arg("del").args(keys).output();
-        }
-    }
-}
-
 #[tokio::test]
 async fn two_processes_share_a_redis_cache() {
     let prefix = format!(
@@ -341,7 +320,7 @@ async fn two_processes_share_a_redis_cache() {
             .unwrap()
             .as_nanos()
     );
-    let _cleanup = RedisKeys(prefix.clone());
+    let _cleanup = RedisKeys::under(&prefix);
     let cache = format!(
         "backend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_prefix = \"{prefix}\"\n"
     );

@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use common::{http_client, sse_events, Reply};
 use serde_json::{json, Value};
 use sluice_tests::fakes::{self, FakeServer};
+use sluice_tests::services::RedisKeys;
 use sluice_tests::{Server, ServerOptions};
 
 const KEY_BANK: &str = "key-bank-0123456789";
@@ -286,30 +287,10 @@ fn leaks(text: &str) -> Vec<&'static str> {
     LEAKS.iter().copied().filter(|w| text.contains(w)).collect()
 }
 
-/// Deletes the test's Redis keys however the test ends.
-struct RedisKeys(String);
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(out) = Command::new("redis-cli")
-            .args(["--scan", "--pattern", &format!("{}:*", self.0)])
-            .output()
-        else {
-            return;
-        };
-        let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        if !keys.is_empty() {
-            let _ = Command::new("redis-cli").arg("del").args(keys).output();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regulated_key_whose_local_model_is_down_gets_503_and_the_cloud_sees_nothing() {
     let s = start().await;
-    let _cleanup = RedisKeys(s.prefix.clone());
+    let _cleanup = RedisKeys::under(&s.prefix);
     for key in [KEY_BANK, KEY_CLINIC] {
         let reply = post(
             &s.server,
@@ -352,7 +333,7 @@ async fn a_regulated_key_whose_local_model_is_down_gets_503_and_the_cloud_sees_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_and_the_store_hold_no_plaintext_of_a_regulated_request() {
     let s = start().await;
-    let _cleanup = RedisKeys(s.prefix.clone());
+    let _cleanup = RedisKeys::under(&s.prefix);
 
     // Cached (sealed), served again from the cache.
     let first = chat(&s.server, KEY_BANK, "chat", QUESTION, false).await;
@@ -433,7 +414,7 @@ async fn redis_and_the_store_hold_no_plaintext_of_a_regulated_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regulated_entry_is_not_served_to_another_tenant_and_pii_is_never_cached() {
     let s = start().await;
-    let _cleanup = RedisKeys(s.prefix.clone());
+    let _cleanup = RedisKeys::under(&s.prefix);
     let first = chat(&s.server, KEY_BANK, "chat", QUESTION, false).await;
     assert_eq!(cache_of(&first), "miss", "{}", first.body);
     assert_eq!(

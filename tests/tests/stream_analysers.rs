@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use sluice_gateway::analyse::degeneration::Detector;
+use sluice_tests::services::RedisKeys;
 use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
 
 use common::{demo_tokenizer, get, post as post_json, post_raw};
@@ -244,34 +245,10 @@ async fn a_repetition_loop_on_completions_stops_with_length_and_is_charged_what_
     assert!(reply.headers.get("x-sluice-stop-reason").is_none());
 }
 
-/// Deletes the test's Redis keys when it ends.
-struct RedisKeys(String);
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let Ok(out) = std::process::Command::new("redis-cli")
-            .args(["--scan", "--pattern", &format!("{}*", self.0)])
-            .output()
-        else {
-            return;
-        };
-        let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        if !keys.is_empty() {
-            let _ = std::process::Command::new("redis-cli")
-                .arg("del")
-                .args(keys)
-                .output();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_replayed_from_the_cache_passes_the_same_analysers() {
     let prefix = format!("sluice-test-stream-{}:", std::process::id());
-    let _cleanup = RedisKeys(prefix.clone());
+    let _cleanup = RedisKeys::matching(format!("{prefix}*"));
     let cache = format!(
         "[cache]\nenabled = true\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n\
          redis_prefix = \"{prefix}\"\n"
