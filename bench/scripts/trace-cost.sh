@@ -14,6 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 B=${B:-${CARGO_TARGET_DIR:-target}/release}
 W=${W:-$(mktemp -d)}
+mkdir -p "$W"
 echo "files in $W" >&2
 key="sk-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 cfg() { cat <<TOML

@@ -421,3 +421,19 @@ async fn json_log_lines_of_a_request_carry_its_trace_id() {
     let root = named(&spans, "POST /v1/chat/completions");
     assert_eq!(line["span_id"], root.span_id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_batch_is_exported_without_waiting_for_the_flush_interval() {
+    let receiver = OtlpReceiver::start().await;
+    let fake = fakes::openai::start(None).await;
+    // Ten minutes between timed flushes: only a full batch (4 spans; one
+    // request makes more) can bring the trace within the test's wait.
+    let config = config(&receiver.endpoint(), &fake, "batch = 4")
+        .replace("flush_ms = 100", "flush_ms = 600000");
+    let server = start(config, Vec::new()).await;
+    let (traceparent, trace_id, _) = client_traceparent(0x5a);
+    let reply = chat(&server, "cloud-chat", &traceparent, false).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let spans = receiver.trace(&trace_id, WAIT, |s| s.len() >= 4).await;
+    assert!(spans.len() >= 4, "{:?}", names(&spans));
+}
