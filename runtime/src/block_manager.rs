@@ -43,6 +43,11 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
+mod free_list;
+mod invariants;
+
+use free_list::{FreeList, Tier};
+
 /// Index of a block in the KV cache.
 pub type BlockId = u32;
 
@@ -68,33 +73,6 @@ impl WarmHold {
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()
     }
-}
-
-/// One intrusive doubly-linked list of free blocks (links live in [`Block`]).
-#[derive(Debug, Clone, Copy)]
-struct FreeList {
-    /// Front = next to be handed out by `allocate`.
-    head: BlockId,
-    tail: BlockId,
-    len: usize,
-}
-
-impl FreeList {
-    const EMPTY: Self = Self {
-        head: NIL,
-        tail: NIL,
-        len: 0,
-    };
-}
-
-/// Which free list a free block sits in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tier {
-    /// Evicted first: uncached blocks at the front, cached ones in the
-    /// order they were freed.
-    Cold,
-    /// Cached blocks some warm session holds: evicted once `Cold` is empty.
-    Warm,
 }
 
 /// Size of the pool and whether full blocks are shared between prompts.
@@ -474,98 +452,6 @@ impl BlockManager {
         self.queries
     }
 
-    /// Checks the pool's invariants: free + used == total, no refcount
-    /// underflow, every free block in the free list exactly once and no
-    /// referenced block in it, the hash map and the blocks' hashes agree.
-    /// O(num_blocks); run after every mutation in debug builds.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let total = self.blocks.len();
-        if self.refcount_underflows > 0 {
-            return Err(format!(
-                "{} releases of unreferenced blocks",
-                self.refcount_underflows
-            ));
-        }
-        let mut in_list = vec![false; total];
-        let mut count = 0;
-        for tier in [Tier::Cold, Tier::Warm] {
-            let list = *self.list(tier);
-            let mut listed = 0;
-            let mut prev = NIL;
-            let mut cur = list.head;
-            while cur != NIL {
-                let Some(block) = self.blocks.get(cur as usize) else {
-                    return Err(format!("free list holds out-of-range id {cur}"));
-                };
-                if in_list[cur as usize] {
-                    return Err(format!("free lists visit block {cur} twice"));
-                }
-                in_list[cur as usize] = true;
-                if block.ref_cnt != 0 {
-                    return Err(format!(
-                        "block {cur} is free-listed with refcount {}",
-                        block.ref_cnt
-                    ));
-                }
-                if self.tier_of(cur) != tier {
-                    return Err(format!(
-                        "block {cur} with {} warm holds is in the {tier:?} list",
-                        block.warm_holds
-                    ));
-                }
-                if block.prev != prev {
-                    return Err(format!("block {cur} has a stale prev link"));
-                }
-                listed += 1;
-                prev = cur;
-                cur = block.next;
-            }
-            if prev != list.tail {
-                return Err(format!(
-                    "{tier:?} tail is {} but the list ends at {prev}",
-                    list.tail
-                ));
-            }
-            if listed != list.len {
-                return Err(format!(
-                    "{tier:?} list has {listed} blocks, counter says {}",
-                    list.len
-                ));
-            }
-            count += listed;
-        }
-        for (id, block) in self.blocks.iter().enumerate() {
-            if block.warm_holds > 0 && !self.is_cached(id as BlockId) {
-                return Err(format!("block {id} is held warm but not cached"));
-            }
-        }
-        let used = self.blocks.iter().filter(|b| b.ref_cnt > 0).count();
-        if used + count != total {
-            return Err(format!(
-                "free {count} + used {used} != total {total}: a block with refcount 0 is not free-listed"
-            ));
-        }
-        for (hash, &id) in &self.cached {
-            match self.blocks.get(id as usize) {
-                Some(block) if block.hash == Some(*hash) => {}
-                _ => return Err(format!("hash map points at block {id}, whose hash differs")),
-            }
-        }
-        for (id, block) in self.blocks.iter().enumerate() {
-            if let Some(hash) = block.hash {
-                let cached = self.cached.get(&hash) == Some(&(id as BlockId));
-                if !cached && block.ref_cnt == 0 {
-                    return Err(format!("free block {id} keeps a hash that is not cached"));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn debug_check(&self) {
-        debug_assert_eq!(self.check_invariants(), Ok(()));
-    }
-
     fn hash_block(&self, parent: Option<BlockHash>, tokens: &[u32]) -> BlockHash {
         let mut a = self.hash_keys.0.build_hasher();
         let mut b = self.hash_keys.1.build_hasher();
@@ -590,85 +476,6 @@ impl BlockManager {
             .get(id as usize)
             .and_then(|b| b.hash)
             .is_some_and(|hash| self.cached.get(&hash) == Some(&id))
-    }
-
-    /// The list free block `id` belongs in (by its warm holds).
-    fn tier_of(&self, id: BlockId) -> Tier {
-        if self.blocks[id as usize].warm_holds > 0 {
-            Tier::Warm
-        } else {
-            Tier::Cold
-        }
-    }
-
-    fn list(&self, tier: Tier) -> &FreeList {
-        match tier {
-            Tier::Cold => &self.cold,
-            Tier::Warm => &self.warm,
-        }
-    }
-
-    fn list_mut(&mut self, tier: Tier) -> &mut FreeList {
-        match tier {
-            Tier::Cold => &mut self.cold,
-            Tier::Warm => &mut self.warm,
-        }
-    }
-
-    /// Removes free block `id` from its free list (the one its warm holds
-    /// say: change them only while the block is unlinked).
-    fn unlink(&mut self, id: BlockId) {
-        let tier = self.tier_of(id);
-        let (prev, next) = {
-            let b = &self.blocks[id as usize];
-            (b.prev, b.next)
-        };
-        match prev {
-            NIL => self.list_mut(tier).head = next,
-            p => self.blocks[p as usize].next = next,
-        }
-        match next {
-            NIL => self.list_mut(tier).tail = prev,
-            n => self.blocks[n as usize].prev = prev,
-        }
-        let b = &mut self.blocks[id as usize];
-        b.prev = NIL;
-        b.next = NIL;
-        self.list_mut(tier).len -= 1;
-    }
-
-    fn push_back(&mut self, id: BlockId) {
-        let tier = self.tier_of(id);
-        let tail = self.list(tier).tail;
-        {
-            let b = &mut self.blocks[id as usize];
-            b.prev = tail;
-            b.next = NIL;
-        }
-        match tail {
-            NIL => self.list_mut(tier).head = id,
-            t => self.blocks[t as usize].next = id,
-        }
-        let list = self.list_mut(tier);
-        list.tail = id;
-        list.len += 1;
-    }
-
-    fn push_front(&mut self, id: BlockId) {
-        let tier = self.tier_of(id);
-        let head = self.list(tier).head;
-        {
-            let b = &mut self.blocks[id as usize];
-            b.prev = NIL;
-            b.next = head;
-        }
-        match head {
-            NIL => self.list_mut(tier).tail = id,
-            h => self.blocks[h as usize].prev = id,
-        }
-        let list = self.list_mut(tier);
-        list.head = id;
-        list.len += 1;
     }
 }
 
