@@ -3,7 +3,6 @@
 //! probes (`/health`, `/ready`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -21,7 +20,6 @@ use crate::auth;
 use crate::cache;
 use crate::error::ApiError;
 use crate::openai::{chat, completions, conversations, embeddings, models, moderations, responses};
-use crate::router::Router as ModelRouter;
 use crate::state::AppState;
 use crate::telemetry::{self, Telemetry, Trace};
 
