@@ -28,6 +28,7 @@
 //! each reports itself. llama.cpp's own timings are kept alongside as a check.
 //! Progress goes to stderr; tables go to stdout; `--json` keeps everything.
 
+mod answer_windows;
 mod cache_bench;
 mod decode_load;
 mod defence_bench;
@@ -107,6 +108,8 @@ enum Cmd {
     Stream(stream_bench::StreamArgs),
     /// The stream guard's flags on held-out ordinary answers: windows and answers it would stop
     GuardAnswers(stream_guard_bench::GuardAnswersArgs),
+    /// Cut a text,label CSV into the stream guard's windows (JSON lines), to train its head on
+    AnswerWindows(answer_windows::AnswerWindowsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +154,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Sessions(a) => sessions_bench::run(a),
         Cmd::Stream(a) => stream_bench::run(a),
         Cmd::GuardAnswers(a) => stream_guard_bench::run_answers(a),
+        Cmd::AnswerWindows(a) => answer_windows::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -16,6 +16,12 @@
 //! Each answer is also scored whole, as the input guard scores a prompt
 //! (its segments-max rule), for comparison.
 //!
+//! `--head` picks the head as `[stream] guard_head` does (`input`: the
+//! input guard's, as before the stream guard had one of its own), so one
+//! build compares heads; `--csv` reads a `text,label` file instead of a
+//! folder (held-out injections), and the report then splits the answers
+//! stopped by label: on injections that share is the recall per text.
+//!
 //! Design choice: the windows come from the gateway's own window code
 //! (`analyse::window`), not from a re-implementation here, so the texts
 //! scored are exactly those a served stream sends to the guard.
@@ -34,7 +40,9 @@ use sluice_gateway::analyse::guard::AsyncAnalyser;
 use sluice_gateway::analyse::window::Analysed;
 use sluice_gateway::analyse::Stop;
 use sluice_gateway::answer::{Answer, Step, StopNote};
-use sluice_gateway::config::{EncoderConfig, EncoderKind, GuardConfig, DEMO_EMBEDDING_ID};
+use sluice_gateway::config::{
+    EncoderConfig, EncoderKind, GuardConfig, StreamGuardHead, DEMO_EMBEDDING_ID,
+};
 use sluice_gateway::encoders::EncoderRegistry;
 use sluice_gateway::guard::registry::serving_guard;
 use sluice_gateway::guard::{Guard, GuardEncoders, GuardVerdict};
@@ -44,14 +52,19 @@ use sluice_runtime::{EncoderPoolConfig, FinishReason, Usage};
 use crate::stats::{cell, Summary};
 use crate::stream_bench::{settings, wrap_of};
 
-/// The guard `sluice serve` builds by default: the built-in head over the
-/// demo MiniLM, with the default encoder pool.
+/// The stream guard `sluice serve` builds by default: the input guard's
+/// built-in head over the demo MiniLM, with the default encoder pool.
 pub struct ServedGuard {
     pub guard: Arc<Guard>,
     pub encoders: Arc<dyn GuardEncoders>,
 }
 
 pub fn served_guard() -> Result<ServedGuard> {
+    served_stream_guard(&StreamGuardHead::Input)
+}
+
+/// The served guard with the stream guard's head `head`.
+pub fn served_stream_guard(head: &StreamGuardHead) -> Result<ServedGuard> {
     let encoder = EncoderConfig {
         id: DEMO_EMBEDDING_ID.into(),
         kind: EncoderKind::Embedding,
@@ -61,6 +74,8 @@ pub fn served_guard() -> Result<ServedGuard> {
     let guard = serving_guard(&GuardConfig::default(), std::slice::from_ref(&encoder))
         .map_err(|e| anyhow!("guard: {e}"))?
         .context("the guard is off in its default config")?;
+    let guard =
+        sluice_gateway::guard::answer::stream_guard(&guard, head).map_err(|e| anyhow!(e))?;
     let registry = Arc::new(EncoderRegistry::new(std::slice::from_ref(&encoder)));
     for slot in registry.slots() {
         slot.load_blocking().map_err(|e| anyhow!(e))?;
@@ -148,9 +163,57 @@ pub struct GuardAnswersArgs {
     /// `hold_back` window, in tokens (the server's default)
     #[arg(long, default_value_t = 16)]
     window: usize,
+    /// The head that scores windows, as `[stream] guard_head`: a head file
+    /// (such as models/guard/minilm-answer-injection.safetensors), or
+    /// `input` for the input guard's [default: input]
+    #[arg(long)]
+    head: Option<String>,
+    /// Read the answers from a `text,label` CSV instead of a folder
+    #[arg(long, conflicts_with = "dir")]
+    csv: Option<PathBuf>,
     /// Also write the results as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// The answers to stream: `(name, text, injection)`.
+fn read_answers(
+    args: &GuardAnswersArgs,
+    dir: &std::path::Path,
+) -> Result<Vec<(String, String, bool)>> {
+    if let Some(csv) = &args.csv {
+        let data =
+            sluice_gateway::guard::dataset::read_labelled_csv(csv).map_err(|e| anyhow!(e))?;
+        return Ok(data
+            .rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (format!("row {}", i + 1), r.text, r.injection))
+            .collect());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let ext = p.extension().and_then(|e| e.to_str());
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            matches!(ext, Some("md" | "txt")) && !name.eq_ignore_ascii_case("README.md")
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            Ok((name, text, false))
+        })
+        .collect()
 }
 
 /// One window's verdict.
@@ -240,6 +303,7 @@ impl Answer for Tokens {
 
 struct AnswerResult {
     name: String,
+    injection: bool,
     tokens: usize,
     windows: Vec<WindowScore>,
     whole: GuardVerdict,
@@ -254,42 +318,25 @@ pub fn run_answers(args: GuardAnswersArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(sluice_models::demo_chat_model_path);
     let tokenizer = crate::workload::load_tokenizer(&model)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let ext = p.extension().and_then(|e| e.to_str());
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            matches!(ext, Some("md" | "txt")) && !name.eq_ignore_ascii_case("README.md")
-        })
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        bail!("no answers in {}", dir.display());
+    let answers = read_answers(&args, &dir)?;
+    if answers.is_empty() {
+        bail!(
+            "no answers in {}",
+            args.csv.as_deref().unwrap_or(&dir).display()
+        );
     }
-    let ServedGuard { guard, encoders } = served_guard()?;
+    let head = match args.head.as_deref() {
+        None => StreamGuardHead::Input,
+        Some(text) => StreamGuardHead::parse(text, std::path::Path::new("."))
+            .map_err(|e| anyhow!("--head: {e}"))?,
+    };
+    let ServedGuard { guard, encoders } = served_stream_guard(&head)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let failures = Arc::new(AtomicUsize::new(0));
-    let mut results = Vec::with_capacity(files.len());
-    for path in &files {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let ids = tokenizer
-            .encode(&text, false)
-            .map_err(|e| anyhow!("tokenizing {}: {e}", path.display()))?;
-        let mut decoder = IncrementalDecoder::new();
-        let mut pieces = Vec::with_capacity(ids.len());
-        for &id in &ids {
-            let piece = decoder.push(&tokenizer, id).map_err(|e| anyhow!("{e}"))?;
-            pieces.push((id, piece));
-        }
-        if let Some(last) = pieces.last_mut() {
-            last.1
-                .push_str(&decoder.finish(&tokenizer).map_err(|e| anyhow!("{e}"))?);
-        }
-        let streamed: String = pieces.iter().map(|(_, p)| p.as_str()).collect();
+    let mut results = Vec::new();
+    for (name, text, injection) in answers {
         let scores = Arc::new(Mutex::new(Vec::new()));
         let scoring: Arc<dyn AsyncAnalyser> = Arc::new(Scoring {
             guard: guard.clone(),
@@ -297,48 +344,73 @@ pub fn run_answers(args: GuardAnswersArgs) -> Result<()> {
             scores: scores.clone(),
             failures: failures.clone(),
         });
-        let note = StopNote::default();
-        let mut answer = Analysed::wrap(
-            Box::new(Tokens { pieces, next: 0 }),
-            vec![Vec::new()],
-            settings(args.window),
-            Some(scoring),
-            wrap_of(note.clone()),
-        );
-        let released = runtime.block_on(async {
-            let mut released = String::new();
-            while let Some(step) = answer.next().await {
-                match step {
-                    Step::Token { text, .. } | Step::Finished { text, .. } => {
-                        released.push_str(&text)
-                    }
-                    Step::Failed(e) => bail!("{}: {e}", path.display()),
-                    Step::ToolCall { .. } => {}
-                }
-            }
-            Ok(released)
-        })?;
-        drop(answer);
-        // The scorer passes everything: the whole answer must come out.
-        if released != streamed || note.get().is_some() {
-            bail!("{}: the answer did not pass whole", path.display());
-        }
+        let tokens = stream_windows(&runtime, &tokenizer, &name, &text, args.window, scoring)?;
         let whole = runtime
             .block_on(guard.verdict(encoders.as_ref(), &text, None))
-            .map_err(|e| anyhow!("scoring {} whole: {e}", path.display()))?;
+            .map_err(|e| anyhow!("scoring {name} whole: {e}"))?;
         let windows = std::mem::take(&mut *scores.lock().map_err(|_| anyhow!("poisoned"))?);
         results.push(AnswerResult {
-            name: path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string(),
-            tokens: ids.len(),
+            name,
+            injection,
+            tokens,
             windows,
             whole,
         });
     }
     report(&args, &dir, &results, failures.load(Ordering::Relaxed))
+}
+
+/// Streams `text` as the engine would, token by token through
+/// `hold_back` windows of `window` tokens (and 128 bytes of overlap), with
+/// `analyser` on every window; it must pass everything. Returns the number
+/// of tokens.
+pub(crate) fn stream_windows(
+    runtime: &tokio::runtime::Runtime,
+    tokenizer: &sluice_models::Tokenizer,
+    name: &str,
+    text: &str,
+    window: usize,
+    analyser: Arc<dyn AsyncAnalyser>,
+) -> Result<usize> {
+    let ids = tokenizer
+        .encode(text, false)
+        .map_err(|e| anyhow!("tokenizing {name}: {e}"))?;
+    let mut decoder = IncrementalDecoder::new();
+    let mut pieces = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        let piece = decoder.push(tokenizer, id).map_err(|e| anyhow!("{e}"))?;
+        pieces.push((id, piece));
+    }
+    if let Some(last) = pieces.last_mut() {
+        last.1
+            .push_str(&decoder.finish(tokenizer).map_err(|e| anyhow!("{e}"))?);
+    }
+    let streamed: String = pieces.iter().map(|(_, p)| p.as_str()).collect();
+    let note = StopNote::default();
+    let mut answer = Analysed::wrap(
+        Box::new(Tokens { pieces, next: 0 }),
+        vec![Vec::new()],
+        settings(window),
+        Some(analyser),
+        wrap_of(note.clone()),
+    );
+    let released = runtime.block_on(async {
+        let mut released = String::new();
+        while let Some(step) = answer.next().await {
+            match step {
+                Step::Token { text, .. } | Step::Finished { text, .. } => released.push_str(&text),
+                Step::Failed(e) => bail!("{name}: {e}"),
+                Step::ToolCall { .. } => {}
+            }
+        }
+        Ok(released)
+    })?;
+    drop(answer);
+    // The analyser passes everything: the whole answer must come out.
+    if released != streamed || note.get().is_some() {
+        bail!("{name}: the answer did not pass whole");
+    }
+    Ok(ids.len())
 }
 
 fn report(
@@ -347,17 +419,21 @@ fn report(
     results: &[AnswerResult],
     failures: usize,
 ) -> Result<()> {
+    let source = args.csv.as_deref().unwrap_or(dir);
     println!(
-        "stream guard on held-out ordinary answers ({}), hold_back window {} tokens + 128 bytes \
-         overlap, the served guard (built-in head, all-MiniLM-L6-v2)\n",
-        dir.display(),
-        args.window
+        "stream guard on {}, hold_back window {} tokens + 128 bytes overlap, the served guard \
+         with head {} (all-MiniLM-L6-v2)\n",
+        source.display(),
+        args.window,
+        args.head.as_deref().unwrap_or("input")
     );
     println!(
         "| answer | tokens | windows scored | flagged | uncertain | highest window score | \
          whole answer: score, flagged |\n|---|---:|---:|---:|---:|---:|---|"
     );
     let (mut windows, mut flagged, mut uncertain, mut stopped, mut whole_flagged) = (0, 0, 0, 0, 0);
+    // Answers stopped, and answers, by label (ordinary, injection).
+    let mut by_label = [(0, 0); 2];
     let mut all_scores = Vec::new();
     let mut rows = Vec::new();
     for r in results {
@@ -376,10 +452,13 @@ fn report(
         flagged += f;
         uncertain += u;
         stopped += usize::from(f > 0);
+        let label = &mut by_label[usize::from(r.injection)];
+        label.0 += usize::from(f > 0);
+        label.1 += 1;
         whole_flagged += usize::from(r.whole.flagged);
         all_scores.extend(r.windows.iter().map(|w| w.score));
         rows.push(json!({
-            "answer": r.name, "tokens": r.tokens, "windows": r.windows.len(),
+            "answer": r.name, "injection": r.injection, "tokens": r.tokens, "windows": r.windows.len(),
             "flagged": f, "uncertain": u, "highest_score": top,
             "whole_score": whole_score, "whole_flagged": r.whole.flagged,
             "flagged_windows": r.windows.iter().filter(|w| w.flagged)
@@ -401,7 +480,14 @@ fn report(
         cell(scores.p90, 3),
         cell(scores.max, 3),
     );
-    for r in results {
+    let [(ordinary_stopped, ordinary), (injections_stopped, injections)] = by_label;
+    println!(
+        "by label: ordinary answers stopped {ordinary_stopped} of {ordinary}; injections stopped \
+         {injections_stopped} of {injections} (recall {:.3})",
+        injections_stopped as f64 / injections.max(1) as f64
+    );
+    // The false positives, to read; flagged injections are what is wanted.
+    for r in results.iter().filter(|r| !r.injection) {
         for w in r.windows.iter().filter(|w| w.flagged) {
             println!("flagged in {} ({:.3}): {:?}", r.name, w.score, w.text);
         }
@@ -411,6 +497,9 @@ fn report(
             "tool": "sluice-bench guard-answers",
             "command": std::env::args().collect::<Vec<_>>().join(" "),
             "window_tokens": args.window,
+            "head": args.head.as_deref().unwrap_or("input"),
+            "ordinary_stopped": ordinary_stopped, "ordinary": ordinary,
+            "injections_stopped": injections_stopped, "injections": injections,
             "answers": rows,
             "windows": windows, "flagged": flagged, "uncertain": uncertain,
             "answers_stopped": stopped, "whole_flagged": whole_flagged,

@@ -96,6 +96,12 @@ struct SourcesArgs {
     /// Validation false-positive bound that places t_high (flag).
     #[arg(long, default_value_t = 0.01)]
     max_fpr_high: f64,
+    /// Fit the head on every piece of a benign text that serving scores
+    /// (its windows and sentences), not only its first window: serving
+    /// takes the highest score of any piece, so a harmless sentence that
+    /// scores high alone flags the whole text.
+    #[arg(long)]
+    fit_pieces: bool,
 }
 
 impl SourcesArgs {
@@ -130,6 +136,7 @@ impl SourcesArgs {
             augment,
             max_fpr_low,
             max_fpr_high: self.max_fpr_high,
+            fit_pieces: self.fit_pieces,
         })
     }
 }

@@ -49,6 +49,22 @@ async fn metric(server: &Server, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_back_never_sends_a_window_the_guard_flags_and_the_upstream_sees_the_disconnect() {
+    split_injection_is_stopped_before_it_is_sent("").await;
+}
+
+/// The same split injection with the stream guard scoring through the
+/// answer head (`[stream] guard_head`), trained on answer windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_head_stops_the_split_injection_too() {
+    let head = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/guard/minilm-answer-injection.safetensors"
+    );
+    split_injection_is_stopped_before_it_is_sent(&format!("guard_head = \"{head}\"\n")).await;
+}
+
+/// `stream`: more `[stream]` keys.
+async fn split_injection_is_stopped_before_it_is_sent(stream: &str) {
     let reply = format!("Here is what the page says. {INJECTION} Then it lists the prices.");
     // The output rules know this sentence too, and they run on the window
     // as it is released while the guard scores it beside the stream: with
@@ -57,7 +73,9 @@ async fn hold_back_never_sends_a_window_the_guard_flags_and_the_upstream_sees_th
     let fake = fake(&reply, true).await;
     let server = provider_server(
         &fake,
-        "[stream]\nmode = \"hold_back\"\nwindow_tokens = 8\nguard = true\nrules = false\n",
+        &format!(
+            "[stream]\nmode = \"hold_back\"\nwindow_tokens = 8\nguard = true\nrules = false\n{stream}"
+        ),
     )
     .await;
     let (head, body) = raw_post(

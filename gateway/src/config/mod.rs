@@ -74,7 +74,7 @@ pub use routes::{
 pub use sessions::{HotSettings, SessionSettings};
 pub use spend::{ReferencePrice, SpendSettings};
 pub use store::{default_data_dir, StoreLocation, StoreSettings};
-pub use stream::{RouteStream, StreamMode, StreamSettings};
+pub use stream::{RouteStream, StreamGuardHead, StreamMode, StreamSettings};
 pub use telemetry::{LogFormat, OtlpSettings, TelemetrySettings};
 
 /// The id under which the demo chat model is served.

@@ -273,7 +273,7 @@ pub(super) fn resolve(
         role_models,
         pii: pii.resolve(env)?,
         sessions: sessions_settings,
-        stream: stream.resolve()?,
+        stream: stream.resolve(base_dir)?,
         regulated: regulated_settings,
         telemetry: telemetry.resolve(env)?,
     })

@@ -12,6 +12,7 @@
 //! degeneration = true     # repetition loops stop the answer
 //! guard = false           # the [guard] scores each window (an encoder pass per window)
 //! guard_in_flight = 2     # windows awaiting the guard before the producer is read no further
+//! guard_head = "heads/answers.safetensors"  # the head that scores windows (below)
 //!
 //! [stream.models."my-model"]  # per route (the request's model)
 //! mode = "stream_first"
@@ -23,8 +24,20 @@
 //! stops answers changes what clients get; both are the operator's call.
 //! The guard is off even when the mode is on: it costs an encoder pass per
 //! window, where the other analysers cost microseconds.
+//!
+//! `guard_head` picks the head that scores windows: absent or `"input"`,
+//! the `[guard]`'s own head (trained on prompts); otherwise a head file
+//! written by `sluice guard train`, relative to the config file, such as
+//! the answer head `models/guard/minilm-answer-injection.safetensors`
+//! (trained on answer windows). The input head flags most list and table
+//! layout in answers (every held-out ordinary answer would be stopped),
+//! which is why the stream guard may have a head of its own; the answer
+//! head stops fewer (4 of 9) but not none, so it is not the default yet
+//! (NOTES.md, "Branch ahead"). Either reads the same encoder: no second
+//! model is loaded.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::{Table, Value};
@@ -41,6 +54,48 @@ const MAX_OVERLAP_BYTES: usize = 64 << 10;
 const DEFAULT_GUARD_IN_FLIGHT: usize = 2;
 /// Each window in flight is text held back from the client.
 const MAX_GUARD_IN_FLIGHT: usize = 64;
+
+/// The head the stream guard scores windows with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamGuardHead {
+    /// The `[guard]`'s head (absent, or `guard_head = "input"`).
+    Input,
+    /// A head written by `sluice guard train` (`.safetensors`; its `.json`
+    /// sits beside it).
+    File(PathBuf),
+}
+
+impl StreamGuardHead {
+    /// The word `guard_head` takes for the input guard's head.
+    pub const INPUT: &'static str = "input";
+
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(invalid(
+                "stream.guard_head",
+                "is empty: give a head file, or \"input\" for the [guard]'s head",
+            ));
+        }
+        if text == Self::INPUT {
+            return Ok(Self::Input);
+        }
+        let path = PathBuf::from(text);
+        Ok(Self::File(if path.is_absolute() {
+            path
+        } else {
+            base_dir.join(path)
+        }))
+    }
+
+    /// As `check-config` shows it (and as it parses back).
+    fn as_value(&self) -> String {
+        match self {
+            Self::Input => Self::INPUT.into(),
+            Self::File(path) => path.display().to_string(),
+        }
+    }
+}
 
 /// How an answer's text is released while it is analysed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +149,7 @@ pub struct StreamSection {
     pub degeneration: Option<bool>,
     pub guard: Option<bool>,
     pub guard_in_flight: Option<usize>,
+    pub guard_head: Option<String>,
     #[serde(default)]
     pub models: HashMap<String, StreamRouteSection>,
 }
@@ -129,6 +185,8 @@ pub struct StreamSettings {
     /// Windows of one answer awaiting the guard at most; past it the
     /// producer is not read (the text it makes waits in its own queue).
     pub guard_in_flight: usize,
+    /// The head that scores windows.
+    pub guard_head: StreamGuardHead,
     /// Per route (model id).
     pub models: HashMap<String, RouteStream>,
 }
@@ -144,6 +202,7 @@ impl Default for StreamSettings {
             degeneration: true,
             guard: false,
             guard_in_flight: DEFAULT_GUARD_IN_FLIGHT,
+            guard_head: StreamGuardHead::Input,
             models: HashMap::new(),
         }
     }
@@ -171,6 +230,10 @@ impl StreamSettings {
         t.insert("degeneration".into(), Value::Boolean(self.degeneration));
         t.insert("guard".into(), Value::Boolean(self.guard));
         t.insert("guard_in_flight".into(), int(self.guard_in_flight));
+        t.insert(
+            "guard_head".into(),
+            Value::String(self.guard_head.as_value()),
+        );
         if !self.models.is_empty() {
             let models = self
                 .models
@@ -206,7 +269,9 @@ fn window(key: &str, value: Option<usize>, default: usize) -> Result<usize, Conf
 }
 
 impl StreamSection {
-    pub fn resolve(self) -> Result<StreamSettings, ConfigError> {
+    /// `base_dir`: the config file's folder, which a relative
+    /// `guard_head` is read from.
+    pub fn resolve(self, base_dir: &Path) -> Result<StreamSettings, ConfigError> {
         let Self {
             mode,
             window_tokens,
@@ -216,6 +281,7 @@ impl StreamSection {
             degeneration,
             guard,
             guard_in_flight,
+            guard_head,
             models,
         } = self;
         let defaults = StreamSettings::default();
@@ -248,6 +314,10 @@ impl StreamSection {
                     format!("{n} is outside 1..={MAX_GUARD_IN_FLIGHT} windows"),
                 ))
             }
+        };
+        let guard_head = match guard_head {
+            None => defaults.guard_head,
+            Some(text) => StreamGuardHead::parse(&text, base_dir)?,
         };
         let mut resolved = HashMap::with_capacity(models.len());
         for (model, section) in models {
@@ -283,6 +353,7 @@ impl StreamSection {
             degeneration: degeneration.unwrap_or(defaults.degeneration),
             guard,
             guard_in_flight,
+            guard_head,
             models: resolved,
         })
     }
@@ -294,7 +365,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<StreamSettings, ConfigError> {
         let section: StreamSection = toml::from_str(text).unwrap();
-        section.resolve()
+        section.resolve(Path::new("/etc/sluice"))
     }
 
     #[test]
@@ -348,5 +419,41 @@ mod tests {
         assert!(err.contains("stream.mode"), "{err}");
         let err = parse("window_tokens = 0").unwrap_err().to_string();
         assert!(err.contains("stream.window_tokens"), "{err}");
+    }
+
+    #[test]
+    fn the_guard_head_is_the_input_head_unless_a_file_is_named() {
+        assert_eq!(parse("").unwrap().guard_head, StreamGuardHead::Input);
+        assert_eq!(
+            parse("guard_head = \"input\"").unwrap().guard_head,
+            StreamGuardHead::Input
+        );
+        assert_eq!(
+            parse("guard_head = \"heads/answers.safetensors\"")
+                .unwrap()
+                .guard_head,
+            StreamGuardHead::File(PathBuf::from("/etc/sluice/heads/answers.safetensors"))
+        );
+        assert_eq!(
+            parse("guard_head = \"/opt/h.safetensors\"")
+                .unwrap()
+                .guard_head,
+            StreamGuardHead::File(PathBuf::from("/opt/h.safetensors"))
+        );
+        let err = parse("guard_head = \" \"").unwrap_err().to_string();
+        assert!(err.contains("stream.guard_head"), "{err}");
+        // A per-route head is not a key: the head serves every route.
+        let section: Result<StreamSection, _> =
+            toml::from_str("[models.demo]\nguard_head = \"input\"\n");
+        assert!(section.is_err());
+        // check-config's table parses back to the same head.
+        for text in [
+            "guard_head = \"input\"",
+            "guard_head = \"/opt/h.safetensors\"",
+        ] {
+            let s = parse(text).unwrap();
+            let back = toml::to_string(&s.table()).unwrap();
+            assert_eq!(parse(&back).unwrap(), s, "{back}");
+        }
     }
 }

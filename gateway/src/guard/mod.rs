@@ -11,6 +11,7 @@
 //! longer than the encoder's window is split into windows, never truncated,
 //! so an injection appended after a page of harmless text is still seen.
 
+pub mod answer;
 pub mod augment;
 pub mod dataset;
 pub mod evaluate;
@@ -99,20 +100,9 @@ pub fn from_config(config: &GuardConfig) -> Result<Option<Guard>, String> {
         GuardMode::Any => {
             let (head, meta) = match &config.head {
                 HeadSource::BuiltIn => built_in_head()?,
-                HeadSource::File(path) => {
-                    let head = GuardHead::load(path).map_err(|e| format!("guard.head: {e}"))?;
-                    let meta = GuardHeadMeta::load(&GuardHeadMeta::path_for(path))
-                        .map_err(|e| format!("guard.head: {e}"))?;
-                    (head, meta)
-                }
+                HeadSource::File(path) => load_head_file(path, "guard.head")?,
             };
-            if head.dim() != meta.embedding_dim {
-                return Err(format!(
-                    "guard.head: the head reads {} dimensions but its metadata says {}",
-                    head.dim(),
-                    meta.embedding_dim
-                ));
-            }
+            check_dims(&head, &meta, "guard.head")?;
             let threshold = config.threshold.unwrap_or(meta.threshold);
             Some(LoadedHead {
                 head: Arc::new(head),
@@ -125,6 +115,27 @@ pub fn from_config(config: &GuardConfig) -> Result<Option<Guard>, String> {
         }
     };
     Ok(Some(Guard::new(config, head)))
+}
+
+/// A head written by `sluice guard train` and its metadata beside it;
+/// errors name the config `key` that pointed at it.
+pub fn load_head_file(path: &Path, key: &str) -> Result<(GuardHead, GuardHeadMeta), String> {
+    let head = GuardHead::load(path).map_err(|e| format!("{key}: {e}"))?;
+    let meta =
+        GuardHeadMeta::load(&GuardHeadMeta::path_for(path)).map_err(|e| format!("{key}: {e}"))?;
+    Ok((head, meta))
+}
+
+/// A head whose weights disagree with its metadata is refused at start.
+pub fn check_dims(head: &GuardHead, meta: &GuardHeadMeta, key: &str) -> Result<(), String> {
+    if head.dim() != meta.embedding_dim {
+        return Err(format!(
+            "{key}: the head reads {} dimensions but its metadata says {}",
+            head.dim(),
+            meta.embedding_dim
+        ));
+    }
+    Ok(())
 }
 
 /// Splits `[CLS] body [SEP]` token ids into windows of at most `max_len`

@@ -40,6 +40,9 @@ pub struct FitSettings {
     pub max_fpr_low: f64,
     /// Validation false-positive bound that places `t_high`.
     pub max_fpr_high: f64,
+    /// Fit benign texts on every piece serving scores, not only the first
+    /// window (`--fit-pieces`).
+    pub fit_pieces: bool,
 }
 
 /// `sluice guard train --source ...`.
@@ -206,9 +209,22 @@ pub fn fit_on_sources(
             if in_validation(&row.text) || exclude.contains(&dedupe_key(&row.text)) {
                 continue;
             }
-            let r = s.first_row[i];
-            features.extend_from_slice(&s.windows.features[r * dim..(r + 1) * dim]);
-            labels.push(row.injection);
+            // A text's pieces are contiguous rows, from its first one to the
+            // next text's. An injection's sentences may each be harmless, so
+            // only benign texts give every piece.
+            let first = s.first_row[i];
+            let end = if settings.fit_pieces && !row.injection {
+                s.first_row
+                    .get(i + 1)
+                    .copied()
+                    .unwrap_or(s.windows.owner.len())
+            } else {
+                first + 1
+            };
+            for r in first..end {
+                features.extend_from_slice(&s.windows.features[r * dim..(r + 1) * dim]);
+                labels.push(row.injection);
+            }
             used[k].0 += 1;
         }
         // Copies of held-out texts are left out with them: a copy is the

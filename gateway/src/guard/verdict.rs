@@ -122,6 +122,21 @@ impl Guard {
         }
     }
 
+    /// The same guard (id, classifiers, limits) scoring with `head`
+    /// instead of its own; a guard whose head is replaced by its
+    /// classifiers (`mode = "replace"`) stays as it is.
+    pub fn with_head(&self, head: LoadedHead) -> Self {
+        Self {
+            head: self.head.as_ref().map(|_| head),
+            ..self.clone()
+        }
+    }
+
+    /// The head and its thresholds; `None` when the classifiers alone decide.
+    pub fn head(&self) -> Option<&LoadedHead> {
+        self.head.as_ref()
+    }
+
     /// Scores `text`. When `embedding` is given it must be the head's
     /// encoder's pooled output for the whole text (its first window when it
     /// is longer than the encoder's; what the semantic cache computes): it

@@ -266,11 +266,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
     let pii = crate::pii::Pii::new(&config.pii)
         .map_err(|e| ServeError::Load(format!("the PII detector: {e}")))?
         .map(Arc::new);
+    // Built even when `[stream] guard` is off: a key may turn it on for
+    // its own answers.
+    let stream_guard = guard
+        .as_ref()
+        .map(|g| crate::guard::answer::stream_guard(g, &config.stream.guard_head))
+        .transpose()
+        .map_err(ServeError::Load)?;
     let stream = Arc::new(crate::analyse::StreamAnalysers::new(
         &config.stream,
         pii.clone(),
         defence.as_ref(),
-        guard.clone().map(|guard| crate::analyse::StreamGuard {
+        stream_guard.map(|guard| crate::analyse::StreamGuard {
             guard,
             encoders: encoders.clone(),
             action: config.guard.action,
