@@ -14,17 +14,22 @@
 #   cpu        no profiler: the server's CPU time (user + system, all its
 #              threads) per request served, and Redis's for the Redis row.
 #              Less noisy than requests/s on a busy machine, not immune.
-# perf and cpu print the CPU time per request of the server and of Redis.
+# perf and cpu print the CPU time per request of the server and of Redis
+# (the Redis row) or of the OTLP sink (the traced row).
 #
 #   bench/profile-gateway.sh ROW TOOL [SECONDS] [CONNECTIONS]
-#   ROW: sluice | sluice-gov | sluice-gov-redis   TOOL: callgrind | perf | cpu
+#   ROW: sluice | sluice-gov | sluice-gov-redis | sluice-otel
+#   TOOL: callgrind | perf | cpu
+#   sluice-otel: the sluice row with [telemetry] on, every request's spans
+#   exported over OTLP/gRPC to `sluice-bench otlp-sink` on this machine;
+#   SAMPLING_RATIO=r sets the traces' ratio (default 1.0).
 #   BIN_DIR=path/to/release  (default $CARGO_TARGET_DIR/release; no build
 #   is made, so an older commit's binary can be profiled the same way)
 #   OUT=dir                  where the profiles go (default bench/results/profile)
 #   PREGROW_SPEND=N          start with N spend rows in the store (below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-row="${1:?row: sluice | sluice-gov | sluice-gov-redis}"
+row="${1:?row: sluice | sluice-gov | sluice-gov-redis | sluice-otel}"
 tool="${2:?tool: callgrind | perf | cpu}"
 seconds="${3:-10}"
 connections="${4:-16}"
@@ -32,7 +37,7 @@ bin_dir="${BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}"
 sluice="$bin_dir/sluice" bench="$bin_dir/sluice-bench"
 out="${OUT:-bench/results/profile}"
 mkdir -p "$out"
-mock_port=18101 port=18102 redis_port=18103
+mock_port=18101 port=18102 redis_port=18103 sink_port=18104
 key="sk-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 work="$(mktemp -d)"
 pids=()
@@ -56,6 +61,7 @@ wait_http "http://127.0.0.1:$mock_port/v1/models"
 # are this run's alone. (Not under callgrind: slowed down that much, the
 # limits' and budgets' Redis timeouts fire and requests fail.)
 redis_pid=""
+sink_pid=""
 if [ "$row" = sluice-gov-redis ]; then
     redis_cmd=(redis-server --port "$redis_port" --save "" --appendonly no)
     "${redis_cmd[@]}" >"$work/redis.log" 2>&1 &
@@ -66,8 +72,17 @@ fi
 
 governance=""
 price=""
+telemetry=""
 case "$row" in
 sluice) ;;
+sluice-otel)
+    "$bench" otlp-sink --listen "127.0.0.1:$sink_port" 2>"$work/sink.log" &
+    sink_pid=$!
+    pids+=($sink_pid)
+    for _ in $(seq 1 100); do grep -q "listening" "$work/sink.log" 2>/dev/null && break; sleep 0.1; done
+    telemetry="[telemetry]
+endpoint = \"http://127.0.0.1:$sink_port\"
+sampling_ratio = ${SAMPLING_RATIO:-1.0}" ;;
 sluice-gov)
     governance="[limits]"
     price='price_input_per_1k = 0.01
@@ -130,6 +145,7 @@ enabled = false
 path = "$work/store.db"
 
 $governance
+$telemetry
 TOML
 
 # PREGROW_SPEND=N: the spend table starts with N rows of random ids (as
@@ -197,6 +213,7 @@ served() {
 before="$(served)"
 cpu_before="$(cpu_s "$server")"
 redis_before="$([ -n "$redis_pid" ] && cpu_s "$redis_pid" || echo 0)"
+sink_before="$([ -n "$sink_pid" ] && cpu_s "$sink_pid" || echo 0)"
 case "$tool" in
 callgrind) callgrind_control -z "$server" >/dev/null ;;
 perf)
@@ -213,6 +230,7 @@ perf) kill -INT "$recorder"; wait "$recorder" || true ;;
 esac
 cpu_after="$(cpu_s "$server")"
 redis_after="$([ -n "$redis_pid" ] && cpu_s "$redis_pid" || echo 0)"
+sink_after="$([ -n "$sink_pid" ] && cpu_s "$sink_pid" || echo 0)"
 after="$(served)"
 requests=$((after - before))
 per_request_us() { echo "$1 $2 $requests" | awk '{ printf "%.1f", ($2 - $1) * 1e6 / $3 }'; }
@@ -223,7 +241,8 @@ if [ -n "$redis_pid" ]; then
 fi
 if [ "$tool" != callgrind ]; then
     echo "$row: $requests requests, CPU per request: server $(per_request_us "$cpu_before" "$cpu_after") us," \
-        "redis-server $(per_request_us "$redis_before" "$redis_after") us (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+        "redis-server $(per_request_us "$redis_before" "$redis_after") us," \
+        "otlp-sink $(per_request_us "$sink_before" "$sink_after") us (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 fi
 case "$tool" in
 callgrind)
