@@ -91,22 +91,12 @@ async fn send(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> Reply {
-    let mut req = common::http_client()
-        .request(method, format!("{}{path}", server.base_url()))
-        .bearer_auth(key);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = req.send().await.expect("send");
+    let body = body.map(|b| b.to_string().into());
+    let r = common::request(server, method, path, Some(key), headers, body).await;
     Reply {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.text().await.expect("body"),
+        status: r.status,
+        headers: r.headers,
+        body: r.body,
     }
 }
 

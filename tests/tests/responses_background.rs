@@ -14,7 +14,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{get, http_client, Reply};
+use common::{get, Reply};
 use serde_json::{json, Value};
 use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
 
@@ -64,19 +64,7 @@ path = "{{DEMO_MODEL}}"
 }
 
 async fn post(server: &Server, path: &str, key: &str, body: &Value) -> Reply {
-    let resp = http_client()
-        .post(format!("{}{path}", server.base_url()))
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    Reply {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.text().await.unwrap(),
-    }
+    common::post_raw(server, path, body.to_string(), Some(key)).await
 }
 
 async fn sqlite_rows(path: &std::path::Path, sql: &str) -> Vec<(i64, String)> {

@@ -97,6 +97,34 @@ impl Reply {
     }
 }
 
+/// Sends `method` to `path` with an optional bearer key, extra headers and
+/// an optional raw body (sent as JSON).
+pub async fn request(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<reqwest::Body>,
+) -> Reply {
+    let mut req = http_client().request(method, format!("{}{path}", server.base_url()));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    if let Some(body) = body {
+        req = req.header("content-type", "application/json").body(body);
+    }
+    let resp = req.send().await.expect("send");
+    Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.text().await.expect("body"),
+    }
+}
+
 /// POSTs `body` (raw text) to `path` with an optional bearer key.
 pub async fn post_raw(
     server: &Server,
@@ -104,22 +132,8 @@ pub async fn post_raw(
     body: impl Into<reqwest::Body>,
     key: Option<&str>,
 ) -> Reply {
-    let mut req = http_client()
-        .post(format!("{}{path}", server.base_url()))
-        .header("content-type", "application/json")
-        .body(body);
-    if let Some(k) = key {
-        req = req.bearer_auth(k);
-    }
-    let resp = req.send().await.expect("send");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.text().await.expect("body");
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    let body = Some(body.into());
+    request(server, reqwest::Method::POST, path, key, &[], body).await
 }
 
 pub async fn post(server: &Server, path: &str, body: &Value) -> Reply {
@@ -127,19 +141,7 @@ pub async fn post(server: &Server, path: &str, body: &Value) -> Reply {
 }
 
 pub async fn get(server: &Server, path: &str, key: Option<&str>) -> Reply {
-    let mut req = http_client().get(format!("{}{path}", server.base_url()));
-    if let Some(k) = key {
-        req = req.bearer_auth(k);
-    }
-    let resp = req.send().await.expect("send");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.text().await.expect("body");
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    request(server, reqwest::Method::GET, path, key, &[], None).await
 }
 
 /// The `data:` payloads of an SSE body, checking the framing on the way:

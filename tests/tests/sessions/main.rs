@@ -23,7 +23,7 @@ mod responses;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{http_client, Reply};
+use common::Reply;
 use serde_json::{json, Value};
 use sluice_tests::services::{fresh_postgres_schema, OwnRedis};
 use sluice_tests::{Server, ServerOptions, DEMO_MODEL_ID};
@@ -150,29 +150,9 @@ async fn send_with(
     body: Option<Value>,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let url = format!("{}{path}", server.base_url());
-    let client = http_client();
-    let mut req = match method {
-        "GET" => client.get(url),
-        "POST" => client.post(url),
-        "DELETE" => client.delete(url),
-        other => panic!("method {other}"),
-    }
-    .bearer_auth(key);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    if let Some(body) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let resp = req.send().await.expect("send");
-    Reply {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.text().await.expect("body"),
-    }
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let body = body.map(|b| b.to_string().into());
+    common::request(server, method, path, Some(key), headers, body).await
 }
 
 /// A short greedy turn.
