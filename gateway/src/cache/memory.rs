@@ -208,7 +208,12 @@ impl Inner {
         self.bytes = self.bytes.saturating_sub(e.bytes);
         if let Some(scope) = e.meta.scope {
             if let Some(keys) = self.scopes.get_mut(&scope) {
-                keys.retain(|k| k != key);
+                // Oldest first, and eviction takes the oldest: the key is
+                // almost always at the front (a full scan per eviction was
+                // 1.2% of a proxied request's CPU with a full cache).
+                if let Some(at) = keys.iter().position(|k| k == key) {
+                    keys.remove(at);
+                }
                 if keys.is_empty() {
                     self.scopes.remove(&scope);
                 }

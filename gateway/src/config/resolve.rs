@@ -18,13 +18,22 @@ use super::{
     DEMO_MODEL_ID,
 };
 
-/// Half the cores, at least one. Proxying is mostly waiting: more workers
-/// than that mostly add cross-thread wake-ups between a client's connection
-/// and its upstream's (on 2 cores, one worker took 0.13 ms -> 0.08 ms off
-/// the added p50 at 1 connection and served 13% more requests/s at 16:
-/// bench/RESULTS.md), and the cores are the engines' and encoders'.
-fn default_http_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+/// Every core for a gateway that hosts no model or encoder; half of them,
+/// at least one, beside ones that do (the other half is the engines' and
+/// encoders'). On 2 cores one worker once served more than two (the added
+/// p50 at 1 connection 0.13 -> 0.08 ms, 13% more requests/s at 16), when
+/// the gateway's work per request was a third of today's; once it grew,
+/// the one worker became the bound while the load generator and the mock
+/// left the other core idle, and two served 9,600 requests/s against 7,200
+/// to 8,500 with the same p50 at 1 connection (bench/RESULTS.md,
+/// session 11).
+fn default_http_threads(hosts_models: bool) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if hosts_models {
+        (cores / 2).max(1)
+    } else {
+        cores
+    }
 }
 
 /// File, then environment, then flags.
@@ -120,11 +129,10 @@ pub(super) fn resolve(
     if max_in_flight == 0 {
         return Err(invalid("server.max_in_flight", "must be at least 1"));
     }
-    let http_threads = server.http_threads.unwrap_or_else(default_http_threads);
-    if !(1..=1024).contains(&http_threads) {
+    if let Some(n) = server.http_threads.filter(|n| !(1..=1024).contains(n)) {
         return Err(invalid(
             "server.http_threads",
-            format!("{http_threads} is not between 1 and 1024"),
+            format!("{n} is not between 1 and 1024"),
         ));
     }
     let allow_unauthenticated = overrides.allow_unauthenticated
@@ -240,6 +248,10 @@ pub(super) fn resolve(
             ));
         }
     }
+
+    let http_threads = server
+        .http_threads
+        .unwrap_or_else(|| default_http_threads(!resolved.is_empty() || !encoders.is_empty()));
 
     Ok(Config {
         server: ServerConfig {

@@ -52,7 +52,7 @@ struct AccessToken {
 
 pub struct GigaChat {
     client: reqwest::Client,
-    chat_url: String,
+    chat_url: reqwest::Url,
     oauth_url: String,
     auth_key: Secret,
     scope: String,
@@ -64,7 +64,7 @@ pub struct GigaChat {
 impl fmt::Debug for GigaChat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GigaChat")
-            .field("chat_url", &self.chat_url)
+            .field("chat_url", &self.chat_url.as_str())
             .field("oauth_url", &self.oauth_url)
             .field("auth_key", &self.auth_key)
             .field("scope", &self.scope)
@@ -114,7 +114,10 @@ impl GigaChat {
                 ca_bundle.as_deref(),
                 reqwest::header::HeaderMap::new(),
             )?,
-            chat_url: format!("{}/api/v1/chat/completions", base.trim_end_matches('/')),
+            chat_url: super::endpoint(format!(
+                "{}/api/v1/chat/completions",
+                base.trim_end_matches('/')
+            ))?,
             oauth_url: oauth_url
                 .as_deref()
                 .unwrap_or(DEFAULT_OAUTH_URL)
@@ -199,7 +202,7 @@ impl GigaChat {
         // expired earlier than it said.
         for pass in 0..2 {
             let token = self.token().await?;
-            let response = super::with_trace(self.client.post(&self.chat_url), req)
+            let response = super::with_trace(self.client.post(self.chat_url.clone()), req)
                 .bearer_auth(token.value.expose())
                 .header(
                     reqwest::header::ACCEPT,

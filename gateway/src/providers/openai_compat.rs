@@ -42,7 +42,7 @@ use crate::validate::{Constraint, Sampling, Tools};
 pub struct OpenAiCompat {
     client: reqwest::Client,
     /// `{base_url}/chat/completions`, built once.
-    url: String,
+    url: reqwest::Url,
     /// Only for `Debug` (redacted); the client sends it as a default header.
     api_key: Option<Secret>,
     /// Which extensions the upstream takes (grammars for vLLM).
@@ -53,7 +53,7 @@ pub struct OpenAiCompat {
 impl fmt::Debug for OpenAiCompat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiCompat")
-            .field("url", &self.url)
+            .field("url", &self.url.as_str())
             .field("api_key", &self.api_key)
             .finish_non_exhaustive()
     }
@@ -100,7 +100,10 @@ impl OpenAiCompat {
         let connect_timeout = resilience.connect_timeout();
         Ok(Self {
             client: http_client(connect_timeout, None, header_map)?,
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            url: super::endpoint(format!(
+                "{}/chat/completions",
+                base_url.trim_end_matches('/')
+            ))?,
             api_key,
             dialect: *dialect,
             connect_timeout,
@@ -109,7 +112,7 @@ impl OpenAiCompat {
 
     async fn chat_inner(&self, req: &ProviderRequest) -> Result<BoxAnswer, ProviderError> {
         let body = ChatBody::new(req, self.dialect)?;
-        let response = super::with_trace(self.client.post(&self.url), req)
+        let response = super::with_trace(self.client.post(self.url.clone()), req)
             .json(&body)
             .send()
             .await
@@ -446,6 +449,26 @@ mod tests {
             choice,
             parallel,
         }
+    }
+
+    #[test]
+    fn a_base_url_that_is_not_a_url_is_refused_at_start() {
+        let config = |base_url: &str| ProviderConfig::Openai {
+            name: "up".into(),
+            base_url: base_url.into(),
+            api_key_env: None,
+            api_key_file: None,
+            headers: Default::default(),
+            dialect: OpenAiDialect::Openai,
+            resilience: Default::default(),
+        };
+        let Err(ProviderError::Config(message)) = OpenAiCompat::from_config(&config("api/v1"))
+        else {
+            panic!("a relative base_url was accepted");
+        };
+        assert!(message.contains("api/v1/chat/completions"), "{message}");
+        let up = OpenAiCompat::from_config(&config("http://127.0.0.1:9/v1/")).unwrap();
+        assert_eq!(up.url.as_str(), "http://127.0.0.1:9/v1/chat/completions");
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Credential {
 
 pub struct Yandex {
     client: reqwest::Client,
-    url: String,
+    url: reqwest::Url,
     folder_id: String,
     credential: Credential,
     connect_timeout: Duration,
@@ -74,7 +74,7 @@ impl fmt::Debug for Yandex {
             Credential::Iam(s) => ("iam_token", s),
         };
         f.debug_struct("Yandex")
-            .field("url", &self.url)
+            .field("url", &self.url.as_str())
             .field("folder_id", &self.folder_id)
             .field(kind, secret)
             .finish_non_exhaustive()
@@ -135,10 +135,10 @@ impl Yandex {
         );
         Ok(Self {
             client: http_client(connect_timeout, None, headers)?,
-            url: format!(
+            url: super::endpoint(format!(
                 "{}/foundationModels/v1/completion",
                 base.trim_end_matches('/')
-            ),
+            ))?,
             folder_id: folder_id.clone(),
             credential,
             connect_timeout,
@@ -157,7 +157,7 @@ impl Yandex {
 
     async fn chat_inner(&self, req: &ProviderRequest) -> Result<BoxAnswer, ProviderError> {
         let body = CompletionBody::new(req, self.model_uri(&req.upstream_model))?;
-        let response = super::with_trace(self.client.post(&self.url), req)
+        let response = super::with_trace(self.client.post(self.url.clone()), req)
             .json(&body)
             .send()
             .await

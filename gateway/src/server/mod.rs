@@ -22,7 +22,7 @@ use crate::encoders::EncoderRegistry;
 use crate::guard::screen::{InputGuard, InputGuardSettings};
 use crate::registry::Registry;
 use crate::router::Router as ModelRouter;
-use crate::state::{AppState, BodyLimit};
+use crate::state::{AppParts, AppState, BodyLimit};
 use crate::telemetry::Telemetry;
 
 mod routes;
@@ -324,7 +324,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         &virtual_keys.derived_secret(crate::console::session::KEY_LABEL),
     )
     .ok_or_else(|| ServeError::Load("the console's session key".into()))?;
-    let state = AppState {
+    let state = AppState::new(AppParts {
         chain,
         registry,
         router: model_router,
@@ -346,7 +346,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), ServeError> 
         sessions,
         console,
         telemetry: telemetry.clone(),
-    };
+    });
     if let Some(redis) = state.cache.redis() {
         let search = redis.detect_search_module().await;
         tracing::info!(

@@ -546,10 +546,17 @@ fn metrics_listen_is_an_address_of_its_own() {
 }
 
 #[test]
-fn http_threads_default_to_half_the_cores_and_refuse_zero() {
-    let cfg = load_str("", &[]).unwrap();
+fn http_threads_default_to_half_the_cores_beside_models_all_without_and_refuse_zero() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The default config hosts the demo chat model and encoders.
+    let cfg = load_str("", &[]).unwrap();
     assert_eq!(cfg.server.http_threads, (cores / 2).max(1));
+    let gateway_only = "encoders = []\n\n[[providers]]\nkind = \"openai\"\nname = \"up\"\n\
+        base_url = \"http://127.0.0.1:9/v1\"\n\n[[routes]]\nmodel = \"m\"\n\
+        [[routes.deployments]]\nname = \"up\"\nprovider = \"up\"\nupstream_model = \"m\"\n";
+    let cfg = load_str(gateway_only, &[]).unwrap();
+    assert!(cfg.models.is_empty() && cfg.encoders.is_empty());
+    assert_eq!(cfg.server.http_threads, cores);
     let cfg = load_str("[server]\nhttp_threads = 3\n", &[]).unwrap();
     assert_eq!(cfg.server.http_threads, 3);
     let err = err_of("[server]\nhttp_threads = 0\n", &[]);
