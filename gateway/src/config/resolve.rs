@@ -24,9 +24,9 @@ use super::{
 /// p50 at 1 connection 0.13 -> 0.08 ms, 13% more requests/s at 16), when
 /// the gateway's work per request was a third of today's; once it grew,
 /// the one worker became the bound while the load generator and the mock
-/// left the other core idle, and two served 9,600 requests/s against 7,200
-/// to 8,500 with the same p50 at 1 connection (bench/RESULTS.md,
-/// session 11).
+/// left the other core partly idle, and two served 12% more requests/s at
+/// 16 connections (8% more governed) with the same p50 at 1 connection
+/// (bench/RESULTS.md, session 11).
 fn default_http_threads(hosts_models: bool) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if hosts_models {

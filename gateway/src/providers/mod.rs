@@ -219,9 +219,6 @@ pub fn build(cfg: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
     })
 }
 
-/// The shared HTTP client settings: rustls with ring, the connect timeout,
-/// an optional extra CA bundle, and headers sent with every request (fixed
-/// credentials among them, marked sensitive), so the hot path builds none.
 /// An upstream endpoint parsed once at start: reqwest parses a `&str` URL
 /// on every request, which was 3.7% of a proxied request's CPU.
 fn endpoint(url: String) -> Result<reqwest::Url, ProviderError> {
@@ -229,6 +226,9 @@ fn endpoint(url: String) -> Result<reqwest::Url, ProviderError> {
         .map_err(|e| ProviderError::Config(format!("`{url}` is not a URL: {e}")))
 }
 
+/// The shared HTTP client settings: rustls with ring, the connect timeout,
+/// an optional extra CA bundle, and headers sent with every request (fixed
+/// credentials among them, marked sensitive), so the hot path builds none.
 fn http_client(
     connect_timeout: Duration,
     ca_bundle: Option<&std::path::Path>,
