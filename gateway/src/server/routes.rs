@@ -56,28 +56,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/moderations", post(moderations::create))
         .route("/v1/models", get(models::list))
-        .route("/v1/models/{*id}", get(models::get))
-        .route_layer(middleware::from_fn_with_state(
-            state.auth.clone(),
-            auth::require_key,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.in_flight.clone(),
-            crate::inflight::limit_in_flight,
-        ));
+        .route("/v1/models/{*id}", get(models::get));
+    let v1 = behind_key(v1, &state);
     // Anthropic's Messages API: the same layers, and every error reshaped
     // as Anthropic's (the outermost layer, so auth's and limits' too).
     let messages = Router::new()
         .route("/v1/messages", post(anthropic::create))
-        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
-        .route_layer(middleware::from_fn_with_state(
-            state.auth.clone(),
-            auth::require_key,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.in_flight.clone(),
-            crate::inflight::limit_in_flight,
-        ))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens));
+    let messages = behind_key(messages, &state)
         .route_layer(middleware::from_fn(anthropic::error::anthropic_errors));
     let admin = match &state.admin_key {
         Some(_) => Router::new().route("/admin/cache", axum::routing::delete(cache::admin::purge)),
@@ -107,6 +93,20 @@ pub fn router(state: AppState) -> Router {
             trace_request,
         ))
         .with_state(state)
+}
+
+/// The layers every API route passes: the in-flight cap first (a full
+/// server answers 429 before it reads a key), then auth.
+fn behind_key(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    routes
+        .route_layer(middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require_key,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.in_flight.clone(),
+            crate::inflight::limit_in_flight,
+        ))
 }
 
 /// Echoed on every response; a client's own id (printable, at most 128
