@@ -1,10 +1,9 @@
 //! Finished spans to the collector: a bounded queue the request path pushes
-//! into without waiting, and one task that batches it and exports over
-//! OTLP/gRPC (`tonic`).
+//! into without waiting, and one task that batches it, writes each batch as
+//! one OTLP export request ([`super::otlp`]) and sends it over gRPC
+//! (`tonic`).
 //!
-//! Design choice: our own span processor rather than the SDK's batch
-//! processor. The SDK's keeps its drop count to itself (it logs it at
-//! shutdown); ours counts every span it could not keep
+//! Every span the queue could not keep is counted
 //! (`sluice_telemetry_spans_dropped_total{reason}`: `queue_full` while the
 //! collector is slow or down, `export_failed` for a batch it refused), so
 //! an operator sees what a down collector cost. The request path only ever
@@ -12,16 +11,22 @@
 
 use std::time::Duration;
 
+use axum::http::uri::PathAndQuery;
+use bytes::{Buf as _, BufMut as _};
 use metrics::Counter;
-use opentelemetry::Context;
-use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithTonicConfig};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
-use opentelemetry_sdk::Resource;
+use opentelemetry::KeyValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use super::otlp;
+use super::span::SpanRecord;
 use crate::config::OtlpSettings;
+
+/// The instrumentation scope every span is exported under.
+const SCOPE: &str = "sluice";
 
 /// A failed export is logged at most this often (a down collector fails
 /// every batch).
@@ -47,31 +52,26 @@ impl Counters {
     }
 }
 
-/// The span processor: hands sampled spans to the export task.
+/// Where sampled spans go when they end: the export task's queue.
 #[derive(Debug)]
-pub struct QueueProcessor {
-    queue: mpsc::Sender<SpanData>,
+pub struct SpanQueue {
+    queue: mpsc::Sender<SpanRecord>,
     counters: Counters,
 }
 
-impl SpanProcessor for QueueProcessor {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+impl SpanQueue {
+    /// A queue whose spans the caller reads itself (no export task).
+    #[cfg(test)]
+    pub(super) fn for_tests(capacity: usize) -> (Self, mpsc::Receiver<SpanRecord>) {
+        let (queue, spans) = mpsc::channel(capacity);
+        let counters = Counters::new();
+        (Self { queue, counters }, spans)
+    }
 
-    fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
+    pub fn push(&self, span: SpanRecord) {
         if self.queue.try_send(span).is_err() {
             self.counters.queue_full.increment(1);
         }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
     }
 }
 
@@ -91,12 +91,12 @@ impl Exporter {
     }
 }
 
-/// The processor for the tracer provider and the task that exports what it
-/// queues.
+/// The queue spans are pushed into and the task that exports what it
+/// holds, with `resource` (the process's attributes) on every request.
 pub fn start(
     settings: &OtlpSettings,
-    resource: &Resource,
-) -> Result<(QueueProcessor, Exporter), String> {
+    resource: Vec<KeyValue>,
+) -> Result<(SpanQueue, Exporter), String> {
     let mut headers = axum::http::HeaderMap::new();
     for (name, value) in &settings.headers {
         let key = axum::http::HeaderName::from_bytes(name.as_bytes())
@@ -106,31 +106,110 @@ pub fn start(
         value.set_sensitive(true);
         headers.insert(key, value);
     }
-    let metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
-    let mut exporter = SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(settings.endpoint.clone())
-        .with_timeout(settings.timeout)
-        .with_metadata(metadata)
-        .build()
-        .map_err(|e| format!("telemetry.endpoint: {e}"))?;
-    exporter.set_resource(resource);
+    let collector = Collector {
+        channel: channel(&settings.endpoint, settings.timeout)?,
+        metadata: MetadataMap::from_headers(headers),
+        resource,
+    };
     let (queue, spans) = mpsc::channel(settings.queue);
     let counters = Counters::new();
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(run(
-        exporter,
+        collector,
         spans,
         Batching {
             batch: settings.batch,
             flush: settings.flush,
-            // The exporter's own deadline, plus room for a slow connect.
+            // The request's own deadline, plus room for a slow connect.
             limit: settings.timeout * 2,
         },
         counters.clone(),
         stop.clone(),
     ));
-    Ok((QueueProcessor { queue, counters }, Exporter { task, stop }))
+    Ok((SpanQueue { queue, counters }, Exporter { task, stop }))
+}
+
+/// A lazily connected channel to `endpoint` (TLS with the system's roots
+/// for `https://`); a collector that is down costs failed exports, never a
+/// failed start.
+fn channel(endpoint: &str, timeout: Duration) -> Result<Channel, String> {
+    let mut builder = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| format!("telemetry.endpoint: `{endpoint}`: {e}"))?
+        .timeout(timeout)
+        .connect_timeout(timeout);
+    if endpoint.starts_with("https://") {
+        builder = builder
+            .tls_config(ClientTlsConfig::new().with_enabled_roots())
+            .map_err(|e| format!("telemetry.endpoint: TLS for `{endpoint}`: {e}"))?;
+    }
+    Ok(builder.connect_lazy())
+}
+
+/// The collector's address and what every request to it carries.
+struct Collector {
+    channel: Channel,
+    metadata: MetadataMap,
+    resource: Vec<KeyValue>,
+}
+
+impl Collector {
+    async fn export(&self, spans: &[SpanRecord]) -> Result<(), String> {
+        let body = otlp::export_request(&self.resource, SCOPE, spans);
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| format!("the collector is not reachable: {e}"))?;
+        let mut request = tonic::Request::new(body);
+        *request.metadata_mut() = self.metadata.clone();
+        grpc.unary(
+            request,
+            PathAndQuery::from_static(otlp::EXPORT_PATH),
+            EncodedExport,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+    }
+}
+
+/// A gRPC codec for a request already encoded ([`otlp::export_request`]);
+/// the answer (`ExportTraceServiceResponse`, whose only content is an
+/// optional partial-success count) is read and set aside.
+struct EncodedExport;
+
+impl Codec for EncodedExport {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        Self
+    }
+
+    fn decoder(&mut self) -> Self {
+        Self
+    }
+}
+
+impl Encoder for EncodedExport {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for EncodedExport {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
 }
 
 struct Batching {
@@ -142,8 +221,8 @@ struct Batching {
 /// Collects up to `batch` spans, or what came within `flush` of the first,
 /// and exports them; on `stop`, exports what is left and ends.
 async fn run(
-    exporter: SpanExporter,
-    mut spans: mpsc::Receiver<SpanData>,
+    collector: Collector,
+    mut spans: mpsc::Receiver<SpanRecord>,
     batching: Batching,
     counters: Counters,
     stop: tokio_util::sync::CancellationToken,
@@ -180,30 +259,36 @@ async fn run(
         }
         while !batch.is_empty() {
             let take = batch.len().min(batching.batch);
-            let chunk: Vec<SpanData> = batch.drain(..take).collect();
-            export(&exporter, chunk, &batching, &counters, &mut last_warning).await;
+            export(
+                &collector,
+                &batch[..take],
+                &batching,
+                &counters,
+                &mut last_warning,
+            )
+            .await;
+            batch.drain(..take);
         }
         if stopping {
-            let _ = exporter.shutdown();
             return;
         }
     }
 }
 
 async fn export(
-    exporter: &SpanExporter,
-    chunk: Vec<SpanData>,
+    collector: &Collector,
+    chunk: &[SpanRecord],
     batching: &Batching,
     counters: &Counters,
     last_warning: &mut Option<tokio::time::Instant>,
 ) {
     let n = chunk.len() as u64;
-    let failure = match tokio::time::timeout(batching.limit, exporter.export(chunk)).await {
+    let failure = match tokio::time::timeout(batching.limit, collector.export(chunk)).await {
         Ok(Ok(())) => {
             counters.exported.increment(n);
             return;
         }
-        Ok(Err(e)) => e.to_string(),
+        Ok(Err(e)) => e,
         Err(_) => format!("no answer within {:?}", batching.limit),
     };
     counters.export_failed.increment(n);

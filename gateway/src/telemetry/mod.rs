@@ -9,33 +9,34 @@
 //! to clone and a no-op when telemetry is off, so the chain calls it
 //! unconditionally and pays nothing then.
 //!
-//! Design choice: spans are built with the OpenTelemetry API directly, not
-//! through `tracing` and a bridge layer. The engine's stages (queue,
-//! prefill, decode) are known only once the request finished, as
-//! timestamps the runtime reports; the API takes explicit start and end
-//! times, `tracing` spans cannot. Logs stay on `tracing`.
+//! Design choice: spans are our own small records ([`span`]), built with
+//! explicit start and end times and written to OTLP's protobuf directly
+//! ([`otlp`]), not through `tracing` and a bridge layer nor through the
+//! OpenTelemetry SDK. The engine's stages (queue, prefill, decode) are
+//! known only once the request finished, as timestamps the runtime
+//! reports, which `tracing` spans cannot take; and the SDK's per-span cost
+//! (building, converting to OTLP's types, encoding) was a third of a small
+//! machine's throughput at full sampling. The `opentelemetry` API crate
+//! still gives the attribute and span-kind types. Logs stay on `tracing`.
 
 pub mod export;
 pub mod genai;
 pub mod http;
 pub mod logs;
+pub mod otlp;
 pub mod semconv;
+pub mod span;
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use axum::http::HeaderMap;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use opentelemetry_sdk::Resource;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 
 use crate::config::TelemetrySettings;
+use span::{SpanIds, SpanRecord};
 
 pub use opentelemetry::KeyValue as Attribute;
 
@@ -49,11 +50,24 @@ pub struct Telemetry {
 }
 
 struct Shared {
-    tracer: SdkTracer,
-    /// Held, never read: the span processor lives as long as it does.
-    _provider: SdkTracerProvider,
+    sampling_ratio: f64,
     record_content: bool,
-    propagator: TraceContextPropagator,
+    /// Where sampled spans go when they end; `None` when spans exist only
+    /// for their ids (JSON logs without a collector).
+    queue: Option<export::SpanQueue>,
+}
+
+impl Shared {
+    /// Whether spans with these ids are recorded at all.
+    fn records(&self, ids: &SpanIds) -> bool {
+        ids.sampled && self.queue.is_some()
+    }
+
+    fn finish(&self, span: SpanRecord) {
+        if let Some(queue) = &self.queue {
+            queue.push(span);
+        }
+    }
 }
 
 impl Telemetry {
@@ -66,31 +80,18 @@ impl Telemetry {
         if settings.otlp.is_none() && !wants_ids {
             return Ok((Self::default(), None));
         }
-        let resource = Resource::builder()
-            .with_service_name(settings.service_name.clone())
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-            .build();
-        let sampler = if settings.sampling_ratio >= 1.0 {
-            Sampler::AlwaysOn
-        } else {
-            Sampler::TraceIdRatioBased(settings.sampling_ratio)
-        };
-        // A client's sampled flag is followed, so a trace it started is
-        // never cut in half here.
-        let mut builder = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(sampler)))
-            .with_resource(resource.clone());
-        let exporter = match &settings.otlp {
+        let resource = vec![
+            KeyValue::new(semconv::SERVICE_NAME, settings.service_name.clone()),
+            KeyValue::new(semconv::SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
+        ];
+        let (queue, exporter) = match &settings.otlp {
             Some(otlp) => {
-                let (processor, exporter) = export::start(otlp, &resource)?;
-                builder = builder.with_span_processor(processor);
-                Some(exporter)
+                let (queue, exporter) = export::start(otlp, resource)?;
+                (Some(queue), Some(exporter))
             }
             // JSON logs without a collector: ids only, nothing exported.
-            None => None,
+            None => (None, None),
         };
-        let provider = builder.build();
-        let tracer = provider.tracer("sluice");
         tracing::info!(
             endpoint = settings.otlp.as_ref().map(|o| o.endpoint.as_str()),
             sampling_ratio = settings.sampling_ratio,
@@ -100,10 +101,9 @@ impl Telemetry {
         Ok((
             Self {
                 shared: Some(Arc::new(Shared {
-                    tracer,
-                    _provider: provider,
+                    sampling_ratio: settings.sampling_ratio,
                     record_content: settings.record_content,
-                    propagator: TraceContextPropagator::new(),
+                    queue,
                 })),
             },
             exporter,
@@ -121,41 +121,43 @@ impl Telemetry {
         let Some(shared) = &self.shared else {
             return Trace::default();
         };
-        let parent = shared
-            .propagator
-            .extract_with_context(&Context::new(), &HeaderExtractor(headers));
-        let mut attributes = vec![KeyValue::new(
-            semconv::HTTP_REQUEST_METHOD,
-            method.to_string(),
-        )];
-        let name = if route.is_empty() {
-            method.to_string()
-        } else {
-            attributes.push(KeyValue::new(semconv::HTTP_ROUTE, route.to_string()));
-            format!("{method} {route}")
-        };
-        let span = shared
-            .tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
-            .start_with_context(&shared.tracer, &parent);
-        Trace {
-            scope: Some(Scope {
-                cx: parent.with_span(span),
-                shared: shared.clone(),
-            }),
-        }
+        let remote_parent = headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(SpanIds::parse_traceparent);
+        let ids = span::root_ids(remote_parent, shared.sampling_ratio);
+        let record = shared.records(&ids).then(|| {
+            let mut attributes = vec![KeyValue::new(
+                semconv::HTTP_REQUEST_METHOD,
+                method.to_string(),
+            )];
+            let name = if route.is_empty() {
+                method.to_string()
+            } else {
+                attributes.push(KeyValue::new(semconv::HTTP_ROUTE, route.to_string()));
+                format!("{method} {route}")
+            };
+            SpanRecord::open(
+                ids,
+                remote_parent.map(|p| (p.span_id, true)),
+                name.into(),
+                SpanKind::Server,
+                SystemTime::now(),
+                attributes,
+            )
+        });
+        Trace::open(shared.clone(), ids, record)
     }
 }
 
 /// A span of a request's trace that other spans hang under: the request's
 /// root, or a stage with stages of its own (the provider call, whose
-/// children are the engine's). Clones share the span. `Trace::default()`
+/// children are the engine's). Clones share the span; it ends at
+/// [`Trace::end`] or when the last clone is dropped. `Trace::default()`
 /// is off: every method is a no-op.
 #[derive(Clone, Default)]
 pub struct Trace {
-    scope: Option<Scope>,
+    scope: Option<Arc<Scope>>,
 }
 
 impl std::fmt::Debug for Trace {
@@ -167,14 +169,48 @@ impl std::fmt::Debug for Trace {
     }
 }
 
-#[derive(Clone)]
 struct Scope {
-    /// Holds the span (`cx.span()`), shared by the clones.
-    cx: Context,
+    ids: SpanIds,
+    /// The span while it is open and recorded: `None` once it ended, and
+    /// from the start when it is not sampled or nothing is exported.
+    open: Mutex<Option<SpanRecord>>,
     shared: Arc<Shared>,
 }
 
+impl Scope {
+    fn with_open(&self, change: impl FnOnce(&mut SpanRecord)) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(record) = open.as_mut() {
+            change(record);
+        }
+    }
+
+    fn end(&self) {
+        let taken = self.open.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut record) = taken {
+            record.close(SystemTime::now());
+            self.shared.finish(record);
+        }
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 impl Trace {
+    fn open(shared: Arc<Shared>, ids: SpanIds, record: Option<SpanRecord>) -> Self {
+        Self {
+            scope: Some(Arc::new(Scope {
+                ids,
+                open: Mutex::new(record),
+                shared,
+            })),
+        }
+    }
+
     pub fn is_on(&self) -> bool {
         self.scope.is_some()
     }
@@ -187,12 +223,19 @@ impl Trace {
     /// A leaf span under this one, started now; it ends when dropped.
     pub fn stage(&self, name: &'static str) -> Stage {
         Stage {
-            span: self.scope.as_ref().map(|s| {
-                s.shared
-                    .tracer
-                    .span_builder(name)
-                    .with_kind(SpanKind::Internal)
-                    .start_with_context(&s.shared.tracer, &s.cx)
+            span: self.scope.as_ref().and_then(|s| {
+                let ids = s.ids.child();
+                s.shared.records(&ids).then(|| Recording {
+                    record: SpanRecord::open(
+                        ids,
+                        Some((s.ids.span_id, false)),
+                        name.into(),
+                        SpanKind::Internal,
+                        SystemTime::now(),
+                        Vec::new(),
+                    ),
+                    shared: s.shared.clone(),
+                })
             }),
         }
     }
@@ -204,21 +247,21 @@ impl Trace {
         kind: SpanKind,
         attributes: Vec<KeyValue>,
     ) -> Trace {
-        Trace {
-            scope: self.scope.as_ref().map(|s| {
-                let span = s
-                    .shared
-                    .tracer
-                    .span_builder(name)
-                    .with_kind(kind)
-                    .with_attributes(attributes)
-                    .start_with_context(&s.shared.tracer, &s.cx);
-                Scope {
-                    cx: s.cx.with_span(span),
-                    shared: s.shared.clone(),
-                }
-            }),
-        }
+        let Some(s) = &self.scope else {
+            return Trace::default();
+        };
+        let ids = s.ids.child();
+        let record = s.shared.records(&ids).then(|| {
+            SpanRecord::open(
+                ids,
+                Some((s.ids.span_id, false)),
+                name.into(),
+                kind,
+                SystemTime::now(),
+                attributes,
+            )
+        });
+        Trace::open(s.shared.clone(), ids, record)
     }
 
     /// A finished span under this one, from `start` to `end` (stages timed
@@ -231,78 +274,96 @@ impl Trace {
         attributes: Vec<KeyValue>,
     ) {
         let Some(s) = &self.scope else { return };
-        let mut span = s
-            .shared
-            .tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Internal)
-            .with_start_time(start)
-            .with_attributes(attributes)
-            .start_with_context(&s.shared.tracer, &s.cx);
-        span.end_with_timestamp(end);
+        let ids = s.ids.child();
+        if !s.shared.records(&ids) {
+            return;
+        }
+        let mut record = SpanRecord::open(
+            ids,
+            Some((s.ids.span_id, false)),
+            name.into(),
+            SpanKind::Internal,
+            start,
+            attributes,
+        );
+        record.close(end);
+        s.shared.finish(record);
     }
 
     pub fn set(&self, attribute: KeyValue) {
         if let Some(s) = &self.scope {
-            s.cx.span().set_attribute(attribute);
+            s.with_open(|r| r.set(attribute));
         }
     }
 
     pub fn set_all(&self, attributes: Vec<KeyValue>) {
         if let Some(s) = &self.scope {
-            s.cx.span().set_attributes(attributes);
+            s.with_open(|r| r.set_all(attributes));
         }
     }
 
     /// Marks the span failed: `error.type` and an error status.
     pub fn fail(&self, error_type: &str, message: impl Into<Cow<'static, str>>) {
         if let Some(s) = &self.scope {
-            let span = s.cx.span();
-            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type.to_string()));
-            span.set_status(Status::error(message));
+            s.with_open(|r| fail(r, error_type, message.into()));
         }
     }
 
     /// Ends the span now (later calls do nothing).
     pub fn end(&self) {
         if let Some(s) = &self.scope {
-            s.cx.span().end();
+            s.end();
         }
     }
 
     /// The `traceparent` header that makes a downstream call this span's
     /// child; `None` when off.
     pub fn traceparent(&self) -> Option<String> {
-        let s = self.scope.as_ref()?;
-        let span = s.cx.span();
-        let sc = span.span_context();
-        sc.is_valid().then(|| traceparent(sc))
+        self.scope.as_ref().map(|s| s.ids.traceparent())
     }
 
     /// The (trace id, span id) in hex, for log lines.
     pub fn ids(&self) -> Option<(String, String)> {
         let s = self.scope.as_ref()?;
-        let span = s.cx.span();
-        let sc = span.span_context();
-        sc.is_valid()
-            .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+        Some((s.ids.trace_id_hex(), s.ids.span_id_hex()))
     }
+}
+
+fn fail(record: &mut SpanRecord, error_type: &str, message: Cow<'static, str>) {
+    record.set(KeyValue::new(semconv::ERROR_TYPE, error_type.to_string()));
+    record.error = Some(message);
 }
 
 /// A leaf span; ends when dropped (an early return ends it too).
 #[derive(Default)]
 pub struct Stage {
-    span: Option<opentelemetry_sdk::trace::Span>,
+    span: Option<Recording>,
+}
+
+struct Recording {
+    record: SpanRecord,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if let Some(Recording { mut record, shared }) = self.span.take() {
+            record.close(SystemTime::now());
+            shared.finish(record);
+        }
+    }
 }
 
 impl Stage {
+    /// Whether this stage is recorded (telemetry on, trace sampled, a
+    /// collector configured): attributes worth computing.
     pub fn is_on(&self) -> bool {
         self.span.is_some()
     }
 
     pub fn set(&mut self, attribute: KeyValue) {
         if let Some(span) = &mut self.span {
-            span.set_attribute(attribute);
+            span.record.set(attribute);
         }
     }
 
@@ -310,8 +371,7 @@ impl Stage {
     /// code) and an error status.
     pub fn fail(&mut self, error_type: &str, message: impl Into<Cow<'static, str>>) {
         if let Some(span) = &mut self.span {
-            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type.to_string()));
-            span.set_status(Status::error(message));
+            fail(&mut span.record, error_type, message.into());
         }
     }
 
@@ -322,16 +382,6 @@ impl Stage {
             self.fail(e.status().as_str(), e.to_string());
         }
     }
-}
-
-/// `00-{trace id}-{span id}-{flags}` (W3C trace context, version 00).
-fn traceparent(sc: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    )
 }
 
 /// Monotonic instants as wall-clock times (spans carry wall-clock times;
@@ -360,89 +410,5 @@ impl WallClock {
     }
 }
 
-/// Reads propagation headers from a request.
-struct HeaderExtractor<'a>(&'a HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::LogFormat;
-
-    fn on() -> Telemetry {
-        // JSON logs alone turn spans on (ids, no exporter): enough to test
-        // propagation without a collector.
-        let settings = TelemetrySettings {
-            log_format: LogFormat::Json,
-            ..TelemetrySettings::default()
-        };
-        Telemetry::start(&settings).unwrap().0
-    }
-
-    fn headers(traceparent: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(TRACEPARENT, traceparent.parse().unwrap());
-        h
-    }
-
-    #[test]
-    fn a_clients_traceparent_is_continued() {
-        let t = on();
-        let trace = t.request(
-            "POST",
-            "/v1/chat/completions",
-            &headers("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
-        );
-        let (trace_id, span_id) = trace.ids().unwrap();
-        assert_eq!(trace_id, "0af7651916cd43dd8448eb211c80319c");
-        assert_ne!(span_id, "b7ad6b7169203331", "the root is a new span");
-        let call = trace.child("chat m", SpanKind::Client, Vec::new());
-        let sent = call.traceparent().unwrap();
-        let (_, call_span) = call.ids().unwrap();
-        assert_eq!(
-            sent,
-            format!("00-0af7651916cd43dd8448eb211c80319c-{call_span}-01")
-        );
-    }
-
-    #[test]
-    fn a_malformed_traceparent_starts_a_new_trace() {
-        let t = on();
-        let trace = t.request("POST", "/v1/completions", &headers("00-zz-11-01"));
-        let (trace_id, _) = trace.ids().unwrap();
-        assert_eq!(trace_id.len(), 32);
-        assert_ne!(trace_id, "00000000000000000000000000000000");
-    }
-
-    #[test]
-    fn off_is_a_no_op() {
-        let trace = Telemetry::default().request("POST", "/v1/x", &HeaderMap::new());
-        assert!(!trace.is_on());
-        assert!(trace.traceparent().is_none());
-        let mut stage = trace.stage(semconv::stage::AUTH);
-        stage.set(KeyValue::new("k", 1));
-        assert!(!trace.records_content());
-    }
-
-    #[test]
-    fn one_wall_clock_keeps_gaps_between_instants_exact() {
-        let clock = WallClock::now();
-        let a = Instant::now();
-        let b = a + std::time::Duration::from_millis(5);
-        let before = a - std::time::Duration::from_millis(3);
-        let gap = clock.at(b).duration_since(clock.at(a)).unwrap();
-        assert_eq!(gap, std::time::Duration::from_millis(5));
-        let gap = clock.at(a).duration_since(clock.at(before)).unwrap();
-        assert_eq!(gap, std::time::Duration::from_millis(3));
-        assert_eq!(clock.at(a), clock.at(a));
-    }
-}
+mod tests;

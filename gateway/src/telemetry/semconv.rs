@@ -34,6 +34,9 @@ pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
 pub const HTTP_ROUTE: &str = "http.route";
 pub const URL_PATH: &str = "url.path";
 pub const ERROR_TYPE: &str = "error.type";
+// Resource.
+pub const SERVICE_NAME: &str = "service.name";
+pub const SERVICE_VERSION: &str = "service.version";
 
 // Sluice's own.
 pub const SLUICE_TENANT: &str = "sluice.tenant";
