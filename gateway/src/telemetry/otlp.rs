@@ -25,56 +25,57 @@ const FLAG_IS_REMOTE: u32 = 0x200;
 
 /// One export request: the process's resource, one scope, `spans`.
 pub fn export_request(resource: &[KeyValue], scope: &str, spans: &[SpanRecord]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(128 + 320 * spans.len());
+    let mut w = Backwards::with_capacity(128 + 320 * spans.len());
     // ExportTraceServiceRequest.resource_spans
-    nested(&mut buf, 1, |b| {
-        // ResourceSpans.resource: Resource.attributes
-        nested(b, 1, |b| {
-            for attribute in resource {
-                nested(b, 1, |b| key_value(b, attribute));
-            }
-        });
+    w.nested(1, |w| {
         // ResourceSpans.scope_spans
-        nested(b, 2, |b| {
+        w.nested(2, |w| {
+            for span in spans.iter().rev() {
+                w.nested(2, |w| encode_span(w, span));
+            }
             // ScopeSpans.scope: InstrumentationScope.name
-            nested(b, 1, |b| string(b, 1, scope));
-            for span in spans {
-                nested(b, 2, |b| encode_span(b, span));
+            w.nested(1, |w| w.string(1, scope));
+        });
+        // ResourceSpans.resource: Resource.attributes
+        w.nested(1, |w| {
+            for attribute in resource.iter().rev() {
+                w.nested(1, |w| key_value(w, attribute));
             }
         });
     });
-    buf
+    w.finish()
 }
 
-fn encode_span(b: &mut Vec<u8>, span: &SpanRecord) {
-    bytes(b, 1, &span.trace_id);
-    bytes(b, 2, &span.span_id);
-    if let Some(parent) = &span.parent_span_id {
-        bytes(b, 4, parent);
-    }
-    string(b, 5, &span.name);
-    varint_field(b, 6, kind_code(&span.kind));
-    fixed64(b, 7, span.start_unix_nano);
-    fixed64(b, 8, span.end_unix_nano);
-    for attribute in &span.attributes {
-        nested(b, 9, |b| key_value(b, attribute));
-    }
-    if span.dropped_attributes > 0 {
-        varint_field(b, 10, u64::from(span.dropped_attributes));
-    }
-    if let Some(message) = &span.error {
-        // Status { message = 2; code = 3 (STATUS_CODE_ERROR = 2) }
-        nested(b, 15, |b| {
-            string(b, 2, message);
-            varint_field(b, 3, 2);
-        });
-    }
+/// A span's fields, the last first (see [`Backwards`]).
+fn encode_span(w: &mut Backwards, span: &SpanRecord) {
     let mut flags = FLAG_SAMPLED | FLAG_HAS_IS_REMOTE;
     if span.parent_is_remote {
         flags |= FLAG_IS_REMOTE;
     }
-    key(b, 16, FIXED32);
-    b.extend_from_slice(&flags.to_le_bytes());
+    w.raw(&flags.to_le_bytes());
+    w.key(16, FIXED32);
+    if let Some(message) = &span.error {
+        // Status { message = 2; code = 3 (STATUS_CODE_ERROR = 2) }
+        w.nested(15, |w| {
+            w.varint_field(3, 2);
+            w.string(2, message);
+        });
+    }
+    if span.dropped_attributes > 0 {
+        w.varint_field(10, u64::from(span.dropped_attributes));
+    }
+    for attribute in span.attributes.iter().rev() {
+        w.nested(9, |w| key_value(w, attribute));
+    }
+    w.fixed64(8, span.end_unix_nano);
+    w.fixed64(7, span.start_unix_nano);
+    w.varint_field(6, kind_code(&span.kind));
+    w.string(5, &span.name);
+    if let Some(parent) = &span.parent_span_id {
+        w.bytes(4, parent);
+    }
+    w.bytes(2, &span.span_id);
+    w.bytes(1, &span.trace_id);
 }
 
 /// OTLP's `SpanKind` enum.
@@ -88,39 +89,39 @@ fn kind_code(kind: &SpanKind) -> u64 {
     }
 }
 
-fn key_value(b: &mut Vec<u8>, attribute: &KeyValue) {
-    string(b, 1, attribute.key.as_str());
-    nested(b, 2, |b| any_value(b, &attribute.value));
+fn key_value(w: &mut Backwards, attribute: &KeyValue) {
+    w.nested(2, |w| any_value(w, &attribute.value));
+    w.string(1, attribute.key.as_str());
 }
 
 /// `AnyValue`: a oneof, so a field is written even when it holds its
 /// type's default (an empty string, `false`, 0).
-fn any_value(b: &mut Vec<u8>, value: &Value) {
+fn any_value(w: &mut Backwards, value: &Value) {
     match value {
-        Value::String(s) => string(b, 1, s.as_str()),
-        Value::Bool(v) => varint_field(b, 2, u64::from(*v)),
-        Value::I64(v) => varint_field(b, 3, *v as u64),
-        Value::F64(v) => fixed64(b, 4, v.to_bits()),
+        Value::String(s) => w.string(1, s.as_str()),
+        Value::Bool(v) => w.varint_field(2, u64::from(*v)),
+        Value::I64(v) => w.varint_field(3, *v as u64),
+        Value::F64(v) => w.fixed64(4, v.to_bits()),
         // ArrayValue { repeated AnyValue values = 1 }
-        Value::Array(array) => nested(b, 5, |b| match array {
+        Value::Array(array) => w.nested(5, |w| match array {
             Array::Bool(values) => {
-                for v in values {
-                    nested(b, 1, |b| varint_field(b, 2, u64::from(*v)));
+                for v in values.iter().rev() {
+                    w.nested(1, |w| w.varint_field(2, u64::from(*v)));
                 }
             }
             Array::I64(values) => {
-                for v in values {
-                    nested(b, 1, |b| varint_field(b, 3, *v as u64));
+                for v in values.iter().rev() {
+                    w.nested(1, |w| w.varint_field(3, *v as u64));
                 }
             }
             Array::F64(values) => {
-                for v in values {
-                    nested(b, 1, |b| fixed64(b, 4, v.to_bits()));
+                for v in values.iter().rev() {
+                    w.nested(1, |w| w.fixed64(4, v.to_bits()));
                 }
             }
             Array::String(values) => {
-                for v in values {
-                    nested(b, 1, |b| string(b, 1, v.as_str()));
+                for v in values.iter().rev() {
+                    w.nested(1, |w| w.string(1, v.as_str()));
                 }
             }
             // A kind of array a later `opentelemetry` adds: sent empty.
@@ -131,59 +132,78 @@ fn any_value(b: &mut Vec<u8>, value: &Value) {
     }
 }
 
-fn key(b: &mut Vec<u8>, field: u32, wire_type: u32) {
-    varint(b, u64::from(field << 3 | wire_type));
+/// A protobuf writer that builds the message from its end: every piece is
+/// appended reversed and the whole buffer is turned around once at the end.
+/// A nested message's length is then known when its header is written
+/// (right after its body), so nothing is measured twice or moved; the
+/// price is that fields and repeated elements are written last first.
+struct Backwards {
+    buf: Vec<u8>,
 }
 
-fn varint(b: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        b.push(v as u8 | 0x80);
-        v >>= 7;
+impl Backwards {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(capacity),
+        }
     }
-    b.push(v as u8);
-}
 
-fn varint_field(b: &mut Vec<u8>, field: u32, v: u64) {
-    key(b, field, VARINT);
-    varint(b, v);
-}
-
-fn fixed64(b: &mut Vec<u8>, field: u32, v: u64) {
-    key(b, field, FIXED64);
-    b.extend_from_slice(&v.to_le_bytes());
-}
-
-fn bytes(b: &mut Vec<u8>, field: u32, v: &[u8]) {
-    key(b, field, LEN);
-    varint(b, v.len() as u64);
-    b.extend_from_slice(v);
-}
-
-fn string(b: &mut Vec<u8>, field: u32, v: &str) {
-    bytes(b, field, v.as_bytes());
-}
-
-/// A length-delimited field whose body `write` appends. The body is written
-/// in place and its length put in front of it afterwards (one move of the
-/// body's bytes), so no message is encoded twice or into a buffer of its own.
-fn nested(b: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
-    key(b, field, LEN);
-    let start = b.len();
-    write(b);
-    let body = b.len() - start;
-    let mut head = [0u8; 10];
-    let mut len = body as u64;
-    let mut n = 0;
-    while len >= 0x80 {
-        head[n] = len as u8 | 0x80;
-        len >>= 7;
-        n += 1;
+    fn finish(mut self) -> Vec<u8> {
+        self.buf.reverse();
+        self.buf
     }
-    head[n] = len as u8;
-    let head = &head[..=n];
-    b.extend_from_slice(head);
-    b.copy_within(start..start + body, start + head.len());
-    b[start..start + head.len()].copy_from_slice(head);
+
+    /// `bytes` as they should read once the buffer is turned around.
+    fn raw(&mut self, bytes: &[u8]) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        self.buf[at..].reverse();
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        let mut encoded = [0u8; 10];
+        let mut n = 0;
+        while v >= 0x80 {
+            encoded[n] = v as u8 | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        encoded[n] = v as u8;
+        self.raw(&encoded[..=n]);
+    }
+
+    fn key(&mut self, field: u32, wire_type: u32) {
+        self.varint(u64::from(field << 3 | wire_type));
+    }
+
+    fn varint_field(&mut self, field: u32, v: u64) {
+        self.varint(v);
+        self.key(field, VARINT);
+    }
+
+    fn fixed64(&mut self, field: u32, v: u64) {
+        self.raw(&v.to_le_bytes());
+        self.key(field, FIXED64);
+    }
+
+    fn bytes(&mut self, field: u32, v: &[u8]) {
+        self.raw(v);
+        self.varint(v.len() as u64);
+        self.key(field, LEN);
+    }
+
+    fn string(&mut self, field: u32, v: &str) {
+        self.bytes(field, v.as_bytes());
+    }
+
+    /// A length-delimited field whose body `write` writes (backwards).
+    fn nested(&mut self, field: u32, write: impl FnOnce(&mut Self)) {
+        let end = self.buf.len();
+        write(self);
+        let len = self.buf.len() - end;
+        self.varint(len as u64);
+        self.key(field, LEN);
+    }
 }
 
 #[cfg(test)]
