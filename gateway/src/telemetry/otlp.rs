@@ -1,6 +1,7 @@
 //! OTLP's trace export request (`ExportTraceServiceRequest`, protobuf),
 //! written straight from [`SpanRecord`]s: no intermediate message types,
-//! one buffer per batch. Field numbers are those of
+//! one buffer per batch, sized exactly before anything is written (every
+//! message's length is computed first, so each byte is written once). Field numbers are those of
 //! `opentelemetry/proto/trace/v1/trace.proto` and `common/v1/common.proto`;
 //! the tests decode the bytes with the generated types a collector uses.
 
@@ -25,57 +26,97 @@ const FLAG_IS_REMOTE: u32 = 0x200;
 
 /// One export request: the process's resource, one scope, `spans`.
 pub fn export_request(resource: &[KeyValue], scope: &str, spans: &[SpanRecord]) -> Vec<u8> {
-    let mut w = Backwards::with_capacity(128 + 320 * spans.len());
+    let span_lens: Vec<usize> = spans.iter().map(span_len).collect();
+    let resource_len: usize = resource
+        .iter()
+        .map(|kv| nested_len(key_value_len(kv)))
+        .sum();
+    let scope_len = nested_len(string_len(scope));
+    let scope_spans_len = scope_len + span_lens.iter().map(|&n| nested_len(n)).sum::<usize>();
+    let resource_spans_len = nested_len(resource_len) + nested_len(scope_spans_len);
+
+    let total = nested_len(resource_spans_len);
+    let mut b = Vec::with_capacity(total);
     // ExportTraceServiceRequest.resource_spans
-    w.nested(1, |w| {
-        // ResourceSpans.scope_spans
-        w.nested(2, |w| {
-            for span in spans.iter().rev() {
-                w.nested(2, |w| encode_span(w, span));
-            }
-            // ScopeSpans.scope: InstrumentationScope.name
-            w.nested(1, |w| w.string(1, scope));
-        });
-        // ResourceSpans.resource: Resource.attributes
-        w.nested(1, |w| {
-            for attribute in resource.iter().rev() {
-                w.nested(1, |w| key_value(w, attribute));
-            }
-        });
-    });
-    w.finish()
+    header(&mut b, 1, resource_spans_len);
+    // ResourceSpans.resource: Resource.attributes
+    header(&mut b, 1, resource_len);
+    for attribute in resource {
+        header(&mut b, 1, key_value_len(attribute));
+        key_value(&mut b, attribute);
+    }
+    // ResourceSpans.scope_spans
+    header(&mut b, 2, scope_spans_len);
+    // ScopeSpans.scope: InstrumentationScope.name
+    header(&mut b, 1, string_len(scope));
+    string(&mut b, 1, scope);
+    for (span, &len) in spans.iter().zip(&span_lens) {
+        header(&mut b, 2, len);
+        encode_span(&mut b, span);
+    }
+    debug_assert_eq!(
+        b.len(),
+        total,
+        "the lengths computed match what was written"
+    );
+    b
 }
 
-/// A span's fields, the last first (see [`Backwards`]).
-fn encode_span(w: &mut Backwards, span: &SpanRecord) {
+/// The bytes [`encode_span`] writes.
+fn span_len(span: &SpanRecord) -> usize {
+    let mut n = bytes_len(span.trace_id.len()) + bytes_len(span.span_id.len());
+    if let Some(parent) = &span.parent_span_id {
+        n += bytes_len(parent.len());
+    }
+    n += string_len(&span.name) + varint_field_len(kind_code(&span.kind));
+    n += 2 * (1 + 8); // start and end: fixed64
+    n += span
+        .attributes
+        .iter()
+        .map(|kv| nested_len(key_value_len(kv)))
+        .sum::<usize>();
+    if span.dropped_attributes > 0 {
+        n += varint_field_len(u64::from(span.dropped_attributes));
+    }
+    if let Some(message) = &span.error {
+        n += nested_len(status_len(message));
+    }
+    n + 2 + 4 // flags: fixed32 behind a two-byte key
+}
+
+fn encode_span(b: &mut Vec<u8>, span: &SpanRecord) {
+    bytes(b, 1, &span.trace_id);
+    bytes(b, 2, &span.span_id);
+    if let Some(parent) = &span.parent_span_id {
+        bytes(b, 4, parent);
+    }
+    string(b, 5, &span.name);
+    varint_field(b, 6, kind_code(&span.kind));
+    fixed64(b, 7, span.start_unix_nano);
+    fixed64(b, 8, span.end_unix_nano);
+    for attribute in &span.attributes {
+        header(b, 9, key_value_len(attribute));
+        key_value(b, attribute);
+    }
+    if span.dropped_attributes > 0 {
+        varint_field(b, 10, u64::from(span.dropped_attributes));
+    }
+    if let Some(message) = &span.error {
+        // Status { message = 2; code = 3 (STATUS_CODE_ERROR = 2) }
+        header(b, 15, status_len(message));
+        string(b, 2, message);
+        varint_field(b, 3, 2);
+    }
     let mut flags = FLAG_SAMPLED | FLAG_HAS_IS_REMOTE;
     if span.parent_is_remote {
         flags |= FLAG_IS_REMOTE;
     }
-    w.raw(&flags.to_le_bytes());
-    w.key(16, FIXED32);
-    if let Some(message) = &span.error {
-        // Status { message = 2; code = 3 (STATUS_CODE_ERROR = 2) }
-        w.nested(15, |w| {
-            w.varint_field(3, 2);
-            w.string(2, message);
-        });
-    }
-    if span.dropped_attributes > 0 {
-        w.varint_field(10, u64::from(span.dropped_attributes));
-    }
-    for attribute in span.attributes.iter().rev() {
-        w.nested(9, |w| key_value(w, attribute));
-    }
-    w.fixed64(8, span.end_unix_nano);
-    w.fixed64(7, span.start_unix_nano);
-    w.varint_field(6, kind_code(&span.kind));
-    w.string(5, &span.name);
-    if let Some(parent) = &span.parent_span_id {
-        w.bytes(4, parent);
-    }
-    w.bytes(2, &span.span_id);
-    w.bytes(1, &span.trace_id);
+    key(b, 16, FIXED32);
+    b.extend_from_slice(&flags.to_le_bytes());
+}
+
+fn status_len(message: &str) -> usize {
+    string_len(message) + varint_field_len(2)
 }
 
 /// OTLP's `SpanKind` enum.
@@ -89,121 +130,148 @@ fn kind_code(kind: &SpanKind) -> u64 {
     }
 }
 
-fn key_value(w: &mut Backwards, attribute: &KeyValue) {
-    w.nested(2, |w| any_value(w, &attribute.value));
-    w.string(1, attribute.key.as_str());
+fn key_value_len(attribute: &KeyValue) -> usize {
+    string_len(attribute.key.as_str()) + nested_len(any_value_len(&attribute.value))
+}
+
+fn key_value(b: &mut Vec<u8>, attribute: &KeyValue) {
+    string(b, 1, attribute.key.as_str());
+    header(b, 2, any_value_len(&attribute.value));
+    any_value(b, &attribute.value);
+}
+
+/// The bytes [`any_value`] writes.
+fn any_value_len(value: &Value) -> usize {
+    match value {
+        Value::String(s) => string_len(s.as_str()),
+        Value::Bool(_) => 2,
+        Value::I64(v) => varint_field_len(*v as u64),
+        Value::F64(_) => 1 + 8,
+        Value::Array(array) => nested_len(array_len(array)),
+        _ => 0,
+    }
+}
+
+fn array_len(array: &Array) -> usize {
+    match array {
+        Array::Bool(values) => values.len() * nested_len(2),
+        Array::I64(values) => values
+            .iter()
+            .map(|v| nested_len(varint_field_len(*v as u64)))
+            .sum(),
+        Array::F64(values) => values.len() * nested_len(1 + 8),
+        Array::String(values) => values
+            .iter()
+            .map(|v| nested_len(string_len(v.as_str())))
+            .sum(),
+        _ => 0,
+    }
 }
 
 /// `AnyValue`: a oneof, so a field is written even when it holds its
 /// type's default (an empty string, `false`, 0).
-fn any_value(w: &mut Backwards, value: &Value) {
+fn any_value(b: &mut Vec<u8>, value: &Value) {
     match value {
-        Value::String(s) => w.string(1, s.as_str()),
-        Value::Bool(v) => w.varint_field(2, u64::from(*v)),
-        Value::I64(v) => w.varint_field(3, *v as u64),
-        Value::F64(v) => w.fixed64(4, v.to_bits()),
+        Value::String(s) => string(b, 1, s.as_str()),
+        Value::Bool(v) => varint_field(b, 2, u64::from(*v)),
+        Value::I64(v) => varint_field(b, 3, *v as u64),
+        Value::F64(v) => fixed64(b, 4, v.to_bits()),
         // ArrayValue { repeated AnyValue values = 1 }
-        Value::Array(array) => w.nested(5, |w| match array {
-            Array::Bool(values) => {
-                for v in values.iter().rev() {
-                    w.nested(1, |w| w.varint_field(2, u64::from(*v)));
+        Value::Array(array) => {
+            header(b, 5, array_len(array));
+            match array {
+                Array::Bool(values) => {
+                    for v in values {
+                        header(b, 1, 2);
+                        varint_field(b, 2, u64::from(*v));
+                    }
                 }
-            }
-            Array::I64(values) => {
-                for v in values.iter().rev() {
-                    w.nested(1, |w| w.varint_field(3, *v as u64));
+                Array::I64(values) => {
+                    for v in values {
+                        header(b, 1, varint_field_len(*v as u64));
+                        varint_field(b, 3, *v as u64);
+                    }
                 }
-            }
-            Array::F64(values) => {
-                for v in values.iter().rev() {
-                    w.nested(1, |w| w.fixed64(4, v.to_bits()));
+                Array::F64(values) => {
+                    for v in values {
+                        header(b, 1, 1 + 8);
+                        fixed64(b, 4, v.to_bits());
+                    }
                 }
-            }
-            Array::String(values) => {
-                for v in values.iter().rev() {
-                    w.nested(1, |w| w.string(1, v.as_str()));
+                Array::String(values) => {
+                    for v in values {
+                        header(b, 1, string_len(v.as_str()));
+                        string(b, 1, v.as_str());
+                    }
                 }
+                // A kind of array a later `opentelemetry` adds: sent empty.
+                _ => {}
             }
-            // A kind of array a later `opentelemetry` adds: sent empty.
-            _ => {}
-        }),
+        }
         // A kind of value a later `opentelemetry` adds: an empty AnyValue.
         _ => {}
     }
 }
 
-/// A protobuf writer that builds the message from its end: every piece is
-/// appended reversed and the whole buffer is turned around once at the end.
-/// A nested message's length is then known when its header is written
-/// (right after its body), so nothing is measured twice or moved; the
-/// price is that fields and repeated elements are written last first.
-struct Backwards {
-    buf: Vec<u8>,
+// The sizes: every field number used here but the span's flags (16,
+// counted where it is written) is below 16, so a key is one byte.
+
+fn varint_len(v: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-impl Backwards {
-    fn with_capacity(capacity: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(capacity),
-        }
-    }
+fn nested_len(body: usize) -> usize {
+    1 + varint_len(body as u64) + body
+}
 
-    fn finish(mut self) -> Vec<u8> {
-        self.buf.reverse();
-        self.buf
-    }
+fn string_len(v: &str) -> usize {
+    bytes_len(v.len())
+}
 
-    /// `bytes` as they should read once the buffer is turned around.
-    fn raw(&mut self, bytes: &[u8]) {
-        let at = self.buf.len();
-        self.buf.extend_from_slice(bytes);
-        self.buf[at..].reverse();
-    }
+fn bytes_len(len: usize) -> usize {
+    nested_len(len)
+}
 
-    fn varint(&mut self, mut v: u64) {
-        let mut encoded = [0u8; 10];
-        let mut n = 0;
-        while v >= 0x80 {
-            encoded[n] = v as u8 | 0x80;
-            v >>= 7;
-            n += 1;
-        }
-        encoded[n] = v as u8;
-        self.raw(&encoded[..=n]);
-    }
+fn varint_field_len(v: u64) -> usize {
+    1 + varint_len(v)
+}
 
-    fn key(&mut self, field: u32, wire_type: u32) {
-        self.varint(u64::from(field << 3 | wire_type));
-    }
+fn key(b: &mut Vec<u8>, field: u32, wire_type: u32) {
+    varint(b, u64::from(field << 3 | wire_type));
+}
 
-    fn varint_field(&mut self, field: u32, v: u64) {
-        self.varint(v);
-        self.key(field, VARINT);
+fn varint(b: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        b.push(v as u8 | 0x80);
+        v >>= 7;
     }
+    b.push(v as u8);
+}
 
-    fn fixed64(&mut self, field: u32, v: u64) {
-        self.raw(&v.to_le_bytes());
-        self.key(field, FIXED64);
-    }
+/// The key and length of a length-delimited field whose body follows.
+fn header(b: &mut Vec<u8>, field: u32, len: usize) {
+    key(b, field, LEN);
+    varint(b, len as u64);
+}
 
-    fn bytes(&mut self, field: u32, v: &[u8]) {
-        self.raw(v);
-        self.varint(v.len() as u64);
-        self.key(field, LEN);
-    }
+fn varint_field(b: &mut Vec<u8>, field: u32, v: u64) {
+    key(b, field, VARINT);
+    varint(b, v);
+}
 
-    fn string(&mut self, field: u32, v: &str) {
-        self.bytes(field, v.as_bytes());
-    }
+fn fixed64(b: &mut Vec<u8>, field: u32, v: u64) {
+    key(b, field, FIXED64);
+    b.extend_from_slice(&v.to_le_bytes());
+}
 
-    /// A length-delimited field whose body `write` writes (backwards).
-    fn nested(&mut self, field: u32, write: impl FnOnce(&mut Self)) {
-        let end = self.buf.len();
-        write(self);
-        let len = self.buf.len() - end;
-        self.varint(len as u64);
-        self.key(field, LEN);
-    }
+fn bytes(b: &mut Vec<u8>, field: u32, v: &[u8]) {
+    header(b, field, v.len());
+    b.extend_from_slice(v);
+}
+
+fn string(b: &mut Vec<u8>, field: u32, v: &str) {
+    bytes(b, field, v.as_bytes());
 }
 
 #[cfg(test)]
@@ -321,6 +389,24 @@ mod tests {
         assert_eq!(second.flags, 0x301, "a remote parent is marked");
         assert!(second.status.is_none());
         assert!(second.attributes.is_empty());
+    }
+
+    #[test]
+    fn varint_lengths_match_what_is_written() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut b = Vec::new();
+            varint(&mut b, v);
+            assert_eq!(varint_len(v), b.len(), "{v}");
+        }
     }
 
     #[test]
