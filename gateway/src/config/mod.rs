@@ -20,6 +20,7 @@ mod file;
 mod guard;
 mod keys;
 mod limits;
+mod models;
 mod moderation;
 mod oidc;
 mod pii;

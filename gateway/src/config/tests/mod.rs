@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 mod defaults;
+mod engine;
 mod render;
+mod routes;
 
 fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let vars: HashMap<String, String> = env
@@ -31,6 +33,39 @@ fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 fn err_of(text: &str, env: &[(&str, &str)]) -> String {
     load_str(text, env).unwrap_err().to_string()
 }
+
+/// Two routes, a local and a cloud deployment: the route tests' and the
+/// guard policies' config.
+const ROUTED: &str = r#"
+[[models]]
+id = "small"
+path = "/m/small.gguf"
+
+[[providers]]
+kind = "openai"
+name = "cloud"
+base_url = "http://127.0.0.1:9/v1"
+
+[[routes]]
+model = "chat"
+strategy = "learned"
+seed = 3
+
+[[routes.deployments]]
+name = "local-small"
+local = "small"
+max_queue_wait_ms = 250
+min_free_kv_fraction = 0.1
+max_concurrency = 4
+
+[[routes.deployments]]
+name = "cloud-mini"
+provider = "cloud"
+upstream_model = "gpt-4o-mini"
+priority = 1
+price_input_per_1k = 0.00015
+price_output_per_1k = 0.0006
+"#;
 
 #[test]
 fn no_config_serves_the_demo_model_on_loopback() {
@@ -292,85 +327,6 @@ fn the_example_config_in_deploy_resolves() {
     assert!(cfg.models[0].path.is_absolute(), "~ is expanded");
 }
 
-const ROUTED: &str = r#"
-[[models]]
-id = "small"
-path = "/m/small.gguf"
-
-[[providers]]
-kind = "openai"
-name = "cloud"
-base_url = "http://127.0.0.1:9/v1"
-
-[[routes]]
-model = "chat"
-strategy = "learned"
-seed = 3
-
-[[routes.deployments]]
-name = "local-small"
-local = "small"
-max_queue_wait_ms = 250
-min_free_kv_fraction = 0.1
-max_concurrency = 4
-
-[[routes.deployments]]
-name = "cloud-mini"
-provider = "cloud"
-upstream_model = "gpt-4o-mini"
-priority = 1
-price_input_per_1k = 0.00015
-price_output_per_1k = 0.0006
-"#;
-
-#[test]
-fn routes_resolve_with_residency_following_the_target() {
-    let cfg = load_str(ROUTED, &[]).unwrap();
-    assert_eq!(cfg.providers.len(), 1);
-    let route = &cfg.routes[0];
-    assert_eq!(route.model, "chat");
-    assert_eq!(route.strategy, super::Strategy::Learned);
-    assert_eq!(route.seed, Some(3));
-    let [local, cloud] = &route.deployments[..] else {
-        panic!("two deployments")
-    };
-    assert_eq!(local.settings.residency, super::Residency::OnPrem);
-    assert_eq!(local.settings.max_concurrency, Some(4));
-    assert_eq!(cloud.settings.residency, super::Residency::Cloud);
-    assert_eq!(cloud.settings.priority, 1);
-    assert!((cloud.settings.price.output_per_1k - 0.0006).abs() < 1e-12);
-    match &local.target {
-        super::TargetSpec::Local { model, saturation } => {
-            assert_eq!(model, "small");
-            assert_eq!(saturation.max_queue_wait_ms, 250.0);
-            assert_eq!(saturation.min_free_kv_fraction, 0.1);
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
-#[test]
-fn a_provider_deployment_is_capped_by_default_and_a_local_one_is_not() {
-    let cfg = load_str(&ROUTED.replace("max_concurrency = 4", ""), &[]).unwrap();
-    let [local, cloud] = &cfg.routes[0].deployments[..] else {
-        panic!("two deployments")
-    };
-    assert_eq!(local.settings.max_concurrency, None);
-    assert_eq!(
-        cloud.settings.max_concurrency,
-        Some(super::routes::DEFAULT_PROVIDER_MAX_CONCURRENCY)
-    );
-    let capped = ROUTED.replace(
-        "upstream_model = \"gpt-4o-mini\"",
-        "upstream_model = \"gpt-4o-mini\"\nmax_concurrency = 7",
-    );
-    let cfg = load_str(&capped, &[]).unwrap();
-    assert_eq!(
-        cfg.routes[0].deployments[1].settings.max_concurrency,
-        Some(7)
-    );
-}
-
 #[test]
 fn server_max_in_flight_defaults_and_refuses_zero() {
     let cfg = load_str("", &[]).unwrap();
@@ -379,52 +335,6 @@ fn server_max_in_flight_defaults_and_refuses_zero() {
     assert_eq!(cfg.server.max_in_flight, 3);
     let err = load_str("[server]\nmax_in_flight = 0\n", &[]).unwrap_err();
     assert!(err.to_string().contains("server.max_in_flight"), "{err}");
-}
-
-#[test]
-fn bad_routes_name_their_key() {
-    let cases = [
-        (
-            ROUTED.replace("strategy = \"learned\"", "strategy = \"random\""),
-            "routes[0].strategy",
-        ),
-        (
-            ROUTED.replace("local = \"small\"", "local = \"big\""),
-            "routes[0].deployments[0].local",
-        ),
-        (
-            ROUTED.replace("provider = \"cloud\"", "provider = \"nope\""),
-            "routes[0].deployments[1].provider",
-        ),
-        (
-            ROUTED.replace("upstream_model = \"gpt-4o-mini\"", ""),
-            "routes[0].deployments[1].upstream_model",
-        ),
-        (
-            ROUTED.replace("name = \"cloud-mini\"", "name = \"local-small\""),
-            "routes[0].deployments[1].name",
-        ),
-        (
-            ROUTED.replace("priority = 1", "residency = \"moon\""),
-            "routes[0].deployments[1].residency",
-        ),
-        (
-            ROUTED.replace("price_input_per_1k = 0.00015", "price_input_per_1k = -1.0"),
-            "routes[0].deployments[1].price_input_per_1k",
-        ),
-        (
-            ROUTED.replace("min_free_kv_fraction = 0.1", "min_free_kv_fraction = 2.0"),
-            "routes[0].deployments[0].min_free_kv_fraction",
-        ),
-        (
-            ROUTED.replace("max_concurrency = 4", "max_concurrency = 0"),
-            "routes[0].deployments[0].max_concurrency",
-        ),
-    ];
-    for (text, key) in cases {
-        let err = err_of(&text, &[]);
-        assert!(err.starts_with(key), "{key}: {err}");
-    }
 }
 
 #[test]
@@ -561,107 +471,4 @@ fn http_threads_default_to_half_the_cores_beside_models_all_without_and_refuse_z
     assert_eq!(cfg.server.http_threads, 3);
     let err = err_of("[server]\nhttp_threads = 0\n", &[]);
     assert!(err.contains("server.http_threads"), "{err}");
-}
-
-#[test]
-fn capabilities_default_by_kind_and_a_deployment_list_replaces_them() {
-    use super::Capability::*;
-    let cfg = load_str(ROUTED, &[]).unwrap();
-    let [local, cloud] = &cfg.routes[0].deployments[..] else {
-        panic!("two deployments")
-    };
-    assert_eq!(local.settings.capabilities, Capabilities::all());
-    assert_eq!(
-        cloud.settings.capabilities,
-        Capabilities::of(&[Tools, ToolChoiceRequired, JsonObject, JsonSchema])
-    );
-    let vllm = ROUTED.replace(
-        "base_url = \"http://127.0.0.1:9/v1\"",
-        "base_url = \"http://127.0.0.1:9/v1\"\ndialect = \"vllm\"",
-    );
-    let cfg = load_str(&vllm, &[]).unwrap();
-    assert_eq!(
-        cfg.routes[0].deployments[1].settings.capabilities,
-        Capabilities::all()
-    );
-    let listed = ROUTED.replace(
-        "priority = 1",
-        "priority = 1\ncapabilities = [\"json_object\"]",
-    );
-    let cfg = load_str(&listed, &[]).unwrap();
-    assert_eq!(
-        cfg.routes[0].deployments[1].settings.capabilities,
-        Capabilities::of(&[JsonObject])
-    );
-    let bad = ROUTED.replace(
-        "priority = 1",
-        "priority = 1\ncapabilities = [\"mind_reading\"]",
-    );
-    let err = err_of(&bad, &[]);
-    assert!(
-        err.contains("routes[0].deployments[1].capabilities"),
-        "{err}"
-    );
-    assert!(err.contains("mind_reading"), "{err}");
-    let bad_dialect = ROUTED.replace(
-        "base_url = \"http://127.0.0.1:9/v1\"",
-        "base_url = \"http://127.0.0.1:9/v1\"\ndialect = \"ollama\"",
-    );
-    assert!(err_of(&bad_dialect, &[]).contains("ollama"));
-}
-
-#[test]
-fn the_engine_device_is_cpu_by_default_and_parsed_by_name() {
-    let cfg = load_str("[[models]]\nid = \"m\"\npath = \"p\"\n", &[]).unwrap();
-    assert_eq!(cfg.models[0].engine.device, sluice_runtime::Device::Cpu);
-    let e = err_of(
-        "[[models]]\nid = \"m\"\npath = \"p\"\n[models.engine]\ndevice = \"gpu0\"\n",
-        &[],
-    );
-    assert!(e.starts_with("models[0].engine.device"), "{e}");
-    assert!(e.contains("\"cuda:N\""), "{e}");
-}
-
-#[test]
-fn a_cuda_device_is_refused_at_load_by_a_build_without_cuda() {
-    let text = "[[models]]\nid = \"m\"\npath = \"p\"\n[models.engine]\ndevice = \"cuda:0\"\n";
-    match load_str(text, &[]) {
-        Ok(cfg) => {
-            let supported =
-                sluice_runtime::device::check_supported(sluice_runtime::Device::Cuda(0));
-            assert!(supported.is_ok(), "a CPU-only build accepted cuda:0");
-            assert_eq!(cfg.models[0].engine.device, sluice_runtime::Device::Cuda(0));
-        }
-        Err(e) => {
-            let e = e.to_string();
-            assert!(e.starts_with("models[0].engine.device"), "{e}");
-            assert!(e.contains("--features cuda"), "{e}");
-        }
-    }
-}
-
-#[test]
-fn the_kv_dtype_is_parsed_by_name_and_refused_for_the_cpu_engine() {
-    let engine =
-        |body: &str| format!("[[models]]\nid = \"m\"\npath = \"p\"\n[models.engine]\n{body}\n");
-    let cfg = load_str(&engine(""), &[]).unwrap();
-    assert_eq!(
-        cfg.models[0].engine.kv_dtype,
-        sluice_runtime::device::sizing::KvDType::Bf16
-    );
-    let e = err_of(&engine("device = \"cpu\"\nkv_dtype = \"fp8\""), &[]);
-    assert!(e.starts_with("models[0].engine.kv_dtype"), "{e}");
-    assert!(e.contains("\"fp8_e4m3\""), "{e}");
-    // Not silently ignored: the CPU engine's cache is f32.
-    let e = err_of(&engine("kv_dtype = \"fp8_e4m3\""), &[]);
-    assert!(e.starts_with("models[0].engine.kv_dtype"), "{e}");
-    assert!(e.contains("needs device = \"cuda:N\""), "{e}");
-    match load_str(&engine("device = \"cuda:0\"\nkv_dtype = \"f16\""), &[]) {
-        Ok(cfg) => assert_eq!(
-            cfg.models[0].engine.kv_dtype,
-            sluice_runtime::device::sizing::KvDType::F16
-        ),
-        // A build without `cuda` refuses the device first.
-        Err(e) => assert!(e.to_string().contains("--features cuda"), "{e}"),
-    }
 }
