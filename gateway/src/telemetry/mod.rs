@@ -178,6 +178,29 @@ struct Scope {
 }
 
 impl Scope {
+    /// A new span under this one from `start`: its ids, and its record
+    /// when it is recorded.
+    fn open_child(
+        &self,
+        name: Cow<'static, str>,
+        kind: SpanKind,
+        start: SystemTime,
+        attributes: Vec<KeyValue>,
+    ) -> (SpanIds, Option<SpanRecord>) {
+        let ids = self.ids.child();
+        let record = self.shared.records(&ids).then(|| {
+            SpanRecord::open(
+                ids,
+                Some((self.ids.span_id, false)),
+                name,
+                kind,
+                start,
+                attributes,
+            )
+        });
+        (ids, record)
+    }
+
     fn with_open(&self, change: impl FnOnce(&mut SpanRecord)) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(record) = open.as_mut() {
@@ -224,16 +247,14 @@ impl Trace {
     pub fn stage(&self, name: &'static str) -> Stage {
         Stage {
             span: self.scope.as_ref().and_then(|s| {
-                let ids = s.ids.child();
-                s.shared.records(&ids).then(|| Recording {
-                    record: SpanRecord::open(
-                        ids,
-                        Some((s.ids.span_id, false)),
-                        name.into(),
-                        SpanKind::Internal,
-                        SystemTime::now(),
-                        Vec::new(),
-                    ),
+                let (_, record) = s.open_child(
+                    name.into(),
+                    SpanKind::Internal,
+                    SystemTime::now(),
+                    Vec::new(),
+                );
+                record.map(|record| Recording {
+                    record,
                     shared: s.shared.clone(),
                 })
             }),
@@ -250,17 +271,7 @@ impl Trace {
         let Some(s) = &self.scope else {
             return Trace::default();
         };
-        let ids = s.ids.child();
-        let record = s.shared.records(&ids).then(|| {
-            SpanRecord::open(
-                ids,
-                Some((s.ids.span_id, false)),
-                name.into(),
-                kind,
-                SystemTime::now(),
-                attributes,
-            )
-        });
+        let (ids, record) = s.open_child(name.into(), kind, SystemTime::now(), attributes);
         Trace::open(s.shared.clone(), ids, record)
     }
 
@@ -274,20 +285,12 @@ impl Trace {
         attributes: Vec<KeyValue>,
     ) {
         let Some(s) = &self.scope else { return };
-        let ids = s.ids.child();
-        if !s.shared.records(&ids) {
-            return;
+        if let (_, Some(mut record)) =
+            s.open_child(name.into(), SpanKind::Internal, start, attributes)
+        {
+            record.close(end);
+            s.shared.finish(record);
         }
-        let mut record = SpanRecord::open(
-            ids,
-            Some((s.ids.span_id, false)),
-            name.into(),
-            SpanKind::Internal,
-            start,
-            attributes,
-        );
-        record.close(end);
-        s.shared.finish(record);
     }
 
     pub fn set(&self, attribute: KeyValue) {
