@@ -2,11 +2,10 @@
 //! stream --guard` adds) and how often it flags ordinary answers
 //! (`sluice-bench guard-answers`).
 //!
-//! `guard-answers`: the stream guard reuses the input guard's head and
-//! threshold, which were calibrated on prompts (5% false positives on the
-//! head's validation prompts), not on answers. This reads each held-out
-//! ordinary answer of `tests/data/stream/ordinary/` (committed before any
-//! stream detector was tuned, never changed since), tokenised by the demo
+//! `guard-answers`: how often the stream guard stops ordinary answers.
+//! This reads each held-out ordinary answer of `tests/data/stream/ordinary/`
+//! (committed before any stream detector was tuned, never changed since;
+//! `--dir tests/data/stream/ordinary-2` for the second set), tokenised by the demo
 //! chat model's tokenizer and streamed token by token through `hold_back`
 //! as the server streams it, with the served guard scoring every window.
 //! Flags are recorded, not acted on, so an answer's later windows are
@@ -16,9 +15,9 @@
 //! Each answer is also scored whole, as the input guard scores a prompt
 //! (its segments-max rule), for comparison.
 //!
-//! `--head` picks the head as `[stream] guard_head` does (`input`: the
-//! input guard's, as before the stream guard had one of its own), so one
-//! build compares heads; `--csv` reads a `text,label` file instead of a
+//! `--head` picks the head as `[stream] guard_head` does (absent or
+//! `answer`: the built-in answer head; `input`: the input guard's, as
+//! before the stream guard had one of its own), so one build compares heads; `--csv` reads a `text,label` file instead of a
 //! folder (held-out injections), and the report then splits the answers
 //! stopped by label: on injections that share is the recall per text.
 //!
@@ -41,7 +40,7 @@ use sluice_gateway::analyse::window::Analysed;
 use sluice_gateway::analyse::Stop;
 use sluice_gateway::answer::{Answer, Step, StopNote};
 use sluice_gateway::config::{
-    EncoderConfig, EncoderKind, GuardConfig, StreamGuardHead, DEMO_EMBEDDING_ID,
+    EncoderConfig, EncoderKind, GuardConfig, StreamGuardHead, StreamSettings, DEMO_EMBEDDING_ID,
 };
 use sluice_gateway::encoders::EncoderRegistry;
 use sluice_gateway::guard::registry::serving_guard;
@@ -52,15 +51,15 @@ use sluice_runtime::{EncoderPoolConfig, FinishReason, Usage};
 use crate::stats::{cell, Summary};
 use crate::stream_bench::{settings, wrap_of};
 
-/// The stream guard `sluice serve` builds by default: the input guard's
-/// built-in head over the demo MiniLM, with the default encoder pool.
+/// The stream guard `sluice serve` builds by default: the built-in answer
+/// head over the demo MiniLM, with the default encoder pool.
 pub struct ServedGuard {
     pub guard: Arc<Guard>,
     pub encoders: Arc<dyn GuardEncoders>,
 }
 
 pub fn served_guard() -> Result<ServedGuard> {
-    served_stream_guard(&StreamGuardHead::Input)
+    served_stream_guard(&StreamSettings::default().guard_head)
 }
 
 /// The served guard with the stream guard's head `head`.
@@ -163,9 +162,9 @@ pub struct GuardAnswersArgs {
     /// `hold_back` window, in tokens (the server's default)
     #[arg(long, default_value_t = 16)]
     window: usize,
-    /// The head that scores windows, as `[stream] guard_head`: a head file
-    /// (such as models/guard/minilm-answer-injection.safetensors), or
-    /// `input` for the input guard's [default: input]
+    /// The head that scores windows, as `[stream] guard_head`: `answer`
+    /// (built in), `input` for the input guard's, or a head file written by
+    /// `sluice guard train` [default: answer]
     #[arg(long)]
     head: Option<String>,
     /// Read the answers from a `text,label` CSV instead of a folder
@@ -310,15 +309,27 @@ struct AnswerResult {
 }
 
 pub fn run_answers(args: GuardAnswersArgs) -> Result<()> {
-    let dir = args.dir.clone().unwrap_or_else(|| {
+    let dir = answers_dir(&args);
+    let (results, failures) = score_answers(&args)?;
+    report(&args, &dir, &results, failures)
+}
+
+fn answers_dir(args: &GuardAnswersArgs) -> PathBuf {
+    args.dir.clone().unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/stream/ordinary")
-    });
+    })
+}
+
+/// Every answer streamed through the stream guard's windows: the
+/// verdicts, and how many windows could not be scored.
+fn score_answers(args: &GuardAnswersArgs) -> Result<(Vec<AnswerResult>, usize)> {
+    let dir = answers_dir(args);
     let model = args
         .model
         .clone()
         .unwrap_or_else(sluice_models::demo_chat_model_path);
     let tokenizer = crate::workload::load_tokenizer(&model)?;
-    let answers = read_answers(&args, &dir)?;
+    let answers = read_answers(args, &dir)?;
     if answers.is_empty() {
         bail!(
             "no answers in {}",
@@ -326,7 +337,7 @@ pub fn run_answers(args: GuardAnswersArgs) -> Result<()> {
         );
     }
     let head = match args.head.as_deref() {
-        None => StreamGuardHead::Input,
+        None => StreamSettings::default().guard_head,
         Some(text) => StreamGuardHead::parse(text, std::path::Path::new("."))
             .map_err(|e| anyhow!("--head: {e}"))?,
     };
@@ -357,7 +368,7 @@ pub fn run_answers(args: GuardAnswersArgs) -> Result<()> {
             whole,
         });
     }
-    report(&args, &dir, &results, failures.load(Ordering::Relaxed))
+    Ok((results, failures.load(Ordering::Relaxed)))
 }
 
 /// Streams `text` as the engine would, token by token through
@@ -425,7 +436,7 @@ fn report(
          with head {} (all-MiniLM-L6-v2)\n",
         source.display(),
         args.window,
-        args.head.as_deref().unwrap_or("input")
+        args.head.as_deref().unwrap_or(StreamGuardHead::ANSWER)
     );
     println!(
         "| answer | tokens | windows scored | flagged | uncertain | highest window score | \
@@ -497,7 +508,7 @@ fn report(
             "tool": "sluice-bench guard-answers",
             "command": std::env::args().collect::<Vec<_>>().join(" "),
             "window_tokens": args.window,
-            "head": args.head.as_deref().unwrap_or("input"),
+            "head": args.head.as_deref().unwrap_or(StreamGuardHead::ANSWER),
             "ordinary_stopped": ordinary_stopped, "ordinary": ordinary,
             "injections_stopped": injections_stopped, "injections": injections,
             "answers": rows,
@@ -509,4 +520,46 @@ fn report(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both held-out sets, streamed through the served defaults (window
+    /// 16 tokens + 128 bytes, the built-in answer head): not one window is
+    /// flagged, so `hold_back` stops none of them. The first answer head
+    /// stopped 5 of the second set's 21 (NOTES.md, session 13).
+    #[test]
+    fn the_default_stream_guard_stops_no_held_out_ordinary_answer() {
+        let sets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/stream");
+        for set in ["ordinary", "ordinary-2"] {
+            let args = GuardAnswersArgs {
+                dir: Some(sets.join(set)),
+                model: None,
+                window: 16,
+                head: None,
+                csv: None,
+                json: None,
+            };
+            let (results, failures) = score_answers(&args).unwrap();
+            assert_eq!(failures, 0, "{set}: windows not scored");
+            assert!(results.len() >= 9, "{set}: {} answers", results.len());
+            for r in &results {
+                assert!(
+                    r.windows.len() > 5,
+                    "{set}/{}: {} windows",
+                    r.name,
+                    r.windows.len()
+                );
+                let flagged: Vec<(f64, &str)> = r
+                    .windows
+                    .iter()
+                    .filter(|w| w.flagged)
+                    .map(|w| (w.score, w.text.as_str()))
+                    .collect();
+                assert!(flagged.is_empty(), "{set}/{} stopped: {flagged:?}", r.name);
+            }
+        }
+    }
 }

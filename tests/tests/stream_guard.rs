@@ -1,5 +1,5 @@
 //! The guard on answer windows end to end (issue 14): the real `sluice`
-//! binary with the real all-MiniLM-L6-v2 encoder and the built-in head, the
+//! binary with the real all-MiniLM-L6-v2 encoder and the built-in heads, the
 //! real demo model, and a fake upstream that streams three characters per
 //! chunk.
 //!
@@ -49,18 +49,15 @@ async fn metric(server: &Server, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_back_never_sends_a_window_the_guard_flags_and_the_upstream_sees_the_disconnect() {
+    // No `guard_head`: the built-in answer head, trained on answer windows.
     split_injection_is_stopped_before_it_is_sent("").await;
 }
 
 /// The same split injection with the stream guard scoring through the
-/// answer head (`[stream] guard_head`), trained on answer windows.
+/// input guard's head (`[stream] guard_head = "input"`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_answer_head_stops_the_split_injection_too() {
-    let head = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../models/guard/minilm-answer-injection.safetensors"
-    );
-    split_injection_is_stopped_before_it_is_sent(&format!("guard_head = \"{head}\"\n")).await;
+async fn the_input_head_stops_the_split_injection_too() {
+    split_injection_is_stopped_before_it_is_sent("guard_head = \"input\"\n").await;
 }
 
 /// `stream`: more `[stream]` keys.

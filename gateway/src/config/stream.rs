@@ -12,7 +12,7 @@
 //! degeneration = true     # repetition loops stop the answer
 //! guard = false           # the [guard] scores each window (an encoder pass per window)
 //! guard_in_flight = 2     # windows awaiting the guard before the producer is read no further
-//! guard_head = "heads/answers.safetensors"  # the head that scores windows (below)
+//! guard_head = "answer"  # the head that scores windows (below)
 //!
 //! [stream.models."my-model"]  # per route (the request's model)
 //! mode = "stream_first"
@@ -25,16 +25,15 @@
 //! The guard is off even when the mode is on: it costs an encoder pass per
 //! window, where the other analysers cost microseconds.
 //!
-//! `guard_head` picks the head that scores windows: absent or `"input"`,
-//! the `[guard]`'s own head (trained on prompts); otherwise a head file
-//! written by `sluice guard train`, relative to the config file, such as
-//! the answer head `models/guard/minilm-answer-injection.safetensors`
-//! (trained on answer windows). The input head flags most list and table
-//! layout in answers (every held-out ordinary answer would be stopped),
-//! which is why the stream guard may have a head of its own; the answer
-//! head stops fewer (4 of 9) but not none, so it is not the default yet
-//! (NOTES.md, "Branch ahead"). Either reads the same encoder: no second
-//! model is loaded.
+//! `guard_head` picks the head that scores windows: absent or
+//! `"answer"`, the answer head built into the binary
+//! (`models/guard/minilm-answer-injection.*`, trained on windows of
+//! answers, code, data and verse against windows of injections);
+//! `"input"`, the `[guard]`'s own head (trained on prompts); otherwise a
+//! head file written by `sluice guard train`, relative to the config file.
+//! Why not the input head: it flags most list, table and code layout in
+//! answers (every held-out ordinary answer would be stopped). Each reads
+//! the same encoder: no second model is loaded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -58,7 +57,10 @@ const MAX_GUARD_IN_FLIGHT: usize = 64;
 /// The head the stream guard scores windows with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamGuardHead {
-    /// The `[guard]`'s head (absent, or `guard_head = "input"`).
+    /// The answer head built into the binary (absent, or `guard_head =
+    /// "answer"`).
+    Answer,
+    /// The `[guard]`'s head (`guard_head = "input"`).
     Input,
     /// A head written by `sluice guard train` (`.safetensors`; its `.json`
     /// sits beside it).
@@ -66,6 +68,8 @@ pub enum StreamGuardHead {
 }
 
 impl StreamGuardHead {
+    /// The word `guard_head` takes for the built-in answer head.
+    pub const ANSWER: &'static str = "answer";
     /// The word `guard_head` takes for the input guard's head.
     pub const INPUT: &'static str = "input";
 
@@ -74,11 +78,14 @@ impl StreamGuardHead {
         if text.is_empty() {
             return Err(invalid(
                 "stream.guard_head",
-                "is empty: give a head file, or \"input\" for the [guard]'s head",
+                "is empty: give a head file, \"answer\" for the built-in answer head or \
+                 \"input\" for the [guard]'s head",
             ));
         }
-        if text == Self::INPUT {
-            return Ok(Self::Input);
+        match text {
+            Self::ANSWER => return Ok(Self::Answer),
+            Self::INPUT => return Ok(Self::Input),
+            _ => {}
         }
         let path = PathBuf::from(text);
         Ok(Self::File(if path.is_absolute() {
@@ -91,6 +98,7 @@ impl StreamGuardHead {
     /// As `check-config` shows it (and as it parses back).
     fn as_value(&self) -> String {
         match self {
+            Self::Answer => Self::ANSWER.into(),
             Self::Input => Self::INPUT.into(),
             Self::File(path) => path.display().to_string(),
         }
@@ -202,7 +210,7 @@ impl Default for StreamSettings {
             degeneration: true,
             guard: false,
             guard_in_flight: DEFAULT_GUARD_IN_FLIGHT,
-            guard_head: StreamGuardHead::Input,
+            guard_head: StreamGuardHead::Answer,
             models: HashMap::new(),
         }
     }
@@ -422,8 +430,12 @@ mod tests {
     }
 
     #[test]
-    fn the_guard_head_is_the_input_head_unless_a_file_is_named() {
-        assert_eq!(parse("").unwrap().guard_head, StreamGuardHead::Input);
+    fn the_guard_head_is_the_answer_head_unless_another_is_named() {
+        assert_eq!(parse("").unwrap().guard_head, StreamGuardHead::Answer);
+        assert_eq!(
+            parse("guard_head = \"answer\"").unwrap().guard_head,
+            StreamGuardHead::Answer
+        );
         assert_eq!(
             parse("guard_head = \"input\"").unwrap().guard_head,
             StreamGuardHead::Input
@@ -448,6 +460,7 @@ mod tests {
         assert!(section.is_err());
         // check-config's table parses back to the same head.
         for text in [
+            "",
             "guard_head = \"input\"",
             "guard_head = \"/opt/h.safetensors\"",
         ] {

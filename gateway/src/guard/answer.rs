@@ -1,16 +1,16 @@
 //! The stream guard's head: the guard that scores answer windows
 //! (`[stream] guard = true`) is the input guard with the head that
-//! `[stream] guard_head` names.
+//! `[stream] guard_head` names; by default the answer head built into
+//! the binary.
 //!
 //! Why a head of its own: the input head was fitted on prompts, and on
-//! ordinary answers it flags list and table layout and openers such as
-//! "Sure! Here is a summary ..." (222 of 305 windows of the held-out
-//! answers in `tests/data/stream/ordinary/`, every answer stopped). The
-//! answer head `models/guard/minilm-answer-injection.*` was fitted on
-//! windows of model answers and structured text against windows of
-//! injections, cut as `hold_back` cuts them (`scripts/answer-guard-data.sh`).
-//! It is not the default: on the held-out answers it still stops 4 of 9
-//! (songs, a poem, code, CSV), where the target is none.
+//! ordinary answers it flags list, table and code layout and openers such
+//! as "Sure! Here is a summary ..." (every held-out ordinary answer
+//! stopped, in both held-out sets under `tests/data/stream/`). The answer
+//! head `models/guard/minilm-answer-injection.*` was fitted on windows of
+//! model answers, documents, code, data files and verse against windows of
+//! injections, cut as `hold_back` cuts them
+//! (`scripts/answer-guard-data.sh`; figures in `models/guard/README.md`).
 //!
 //! Design decision: only the head changes. The stream guard keeps the
 //! input guard's id, classifiers, encoder and limits, so it runs the same
@@ -19,26 +19,46 @@
 //! thresholds are its own metadata's: `[guard] threshold` and `t_low` were
 //! set against the input head's scale and do not carry over.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use sluice_models::guard::{GuardHead, GuardHeadMeta};
 
 use super::{check_dims, load_head_file, Guard, LoadedHead};
 use crate::config::StreamGuardHead;
 
+/// The answer head committed in `models/guard/`, built in as the input
+/// head is, so `guard_head`'s default works wherever the binary is copied.
+const ANSWER_HEAD: &[u8] =
+    include_bytes!("../../../models/guard/minilm-answer-injection.safetensors");
+const ANSWER_META: &str = include_str!("../../../models/guard/minilm-answer-injection.json");
+const ANSWER_NAME: &str = "models/guard/minilm-answer-injection.safetensors (built in)";
+
+/// The built-in answer head and its metadata.
+pub fn built_in_answer_head() -> Result<(GuardHead, GuardHeadMeta), String> {
+    let origin = Path::new(ANSWER_NAME);
+    let head = GuardHead::from_bytes(ANSWER_HEAD, origin).map_err(|e| e.to_string())?;
+    let meta = GuardHeadMeta::from_json(ANSWER_META, origin).map_err(|e| e.to_string())?;
+    Ok((head, meta))
+}
+
 /// The guard over answer windows: `input` itself for `"input"`, else
-/// `input` with the head file's head. Errors (a missing or malformed head
+/// `input` with the built-in answer head or the head file's head. Errors (a missing or malformed head
 /// file, a head of another width than the input head's encoder gives)
 /// stop the server at start and name `stream.guard_head`.
 pub fn stream_guard(input: &Arc<Guard>, choice: &StreamGuardHead) -> Result<Arc<Guard>, String> {
     const KEY: &str = "stream.guard_head";
-    let path = match choice {
-        StreamGuardHead::Input => return Ok(input.clone()),
-        StreamGuardHead::File(path) => path,
-    };
+    if *choice == StreamGuardHead::Input {
+        return Ok(input.clone());
+    }
     let Some(input_head) = input.head() else {
         // Classifiers alone decide: there is no head to replace.
         return Ok(input.clone());
     };
-    let (head, meta) = load_head_file(path, KEY)?;
+    let (head, meta) = match choice {
+        StreamGuardHead::File(path) => load_head_file(path, KEY)?,
+        _ => built_in_answer_head().map_err(|e| format!("{KEY}: {e}"))?,
+    };
     check_dims(&head, &meta, KEY)?;
     if head.dim() != input_head.head.dim() {
         return Err(format!(
@@ -113,6 +133,20 @@ mod tests {
         // The input guard keeps its own head.
         let (_, input_meta) = super::super::built_in_head().unwrap();
         assert_eq!(input.head().unwrap().threshold, input_meta.threshold);
+    }
+
+    #[test]
+    fn an_absent_guard_head_is_the_built_in_answer_head() {
+        let input = input_guard();
+        let (_, meta) = load_head_file(&answer_head_path(), "test").unwrap();
+        let default = crate::config::StreamSettings::default().guard_head;
+        assert_eq!(default, StreamGuardHead::Answer);
+        let stream = stream_guard(&input, &default).unwrap();
+        assert!(!Arc::ptr_eq(&stream, &input));
+        let head = stream.head().unwrap();
+        assert_eq!(head.threshold, meta.threshold);
+        assert_ne!(head.threshold, input.head().unwrap().threshold);
+        assert_eq!(stream.id, input.id);
     }
 
     #[test]
