@@ -3,11 +3,12 @@
 //! (`sluice-bench guard-answers`).
 //!
 //! `guard-answers`: how often the stream guard stops ordinary answers.
-//! This reads each held-out ordinary answer of `tests/data/stream/ordinary/`
-//! (committed before any stream detector was tuned, never changed since;
-//! `--dir tests/data/stream/ordinary-2` for the second set), tokenised by the demo
-//! chat model's tokenizer and streamed token by token through `hold_back`
-//! as the server streams it, with the served guard scoring every window.
+//! This reads each held-out ordinary answer of
+//! `tests/data/stream/ordinary/` (committed before any stream detector was
+//! tuned, never changed since; `--dir tests/data/stream/ordinary-2` for
+//! the second set), tokenised by the demo chat model's tokenizer and
+//! streamed token by token through `hold_back` as the server streams it,
+//! with the served guard scoring every window.
 //! Flags are recorded, not acted on, so an answer's later windows are
 //! scored too: per answer its windows, the flagged and uncertain ones and
 //! the highest score; in total the share of flagged windows and of answers
@@ -17,9 +18,10 @@
 //!
 //! `--head` picks the head as `[stream] guard_head` does (absent or
 //! `answer`: the built-in answer head; `input`: the input guard's, as
-//! before the stream guard had one of its own), so one build compares heads; `--csv` reads a `text,label` file instead of a
-//! folder (held-out injections), and the report then splits the answers
-//! stopped by label: on injections that share is the recall per text.
+//! before the stream guard had one of its own), so one build compares
+//! heads; `--csv` reads a `text,label` file instead of a folder (held-out
+//! injections), and the report then splits the answers stopped by label:
+//! on injections that share is the recall per text.
 //!
 //! Design choice: the windows come from the gateway's own window code
 //! (`analyse::window`), not from a re-implementation here, so the texts

@@ -19,12 +19,11 @@
 //! thresholds are its own metadata's: `[guard] threshold` and `t_low` were
 //! set against the input head's scale and do not carry over.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use sluice_models::guard::{GuardHead, GuardHeadMeta};
 
-use super::{check_dims, load_head_file, Guard, LoadedHead};
+use super::{check_dims, embedded_head, load_head_file, Guard, LoadedHead};
 use crate::config::StreamGuardHead;
 
 /// The answer head committed in `models/guard/`, built in as the input
@@ -36,16 +35,14 @@ const ANSWER_NAME: &str = "models/guard/minilm-answer-injection.safetensors (bui
 
 /// The built-in answer head and its metadata.
 pub fn built_in_answer_head() -> Result<(GuardHead, GuardHeadMeta), String> {
-    let origin = Path::new(ANSWER_NAME);
-    let head = GuardHead::from_bytes(ANSWER_HEAD, origin).map_err(|e| e.to_string())?;
-    let meta = GuardHeadMeta::from_json(ANSWER_META, origin).map_err(|e| e.to_string())?;
-    Ok((head, meta))
+    embedded_head(ANSWER_HEAD, ANSWER_META, ANSWER_NAME)
 }
 
 /// The guard over answer windows: `input` itself for `"input"`, else
-/// `input` with the built-in answer head or the head file's head. Errors (a missing or malformed head
-/// file, a head of another width than the input head's encoder gives)
-/// stop the server at start and name `stream.guard_head`.
+/// `input` with the built-in answer head or the head file's head. Errors
+/// (a missing or malformed head file, a head of another width than the
+/// input head's encoder gives) stop the server at start and name
+/// `stream.guard_head`.
 pub fn stream_guard(input: &Arc<Guard>, choice: &StreamGuardHead) -> Result<Arc<Guard>, String> {
     const KEY: &str = "stream.guard_head";
     if *choice == StreamGuardHead::Input {
@@ -57,6 +54,7 @@ pub fn stream_guard(input: &Arc<Guard>, choice: &StreamGuardHead) -> Result<Arc<
     };
     let (head, meta) = match choice {
         StreamGuardHead::File(path) => load_head_file(path, KEY)?,
+        // `Answer` (`Input` returned above).
         _ => built_in_answer_head().map_err(|e| format!("{KEY}: {e}"))?,
     };
     check_dims(&head, &meta, KEY)?;

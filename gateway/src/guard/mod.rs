@@ -82,9 +82,19 @@ const BUILT_IN_NAME: &str = "models/guard/minilm-prompt-injection.safetensors (b
 
 /// The built-in head and its metadata.
 pub fn built_in_head() -> Result<(GuardHead, GuardHeadMeta), String> {
-    let origin = Path::new(BUILT_IN_NAME);
-    let head = GuardHead::from_bytes(BUILT_IN_HEAD, origin).map_err(|e| e.to_string())?;
-    let meta = GuardHeadMeta::from_json(BUILT_IN_META, origin).map_err(|e| e.to_string())?;
+    embedded_head(BUILT_IN_HEAD, BUILT_IN_META, BUILT_IN_NAME)
+}
+
+/// A head built into the binary: its safetensors bytes and its metadata,
+/// `name` standing for the path in errors.
+pub(crate) fn embedded_head(
+    bytes: &[u8],
+    meta: &str,
+    name: &str,
+) -> Result<(GuardHead, GuardHeadMeta), String> {
+    let origin = Path::new(name);
+    let head = GuardHead::from_bytes(bytes, origin).map_err(|e| e.to_string())?;
+    let meta = GuardHeadMeta::from_json(meta, origin).map_err(|e| e.to_string())?;
     Ok((head, meta))
 }
 
