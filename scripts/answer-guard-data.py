@@ -34,6 +34,7 @@ Only the standard library is used.
 """
 
 import csv
+import functools
 import glob
 import gzip
 import hashlib
@@ -263,15 +264,14 @@ def file_text(path):
     return text if len(text) >= 300 else None
 
 
-def files_under(folder, cache={}):
+@functools.lru_cache(maxsize=None)
+def files_under(folder):
     """Every regular file under a folder (symbolic links not followed)."""
-    if folder not in cache:
-        found = []
-        for root, dirs, files in os.walk(folder):
-            dirs.sort()
-            found += [os.path.join(root, f) for f in sorted(files)]
-        cache[folder] = [p for p in found if os.path.isfile(p) and not os.path.islink(p)]
-    return cache[folder]
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found += [os.path.join(root, f) for f in sorted(files)]
+    return [p for p in found if os.path.isfile(p) and not os.path.islink(p)]
 
 
 def step_code(dest, write_manifest):
@@ -359,15 +359,15 @@ def step_select(dest):
         write_csv(os.path.join(out, f"{name}.csv"), items)
 
     # Answers: every third window (a window overlaps its neighbours by 128
-    # bytes); documents: four windows spread over each.
+    # bytes); documents, code and data files: four windows spread over each;
+    # verse: every window.
     benign("answers", os.path.join(dest, "answers.csv"), lambda h, i, n: (i + h) % 3 == 0)
-    four_spread = lambda h, i, n: i % max(1, n // 4) == h % max(1, n // 4)  # noqa: E731
-    benign("docs", os.path.join(dest, "docs.csv"), four_spread)
-    for name in ["code", "data"]:
-        if os.path.exists(os.path.join(dest, f"windows-{name}.jsonl")):
-            benign(name, os.path.join(dest, f"{name}.csv"), four_spread)
-    if os.path.exists(os.path.join(dest, "windows-verse.jsonl")):
-        benign("verse", os.path.join(dest, "verse.csv"), lambda h, i, n: True)
+    def four_spread(h, i, n):
+        return i % max(1, n // 4) == h % max(1, n // 4)
+
+    for name in ["docs", "code", "data"]:
+        benign(name, os.path.join(dest, f"{name}.csv"), four_spread)
+    benign("verse", os.path.join(dest, "verse.csv"), lambda h, i, n: True)
     for name in ["benign-ru", "benign-tech"]:
         benign(name, os.path.join(REPO, f"models/guard/data/{name}.csv"), lambda h, i, n: True)
 
